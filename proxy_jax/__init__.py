@@ -1,0 +1,1 @@
+"""proxy_jax: Proxy Attention (CAM-guided training-image replacement) in JAX/Flax."""

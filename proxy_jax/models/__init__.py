@@ -1,0 +1,53 @@
+"""Model registry: `create(name, ...)` builds any supported classifier.
+
+Every model exposes `features(x, train)` -> `(B, h, w, C)` and `head(features)` -> float32
+logits, with `__call__ == head(features(x))`; see `common.py`. Use them through
+`model.apply(variables, x, method="features")` / `method="head"`.
+"""
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from proxy_jax.models.resnet import ResNet
+from proxy_jax.models.tiny import TinyCNN
+from proxy_jax.models.vgg import VGG
+from proxy_jax.models.vit import ViT
+
+# Images at or below this size get the small-image stem unless the config says otherwise.
+SMALL_IMAGE_MAX = 64
+
+_RESNETS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
+            "resnet50": ((3, 4, 6, 3), True)}
+_VITS = {"vit_ti16": (192, 12, 3), "vit_s16": (384, 12, 6), "vit_b16": (768, 12, 12)}
+MODEL_NAMES = ("tiny_cnn", *_RESNETS, "vgg16_bn", *_VITS)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def use_small_stem(image_size: int, small_stem: Any = "auto") -> bool:
+  if small_stem == "auto":
+    return image_size <= SMALL_IMAGE_MAX
+  return bool(small_stem)
+
+
+def create(name: str, num_classes: int, image_size: int, dtype: str = "float32",
+           small_stem: Any = "auto", **overrides):
+  """Builds model `name`; `overrides` set extra module fields (e.g. a reduced `width`)."""
+  if name not in MODEL_NAMES:
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+  compute_dtype = DTYPES[dtype]
+  small = use_small_stem(image_size, small_stem)
+  if name == "tiny_cnn":
+    return TinyCNN(num_classes, dtype=compute_dtype, **overrides)
+  if name in _RESNETS:
+    stages, bottleneck = _RESNETS[name]
+    return ResNet(stages, bottleneck, num_classes, small_stem=small, dtype=compute_dtype,
+                  **overrides)
+  if name == "vgg16_bn":
+    return VGG(num_classes, small_stem=small, dtype=compute_dtype, **overrides)
+  dim, depth, heads = _VITS[name]
+  fields = dict(dim=dim, depth=depth, num_heads=heads, patch_size=4 if small else 16)
+  fields.update(overrides)
+  return ViT(num_classes, image_size, dtype=compute_dtype, **fields)
