@@ -1,0 +1,91 @@
+"""Embedded offline default: scikit-learn's bundled handwritten digits, tiny CNN, short proxy run.
+
+Every number of a run lives here; the other configs import this one and override fields.
+`python main.py` uses it and needs no network.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  # "digits" (bundled with scikit-learn), "tfds" (config.data.name) or "folder" (config.data.path).
+  config.data.source = "digits"
+  config.data.name = "digits"
+  config.data.path = ""
+  # Optional folder with the same layout, used as the test split.
+  config.data.test_path = ""
+  # Flat folders: regular expression on the file name whose first group is the label.
+  config.data.label_regex = ""
+  config.data.tfds_data_dir = ""
+  config.data.train_split = "train"
+  # Dataset test split, or "" to carve data.test_fraction of the training data instead.
+  config.data.test_split = ""
+  config.data.val_fraction = 0.1
+  config.data.test_fraction = 0.1
+  # Only for smoke runs: cap the number of training-pool examples (0 = all).
+  config.data.max_examples = 0
+  # Decoded, resized uint8 images are cached here ("" = <workdir>/cache).
+  config.data.cache_dir = ""
+  config.data.decode_workers = 8
+
+  config.image_size = 32
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip = True
+  config.augment.rotation_degrees = 20.0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "tiny_cnn"
+  # "auto" = small-image stem at 64 px or less.
+  config.model.small_stem = "auto"
+  # "" = random init; a .safetensors path or a hub name (see README, transfer learning).
+  config.model.pretrained = ""
+  # Compute dtype: "bfloat16" keeps float32 params, loss, softmax and CAM maths (our AMP).
+  config.dtype = "float32"
+
+  config.batch_size = 64
+  config.eval_batch_size = 256
+  config.num_epochs = 20
+  config.label_smoothing = 0.0
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  # "warmup_cosine", "onecycle" or "constant".
+  config.optimizer.schedule = "warmup_cosine"
+  config.optimizer.warmup_epochs = 1.0
+  # Fine-tuning: multiplier on the backbone learning rate (0 freezes it); 1 = one rate.
+  config.optimizer.backbone_lr_multiplier = 1.0
+
+  config.proxy = ml_collections.ConfigDict()
+  config.proxy.enabled = True
+  # Training epochs and proxy steps ("p"); the epochs must add up to num_epochs.
+  config.proxy.schedule = "8,p,6,p,6"
+  config.proxy.subset = 1.0
+  config.proxy.threshold = 0.85
+  config.proxy.weight = 0.2
+  # "seed", "blended", "mean", "max", "min", "zero" or "one"; see proxy.proxy_transform.
+  config.proxy.mode = "seed"
+  config.proxy.cam_method = "gradcampp"
+  # "predicted" or "label".
+  config.proxy.cam_target = "predicted"
+  config.proxy.reuse_proxies = False
+  config.proxy.clear_every_step = False
+  config.proxy.class_balanced = False
+  config.proxy.num_logged_images = 8
+
+  config.cams = ml_collections.ConfigDict()
+  # Images per CAM call; bounds device memory during a proxy step.
+  config.cams.chunk_size = 256
+  config.cams.smooth_sigma = 0.0
+
+  config.checkpoint_every_epochs = 1
+  config.keep_checkpoints = 3
+  config.log_every_steps = 50
+  config.num_logged_images = 16
+  return config
