@@ -1,0 +1,330 @@
+"""One table of a sweep (or of any directory of runs): one row per trial, and its curves.
+
+  python -m proxy_jax.aggregate runs/grid [--query "model == 'resnet18'"] \
+      [--group-by threshold,weight] [--best val_accuracy] [--plot]
+
+Each row holds the trial's swept fields (read back from its resolved config, so an arm that left a
+field at its default still has it), its final and best validation metrics, test metrics, epochs,
+wall time and proxy statistics, all from `summary.json`. Final and best are separate columns and
+never averaged across rounds (the thesis's "accuracy" mixed intermediate rounds). Curves come from
+the TensorBoard event files through tensorboard's own reader. Writes results.csv (and .parquet when
+a Parquet engine is installed), curves.csv and, with --group-by, grouped.csv.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+import pandas as pd
+
+from proxy_jax import sweep as sweep_lib
+
+# Config fields that always get a column (so a query on them works even when not swept).
+IDENTITY_FIELDS = ("model.name", "data.name", "seed")
+COLUMN_ALIASES = {"model.name": "model", "data.name": "dataset", "data.source": "data_source"}
+DEFAULT_METRICS = ("final_val_accuracy", "best_val_accuracy", "test_accuracy", "final_val_loss")
+CURVE_PLOT_TAGS = ("val/accuracy", "train/loss")
+
+
+def column_name(key: str, all_keys) -> str:
+  """"proxy.threshold" -> "threshold"; the full key (dots as _) when the short one is ambiguous."""
+  if key in COLUMN_ALIASES:
+    return COLUMN_ALIASES[key]
+  short = key.rsplit(".", 1)[-1]
+  clashes = {k for k in all_keys if k.rsplit(".", 1)[-1] == short and k not in COLUMN_ALIASES}
+  return short if len(clashes) <= 1 else key.replace(".", "_")
+
+
+def _get(config: dict, key: str):
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+# ---------------------------------------------------------------- TensorBoard curves
+
+
+def read_scalars(workdir: str) -> pd.DataFrame:
+  """All scalar summaries of a run as (tag, step, value, wall_time), one row per (tag, step).
+
+  clu/TF2 writers store scalars as tensor summaries of the "scalars" plugin, older writers as
+  simple values; both are read. A resumed run re-logs steps after its checkpoint in a new event
+  file: the latest write of a step wins, so a curve never holds two values for one step.
+  """
+  # Imported here: tensorboard is heavy and only curves need it.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  columns = ["tag", "step", "value", "wall_time"]
+  if not any(".tfevents." in name for name in os.listdir(workdir)):
+    return pd.DataFrame(columns=columns)
+  accumulator = event_accumulator.EventAccumulator(
+      workdir, size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0},
+      purge_orphaned_data=False)
+  accumulator.Reload()
+  tags = accumulator.Tags()
+  rows = [(tag, e.step, float(e.value), e.wall_time)
+          for tag in tags[event_accumulator.SCALARS] for e in accumulator.Scalars(tag)]
+  for tag in tags[event_accumulator.TENSORS]:
+    if accumulator.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
+      continue
+    for event in accumulator.Tensors(tag):
+      value = tensor_util.make_ndarray(event.tensor_proto)
+      if value.size == 1:
+        rows.append((tag, event.step, float(value.reshape(())), event.wall_time))
+  frame = pd.DataFrame(rows, columns=columns)
+  frame = frame.sort_values("wall_time", kind="stable").drop_duplicates(["tag", "step"],
+                                                                         keep="last")
+  return frame.sort_values(["tag", "step"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- rows
+
+
+def find_trials(root: str) -> list[str]:
+  """The run directories under `root`: root itself for a single run, else its subdirectories."""
+  def is_run(path):
+    return any(os.path.exists(os.path.join(path, f))
+               for f in ("summary.json", "config.json", sweep_lib.TRIAL_FILE))
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{root!r} is not a directory")
+  if is_run(root):
+    return [root]
+  return [os.path.join(root, d) for d in sorted(os.listdir(root))
+          if os.path.isdir(os.path.join(root, d)) and is_run(os.path.join(root, d))]
+
+
+def summary_metrics(summary: dict) -> dict:
+  final, best, test = summary.get("final") or {}, summary.get("best") or {}, summary.get("test")
+  proxy_steps = summary.get("proxy_steps") or []
+  sizes = summary.get("num_examples") or {}
+  def total(field):
+    return float(sum(step.get(field, 0) or 0 for step in proxy_steps))
+  return {
+      "final_epoch": final.get("epoch"),
+      "final_train_loss": final.get("train_loss"),
+      "final_train_accuracy": final.get("train_accuracy"),
+      "final_val_loss": final.get("val_loss"),
+      "final_val_accuracy": final.get("val_accuracy"),
+      "final_val_top5": final.get("val_top5"),
+      "best_val_accuracy": best.get("val_accuracy"),
+      "best_epoch": best.get("epoch"),
+      "test_loss": test.get("loss") if test else None,
+      "test_accuracy": test.get("accuracy") if test else None,
+      "test_top5": test.get("top5") if test else None,
+      "num_epochs": summary.get("num_epochs"),
+      "wall_time_s": summary.get("wall_time_s"),
+      "proxy_steps": len(proxy_steps),
+      "proxy_wrong": total("wrong"),
+      "proxy_chosen": total("chosen"),
+      "proxy_bank_size": proxy_steps[-1].get("bank_size") if proxy_steps else 0,
+      "proxy_seconds": total("seconds"),
+      "num_train": sizes.get("train"),
+      "num_val": sizes.get("val"),
+      "num_test": sizes.get("test"),
+      "skipped_files": len(summary.get("skipped_files") or []),
+  }
+
+
+def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, list]:
+  """(results, curves, swept columns); results has one row per trial directory."""
+  states = sweep_lib.trial_states(root)
+  trials = []
+  for path in find_trials(root):
+    trial = _read_json(os.path.join(path, sweep_lib.TRIAL_FILE)) or {}
+    summary = _read_json(os.path.join(path, "summary.json"))
+    config = (summary or {}).get("config") or _read_json(os.path.join(path, "config.json")) or {}
+    trials.append((path, trial.get("overrides", {}), summary, config))
+  swept = sorted({k for _, overrides, _, _ in trials for k in overrides})
+  fields = list(dict.fromkeys([*swept, *IDENTITY_FIELDS]))
+  names = {key: column_name(key, fields) for key in fields}
+  rows, curves = [], []
+  for path, overrides, summary, config in trials:
+    name = os.path.basename(os.path.normpath(path))
+    state = states.get(name, {}).get("status")
+    row = {"trial": name,
+           "status": "finished" if summary else (state or "incomplete"),
+           "workdir": path}
+    for key in fields:
+      value = _get(config, key)
+      row[names[key]] = overrides.get(key) if value is None else value
+    row.update(summary_metrics(summary or {}))
+    if with_curves:
+      scalars = read_scalars(path)
+      if len(scalars):
+        speed = scalars[scalars.tag == "images_per_second"].value
+        row["images_per_second"] = float(speed.median()) if len(speed) else np.nan
+        curves.append(scalars.assign(trial=name))
+    rows.append(row)
+  results = pd.DataFrame(rows)
+  curve_frame = (pd.concat(curves, ignore_index=True) if curves else
+                 pd.DataFrame(columns=["tag", "step", "value", "wall_time", "trial"]))
+  return results, curve_frame, [names[k] for k in swept]
+
+
+# ---------------------------------------------------------------- queries
+
+
+def metric_column(results: pd.DataFrame, name: str) -> str:
+  """"val_accuracy" means the final value; "best_val_accuracy" must be asked for by name."""
+  for candidate in (name, f"final_{name}", f"test_{name}"):
+    if candidate in results.columns:
+      return candidate
+  raise KeyError(f"no metric {name!r}; columns: {', '.join(results.columns)}")
+
+
+def best_trials(results: pd.DataFrame, metric: str, top: int = 5) -> pd.DataFrame:
+  column = metric_column(results, metric)
+  lower_is_better = any(word in column for word in ("loss", "seconds", "wall_time"))
+  return results.dropna(subset=[column]).sort_values(column, ascending=lower_is_better).head(top)
+
+
+def group_results(results: pd.DataFrame, by: list[str], metrics=DEFAULT_METRICS) -> pd.DataFrame:
+  """Mean, std and count of each metric over the trials of each group (typically the seeds)."""
+  missing = [c for c in by if c not in results.columns]
+  if missing:
+    raise KeyError(f"cannot group by {missing}; columns: {', '.join(results.columns)}")
+  metrics = [m for m in metrics if m in results.columns]
+  grouped = results.groupby(by, dropna=False)[metrics].agg(["mean", "std", "count"])
+  grouped.columns = [f"{metric}_{stat}" for metric, stat in grouped.columns]
+  if metrics:
+    grouped = grouped.sort_values(f"{metrics[0]}_mean", ascending=False)
+  return grouped.reset_index()
+
+
+def filter_results(results: pd.DataFrame, query: str) -> pd.DataFrame:
+  try:
+    return results.query(query)
+  except (pd.errors.UndefinedVariableError, NameError) as error:
+    raise KeyError(f"--query {query!r}: {error}; columns: {', '.join(results.columns)}") from error
+
+
+# ---------------------------------------------------------------- output
+
+
+def write_table(frame: pd.DataFrame, path: str) -> list[str]:
+  """CSV always; Parquet next to it when pyarrow or fastparquet is installed."""
+  frame.to_csv(path, index=False)
+  written = [path]
+  try:
+    frame.to_parquet(os.path.splitext(path)[0] + ".parquet", index=False)
+    written.append(os.path.splitext(path)[0] + ".parquet")
+  except ImportError:
+    pass
+  return written
+
+
+def _arm_label(row, fields):
+  return ", ".join(f"{f}={row[f]}" for f in fields) or "all"
+
+
+def plot_results(results: pd.DataFrame, curves: pd.DataFrame, swept: list[str],
+                 out_dir: str) -> list[str]:
+  """Accuracy versus each swept field (mean and std over the rest), and curves per arm."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  metrics = [m for m in ("final_val_accuracy", "best_val_accuracy", "test_accuracy")
+             if m in results.columns and results[m].notna().any()]
+  for field in swept:
+    if field not in results.columns or not metrics:
+      continue
+    stats = results.groupby(results[field].astype(str))[metrics].agg(["mean", "std"])
+    figure, axis = plt.subplots(figsize=(6, 4))
+    positions = np.arange(len(stats))
+    for offset, metric in enumerate(metrics):
+      axis.errorbar(positions + 0.08 * (offset - 1), stats[(metric, "mean")],
+                    yerr=stats[(metric, "std")].fillna(0), marker="o", capsize=3, label=metric)
+    axis.set_xticks(positions, stats.index)
+    axis.set(xlabel=field, ylabel="accuracy", title=f"accuracy vs {field} (mean ± std)")
+    axis.legend()
+    figure.tight_layout()
+    path = os.path.join(out_dir, f"accuracy_vs_{field}.png")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    written.append(path)
+  arms = [f for f in swept if f != "seed"]
+  labels = {row.trial: _arm_label(row._asdict(), arms) for row in results.itertuples()}
+  for tag in CURVE_PLOT_TAGS:
+    tagged = curves[curves.tag == tag]
+    if tagged.empty:
+      continue
+    tagged = tagged.assign(arm=tagged.trial.map(labels))
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for arm, points in tagged.groupby("arm"):
+      mean = points.groupby("step").value.mean()
+      axis.plot(mean.index, mean.values, label=arm)
+    axis.set(xlabel="step", ylabel=tag, title=f"{tag} per arm (mean over seeds)")
+    if tagged.arm.nunique() <= 20:
+      axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = os.path.join(out_dir, f"curves_{tag.replace('/', '_')}.png")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    written.append(path)
+  return written
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def define_flags():
+  flags.DEFINE_string("query", "", "pandas query on the rows, e.g. \"cam_method == 'gradcampp'\".")
+  flags.DEFINE_list("group_by", [], "Columns to group by: mean, std, count over the rest (seeds).")
+  flags.DEFINE_string("best", "", "Rank by this metric (val_accuracy = final value).")
+  flags.DEFINE_integer("top", 5, "Rows shown by --best.")
+  flags.DEFINE_bool("plot", False, "Write PNG plots under <out>/plots.")
+  flags.DEFINE_string("out", "", "Output directory (default: the run directory).")
+  flags.DEFINE_bool("curves", True, "Read TensorBoard event files (curves.csv, plots).")
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m proxy_jax.aggregate RUN_DIR [flags]")
+  f = flags.FLAGS
+  root = argv[1]
+  out = f.out or root
+  os.makedirs(out, exist_ok=True)
+  results, curves, swept = load_results(root, with_curves=f.curves or f.plot)
+  if results.empty:
+    raise app.UsageError(f"no runs found under {root}")
+  if f.query:
+    results = filter_results(results, f.query)
+    curves = curves[curves.trial.isin(results.trial)]
+  written = write_table(results, os.path.join(out, "results.csv"))
+  if len(curves):
+    written += write_table(curves, os.path.join(out, "curves.csv"))
+  shown = ["trial", "status", *swept] + [m for m in DEFAULT_METRICS if m in results.columns]
+  with pd.option_context("display.width", 200, "display.max_columns", 30,
+                         "display.max_rows", 200):
+    print(results[shown].to_string(index=False))
+    if f.group_by:
+      grouped = group_results(results, f.group_by)
+      written += write_table(grouped, os.path.join(out, "grouped.csv"))
+      print(f"\ngrouped by {', '.join(f.group_by)}:\n" + grouped.to_string(index=False))
+    if f.best:
+      column = metric_column(results, f.best)
+      best = best_trials(results, f.best, f.top)
+      print(f"\nbest by {column}:\n" + best[["trial", *swept, column]].to_string(index=False))
+  if f.plot:
+    written += plot_results(results, curves, swept, os.path.join(out, "plots"))
+  print("\nwrote " + ", ".join(written))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=sweep_lib.hyphen_flags_parser)
