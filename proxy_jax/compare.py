@@ -1,0 +1,221 @@
+"""Compare the explanations of models trained with and without Proxy Attention.
+
+  python -m proxy_jax.compare --workdirs=runs/base,runs/proxy --split=val [--cam=gradcampp]
+
+For every model, on the same evaluation images (matched by example id, so each model sees its
+own decoding of the same files), CAMs of the predicted class are scored by:
+  deletion AUC   (lower is better)  the class probability as the most-attended pixels are
+                                    replaced by the baseline, 0 -> 100 % in `steps` steps;
+  insertion AUC  (higher is better) the same, revealing the most-attended pixels of a baseline;
+  average drop % (lower is better)  mean of max(0, Y - O) / Y, O = probability on image * CAM;
+  increase in confidence % (higher) share of images with O > Y (Chattopadhay et al., 2018).
+The baseline is the dataset mean colour (zero after normalisation): less out of distribution than
+black. Writes `<out>/compare_<split>.csv` (one row per model, side by side) and
+`<out>/compare_<split>.png` (the same images' CAM overlays, one row per model).
+"""
+
+import functools
+import os
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from proxy_jax import infer
+from proxy_jax import preprocess
+
+BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "average_drop_pct": "lower",
+          "increase_in_confidence_pct": "higher", "accuracy": "higher"}
+
+
+def pixel_ranks(maps):
+  """(B, H, W) maps -> (B, H, W) rank of each pixel, 0 = most attended."""
+  flat = maps.reshape(maps.shape[0], -1)
+  order = jnp.argsort(-flat, axis=-1, stable=True)
+  ranks = jnp.argsort(order, axis=-1, stable=True)
+  return ranks.reshape(maps.shape)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _curves(apply_fn, variables, images01, maps, targets, steps):
+  """Probabilities of `targets` along deletion and insertion: two (B, steps + 1) arrays."""
+  pixels = maps.shape[1] * maps.shape[2]
+  ranks = pixel_ranks(maps)[..., None]
+  counts = jnp.round(jnp.linspace(0.0, 1.0, steps + 1) * pixels)
+  baseline = jnp.asarray(preprocess.IMAGENET_MEAN)
+
+  def probability(images):
+    logits = apply_fn(variables, preprocess.normalize(images))
+    return jnp.take_along_axis(jax.nn.softmax(logits), targets[:, None], axis=-1)[:, 0]
+
+  def at(count):
+    top = ranks < count
+    deleted = jnp.where(top, baseline, images01)
+    inserted = jnp.where(top, images01, baseline)
+    return probability(deleted), probability(inserted)
+
+  deletion, insertion = jax.lax.map(at, counts)
+  return deletion.T, insertion.T
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _confidence(apply_fn, variables, images01, maps, targets):
+  """(probability on the image, probability on image * CAM) for `targets`."""
+  def probability(images):
+    logits = apply_fn(variables, preprocess.normalize(images))
+    return jnp.take_along_axis(jax.nn.softmax(logits), targets[:, None], axis=-1)[:, 0]
+  return probability(images01), probability(images01 * maps[..., None])
+
+
+def auc(curves: np.ndarray) -> np.ndarray:
+  """Trapezoidal area under (B, steps + 1) curves sampled on [0, 1]."""
+  steps = curves.shape[-1] - 1
+  return (curves[:, 1:] + curves[:, :-1]).sum(-1) / (2.0 * steps)
+
+
+def explanation_scores(model, variables, images: np.ndarray, maps: np.ndarray,
+                       targets: np.ndarray, steps: int = 16, chunk: int = 16) -> dict:
+  """Per-image deletion/insertion AUC and confidence drop/increase; see the module docstring."""
+  deletion, insertion, full, masked = [], [], [], []
+  for begin in range(0, len(images), chunk):
+    images01 = np.asarray(images[begin:begin + chunk], np.float32) / 255.0
+    part_maps = np.asarray(maps[begin:begin + chunk], np.float32)
+    part_targets = np.asarray(targets[begin:begin + chunk], np.int32)
+    d, i = _curves(model.apply, variables, images01, part_maps, part_targets, steps)
+    y, o = _confidence(model.apply, variables, images01, part_maps, part_targets)
+    deletion.append(np.asarray(d))
+    insertion.append(np.asarray(i))
+    full.append(np.asarray(y))
+    masked.append(np.asarray(o))
+  deletion, insertion = np.concatenate(deletion), np.concatenate(insertion)
+  full, masked = np.concatenate(full), np.concatenate(masked)
+  return {"deletion_auc": auc(deletion), "insertion_auc": auc(insertion),
+          "drop": np.maximum(0.0, full - masked) / np.maximum(full, 1e-12),
+          "increase": (masked > full).astype(np.float32),
+          "deletion_curve": deletion.mean(0), "insertion_curve": insertion.mean(0)}
+
+
+def common_ids(splits) -> np.ndarray:
+  ids = None
+  for split in splits:
+    ids = np.asarray(split.ids) if ids is None else np.intersect1d(ids, split.ids)
+  return np.sort(ids)
+
+
+def select(split, ids: np.ndarray):
+  """The split's images and labels at `ids`, in that order."""
+  position = {int(i): p for p, i in enumerate(split.ids)}
+  index = np.array([position[int(i)] for i in ids], np.int64)
+  return np.asarray(split.images[index]), np.asarray(split.labels[index])
+
+
+def load_models(workdirs: list[str], split_name: str):
+  from proxy_jax import data, train  # pylint: disable=g-import-not-at-top
+  models = []
+  for workdir in workdirs:
+    model, variables, config, class_names = train.restore_for_inference(workdir)
+    split = getattr(data.load_dataset(config, workdir), split_name)
+    if split is None:
+      raise ValueError(f"{workdir}: the dataset has no {split_name} split")
+    models.append({"workdir": workdir, "model": model, "variables": variables,
+                   "config": config, "class_names": class_names, "split": split})
+  return models
+
+
+def compare(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp",
+            num_images: int = 256, steps: int = 16, target: str = "predicted",
+            names: list[str] | None = None, out: str = "compare", grid_images: int = 8):
+  """Scores every model's CAMs on the same images; writes the CSV and PNG; returns the table."""
+  models = load_models(workdirs, split_name)
+  ids = common_ids([m["split"] for m in models])
+  if not len(ids):
+    raise ValueError("the workdirs share no evaluation example (different data or split)")
+  ids = ids[:num_images] if num_images > 0 else ids
+  names = names or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  rows, panels = [], []
+  for name, entry in zip(names, models):
+    images, labels = select(entry["split"], ids)
+    logits = infer.predict_logits(entry["model"], entry["variables"], images, 64)
+    predicted = logits.argmax(-1)
+    targets = predicted if target == "predicted" else labels
+    maps = infer.cam_maps(cam, entry["model"], entry["variables"], images, targets)
+    scores = explanation_scores(entry["model"], entry["variables"], images, maps, targets, steps)
+    rows.append({"model": name, "workdir": entry["workdir"], "cam_method": cam,
+                 "target": target, "images": len(ids),
+                 "accuracy": float((predicted == labels).mean()),
+                 "deletion_auc": float(scores["deletion_auc"].mean()),
+                 "insertion_auc": float(scores["insertion_auc"].mean()),
+                 "average_drop_pct": float(100 * scores["drop"].mean()),
+                 "increase_in_confidence_pct": float(100 * scores["increase"].mean())})
+    panels.append((name, images[:grid_images], maps[:grid_images],
+                   [entry["class_names"][i] for i in predicted[:grid_images]],
+                   [entry["class_names"][i] for i in labels[:grid_images]]))
+  table = pd.DataFrame(rows)
+  os.makedirs(out, exist_ok=True)
+  table.to_csv(os.path.join(out, f"compare_{split_name}.csv"), index=False)
+  write_grid(panels, os.path.join(out, f"compare_{split_name}.png"), cam)
+  return table
+
+
+def write_grid(panels, path: str, cam: str) -> None:
+  """Row 0: the images with their labels; then one row of CAM overlays per model."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from proxy_jax import cams  # pylint: disable=g-import-not-at-top
+  columns = len(panels[0][1])
+  figure, axes = plt.subplots(len(panels) + 1, columns, squeeze=False,
+                              figsize=(1.6 * columns, 1.7 * (len(panels) + 1)))
+  for column in range(columns):
+    axes[0, column].imshow(panels[0][1][column])
+    axes[0, column].set_title(f"label {panels[0][4][column]}", fontsize=7)
+  for row, (name, images, maps, predicted, _) in enumerate(panels, start=1):
+    overlays = cams.overlay(images, maps)
+    for column in range(columns):
+      axes[row, column].imshow(overlays[column])
+      axes[row, column].set_title(f"pred {predicted[column]}", fontsize=7)
+    axes[row, 0].set_ylabel(name, fontsize=8)
+  for axis in axes.ravel():
+    axis.set_xticks([])
+    axis.set_yticks([])
+  figure.suptitle(f"{cam} on the same images, one row per model", fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def define_flags():
+  flags.DEFINE_list("workdirs", None, "Trained run directories to compare.", required=True)
+  flags.DEFINE_list("names", [], "Display names (default: the workdir names).")
+  flags.DEFINE_enum("split", "val", ["val", "test", "train"], "Evaluation split.")
+  flags.DEFINE_string("cam", "gradcampp", "CAM method used for every model.")
+  flags.DEFINE_enum("target", "predicted", ["predicted", "label"], "Class the CAM explains.")
+  flags.DEFINE_integer("num_images", 256, "Images scored (0 = the whole split).")
+  flags.DEFINE_integer("steps", 16, "Deletion/insertion steps from 0 to 100 % of the pixels.")
+  flags.DEFINE_integer("grid_images", 8, "Images in the PNG grid.")
+  flags.DEFINE_string("out", "compare", "Output folder.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  table = compare(f.workdirs, f.split, f.cam, f.num_images, f.steps, f.target, f.names or None,
+                  f.out, f.grid_images)
+  shown = table.drop(columns=["workdir"]).set_index("model").T
+  shown.insert(0, "better", [BETTER.get(i, "") for i in shown.index])
+  print(shown.to_string())
+  print(f"\nwrote {os.path.join(f.out, f'compare_{f.split}.csv')} and "
+        f"{os.path.join(f.out, f'compare_{f.split}.png')}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  from proxy_jax.sweep import hyphen_flags_parser  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=hyphen_flags_parser)
