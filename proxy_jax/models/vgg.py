@@ -4,6 +4,7 @@
 14x14 map at 224 px instead of 7x7. `head` does that pool, torchvision's adaptive average
 pool to 7x7, and the three-layer classifier. The small-image variant skips the first two max
 pools and classifies from a global average (the usual CIFAR VGG), keeping a 4x4 map at 32 px.
+`width` scales every convolution's channels (64 = torchvision's VGG-16); tests use a small one.
 """
 
 from typing import Any
@@ -23,12 +24,13 @@ class VGG(nn.Module):
   hidden: int = 4096
   dropout: float = 0.5
   dtype: Any = jnp.float32
+  width: int = 64
 
   def setup(self):
     convs, norms = [], []
     for item in VGG16_LAYOUT:
       if item != "M":
-        convs.append(conv(item, 3, 1, 1, dtype=self.dtype, use_bias=True))
+        convs.append(conv(item * self.width // 64, 3, 1, 1, dtype=self.dtype, use_bias=True))
         norms.append(BatchNorm(dtype=self.dtype))
     self.convs, self.norms = convs, norms
     hidden = 512 if self.small_stem else self.hidden

@@ -1,0 +1,409 @@
+"""Load ImageNet-pretrained timm/torchvision weights into the Flax models.
+
+`load_pretrained(source, model_name, variables)` accepts
+  * a PyTorch state dict saved as `.safetensors` (torchvision or timm key names), read with the
+    safetensors NumPy API, so torch is never needed;
+  * a directory written by `python -m proxy_jax.convert` (an Orbax checkpoint of our variables);
+  * a Hugging Face hub name such as `timm/resnet50.a1_in1k`, fetched with `huggingface_hub`.
+Both checkpoint kinds go through one merge step against the freshly initialised `variables`:
+unknown, missing or wrongly shaped entries are an error that lists them, a classifier with another
+class count is kept at its fresh initialisation, and a ViT position embedding for another grid is
+resized bilinearly. `head_mask` marks the head parameters for per-group learning rates.
+"""
+
+import json
+import logging
+import math
+import os
+import re
+import struct
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+Log = Callable[[str], None]
+
+# Written by the convert CLI next to the Orbax checkpoint (in the `variables` subfolder).
+META_FILE = "pretrained.json"
+VARIABLES_DIR = "variables"
+HUB_FILENAME = "model.safetensors"
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "proxy_jax", "pretrained")
+
+_FAMILIES = {"resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet",
+             "vgg16_bn": "vgg", "vit_ti16": "vit", "vit_s16": "vit", "vit_b16": "vit",
+             "tiny_cnn": "tiny"}
+# Parameters used by each family's `head(features)`.
+_HEAD_MODULES = {"resnet": ("fc",), "tiny": ("fc",), "vgg": ("fc1", "fc2", "fc3"),
+                 "vit": ("fc_norm", "fc")}
+# The final classification layer: the part that depends on the class count.
+_CLASSIFIER = {"resnet": "fc", "tiny": "fc", "vgg": "fc3", "vit": "fc"}
+# Stem parameters whose shape depends on `small_stem` (named in shape-mismatch hints).
+_STEMS = {"resnet": "conv1", "vgg": "fc1", "vit": "patch_embed"}
+_RESNET_STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3)}
+_VGG16_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
+_BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+class PretrainedUnavailableError(RuntimeError):
+  """A hub checkpoint could not be fetched (offline, or huggingface_hub missing)."""
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint does not fit the model: unknown, missing or wrongly shaped entries."""
+
+
+def model_family(model_name: str) -> str:
+  if model_name not in _FAMILIES:
+    raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(_FAMILIES)}")
+  return _FAMILIES[model_name]
+
+
+def head_mask(params, model_name: str):
+  """Pytree like `params`, True for the parameters of the model's `head` (the classifier).
+
+  ResNet: `fc`; VGG: `fc1`, `fc2`, `fc3` (torchvision's `classifier`); ViT: `fc_norm`, `fc`.
+  Use it with `optax.multi_transform` to give the backbone a smaller learning rate or freeze it.
+  """
+  heads = _HEAD_MODULES[model_family(model_name)]
+  mask = jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[0], "key", None) in heads, params)
+  if not any(jax.tree_util.tree_leaves(mask)):
+    raise ValueError(f"no head parameters ({', '.join(heads)}) among the top-level entries "
+                     f"{sorted(params)} of {model_name}; pass variables['params']")
+  return mask
+
+
+# --- Reading checkpoints ---------------------------------------------------------------------
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Reads a safetensors file into NumPy arrays; bfloat16 tensors are read by hand."""
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  try:
+    return dict(load_file(path))
+  except TypeError:
+    # The NumPy API has no bfloat16; the format is simple enough to read directly.
+    return _read_safetensors_raw(path)
+
+
+_RAW_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+               "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+               "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _read_safetensors_raw(path: str) -> dict[str, np.ndarray]:
+  with open(path, "rb") as f:
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(header_len))
+    data = f.read()
+  tensors = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    start, end = info["data_offsets"]
+    dtype = np.dtype(_RAW_DTYPES[info["dtype"]]).newbyteorder("<")
+    tensors[name] = np.frombuffer(data[start:end], dtype).reshape(info["shape"])
+  return tensors
+
+
+def read_orbax(directory: str) -> tuple[dict, dict]:
+  """Restores a convert-CLI directory (or a bare Orbax checkpoint): (variables, metadata)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  directory = os.path.abspath(directory)
+  ckpt_dir = os.path.join(directory, VARIABLES_DIR)
+  if not os.path.isdir(ckpt_dir):
+    ckpt_dir = directory
+  meta = {}
+  meta_path = os.path.join(directory, META_FILE)
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      meta = json.load(f)
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(ckpt_dir)
+  return jax.tree_util.tree_map(np.asarray, restored), meta
+
+
+def hub_local_path(repo_id: str, cache_dir: str | None = None) -> str:
+  """Where a manually fetched hub checkpoint is looked for (and suggested) when offline."""
+  root = os.path.expanduser(cache_dir or os.environ.get("PROXY_JAX_PRETRAINED_DIR")
+                            or DEFAULT_CACHE_DIR)
+  return os.path.join(root, repo_id.replace("/", "--") + ".safetensors")
+
+
+def _is_hub_name(source: str) -> bool:
+  if source.startswith("hf-hub:"):
+    return True
+  return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and not source.endswith(".safetensors")
+
+
+def fetch_from_hub(repo_id: str, cache_dir: str | None = None) -> str:
+  """Local path of `repo_id`'s model.safetensors: a manual copy, the HF cache, or a download."""
+  local = hub_local_path(repo_id, cache_dir)
+  if os.path.exists(local):
+    return local
+  url = f"https://huggingface.co/{repo_id}/resolve/main/{HUB_FILENAME}"
+  advice = (f"Fetch {HUB_FILENAME} from the Hugging Face repo {repo_id} ({url}) on a machine "
+            f"with network access, put it at {local} (this name is looked up first, so the hub "
+            f"name keeps working offline) or anywhere else and pass that file as "
+            f"--config.model.pretrained=<path>.")
+  try:
+    import huggingface_hub  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise PretrainedUnavailableError(
+        f"cannot download {repo_id}: huggingface_hub is not installed "
+        f"(pip install huggingface_hub). {advice}") from error
+  hub_cache = os.path.join(os.path.dirname(local), "hub") if cache_dir else None
+  try:
+    return huggingface_hub.hf_hub_download(repo_id, HUB_FILENAME, cache_dir=hub_cache)
+  except Exception as error:  # Offline mode, no network, unknown repo: all end the same way.
+    raise PretrainedUnavailableError(
+        f"cannot download {HUB_FILENAME} of {repo_id} ({type(error).__name__}: {error}). "
+        f"{advice}") from error
+
+
+# --- PyTorch state dict -> Flax names ---------------------------------------------------------
+
+
+def _leaf_name(leaf: str) -> str:
+  return "weight" if leaf == "kernel" else _BN_LEAVES.get(leaf, leaf)
+
+
+def _resnet_module(model_name: str, path: tuple[str, ...]) -> str:
+  if not path[0].startswith("blocks_"):
+    return ".".join(path)
+  index = int(path[0].split("_")[1])
+  for stage, size in enumerate(_RESNET_STAGES[model_name]):
+    if index < size:
+      break
+    index -= size
+  sub = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(path[1], path[1])
+  return f"layer{stage + 1}.{index}.{sub}"
+
+
+def _vgg_module(path: tuple[str, ...]) -> str:
+  kind, _, layer = path[0].partition("_")
+  if kind in ("convs", "norms"):
+    layer = int(layer)
+    stage = next(s for s in range(5) if layer < sum(_VGG16_CONVS_PER_STAGE[:s + 1]))
+    # Each conv is Conv2d, BatchNorm2d, ReLU in `features`, and each stage ends in a max pool.
+    index = 3 * layer + stage + (1 if kind == "norms" else 0)
+    return f"features.{index}"
+  return {"fc1": "classifier.0", "fc2": "classifier.3", "fc3": "classifier.6"}[path[0]]
+
+
+def _vit_module(path: tuple[str, ...]) -> str:
+  if path[0].startswith("blocks_"):
+    sub = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1",
+           "fc2": "mlp.fc2"}.get(path[1], path[1])
+    return f"blocks.{path[0].split('_')[1]}.{sub}"
+  return {"patch_embed": "patch_embed.proj", "fc": "head"}.get(path[0], path[0])
+
+
+def torch_name(model_name: str, key: tuple[str, ...]) -> str:
+  """PyTorch state-dict name of the Flax variable `(collection, *path)`."""
+  family = model_family(model_name)
+  path, leaf = key[1:-1], key[-1]
+  if not path:  # cls_token, pos_embed
+    return leaf
+  module = {"resnet": lambda: _resnet_module(model_name, path), "vgg": lambda: _vgg_module(path),
+            "vit": lambda: _vit_module(path)}[family]()
+  return f"{module}.{_leaf_name(leaf)}"
+
+
+def _to_flax(array: np.ndarray, leaf: str, target_ndim: int) -> np.ndarray:
+  if leaf == "kernel" and array.ndim == 4 == target_ndim:
+    return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+  if leaf == "kernel" and array.ndim == 2 == target_ndim:
+    return array.T  # (out, in) -> (in, out)
+  return array
+
+
+def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+  if leaf == "kernel" and len(shape) == 4:
+    return (shape[3], shape[2], shape[0], shape[1])
+  if leaf == "kernel" and len(shape) == 2:
+    return (shape[1], shape[0])
+  return tuple(shape)
+
+
+def _normalise_state_dict(state: dict, family: str, log: Log) -> dict:
+  """Drops bookkeeping entries and rewrites timm-specific layouts into torchvision/avg-pool ones."""
+  state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+  if family == "vgg" and "pre_logits.fc1.weight" in state:
+    # timm stores torchvision's classifier as convolutions (its `_filter_fn`); undo that.
+    renames = {"pre_logits.fc1": "classifier.0", "pre_logits.fc2": "classifier.3",
+               "head.fc": "classifier.6"}
+    out = {}
+    for name, value in state.items():
+      prefix, _, leaf = name.rpartition(".")
+      if prefix in renames:
+        name = f"{renames[prefix]}.{leaf}"
+        if leaf == "weight":
+          value = value.reshape(value.shape[0], -1)
+      out[name] = value
+    log("pretrained: timm VGG layout (pre_logits/head.fc) mapped onto torchvision's classifier")
+    state = out
+  if family == "vit" and "norm.weight" in state and "fc_norm.weight" not in state:
+    state = {("fc_norm" + k[4:] if k.startswith("norm.") else k): v for k, v in state.items()}
+    log("pretrained: checkpoint was trained with class-token pooling (`norm`, no `fc_norm`); its "
+        "final norm becomes our fc_norm after mean pooling of the patch tokens, so the pooling "
+        "differs and its logits are only a starting point for fine-tuning")
+  return state
+
+
+def convert_state_dict(state: dict, model_name: str, target_flat: dict, log: Log = logging.info):
+  """PyTorch state dict -> (flat Flax variables, display names, unknown torch keys)."""
+  family = model_family(model_name)
+  if family == "tiny":
+    raise ValueError("tiny_cnn has no PyTorch counterpart; no converter for it")
+  state = _normalise_state_dict(state, family, log)
+  names = {key: torch_name(model_name, key) for key in target_flat}
+  used = set(names.values())
+  loaded = {key: _to_flax(np.asarray(state[name]), key[-1], target_flat[key].ndim)
+            for key, name in names.items() if name in state}
+  unknown = sorted(set(state) - used)
+  return loaded, names, unknown
+
+
+# --- Merging into the fresh variables ---------------------------------------------------------
+
+
+def resize_pos_embed(pos_embed: np.ndarray, tokens: int) -> np.ndarray:
+  """(1, 1 + g*g, d) -> (1, tokens, d): class token kept, grid resized bilinearly."""
+  old, new = math.isqrt(pos_embed.shape[1] - 1), math.isqrt(tokens - 1)
+  if old * old != pos_embed.shape[1] - 1 or new * new != tokens - 1:
+    raise CheckpointMismatchError(f"pos_embed lengths {pos_embed.shape[1]} -> {tokens} are not "
+                                  "a class token plus a square grid")
+  dim = pos_embed.shape[2]
+  grid = pos_embed[:, 1:].reshape(1, old, old, dim).astype(np.float32)
+  # Antialiased when shrinking, as timm does; plain bilinear (half-pixel) when enlarging.
+  grid = jax.image.resize(grid, (1, new, new, dim), "bilinear")
+  return np.concatenate([pos_embed[:, :1], np.asarray(grid).reshape(1, new * new, dim)], axis=1)
+
+
+def _fmt(key):
+  return "/".join(key)
+
+
+def _mismatch_note(key, name, have, want) -> str:
+  if name == _fmt(key):  # A Flax checkpoint: shapes are in Flax layout already.
+    return f"{name}: checkpoint {tuple(have)}, model expects {tuple(want)}"
+  return (f"{name} (-> {_fmt(key)}): checkpoint {_torch_shape(have, key[-1])}, "
+          f"model expects {_torch_shape(want, key[-1])}")
+
+
+def _merge(target_flat: dict, loaded: dict, names: dict, unknown: list, model_name: str,
+           log: Log) -> dict:
+  family = model_family(model_name)
+  classifier = _CLASSIFIER[family]
+  head_keys = [k for k in target_flat if k[1] == classifier]
+  missing = [k for k in target_flat if k not in loaded]
+  keep_fresh = set()
+  if missing and set(missing) == set(head_keys):
+    log(f"pretrained: checkpoint has no classifier ({names[head_keys[0]]}); "
+        f"{classifier} kept at its fresh initialisation")
+    keep_fresh, missing = set(head_keys), []
+  out, mismatched = dict(target_flat), []
+  for key, value in loaded.items():
+    if key in keep_fresh:
+      continue
+    want = target_flat[key].shape
+    if value.shape == want:
+      out[key] = jnp.asarray(value, target_flat[key].dtype)
+    elif key in head_keys and value.shape[:-1] == want[:-1]:
+      keep_fresh.update(head_keys)
+    elif key[-1] == "pos_embed" and value.ndim == 3 and value.shape[::2] == want[::2]:
+      out[key] = jnp.asarray(resize_pos_embed(value, want[1]), target_flat[key].dtype)
+      log(f"pretrained: pos_embed resized bilinearly from {value.shape[1] - 1} to {want[1] - 1} "
+          "patches for this image size")
+    else:
+      mismatched.append(_mismatch_note(key, names[key], value.shape, want))
+  if keep_fresh and head_keys[0] in loaded:
+    kernel = next(loaded[k] for k in head_keys if k[-1] == "kernel")
+    log(f"pretrained: checkpoint has {kernel.shape[-1]} classes, the model "
+        f"{target_flat[head_keys[0]].shape[-1]}; {classifier} kept at its fresh initialisation")
+  for key in keep_fresh:
+    out[key] = target_flat[key]
+  _raise_on_mismatch(unknown, [names[k] for k in missing], mismatched, family, model_name)
+  return out
+
+
+def _raise_on_mismatch(unknown, missing, mismatched, family, model_name):
+  if not (unknown or missing or mismatched):
+    return
+  parts = [f"checkpoint does not fit {model_name}:"]
+  for title, items in (("unknown keys", unknown), ("missing keys", missing),
+                       ("shape mismatches", mismatched)):
+    if items:
+      parts.append(f"{len(items)} {title}: " + ", ".join(sorted(items)))
+  stem = _STEMS.get(family)
+  if stem and any(f"params/{stem}/" in note for note in mismatched):
+    parts.append("ImageNet stems need the full-size model: set config.model.small_stem=False "
+                 "(small_stem='auto' picks the small-image stem at 64 px or less)")
+  raise CheckpointMismatchError("\n  ".join(parts))
+
+
+def load_pretrained(source: str, model_name: str, variables: dict, *,
+                    cache_dir: str | None = None, log: Log = logging.info) -> dict:
+  """Returns `variables` with every entry taken from the checkpoint `source`.
+
+  `source`: a `.safetensors` PyTorch state dict, a convert-CLI (Orbax) directory, or a hub
+  name (`timm/resnet50.a1_in1k`, optionally prefixed `hf-hub:`). `variables` are the freshly
+  initialised `{"params", "batch_stats"?}` of the target model; its class count and image size
+  win: a classifier for another class count stays at its initialisation, a ViT pos_embed is
+  resized. Raises CheckpointMismatchError listing unknown/missing/mis-shaped entries, and
+  PretrainedUnavailableError when a hub checkpoint cannot be fetched.
+  """
+  return merge_checkpoint(*read_source(source, cache_dir), model_name, variables, source=source,
+                          log=log)
+
+
+def merge_checkpoint(kind: str, payload, model_name: str, variables: dict, *, source: str = "",
+                     log: Log = logging.info) -> dict:
+  """`load_pretrained` for a checkpoint already read by `read_source`."""
+  target_flat = traverse_util.flatten_dict(dict(variables))
+  model_family(model_name)
+  if kind == "flax":
+    loaded_vars, meta = payload
+    if meta.get("model") not in (None, model_name):
+      raise CheckpointMismatchError(f"{source} holds {meta['model']} weights, not {model_name}")
+    loaded = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(loaded_vars).items()}
+    names = {k: _fmt(k) for k in set(target_flat) | set(loaded)}
+    unknown = sorted(_fmt(k) for k in loaded if k not in target_flat)
+    loaded = {k: v for k, v in loaded.items() if k in target_flat}
+  else:
+    loaded, names, unknown = convert_state_dict(payload, model_name, target_flat, log)
+  merged = _merge(target_flat, loaded, names, unknown, model_name, log)
+  log(f"pretrained: loaded {model_name} weights from {source or 'the checkpoint'}")
+  return traverse_util.unflatten_dict(merged)
+
+
+def read_source(source: str, cache_dir: str | None = None):
+  """("torch", state dict) for safetensors/hub sources, ("flax", (variables, meta)) for dirs."""
+  if os.path.isdir(source):
+    return "flax", read_orbax(source)
+  if os.path.isfile(source):
+    return "torch", read_safetensors(source)
+  if _is_hub_name(source):
+    repo_id = source.removeprefix("hf-hub:")
+    return "torch", read_safetensors(fetch_from_hub(repo_id, cache_dir))
+  raise FileNotFoundError(f"pretrained source {source!r} is neither a file, a directory nor a "
+                          "hub name like timm/resnet50.a1_in1k")
+
+
+def checkpoint_num_classes(kind: str, payload, model_name: str) -> int | None:
+  """Class count of a checkpoint read by `read_source` (None if it has no classifier)."""
+  family = model_family(model_name)
+  if kind == "flax":
+    kernel = payload[0].get("params", {}).get(_CLASSIFIER[family], {}).get("kernel")
+    return None if kernel is None else int(kernel.shape[-1])
+  names = {"resnet": ("fc.weight",), "vgg": ("classifier.6.weight", "head.fc.weight"),
+           "vit": ("head.weight",)}.get(family, ())
+  for name in names:
+    if name in payload:
+      return int(payload[name].shape[0])
+  return None
