@@ -214,15 +214,16 @@ def torch_name(model_name: str, key: tuple[str, ...]) -> str:
   return f"{module}.{_leaf_name(leaf)}"
 
 
-def _to_flax(array: np.ndarray, leaf: str, target_ndim: int) -> np.ndarray:
-  if leaf == "kernel" and array.ndim == 4 == target_ndim:
+def _to_flax(array: np.ndarray, leaf: str) -> np.ndarray:
+  if leaf == "kernel" and array.ndim == 4:
     return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-  if leaf == "kernel" and array.ndim == 2 == target_ndim:
+  if leaf == "kernel" and array.ndim == 2:
     return array.T  # (out, in) -> (in, out)
   return array
 
 
 def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+  """Inverse of `_to_flax` on shapes, for error messages in PyTorch terms."""
   if leaf == "kernel" and len(shape) == 4:
     return (shape[3], shape[2], shape[0], shape[1])
   if leaf == "kernel" and len(shape) == 2:
@@ -233,6 +234,8 @@ def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
 def _normalise_state_dict(state: dict, family: str, log: Log) -> dict:
   """Drops bookkeeping entries and rewrites timm-specific layouts into torchvision/avg-pool ones."""
   state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+  if state and all(k.startswith("module.") for k in state):
+    state = {k[len("module."):]: v for k, v in state.items()}  # Saved from DataParallel.
   if family == "vgg" and "pre_logits.fc1.weight" in state:
     # timm stores torchvision's classifier as convolutions (its `_filter_fn`); undo that.
     renames = {"pre_logits.fc1": "classifier.0", "pre_logits.fc2": "classifier.3",
@@ -263,7 +266,7 @@ def convert_state_dict(state: dict, model_name: str, target_flat: dict, log: Log
   state = _normalise_state_dict(state, family, log)
   names = {key: torch_name(model_name, key) for key in target_flat}
   used = set(names.values())
-  loaded = {key: _to_flax(np.asarray(state[name]), key[-1], target_flat[key].ndim)
+  loaded = {key: _to_flax(np.asarray(state[name]), key[-1])
             for key, name in names.items() if name in state}
   unknown = sorted(set(state) - used)
   return loaded, names, unknown
@@ -296,39 +299,42 @@ def _mismatch_note(key, name, have, want) -> str:
           f"model expects {_torch_shape(want, key[-1])}")
 
 
+def _fresh_head(target_flat: dict, loaded: dict, names: dict, family: str, log: Log) -> set:
+  """Classifier entries to keep at their initialisation: absent, or for another class count."""
+  classifier = _CLASSIFIER[family]
+  head = [key for key in target_flat if key[1] == classifier]
+  kernel = next(key for key in head if key[-1] == "kernel")
+  if not any(key in loaded for key in head):
+    log(f"pretrained: checkpoint has no classifier ({names[kernel]}); {classifier} kept at its "
+        "fresh initialisation")
+    return set(head)
+  have, want = loaded.get(kernel), target_flat[kernel].shape
+  if have is not None and have.shape != want and have.shape[:-1] == want[:-1]:
+    log(f"pretrained: checkpoint has {have.shape[-1]} classes, the model {want[-1]}; "
+        f"{classifier} kept at its fresh initialisation (fine-tune it)")
+    return set(head)
+  return set()
+
+
 def _merge(target_flat: dict, loaded: dict, names: dict, unknown: list, model_name: str,
            log: Log) -> dict:
   family = model_family(model_name)
-  classifier = _CLASSIFIER[family]
-  head_keys = [k for k in target_flat if k[1] == classifier]
-  missing = [k for k in target_flat if k not in loaded]
-  keep_fresh = set()
-  if missing and set(missing) == set(head_keys):
-    log(f"pretrained: checkpoint has no classifier ({names[head_keys[0]]}); "
-        f"{classifier} kept at its fresh initialisation")
-    keep_fresh, missing = set(head_keys), []
+  fresh = _fresh_head(target_flat, loaded, names, family, log)
+  missing = [names[k] for k in target_flat if k not in loaded and k not in fresh]
   out, mismatched = dict(target_flat), []
   for key, value in loaded.items():
-    if key in keep_fresh:
-      continue
     want = target_flat[key].shape
+    if key in fresh:
+      continue
     if value.shape == want:
       out[key] = jnp.asarray(value, target_flat[key].dtype)
-    elif key in head_keys and value.shape[:-1] == want[:-1]:
-      keep_fresh.update(head_keys)
     elif key[-1] == "pos_embed" and value.ndim == 3 and value.shape[::2] == want[::2]:
       out[key] = jnp.asarray(resize_pos_embed(value, want[1]), target_flat[key].dtype)
       log(f"pretrained: pos_embed resized bilinearly from {value.shape[1] - 1} to {want[1] - 1} "
           "patches for this image size")
     else:
       mismatched.append(_mismatch_note(key, names[key], value.shape, want))
-  if keep_fresh and head_keys[0] in loaded:
-    kernel = next(loaded[k] for k in head_keys if k[-1] == "kernel")
-    log(f"pretrained: checkpoint has {kernel.shape[-1]} classes, the model "
-        f"{target_flat[head_keys[0]].shape[-1]}; {classifier} kept at its fresh initialisation")
-  for key in keep_fresh:
-    out[key] = target_flat[key]
-  _raise_on_mismatch(unknown, [names[k] for k in missing], mismatched, family, model_name)
+  _raise_on_mismatch(unknown, missing, mismatched, family, model_name)
   return out
 
 

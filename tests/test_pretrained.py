@@ -123,6 +123,17 @@ def _write_variant(tmp_path, name, edit):
   return path
 
 
+def test_data_parallel_prefix_is_stripped(tmp_path):
+  def edit(state):
+    for key in list(state):
+      state["module." + key] = state.pop(key)
+
+  variables, _, _, _ = _load("vit", _write_variant(tmp_path, "vit", edit))
+  state = pretrained.read_safetensors(_path("vit"))
+  np.testing.assert_array_equal(variables["params"]["blocks_1"]["qkv"]["kernel"],
+                                state["blocks.1.attn.qkv.weight"].T)
+
+
 def test_unknown_and_missing_keys_are_listed(tmp_path):
   def edit(state):
     del state["layer1.0.conv1.weight"], state["layer4.1.bn2.running_var"]
