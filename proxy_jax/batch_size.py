@@ -92,27 +92,43 @@ def run_step(compiled, state, batch, key):
   return new_state
 
 
-def probe(config, num_classes: int, batch_size: int, limit: int | None,
+@dataclasses.dataclass
+class StepFactory:
+  """The train step and a host copy of a fresh state, built once for every probe.
+
+  The state lives on the host between probes (the step donates it, and a device copy would
+  count against the memory being measured); a pretrained model is loaded once, not per probe.
+  """
+  step: object
+  host_state: object
+
+  @classmethod
+  def create(cls, config, num_classes: int):
+    from proxy_jax import train  # pylint: disable=g-import-not-at-top
+    model = train.create_model(config, num_classes)
+    state = train.create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
+    return cls(train.make_train_step(config), jax.device_get(state))
+
+
+def probe(factory: StepFactory, config, num_classes: int, batch_size: int, limit: int | None,
           fraction: float) -> Probe:
   """Compiles (and, if predicted to fit, runs) one train step at `batch_size`."""
-  from proxy_jax import train  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   predicted = None
   try:
-    model = train.create_model(config, num_classes)
-    state = train.create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
-    step = train.make_train_step(config)
+    state = jax.device_put(factory.host_state, device)
     batch = dummy_batch(config, batch_size, num_classes)
     key = jax.random.key(1)
-    if hasattr(step, "lower"):
-      compiled = step.lower(state, batch, key).compile()
+    if hasattr(factory.step, "lower"):
+      compiled = factory.step.lower(state, batch, key).compile()
       predicted = predicted_bytes(compiled.memory_analysis())
     else:
-      compiled, predicted = step, None
+      compiled = factory.step
     if limit is not None and predicted is not None and predicted > fraction * limit:
       return Probe(batch_size, False, predicted, None,
                    reason=f"predicted above {fraction:.0%} of the {_mib(limit)} limit")
-    state = run_step(compiled, state, batch, key)
+    del state  # Only the step's donated copy may hold device memory while it runs.
+    run_step(compiled, jax.device_put(factory.host_state, device), batch, key)
   except (jax.errors.JaxRuntimeError, RuntimeError, MemoryError) as error:
     if isinstance(error, MemoryError) or is_out_of_memory(error):
       return Probe(batch_size, False, predicted, None,
@@ -143,9 +159,10 @@ def search(config, num_classes: int) -> tuple[int, list[Probe]]:
   limit = device_memory_limit(jax.devices()[0])
   fraction = float(config.get("batch_size_memory_fraction", 0.9))
   ceiling = resolve_ceiling(config, limit)
+  factory = StepFactory.create(config, num_classes)
   probes, chosen = [], None
   for size in candidate_sizes(ceiling):
-    result = probe(config, num_classes, size, limit, fraction)
+    result = probe(factory, config, num_classes, size, limit, fraction)
     probes.append(result)
     _log(result)
     if not result.fits:
@@ -155,7 +172,7 @@ def search(config, num_classes: int) -> tuple[int, list[Probe]]:
     # Even the start size failed: back off below it by halving.
     size = min(START, ceiling) // 2
     while size >= 1 and chosen is None:
-      result = probe(config, num_classes, size, limit, fraction)
+      result = probe(factory, config, num_classes, size, limit, fraction)
       probes.append(result)
       _log(result)
       chosen = size if result.fits else None
