@@ -1,4 +1,4 @@
-"""Convert a PyTorch checkpoint into an Orbax checkpoint of our Flax variables.
+r"""Convert a PyTorch checkpoint into an Orbax checkpoint of our Flax variables.
 
     python -m proxy_jax.convert resnet50.safetensors out/resnet50 --model resnet50
     python -m proxy_jax.convert timm/vit_small_patch16_224.augreg_in21k_ft_in1k out/vit_s16 \
@@ -97,6 +97,7 @@ def save(out_dir: str, variables: dict, meta: dict, force: bool = False) -> str:
 
 def main(argv=None):
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax narrates every save at INFO.
   args = parse_args(sys.argv[1:] if argv is None else argv)
   out_dir = convert(args)
   logging.info("wrote %s; use it as --config.model.pretrained=%s", out_dir, out_dir)
