@@ -10,6 +10,8 @@ import ml_collections
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Multi-host: call jax.distributed.initialize() (the launcher sets its environment).
+  config.distributed = False
 
   config.data = ml_collections.ConfigDict()
   # "digits" (bundled with scikit-learn), "tfds" (config.data.name) or "folder" (config.data.path).
@@ -34,7 +36,8 @@ def get_config():
 
   config.image_size = 32
   config.augment = ml_collections.ConfigDict()
-  config.augment.flip = True
+  # Mirrored digits are different symbols (or none): no flips for the default data.
+  config.augment.flip = False
   config.augment.rotation_degrees = 20.0
 
   config.model = ml_collections.ConfigDict()

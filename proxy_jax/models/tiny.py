@@ -10,7 +10,7 @@ from proxy_jax.models.common import BatchNorm, classifier, conv, global_avg_pool
 
 class TinyCNN(nn.Module):
   num_classes: int
-  width: int = 16
+  width: int = 32
   dtype: Any = jnp.float32
 
   def setup(self):

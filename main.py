@@ -1,0 +1,28 @@
+"""Trains a classifier with Proxy Attention: `python main.py --config=configs/dogs.py`."""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from proxy_jax import train
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", os.path.join(_HERE, "configs", "default.py"),
+    "Training configuration file; override fields with --config.field=value.",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  config_name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+  workdir = FLAGS.workdir or os.path.join("runs", config_name)
+  train.train_and_evaluate(FLAGS.config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

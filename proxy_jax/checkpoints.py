@@ -1,0 +1,50 @@
+"""Orbax checkpoints of the whole run: train state, proxy bank and loop bookkeeping.
+
+One checkpoint per completed epoch boundary (its step number is the count of completed epochs):
+`state` (params, optimizer state, batch stats, step), `meta` (JSON: epoch, proxy steps done,
+history) and, when non-empty, `bank` (proxy ids and uint8 images). Orbax writes into a temporary
+directory and renames it when complete, so a kill mid-save leaves the previous checkpoint.
+"""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class RunCheckpoints:
+  """Thin wrapper over `ocp.CheckpointManager` for the three items of a run."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_epoch(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, epoch: int, state, meta: dict, bank_arrays: dict | None) -> None:
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    # Orbax cannot store zero-size arrays, so an empty bank is simply absent.
+    if bank_arrays is not None and len(bank_arrays["ids"]):
+      items["bank"] = ocp.args.StandardSave(bank_arrays)
+    self.manager.save(epoch, args=ocp.args.Composite(**items))
+
+  def restore(self, epoch: int, state_template):
+    """Returns (state, meta, bank_arrays or None); the state keeps the template's shardings."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+    meta = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    meta = meta["meta"]
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if meta.get("bank_size", 0):
+      items["bank"] = ocp.args.StandardRestore()
+    restored = self.manager.restore(epoch, args=ocp.args.Composite(**items))
+    bank = None
+    if "bank" in items:
+      bank = {k: np.asarray(v) for k, v in restored["bank"].items()}
+    return restored["state"], meta, bank
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,175 @@
+"""Config validation before any compute, and the resolved config kept in the workdir.
+
+`validate` refuses a bad config with a `ConfigError` naming the field, the value and what is
+allowed, so a typo costs seconds, not a run.
+"""
+
+import json
+import math
+import os
+
+from proxy_jax import models
+from proxy_jax.io_utils import atomic_write_json
+
+DATA_SOURCES = ("digits", "tfds", "folder")
+LR_SCHEDULES = ("warmup_cosine", "onecycle", "constant")
+PROXY_MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
+CAM_TARGETS = ("predicted", "label")
+
+
+class ConfigError(ValueError):
+  """A config field holds a value that cannot work."""
+
+
+def _fail(field, value, allowed):
+  raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def _check_choice(config, field, choices):
+  value = _get(config, field)
+  if value not in choices:
+    _fail(field, value, "choose one of " + ", ".join(map(str, choices)))
+
+
+def _check_fraction(config, field, upper_open=False):
+  value = _get(config, field)
+  if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or (
+      upper_open and value == 1.0):
+    _fail(field, value, "must be a number in [0, 1" + (")" if upper_open else "]"))
+
+
+def _check_positive_int(config, field, allow=()):
+  value = _get(config, field)
+  if value in allow:
+    return
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    extra = f" (or {', '.join(map(str, allow))})" if allow else ""
+    _fail(field, value, "must be a positive integer" + extra)
+
+
+def _get(config, field):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def cam_methods():
+  try:
+    from proxy_jax import cams  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return cams.METHODS
+
+
+def validate(config) -> None:
+  """Raises ConfigError for the first invalid field."""
+  _check_choice(config, "data.source", DATA_SOURCES)
+  if config.data.source == "folder":
+    for field in ("data.path", "data.test_path"):
+      path = _get(config, field)
+      if (field == "data.path" or path) and not os.path.isdir(path):
+        _fail(field, path, "must be an existing directory of images")
+  if config.data.source == "tfds" and not config.data.name:
+    _fail("data.name", config.data.name, "name a TFDS dataset, e.g. stanford_dogs")
+  _check_fraction(config, "data.val_fraction", upper_open=True)
+  _check_fraction(config, "data.test_fraction", upper_open=True)
+  if config.data.val_fraction <= 0:
+    _fail("data.val_fraction", config.data.val_fraction, "must be > 0 (validation is carved "
+          "from the training data)")
+  carve_test = not (config.data.test_split or config.data.test_path)
+  if carve_test and config.data.val_fraction + config.data.test_fraction >= 1.0:
+    _fail("data.test_fraction", config.data.test_fraction,
+          "val_fraction + test_fraction must leave training data (< 1)")
+  if config.data.max_examples < 0:
+    _fail("data.max_examples", config.data.max_examples, "must be >= 0 (0 = all)")
+  _check_positive_int(config, "image_size")
+  _check_choice(config, "model.name", models.MODEL_NAMES)
+  _check_choice(config, "model.small_stem", ("auto", True, False))
+  _check_choice(config, "dtype", tuple(models.DTYPES))
+  if config.model.name.startswith("vit"):
+    patch = 4 if models.use_small_stem(config.image_size, config.model.small_stem) else 16
+    if config.image_size % patch:
+      _fail("image_size", config.image_size, f"must be a multiple of the ViT patch ({patch})")
+  _check_positive_int(config, "batch_size", allow=(-1,))
+  _check_positive_int(config, "eval_batch_size")
+  _check_positive_int(config, "num_epochs")
+  _check_positive_int(config, "checkpoint_every_epochs")
+  _check_positive_int(config, "keep_checkpoints")
+  _check_positive_int(config, "log_every_steps")
+  _check_fraction(config, "label_smoothing", upper_open=True)
+  _validate_optimizer(config)
+  _validate_proxy(config)
+
+
+def _validate_optimizer(config):
+  opt = config.optimizer
+  if not opt.learning_rate > 0:
+    _fail("optimizer.learning_rate", opt.learning_rate, "must be > 0")
+  if opt.weight_decay < 0:
+    _fail("optimizer.weight_decay", opt.weight_decay, "must be >= 0")
+  _check_fraction(config, "optimizer.b1", upper_open=True)
+  _check_fraction(config, "optimizer.b2", upper_open=True)
+  _check_choice(config, "optimizer.schedule", LR_SCHEDULES)
+  if opt.warmup_epochs < 0:
+    _fail("optimizer.warmup_epochs", opt.warmup_epochs, "must be >= 0")
+  if not 0 <= opt.backbone_lr_multiplier <= 1:
+    _fail("optimizer.backbone_lr_multiplier", opt.backbone_lr_multiplier,
+          "must be in [0, 1] (0 freezes the backbone)")
+
+
+def _validate_proxy(config):
+  from proxy_jax import proxy  # pylint: disable=g-import-not-at-top
+  for field in ("proxy.subset", "proxy.threshold", "proxy.weight"):
+    _check_fraction(config, field)
+  _check_choice(config, "proxy.mode", PROXY_MODES)
+  _check_choice(config, "proxy.cam_target", CAM_TARGETS)
+  methods = cam_methods()
+  if methods is not None:
+    _check_choice(config, "proxy.cam_method", methods)
+  _check_positive_int(config, "cams.chunk_size")
+  try:
+    proxy.parse_schedule(config.proxy.schedule, config.num_epochs, config.proxy.enabled)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+
+
+# ---------------------------------------------------------------- resolved config on disk
+
+
+def flatten(config, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      flat.update(flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_or_check_resolved(config, workdir: str) -> None:
+  """Writes workdir/config.json; on a re-run, refuses a config that differs from it."""
+  path = os.path.join(workdir, "config.json")
+  resolved = json.loads(config.to_json())
+  if os.path.exists(path):
+    previous = read_json(path)
+    old, new = flatten(previous), flatten(resolved)
+    changed = sorted(k for k in set(old) | set(new) if not _same(old.get(k), new.get(k)))
+    if changed:
+      detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:10])
+      raise ConfigError(f"{workdir} holds a run with a different config ({detail}); resume "
+                        "with the same config or use a new --workdir")
+    return
+  atomic_write_json(path, resolved)
+
+
+def _same(a, b):
+  if isinstance(a, float) and isinstance(b, float):
+    return math.isclose(a, b)
+  return a == b

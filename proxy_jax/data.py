@@ -1,0 +1,351 @@
+"""Datasets: TFDS by name, image folders, and scikit-learn's bundled digits.
+
+Every source is decoded once into uint8 arrays at `config.image_size` (shorter side resized,
+centre crop), cached under the cache dir, and split into train/val(/test) by a seeded,
+label-stratified draw that is written to `<workdir>/split.json` and never redrawn. Training
+examples carry a stable id, their position in that fixed training split, so a proxy image can
+stand in for its original by id. Augmentation and normalisation live in `preprocess.py`.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from concurrent import futures
+from typing import Callable, Iterator
+
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from proxy_jax import preprocess
+from proxy_jax.io_utils import atomic_write_json, atomic_save_npy
+
+normalize = preprocess.normalize
+denormalize = preprocess.denormalize
+MAX_REPORTED_FILES = 20
+
+
+@dataclasses.dataclass
+class Split:
+  images: np.ndarray  # uint8 (N, S, S, 3); may be a read-only memmap.
+  labels: np.ndarray  # int32 (N,)
+  ids: np.ndarray     # int32 (N,); for train, 0..N-1 = position in the fixed split.
+
+  def __len__(self):
+    return len(self.labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+  train: Split
+  val: Split
+  test: Split | None
+  class_names: list[str]
+  skipped_files: list[str]
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def fit_image(image: Image.Image, size: int) -> np.ndarray:
+  """Any PIL image -> uint8 (size, size, 3): RGB, shorter side resized to size, centre crop."""
+  # Greyscale, palette, RGBA (alpha dropped) and CMYK all become plain RGB.
+  image = image.convert("RGB")
+  width, height = image.size
+  scale = size / min(width, height)
+  new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+  image = image.resize((new_w, new_h), Image.BILINEAR)
+  left, top = (new_w - size) // 2, (new_h - size) // 2
+  return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def load_image_file(path: str, image_size: int) -> np.ndarray | None:
+  """Decodes one file to uint8 (S, S, 3); None when it is not a readable image."""
+  try:
+    with Image.open(path) as image:
+      image.load()  # Forces a full decode so truncated files fail here, not mid-epoch.
+      return fit_image(image, image_size)
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    return None
+
+
+def _decode_all(paths: list[str], image_size: int, workers: int):
+  """Decodes files in parallel; returns (images, kept_mask)."""
+  images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+  kept = np.zeros(len(paths), bool)
+  with futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    for index, image in enumerate(pool.map(lambda p: load_image_file(p, image_size), paths)):
+      if image is not None:
+        images[index], kept[index] = image, True
+  return images, kept
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass
+class Pool:
+  """All examples of one source split, before the train/val/test carve."""
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: list[str]
+  skipped_files: list[str] = dataclasses.field(default_factory=list)
+
+
+def load_digits_pool(image_size: int) -> Pool:
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  # 0..16 grey levels -> uint8, then the same fit path as any photo.
+  grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  images = np.stack([fit_image(Image.fromarray(g, "L"), image_size) for g in grey])
+  return Pool(images, digits.target.astype(np.int32), [str(d) for d in range(10)])
+
+
+def _list_files(root: str) -> list[str]:
+  paths = []
+  for directory, subdirs, files in os.walk(root):
+    subdirs.sort()
+    paths += [os.path.join(directory, f) for f in sorted(files) if not f.startswith(".")]
+  return paths
+
+
+def _label_files(root: str, label_regex: str) -> tuple[list[str], list[str], list[str]]:
+  """Returns (paths, label strings, unlabelled paths)."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"data.path: {root!r} is not a directory")
+  paths, names, unlabelled = [], [], []
+  if label_regex:
+    pattern = re.compile(label_regex)
+    for path in _list_files(root):
+      match = pattern.match(os.path.basename(path))
+      if match and match.groups():
+        paths.append(path)
+        names.append(match.group(1))
+      else:
+        unlabelled.append(path)
+    return paths, names, unlabelled
+  class_dirs = sorted(d for d in os.listdir(root)
+                      if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+  if not class_dirs:
+    raise ValueError(f"data.path: {root!r} has no class subfolders (set data.label_regex "
+                     "for a flat folder)")
+  for name in class_dirs:
+    for path in _list_files(os.path.join(root, name)):
+      paths.append(path)
+      names.append(name)
+  unlabelled = [os.path.join(root, f) for f in sorted(os.listdir(root))
+                if os.path.isfile(os.path.join(root, f)) and not f.startswith(".")]
+  return paths, names, unlabelled
+
+
+def load_folder_pool(root: str, image_size: int, label_regex: str, workers: int,
+                     class_names: list[str] | None = None) -> Pool:
+  """Class-per-subfolder (or regex-labelled flat) folder; bad files are skipped and counted."""
+  paths, names, unlabelled = _label_files(root, label_regex)
+  images, kept = _decode_all(paths, image_size, workers)
+  found = sorted(set(names))
+  if class_names is None:
+    class_names = found
+    readable = {n for n, k in zip(names, kept) if k}
+    empty = [n for n in found if n not in readable]
+    if empty:
+      raise ValueError(f"{root}: class folder(s) with no readable image: {', '.join(empty)}")
+  else:
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+      raise ValueError(f"{root}: classes not in the training data: {', '.join(unknown)}")
+  index = {name: i for i, name in enumerate(class_names)}
+  labels = np.array([index[n] for n in names], np.int32)
+  skipped = [p for p, k in zip(paths, kept) if not k] + unlabelled
+  if not kept.any():
+    raise ValueError(f"{root}: no readable image found")
+  return Pool(images[kept], labels[kept], class_names, skipped)
+
+
+def load_tfds_pool(name: str, split: str, image_size: int, data_dir: str, workers: int) -> Pool:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=data_dir or None)
+  builder.download_and_prepare()
+  label_feature = builder.info.features["label"]
+  dataset = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
+  images, labels = [], []
+  with futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    pending = []
+    for image, label in tfds.as_numpy(dataset):
+      pending.append(pool.submit(_fit_array, image, image_size))
+      labels.append(int(label))
+    images = [p.result() for p in pending]
+  return Pool(np.stack(images), np.array(labels, np.int32), list(label_feature.names))
+
+
+def _fit_array(array: np.ndarray, size: int) -> np.ndarray:
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  return fit_image(Image.fromarray(array), size)
+
+
+# ---------------------------------------------------------------- caching
+
+
+def _cache_key(config, which: str) -> str:
+  data = config.data
+  parts = [data.source, data.name, data.path, data.label_regex, data.tfds_data_dir,
+           which, str(config.image_size)]
+  if data.source == "folder":
+    root = data.path if which == "pool" else data.test_path
+    # File names, sizes and mtimes: a changed folder is decoded again.
+    for path in _list_files(root):
+      stat = os.stat(path)
+      parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+  return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -> Pool:
+  """Loads a decoded pool from the cache, or builds it and writes it atomically."""
+  base = os.path.join(cache_dir, f"{config.data.name}-{which}-{_cache_key(config, which)}")
+  meta_path = base + ".json"
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      meta = json.load(f)
+    images = np.load(base + ".images.npy", mmap_mode="r")
+    return Pool(images, np.load(base + ".labels.npy"), meta["class_names"],
+                meta["skipped_files"])
+  pool = build()
+  os.makedirs(cache_dir, exist_ok=True)
+  atomic_save_npy(base + ".images.npy", pool.images)
+  atomic_save_npy(base + ".labels.npy", pool.labels)
+  # The JSON goes last: its presence means the arrays are complete.
+  atomic_write_json(meta_path, {"class_names": pool.class_names,
+                                "skipped_files": pool.skipped_files})
+  return pool
+
+
+# ---------------------------------------------------------------- the fixed split
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], key) -> list[np.ndarray]:
+  """Per class, a seeded permutation cut by `fractions`; returns index arrays, rest first.
+
+  Returns [rest, part_0, part_1, ...], each sorted. Each part takes round(fraction * n_c)
+  examples of class c, so class proportions are kept in every part.
+  """
+  parts = [[] for _ in range(len(fractions) + 1)]
+  for cls in np.unique(labels):
+    members = np.flatnonzero(labels == cls)
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, int(cls)), len(members)))
+    members, start = members[order], 0
+    for i, fraction in enumerate(fractions):
+      count = int(round(fraction * len(members)))
+      parts[i + 1].append(members[start:start + count])
+      start += count
+    parts[0].append(members[start:])
+  return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+
+
+def _pool_fingerprint(pool: Pool) -> str:
+  return hashlib.sha256(np.ascontiguousarray(pool.labels).tobytes()).hexdigest()[:16]
+
+
+def fixed_split(pool: Pool, config, workdir: str, carve_test: bool) -> dict:
+  """The train/val(/test) pool indices: read from workdir/split.json, else drawn and written."""
+  path = os.path.join(workdir, "split.json")
+  fingerprint = _pool_fingerprint(pool)
+  if os.path.exists(path):
+    with open(path) as f:
+      split = json.load(f)
+    if split["pool_fingerprint"] != fingerprint:
+      raise ValueError(f"{path} was drawn for different data (fingerprint "
+                       f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir")
+    return {k: np.asarray(v, np.int64) for k, v in split["indices"].items()}
+  key = jax.random.fold_in(jax.random.key(config.seed), 0x5EED)
+  candidates = np.arange(len(pool.labels))
+  if config.data.max_examples:
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(candidates)))
+    candidates = np.sort(order[:config.data.max_examples])
+  fractions = (config.data.val_fraction,) + ((config.data.test_fraction,) if carve_test else ())
+  parts = stratified_split(pool.labels[candidates], fractions, jax.random.fold_in(key, 2))
+  indices = {"train": candidates[parts[0]], "val": candidates[parts[1]]}
+  if carve_test:
+    indices["test"] = candidates[parts[2]]
+  atomic_write_json(path, {"pool_fingerprint": fingerprint, "seed": config.seed,
+                           "indices": {k: v.tolist() for k, v in indices.items()}})
+  return indices
+
+
+def _take(pool: Pool, indices: np.ndarray, ids: np.ndarray) -> Split:
+  # Fancy indexing copies: the splits live in RAM, not in the memmap.
+  return Split(np.asarray(pool.images[indices]), pool.labels[indices], ids.astype(np.int32))
+
+
+def load_dataset(config, workdir: str) -> Dataset:
+  data = config.data
+  cache_dir = data.cache_dir or os.path.join(workdir, "cache")
+  size, workers = config.image_size, data.decode_workers
+  test_pool = None
+  if data.source == "digits":
+    pool = load_digits_pool(size)
+  elif data.source == "folder":
+    pool = cached_pool(config, cache_dir, "pool", lambda: load_folder_pool(
+        data.path, size, data.label_regex, workers))
+    if data.test_path:
+      test_pool = cached_pool(config, cache_dir, "test", lambda: load_folder_pool(
+          data.test_path, size, data.label_regex, workers, class_names=pool.class_names))
+  else:
+    pool = cached_pool(config, cache_dir, "pool", lambda: load_tfds_pool(
+        data.name, data.train_split, size, data.tfds_data_dir, workers))
+    if data.test_split:
+      test_pool = cached_pool(config, cache_dir, "test", lambda: load_tfds_pool(
+          data.name, data.test_split, size, data.tfds_data_dir, workers))
+  skipped = pool.skipped_files + (test_pool.skipped_files if test_pool else [])
+  if skipped:
+    shown = "\n  ".join(skipped[:MAX_REPORTED_FILES])
+    logging.warning("Skipped %d unreadable or unlabelled file(s); first %d:\n  %s",
+                    len(skipped), min(len(skipped), MAX_REPORTED_FILES), shown)
+  indices = fixed_split(pool, config, workdir, carve_test=test_pool is None)
+  train = _take(pool, indices["train"], np.arange(len(indices["train"])))
+  val = _take(pool, indices["val"], indices["val"])
+  if test_pool is not None:
+    test = Split(np.asarray(test_pool.images), test_pool.labels,
+                 np.arange(len(test_pool.labels), dtype=np.int32))
+  else:
+    test = _take(pool, indices["test"], indices["test"]) if len(indices["test"]) else None
+  return Dataset(train, val, test, pool.class_names, skipped)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0xDA7A), epoch)
+  return np.asarray(jax.random.permutation(key, num_examples))
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+  return -(-num_examples // batch_size)
+
+
+def batches(split: Split, batch_size: int, order: np.ndarray | None = None, start: int = 0,
+            swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+            ) -> Iterator[dict]:
+  """Yields host batches {image uint8, label, id, mask} of exactly `batch_size`.
+
+  Every example appears exactly once; the last batch is padded by repeating its own examples
+  with mask 0, so shapes never change and padded rows count for nothing. `swap(ids, images)`
+  replaces images by id (the proxy bank) before augmentation. `start` skips batches (resume).
+  """
+  order = np.arange(len(split)) if order is None else order
+  for begin in range(start * batch_size, len(order), batch_size):
+    chosen = order[begin:begin + batch_size]
+    valid = len(chosen)
+    if valid < batch_size:
+      chosen = np.resize(chosen, batch_size)
+    images = split.images[chosen]
+    if swap is not None:
+      images = swap(split.ids[chosen], images)
+    mask = np.zeros(batch_size, np.float32)
+    mask[:valid] = 1.0
+    yield {"image": images, "label": split.labels[chosen], "id": split.ids[chosen],
+           "mask": mask}

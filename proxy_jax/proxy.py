@@ -1,0 +1,278 @@
+"""Proxy Attention: the pure transform, the proxy bank, the schedule and the proxy step.
+
+A proxy step evaluates the training split, picks a seeded share of the wrongly classified
+examples, computes a CAM for each, down-weights the attended pixels (`proxy_transform`) and
+stores the result in the `ProxyBank` under the example's id. From then on training batches use
+the proxy *instead of* the original (replaced, never added): the epoch length is unchanged and
+validation/test data never pass through the bank.
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from proxy_jax import cams, images_grid, preprocess
+
+# ---------------------------------------------------------------- the transform
+
+STATISTIC_MODES = {"mean": jnp.mean, "max": jnp.max, "min": jnp.min}
+
+
+def proxy_transform(images, cams_, threshold, weight, mode: str = "seed"):
+  """Down-weights attended pixels of images in [0, 1]; pure and jittable.
+
+  images: (B, H, W, C) floats in [0, 1]; cams_: (B, H, W) in [0, 1]. Non-finite CAM values are
+  treated as 0. Pixels with cam below the threshold are never changed. Modes:
+    seed:     cam >= t -> (1 - weight) * cam * pixel   (the seed document's Algorithm 1)
+    blended:  cam >  t -> (1 - weight * cam) * pixel   (what the original code ran)
+    mean/max/min: cam >= t -> that statistic of the image, per channel
+    zero/one: cam >= t -> 0 (black) / 1 (white)
+  The result is clipped to [0, 1] and has the input's shape and dtype.
+  """
+  dtype = images.dtype
+  x = images.astype(jnp.float32)
+  cam = jnp.asarray(cams_, jnp.float32)
+  cam = jnp.where(jnp.isfinite(cam), cam, 0.0)[..., None]
+  if mode == "seed":
+    out = jnp.where(cam >= threshold, (1.0 - weight) * cam * x, x)
+  elif mode == "blended":
+    out = jnp.where(cam > threshold, (1.0 - weight * cam) * x, x)
+  elif mode in STATISTIC_MODES:
+    stat = STATISTIC_MODES[mode](x, axis=(1, 2), keepdims=True)
+    out = jnp.where(cam >= threshold, stat, x)
+  elif mode in ("zero", "one"):
+    out = jnp.where(cam >= threshold, 0.0 if mode == "zero" else 1.0, x)
+  else:
+    raise ValueError(f"unknown proxy mode {mode!r}; choose seed, blended, mean, max, min, "
+                     "zero or one")
+  return jnp.clip(out, 0.0, 1.0).astype(dtype)
+
+
+# ---------------------------------------------------------------- the schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  epochs: int
+  # Completed-epoch counts at which each proxy step runs, in order (repeats allowed).
+  proxy_epochs: tuple[int, ...]
+
+
+def parse_schedule(schedule: str, num_epochs: int, enabled: bool = True) -> Schedule:
+  """'5,p,9,p,4' -> proxy steps after epochs 5 and 14 of 18.
+
+  The epochs must add up to num_epochs, so the baseline (proxy disabled) trains exactly as
+  long as the proxy arm; with proxy disabled the schedule is ignored.
+  """
+  if not enabled:
+    return Schedule(num_epochs, ())
+  tokens = [t.strip().lower() for t in str(schedule).split(",")]
+  if not schedule or not str(schedule).strip() or any(not t for t in tokens):
+    raise ValueError(f"config.proxy.schedule={schedule!r} is malformed: expected epochs and "
+                     "'p' separated by commas, e.g. '5,p,9,p,4'")
+  done, proxy_epochs = 0, []
+  for token in tokens:
+    if token == "p":
+      proxy_epochs.append(done)
+    elif token.isdigit() and int(token) > 0:
+      done += int(token)
+    else:
+      raise ValueError(f"config.proxy.schedule={schedule!r} is malformed: {token!r} is "
+                       "neither a positive number of epochs nor 'p'")
+  if not proxy_epochs:
+    raise ValueError(f"config.proxy.schedule={schedule!r} has no proxy step 'p'; set "
+                     "config.proxy.enabled=False for a baseline")
+  if proxy_epochs[-1] == done:
+    raise ValueError(f"config.proxy.schedule={schedule!r} ends with a proxy step, which no "
+                     "training epoch would use")
+  if done != num_epochs:
+    raise ValueError(f"config.proxy.schedule={schedule!r} trains {done} epochs but "
+                     f"config.num_epochs={num_epochs}; make them agree")
+  return Schedule(done, tuple(proxy_epochs))
+
+
+# ---------------------------------------------------------------- the bank
+
+
+class ProxyBank:
+  """Proxy images (uint8) by training-example id, on the host.
+
+  Lives on the host so its size is bounded by host RAM, not device memory: at most
+  n_train * S * S * 3 bytes. Batches swap proxies in before they go to the device.
+  """
+
+  def __init__(self):
+    self._images: dict[int, np.ndarray] = {}
+
+  def __len__(self):
+    return len(self._images)
+
+  def __contains__(self, example_id):
+    return int(example_id) in self._images
+
+  def ids(self) -> np.ndarray:
+    return np.array(sorted(self._images), np.int32)
+
+  def get(self, example_id) -> np.ndarray:
+    return self._images[int(example_id)]
+
+  def update(self, ids, images) -> None:
+    for example_id, image in zip(np.asarray(ids), np.asarray(images, np.uint8)):
+      self._images[int(example_id)] = image.copy()
+
+  def clear(self) -> None:
+    self._images.clear()
+
+  def swap(self, ids, images) -> np.ndarray:
+    """Returns `images` with every banked id replaced by its proxy (modifies in place)."""
+    for row, example_id in enumerate(np.asarray(ids)):
+      proxy_image = self._images.get(int(example_id))
+      if proxy_image is not None:
+        images[row] = proxy_image
+    return images
+
+  def to_arrays(self) -> dict:
+    ids = self.ids()
+    if not len(ids):
+      return {"ids": ids, "images": np.zeros((0,), np.uint8)}
+    return {"ids": ids, "images": np.stack([self._images[int(i)] for i in ids])}
+
+  @classmethod
+  def from_arrays(cls, arrays) -> "ProxyBank":
+    bank = cls()
+    if arrays is not None:
+      bank.update(arrays["ids"], arrays["images"])
+    return bank
+
+
+# ---------------------------------------------------------------- choosing examples
+
+
+def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bool = False):
+  """Seeded draw of ceil(subset * n_wrong) of the wrongly classified ids (sorted).
+
+  Class-balanced draws interleave per-class random orders (first pick of every class, then
+  second, ...), so no class takes more than its share while others still have examples.
+  """
+  wrong_ids, wrong_labels = np.asarray(wrong_ids), np.asarray(wrong_labels)
+  count = math.ceil(subset * len(wrong_ids))
+  if count == 0:
+    return wrong_ids[:0]
+  if not class_balanced:
+    order = np.asarray(jax.random.permutation(key, len(wrong_ids)))
+    return np.sort(wrong_ids[order[:count]])
+  classes = np.unique(wrong_labels)
+  class_order = np.asarray(jax.random.permutation(jax.random.fold_in(key, -1), len(classes)))
+  ranked = []
+  for position, cls in enumerate(classes[class_order]):
+    members = np.flatnonzero(wrong_labels == cls)
+    members = members[np.asarray(jax.random.permutation(jax.random.fold_in(key, int(cls)),
+                                                        len(members)))]
+    ranked += [(rank, position, index) for rank, index in enumerate(members)]
+  ranked.sort()
+  return np.sort(wrong_ids[[index for _, _, index in ranked[:count]]])
+
+
+# ---------------------------------------------------------------- the proxy step
+
+
+def make_proxy_fn(apply_fn, method: str, threshold: float, weight: float, mode: str,
+                  cam_options: dict):
+  """Jitted (variables, uint8 images, targets) -> (uint8 proxies, cams)."""
+
+  def proxies(variables, images_uint8, targets):
+    unit = preprocess.to_unit_range(images_uint8)
+    maps = cams.compute(method, apply_fn, variables, preprocess.normalize(unit), targets,
+                        **cam_options)
+    out = proxy_transform(unit, maps, threshold, weight, mode)
+    return jnp.round(out * 255.0).astype(jnp.uint8), maps
+
+  return jax.jit(proxies)
+
+
+def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) -> np.ndarray:
+  """Eval-mode, unaugmented predictions for every example of `split`, in split order."""
+  from proxy_jax import data, train  # pylint: disable=g-import-not-at-top
+  predictions = []
+  for batch in data.batches(split, batch_size):
+    images = train.to_global({"image": batch["image"]}, batch_sharding)["image"]
+    logits = predict_fn(state, images)
+    predictions.append(np.asarray(jnp.argmax(logits, -1))[batch["mask"] > 0])
+  return np.concatenate(predictions)
+
+
+def _source_images(split, bank, ids, reuse_proxies: bool):
+  images = np.asarray(split.images[ids])
+  return bank.swap(split.ids[ids], images) if reuse_proxies else images
+
+
+def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, workdir=None,
+                   step=0, index=0, batch_sharding=None):
+  """One proxy step over the training split; returns (bank, record for summary.json)."""
+  started = time.time()
+  settings = config.proxy
+  predictions = predict_labels(state, split, config.eval_batch_size, predict_fn, batch_sharding)
+  wrong = np.flatnonzero(predictions != split.labels)
+  chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key,
+                        settings.class_balanced)
+  if settings.clear_every_step:
+    bank.clear()
+  originals, proxies_, maps = _make_proxies(state, split, bank, chosen, predictions, config)
+  bank.update(split.ids[chosen], proxies_)
+  record = {"index": index, "wrong": int(len(wrong)), "chosen": int(len(chosen)),
+            "bank_size": len(bank), "seconds": time.time() - started}
+  logging.info("Proxy step %d: %d wrong, %d chosen, bank %d, %.1fs", index, record["wrong"],
+               record["chosen"], record["bank_size"], record["seconds"])
+  if writer is not None:
+    writer.write_scalars(step, {f"proxy/{k}": v for k, v in record.items() if k != "index"})
+    _log_examples(writer, workdir, step, index, originals, maps, proxies_,
+                  settings.num_logged_images)
+  return bank, record
+
+
+def _make_proxies(state, split, bank, chosen, predictions, config):
+  """CAMs and proxies for the chosen training positions, in fixed-size chunks on device."""
+  settings = config.proxy
+  size = min(config.cams.chunk_size, max(len(chosen), 1))
+  proxy_fn = make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
+                           settings.weight, settings.mode,
+                           {"smooth_sigma": config.cams.smooth_sigma})
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  targets_all = predictions if settings.cam_target == "predicted" else split.labels
+  originals, proxies_, maps = [], [], []
+  for begin in range(0, len(chosen), size):
+    ids = chosen[begin:begin + size]
+    valid = len(ids)
+    # Padding to one chunk shape keeps it to a single compilation.
+    padded = np.resize(ids, size)
+    images = _source_images(split, bank, padded, settings.reuse_proxies)
+    out, cam = proxy_fn(variables, images, jnp.asarray(targets_all[padded], jnp.int32))
+    originals.append(images[:valid])
+    proxies_.append(np.asarray(out)[:valid])
+    maps.append(np.asarray(cam)[:valid])
+  if not originals:
+    shape = (0,) + split.images.shape[1:]
+    empty = np.zeros(shape, np.uint8)
+    return empty, empty, np.zeros(shape[:3], np.float32)
+  return np.concatenate(originals), np.concatenate(proxies_), np.concatenate(maps)
+
+
+def _log_examples(writer, workdir, step, index, originals, maps, proxies_, count):
+  """Grid of (original | CAM overlay | proxy) rows to TensorBoard and workdir/proxy_steps/."""
+  count = min(count, len(originals))
+  if count == 0:
+    return
+  overlays = cams.overlay(originals[:count], maps[:count])
+  rows = np.stack([originals[:count], overlays, proxies_[:count]], axis=1)
+  picture = images_grid.grid(rows.reshape((-1,) + rows.shape[2:]), columns=3)
+  writer.write_images(step, {"proxy/examples": picture[None]})
+  if workdir:
+    os.makedirs(os.path.join(workdir, "proxy_steps"), exist_ok=True)
+    images_grid.save_png(os.path.join(workdir, "proxy_steps", f"step_{index:03d}.png"),
+                         picture)
