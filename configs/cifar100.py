@@ -1,0 +1,17 @@
+"""CIFAR-100 (TFDS `cifar100`, 100 classes, 32 px photos), ResNet-18 with the small-image stem."""
+
+from configs import dogs
+
+
+def get_config():
+  # Same model, optimiser and proxy settings as the thesis's Stanford Dogs run.
+  config = dogs.get_config()
+  config.data.name = "cifar100"
+  config.data.test_split = "test"
+  config.image_size = 32
+  config.model.name = "resnet18"
+  config.model.pretrained = ""  # ImageNet weights do not fit 32 px inputs well.
+  config.batch_size = 128
+  config.eval_batch_size = 512
+  config.optimizer.learning_rate = 1e-3
+  return config
