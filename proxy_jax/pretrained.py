@@ -25,6 +25,8 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from proxy_jax import models
+
 Log = Callable[[str], None]
 
 # Written by the convert CLI next to the Orbax checkpoint (in the `variables` subfolder).
@@ -43,7 +45,6 @@ _HEAD_MODULES = {"resnet": ("fc",), "tiny": ("fc",), "vgg": ("fc1", "fc2", "fc3"
 _CLASSIFIER = {"resnet": "fc", "tiny": "fc", "vgg": "fc3", "vit": "fc"}
 # Stem parameters whose shape depends on `small_stem` (named in shape-mismatch hints).
 _STEMS = {"resnet": "conv1", "vgg": "fc1", "vit": "patch_embed"}
-_RESNET_STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3)}
 _VGG16_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
@@ -176,7 +177,9 @@ def _resnet_module(model_name: str, path: tuple[str, ...]) -> str:
   if not path[0].startswith("blocks_"):
     return ".".join(path)
   index = int(path[0].split("_")[1])
-  for stage, size in enumerate(_RESNET_STAGES[model_name]):
+  # Block i of the flat `blocks_i` list is torchvision's layer{stage}.{index}.
+  stage_sizes, _ = models._RESNETS[model_name]  # pylint: disable=protected-access
+  for stage, size in enumerate(stage_sizes):
     if index < size:
       break
     index -= size
