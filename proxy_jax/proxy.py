@@ -8,6 +8,7 @@ validation/test data never pass through the bank.
 """
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -33,9 +34,13 @@ def proxy_transform(images, cams_, threshold, weight, mode: str = "seed"):
     blended:  cam >  t -> (1 - weight * cam) * pixel   (what the original code ran)
     mean/max/min: cam >= t -> that statistic of the image, per channel
     zero/one: cam >= t -> 0 (black) / 1 (white)
-  The result is clipped to [0, 1] and has the input's shape and dtype.
+  The result is clipped to [0, 1] and has the input's shape and dtype. Integer images are
+  refused: clipping uint8 values to [0, 1] would silently destroy them.
   """
-  dtype = images.dtype
+  dtype = jnp.asarray(images).dtype
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"proxy_transform takes float images in [0, 1], got {dtype}; convert "
+                    "uint8 with preprocess.to_unit_range first")
   x = images.astype(jnp.float32)
   cam = jnp.asarray(cams_, jnp.float32)
   cam = jnp.where(jnp.isfinite(cam), cam, 0.0)[..., None]
@@ -180,20 +185,61 @@ def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bo
 
 
 # ---------------------------------------------------------------- the proxy step
+#
+# Cost. For activation-map methods (Grad-CAM family) a CAM needs the backbone features once and
+# only differentiates the small head, so the predictions and the maps of the whole split come
+# out of ONE forward pass (`_scan_split`): about the cost of one evaluation pass. Only the wrongly
+# classified rows (a superset of the chosen ones) come back to the host, as uint8. Multi-pass
+# methods (Score-CAM, SmoothGrad, IG) cost many forward passes per map, so for them, and for
+# banked examples when reuse_proxies asks for a CAM of the proxy, maps are computed afterwards
+# for the chosen examples only (`_proxies_of`). Jitted functions are cached by their static
+# settings and chunk shapes are bucketed to powers of two, so later proxy steps never recompile.
+
+
+@functools.lru_cache(maxsize=32)
+def _scan_fn(apply_fn, method: str, mode: str, cam_options: tuple):
+  """Jitted (variables, uint8 images, targets or None, threshold, weight) ->
+  (predictions, uint8 proxies, uint8 maps) for a whole batch, in one pass."""
+
+  def scan(variables, images_uint8, targets, threshold, weight):
+    unit = preprocess.to_unit_range(images_uint8)
+    maps, logits = cams.compute(method, apply_fn, variables, preprocess.normalize(unit),
+                                targets, return_logits=True, **dict(cam_options))
+    out = proxy_transform(unit, maps, threshold, weight, mode)
+    return jnp.argmax(logits, -1), _to_uint8(out), _to_uint8(maps)
+
+  return jax.jit(scan)
+
+
+@functools.lru_cache(maxsize=32)
+def _proxy_fn(apply_fn, method: str, mode: str, cam_options: tuple):
+  """Jitted (variables, uint8 images, targets, threshold, weight) -> (uint8 proxies, maps)."""
+
+  def proxies(variables, images_uint8, targets, threshold, weight):
+    unit = preprocess.to_unit_range(images_uint8)
+    maps = cams.compute(method, apply_fn, variables, preprocess.normalize(unit), targets,
+                        **dict(cam_options))
+    out = proxy_transform(unit, maps, threshold, weight, mode)
+    return _to_uint8(out), _to_uint8(maps)
+
+  return jax.jit(proxies)
 
 
 def make_proxy_fn(apply_fn, method: str, threshold: float, weight: float, mode: str,
                   cam_options: dict):
-  """Jitted (variables, uint8 images, targets) -> (uint8 proxies, cams)."""
+  """Jitted (variables, uint8 images, targets) -> (uint8 proxies, uint8 maps); cached."""
+  fn = _proxy_fn(apply_fn, method, mode, tuple(sorted(cam_options.items())))
+  return lambda variables, images, targets: fn(variables, images, targets,
+                                               jnp.float32(threshold), jnp.float32(weight))
 
-  def proxies(variables, images_uint8, targets):
-    unit = preprocess.to_unit_range(images_uint8)
-    maps = cams.compute(method, apply_fn, variables, preprocess.normalize(unit), targets,
-                        **cam_options)
-    out = proxy_transform(unit, maps, threshold, weight, mode)
-    return jnp.round(out * 255.0).astype(jnp.uint8), maps
 
-  return jax.jit(proxies)
+def _to_uint8(unit):
+  return jnp.round(jnp.clip(unit, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+def fused(method: str) -> bool:
+  """Whether maps for the whole split cost about one forward pass (see the note above)."""
+  return method in cams.formulas.ACTIVATION_FORMULAS
 
 
 def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) -> np.ndarray:
@@ -207,23 +253,74 @@ def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) ->
   return np.concatenate(predictions)
 
 
-def _source_images(split, bank, ids, reuse_proxies: bool):
-  images = np.asarray(split.images[ids])
-  return bank.swap(split.ids[ids], images) if reuse_proxies else images
+@dataclasses.dataclass
+class _Candidates:
+  """Proxies and maps of the wrongly classified training positions, from the fused scan."""
+  positions: np.ndarray
+  proxies: np.ndarray  # uint8 (n, S, S, 3)
+  maps: np.ndarray     # uint8 (n, S, S), the CAM times 255
+
+
+def _scan_split(state, split, config, batch_sharding):
+  """One eval-mode pass: predictions of every example plus proxies of the wrong ones."""
+  from proxy_jax import data, train  # pylint: disable=g-import-not-at-top
+  settings = config.proxy
+  scan = _scan_fn(state.apply_fn, settings.cam_method, settings.mode, _cam_options(config))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  threshold, weight = jnp.float32(settings.threshold), jnp.float32(settings.weight)
+  predictions, positions, proxies_, maps = [], [], [], []
+  for begin, batch in zip(range(0, len(split), config.eval_batch_size),
+                          data.batches(split, config.eval_batch_size)):
+    host = {"image": batch["image"]}
+    if settings.cam_target == "label":
+      host["label"] = batch["label"]
+    device = train.to_global(host, batch_sharding)
+    predicted, out, cam = scan(variables, device["image"], device.get("label"), threshold,
+                               weight)
+    valid = batch["mask"] > 0
+    predicted = np.asarray(predicted)[valid]
+    rows = np.flatnonzero(predicted != batch["label"][valid])
+    predictions.append(predicted)
+    if len(rows):  # Only rows that can be chosen leave the device.
+      positions.append(begin + rows)
+      proxies_.append(np.asarray(out)[rows])
+      maps.append(np.asarray(cam)[rows])
+  shape = split.images.shape[1:]
+  candidates = _Candidates(
+      np.concatenate(positions) if positions else np.zeros((0,), np.int64),
+      np.concatenate(proxies_) if proxies_ else np.zeros((0,) + shape, np.uint8),
+      np.concatenate(maps) if maps else np.zeros((0,) + shape[:2], np.uint8))
+  return np.concatenate(predictions), candidates
+
+
+def _cam_options(config) -> tuple:
+  return (("chunk_size", int(config.cams.chunk_size)),
+          ("smooth_sigma", float(config.cams.smooth_sigma)))
 
 
 def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, workdir=None,
                    step=0, index=0, batch_sharding=None):
-  """One proxy step over the training split; returns (bank, record for summary.json)."""
+  """One proxy step over the training split; returns (bank, record for summary.json).
+
+  With reuse_proxies the CAM of a banked example is taken on its current proxy, which is read
+  before clear_every_step empties the bank (so the two options compose instead of the clear
+  silently disabling reuse).
+  """
   started = time.time()
   settings = config.proxy
-  predictions = predict_labels(state, split, config.eval_batch_size, predict_fn, batch_sharding)
+  if fused(settings.cam_method):
+    predictions, candidates = _scan_split(state, split, config, batch_sharding)
+  else:
+    predictions = predict_labels(state, split, config.eval_batch_size, predict_fn,
+                                 batch_sharding)
+    candidates = None
   wrong = np.flatnonzero(predictions != split.labels)
   chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key,
                         settings.class_balanced)
+  originals, proxies_, maps = _proxies_of(state, split, bank, chosen, predictions, candidates,
+                                          config)
   if settings.clear_every_step:
     bank.clear()
-  originals, proxies_, maps = _make_proxies(state, split, bank, chosen, predictions, config)
   bank.update(split.ids[chosen], proxies_)
   record = {"index": index, "wrong": int(len(wrong)), "chosen": int(len(chosen)),
             "bank_size": len(bank), "seconds": time.time() - started}
@@ -236,31 +333,48 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, 
   return bank, record
 
 
-def _make_proxies(state, split, bank, chosen, predictions, config):
-  """CAMs and proxies for the chosen training positions, in fixed-size chunks on device."""
+def _proxies_of(state, split, bank, chosen, predictions, candidates, config):
+  """(source images, uint8 proxies, float maps) of the chosen training positions, in order.
+
+  Taken from the fused scan where it has them; computed here (in chunks) for multi-pass CAM
+  methods and for banked examples whose CAM must be of the current proxy (reuse_proxies).
+  """
   settings = config.proxy
-  size = min(config.cams.chunk_size, max(len(chosen), 1))
+  sources = np.asarray(split.images[chosen])
+  proxies_ = np.zeros_like(sources)
+  maps = np.zeros(sources.shape[:3], np.uint8)
+  recompute = np.ones(len(chosen), bool)
+  if settings.reuse_proxies:
+    sources = bank.swap(split.ids[chosen], sources)
+  if candidates is not None:
+    rows = np.searchsorted(candidates.positions, chosen)
+    banked = np.array([split.ids[p] in bank for p in chosen], bool)
+    recompute = banked if settings.reuse_proxies else np.zeros(len(chosen), bool)
+    proxies_[~recompute] = candidates.proxies[rows[~recompute]]
+    maps[~recompute] = candidates.maps[rows[~recompute]]
+  if recompute.any():
+    targets = predictions if settings.cam_target == "predicted" else split.labels
+    out, cam = _chunked_proxies(state, sources[recompute], targets[chosen[recompute]], config)
+    proxies_[recompute], maps[recompute] = out, cam
+  return sources, proxies_, maps.astype(np.float32) / 255.0
+
+
+def _chunked_proxies(state, images, targets, config):
+  """CAMs and proxies in chunks whose size is a power of two (at most a few compilations)."""
+  settings = config.proxy
   proxy_fn = make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
-                           settings.weight, settings.mode,
-                           {"smooth_sigma": config.cams.smooth_sigma})
+                           settings.weight, settings.mode, dict(_cam_options(config)))
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  targets_all = predictions if settings.cam_target == "predicted" else split.labels
-  originals, proxies_, maps = [], [], []
-  for begin in range(0, len(chosen), size):
-    ids = chosen[begin:begin + size]
-    valid = len(ids)
-    # Padding to one chunk shape keeps it to a single compilation.
-    padded = np.resize(ids, size)
-    images = _source_images(split, bank, padded, settings.reuse_proxies)
-    out, cam = proxy_fn(variables, images, jnp.asarray(targets_all[padded], jnp.int32))
-    originals.append(images[:valid])
-    proxies_.append(np.asarray(out)[:valid])
+  limit = max(1, int(config.cams.chunk_size))
+  outs, maps = [], []
+  for begin in range(0, len(images), limit):
+    valid = min(limit, len(images) - begin)
+    size = min(limit, 1 << (valid - 1).bit_length())
+    rows = np.resize(np.arange(begin, begin + valid), size)
+    out, cam = proxy_fn(variables, images[rows], jnp.asarray(targets[rows], jnp.int32))
+    outs.append(np.asarray(out)[:valid])
     maps.append(np.asarray(cam)[:valid])
-  if not originals:
-    shape = (0,) + split.images.shape[1:]
-    empty = np.zeros(shape, np.uint8)
-    return empty, empty, np.zeros(shape[:3], np.float32)
-  return np.concatenate(originals), np.concatenate(proxies_), np.concatenate(maps)
+  return np.concatenate(outs), np.concatenate(maps)
 
 
 def _log_examples(writer, workdir, step, index, originals, maps, proxies_, count):
