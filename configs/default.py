@@ -26,6 +26,9 @@ def get_config():
   config.data.train_split = "train"
   # Dataset test split, or "" to carve data.test_fraction of the training data instead.
   config.data.test_split = ""
+  # The train/val(/test) split is drawn from this seed, not config.seed, so runs with different
+  # training seeds (and the baseline and proxy arms) share one fixed split.
+  config.data.split_seed = 0
   config.data.val_fraction = 0.1
   config.data.test_fraction = 0.1
   # Only for smoke runs: cap the number of training-pool examples (0 = all).
@@ -44,6 +47,8 @@ def get_config():
   config.model.name = "tiny_cnn"
   # "auto" = small-image stem at 64 px or less.
   config.model.small_stem = "auto"
+  # Base channel count of CNNs (0 = the architecture's own: 64 for ResNet/VGG, 32 for tiny_cnn).
+  config.model.width = 0
   # "" = random init; a .safetensors path or a hub name (see README, transfer learning).
   config.model.pretrained = ""
   # Compute dtype: "bfloat16" keeps float32 params, loss, softmax and CAM maths (our AMP).

@@ -81,12 +81,17 @@ def validate(config) -> None:
   if carve_test and config.data.val_fraction + config.data.test_fraction >= 1.0:
     _fail("data.test_fraction", config.data.test_fraction,
           "val_fraction + test_fraction must leave training data (< 1)")
+  if not isinstance(config.data.split_seed, int):
+    _fail("data.split_seed", config.data.split_seed, "must be an integer")
   if config.data.max_examples < 0:
     _fail("data.max_examples", config.data.max_examples, "must be >= 0 (0 = all)")
   _check_positive_int(config, "image_size")
   _check_choice(config, "model.name", models.MODEL_NAMES)
   _check_choice(config, "model.small_stem", ("auto", True, False))
   _check_choice(config, "dtype", tuple(models.DTYPES))
+  width = config.model.get("width", 0)
+  if not isinstance(width, int) or width < 0 or (width and config.model.name.startswith("vit")):
+    _fail("model.width", width, "must be an integer >= 0 (0 = default), and 0 for ViT")
   if config.model.name.startswith("vit"):
     patch = 4 if models.use_small_stem(config.image_size, config.model.small_stem) else 16
     if config.image_size % patch:

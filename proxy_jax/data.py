@@ -249,18 +249,33 @@ def _pool_fingerprint(pool: Pool) -> str:
   return hashlib.sha256(np.ascontiguousarray(pool.labels).tobytes()).hexdigest()[:16]
 
 
+def _split_parameters(config, carve_test: bool) -> dict:
+  return {"split_seed": config.data.split_seed, "val_fraction": config.data.val_fraction,
+          "test_fraction": config.data.test_fraction if carve_test else 0.0,
+          "max_examples": config.data.max_examples}
+
+
 def fixed_split(pool: Pool, config, workdir: str, carve_test: bool) -> dict:
-  """The train/val(/test) pool indices: read from workdir/split.json, else drawn and written."""
+  """The train/val(/test) pool indices: read from workdir/split.json, else drawn and written.
+
+  The draw depends only on `data.split_seed` (not the training seed), so every seed and every
+  arm of an experiment sees the same split; a recorded split is never redrawn.
+  """
   path = os.path.join(workdir, "split.json")
   fingerprint = _pool_fingerprint(pool)
+  parameters = _split_parameters(config, carve_test)
   if os.path.exists(path):
     with open(path) as f:
       split = json.load(f)
     if split["pool_fingerprint"] != fingerprint:
       raise ValueError(f"{path} was drawn for different data (fingerprint "
                        f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir")
+    for name, value in parameters.items():
+      if split["parameters"][name] != value:
+        raise ValueError(f"{path} was drawn with data.{name}={split['parameters'][name]!r}, "
+                         f"not {value!r}; use a new workdir")
     return {k: np.asarray(v, np.int64) for k, v in split["indices"].items()}
-  key = jax.random.fold_in(jax.random.key(config.seed), 0x5EED)
+  key = jax.random.fold_in(jax.random.key(config.data.split_seed), 0x5EED)
   candidates = np.arange(len(pool.labels))
   if config.data.max_examples:
     order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(candidates)))
@@ -270,7 +285,7 @@ def fixed_split(pool: Pool, config, workdir: str, carve_test: bool) -> dict:
   indices = {"train": candidates[parts[0]], "val": candidates[parts[1]]}
   if carve_test:
     indices["test"] = candidates[parts[2]]
-  atomic_write_json(path, {"pool_fingerprint": fingerprint, "seed": config.seed,
+  atomic_write_json(path, {"pool_fingerprint": fingerprint, "parameters": parameters,
                            "indices": {k: v.tolist() for k, v in indices.items()}})
   return indices
 

@@ -37,9 +37,10 @@ def rotate(image, angle_radians):
   yy, xx = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
                         jnp.arange(width, dtype=jnp.float32), indexing="ij")
   cos, sin = jnp.cos(angle_radians), jnp.sin(angle_radians)
-  # Inverse mapping: where in the source each output pixel comes from.
-  src_y = cos * (yy - cy) - sin * (xx - cx) + cy
-  src_x = sin * (yy - cy) + cos * (xx - cx) + cx
+  # Inverse mapping: where in the source each output pixel comes from. Positive angles turn
+  # the picture counter-clockwise as displayed (like np.rot90 and PIL).
+  src_y = cos * (yy - cy) + sin * (xx - cx) + cy
+  src_x = -sin * (yy - cy) + cos * (xx - cx) + cx
 
   def channel(plane):
     return jax.scipy.ndimage.map_coordinates(plane, [src_y, src_x], order=1, mode="nearest")

@@ -36,8 +36,9 @@ class TrainState(train_state.TrainState):
 
 
 def create_model(config, num_classes: int):
+  overrides = {"width": config.model.width} if config.model.get("width") else {}
   return models.create(config.model.name, num_classes, config.image_size, config.dtype,
-                       small_stem=config.model.small_stem)
+                       small_stem=config.model.small_stem, **overrides)
 
 
 def learning_rate_schedule(config, steps_per_epoch: int):

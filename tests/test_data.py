@@ -1,0 +1,167 @@
+"""Data: image folders with bad files, the fixed stratified split, padded batches."""
+
+import json
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from proxy_jax import data
+from tests.conftest import make_tiny_config
+
+
+def _photo(path, mode="RGB", size=(20, 14), fmt=None):
+  rng = np.random.default_rng(abs(hash(path)) % 2**32)
+  pixels = rng.integers(0, 255, (size[1], size[0], 3), np.uint8)
+  image = Image.fromarray(pixels).convert(mode)
+  image.save(path, format=fmt)
+
+
+def _make_folder(root):
+  """Two good classes with odd formats and every kind of bad file; returns the bad paths."""
+  for name in ("cat", "dog"):
+    os.makedirs(os.path.join(root, name))
+    for i in range(4):
+      _photo(os.path.join(root, name, f"{i}.jpg"))
+  _photo(os.path.join(root, "cat", "grey.png"), "L")
+  _photo(os.path.join(root, "cat", "rgba.png"), "RGBA")
+  _photo(os.path.join(root, "dog", "palette.png"), "P")
+  _photo(os.path.join(root, "dog", "cmyk.jpg"), "CMYK", fmt="JPEG")
+  bad = {"corrupt": os.path.join(root, "cat", "corrupt.jpg"),
+         "empty": os.path.join(root, "dog", "empty.png"),
+         "text": os.path.join(root, "dog", "notes.txt"),
+         "truncated": os.path.join(root, "cat", "truncated.jpg")}
+  with open(bad["corrupt"], "wb") as f:
+    f.write(os.urandom(300))
+  open(bad["empty"], "wb").close()
+  with open(bad["text"], "w") as f:
+    f.write("not an image")
+  _photo(bad["truncated"], size=(64, 64))
+  with open(bad["truncated"], "rb") as f:
+    head = f.read()
+  with open(bad["truncated"], "wb") as f:
+    f.write(head[:len(head) // 2])
+  return bad
+
+
+def test_folder_keeps_good_images_and_reports_bad_ones(tmp_path):
+  bad = _make_folder(str(tmp_path))
+  pool = data.load_folder_pool(str(tmp_path), 16, "", workers=2)
+  assert pool.class_names == ["cat", "dog"]
+  assert pool.images.shape == (12, 16, 16, 3) and pool.images.dtype == np.uint8
+  assert np.bincount(pool.labels).tolist() == [6, 6]
+  assert sorted(pool.skipped_files) == sorted(bad.values())
+
+
+def test_class_folder_without_readable_image_is_named(tmp_path):
+  _make_folder(str(tmp_path))
+  os.makedirs(tmp_path / "bird")
+  with open(tmp_path / "bird" / "broken.jpg", "wb") as f:
+    f.write(b"\xff\xd8 nope")
+  with pytest.raises(ValueError, match="no readable image: bird"):
+    data.load_folder_pool(str(tmp_path), 16, "", workers=1)
+
+
+def test_flat_folder_labels_from_file_name_regex(tmp_path):
+  for name in ("A1.jpg", "A22.jpg", "B3.jpg", "del4.jpg", "readme.md"):
+    _photo(str(tmp_path / name)) if name.endswith(".jpg") else (tmp_path / name).write_text("x")
+  pool = data.load_folder_pool(str(tmp_path), 8, r"^([A-Za-z]+)\d+\.", workers=1)
+  assert pool.class_names == ["A", "B", "del"]
+  assert sorted(pool.labels.tolist()) == [0, 0, 1, 2]
+  assert pool.skipped_files == [str(tmp_path / "readme.md")]
+
+
+def test_test_folder_with_unknown_class_is_refused(tmp_path):
+  _photo(str(tmp_path / "x.jpg"))
+  os.makedirs(tmp_path / "test" / "zebra")
+  _photo(str(tmp_path / "test" / "zebra" / "z.jpg"))
+  with pytest.raises(ValueError, match="classes not in the training data: zebra"):
+    data.load_folder_pool(str(tmp_path / "test"), 8, "", 1, class_names=["cat", "dog"])
+
+
+def test_fit_image_converts_modes_and_centre_crops():
+  wide = Image.fromarray(np.arange(40 * 80, dtype=np.uint8).reshape(40, 80) % 251, "L")
+  out = data.fit_image(wide, 20)
+  assert out.shape == (20, 20, 3) and out.dtype == np.uint8
+  assert np.array_equal(out[..., 0], out[..., 2])  # grey stays grey in RGB
+
+
+def test_stratified_split_is_disjoint_complete_and_proportional():
+  labels = np.repeat(np.arange(4), [50, 30, 20, 100])
+  rest, val, test = data.stratified_split(labels, (0.1, 0.2), jax.random.key(0))
+  assert len(set(rest) | set(val) | set(test)) == len(labels)
+  assert len(rest) + len(val) + len(test) == len(labels)
+  assert np.bincount(labels[val]).tolist() == [5, 3, 2, 10]
+  assert np.bincount(labels[test]).tolist() == [10, 6, 4, 20]
+  again = data.stratified_split(labels, (0.1, 0.2), jax.random.key(0))
+  assert all(np.array_equal(a, b) for a, b in zip((rest, val, test), again))
+  other = data.stratified_split(labels, (0.1, 0.2), jax.random.key(1))
+  assert not np.array_equal(val, other[1])
+
+
+def test_split_is_recorded_and_reused(tmp_path):
+  config = make_tiny_config()
+  first = data.load_dataset(config, str(tmp_path))
+  recorded = json.loads((tmp_path / "split.json").read_text())
+  assert recorded["indices"]["val"] == first.val.ids.tolist()
+  # The training seed does not move the split.
+  config.seed = 7
+  second = data.load_dataset(config, str(tmp_path))
+  np.testing.assert_array_equal(first.val.ids, second.val.ids)
+  np.testing.assert_array_equal(first.train.images, second.train.images)
+  assert first.train.ids.tolist() == list(range(len(first.train)))
+  assert len(first.train) + len(first.val) + len(first.test) == 300
+  assert not set(first.val.ids) & set(first.test.ids)
+
+
+def test_recorded_split_is_never_redrawn_with_other_parameters(tmp_path):
+  data.load_dataset(make_tiny_config(), str(tmp_path))
+  with pytest.raises(ValueError, match="data.max_examples=300"):
+    data.load_dataset(make_tiny_config(**{"data.max_examples": 200}), str(tmp_path))
+  with pytest.raises(ValueError, match="data.split_seed=0"):
+    data.load_dataset(make_tiny_config(**{"data.split_seed": 1}), str(tmp_path))
+
+
+def test_folder_pool_is_cached(tmp_path):
+  root = tmp_path / "photos"
+  os.makedirs(root)
+  _make_folder(str(root))
+  config = make_tiny_config(**{"data.source": "folder", "data.path": str(root),
+                               "data.val_fraction": 0.25, "data.test_fraction": 0.25,
+                               "data.max_examples": 0})
+  first = data.load_dataset(config, str(tmp_path / "run"))
+  cache = tmp_path / "run" / "cache"
+  assert any(name.endswith(".images.npy") for name in os.listdir(cache))
+  second = data.load_dataset(config, str(tmp_path / "run"))
+  np.testing.assert_array_equal(first.train.images, second.train.images)
+  assert len(second.skipped_files) == 4
+
+
+def test_batches_cover_every_example_once_with_padding():
+  split = data.Split(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(3, -1),
+                     np.arange(10, dtype=np.int32) % 3, np.arange(10, dtype=np.int32))
+  order = data.epoch_order(10, seed=0, epoch=1)
+  seen = []
+  for batch in data.batches(split, 4, order):
+    assert batch["image"].shape == (4, 1, 1, 3)
+    seen += batch["id"][batch["mask"] > 0].tolist()
+  assert sorted(seen) == list(range(10)) and len(seen) == 10
+  assert data.num_batches(10, 4) == 3
+  assert not np.array_equal(order, data.epoch_order(10, seed=0, epoch=2))
+
+
+def test_batches_swap_by_id_and_resume_from_a_step():
+  split = data.Split(np.zeros((6, 2, 2, 3), np.uint8), np.zeros(6, np.int32),
+                     np.arange(6, dtype=np.int32))
+
+  def swap(ids, images):
+    images[ids == 4] = 255
+    return images
+
+  batches = list(data.batches(split, 2, swap=swap))
+  assert batches[2]["image"][0].max() == 255 and batches[2]["image"][1].max() == 0
+  assert split.images.max() == 0  # the original is never modified
+  resumed = list(data.batches(split, 2, start=1))
+  assert [b["id"].tolist() for b in resumed] == [[2, 3], [4, 5]]

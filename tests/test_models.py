@@ -1,0 +1,70 @@
+"""Every model: features/head shapes, __call__ == head(features), dtype policy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from proxy_jax import models
+
+# (name, image size, expected feature grid, channels) for the full-size architectures.
+FULL_SIZE = [
+    ("tiny_cnn", 32, 8, 128), ("resnet18", 224, 7, 512), ("resnet34", 224, 7, 512),
+    ("resnet50", 224, 7, 2048), ("vgg16_bn", 224, 14, 512), ("vit_ti16", 224, 14, 192),
+    ("vit_s16", 224, 14, 384), ("vit_b16", 224, 14, 768),
+    ("resnet18", 32, 4, 512), ("resnet50", 64, 8, 2048), ("vgg16_bn", 32, 8, 512),
+    ("vit_ti16", 32, 8, 192),
+]
+# Narrow variants that are cheap enough to run for real.
+SMALL = [("tiny_cnn", {"width": 4}), ("resnet18", {"width": 4}), ("resnet50", {"width": 4}),
+         ("vgg16_bn", {"width": 4}), ("vit_ti16", {"dim": 16, "depth": 2, "num_heads": 2})]
+
+
+def _init(model, size, batch=2):
+  x = jnp.zeros((batch, size, size, 3))
+  return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+
+
+@pytest.mark.parametrize("name,size,grid,channels", FULL_SIZE)
+def test_full_size_shapes(name, size, grid, channels):
+  model = models.create(name, 7, size)
+  variables = jax.eval_shape(lambda: _init(model, size))
+  x = jax.ShapeDtypeStruct((3, size, size, 3), jnp.float32)
+  features = jax.eval_shape(lambda v, x: model.apply(v, x, method="features"), variables, x)
+  assert features.shape == (3, grid, grid, channels)
+  logits = jax.eval_shape(lambda v, f: model.apply(v, f, method="head"), variables, features)
+  assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name,overrides", SMALL)
+def test_call_equals_head_of_features(name, overrides):
+  model = models.create(name, 5, 32, **overrides)
+  variables = _init(model, 32)
+  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  features = model.apply(variables, x, method="features")
+  assert features.ndim == 4 and features.shape[0] == 2
+  np.testing.assert_allclose(model.apply(variables, features, method="head"),
+                             model.apply(variables, x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,overrides", SMALL)
+def test_bfloat16_compute_keeps_float32_params_and_logits(name, overrides):
+  model = models.create(name, 5, 32, dtype="bfloat16", **overrides)
+  variables = _init(model, 32)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  assert model.apply(variables, x, method="features").dtype == jnp.bfloat16
+  logits = model.apply(variables, x)
+  assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+
+
+def test_small_stem_is_automatic_at_64px_and_below():
+  assert models.use_small_stem(64) and not models.use_small_stem(96)
+  assert models.use_small_stem(224, True) and not models.use_small_stem(32, False)
+
+
+def test_unknown_model_and_dtype_are_refused():
+  with pytest.raises(ValueError, match="unknown model 'resnet9'"):
+    models.create("resnet9", 10, 32)
+  with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+    models.create("resnet18", 10, 32, dtype="float16")
