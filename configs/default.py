@@ -45,7 +45,7 @@ def get_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "tiny_cnn"
-  # "auto" = small-image stem at 64 px or less.
+  # "auto" = small-image stem at 64 px or less; "true" / "false" force it.
   config.model.small_stem = "auto"
   # Base channel count of CNNs (0 = the architecture's own: 64 for ResNet/VGG, 32 for tiny_cnn).
   config.model.width = 0

@@ -87,7 +87,9 @@ def validate(config) -> None:
     _fail("data.max_examples", config.data.max_examples, "must be >= 0 (0 = all)")
   _check_positive_int(config, "image_size")
   _check_choice(config, "model.name", models.MODEL_NAMES)
-  _check_choice(config, "model.small_stem", ("auto", True, False))
+  small_stem = config.model.small_stem
+  if not isinstance(small_stem, bool) and str(small_stem).lower() not in models.SMALL_STEM_CHOICES:
+    _fail("model.small_stem", small_stem, "choose one of auto, true, false")
   _check_choice(config, "dtype", tuple(models.DTYPES))
   width = config.model.get("width", 0)
   if not isinstance(width, int) or width < 0 or (width and config.model.name.startswith("vit")):

@@ -351,7 +351,7 @@ def _raise_on_mismatch(unknown, missing, mismatched, family, model_name):
       parts.append(f"{len(items)} {title}: " + ", ".join(sorted(items)))
   stem = _STEMS.get(family)
   if stem and any(f"params/{stem}/" in note for note in mismatched):
-    parts.append("ImageNet stems need the full-size model: set config.model.small_stem=False "
+    parts.append("ImageNet stems need the full-size model: set config.model.small_stem=false "
                  "(small_stem='auto' picks the small-image stem at 64 px or less)")
   raise CheckpointMismatchError("\n  ".join(parts))
 

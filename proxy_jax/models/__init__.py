@@ -24,9 +24,17 @@ MODEL_NAMES = ("tiny_cnn", *_RESNETS, "vgg16_bn", *_VITS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+SMALL_STEM_CHOICES = ("auto", "true", "false")
+
+
 def use_small_stem(image_size: int, small_stem: Any = "auto") -> bool:
-  if small_stem == "auto":
-    return image_size <= SMALL_IMAGE_MAX
+  """small_stem: "auto" (at 64 px or less), "true"/"false" (config strings) or a bool."""
+  if isinstance(small_stem, str):
+    if small_stem.lower() not in SMALL_STEM_CHOICES:
+      raise ValueError(f"small_stem={small_stem!r}; choose one of auto, true, false")
+    if small_stem.lower() == "auto":
+      return image_size <= SMALL_IMAGE_MAX
+    return small_stem.lower() == "true"
   return bool(small_stem)
 
 
