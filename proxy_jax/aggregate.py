@@ -13,6 +13,7 @@ a Parquet engine is installed), curves.csv and, with --group-by, grouped.csv.
 
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -298,10 +299,10 @@ def main(argv):
   f = flags.FLAGS
   root = argv[1]
   out = f.out or root
-  os.makedirs(out, exist_ok=True)
   results, curves, swept = load_results(root, with_curves=f.curves or f.plot)
   if results.empty:
-    raise app.UsageError(f"no runs found under {root}")
+    sys.exit(f"no runs found under {root}")
+  os.makedirs(out, exist_ok=True)
   if f.query:
     results = filter_results(results, f.query)
     curves = curves[curves.trial.isin(results.trial)]
