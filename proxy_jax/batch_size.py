@@ -207,6 +207,8 @@ def define_flags():
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", "configs/default.py", "Training config file.")
   flags.DEFINE_integer("num_classes", 0, "Classes of the dataset; 0 = load it to count them.")
+  flags.DEFINE_integer("ceiling", 0, "Largest batch size tried; 0 = config.batch_size_ceiling "
+                       "or its default.")
 
 
 def count_classes(config) -> int:
@@ -220,6 +222,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = flags.FLAGS.config
+  if flags.FLAGS.ceiling:
+    with config.unlocked():
+      config.batch_size_ceiling = flags.FLAGS.ceiling
   num_classes = flags.FLAGS.num_classes or count_classes(config)
   device = jax.devices()[0]
   limit = device_memory_limit(device)
