@@ -19,6 +19,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,6 +134,16 @@ def compare(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp"
   ids = common_ids([m["split"] for m in models])
   if not len(ids):
     raise ValueError("the workdirs share no evaluation example (different data or split)")
+  smallest = min(len(m["split"]) for m in models)
+  if len(ids) < smallest:
+    logging.warning("only %d of %d %s examples are shared by all workdirs (splits drawn with "
+                    "different data.split_seed or data?); comparing those", len(ids), smallest,
+                    split_name)
+  reference = select(models[0]["split"], ids)[1]
+  for entry in models[1:]:
+    if not np.array_equal(select(entry["split"], ids)[1], reference):
+      raise ValueError(f"{entry['workdir']} labels the shared example ids differently from "
+                       f"{models[0]['workdir']}: the runs use different data")
   ids = ids[:num_images] if num_images > 0 else ids
   names = names or [os.path.basename(os.path.normpath(w)) for w in workdirs]
   rows, panels = [], []
