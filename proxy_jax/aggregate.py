@@ -66,8 +66,10 @@ def read_scalars(workdir: str) -> pd.DataFrame:
   file: the latest write of a step wins, so a curve never holds two values for one step.
   """
   # Imported here: tensorboard is heavy and only curves need it.
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  # pylint: enable=g-import-not-at-top
   columns = ["tag", "step", "value", "wall_time"]
   if not any(".tfevents." in name for name in os.listdir(workdir)):
     return pd.DataFrame(columns=columns)

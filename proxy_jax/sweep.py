@@ -59,7 +59,8 @@ def zip_fields(**fields):
   """Fields varied together: zip_fields(a=[1, 2], b=[3, 4]) -> [{a:1, b:3}, {a:2, b:4}]."""
   lengths = {len(v) for v in fields.values()}
   if len(lengths) > 1:
-    raise ValueError(f"zip_fields needs equal lengths, got { {k: len(v) for k, v in fields.items()} }")
+    sizes = {k: len(v) for k, v in fields.items()}
+    raise ValueError(f"zip_fields needs equal lengths, got {sizes}")
   return [dict(zip(fields, values)) for values in zip(*fields.values())]
 
 
