@@ -226,21 +226,47 @@ def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -
 # ---------------------------------------------------------------- the fixed split
 
 
-def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], key) -> list[np.ndarray]:
-  """Per class, a seeded permutation cut by `fractions`; returns index arrays, rest first.
+def class_quotas(counts: np.ndarray, fraction: float, available: np.ndarray, key) -> np.ndarray:
+  """Per-class sample counts adding up to round(fraction * total), as proportional as possible.
 
-  Returns [rest, part_0, part_1, ...], each sorted. Each part takes round(fraction * n_c)
-  examples of class c, so class proportions are kept in every part.
+  Largest-remainder apportionment: each class gets floor(fraction * n_c), and the examples
+  still owed go to the classes with the largest remainders (seeded ties). Per-class rounding
+  alone would give an empty validation set for datasets with many small classes.
   """
+  exact = fraction * counts
+  quotas = np.minimum(np.floor(exact).astype(np.int64), available)
+  owed = int(round(fraction * counts.sum())) - int(quotas.sum())
+  tie_break = np.asarray(jax.random.uniform(key, (len(counts),)))
+  for cls in np.lexsort((tie_break, -(exact - quotas))):
+    if owed <= 0:
+      break
+    if quotas[cls] < available[cls]:
+      quotas[cls] += 1
+      owed -= 1
+  return quotas
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], key) -> list[np.ndarray]:
+  """Per class, a seeded permutation cut by `fractions`; returns [rest, part_0, part_1, ...].
+
+  Each part holds round(fraction * N) examples apportioned over the classes in proportion to
+  their size (`class_quotas`); every returned index array is sorted.
+  """
+  classes, counts = np.unique(labels, return_counts=True)
+  available = counts.copy()
+  quotas = []
+  for i, fraction in enumerate(fractions):
+    quota_key = jax.random.fold_in(jax.random.fold_in(key, 0), i)
+    quotas.append(class_quotas(counts, fraction, available, quota_key))
+    available = available - quotas[-1]
   parts = [[] for _ in range(len(fractions) + 1)]
-  for cls in np.unique(labels):
+  for c, cls in enumerate(classes):
     members = np.flatnonzero(labels == cls)
-    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, int(cls)), len(members)))
-    members, start = members[order], 0
-    for i, fraction in enumerate(fractions):
-      count = int(round(fraction * len(members)))
-      parts[i + 1].append(members[start:start + count])
-      start += count
+    class_key = jax.random.fold_in(jax.random.fold_in(key, 1), int(cls))
+    members, start = members[np.asarray(jax.random.permutation(class_key, len(members)))], 0
+    for i in range(len(fractions)):
+      parts[i + 1].append(members[start:start + quotas[i][c]])
+      start += quotas[i][c]
     parts[0].append(members[start:])
   return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
 

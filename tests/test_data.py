@@ -101,6 +101,12 @@ def test_stratified_split_is_disjoint_complete_and_proportional():
   assert not np.array_equal(val, other[1])
 
 
+def test_stratified_split_of_many_small_classes_keeps_the_fraction():
+  labels = np.arange(48) % 100  # 48 classes of one example each, like a mock dataset
+  rest, val = data.stratified_split(labels, (0.25,), jax.random.key(0))
+  assert len(val) == 12 and len(rest) == 36
+
+
 def test_split_is_recorded_and_reused(tmp_path):
   config = make_tiny_config()
   first = data.load_dataset(config, str(tmp_path))
