@@ -54,7 +54,12 @@ def get_config():
   # Compute dtype: "bfloat16" keeps float32 params, loss, softmax and CAM maths (our AMP).
   config.dtype = "float32"
 
+  # -1 = the largest batch whose train step fits the device (python -m proxy_jax.batch_size).
   config.batch_size = 64
+  # Batch-size finder: largest size tried (0 = 256 on CPU, 4096 where the device reports a
+  # memory limit) and the share of device memory a step may use.
+  config.batch_size_ceiling = 0
+  config.batch_size_memory_fraction = 0.9
   config.eval_batch_size = 256
   config.num_epochs = 20
   config.label_smoothing = 0.0

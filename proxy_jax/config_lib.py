@@ -100,6 +100,10 @@ def validate(config) -> None:
       _fail("image_size", config.image_size, f"must be a multiple of the ViT patch ({patch})")
   _check_positive_int(config, "batch_size", allow=(-1,))
   _check_positive_int(config, "eval_batch_size")
+  if not isinstance(config.batch_size_ceiling, int) or config.batch_size_ceiling < 0:
+    _fail("batch_size_ceiling", config.batch_size_ceiling, "must be an integer >= 0 (0 = auto)")
+  if not 0 < config.batch_size_memory_fraction <= 1:
+    _fail("batch_size_memory_fraction", config.batch_size_memory_fraction, "must be in (0, 1]")
   _check_positive_int(config, "num_epochs")
   _check_positive_int(config, "checkpoint_every_epochs")
   _check_positive_int(config, "keep_checkpoints")

@@ -223,9 +223,12 @@ def _setup_host(config, workdir):
 def _resolve_batch_size(config, num_classes):
   if config.batch_size == -1:
     from proxy_jax import batch_size as batch_size_finder  # pylint: disable=g-import-not-at-top
+    found = batch_size_finder.find_batch_size(config, num_classes)
+    # The finder sizes one device's step; the global batch is split over all of them.
+    devices = jax.device_count()
     with config.unlocked():
-      config.batch_size = batch_size_finder.find_batch_size(config, num_classes)
-    logging.info("Batch size finder chose %d.", config.batch_size)
+      config.batch_size = max(devices, found // devices * devices)
+    logging.info("Batch size finder chose %d (%d device(s)).", config.batch_size, devices)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
