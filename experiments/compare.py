@@ -101,7 +101,8 @@ def fairness_checks(runs, seeds):
     before = steps[0]["epoch"] if steps else len(prox["summary"]["history"])
     history = lambda run: [(h["val_accuracy"], h["val_loss"])
                            for h in run["summary"]["history"][:before]]
-    rows.append({"seed": seed, "same_split": base["split"] == prox["split"],
+    same_split = all(base["split"][k] == prox["split"][k] for k in ("pool_fingerprint", "indices"))
+    rows.append({"seed": seed, "same_split": same_split,
                  "epochs_before_first_proxy_step": before,
                  "identical_history_before_proxy": history(base) == history(prox)})
   return rows
@@ -233,9 +234,23 @@ def plot(path_curves, path_paired, runs, seeds, rows, name):
   plt.close(figure)
 
 
+def code_version() -> str:
+  """The commit the runs used: git, or a COMMIT file in an exported snapshot of the repo."""
+  path = os.path.join(_REPO, "COMMIT")
+  if os.path.exists(path):
+    with open(path) as f:
+      return f.read().strip()
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
 def main(argv):
   args, seeds, overrides = parse_args(argv)
-  command = shlex.join(["python", "experiments/compare.py"] + argv)
+  command = (shlex.join(["python", "experiments/compare.py"] + argv)
+             + f"` at commit `{code_version()}")
   started = time.time()
   train_all(args, seeds, overrides)
   runs = load_runs(args, seeds, overrides)
