@@ -173,12 +173,14 @@ def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bo
     order = np.asarray(jax.random.permutation(key, len(wrong_ids)))
     return np.sort(wrong_ids[order[:count]])
   classes = np.unique(wrong_labels)
-  class_order = np.asarray(jax.random.permutation(jax.random.fold_in(key, -1), len(classes)))
+  # Separate keys: folding a sentinel such as -1 into `key` overflows uint32 in current JAX.
+  class_key, member_key = jax.random.split(key)
+  class_order = np.asarray(jax.random.permutation(class_key, len(classes)))
   ranked = []
   for position, cls in enumerate(classes[class_order]):
     members = np.flatnonzero(wrong_labels == cls)
-    members = members[np.asarray(jax.random.permutation(jax.random.fold_in(key, int(cls)),
-                                                        len(members)))]
+    members = members[np.asarray(jax.random.permutation(
+        jax.random.fold_in(member_key, int(cls)), len(members)))]
     ranked += [(rank, position, index) for rank, index in enumerate(members)]
   ranked.sort()
   return np.sort(wrong_ids[[index for _, _, index in ranked[:count]]])

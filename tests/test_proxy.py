@@ -1,0 +1,421 @@
+"""Proxy Attention: the transform against NumPy, the schedule, the draw, the bank in training.
+
+The run-level tests train digits at 16 px on 300 examples (seconds each); the resume test kills
+a real subprocess with SIGKILL after the first proxy step's checkpoint and resumes it.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+from hypothesis import given, settings, strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT, make_tiny_config
+from proxy_jax import checkpoints, data, proxy, train
+
+MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
+
+
+# ---------------------------------------------------------------- proxy_transform
+
+
+def reference_transform(images, cams_, threshold, weight, mode):
+  """Pixel-by-pixel loops, written from the spec independently of proxy.py."""
+  images = np.asarray(images, np.float64)
+  out = images.copy()
+  batch, height, width, channels = images.shape
+  for b in range(batch):
+    for y in range(height):
+      for x in range(width):
+        cam = float(cams_[b, y, x])
+        cam = cam if math.isfinite(cam) else 0.0
+        hit = cam > threshold if mode == "blended" else cam >= threshold
+        if not hit:
+          continue
+        for c in range(channels):
+          pixel = images[b, y, x, c]
+          plane = images[b, :, :, c]
+          out[b, y, x, c] = {"seed": (1 - weight) * cam * pixel,
+                             "blended": (1 - weight * cam) * pixel,
+                             "mean": plane.mean(), "max": plane.max(), "min": plane.min(),
+                             "zero": 0.0, "one": 1.0}[mode]
+  return np.clip(out, 0.0, 1.0)
+
+
+def random_inputs(seed, shape=(3, 6, 5, 3)):
+  rng = np.random.default_rng(seed)
+  images = rng.random(shape).astype(np.float32)
+  cams_ = rng.random(shape[:3]).astype(np.float32)
+  # Values exactly at the threshold separate >= (seed, statistics) from > (blended).
+  cams_[0, 0, :3] = 0.5
+  return images, cams_
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_transform_matches_numpy_reference(mode):
+  images, cams_ = random_inputs(0)
+  got = np.asarray(proxy.proxy_transform(images, cams_, 0.5, 0.3, mode))
+  np.testing.assert_allclose(got, reference_transform(images, cams_, 0.5, 0.3, mode),
+                             atol=1e-6)
+
+
+def test_transform_threshold_edge_differs_between_seed_and_blended():
+  images = np.full((1, 1, 1, 3), 0.8, np.float32)
+  at_threshold = np.full((1, 1, 1), 0.5, np.float32)
+  assert not np.allclose(proxy.proxy_transform(images, at_threshold, 0.5, 0.2, "seed"), images)
+  np.testing.assert_array_equal(
+      proxy.proxy_transform(images, at_threshold, 0.5, 0.2, "blended"), images)
+
+
+def test_transform_non_finite_cams_count_as_zero():
+  images, cams_ = random_inputs(1)
+  dirty = cams_.copy()
+  dirty[0, 1, 1], dirty[1, 2, 2], dirty[2, 3, 3] = np.nan, np.inf, -np.inf
+  clean = np.where(np.isfinite(dirty), dirty, 0.0)
+  for mode in MODES:
+    # threshold 0 would pick the zeros up too, so they must be changed exactly like zeros.
+    for threshold in (0.0, 0.4):
+      got = np.asarray(proxy.proxy_transform(images, dirty, threshold, 0.2, mode))
+      assert np.all(np.isfinite(got))
+      np.testing.assert_array_equal(
+          got, np.asarray(proxy.proxy_transform(images, clean, threshold, 0.2, mode)))
+
+
+def test_transform_refuses_integer_images_and_unknown_modes():
+  with pytest.raises(TypeError, match="float images"):
+    proxy.proxy_transform(np.zeros((1, 2, 2, 3), np.uint8), np.zeros((1, 2, 2)), 0.5, 0.2)
+  with pytest.raises(ValueError, match="unknown proxy mode"):
+    proxy.proxy_transform(np.zeros((1, 2, 2, 3)), np.zeros((1, 2, 2)), 0.5, 0.2, "blur")
+
+
+def test_transform_is_jittable():
+  images, cams_ = random_inputs(2)
+  jitted = jax.jit(proxy.proxy_transform, static_argnames="mode")
+  for mode in MODES:
+    np.testing.assert_allclose(jitted(images, cams_, 0.6, 0.2, mode=mode),
+                               proxy.proxy_transform(images, cams_, 0.6, 0.2, mode), atol=1e-7)
+
+
+transform_cases = st.fixed_dictionaries({
+    "seed": st.integers(0, 2**31 - 1), "mode": st.sampled_from(MODES),
+    "low": st.floats(0.0, 1.0), "high": st.floats(0.0, 1.0), "weight": st.floats(0.0, 1.0),
+    "dtype": st.sampled_from(["float32", "bfloat16", "float16"])})
+
+
+@settings(max_examples=40, deadline=None)
+@given(transform_cases)
+def test_transform_invariants(case):
+  images, cams_ = random_inputs(case["seed"], (2, 4, 4, 3))
+  images = jnp.asarray(images, case["dtype"])
+  low, high = sorted((case["low"], case["high"]))
+  changed = {}
+  for threshold in (low, high):
+    out = proxy.proxy_transform(images, cams_, threshold, case["weight"], case["mode"])
+    assert out.shape == images.shape and out.dtype == images.dtype
+    values = np.asarray(out, np.float32)
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    differs = np.any(values != np.asarray(images, np.float32), axis=-1)
+    # Below the threshold nothing changes (blended: at it neither).
+    below = cams_ <= threshold if case["mode"] == "blended" else cams_ < threshold
+    assert not np.any(differs & below)
+    changed[threshold] = differs
+  # A higher threshold never changes a pixel that the lower one left alone.
+  assert not np.any(changed[high] & ~changed[low])
+
+
+# ---------------------------------------------------------------- parse_schedule
+
+
+@pytest.mark.parametrize("schedule, epochs, expected", [
+    ("5,p,9,p,9,p,9,p,4", 36, (5, 14, 23, 32)),
+    ("8,p,6,p,6", 20, (8, 14)),
+    ("p,3", 3, (0,)),
+    ("2, P ,p,1", 3, (2, 2)),
+])
+def test_parse_schedule_good(schedule, epochs, expected):
+  parsed = proxy.parse_schedule(schedule, epochs)
+  assert parsed.epochs == epochs and parsed.proxy_epochs == expected
+
+
+@pytest.mark.parametrize("schedule, epochs, message", [
+    ("5,q,3", 8, "neither"), ("", 3, "malformed"), ("  ", 3, "malformed"),
+    ("-2,p,3", 1, "neither"), ("0,p,3", 3, "neither"), ("3,,p,1", 4, "malformed"),
+    ("3,p", 3, "ends with a proxy step"), ("2,p,2", 5, "trains 4 epochs"),
+    ("3", 3, "no proxy step"), ("1.5,p,1.5", 3, "neither"),
+])
+def test_parse_schedule_malformed(schedule, epochs, message):
+  with pytest.raises(ValueError, match=message):
+    proxy.parse_schedule(schedule, epochs)
+
+
+def test_parse_schedule_ignored_when_disabled():
+  assert proxy.parse_schedule("nonsense", 7, enabled=False) == proxy.Schedule(7, ())
+
+
+# ---------------------------------------------------------------- choosing the wrong ones
+
+
+@pytest.mark.parametrize("subset", [0.0, 0.01, 0.2, 0.46, 0.5, 1.0])
+def test_choose_count_and_membership(subset):
+  rng = np.random.default_rng(0)
+  wrong = np.sort(rng.choice(1000, 65, replace=False))
+  labels = rng.integers(0, 5, 65)
+  for balanced in (False, True):
+    chosen = proxy.choose_wrong(wrong, labels, subset, jax.random.key(3), balanced)
+    assert len(chosen) == math.ceil(subset * 65)
+    assert len(set(chosen.tolist())) == len(chosen) and set(chosen) <= set(wrong)
+
+
+def test_choose_is_seeded():
+  wrong, labels = np.arange(100), np.arange(100) % 4
+  for balanced in (False, True):
+    draw = lambda seed: proxy.choose_wrong(wrong, labels, 0.3, jax.random.key(seed), balanced)
+    np.testing.assert_array_equal(draw(7), draw(7))
+    assert not np.array_equal(draw(7), draw(8))
+
+
+def test_choose_class_balanced_counts():
+  # Classes of 50, 10 and 5 wrong examples, 30 to choose: the small classes give all they
+  # have and the large one takes the rest (water filling), never more than its share.
+  labels = np.repeat([0, 1, 2], [50, 10, 5])
+  wrong = np.arange(100, 165)
+  chosen = proxy.choose_wrong(wrong, labels, 0.46, jax.random.key(0), class_balanced=True)
+  counts = np.bincount(labels[np.searchsorted(wrong, chosen)], minlength=3)
+  assert counts.tolist() == [15, 10, 5]
+  chosen = proxy.choose_wrong(wrong, labels, 0.2, jax.random.key(0), class_balanced=True)
+  counts = np.bincount(labels[np.searchsorted(wrong, chosen)], minlength=3)
+  assert sorted(counts.tolist()) == [4, 4, 5]  # 13 = 4 + 4 + 4 and one extra.
+
+
+# ---------------------------------------------------------------- the bank in batches
+
+
+def test_bank_replaces_never_adds_in_batches():
+  ids = np.arange(10, dtype=np.int32)
+  images = np.repeat(ids.astype(np.uint8)[:, None, None, None], 2, axis=1)
+  images = np.repeat(np.repeat(images, 2, axis=2), 3, axis=3)
+  split = data.Split(images.copy(), ids % 3, ids)
+  bank = proxy.ProxyBank()
+  proxied = [1, 4, 9]
+  bank.update(proxied, np.full((3, 2, 2, 3), 200, np.uint8) + np.array(proxied,
+                                                                       np.uint8)[:, None, None,
+                                                                                 None])
+  seen = []
+  for batch in data.batches(split, 4, data.epoch_order(10, 0, 0), swap=bank.swap):
+    for image, example_id, mask in zip(batch["image"], batch["id"], batch["mask"]):
+      if mask:
+        seen.append(int(example_id))
+        expected = 200 + example_id if example_id in proxied else example_id
+        assert np.all(image == expected)
+  assert sorted(seen) == list(range(10))
+  np.testing.assert_array_equal(split.images, images)  # The originals are never overwritten.
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+  """A digits split at 16 px and a briefly trained tiny CNN (some examples right, some wrong)."""
+  config = make_tiny_config(**{"proxy.enabled": True, "proxy.subset": 0.5, "num_epochs": 1,
+                               "proxy.schedule": "p,1"})
+  workdir = str(tmp_path_factory.mktemp("tiny_model"))
+  dataset = data.load_dataset(config, workdir)
+  model = train.create_model(config, len(dataset.class_names))
+  split = dataset.train
+  state = train.create_train_state(config, model, jax.random.key(0),
+                                   data.num_batches(len(split), config.batch_size))
+  step = train.make_train_step(config)
+  for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
+    state, _ = step(state, batch, jax.random.key(1))
+  _, sharding = train.shardings(train.make_mesh())
+  return config, split, state, sharding
+
+
+def proxy_step(tiny_model, bank, key, **overrides):
+  config, split, state, sharding = tiny_model
+  config = config.copy_and_resolve_references()
+  for field, value in overrides.items():
+    config.proxy[field] = value
+  return proxy.run_proxy_step(state, split, bank, config, jax.random.key(key),
+                              predict_fn=train.make_predict_step(), batch_sharding=sharding)
+
+
+def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatch):
+  config, split, state, _ = tiny_model
+  bank, record = proxy_step(tiny_model, proxy.ProxyBank(), 0)
+  assert 0 < record["wrong"] < len(split) and record["chosen"] == math.ceil(0.5 * record["wrong"])
+  assert len(bank) == record["chosen"]
+  # Direct recomputation from the definition: predicted-class Grad-CAM++ on the original.
+  from proxy_jax import cams, preprocess  # pylint: disable=g-import-not-at-top
+  ids = bank.ids()
+  unit = preprocess.to_unit_range(split.images[ids])
+  variables = train.variables_of(state)
+  logits = state.apply_fn(variables, preprocess.normalize(unit))
+  assert np.all(np.argmax(logits, -1) != split.labels[ids])  # Only wrong ones are banked.
+  maps = cams.compute("gradcampp", state.apply_fn, variables, preprocess.normalize(unit))
+  expected = np.round(np.asarray(proxy.proxy_transform(unit, maps, 0.85, 0.2)) * 255)
+  got = np.stack([bank.get(i) for i in ids]).astype(np.float32)
+  assert np.max(np.abs(got - expected)) <= 1  # uint8 rounding only.
+  # The two-pass path (multi-pass CAM methods) gives the same bank.
+  monkeypatch.setattr(proxy, "fused", lambda method: False)
+  two_pass, _ = proxy_step(tiny_model, proxy.ProxyBank(), 0)
+  np.testing.assert_array_equal(two_pass.ids(), ids)
+  assert np.max(np.abs(two_pass.to_arrays()["images"].astype(int) - got)) <= 1
+
+
+def test_clear_every_step_true_versus_false(tiny_model):
+  kept, _ = proxy_step(tiny_model, proxy.ProxyBank(), 1, clear_every_step=False)
+  first = set(kept.ids().tolist())
+  kept, _ = proxy_step(tiny_model, kept, 2, clear_every_step=False)
+  cleared, _ = proxy_step(tiny_model, proxy.ProxyBank(), 1, clear_every_step=True)
+  cleared, record = proxy_step(tiny_model, cleared, 2, clear_every_step=True)
+  second = set(cleared.ids().tolist())
+  assert len(second) == record["chosen"] and second != first
+  assert set(kept.ids().tolist()) == first | second
+
+
+def test_reuse_proxies_takes_the_cam_of_the_current_proxy(tiny_model):
+  config, _, state, _ = tiny_model
+  once, _ = proxy_step(tiny_model, proxy.ProxyBank(), 3, subset=1.0)
+  first = once.to_arrays()
+  again, _ = proxy_step(tiny_model, proxy.ProxyBank.from_arrays(first), 3, subset=1.0,
+                        reuse_proxies=False)
+  np.testing.assert_array_equal(again.to_arrays()["images"], first["images"])
+  twice, _ = proxy_step(tiny_model, proxy.ProxyBank.from_arrays(first), 3, subset=1.0,
+                        reuse_proxies=True)
+  proxy_fn = proxy.make_proxy_fn(state.apply_fn, "gradcampp", 0.85, 0.2, "seed",
+                                 {"chunk_size": 256, "smooth_sigma": 0.0})
+  predictions = np.argmax(state.apply_fn(train.variables_of(state), data.normalize(
+      first["images"] / 255.0)), -1)
+  expected, _ = proxy_fn(train.variables_of(state), first["images"], predictions)
+  got = twice.to_arrays()["images"].astype(int)
+  assert np.max(np.abs(got - np.asarray(expected, int))) <= 1
+  assert not np.array_equal(got, first["images"])
+
+
+# ---------------------------------------------------------------- runs
+
+
+RESUME_OVERRIDES = {"proxy.enabled": True, "proxy.schedule": "1,p,1,p,1", "num_epochs": 3,
+                    "proxy.subset": 0.5, "data.max_examples": 300, "image_size": 16}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """An uninterrupted tiny proxy run whose every host batch is recorded (ids and images)."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  calls = []
+  original_batches = data.batches
+
+  def recording_batches(split, batch_size, order=None, start=0, swap=None):
+    call = {"n": len(split), "swap": swap is not None, "ids": [], "images": {}}
+    calls.append(call)
+    for batch in original_batches(split, batch_size, order, start, swap):
+      for image, example_id, mask in zip(batch["image"], batch["id"], batch["mask"]):
+        if mask:
+          call["ids"].append(int(example_id))
+          call["images"][int(example_id)] = image.copy()
+      yield batch
+
+  data.batches = recording_batches
+  try:
+    summary = train.train_and_evaluate(make_tiny_config(**RESUME_OVERRIDES), workdir)
+  finally:
+    data.batches = original_batches
+  return workdir, summary, calls
+
+
+def test_training_batches_use_proxies_and_evaluation_never_does(straight_run):
+  workdir, summary, calls = straight_run
+  config = make_tiny_config(**RESUME_OVERRIDES)
+  _, bank = final_bank(workdir, config)
+  n_train = summary["num_examples"]["train"]
+  first, second = summary["proxy_steps"]
+  assert len(bank["ids"]) == second["bank_size"] > first["chosen"] > 0
+  # Epochs 2 and 3 swap, on the training split only; every id appears exactly once in each.
+  swapped = [c for c in calls if c["swap"]]
+  assert len(swapped) == 2 and all(c["n"] == n_train for c in swapped)
+  for epoch in swapped:
+    assert sorted(epoch["ids"]) == list(range(n_train))
+  # The last epoch trains on exactly the final bank's proxies in place of their originals.
+  originals = data.load_dataset(config, workdir).train.images
+  for example_id, image in zip(bank["ids"], bank["images"]):
+    np.testing.assert_array_equal(swapped[-1]["images"][int(example_id)], image)
+  assert any(not np.array_equal(image, originals[i])
+             for i, image in zip(bank["ids"], bank["images"]))
+  unbanked = sorted(set(range(n_train)) - set(bank["ids"].tolist()))
+  for example_id in unbanked:
+    np.testing.assert_array_equal(swapped[-1]["images"][example_id], originals[example_id])
+  # Validation and test passes: no swap, and none of their images is a proxy.
+  proxies = {image.tobytes() for image in bank["images"]}
+  for call in calls:
+    if call["n"] != n_train:
+      assert not call["swap"]
+      assert not proxies & {image.tobytes() for image in call["images"].values()}
+
+
+KILLED_RUN = """
+import os, signal, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from conftest import make_tiny_config
+from proxy_jax import train
+overrides = {overrides!r}
+original = train.Run.train_epoch
+
+def train_epoch(self, epoch):
+  if epoch == 1:  # After epoch 1, its proxy step and their checkpoint: die mid-schedule.
+    self.ckpt.manager.wait_until_finished()
+    os.kill(os.getpid(), signal.SIGKILL)
+  original(self, epoch)
+
+train.Run.train_epoch = train_epoch
+train.train_and_evaluate(make_tiny_config(**overrides), sys.argv[1])
+"""
+
+
+def final_bank(workdir, config):
+  ckpt = checkpoints.RunCheckpoints(workdir, 3)
+  try:
+    _, meta, bank = ckpt.restore(ckpt.latest_epoch(), train.create_train_state(
+        config, train.create_model(config, 10), jax.random.key(0), 1))
+  finally:
+    ckpt.close()
+  return meta, bank
+
+
+def comparable(summary):
+  timing = ("epoch_seconds", "images_per_second")
+  strip = lambda row: {k: v for k, v in row.items() if k not in timing}
+  return {"final": strip(summary["final"]), "test": summary["test"], "best": summary["best"],
+          "history": [strip(r) for r in summary["history"]],
+          "proxy_steps": [{k: v for k, v in s.items() if k != "seconds"}
+                          for s in summary["proxy_steps"]]}
+
+
+def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path, straight_run):
+  config = make_tiny_config(**RESUME_OVERRIDES)
+  straight_dir, straight, _ = straight_run
+  script = tmp_path / "killed_run.py"
+  script.write_text(KILLED_RUN.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
+                                      overrides=RESUME_OVERRIDES))
+  resumed_dir = str(tmp_path / "b")
+  result = subprocess.run([sys.executable, str(script), resumed_dir], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+  assert not os.path.exists(os.path.join(resumed_dir, "summary.json"))
+  meta, bank = final_bank(resumed_dir, config)
+  assert meta["epoch"] == 1 and meta["proxy_steps_done"] == 1 and len(bank["ids"]) > 0
+  resumed = train.train_and_evaluate(make_tiny_config(**RESUME_OVERRIDES), resumed_dir)
+  assert len(resumed["proxy_steps"]) == 2
+  assert comparable(resumed) == comparable(straight)
+  with open(os.path.join(resumed_dir, "split.json")) as f, \
+       open(os.path.join(straight_dir, "split.json")) as g:
+    assert json.load(f) == json.load(g)
+  (_, bank_a), (_, bank_b) = final_bank(straight_dir, config), final_bank(resumed_dir, config)
+  np.testing.assert_array_equal(bank_a["ids"], bank_b["ids"])
+  np.testing.assert_array_equal(bank_a["images"], bank_b["images"])
