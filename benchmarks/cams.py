@@ -29,11 +29,16 @@ def parse_args(argv=None):
                       help="comma-separated subset of: " + ", ".join(cams.METHODS))
   parser.add_argument("--reps", type=int, default=7, help="timed runs per cheap method")
   parser.add_argument("--slow-reps", type=int, default=1, help="timed runs per multi-pass method")
-  parser.add_argument("--chunk-size", type=int, default=256)
-  parser.add_argument("--inner-chunk-size", type=int, default=32)
+  # Defaults keep every model call at the forward pass's batch size: a like-for-like
+  # comparison, and multi-pass methods stay within the forward pass's memory.
+  parser.add_argument("--chunk-size", type=int, default=0, help="0 = --batch")
+  parser.add_argument("--inner-chunk-size", type=int, default=0,
+                      help="0 = min(--batch, 32)")
   parser.add_argument("--num-samples", type=int, default=16, help="SmoothGrad/VarGrad samples")
   parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps")
   args = parser.parse_args(argv)
+  args.chunk_size = args.chunk_size or args.batch
+  args.inner_chunk_size = args.inner_chunk_size or min(args.batch, 32)
   args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
   for method in args.methods:
     cams.check_method(method)
@@ -69,6 +74,8 @@ def main(argv=None):
   forward = jax.jit(model.apply)
   print(f"model={args.model} image_size={args.image_size} batch={args.batch} dtype={args.dtype} "
         f"device={jax.devices()[0].platform} ({jax.device_count()} device(s))")
+  print(f"chunk_size={args.chunk_size} inner_chunk_size={args.inner_chunk_size} "
+        f"smoothgrad samples={args.num_samples} ig steps={args.steps}")
   print(f"{'method':<22}{'images/s':>10}{'ms/batch':>12}{'forward ms':>12}{'x forward':>11}")
   options = dict(chunk_size=args.chunk_size, inner_chunk_size=args.inner_chunk_size,
                  num_samples=args.num_samples, steps=args.steps, key=jax.random.key(3))
