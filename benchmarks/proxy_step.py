@@ -6,9 +6,9 @@ The target (issue 5) is a ratio of at most 1.5. Each case builds a freshly initi
 (the worst case: almost every example is wrong, so with subset 1.0 almost every example gets a
 CAM and a proxy), compiles both computations once, then alternates evaluation passes and proxy
 steps `--repeats` times so background load hits both alike, and reports medians. Both paths
-are measured: "fused" (predictions, CAMs and proxies from one forward pass; the default for the
-Grad-CAM family) and "two-pass" (predict, then a CAM pass over the chosen examples; what
-multi-pass CAM methods use).
+are measured whatever the step would pick: "fused" (predictions, CAMs and proxies from one
+forward pass) and "two-pass" (predict, then a CAM pass over the chosen examples); see the cost
+note in proxy_jax/proxy.py for which one a step uses.
 """
 
 import argparse
@@ -25,7 +25,8 @@ from proxy_jax import data, proxy, train
 CASES = {
     # name: (model, image size, max training-pool examples (0 = all), small stem)
     "tiny_digits": ("tiny_cnn", 32, 0, "auto"),
-    "resnet18_64": ("resnet18", 64, 400, "auto"),
+    # The ImageNet stem (7x7/2 + max pool) keeps it to seconds per pass on a CPU.
+    "resnet18_64": ("resnet18", 64, 320, "false"),
 }
 
 
@@ -69,7 +70,7 @@ def measure(name: str, subset: float, repeats: int) -> dict:
   fused = proxy.fused
   results = {"case": name, "images": len(split), "subset": subset}
   for path in ("fused", "two-pass"):
-    proxy.fused = fused if path == "fused" else (lambda method: False)
+    proxy.fused = lambda method, subset, forced=(path == "fused"): forced
     try:
       timed(evaluate), timed(proxy_step)  # Compilation, excluded.
       evals, steps = [], []
@@ -105,9 +106,11 @@ def main():
           row = result[path][clock]
           print(f"{name:<12} {result['images']:>6} {subset:>6.2f} {path:<8} {clock:<5} "
                 f"{row['eval_s']:>8.3f} {row['proxy_s']:>8.3f} {row['ratio']:>6.2f}", flush=True)
-      worst = max(worst, result["fused"]["cpu"]["ratio"])
+      chosen = "fused" if proxy.fused("gradcampp", subset) else "two-pass"
+      print(f"  -> proxy_step.py picks {chosen} for gradcampp at subset {subset}")
+      worst = max(worst, result[chosen]["cpu"]["ratio"])
   verdict = "within" if worst <= 1.5 else "OVER"
-  print(f"worst fused CPU-time ratio (the path gradcampp uses): {worst:.2f}, {verdict} the "
+  print(f"worst CPU-time ratio of the path the proxy step picks: {worst:.2f}, {verdict} the "
         "1.5x target")
   return 0 if worst <= 1.5 else 1
 

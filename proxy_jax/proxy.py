@@ -188,14 +188,21 @@ def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bo
 
 # ---------------------------------------------------------------- the proxy step
 #
-# Cost. For activation-map methods (Grad-CAM family) a CAM needs the backbone features once and
-# only differentiates the small head, so the predictions and the maps of the whole split come
-# out of ONE forward pass (`_scan_split`): about the cost of one evaluation pass. Only the wrongly
-# classified rows (a superset of the chosen ones) come back to the host, as uint8. Multi-pass
-# methods (Score-CAM, SmoothGrad, IG) cost many forward passes per map, so for them, and for
-# banked examples when reuse_proxies asks for a CAM of the proxy, maps are computed afterwards
-# for the chosen examples only (`_proxies_of`). Jitted functions are cached by their static
-# settings and chunk shapes are bucketed to powers of two, so later proxy steps never recompile.
+# Cost, in units of one evaluation pass E over the training split. Two ways to run a step:
+#   two-pass: predict everything (E), then CAMs and proxies of the k chosen examples only
+#             (c * k / N * E, where c is the cost of a CAM pass relative to E);
+#   fused:    predictions, CAMs and proxies of every example in ONE forward pass (c * E); only
+#             for activation-map methods (Grad-CAM family), whose map needs the features once
+#             and differentiates only the small head. Only wrong rows come back to the host.
+# A CAM needs the last feature map in memory, which an evaluation pass never materialises (it is
+# pooled on the fly), so c > 1: about 1.7-1.9 for the tiny CNN on XLA:CPU (benchmarks/
+# proxy_step.py). Since k <= subset * N, two-pass costs at most 1 + c * subset: it is the cheaper
+# choice whenever subset <= 1/2 (the thesis uses 0.2), fused is the cheaper worst case above.
+# The choice depends on the config only, so an interrupted and resumed run takes the same path.
+# Multi-pass methods (Score-CAM, SmoothGrad, IG) always use two-pass, as do banked examples whose
+# CAM must be of their current proxy (reuse_proxies). Jitted functions are cached by their static
+# settings and chunk shapes are bucketed to powers of two, so later steps never recompile.
+FUSED_MIN_SUBSET = 0.5
 
 
 @functools.lru_cache(maxsize=32)
@@ -239,9 +246,9 @@ def _to_uint8(unit):
   return jnp.round(jnp.clip(unit, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
 
-def fused(method: str) -> bool:
-  """Whether maps for the whole split cost about one forward pass (see the note above)."""
-  return method in cams.formulas.ACTIVATION_FORMULAS
+def fused(method: str, subset: float) -> bool:
+  """Whether the step runs as one fused scan (see the cost note above)."""
+  return method in cams.formulas.ACTIVATION_FORMULAS and subset > FUSED_MIN_SUBSET
 
 
 def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) -> np.ndarray:
@@ -310,7 +317,7 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, 
   """
   started = time.time()
   settings = config.proxy
-  if fused(settings.cam_method):
+  if fused(settings.cam_method, settings.subset):
     predictions, candidates = _scan_split(state, split, config, batch_sharding)
   else:
     predictions = predict_labels(state, split, config.eval_batch_size, predict_fn,
