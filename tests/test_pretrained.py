@@ -159,7 +159,7 @@ def test_shape_mismatch_is_listed_with_stem_hint(tmp_path):
     _load("resnet18", small_stem=True)
   assert "conv1.weight (-> params/conv1/kernel): checkpoint (8, 3, 7, 7), model expects " \
          "(8, 3, 3, 3)" in str(error.value)
-  assert "small_stem=False" in str(error.value)
+  assert "small_stem=false" in str(error.value)
 
 
 def test_head_kept_fresh_when_class_count_differs():
