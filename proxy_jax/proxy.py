@@ -195,9 +195,10 @@ def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bo
 #             for activation-map methods (Grad-CAM family), whose map needs the features once
 #             and differentiates only the small head. Only wrong rows come back to the host.
 # A CAM needs the last feature map in memory, which an evaluation pass never materialises (it is
-# pooled on the fly), so c > 1: about 1.7-1.9 for the tiny CNN on XLA:CPU (benchmarks/
-# proxy_step.py). Since k <= subset * N, two-pass costs at most 1 + c * subset: it is the cheaper
-# choice whenever subset <= 1/2 (the thesis uses 0.2), fused is the cheaper worst case above.
+# pooled on the fly), so c >= 1: measured on XLA:CPU (benchmarks/proxy_step.py) c = 2.0 for the
+# tiny CNN at 32 px and 1.0 for ResNet-18 at 64 px. Since k <= subset * N, two-pass costs at
+# most 1 + c * subset: the cheaper bound whenever subset <= 1/2 (the thesis uses 0.2, measured
+# 1.25-1.31 E), while fused bounds the cost by c whatever the subset.
 # The choice depends on the config only, so an interrupted and resumed run takes the same path.
 # Multi-pass methods (Score-CAM, SmoothGrad, IG) always use two-pass, as do banked examples whose
 # CAM must be of their current proxy (reuse_proxies). Jitted functions are cached by their static
