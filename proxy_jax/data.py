@@ -192,10 +192,11 @@ def _fit_array(array: np.ndarray, size: int) -> np.ndarray:
 
 def _cache_key(config, which: str) -> str:
   data = config.data
-  parts = [data.source, data.name, data.path, data.label_regex, data.tfds_data_dir,
-           which, str(config.image_size)]
+  absolute = lambda path: os.path.abspath(path) if path else ""
+  parts = [data.source, data.name, absolute(data.path), data.label_regex,
+           absolute(data.tfds_data_dir), which, str(config.image_size)]
   if data.source == "folder":
-    root = data.path if which == "pool" else data.test_path
+    root = absolute(data.path if which == "pool" else data.test_path)
     # File names, sizes and mtimes: a changed folder is decoded again.
     for path in _list_files(root):
       stat = os.stat(path)

@@ -223,12 +223,16 @@ def _scan_fn(apply_fn, method: str, mode: str, cam_options: tuple):
 
 @functools.lru_cache(maxsize=32)
 def _proxy_fn(apply_fn, method: str, mode: str, cam_options: tuple):
-  """Jitted (variables, uint8 images, targets, threshold, weight) -> (uint8 proxies, maps)."""
+  """Jitted (variables, uint8 images, targets, threshold, weight, key) -> (uint8 proxies, maps).
 
-  def proxies(variables, images_uint8, targets, threshold, weight):
+  The key only reaches methods that draw noise (the SmoothGrad family).
+  """
+  noisy = method in cams.NOISY_METHODS
+
+  def proxies(variables, images_uint8, targets, threshold, weight, key):
     unit = preprocess.to_unit_range(images_uint8)
     maps = cams.compute(method, apply_fn, variables, preprocess.normalize(unit), targets,
-                        **dict(cam_options))
+                        **dict(cam_options), **({"key": key} if noisy else {}))
     out = proxy_transform(unit, maps, threshold, weight, mode)
     return _to_uint8(out), _to_uint8(maps)
 
@@ -237,10 +241,20 @@ def _proxy_fn(apply_fn, method: str, mode: str, cam_options: tuple):
 
 def make_proxy_fn(apply_fn, method: str, threshold: float, weight: float, mode: str,
                   cam_options: dict):
-  """Jitted (variables, uint8 images, targets) -> (uint8 proxies, uint8 maps); cached."""
+  """Jitted (variables, uint8 images, targets, key=None) -> (uint8 proxies, uint8 maps); cached.
+
+  `key` seeds the noise of the SmoothGrad-family methods (required by them).
+  """
   fn = _proxy_fn(apply_fn, method, mode, tuple(sorted(cam_options.items())))
-  return lambda variables, images, targets: fn(variables, images, targets,
-                                               jnp.float32(threshold), jnp.float32(weight))
+
+  def call(variables, images, targets, key=None):
+    if key is None:
+      if method in cams.NOISY_METHODS:
+        raise ValueError(f"proxy CAM method {method!r} draws noise: pass a PRNG key")
+      key = jax.random.key(0)  # Unused by noise-free methods.
+    return fn(variables, images, targets, jnp.float32(threshold), jnp.float32(weight), key)
+
+  return call
 
 
 def _to_uint8(unit):
@@ -328,7 +342,7 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, 
   chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key,
                         settings.class_balanced)
   originals, proxies_, maps = _proxies_of(state, split, bank, chosen, predictions, candidates,
-                                          config)
+                                          config, jax.random.fold_in(key, 1))
   if settings.clear_every_step:
     bank.clear()
   bank.update(split.ids[chosen], proxies_)
@@ -343,7 +357,7 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, 
   return bank, record
 
 
-def _proxies_of(state, split, bank, chosen, predictions, candidates, config):
+def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noise_key):
   """(source images, uint8 proxies, float maps) of the chosen training positions, in order.
 
   Taken from the fused scan where it has them; computed here (in chunks) for multi-pass CAM
@@ -364,12 +378,13 @@ def _proxies_of(state, split, bank, chosen, predictions, candidates, config):
     maps[~recompute] = candidates.maps[rows[~recompute]]
   if recompute.any():
     targets = predictions if settings.cam_target == "predicted" else split.labels
-    out, cam = _chunked_proxies(state, sources[recompute], targets[chosen[recompute]], config)
+    out, cam = _chunked_proxies(state, sources[recompute], targets[chosen[recompute]], config,
+                                noise_key)
     proxies_[recompute], maps[recompute] = out, cam
   return sources, proxies_, maps.astype(np.float32) / 255.0
 
 
-def _chunked_proxies(state, images, targets, config):
+def _chunked_proxies(state, images, targets, config, noise_key):
   """CAMs and proxies in chunks whose size is a power of two (at most a few compilations)."""
   settings = config.proxy
   proxy_fn = make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
@@ -381,7 +396,8 @@ def _chunked_proxies(state, images, targets, config):
     valid = min(limit, len(images) - begin)
     size = min(limit, 1 << (valid - 1).bit_length())
     rows = np.resize(np.arange(begin, begin + valid), size)
-    out, cam = proxy_fn(variables, images[rows], jnp.asarray(targets[rows], jnp.int32))
+    out, cam = proxy_fn(variables, images[rows], jnp.asarray(targets[rows], jnp.int32),
+                        jax.random.fold_in(noise_key, begin))
     outs.append(np.asarray(out)[:valid])
     maps.append(np.asarray(cam)[:valid])
   return np.concatenate(outs), np.concatenate(maps)

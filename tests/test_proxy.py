@@ -281,6 +281,19 @@ def test_clear_every_step_true_versus_false(tiny_model):
   assert set(kept.ids().tolist()) == first | second
 
 
+def test_noisy_cam_methods_draw_from_the_step_key(tiny_model):
+  first, record = proxy_step(tiny_model, proxy.ProxyBank(), 4, cam_method="smoothgrad",
+                             threshold=0.5)
+  again, _ = proxy_step(tiny_model, proxy.ProxyBank(), 4, cam_method="smoothgrad",
+                        threshold=0.5)
+  other, _ = proxy_step(tiny_model, proxy.ProxyBank(), 5, cam_method="smoothgrad",
+                        threshold=0.5)
+  assert len(first) == record["chosen"] > 0
+  np.testing.assert_array_equal(first.to_arrays()["images"], again.to_arrays()["images"])
+  same_ids = np.intersect1d(first.ids(), other.ids())
+  assert any(not np.array_equal(first.get(i), other.get(i)) for i in same_ids)
+
+
 def test_reuse_proxies_takes_the_cam_of_the_current_proxy(tiny_model):
   config, _, state, _ = tiny_model
   once, _ = proxy_step(tiny_model, proxy.ProxyBank(), 3, subset=1.0)
