@@ -9,13 +9,16 @@ SmoothGrad family, Integrated Gradients) are timed `--slow-reps` times only.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
-from proxy_jax import cams, models
+# Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from proxy_jax import cams, models  # pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proxy_jax import data, proxy, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from proxy_jax import data, parallel, proxy, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Config to benchmark.")
 flags.DEFINE_integer("batches", 20, "Batches per timed pass.")
@@ -36,7 +36,7 @@ def time_loader(split, batch_size, bank, batch_sharding, count):
   for index, batch in enumerate(data.batches(split, batch_size, order, swap=bank.swap)):
     if index == count:
       break
-    jax.block_until_ready(train.to_global(batch, batch_sharding))
+    jax.block_until_ready(parallel.to_global(batch, batch_sharding))
     images += batch_size
   return images / (time.perf_counter() - started)
 
@@ -59,14 +59,14 @@ def main(_):
   bank = proxy.ProxyBank()
   chosen = np.arange(0, len(split), 5)
   bank.update(split.ids[chosen], split.images[chosen])
-  replicated, batch_sharding = train.shardings(train.make_mesh())
+  replicated, batch_sharding = parallel.shardings(parallel.make_mesh())
   model = train.create_model(config, len(dataset.class_names))
   steps_per_epoch = data.num_batches(len(split), config.batch_size)
   state = jax.device_put(train.create_train_state(config, model, jax.random.key(0),
                                                   steps_per_epoch), replicated)
   step_fn = train.make_train_step(config, replicated)
   count = min(FLAGS.batches, steps_per_epoch)
-  device_batches = [train.to_global(b, batch_sharding) for _, b in
+  device_batches = [parallel.to_global(b, batch_sharding) for _, b in
                     zip(range(count), data.batches(split, config.batch_size))]
   state, _ = time_train_steps(state, step_fn, device_batches[:1])  # compile
   loader, steps = [], []

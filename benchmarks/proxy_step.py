@@ -12,15 +12,18 @@ note in proxy_jax/proxy.py for which one a step uses.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 
 import jax
-import numpy as np
 
-from configs import default
-from proxy_jax import data, proxy, train
+# Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import default  # pylint: disable=wrong-import-position
+from proxy_jax import data, parallel, proxy, train
 
 CASES = {
     # name: (model, image size, max training-pool examples (0 = all), small stem)
@@ -56,7 +59,7 @@ def measure(name: str, subset: float, repeats: int) -> dict:
   model = train.create_model(config, len(dataset.class_names))
   state = train.create_train_state(config, model, jax.random.key(0),
                                    data.num_batches(len(split), config.batch_size))
-  _, batch_sharding = train.shardings(train.make_mesh())
+  _, batch_sharding = parallel.shardings(parallel.make_mesh())
   eval_fn, predict_fn = train.make_eval_step(), train.make_predict_step()
   key = jax.random.key(1)
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import cams, images_grid, preprocess
+from proxy_jax import cams, data, images_grid, parallel, preprocess
 
 # ---------------------------------------------------------------- the transform
 
@@ -268,10 +268,9 @@ def fused(method: str, subset: float) -> bool:
 
 def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) -> np.ndarray:
   """Eval-mode, unaugmented predictions for every example of `split`, in split order."""
-  from proxy_jax import data, train  # pylint: disable=g-import-not-at-top
   predictions = []
   for batch in data.batches(split, batch_size):
-    images = train.to_global({"image": batch["image"]}, batch_sharding)["image"]
+    images = parallel.to_global({"image": batch["image"]}, batch_sharding)["image"]
     logits = predict_fn(state, images)
     predictions.append(np.asarray(jnp.argmax(logits, -1))[batch["mask"] > 0])
   return np.concatenate(predictions)
@@ -287,7 +286,6 @@ class _Candidates:
 
 def _scan_split(state, split, config, batch_sharding):
   """One eval-mode pass: predictions of every example plus proxies of the wrong ones."""
-  from proxy_jax import data, train  # pylint: disable=g-import-not-at-top
   settings = config.proxy
   scan = _scan_fn(state.apply_fn, settings.cam_method, settings.mode, _cam_options(config))
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -298,7 +296,7 @@ def _scan_split(state, split, config, batch_sharding):
     host = {"image": batch["image"]}
     if settings.cam_target == "label":
       host["label"] = batch["label"]
-    device = train.to_global(host, batch_sharding)
+    device = parallel.to_global(host, batch_sharding)
     predicted, out, cam = scan(variables, device["image"], device.get("label"), threshold,
                                weight)
     valid = batch["mask"] > 0

@@ -19,12 +19,12 @@ from clu import metric_writers, periodic_actions
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import ml_collections
 import numpy as np
 import optax
 
 from proxy_jax import checkpoints, config_lib, data, images_grid, models, preprocess, proxy
+from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
 from proxy_jax.io_utils import atomic_write_json
 
 
@@ -138,32 +138,6 @@ def eval_step(state, batch):
 
 def predict_step(state, images_uint8):
   return state.apply_fn(variables_of(state), preprocess.eval_inputs(images_uint8))
-
-
-# ---------------------------------------------------------------- sharding
-
-
-def make_mesh() -> Mesh:
-  return Mesh(np.array(jax.devices()), ("data",))
-
-
-def shardings(mesh: Mesh):
-  return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-
-
-def to_global(host_batch: dict, batch_sharding) -> dict:
-  """Host batch -> global arrays split over the mesh's data axis.
-
-  With several processes each holds the full host batch (the data order is the same
-  everywhere) and contributes its own slice.
-  """
-  count, index = jax.process_count(), jax.process_index()
-
-  def put(array):
-    local = np.array_split(array, count)[index] if count > 1 else array
-    return jax.make_array_from_process_local_data(batch_sharding, local, array.shape)
-
-  return {k: put(v) for k, v in host_batch.items()}
 
 
 def make_train_step(config, replicated=None):
@@ -429,27 +403,6 @@ class Run:
                  final["val_accuracy"], self.meta["best"]["val_accuracy"],
                  self.meta["best"]["epoch"], test)
     return summary
-
-
-def prefetch(iterator, size: int = 2):
-  """Runs a host iterator in a background thread, `size` items ahead of the consumer."""
-  import queue  # pylint: disable=g-import-not-at-top
-  import threading  # pylint: disable=g-import-not-at-top
-  items, done = queue.Queue(maxsize=size), object()
-
-  def produce():
-    try:
-      for item in iterator:
-        items.put(item)
-      items.put(done)
-    except BaseException as error:  # pylint: disable=broad-except
-      items.put(error)
-
-  threading.Thread(target=produce, daemon=True).start()
-  while (item := items.get()) is not done:
-    if isinstance(item, BaseException):
-      raise item
-    yield item
 
 
 # ---------------------------------------------------------------- inference

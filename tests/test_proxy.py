@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_tiny_config
-from proxy_jax import checkpoints, data, proxy, train
+from proxy_jax import checkpoints, data, parallel, proxy, train
 
 MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 
@@ -232,7 +232,7 @@ def tiny_model(tmp_path_factory):
   step = train.make_train_step(config)
   for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
     state, _ = step(state, batch, jax.random.key(1))
-  _, sharding = train.shardings(train.make_mesh())
+  _, sharding = parallel.shardings(parallel.make_mesh())
   return config, split, state, sharding
 
 

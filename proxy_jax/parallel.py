@@ -1,0 +1,54 @@
+"""Data parallelism with `jax.sharding`: one mesh axis over all devices, batches split on it.
+
+The same code runs on one device (a mesh of one) and on several hosts, where every process
+builds the same host batch (the data order is a function of the seed) and contributes its slice.
+"""
+
+import queue
+import threading
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.array(jax.devices()), ("data",))
+
+
+def shardings(mesh: Mesh):
+  return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+
+
+def to_global(host_batch: dict, batch_sharding) -> dict:
+  """Host batch -> global arrays split over the mesh's data axis.
+
+  With several processes each holds the full host batch (the data order is the same
+  everywhere) and contributes its own slice.
+  """
+  count, index = jax.process_count(), jax.process_index()
+
+  def put(array):
+    local = np.array_split(array, count)[index] if count > 1 else array
+    return jax.make_array_from_process_local_data(batch_sharding, local, array.shape)
+
+  return {k: put(v) for k, v in host_batch.items()}
+
+
+def prefetch(iterator, size: int = 2):
+  """Runs a host iterator in a background thread, `size` items ahead of the consumer."""
+  items, done = queue.Queue(maxsize=size), object()
+
+  def produce():
+    try:
+      for item in iterator:
+        items.put(item)
+      items.put(done)
+    except BaseException as error:  # pylint: disable=broad-except
+      items.put(error)
+
+  threading.Thread(target=produce, daemon=True).start()
+  while (item := items.get()) is not done:
+    if isinstance(item, BaseException):
+      raise item
+    yield item
