@@ -104,12 +104,25 @@ def load_digits_pool(image_size: int) -> Pool:
   return Pool(images, digits.target.astype(np.int32), [str(d) for d in range(10)])
 
 
-def _list_files(root: str) -> list[str]:
+def list_files(root: str) -> list[str]:
+  """Every non-hidden file under `root`, recursively, in a stable sorted order."""
   paths = []
   for directory, subdirs, files in os.walk(root):
-    subdirs.sort()
+    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
     paths += [os.path.join(directory, f) for f in sorted(files) if not f.startswith(".")]
   return paths
+
+
+def load_image_files(paths: list[str], image_size: int):
+  """(uint8 (N, S, S, 3) of the readable files, the paths that decoded, those that did not)."""
+  images, kept, skipped = [], [], []
+  for path in paths:
+    image = load_image_file(path, image_size)
+    (skipped if image is None else kept).append(path)
+    if image is not None:
+      images.append(image)
+  empty = np.zeros((0, image_size, image_size, 3), np.uint8)
+  return (np.stack(images) if images else empty), kept, skipped
 
 
 def _label_files(root: str, label_regex: str) -> tuple[list[str], list[str], list[str]]:
@@ -119,7 +132,7 @@ def _label_files(root: str, label_regex: str) -> tuple[list[str], list[str], lis
   paths, names, unlabelled = [], [], []
   if label_regex:
     pattern = re.compile(label_regex)
-    for path in _list_files(root):
+    for path in list_files(root):
       match = pattern.match(os.path.basename(path))
       if match and match.groups():
         paths.append(path)
@@ -133,7 +146,7 @@ def _label_files(root: str, label_regex: str) -> tuple[list[str], list[str], lis
     raise ValueError(f"data.path: {root!r} has no class subfolders (set data.label_regex "
                      "for a flat folder)")
   for name in class_dirs:
-    for path in _list_files(os.path.join(root, name)):
+    for path in list_files(os.path.join(root, name)):
       paths.append(path)
       names.append(name)
   unlabelled = [os.path.join(root, f) for f in sorted(os.listdir(root))
@@ -198,7 +211,7 @@ def _cache_key(config, which: str) -> str:
   if data.source == "folder":
     root = absolute(data.path if which == "pool" else data.test_path)
     # File names, sizes and mtimes: a changed folder is decoded again.
-    for path in _list_files(root):
+    for path in list_files(root):
       stat = os.stat(path)
       parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

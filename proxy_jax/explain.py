@@ -50,24 +50,7 @@ def list_files(path: str) -> list[str]:
     return [path]
   if not os.path.isdir(path):
     raise ExplainError(f"--images {path!r} is neither a file nor a folder")
-  found = []
-  for directory, subdirs, files in os.walk(path):
-    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-    found += [os.path.join(directory, f) for f in sorted(files) if not f.startswith(".")]
-  return found
-
-
-def load_images(paths: list[str], image_size: int):
-  """(uint8 (N, S, S, 3), decoded paths, skipped paths); an error when nothing decodes."""
-  images, kept, skipped = [], [], []
-  for path in paths:
-    image = data.load_image_file(path, image_size)
-    (skipped if image is None else kept).append(path)
-    if image is not None:
-      images.append(image)
-  if not images:
-    raise ExplainError(f"no readable images among the {len(paths)} file(s) found")
-  return np.stack(images), kept, skipped
+  return data.list_files(path)
 
 
 def overlay_name(path: str, root: str, method: str) -> str:
@@ -105,7 +88,9 @@ def run(args) -> list[dict]:
     raise ExplainError(f"--workdir {args.workdir!r}: {error}") from error
   if args.target is not None and not 0 <= args.target < len(class_names):
     raise ExplainError(f"--target {args.target} is not a class index (0..{len(class_names) - 1})")
-  images, kept, skipped = load_images(paths, config.image_size)
+  images, kept, skipped = data.load_image_files(paths, config.image_size)
+  if not kept:
+    raise ExplainError(f"no readable images among the {len(paths)} file(s) found")
   for path in skipped:
     print(f"skipped (not a readable image): {path}", file=sys.stderr)
   maps, probabilities = explain_batches(model, variables, images, args)

@@ -32,30 +32,11 @@ def list_image_files(path: str) -> list[str]:
   if os.path.isfile(path):
     return [path]
   if os.path.isdir(path):
-    found = []
-    for directory, subdirs, files in os.walk(path):
-      subdirs.sort()
-      found += [os.path.join(directory, f) for f in sorted(files)
-                if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
-    return found
+    return [f for f in data.list_files(path) if f.lower().endswith(IMAGE_SUFFIXES)]
   matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
   if not matches:
     raise FileNotFoundError(f"--images {path!r}: no such file, folder or glob match")
   return matches
-
-
-def load_images(paths: list[str], image_size: int) -> tuple[np.ndarray, list[str], list[str]]:
-  """(uint8 images (N, S, S, 3), the paths that decoded, the paths that did not)."""
-  images, kept, skipped = [], [], []
-  for path in paths:
-    image = data.load_image_file(path, image_size)
-    if image is None:
-      skipped.append(path)
-    else:
-      images.append(image)
-      kept.append(path)
-  shape = (0, image_size, image_size, 3)
-  return (np.stack(images) if images else np.zeros(shape, np.uint8)), kept, skipped
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -139,7 +120,8 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
   """Writes <out>/predictions.csv (and <out>/cams/*.png with `cam`); returns the table."""
   from proxy_jax import train  # pylint: disable=g-import-not-at-top
   model, variables, config, class_names = train.restore_for_inference(workdir)
-  images, paths, skipped = load_images(list_image_files(images_path), config.image_size)
+  images, paths, skipped = data.load_image_files(list_image_files(images_path),
+                                                        config.image_size)
   for path in skipped:
     logging.warning("skipped unreadable image %s", path)
   if not paths:

@@ -5,6 +5,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from proxy_jax import images_grid
+
 
 def _jet(values):
   # The classic MATLAB jet as three clipped ramps: no matplotlib needed for the default.
@@ -84,7 +86,7 @@ def write_grid(images, cams, path: str | None = None, writer=None, step: int = 0
   canvas = grid(images, cams, alpha, colormap, columns)
   if path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(canvas).save(path)
+    images_grid.save_png(path, canvas)
   if writer is not None:
     writer.write_images(step, {name: canvas[None]})
   return canvas
