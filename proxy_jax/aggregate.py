@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from proxy_jax import sweep as sweep_lib
+from proxy_jax.io_utils import atomic_write
 
 # Config fields that always get a column (so a query on them works even when not swept).
 IDENTITY_FIELDS = ("model.name", "data.name", "seed")
@@ -219,7 +220,7 @@ def filter_results(results: pd.DataFrame, query: str) -> pd.DataFrame:
 
 def write_table(frame: pd.DataFrame, path: str) -> list[str]:
   """CSV always; Parquet next to it when pyarrow or fastparquet is installed."""
-  frame.to_csv(path, index=False)
+  atomic_write(path, lambda f: frame.to_csv(f, index=False), "w")
   written = [path]
   try:
     frame.to_parquet(os.path.splitext(path)[0] + ".parquet", index=False)

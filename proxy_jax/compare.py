@@ -27,6 +27,7 @@ import pandas as pd
 
 from proxy_jax import infer
 from proxy_jax import preprocess
+from proxy_jax.io_utils import atomic_write
 
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "average_drop_pct": "lower",
           "increase_in_confidence_pct": "higher", "accuracy": "higher"}
@@ -166,7 +167,8 @@ def compare(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp"
                    [entry["class_names"][i] for i in labels[:grid_images]]))
   table = pd.DataFrame(rows)
   os.makedirs(out, exist_ok=True)
-  table.to_csv(os.path.join(out, f"compare_{split_name}.csv"), index=False)
+  atomic_write(os.path.join(out, f"compare_{split_name}.csv"),
+               lambda f: table.to_csv(f, index=False), "w")
   write_grid(panels, os.path.join(out, f"compare_{split_name}.png"), cam)
   return table
 

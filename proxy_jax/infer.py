@@ -23,6 +23,7 @@ from PIL import Image
 
 from proxy_jax import data
 from proxy_jax import preprocess
+from proxy_jax.io_utils import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -131,7 +132,8 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
   table = predictions_table(paths, probabilities, class_names, k)
   out = out or os.path.join(workdir, "infer")
   os.makedirs(out, exist_ok=True)
-  table.to_csv(os.path.join(out, "predictions.csv"), index=False)
+  atomic_write(os.path.join(out, "predictions.csv"),
+               lambda f: table.to_csv(f, index=False), "w")
   if cam:
     predicted = probabilities.argmax(-1)
     maps = cam_maps(cam, model, variables, images, predicted,
@@ -139,7 +141,9 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
     write_overlays(os.path.join(out, "cams"), paths, images, maps,
                    [class_names[i] for i in predicted], alpha)
   if skipped:
-    pd.DataFrame({"file": skipped}).to_csv(os.path.join(out, "skipped.csv"), index=False)
+    skipped_table = pd.DataFrame({"file": skipped})
+    atomic_write(os.path.join(out, "skipped.csv"),
+                 lambda f: skipped_table.to_csv(f, index=False), "w")
   return table
 
 
