@@ -20,6 +20,8 @@ from absl import flags
 import numpy as np
 import pandas as pd
 
+from proxy_jax import cli
+from proxy_jax import config_fields
 from proxy_jax import sweep as sweep_lib
 from proxy_jax.io_utils import atomic_write
 
@@ -37,15 +39,6 @@ def column_name(key: str, all_keys) -> str:
   short = key.rsplit(".", 1)[-1]
   clashes = {k for k in all_keys if k.rsplit(".", 1)[-1] == short and k not in COLUMN_ALIASES}
   return short if len(clashes) <= 1 else key.replace(".", "_")
-
-
-def _get(config: dict, key: str):
-  node = config
-  for part in key.split("."):
-    if not isinstance(node, dict) or part not in node:
-      return None
-    node = node[part]
-  return node
 
 
 def _read_json(path: str):
@@ -162,7 +155,7 @@ def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.
            "status": "finished" if summary else (state or "incomplete"),
            "workdir": path}
     for key in fields:
-      value = _get(config, key)
+      value = config_fields.get_field(config, key, None)
       row[names[key]] = overrides.get(key) if value is None else value
     row.update(summary_metrics(summary or {}))
     if with_curves:
@@ -330,5 +323,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=sweep_lib.hyphen_flags_parser)
+  cli.run(main, define_flags)

@@ -239,6 +239,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  from proxy_jax.sweep import hyphen_flags_parser  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=hyphen_flags_parser)
+  from proxy_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, define_flags)

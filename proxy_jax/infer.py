@@ -1,31 +1,75 @@
 """Inference with any trained workdir: top-k predictions as CSV, optional CAM overlays.
 
-  python -m proxy_jax.infer --workdir=runs/x --images=PATH --top-k=5 [--cam=gradcampp --out=DIR]
+  python -m proxy_jax.infer --workdir=runs/x --images=PATH --top-k=5 \
+      [--cam=gradcampp --target=CLASS --out=DIR]
 
-PATH is an image file, a folder (searched recursively) or a glob pattern. Files are decoded
-exactly as training decoded them (`data.load_image_file`: RGB, shorter side resized to the model's
-image size, centre crop) and normalised by `preprocess.eval_inputs`, so a training image gives the
-logits that evaluation gave it. Unreadable files are listed and skipped. Class indices map back to
-the dataset's label names saved with the checkpoint.
+PATH is an image file, a folder (searched recursively, sorted) or a glob pattern. Files are
+decoded exactly as training decoded them (`data.load_image_file`: RGB, shorter side resized to the
+model's image size, centre crop) and normalised by `preprocess.eval_inputs`, so a training image
+gives the logits that evaluation gave it. Unreadable files are reported, listed in `skipped.csv`
+and skipped. Class indices map back to the dataset's label names saved with the checkpoint.
+Writes `<out>/predictions.csv` (default out: `<workdir>/infer`) and, with `--cam`, one
+(image | overlay) PNG per image under `<out>/cams/`, named after the file's path below PATH and
+listed in the CSV's `overlay` column. Maps explain the predicted class unless `--target` names one.
+Inputs that cannot work (no trained run, no readable image, a bad class index) end the command
+with one `infer: error: ...` line and exit code 2.
+
+Every model call sees one batch shape: the ragged last chunk is padded (`data.padded_chunks`)
+and its padding dropped, so nothing recompiles on the last chunk.
 """
 
 import functools
 import glob
 import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from proxy_jax import cams
+from proxy_jax import checkpoints
+from proxy_jax import cli
+from proxy_jax import config_lib
 from proxy_jax import data
+from proxy_jax import images_grid
 from proxy_jax import preprocess
+from proxy_jax import train
 from proxy_jax.io_utils import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class InferenceError(Exception):
+  """Inputs that cannot work, named in one line (the CLI exits with code 2)."""
+
+
+def restore_for_inference(workdir: str):
+  """(model, variables, config, class_names) from a trained workdir's latest checkpoint."""
+  config_path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.exists(config_path) or not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"{workdir} has no trained run (config.json and checkpoints/ "
+                            "expected); train one with main.py first")
+  config = ml_collections.ConfigDict(config_lib.read_json(config_path))
+  class_names = config_lib.read_json(os.path.join(workdir, "classes.json"))
+  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints)
+  try:
+    latest = ckpt.latest_epoch()
+    if latest is None:
+      raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
+    model = train.create_model(config, len(class_names))
+    with config.unlocked():
+      config.model.pretrained = ""  # The checkpoint has the weights.
+    state = train.create_train_state(config, model, jax.random.key(0), 1)
+    state, _, _ = ckpt.restore(latest, state)
+  finally:
+    ckpt.close()
+  return model, train.variables_of(state), config, class_names
 
 
 def list_image_files(path: str) -> list[str]:
@@ -36,8 +80,11 @@ def list_image_files(path: str) -> list[str]:
     return [f for f in data.list_files(path) if f.lower().endswith(IMAGE_SUFFIXES)]
   matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
   if not matches:
-    raise FileNotFoundError(f"--images {path!r}: no such file, folder or glob match")
+    raise InferenceError(f"--images {path!r}: no such file, folder or glob match")
   return matches
+
+
+# ---------------------------------------------------------------- predictions
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -46,12 +93,10 @@ def _forward(apply_fn, variables, images_uint8):
 
 
 def predict_logits(model, variables, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """float32 logits (N, classes); batches are padded to one shape so nothing recompiles."""
+  """float32 logits (N, classes); every call sees the same batch shape (one compilation)."""
   outputs = []
-  for begin in range(0, len(images), batch_size):
-    chunk = images[begin:begin + batch_size]
-    padded = np.resize(chunk, (batch_size, *chunk.shape[1:])) if len(chunk) < batch_size else chunk
-    outputs.append(np.asarray(_forward(model.apply, variables, padded))[:len(chunk)])
+  for rows, valid in data.padded_chunks(len(images), min(batch_size, len(images))):
+    outputs.append(np.asarray(_forward(model.apply, variables, images[rows]))[:valid])
   classes = outputs[0].shape[-1] if outputs else 0
   return np.concatenate(outputs) if outputs else np.zeros((0, classes), np.float32)
 
@@ -81,65 +126,91 @@ def predictions_table(paths: list[str], probabilities: np.ndarray, class_names: 
   return pd.DataFrame(rows)
 
 
+# ---------------------------------------------------------------- CAM overlays
+
+
 def cam_maps(method: str, model, variables, images: np.ndarray, targets: np.ndarray,
-             chunk_size: int = 64) -> np.ndarray:
-  """(N, S, S) maps in [0, 1] for `targets`, computed `chunk_size` images per call."""
-  from proxy_jax import cams  # pylint: disable=g-import-not-at-top
+             chunk_size: int = 64, smooth_sigma: float = 0.0, seed: int = 0) -> np.ndarray:
+  """(N, S, S) maps in [0, 1] for `targets`, `chunk_size` images per call (one compilation).
+
+  `seed` draws the noise of the SmoothGrad family, a fresh key per chunk.
+  """
+  options = {"chunk_size": chunk_size, "smooth_sigma": smooth_sigma}
   maps = []
-  for begin in range(0, len(images), chunk_size):
-    inputs = preprocess.eval_inputs(images[begin:begin + chunk_size])
-    maps.append(np.asarray(cams.compute(method, model.apply, variables, inputs,
-                                        targets=targets[begin:begin + chunk_size],
-                                        chunk_size=chunk_size)))
+  for rows, valid in data.padded_chunks(len(images), min(chunk_size, len(images))):
+    if method in cams.NOISY_METHODS:
+      options["key"] = jax.random.fold_in(jax.random.key(seed), int(rows[0]))
+    chunk = cams.compute(method, model.apply, variables, preprocess.eval_inputs(images[rows]),
+                         targets=np.asarray(targets)[rows], **options)
+    maps.append(np.asarray(chunk)[:valid])
   return np.concatenate(maps) if maps else np.zeros(images.shape[:3], np.float32)
 
 
-def _safe(text: str) -> str:
-  return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
+def overlay_name(path: str, root: str, method: str) -> str:
+  """A flat, unique PNG name: the path below `root` with separators turned into "__"."""
+  stem = os.path.splitext(os.path.relpath(path, root))[0].replace(os.sep, "__")
+  return f"{stem}_{method}.png"
 
 
-def write_overlays(out_dir: str, paths: list[str], images: np.ndarray, maps: np.ndarray,
-                   labels: list[str], alpha: float = 0.5, scale: int = 4) -> list[str]:
-  """One PNG per image: (image | overlay), upscaled so small images stay visible."""
-  from proxy_jax import cams  # pylint: disable=g-import-not-at-top
-  os.makedirs(out_dir, exist_ok=True)
-  overlays = cams.overlay(images, maps, alpha)
-  written = []
-  for index, (path, image, blended, label) in enumerate(zip(paths, images, overlays, labels)):
-    pair = Image.fromarray(np.concatenate([image, blended], axis=1))
-    if scale > 1:
-      pair = pair.resize((pair.width * scale, pair.height * scale), Image.NEAREST)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    target = os.path.join(out_dir, f"{index:05d}_{_safe(stem)}_{_safe(label)}.png")
-    pair.save(target)
-    written.append(target)
-  return written
+def overlay_pair(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet",
+                 scale: int = 4) -> np.ndarray:
+  """uint8 (image | overlay), each pixel repeated `scale` times so small images stay visible."""
+  pair = np.concatenate([image, cams.overlay(image, cam, alpha, colormap)], axis=1)
+  return pair.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _root_of(images_path: str, paths: list[str]) -> str:
+  """What overlay names are relative to: the folder given, else the files' common folder."""
+  if os.path.isdir(images_path):
+    return images_path
+  return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+
+
+# ---------------------------------------------------------------- the whole command
 
 
 def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out: str = "",
-                  batch_size: int = 0, alpha: float = 0.5) -> pd.DataFrame:
+                  batch_size: int = 0, alpha: float = 0.5, *, target: int | None = None,
+                  colormap: str = "jet", smooth_sigma: float = 0.0, seed: int = 0,
+                  scale: int = 4) -> pd.DataFrame:
   """Writes <out>/predictions.csv (and <out>/cams/*.png with `cam`); returns the table."""
-  from proxy_jax import train  # pylint: disable=g-import-not-at-top
-  model, variables, config, class_names = train.restore_for_inference(workdir)
-  images, paths, skipped = data.load_image_files(list_image_files(images_path),
-                                                        config.image_size)
+  if cam and cam not in cams.METHODS:
+    raise InferenceError(f"--cam {cam!r} is not a CAM method; choose one of "
+                         f"{', '.join(cams.METHODS)}")
+  if k < 1:
+    raise InferenceError(f"--top_k {k} must be at least 1")
+  files = list_image_files(images_path)
+  try:
+    model, variables, config, class_names = restore_for_inference(workdir)
+  except FileNotFoundError as error:
+    raise InferenceError(f"--workdir {workdir!r}: {error}") from error
+  if target is not None and not 0 <= target < len(class_names):
+    raise InferenceError(f"--target {target} is not a class index (0..{len(class_names) - 1})")
+  images, paths, skipped = data.load_image_files(files, config.image_size)
   for path in skipped:
-    logging.warning("skipped unreadable image %s", path)
+    logging.warning("skipped (not a readable image): %s", path)
   if not paths:
-    raise ValueError(f"--images {images_path!r}: no readable image")
-  logits = predict_logits(model, variables, images, batch_size or config.eval_batch_size)
-  probabilities = softmax(logits)
+    raise InferenceError(f"--images {images_path!r}: no readable images among the "
+                         f"{len(files)} file(s) found")
+  batch_size = batch_size or config.eval_batch_size
+  probabilities = softmax(predict_logits(model, variables, images, batch_size))
   table = predictions_table(paths, probabilities, class_names, k)
   out = out or os.path.join(workdir, "infer")
   os.makedirs(out, exist_ok=True)
+  if cam:
+    targets = (probabilities.argmax(-1) if target is None
+               else np.full(len(paths), target, np.int32))
+    chunk = min(batch_size, 64, int(config.cams.chunk_size) if "cams" in config else 64)
+    maps = cam_maps(cam, model, variables, images, targets, chunk, smooth_sigma, seed)
+    root, names = _root_of(images_path, paths), []
+    for path, image, cam_map in zip(paths, images, maps):
+      names.append(os.path.join("cams", overlay_name(path, root, cam)))
+      os.makedirs(os.path.dirname(os.path.join(out, names[-1])), exist_ok=True)
+      images_grid.save_png(os.path.join(out, names[-1]),
+                           overlay_pair(image, cam_map, alpha, colormap, scale))
+    table["overlay"] = names
   atomic_write(os.path.join(out, "predictions.csv"),
                lambda f: table.to_csv(f, index=False), "w")
-  if cam:
-    predicted = probabilities.argmax(-1)
-    maps = cam_maps(cam, model, variables, images, predicted,
-                    min(64, int(config.cams.chunk_size)) if "cams" in config else 64)
-    write_overlays(os.path.join(out, "cams"), paths, images, maps,
-                   [class_names[i] for i in predicted], alpha)
   if skipped:
     skipped_table = pd.DataFrame({"file": skipped})
     atomic_write(os.path.join(out, "skipped.csv"),
@@ -155,24 +226,36 @@ def define_flags():
                       required=True)
   flags.DEFINE_string("images", None, "Image file, folder or glob.", required=True)
   flags.DEFINE_integer("top_k", 5, "Classes per image in the CSV.")
-  flags.DEFINE_string("cam", "", "CAM method for overlays (e.g. gradcampp); empty = none.")
+  flags.DEFINE_enum("cam", "", ["", *cams.METHODS], "CAM method for overlays; empty = none.")
+  flags.DEFINE_integer("target", None, "Class index the CAMs explain (default: the predicted).")
   flags.DEFINE_string("out", "", "Output folder (default: <workdir>/infer).")
   flags.DEFINE_integer("batch_size", 0, "Images per forward pass (0 = config.eval_batch_size).")
   flags.DEFINE_float("alpha", 0.5, "Weight of the CAM colour map in the overlays.")
+  flags.DEFINE_string("colormap", "jet", "Colour map of the overlays (matplotlib name).")
+  flags.DEFINE_float("smooth_sigma", 0.0, "Gaussian blur of the maps, in pixels.")
+  flags.DEFINE_integer("seed", 0, "Noise seed of the SmoothGrad family.")
+  flags.DEFINE_integer("scale", 4, "Pixel repeat of the overlay PNGs.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  table = run_inference(f.workdir, f.images, f.top_k, f.cam, f.out, f.batch_size, f.alpha)
+  out = f.out or os.path.join(f.workdir, "infer")
+  try:
+    table = run_inference(f.workdir, f.images, f.top_k, f.cam, out, f.batch_size, f.alpha,
+                          target=f.target, colormap=f.colormap, smooth_sigma=f.smooth_sigma,
+                          seed=f.seed, scale=f.scale)
+  except InferenceError as error:
+    print(f"infer: error: {error}", file=sys.stderr)
+    sys.exit(2)
   with pd.option_context("display.width", 200, "display.max_rows", 50):
     print(table.drop(columns=[c for c in table.columns if c.startswith("index_")]).to_string(
         index=False))
-  print(f"\nwrote {os.path.join(f.out or os.path.join(f.workdir, 'infer'), 'predictions.csv')}")
+  print(f"\nwrote {os.path.join(out, 'predictions.csv')}"
+        + (f" and {len(table)} {f.cam} overlays under {os.path.join(out, 'cams')}" if f.cam
+           else ""))
 
 
 if __name__ == "__main__":
-  define_flags()
-  from proxy_jax.sweep import hyphen_flags_parser  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=hyphen_flags_parser)
+  cli.run(main, define_flags)

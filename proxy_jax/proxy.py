@@ -390,12 +390,9 @@ def _chunked_proxies(state, images, targets, config, noise_key):
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   limit = max(1, int(config.cams.chunk_size))
   outs, maps = [], []
-  for begin in range(0, len(images), limit):
-    valid = min(limit, len(images) - begin)
-    size = min(limit, 1 << (valid - 1).bit_length())
-    rows = np.resize(np.arange(begin, begin + valid), size)
+  for rows, valid in data.padded_chunks(len(images), limit, power_of_two=True):
     out, cam = proxy_fn(variables, images[rows], jnp.asarray(targets[rows], jnp.int32),
-                        jax.random.fold_in(noise_key, begin))
+                        jax.random.fold_in(noise_key, int(rows[0])))
     outs.append(np.asarray(out)[:valid])
     maps.append(np.asarray(cam)[:valid])
   return np.concatenate(outs), np.concatenate(maps)

@@ -31,6 +31,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from proxy_jax import cli
+from proxy_jax import config_fields
 from proxy_jax.io_utils import atomic_write_json
 
 STARTED, FINISHED, FAILED = "started", "finished", "failed"
@@ -139,11 +141,8 @@ def check_overrides(config_path: str, trials: list[dict], common: dict) -> None:
   config = module.get_config(argument) if argument else module.get_config()
   for trial in [{"name": "(common)", "overrides": common}] + trials:
     for key in trial["overrides"]:
-      node = config
-      for part in key.split("."):
-        if part not in node:
-          raise KeyError(f"trial {trial['name']}: the config has no field {key!r}")
-        node = node[part]
+      if not config_fields.has_field(config, key):
+        raise KeyError(f"trial {trial['name']}: the config has no field {key!r}")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -377,17 +376,6 @@ def run_sweep(config: str, sweep: str, workdir: str, shard: tuple[int, int] = (0
 # ---------------------------------------------------------------- CLI
 
 
-def hyphen_flags_parser(argv: list[str]):
-  """absl flags with --dry-run spelled as well as --dry_run."""
-  fixed = []
-  for arg in argv:
-    if arg.startswith("--") and not arg.startswith("--config."):
-      name, sep, value = arg[2:].partition("=")
-      arg = "--" + name.replace("-", "_") + sep + value
-    fixed.append(arg)
-  return flags.FLAGS(fixed)
-
-
 def define_flags():
   # Defined on demand, not at import: sweep files and other tools import this module.
   flags.DEFINE_string("config", "configs/default.py", "Config file passed to every trial.")
@@ -422,5 +410,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=hyphen_flags_parser)
+  cli.run(main, define_flags)

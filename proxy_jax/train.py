@@ -404,29 +404,3 @@ class Run:
                  self.meta["best"]["epoch"], test)
     return summary
 
-
-# ---------------------------------------------------------------- inference
-
-
-def restore_for_inference(workdir: str):
-  """(model, variables, config, class_names) from a trained workdir's latest checkpoint."""
-  config_path = os.path.join(workdir, "config.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.exists(config_path) or not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"{workdir} has no trained run (config.json and checkpoints/ "
-                            "expected); train one with main.py first")
-  config = ml_collections.ConfigDict(config_lib.read_json(config_path))
-  class_names = config_lib.read_json(os.path.join(workdir, "classes.json"))
-  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints)
-  try:
-    latest = ckpt.latest_epoch()
-    if latest is None:
-      raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
-    model = create_model(config, len(class_names))
-    with config.unlocked():
-      config.model.pretrained = ""  # The checkpoint has the weights.
-    state = create_train_state(config, model, jax.random.key(0), 1)
-    state, _, _ = ckpt.restore(latest, state)
-  finally:
-    ckpt.close()
-  return model, variables_of(state), config, class_names

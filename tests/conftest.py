@@ -10,6 +10,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from proxy_jax import config_fields  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def make_tiny_config(**overrides):
@@ -30,11 +31,7 @@ def make_tiny_config(**overrides):
   config.proxy.schedule = "1,p,1"
   config.log_every_steps = 1000
   for field, value in overrides.items():
-    node = config
-    *parents, leaf = field.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+    config_fields.set_field(config, field, value)
   return config
 
 

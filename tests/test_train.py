@@ -106,20 +106,3 @@ def test_four_devices_match_one_device(tmp_path):
     for key in ("train_accuracy", "val_accuracy"):
       assert abs(got[key] - want[key]) <= 1 / 60
   np.testing.assert_allclose(four["test"]["loss"], single["test"]["loss"], rtol=1e-4)
-
-
-def test_inference_restore_matches_training_state(tmp_path):
-  workdir = str(tmp_path / "run")
-  summary = train.train_and_evaluate(make_tiny_config(num_epochs=1), workdir)
-  model, variables, config, class_names = train.restore_for_inference(workdir)
-  assert class_names == [str(d) for d in range(10)] and config.image_size == 16
-  from proxy_jax import data, preprocess  # pylint: disable=g-import-not-at-top
-  dataset = data.load_dataset(config, workdir)
-  logits = model.apply(variables, preprocess.eval_inputs(dataset.val.images))
-  accuracy = float(np.mean(np.argmax(logits, -1) == dataset.val.labels))
-  assert accuracy == pytest.approx(summary["final"]["val_accuracy"])
-
-
-def test_restore_for_inference_without_a_run_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no trained run"):
-    train.restore_for_inference(str(tmp_path))

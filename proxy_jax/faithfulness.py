@@ -1,6 +1,6 @@
-"""Compare the explanations of models trained with and without Proxy Attention.
+"""Faithfulness of the explanations of models trained with and without Proxy Attention.
 
-  python -m proxy_jax.compare --workdirs=runs/base,runs/proxy --split=val [--cam=gradcampp]
+  python -m proxy_jax.faithfulness --workdirs=runs/base,runs/proxy --split=val [--cam=gradcampp]
 
 For every model, on the same evaluation images (matched by example id, so each model sees its
 own decoding of the same files), CAMs of the predicted class are scored by:
@@ -10,8 +10,11 @@ own decoding of the same files), CAMs of the predicted class are scored by:
   average drop % (lower is better)  mean of max(0, Y - O) / Y, O = probability on image * CAM;
   increase in confidence % (higher) share of images with O > Y (Chattopadhay et al., 2018).
 The baseline is the dataset mean colour (zero after normalisation): less out of distribution than
-black. Writes `<out>/compare_<split>.csv` (one row per model, side by side) and
-`<out>/compare_<split>.png` (the same images' CAM overlays, one row per model).
+black. Writes `<out>/faithfulness_<split>.csv` (one row per model, side by side) and
+`<out>/faithfulness_<split>.png` (the same images' CAM overlays, one row per model). Every jitted
+call sees one chunk shape: the ragged last chunk is padded (`data.padded_chunks`) and its padding
+dropped.
+(`experiments/compare.py` is another job: it trains the baseline and proxy arms.)
 """
 
 import functools
@@ -25,6 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from proxy_jax import cams
+from proxy_jax import cli
+from proxy_jax import data
+from proxy_jax import images_grid
 from proxy_jax import infer
 from proxy_jax import preprocess
 from proxy_jax.io_utils import atomic_write
@@ -82,16 +89,16 @@ def explanation_scores(model, variables, images: np.ndarray, maps: np.ndarray,
                        targets: np.ndarray, steps: int = 16, chunk: int = 16) -> dict:
   """Per-image deletion/insertion AUC and confidence drop/increase; see the module docstring."""
   deletion, insertion, full, masked = [], [], [], []
-  for begin in range(0, len(images), chunk):
-    images01 = np.asarray(images[begin:begin + chunk], np.float32) / 255.0
-    part_maps = np.asarray(maps[begin:begin + chunk], np.float32)
-    part_targets = np.asarray(targets[begin:begin + chunk], np.int32)
+  for rows, valid in data.padded_chunks(len(images), min(chunk, len(images))):
+    images01 = np.asarray(images[rows], np.float32) / 255.0
+    part_maps = np.asarray(maps[rows], np.float32)
+    part_targets = np.asarray(targets[rows], np.int32)
     d, i = _curves(model.apply, variables, images01, part_maps, part_targets, steps)
     y, o = _confidence(model.apply, variables, images01, part_maps, part_targets)
-    deletion.append(np.asarray(d))
-    insertion.append(np.asarray(i))
-    full.append(np.asarray(y))
-    masked.append(np.asarray(o))
+    deletion.append(np.asarray(d)[:valid])
+    insertion.append(np.asarray(i)[:valid])
+    full.append(np.asarray(y)[:valid])
+    masked.append(np.asarray(o)[:valid])
   deletion, insertion = np.concatenate(deletion), np.concatenate(insertion)
   full, masked = np.concatenate(full), np.concatenate(masked)
   return {"deletion_auc": auc(deletion), "insertion_auc": auc(insertion),
@@ -115,10 +122,9 @@ def select(split, ids: np.ndarray):
 
 
 def load_models(workdirs: list[str], split_name: str):
-  from proxy_jax import data, train  # pylint: disable=g-import-not-at-top
   models = []
   for workdir in workdirs:
-    model, variables, config, class_names = train.restore_for_inference(workdir)
+    model, variables, config, class_names = infer.restore_for_inference(workdir)
     split = getattr(data.load_dataset(config, workdir), split_name)
     if split is None:
       raise ValueError(f"{workdir}: the dataset has no {split_name} split")
@@ -127,9 +133,10 @@ def load_models(workdirs: list[str], split_name: str):
   return models
 
 
-def compare(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp",
-            num_images: int = 256, steps: int = 16, target: str = "predicted",
-            names: list[str] | None = None, out: str = "compare", grid_images: int = 8):
+def compare_workdirs(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp",
+                     num_images: int = 256, steps: int = 16, target: str = "predicted",
+                     names: list[str] | None = None, out: str = "faithfulness",
+                     grid_images: int = 8):
   """Scores every model's CAMs on the same images; writes the CSV and PNG; returns the table."""
   models = load_models(workdirs, split_name)
   ids = common_ids([m["split"] for m in models])
@@ -167,34 +174,34 @@ def compare(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp"
                    [entry["class_names"][i] for i in labels[:grid_images]]))
   table = pd.DataFrame(rows)
   os.makedirs(out, exist_ok=True)
-  atomic_write(os.path.join(out, f"compare_{split_name}.csv"),
+  atomic_write(os.path.join(out, f"faithfulness_{split_name}.csv"),
                lambda f: table.to_csv(f, index=False), "w")
-  write_grid(panels, os.path.join(out, f"compare_{split_name}.png"), cam)
+  write_figure(panels, os.path.join(out, f"faithfulness_{split_name}.png"), cam)
   return table
 
 
-def write_grid(panels, path: str, cam: str) -> None:
-  """Row 0: the images with their labels; then one row of CAM overlays per model."""
+def write_figure(panels, path: str, cam: str) -> None:
+  """Row 0: the images, titled with their labels; then one row of CAM overlays per model."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  from proxy_jax import cams  # pylint: disable=g-import-not-at-top
-  columns = len(panels[0][1])
-  figure, axes = plt.subplots(len(panels) + 1, columns, squeeze=False,
-                              figsize=(1.6 * columns, 1.7 * (len(panels) + 1)))
-  for column in range(columns):
-    axes[0, column].imshow(panels[0][1][column])
-    axes[0, column].set_title(f"label {panels[0][4][column]}", fontsize=7)
-  for row, (name, images, maps, predicted, _) in enumerate(panels, start=1):
-    overlays = cams.overlay(images, maps)
-    for column in range(columns):
-      axes[row, column].imshow(overlays[column])
-      axes[row, column].set_title(f"pred {predicted[column]}", fontsize=7)
-    axes[row, 0].set_ylabel(name, fontsize=8)
-  for axis in axes.ravel():
-    axis.set_xticks([])
-    axis.set_yticks([])
-  figure.suptitle(f"{cam} on the same images, one row per model", fontsize=9)
+  columns, pad = len(panels[0][1]), 2
+  cells = [images_grid.as_uint8(panels[0][1])]
+  cells += [cams.overlay(images, maps) for _, images, maps, _, _ in panels]
+  picture = images_grid.grid(np.concatenate(cells), columns=columns, pad=pad)
+  height, width = cells[0].shape[1] + pad, cells[0].shape[2] + pad
+  figure, axis = plt.subplots(figsize=(1.6 * columns, 1.7 * (len(panels) + 1)))
+  axis.imshow(picture, interpolation="nearest")
+  axis.set_xticks([pad + (c + 0.5) * width for c in range(columns)],
+                  [f"label {label}" for label in panels[0][4]], fontsize=7)
+  axis.xaxis.tick_top()
+  axis.set_yticks([pad + (r + 0.5) * height for r in range(len(panels) + 1)],
+                  ["images", *(name for name, *_ in panels)], fontsize=8)
+  for row, (_, _, _, predicted, _) in enumerate(panels, start=1):
+    for column, label in enumerate(predicted):
+      axis.text(pad + column * width + 1, pad + row * height + 1, f"pred {label}", fontsize=6,
+                va="top", color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1})
+  axis.set_title(f"{cam} on the same images, one row per model", fontsize=9)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
@@ -212,23 +219,21 @@ def define_flags():
   flags.DEFINE_integer("num_images", 256, "Images scored (0 = the whole split).")
   flags.DEFINE_integer("steps", 16, "Deletion/insertion steps from 0 to 100 % of the pixels.")
   flags.DEFINE_integer("grid_images", 8, "Images in the PNG grid.")
-  flags.DEFINE_string("out", "compare", "Output folder.")
+  flags.DEFINE_string("out", "faithfulness", "Output folder.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  table = compare(f.workdirs, f.split, f.cam, f.num_images, f.steps, f.target, f.names or None,
-                  f.out, f.grid_images)
+  table = compare_workdirs(f.workdirs, f.split, f.cam, f.num_images, f.steps, f.target,
+                           f.names or None, f.out, f.grid_images)
   shown = table.drop(columns=["workdir"]).set_index("model").T
   shown.insert(0, "better", [BETTER.get(i, "") for i in shown.index])
   print(shown.to_string())
-  print(f"\nwrote {os.path.join(f.out, f'compare_{f.split}.csv')} and "
-        f"{os.path.join(f.out, f'compare_{f.split}.png')}")
+  print(f"\nwrote {os.path.join(f.out, f'faithfulness_{f.split}.csv')} and "
+        f"{os.path.join(f.out, f'faithfulness_{f.split}.png')}")
 
 
 if __name__ == "__main__":
-  define_flags()
-  from proxy_jax.sweep import hyphen_flags_parser  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=hyphen_flags_parser)
+  cli.run(main, define_flags)
