@@ -70,10 +70,10 @@ def measure(name: str, subset: float, repeats: int) -> dict:
     proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, key, predict_fn=predict_fn,
                          batch_sharding=batch_sharding)
 
-  fused = proxy.fused
+  use_fused_scan = proxy.use_fused_scan
   results = {"case": name, "images": len(split), "subset": subset}
   for path in ("fused", "two-pass"):
-    proxy.fused = lambda method, subset, forced=(path == "fused"): forced
+    proxy.use_fused_scan = lambda method, subset, forced=(path == "fused"): forced
     try:
       timed(evaluate), timed(proxy_step)  # Compilation, excluded.
       evals, steps = [], []
@@ -81,7 +81,7 @@ def measure(name: str, subset: float, repeats: int) -> dict:
         evals.append(timed(evaluate))
         steps.append(timed(proxy_step))
     finally:
-      proxy.fused = fused
+      proxy.use_fused_scan = use_fused_scan
     results[path] = {
         clock: {"eval_s": statistics.median(e[i] for e in evals),
                 "proxy_s": statistics.median(s[i] for s in steps),
@@ -109,7 +109,7 @@ def main():
           row = result[path][clock]
           print(f"{name:<12} {result['images']:>6} {subset:>6.2f} {path:<8} {clock:<5} "
                 f"{row['eval_s']:>8.3f} {row['proxy_s']:>8.3f} {row['ratio']:>6.2f}", flush=True)
-      chosen = "fused" if proxy.fused("gradcampp", subset) else "two-pass"
+      chosen = "fused" if proxy.use_fused_scan("gradcampp", subset) else "two-pass"
       print(f"  -> proxy_step.py picks {chosen} for gradcampp at subset {subset}")
       worst = max(worst, result[chosen]["cpu"]["ratio"])
   verdict = "within" if worst <= 1.5 else "OVER"

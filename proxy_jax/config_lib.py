@@ -1,20 +1,26 @@
 """Config validation before any compute, and the resolved config kept in the workdir.
 
 `validate` refuses a bad config with a `ConfigError` naming the field, the value and what is
-allowed, so a typo costs seconds, not a run.
+allowed, so a typo costs seconds, not a run. The allowed values are asked of the modules that
+use them (`data.SOURCES`, `models`, `cams.METHODS`, `proxy.PROXY_MODES`, `proxy.parse_schedule`),
+so a new choice is declared once, where it is implemented.
 """
 
 import json
 import math
 import os
 
+from flax import traverse_util
+
+from proxy_jax import cams
+from proxy_jax import data
 from proxy_jax import models
+from proxy_jax import proxy
+from proxy_jax.config_fields import get_field
 from proxy_jax.io_utils import atomic_write_json
 
-DATA_SOURCES = ("digits", "tfds", "folder")
+# Read by `train.learning_rate_schedule`, which imports this module (so it cannot be asked).
 LR_SCHEDULES = ("warmup_cosine", "onecycle", "constant")
-PROXY_MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
-CAM_TARGETS = ("predicted", "label")
 
 
 class ConfigError(ValueError):
@@ -26,20 +32,20 @@ def _fail(field, value, allowed):
 
 
 def _check_choice(config, field, choices):
-  value = _get(config, field)
+  value = get_field(config, field)
   if value not in choices:
     _fail(field, value, "choose one of " + ", ".join(map(str, choices)))
 
 
 def _check_fraction(config, field, upper_open=False):
-  value = _get(config, field)
+  value = get_field(config, field)
   if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or (
       upper_open and value == 1.0):
     _fail(field, value, "must be a number in [0, 1" + (")" if upper_open else "]"))
 
 
 def _check_positive_int(config, field, allow=()):
-  value = _get(config, field)
+  value = get_field(config, field)
   if value in allow:
     return
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -47,27 +53,12 @@ def _check_positive_int(config, field, allow=()):
     _fail(field, value, "must be a positive integer" + extra)
 
 
-def _get(config, field):
-  value = config
-  for part in field.split("."):
-    value = value[part]
-  return value
-
-
-def cam_methods():
-  try:
-    from proxy_jax import cams  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return cams.METHODS
-
-
 def validate(config) -> None:
   """Raises ConfigError for the first invalid field."""
-  _check_choice(config, "data.source", DATA_SOURCES)
+  _check_choice(config, "data.source", data.SOURCES)
   if config.data.source == "folder":
     for field in ("data.path", "data.test_path"):
-      path = _get(config, field)
+      path = get_field(config, field)
       if (field == "data.path" or path) and not os.path.isdir(path):
         _fail(field, path, "must be an existing directory of images")
   if config.data.source == "tfds" and not config.data.name:
@@ -92,10 +83,10 @@ def validate(config) -> None:
     _fail("model.small_stem", small_stem, "choose one of auto, true, false")
   _check_choice(config, "dtype", tuple(models.DTYPES))
   width = config.model.get("width", 0)
-  if not isinstance(width, int) or width < 0 or (width and config.model.name.startswith("vit")):
+  if not isinstance(width, int) or width < 0 or (width and models.is_vit(config.model.name)):
     _fail("model.width", width, "must be an integer >= 0 (0 = default), and 0 for ViT")
-  if config.model.name.startswith("vit"):
-    patch = 4 if models.use_small_stem(config.image_size, config.model.small_stem) else 16
+  if models.is_vit(config.model.name):
+    patch = models.vit_patch_size(config.image_size, config.model.small_stem)
     if config.image_size % patch:
       _fail("image_size", config.image_size, f"must be a multiple of the ViT patch ({patch})")
   _check_positive_int(config, "batch_size", allow=(-1,))
@@ -130,14 +121,11 @@ def _validate_optimizer(config):
 
 
 def _validate_proxy(config):
-  from proxy_jax import proxy  # pylint: disable=g-import-not-at-top
   for field in ("proxy.subset", "proxy.threshold", "proxy.weight"):
     _check_fraction(config, field)
-  _check_choice(config, "proxy.mode", PROXY_MODES)
-  _check_choice(config, "proxy.cam_target", CAM_TARGETS)
-  methods = cam_methods()
-  if methods is not None:
-    _check_choice(config, "proxy.cam_method", methods)
+  _check_choice(config, "proxy.mode", proxy.PROXY_MODES)
+  _check_choice(config, "proxy.cam_target", proxy.CAM_TARGETS)
+  _check_choice(config, "proxy.cam_method", cams.METHODS)
   _check_positive_int(config, "cams.chunk_size")
   try:
     proxy.parse_schedule(config.proxy.schedule, config.num_epochs, config.proxy.enabled)
@@ -148,15 +136,10 @@ def _validate_proxy(config):
 # ---------------------------------------------------------------- resolved config on disk
 
 
-def flatten(config, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in config.items():
-    name = f"{prefix}{key}"
-    if hasattr(value, "items"):
-      flat.update(flatten(value, name + "."))
-    else:
-      flat[name] = value
-  return flat
+def flatten(config) -> dict:
+  """{"proxy.threshold": 0.85, ...} of a ConfigDict or a nested dict (empty groups dropped)."""
+  tree = config.to_dict() if hasattr(config, "to_dict") else config
+  return traverse_util.flatten_dict(tree, sep=".")
 
 
 def read_json(path: str):

@@ -26,6 +26,8 @@ from proxy_jax.io_utils import atomic_write_json, atomic_save_npy
 normalize = preprocess.normalize
 denormalize = preprocess.denormalize
 MAX_REPORTED_FILES = 20
+# `config.data.source` values `load_dataset` reads.
+SOURCES = ("digits", "tfds", "folder")
 
 
 @dataclasses.dataclass

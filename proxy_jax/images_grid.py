@@ -1,4 +1,4 @@
-"""Image grids for TensorBoard and PNG files."""
+"""The one image-grid layout (TensorBoard images, PNG files, CAM and proxy-step grids)."""
 
 import numpy as np
 from PIL import Image

@@ -23,12 +23,16 @@ from proxy_jax import cams, data, images_grid, parallel, preprocess
 # ---------------------------------------------------------------- the transform
 
 STATISTIC_MODES = {"mean": jnp.mean, "max": jnp.max, "min": jnp.min}
+# `config.proxy.mode` values `proxy_transform` knows.
+PROXY_MODES = ("seed", "blended", *STATISTIC_MODES, "zero", "one")
+# `config.proxy.cam_target`: the class each proxy's CAM explains.
+CAM_TARGETS = ("predicted", "label")
 
 
-def proxy_transform(images, cams_, threshold, weight, mode: str = "seed"):
+def proxy_transform(images, maps, threshold, weight, mode: str = "seed"):
   """Down-weights attended pixels of images in [0, 1]; pure and jittable.
 
-  images: (B, H, W, C) floats in [0, 1]; cams_: (B, H, W) in [0, 1]. Non-finite CAM values are
+  images: (B, H, W, C) floats in [0, 1]; maps: (B, H, W) CAMs in [0, 1]. Non-finite CAM values are
   treated as 0. Pixels with cam below the threshold are never changed. Modes:
     seed:     cam >= t -> (1 - weight) * cam * pixel   (the seed document's Algorithm 1)
     blended:  cam >  t -> (1 - weight * cam) * pixel   (what the original code ran)
@@ -42,7 +46,7 @@ def proxy_transform(images, cams_, threshold, weight, mode: str = "seed"):
     raise TypeError(f"proxy_transform takes float images in [0, 1], got {dtype}; convert "
                     "uint8 with preprocess.to_unit_range first")
   x = images.astype(jnp.float32)
-  cam = jnp.asarray(cams_, jnp.float32)
+  cam = jnp.asarray(maps, jnp.float32)
   cam = jnp.where(jnp.isfinite(cam), cam, 0.0)[..., None]
   if mode == "seed":
     out = jnp.where(cam >= threshold, (1.0 - weight) * cam * x, x)
@@ -54,8 +58,7 @@ def proxy_transform(images, cams_, threshold, weight, mode: str = "seed"):
   elif mode in ("zero", "one"):
     out = jnp.where(cam >= threshold, 0.0 if mode == "zero" else 1.0, x)
   else:
-    raise ValueError(f"unknown proxy mode {mode!r}; choose seed, blended, mean, max, min, "
-                     "zero or one")
+    raise ValueError(f"unknown proxy mode {mode!r}; choose {', '.join(PROXY_MODES)}")
   return jnp.clip(out, 0.0, 1.0).astype(dtype)
 
 
@@ -261,7 +264,7 @@ def _to_uint8(unit):
   return jnp.round(jnp.clip(unit, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
 
-def fused(method: str, subset: float) -> bool:
+def use_fused_scan(method: str, subset: float) -> bool:
   """Whether the step runs as one fused scan (see the cost note above)."""
   return method in cams.formulas.ACTIVATION_FORMULAS and subset > FUSED_MIN_SUBSET
 
@@ -290,7 +293,7 @@ def _scan_split(state, split, config, batch_sharding):
   scan = _scan_fn(state.apply_fn, settings.cam_method, settings.mode, _cam_options(config))
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   threshold, weight = jnp.float32(settings.threshold), jnp.float32(settings.weight)
-  predictions, positions, proxies_, maps = [], [], [], []
+  predictions, positions, proxy_images, maps = [], [], [], []
   for begin, batch in zip(range(0, len(split), config.eval_batch_size),
                           data.batches(split, config.eval_batch_size)):
     host = {"image": batch["image"]}
@@ -305,12 +308,12 @@ def _scan_split(state, split, config, batch_sharding):
     predictions.append(predicted)
     if len(rows):  # Only rows that can be chosen leave the device.
       positions.append(begin + rows)
-      proxies_.append(np.asarray(out)[rows])
+      proxy_images.append(np.asarray(out)[rows])
       maps.append(np.asarray(cam)[rows])
   shape = split.images.shape[1:]
   candidates = _Candidates(
       np.concatenate(positions) if positions else np.zeros((0,), np.int64),
-      np.concatenate(proxies_) if proxies_ else np.zeros((0,) + shape, np.uint8),
+      np.concatenate(proxy_images) if proxy_images else np.zeros((0,) + shape, np.uint8),
       np.concatenate(maps) if maps else np.zeros((0,) + shape[:2], np.uint8))
   return np.concatenate(predictions), candidates
 
@@ -330,7 +333,7 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, 
   """
   started = time.time()
   settings = config.proxy
-  if fused(settings.cam_method, settings.subset):
+  if use_fused_scan(settings.cam_method, settings.subset):
     predictions, candidates = _scan_split(state, split, config, batch_sharding)
   else:
     predictions = predict_labels(state, split, config.eval_batch_size, predict_fn,
@@ -339,18 +342,18 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, 
   wrong = np.flatnonzero(predictions != split.labels)
   chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key,
                         settings.class_balanced)
-  originals, proxies_, maps = _proxies_of(state, split, bank, chosen, predictions, candidates,
+  originals, proxy_images, maps = _proxies_of(state, split, bank, chosen, predictions, candidates,
                                           config, jax.random.fold_in(key, 1))
   if settings.clear_every_step:
     bank.clear()
-  bank.update(split.ids[chosen], proxies_)
+  bank.update(split.ids[chosen], proxy_images)
   record = {"index": index, "wrong": int(len(wrong)), "chosen": int(len(chosen)),
             "bank_size": len(bank), "seconds": time.time() - started}
   logging.info("Proxy step %d: %d wrong, %d chosen, bank %d, %.1fs", index, record["wrong"],
                record["chosen"], record["bank_size"], record["seconds"])
   if writer is not None:
     writer.write_scalars(step, {f"proxy/{k}": v for k, v in record.items() if k != "index"})
-    _log_examples(writer, workdir, step, index, originals, maps, proxies_,
+    _log_examples(writer, workdir, step, index, originals, maps, proxy_images,
                   settings.num_logged_images)
   return bank, record
 
@@ -363,7 +366,7 @@ def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noi
   """
   settings = config.proxy
   sources = np.asarray(split.images[chosen])
-  proxies_ = np.zeros_like(sources)
+  proxy_images = np.zeros_like(sources)
   maps = np.zeros(sources.shape[:3], np.uint8)
   recompute = np.ones(len(chosen), bool)
   if settings.reuse_proxies:
@@ -372,14 +375,14 @@ def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noi
     rows = np.searchsorted(candidates.positions, chosen)
     banked = np.array([split.ids[p] in bank for p in chosen], bool)
     recompute = banked if settings.reuse_proxies else np.zeros(len(chosen), bool)
-    proxies_[~recompute] = candidates.proxies[rows[~recompute]]
+    proxy_images[~recompute] = candidates.proxies[rows[~recompute]]
     maps[~recompute] = candidates.maps[rows[~recompute]]
   if recompute.any():
     targets = predictions if settings.cam_target == "predicted" else split.labels
     out, cam = _chunked_proxies(state, sources[recompute], targets[chosen[recompute]], config,
                                 noise_key)
-    proxies_[recompute], maps[recompute] = out, cam
-  return sources, proxies_, maps.astype(np.float32) / 255.0
+    proxy_images[recompute], maps[recompute] = out, cam
+  return sources, proxy_images, maps.astype(np.float32) / 255.0
 
 
 def _chunked_proxies(state, images, targets, config, noise_key):
@@ -398,13 +401,13 @@ def _chunked_proxies(state, images, targets, config, noise_key):
   return np.concatenate(outs), np.concatenate(maps)
 
 
-def _log_examples(writer, workdir, step, index, originals, maps, proxies_, count):
+def _log_examples(writer, workdir, step, index, originals, maps, proxy_images, count):
   """Grid of (original | CAM overlay | proxy) rows to TensorBoard and workdir/proxy_steps/."""
   count = min(count, len(originals))
   if count == 0:
     return
   overlays = cams.overlay(originals[:count], maps[:count])
-  rows = np.stack([originals[:count], overlays, proxies_[:count]], axis=1)
+  rows = np.stack([originals[:count], overlays, proxy_images[:count]], axis=1)
   picture = images_grid.grid(rows.reshape((-1,) + rows.shape[2:]), columns=3)
   writer.write_images(step, {"proxy/examples": picture[None]})
   if workdir:

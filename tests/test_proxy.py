@@ -26,7 +26,7 @@ MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 # ---------------------------------------------------------------- proxy_transform
 
 
-def reference_transform(images, cams_, threshold, weight, mode):
+def reference_transform(images, maps, threshold, weight, mode):
   """Pixel-by-pixel loops, written from the spec independently of proxy.py."""
   images = np.asarray(images, np.float64)
   out = images.copy()
@@ -34,7 +34,7 @@ def reference_transform(images, cams_, threshold, weight, mode):
   for b in range(batch):
     for y in range(height):
       for x in range(width):
-        cam = float(cams_[b, y, x])
+        cam = float(maps[b, y, x])
         cam = cam if math.isfinite(cam) else 0.0
         hit = cam > threshold if mode == "blended" else cam >= threshold
         if not hit:
@@ -52,17 +52,17 @@ def reference_transform(images, cams_, threshold, weight, mode):
 def random_inputs(seed, shape=(3, 6, 5, 3)):
   rng = np.random.default_rng(seed)
   images = rng.random(shape).astype(np.float32)
-  cams_ = rng.random(shape[:3]).astype(np.float32)
+  maps = rng.random(shape[:3]).astype(np.float32)
   # Values exactly at the threshold separate >= (seed, statistics) from > (blended).
-  cams_[0, 0, :3] = 0.5
-  return images, cams_
+  maps[0, 0, :3] = 0.5
+  return images, maps
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_transform_matches_numpy_reference(mode):
-  images, cams_ = random_inputs(0)
-  got = np.asarray(proxy.proxy_transform(images, cams_, 0.5, 0.3, mode))
-  np.testing.assert_allclose(got, reference_transform(images, cams_, 0.5, 0.3, mode),
+  images, maps = random_inputs(0)
+  got = np.asarray(proxy.proxy_transform(images, maps, 0.5, 0.3, mode))
+  np.testing.assert_allclose(got, reference_transform(images, maps, 0.5, 0.3, mode),
                              atol=1e-6)
 
 
@@ -75,8 +75,8 @@ def test_transform_threshold_edge_differs_between_seed_and_blended():
 
 
 def test_transform_non_finite_cams_count_as_zero():
-  images, cams_ = random_inputs(1)
-  dirty = cams_.copy()
+  images, maps = random_inputs(1)
+  dirty = maps.copy()
   dirty[0, 1, 1], dirty[1, 2, 2], dirty[2, 3, 3] = np.nan, np.inf, -np.inf
   clean = np.where(np.isfinite(dirty), dirty, 0.0)
   for mode in MODES:
@@ -96,11 +96,11 @@ def test_transform_refuses_integer_images_and_unknown_modes():
 
 
 def test_transform_is_jittable():
-  images, cams_ = random_inputs(2)
+  images, maps = random_inputs(2)
   jitted = jax.jit(proxy.proxy_transform, static_argnames="mode")
   for mode in MODES:
-    np.testing.assert_allclose(jitted(images, cams_, 0.6, 0.2, mode=mode),
-                               proxy.proxy_transform(images, cams_, 0.6, 0.2, mode), atol=1e-7)
+    np.testing.assert_allclose(jitted(images, maps, 0.6, 0.2, mode=mode),
+                               proxy.proxy_transform(images, maps, 0.6, 0.2, mode), atol=1e-7)
 
 
 transform_cases = st.fixed_dictionaries({
@@ -112,18 +112,18 @@ transform_cases = st.fixed_dictionaries({
 @settings(max_examples=40, deadline=None)
 @given(transform_cases)
 def test_transform_invariants(case):
-  images, cams_ = random_inputs(case["seed"], (2, 4, 4, 3))
+  images, maps = random_inputs(case["seed"], (2, 4, 4, 3))
   images = jnp.asarray(images, case["dtype"])
   low, high = sorted((case["low"], case["high"]))
   changed = {}
   for threshold in (low, high):
-    out = proxy.proxy_transform(images, cams_, threshold, case["weight"], case["mode"])
+    out = proxy.proxy_transform(images, maps, threshold, case["weight"], case["mode"])
     assert out.shape == images.shape and out.dtype == images.dtype
     values = np.asarray(out, np.float32)
     assert values.min() >= 0.0 and values.max() <= 1.0
     differs = np.any(values != np.asarray(images, np.float32), axis=-1)
     # Below the threshold nothing changes (blended: at it neither).
-    below = cams_ <= threshold if case["mode"] == "blended" else cams_ < threshold
+    below = maps <= threshold if case["mode"] == "blended" else maps < threshold
     assert not np.any(differs & below)
     changed[threshold] = differs
   # A higher threshold never changes a pixel that the lower one left alone.
@@ -262,9 +262,9 @@ def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatc
   got = np.stack([bank.get(i) for i in ids]).astype(np.float32)
   assert np.max(np.abs(got - expected)) <= 1  # uint8 rounding only.
   # At subset 0.5 the step runs two-pass; the fused scan must give the same bank.
-  picks = proxy.fused
+  picks = proxy.use_fused_scan
   assert not picks("gradcampp", 0.5) and picks("gradcampp", 0.6) and not picks("scorecam", 1.0)
-  monkeypatch.setattr(proxy, "fused", lambda method, subset: not picks(method, subset))
+  monkeypatch.setattr(proxy, "use_fused_scan", lambda method, subset: not picks(method, subset))
   other, _ = proxy_step(tiny_model, proxy.ProxyBank(), 0)
   np.testing.assert_array_equal(other.ids(), ids)
   assert np.max(np.abs(other.to_arrays()["images"].astype(int) - got)) <= 1

@@ -61,29 +61,17 @@ def overlay(images, cams, alpha: float = 0.5, colormap: str = "jet") -> np.ndarr
   return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def grid(images, cams, alpha: float = 0.5, colormap: str = "jet",
-         columns: int = 4) -> np.ndarray:
-  """uint8 grid whose cells are (image | overlay) pairs, `columns` pairs per row."""
-  images = to_unit_rgb(images)
-  if images.ndim != 4:
-    raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
-  pairs = np.concatenate([np.round(images * 255).astype(np.uint8),
-                          overlay(images, cams, alpha, colormap)], axis=2)
-  count, height, width, _ = pairs.shape
-  columns = max(1, min(columns, count))
-  rows = -(-count // columns)
-  canvas = np.zeros((rows * height, columns * width, 3), np.uint8)
-  for index, pair in enumerate(pairs):
-    row, column = divmod(index, columns)
-    canvas[row * height:(row + 1) * height, column * width:(column + 1) * width] = pair
-  return canvas
-
-
 def write_grid(images, cams, path: str | None = None, writer=None, step: int = 0,
                name: str = "cams", alpha: float = 0.5, colormap: str = "jet",
                columns: int = 4) -> np.ndarray:
-  """Writes the (image | overlay) grid as a PNG at `path` and/or to a clu metric writer."""
-  canvas = grid(images, cams, alpha, colormap, columns)
+  """Writes a uint8 grid of (image | overlay) pairs, `columns` pairs per row (laid out by
+  `images_grid.grid`), as a PNG at `path` and/or to a clu metric writer; returns the grid."""
+  images = to_unit_rgb(images)
+  if images.ndim != 4:
+    raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
+  pairs = np.concatenate([images_grid.as_uint8(images), overlay(images, cams, alpha, colormap)],
+                         axis=2)
+  canvas = images_grid.grid(pairs, columns=max(1, min(columns, len(pairs))), pad=0)
   if path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     images_grid.save_png(path, canvas)

@@ -38,6 +38,15 @@ def use_small_stem(image_size: int, small_stem: Any = "auto") -> bool:
   return bool(small_stem)
 
 
+def is_vit(name: str) -> bool:
+  return name in _VITS
+
+
+def vit_patch_size(image_size: int, small_stem: Any = "auto") -> int:
+  """ViT patch side: 4 px with the small-image stem, else the ImageNet models' 16 px."""
+  return 4 if use_small_stem(image_size, small_stem) else 16
+
+
 def create(name: str, num_classes: int, image_size: int, dtype: str = "float32",
            small_stem: Any = "auto", **overrides):
   """Builds model `name`; `overrides` set extra module fields (e.g. a reduced `width`)."""
@@ -56,6 +65,7 @@ def create(name: str, num_classes: int, image_size: int, dtype: str = "float32",
   if name == "vgg16_bn":
     return VGG(num_classes, small_stem=small, dtype=compute_dtype, **overrides)
   dim, depth, heads = _VITS[name]
-  fields = dict(dim=dim, depth=depth, num_heads=heads, patch_size=4 if small else 16)
+  fields = dict(dim=dim, depth=depth, num_heads=heads,
+                patch_size=vit_patch_size(image_size, small))
   fields.update(overrides)
   return ViT(num_classes, image_size, dtype=compute_dtype, **fields)
