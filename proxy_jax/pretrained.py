@@ -9,6 +9,9 @@ Both checkpoint kinds go through one merge step against the freshly initialised 
 unknown, missing or wrongly shaped entries are an error that lists them, a classifier with another
 class count is kept at its fresh initialisation, and a ViT position embedding for another grid is
 resized bilinearly. `head_mask` marks the head parameters for per-group learning rates.
+What a model's head, classifier and stem are called is the model's own statement
+(`models.model_class(name).HEAD_MODULES`, `.CLASSIFIER`, `.SMALL_STEM_PARAMS`); this module only
+knows how PyTorch names the same parameters.
 """
 
 import json
@@ -26,6 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from proxy_jax import models
+from proxy_jax.models import vgg
 
 Log = Callable[[str], None]
 
@@ -35,18 +39,22 @@ VARIABLES_DIR = "variables"
 HUB_FILENAME = "model.safetensors"
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "proxy_jax", "pretrained")
 
-_FAMILIES = {"resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet",
-             "vgg16_bn": "vgg", "vit_ti16": "vit", "vit_s16": "vit", "vit_b16": "vit",
-             "tiny_cnn": "tiny"}
-# Parameters used by each family's `head(features)`.
-_HEAD_MODULES = {"resnet": ("fc",), "tiny": ("fc",), "vgg": ("fc1", "fc2", "fc3"),
-                 "vit": ("fc_norm", "fc")}
-# The final classification layer: the part that depends on the class count.
-_CLASSIFIER = {"resnet": "fc", "tiny": "fc", "vgg": "fc3", "vit": "fc"}
-# Stem parameters whose shape depends on `small_stem` (named in shape-mismatch hints).
-_STEMS = {"resnet": "conv1", "vgg": "fc1", "vit": "patch_embed"}
-_VGG16_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def _convs_per_stage(layout) -> tuple[int, ...]:
+  """Convolutions of each VGG stage; a stage ends at its max pool "M"."""
+  counts, current = [], 0
+  for item in layout:
+    if item == "M":
+      counts.append(current)
+      current = 0
+    else:
+      current += 1
+  return tuple(counts)
+
+
+_VGG16_CONVS_PER_STAGE = _convs_per_stage(vgg.VGG16_LAYOUT)
 
 
 class PretrainedUnavailableError(RuntimeError):
@@ -58,9 +66,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def model_family(model_name: str) -> str:
-  if model_name not in _FAMILIES:
-    raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(_FAMILIES)}")
-  return _FAMILIES[model_name]
+  return models.model_class(model_name).FAMILY
 
 
 def head_mask(params, model_name: str):
@@ -69,7 +75,7 @@ def head_mask(params, model_name: str):
   ResNet: `fc`; VGG: `fc1`, `fc2`, `fc3` (torchvision's `classifier`); ViT: `fc_norm`, `fc`.
   Use it with `optax.multi_transform` to give the backbone a smaller learning rate or freeze it.
   """
-  heads = _HEAD_MODULES[model_family(model_name)]
+  heads = models.model_class(model_name).HEAD_MODULES
   mask = jax.tree_util.tree_map_with_path(
       lambda path, _: getattr(path[0], "key", None) in heads, params)
   if not any(jax.tree_util.tree_leaves(mask)):
@@ -178,8 +184,7 @@ def _resnet_module(model_name: str, path: tuple[str, ...]) -> str:
     return ".".join(path)
   index = int(path[0].split("_")[1])
   # Block i of the flat `blocks_i` list is torchvision's layer{stage}.{index}.
-  stage_sizes, _ = models._RESNETS[model_name]  # pylint: disable=protected-access
-  for stage, size in enumerate(stage_sizes):
+  for stage, size in enumerate(models.resnet_stage_sizes(model_name)):
     if index < size:
       break
     index -= size
@@ -302,9 +307,9 @@ def _mismatch_note(key, name, have, want) -> str:
           f"model expects {_torch_shape(want, key[-1])}")
 
 
-def _fresh_head(target_flat: dict, loaded: dict, names: dict, family: str, log: Log) -> set:
+def _fresh_head(target_flat: dict, loaded: dict, names: dict, model_name: str, log: Log) -> set:
   """Classifier entries to keep at their initialisation: absent, or for another class count."""
-  classifier = _CLASSIFIER[family]
+  classifier = models.model_class(model_name).CLASSIFIER
   head = [key for key in target_flat if key[1] == classifier]
   kernel = next(key for key in head if key[-1] == "kernel")
   if not any(key in loaded for key in head):
@@ -321,8 +326,7 @@ def _fresh_head(target_flat: dict, loaded: dict, names: dict, family: str, log: 
 
 def _merge(target_flat: dict, loaded: dict, names: dict, unknown: list, model_name: str,
            log: Log) -> dict:
-  family = model_family(model_name)
-  fresh = _fresh_head(target_flat, loaded, names, family, log)
+  fresh = _fresh_head(target_flat, loaded, names, model_name, log)
   missing = [names[k] for k in target_flat if k not in loaded and k not in fresh]
   out, mismatched = dict(target_flat), []
   for key, value in loaded.items():
@@ -337,11 +341,11 @@ def _merge(target_flat: dict, loaded: dict, names: dict, unknown: list, model_na
           "patches for this image size")
     else:
       mismatched.append(_mismatch_note(key, names[key], value.shape, want))
-  _raise_on_mismatch(unknown, missing, mismatched, family, model_name)
+  _raise_on_mismatch(unknown, missing, mismatched, model_name)
   return out
 
 
-def _raise_on_mismatch(unknown, missing, mismatched, family, model_name):
+def _raise_on_mismatch(unknown, missing, mismatched, model_name):
   if not (unknown or missing or mismatched):
     return
   parts = [f"checkpoint does not fit {model_name}:"]
@@ -349,8 +353,8 @@ def _raise_on_mismatch(unknown, missing, mismatched, family, model_name):
                        ("shape mismatches", mismatched)):
     if items:
       parts.append(f"{len(items)} {title}: " + ", ".join(sorted(items)))
-  stem = _STEMS.get(family)
-  if stem and any(f"params/{stem}/" in note for note in mismatched):
+  stems = models.model_class(model_name).SMALL_STEM_PARAMS
+  if any(f"params/{stem}/" in note for stem in stems for note in mismatched):
     parts.append("ImageNet stems need the full-size model: set config.model.small_stem=false "
                  "(small_stem='auto' picks the small-image stem at 64 px or less)")
   raise CheckpointMismatchError("\n  ".join(parts))
@@ -408,7 +412,8 @@ def checkpoint_num_classes(kind: str, payload, model_name: str) -> int | None:
   """Class count of a checkpoint read by `read_source` (None if it has no classifier)."""
   family = model_family(model_name)
   if kind == "flax":
-    kernel = payload[0].get("params", {}).get(_CLASSIFIER[family], {}).get("kernel")
+    classifier = models.model_class(model_name).CLASSIFIER
+    kernel = payload[0].get("params", {}).get(classifier, {}).get("kernel")
     return None if kernel is None else int(kernel.shape[-1])
   names = {"resnet": ("fc.weight",), "vgg": ("classifier.6.weight", "head.fc.weight"),
            "vit": ("head.weight",)}.get(family, ())

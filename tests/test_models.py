@@ -68,3 +68,25 @@ def test_unknown_model_and_dtype_are_refused():
     models.create("resnet9", 10, 32)
   with pytest.raises(ValueError, match="unknown dtype 'float16'"):
     models.create("resnet18", 10, 32, dtype="float16")
+
+
+@pytest.mark.parametrize("name,overrides", SMALL)
+def test_models_name_their_head_classifier_and_stem(name, overrides):
+  model = models.create(name, 5, 32, **overrides)
+  spec = models.model_class(name)
+  assert isinstance(model, spec)
+  variables = _init(model, 32)
+  # Random values everywhere, so no zero-initialised layer hides another from the gradient.
+  leaves, tree = jax.tree.flatten(variables["params"])
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = jax.tree.unflatten(tree, [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)])
+  features = model.apply(variables, jnp.ones((2, 32, 32, 3)), method="features")
+  weights = jax.random.normal(jax.random.key(4), (2, 5))
+  grads = jax.grad(lambda p: jnp.sum(weights * model.apply(
+      {**variables, "params": p}, features, method="head")))(params)
+  used = {module for module, subtree in grads.items()
+          if any(np.any(leaf != 0) for leaf in jax.tree.leaves(subtree))}
+  assert used == set(spec.HEAD_MODULES)
+  assert spec.CLASSIFIER in spec.HEAD_MODULES
+  assert params[spec.CLASSIFIER]["kernel"].shape[-1] == 5
+  assert set(spec.SMALL_STEM_PARAMS) <= set(params)

@@ -10,7 +10,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 import tensorflow_datasets as tfds
 
 from proxy_jax import train

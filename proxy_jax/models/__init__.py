@@ -1,7 +1,8 @@
 """Model registry: `create(name, ...)` builds any supported classifier.
 
 Every model exposes `features(x, train)` -> `(B, h, w, C)` and `head(features)` -> float32
-logits, with `__call__ == head(features(x))`; see `common.py`. Use them through
+logits, with `__call__ == head(features(x))`, and names its head and classifier as class
+attributes (`model_class(name).HEAD_MODULES`, `.CLASSIFIER`, ...); see `common.py`. Use them through
 `model.apply(variables, x, method="features")` / `method="head"`.
 """
 
@@ -38,6 +39,26 @@ def use_small_stem(image_size: int, small_stem: Any = "auto") -> bool:
   return bool(small_stem)
 
 
+def check_name(name: str) -> None:
+  if name not in MODEL_NAMES:
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def model_class(name: str) -> type:
+  """The Flax module class of model `name` (with its FAMILY, HEAD_MODULES, CLASSIFIER...)."""
+  check_name(name)
+  if name in _RESNETS:
+    return ResNet
+  if name in _VITS:
+    return ViT
+  return {"tiny_cnn": TinyCNN, "vgg16_bn": VGG}[name]
+
+
+def resnet_stage_sizes(name: str) -> tuple[int, ...]:
+  """Blocks per stage of a ResNet, e.g. (2, 2, 2, 2) for resnet18."""
+  return _RESNETS[name][0]
+
+
 def is_vit(name: str) -> bool:
   return name in _VITS
 
@@ -50,8 +71,7 @@ def vit_patch_size(image_size: int, small_stem: Any = "auto") -> int:
 def create(name: str, num_classes: int, image_size: int, dtype: str = "float32",
            small_stem: Any = "auto", **overrides):
   """Builds model `name`; `overrides` set extra module fields (e.g. a reduced `width`)."""
-  if name not in MODEL_NAMES:
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+  check_name(name)
   if dtype not in DTYPES:
     raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
   compute_dtype = DTYPES[dtype]

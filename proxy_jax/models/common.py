@@ -4,6 +4,12 @@ Conventions every model follows (the CAM code and the converters rely on them):
   * `features(x, train)` returns the last spatial map `(B, h, w, C)` in the compute dtype;
   * `head(features)` returns float32 logits `(B, num_classes)`;
   * `__call__(x, train) == head(features(x, train))`.
+Each model class also says what its parts are called (read by `pretrained.py`):
+  * `FAMILY`: the architecture family ("resnet", "vgg", "vit", "tiny");
+  * `HEAD_MODULES`: the top-level submodules whose parameters `head` uses;
+  * `CLASSIFIER`: the last layer, the one whose shape depends on the class count;
+  * `SMALL_STEM_PARAMS`: submodules whose shape changes with `small_stem` (a mismatch there
+    makes `pretrained` suggest small_stem=false).
 Paddings are explicit and torch-style so converted PyTorch weights give the same logits.
 """
 

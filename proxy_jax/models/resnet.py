@@ -74,6 +74,11 @@ class Bottleneck(_Projection):
 
 
 class ResNet(nn.Module):
+  FAMILY = "resnet"
+  HEAD_MODULES = ("fc",)
+  CLASSIFIER = "fc"
+  SMALL_STEM_PARAMS = ("conv1",)
+
   stage_sizes: Sequence[int]
   bottleneck: bool
   num_classes: int

@@ -9,6 +9,11 @@ from proxy_jax.models.common import BatchNorm, classifier, conv, global_avg_pool
 
 
 class TinyCNN(nn.Module):
+  FAMILY = "tiny"
+  HEAD_MODULES = ("fc",)
+  CLASSIFIER = "fc"
+  SMALL_STEM_PARAMS = ()
+
   num_classes: int
   width: int = 32
   dtype: Any = jnp.float32

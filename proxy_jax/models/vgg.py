@@ -19,6 +19,12 @@ VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 
 
 class VGG(nn.Module):
+  FAMILY = "vgg"
+  # torchvision's `classifier`; fc1's input size depends on the stem.
+  HEAD_MODULES = ("fc1", "fc2", "fc3")
+  CLASSIFIER = "fc3"
+  SMALL_STEM_PARAMS = ("fc1",)
+
   num_classes: int
   small_stem: bool = False
   hidden: int = 4096

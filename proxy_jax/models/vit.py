@@ -57,6 +57,11 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
+  FAMILY = "vit"
+  HEAD_MODULES = ("fc_norm", "fc")
+  CLASSIFIER = "fc"
+  SMALL_STEM_PARAMS = ("patch_embed",)
+
   num_classes: int
   image_size: int
   patch_size: int = 16
