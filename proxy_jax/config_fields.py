@@ -35,7 +35,7 @@ def has_field(tree, path: str) -> bool:
 def set_field(tree, path: str, value) -> None:
   """Sets the field at `path`; its parent must exist (a KeyError names the path otherwise)."""
   *parents, leaf = path.split(".")
-  node = get_field(tree, ".".join(parents)) if parents else tree
+  node = get_field(tree, ".".join(parents), None) if parents else tree
   if not _is_node(node):
     raise KeyError(f"no field {path!r}")
   node[leaf] = value

@@ -19,7 +19,8 @@ from proxy_jax import proxy
 from proxy_jax.config_fields import get_field
 from proxy_jax.io_utils import atomic_write_json
 
-# Read by `train.learning_rate_schedule`, which imports this module (so it cannot be asked).
+# The schedules `train.learning_rate_schedule` builds. Declared here, not asked of train.py,
+# because train.py imports this module.
 LR_SCHEDULES = ("warmup_cosine", "onecycle", "constant")
 
 
@@ -80,7 +81,8 @@ def validate(config) -> None:
   _check_choice(config, "model.name", models.MODEL_NAMES)
   small_stem = config.model.small_stem
   if not isinstance(small_stem, bool) and str(small_stem).lower() not in models.SMALL_STEM_CHOICES:
-    _fail("model.small_stem", small_stem, "choose one of auto, true, false")
+    _fail("model.small_stem", small_stem,
+          "choose one of " + ", ".join(models.SMALL_STEM_CHOICES))
   _check_choice(config, "dtype", tuple(models.DTYPES))
   width = config.model.get("width", 0)
   if not isinstance(width, int) or width < 0 or (width and models.is_vit(config.model.name)):

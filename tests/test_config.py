@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from proxy_jax import config_fields
 from proxy_jax import config_lib
 from tests.conftest import ROOT, make_tiny_config
 
@@ -86,3 +87,22 @@ def test_main_refuses_bad_override_before_any_compute(tmp_path):
   assert result.returncode != 0
   assert "config.model.name='resnet9' is invalid" in result.stderr
   assert not workdir.exists()
+
+
+def test_dotted_fields_in_configs_and_run_json():
+  config = make_tiny_config()
+  assert config_fields.get_field(config, "proxy.threshold") == config.proxy.threshold
+  config_fields.set_field(config, "proxy.threshold", 0.3)
+  assert config.proxy.threshold == 0.3
+  with pytest.raises(KeyError, match="'nope.x'"):
+    config_fields.set_field(config, "nope.x", 1)
+  # Items, never attributes: a field named like a dict method is the field.
+  plain = {"a": {"items": 3}}
+  assert config_fields.get_field(plain, "a.items") == 3
+  assert config_fields.get_field(plain, "a.keys", None) is None
+  assert config_fields.get_field(plain, "a.items.deeper", "absent") == "absent"
+  assert not config_fields.has_field(plain, "a.b") and config_fields.has_field(plain, "a")
+  with pytest.raises(KeyError, match="'a.b'"):
+    config_fields.get_field(plain, "a.b")
+  assert config_lib.flatten({"a": {"items": 3, "empty": {}}, "b": [1]}) == {"a.items": 3,
+                                                                           "b": [1]}
