@@ -34,6 +34,7 @@ from proxy_jax import data
 from proxy_jax import images_grid
 from proxy_jax import infer
 from proxy_jax import preprocess
+from proxy_jax import proxy
 from proxy_jax.io_utils import atomic_write
 
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "average_drop_pct": "lower",
@@ -214,8 +215,8 @@ def define_flags():
   flags.DEFINE_list("workdirs", None, "Trained run directories to compare.", required=True)
   flags.DEFINE_list("names", [], "Display names (default: the workdir names).")
   flags.DEFINE_enum("split", "val", ["val", "test", "train"], "Evaluation split.")
-  flags.DEFINE_string("cam", "gradcampp", "CAM method used for every model.")
-  flags.DEFINE_enum("target", "predicted", ["predicted", "label"], "Class the CAM explains.")
+  flags.DEFINE_enum("cam", "gradcampp", cams.METHODS, "CAM method used for every model.")
+  flags.DEFINE_enum("target", "predicted", proxy.CAM_TARGETS, "Class the CAM explains.")
   flags.DEFINE_integer("num_images", 256, "Images scored (0 = the whole split).")
   flags.DEFINE_integer("steps", 16, "Deletion/insertion steps from 0 to 100 % of the pixels.")
   flags.DEFINE_integer("grid_images", 8, "Images in the PNG grid.")
