@@ -159,11 +159,22 @@ def overlay_pair(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colorma
   return pair.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def _root_of(images_path: str, paths: list[str]) -> str:
-  """What overlay names are relative to: the folder given, else the files' common folder."""
-  if os.path.isdir(images_path):
-    return images_path
-  return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+def write_overlays(out: str, images_path: str, paths: list[str], images: np.ndarray,
+                   maps: np.ndarray, method: str, alpha: float = 0.5, colormap: str = "jet",
+                   scale: int = 4) -> list[str]:
+  """One (image | overlay) PNG per image under <out>/cams/; returns their paths below `out`.
+
+  Names are relative to the folder given, else to the files' common folder.
+  """
+  root = images_path if os.path.isdir(images_path) else os.path.commonpath(
+      [os.path.dirname(os.path.abspath(p)) for p in paths])
+  os.makedirs(os.path.join(out, "cams"), exist_ok=True)
+  names = []
+  for path, image, cam_map in zip(paths, images, maps):
+    names.append(os.path.join("cams", overlay_name(path, root, method)))
+    images_grid.save_png(os.path.join(out, names[-1]),
+                         overlay_pair(image, cam_map, alpha, colormap, scale))
+  return names
 
 
 # ---------------------------------------------------------------- the whole command
@@ -179,6 +190,12 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
                          f"{', '.join(cams.METHODS)}")
   if k < 1:
     raise InferenceError(f"--top_k {k} must be at least 1")
+  if not 0.0 <= alpha <= 1.0 or scale < 1:
+    raise InferenceError(f"--alpha {alpha} must be in [0, 1] and --scale {scale} at least 1")
+  try:
+    cams.colorize(np.zeros((1, 1)), colormap)
+  except ValueError as error:
+    raise InferenceError(f"--colormap: {error}") from error
   files = list_image_files(images_path)
   try:
     model, variables, config, class_names = restore_for_inference(workdir)
@@ -202,13 +219,8 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
                else np.full(len(paths), target, np.int32))
     chunk = min(batch_size, 64, int(config.cams.chunk_size) if "cams" in config else 64)
     maps = cam_maps(cam, model, variables, images, targets, chunk, smooth_sigma, seed)
-    root, names = _root_of(images_path, paths), []
-    for path, image, cam_map in zip(paths, images, maps):
-      names.append(os.path.join("cams", overlay_name(path, root, cam)))
-      os.makedirs(os.path.dirname(os.path.join(out, names[-1])), exist_ok=True)
-      images_grid.save_png(os.path.join(out, names[-1]),
-                           overlay_pair(image, cam_map, alpha, colormap, scale))
-    table["overlay"] = names
+    table["overlay"] = write_overlays(out, images_path, paths, images, maps, cam, alpha,
+                                      colormap, scale)
   atomic_write(os.path.join(out, "predictions.csv"),
                lambda f: table.to_csv(f, index=False), "w")
   if skipped:

@@ -161,6 +161,10 @@ def test_bad_inputs_are_named(trained, tmp_path):
     infer.run_inference(workdir, str(folder), cam="gradcam", target=10, out=str(tmp_path / "o"))
   with pytest.raises(infer.InferenceError, match="not a CAM method"):
     infer.run_inference(workdir, str(folder), cam="gradcom", out=str(tmp_path / "o"))
+  with pytest.raises(infer.InferenceError, match="unknown colormap 'jett'"):
+    infer.run_inference(workdir, str(folder), cam="gradcam", colormap="jett", out=str(folder))
+  with pytest.raises(infer.InferenceError, match="--alpha 2"):
+    infer.run_inference(workdir, str(folder), cam="gradcam", alpha=2, out=str(folder))
 
 
 def test_restore_matches_training_state(trained):
