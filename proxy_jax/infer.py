@@ -180,11 +180,8 @@ def write_overlays(out: str, images_path: str, paths: list[str], images: np.ndar
 # ---------------------------------------------------------------- the whole command
 
 
-def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out: str = "",
-                  batch_size: int = 0, alpha: float = 0.5, *, target: int | None = None,
-                  colormap: str = "jet", smooth_sigma: float = 0.0, seed: int = 0,
-                  scale: int = 4) -> pd.DataFrame:
-  """Writes <out>/predictions.csv (and <out>/cams/*.png with `cam`); returns the table."""
+def _check_options(cam: str, k: int, alpha: float, colormap: str, scale: int) -> None:
+  """Refuses options that cannot work before anything is restored or computed."""
   if cam and cam not in cams.METHODS:
     raise InferenceError(f"--cam {cam!r} is not a CAM method; choose one of "
                          f"{', '.join(cams.METHODS)}")
@@ -196,6 +193,14 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
     cams.colorize(np.zeros((1, 1)), colormap)
   except ValueError as error:
     raise InferenceError(f"--colormap: {error}") from error
+
+
+def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out: str = "",
+                  batch_size: int = 0, alpha: float = 0.5, *, target: int | None = None,
+                  colormap: str = "jet", smooth_sigma: float = 0.0, seed: int = 0,
+                  scale: int = 4) -> pd.DataFrame:
+  """Writes <out>/predictions.csv (and <out>/cams/*.png with `cam`); returns the table."""
+  _check_options(cam, k, alpha, colormap, scale)
   files = list_image_files(images_path)
   try:
     model, variables, config, class_names = restore_for_inference(workdir)
