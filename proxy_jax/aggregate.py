@@ -20,6 +20,7 @@ from absl import flags
 import numpy as np
 import pandas as pd
 
+from proxy_jax import errors
 from proxy_jax import sweep as sweep_lib
 from proxy_jax.io_utils import atomic_write
 
@@ -103,7 +104,7 @@ def find_trials(root: str) -> list[str]:
     return any(os.path.exists(os.path.join(path, f))
                for f in ("summary.json", "config.json", sweep_lib.TRIAL_FILE))
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"{root!r} is not a directory")
+    raise errors.MissingPathError(f"{root!r} is not a directory")
   if is_run(root):
     return [root]
   return [os.path.join(root, d) for d in sorted(os.listdir(root))
@@ -331,4 +332,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=sweep_lib.hyphen_flags_parser)
+  errors.run_main(main, flags_parser=sweep_lib.hyphen_flags_parser)

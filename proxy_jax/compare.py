@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from proxy_jax import errors
 from proxy_jax import infer
 from proxy_jax import preprocess
 from proxy_jax.io_utils import atomic_write
@@ -121,7 +122,7 @@ def load_models(workdirs: list[str], split_name: str):
     model, variables, config, class_names = train.restore_for_inference(workdir)
     split = getattr(data.load_dataset(config, workdir), split_name)
     if split is None:
-      raise ValueError(f"{workdir}: the dataset has no {split_name} split")
+      raise errors.DataError(f"{workdir}: the dataset has no {split_name} split")
     models.append({"workdir": workdir, "model": model, "variables": variables,
                    "config": config, "class_names": class_names, "split": split})
   return models
@@ -134,7 +135,7 @@ def compare(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp"
   models = load_models(workdirs, split_name)
   ids = common_ids([m["split"] for m in models])
   if not len(ids):
-    raise ValueError("the workdirs share no evaluation example (different data or split)")
+    raise errors.DataError("the workdirs share no evaluation example (different data or split)")
   smallest = min(len(m["split"]) for m in models)
   if len(ids) < smallest:
     logging.warning("only %d of %d %s examples are shared by all workdirs (splits drawn with "
@@ -143,7 +144,7 @@ def compare(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp"
   reference = select(models[0]["split"], ids)[1]
   for entry in models[1:]:
     if not np.array_equal(select(entry["split"], ids)[1], reference):
-      raise ValueError(f"{entry['workdir']} labels the shared example ids differently from "
+      raise errors.DataError(f"{entry['workdir']} labels the shared example ids differently from "
                        f"{models[0]['workdir']}: the runs use different data")
   ids = ids[:num_images] if num_images > 0 else ids
   names = names or [os.path.basename(os.path.normpath(w)) for w in workdirs]
@@ -231,4 +232,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   from proxy_jax.sweep import hyphen_flags_parser  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=hyphen_flags_parser)
+  errors.run_main(main, flags_parser=hyphen_flags_parser)

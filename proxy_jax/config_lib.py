@@ -9,16 +9,13 @@ import math
 import os
 
 from proxy_jax import models
+from proxy_jax.errors import ConfigError
 from proxy_jax.io_utils import atomic_write_json
 
 DATA_SOURCES = ("digits", "tfds", "folder")
 LR_SCHEDULES = ("warmup_cosine", "onecycle", "constant")
 PROXY_MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 CAM_TARGETS = ("predicted", "label")
-
-
-class ConfigError(ValueError):
-  """A config field holds a value that cannot work."""
 
 
 def _fail(field, value, allowed):
@@ -62,8 +59,16 @@ def cam_methods():
   return cams.METHODS
 
 
+def _check_finite(config) -> None:
+  # One generic pass, so a float field added later is covered without a rule of its own.
+  for field, value in flatten(config).items():
+    if isinstance(value, float) and not math.isfinite(value):
+      _fail(field, value, "must be a finite number")
+
+
 def validate(config) -> None:
   """Raises ConfigError for the first invalid field."""
+  _check_finite(config)
   _check_choice(config, "data.source", DATA_SOURCES)
   if config.data.source == "folder":
     for field in ("data.path", "data.test_path"):

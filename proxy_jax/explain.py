@@ -20,10 +20,11 @@ from PIL import Image
 
 from proxy_jax import cams
 from proxy_jax import data
+from proxy_jax import errors
 from proxy_jax import train
 
 
-class ExplainError(Exception):
+class ExplainError(errors.UserError):
   """A problem with the command line's inputs, reported as one clear line."""
 
 
@@ -114,9 +115,8 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   try:
     rows = run(args)
-  except ExplainError as error:
-    print(f"explain: error: {error}", file=sys.stderr)
-    return 2
+  except errors.UserError as error:
+    return errors.report(error)
   print(f"wrote {len(rows)} {args.method} overlays and predictions.csv to {args.out}")
   return 0
 

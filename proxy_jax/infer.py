@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from proxy_jax import data
+from proxy_jax import errors
 from proxy_jax import preprocess
 from proxy_jax.io_utils import atomic_write
 
@@ -36,7 +37,7 @@ def list_image_files(path: str) -> list[str]:
     return [f for f in data.list_files(path) if f.lower().endswith(IMAGE_SUFFIXES)]
   matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
   if not matches:
-    raise FileNotFoundError(f"--images {path!r}: no such file, folder or glob match")
+    raise errors.MissingPathError(f"--images {path!r}: no such file, folder or glob match")
   return matches
 
 
@@ -126,7 +127,7 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
   for path in skipped:
     logging.warning("skipped unreadable image %s", path)
   if not paths:
-    raise ValueError(f"--images {images_path!r}: no readable image")
+    raise errors.DataError(f"--images {images_path!r}: no readable image")
   logits = predict_logits(model, variables, images, batch_size or config.eval_batch_size)
   probabilities = softmax(logits)
   table = predictions_table(paths, probabilities, class_names, k)
@@ -175,4 +176,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   from proxy_jax.sweep import hyphen_flags_parser  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=hyphen_flags_parser)
+  errors.run_main(main, flags_parser=hyphen_flags_parser)

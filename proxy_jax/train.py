@@ -11,6 +11,7 @@ its "data" axis (one device is just a mesh of one).
 import functools
 import logging as std_logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 import optax
 
 from proxy_jax import checkpoints, config_lib, data, images_grid, models, preprocess, proxy
+from proxy_jax import errors
 from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
 from proxy_jax.io_utils import atomic_write_json
 
@@ -207,8 +209,16 @@ def _resolve_batch_size(config, num_classes):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
-  _setup_host(config, workdir)
-  run = Run(config, workdir)
+  fresh = not os.path.exists(workdir)
+  try:
+    _setup_host(config, workdir)
+    run = Run(config, workdir)
+  except errors.UserError:
+    # Refused before training (e.g. an empty split): leave no config.json behind that would
+    # refuse the corrected config in the same workdir.
+    if fresh:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
   try:
     return run.train()
   finally:
@@ -227,8 +237,8 @@ class Run:
     devices = jax.device_count()
     for field in ("batch_size", "eval_batch_size"):
       if config[field] % devices:
-        raise ValueError(f"config.{field}={config[field]} is not divisible by the "
-                         f"{devices} devices")
+        raise errors.ConfigError(f"config.{field}={config[field]} is not divisible by the "
+                                 f"{devices} devices")
     self.mesh = make_mesh()
     self.replicated, self.batch_sharding = shardings(self.mesh)
     self.model = create_model(config, num_classes)
@@ -413,15 +423,15 @@ def restore_for_inference(workdir: str):
   config_path = os.path.join(workdir, "config.json")
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.exists(config_path) or not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"{workdir} has no trained run (config.json and checkpoints/ "
-                            "expected); train one with main.py first")
+    raise errors.MissingPathError(f"{workdir} has no trained run (config.json and "
+                                  "checkpoints/ expected); train one with main.py first")
   config = ml_collections.ConfigDict(config_lib.read_json(config_path))
   class_names = config_lib.read_json(os.path.join(workdir, "classes.json"))
   ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints)
   try:
     latest = ckpt.latest_epoch()
     if latest is None:
-      raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
+      raise errors.MissingPathError(f"{ckpt_dir} holds no checkpoint")
     model = create_model(config, len(class_names))
     with config.unlocked():
       config.model.pretrained = ""  # The checkpoint has the weights.
