@@ -144,6 +144,9 @@ def _validate_proxy(config):
   if methods is not None:
     _check_choice(config, "proxy.cam_method", methods)
   _check_positive_int(config, "cams.chunk_size")
+  if not config.cams.gradcampp_eps >= 0:
+    _fail("cams.gradcampp_eps", config.cams.gradcampp_eps, "must be >= 0 (0 = the paper's "
+          "Grad-CAM++, 1e-6 = pytorch-grad-cam's)")
   try:
     proxy.parse_schedule(config.proxy.schedule, config.num_epochs, config.proxy.enabled)
   except ValueError as error:
