@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 

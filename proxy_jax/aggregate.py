@@ -13,7 +13,6 @@ a Parquet engine is installed), curves.csv and, with --group-by, grouped.csv.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -305,7 +304,7 @@ def main(argv):
   out = f.out or root
   results, curves, swept = load_results(root, with_curves=f.curves or f.plot)
   if results.empty:
-    sys.exit(f"no runs found under {root}")
+    raise errors.MissingPathError(f"no runs found under {root}")
   os.makedirs(out, exist_ok=True)
   if f.query:
     results = filter_results(results, f.query)

@@ -62,7 +62,8 @@ def cam_methods():
 def _check_finite(config) -> None:
   # One generic pass, so a float field added later is covered without a rule of its own.
   for field, value in flatten(config).items():
-    if isinstance(value, float) and not math.isfinite(value):
+    values = value if isinstance(value, (list, tuple)) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
       _fail(field, value, "must be a finite number")
 
 

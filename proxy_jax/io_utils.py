@@ -1,9 +1,9 @@
 """Atomic file writes: a kill at any moment leaves the old file or the new one, never half.
 
-Files get the permissions an ordinary `open()` would give them (0666 less the umask, or the
-mode of the file they replace), not the temporary file's private 0600: results are meant to
-be shared. JSON is strict: NaN and infinities, which `json` would write as bare tokens no
-other parser accepts, are written as null and named in a top-level "non_finite" entry.
+Files get the permissions an ordinary `open()` would give them (0666 less the umask), not the
+temporary file's private 0600: results are meant to be shared. JSON is strict: NaN and
+infinities, which `json` would write as bare tokens no other parser accepts, are written as
+null and named in a top-level "non_finite" entry.
 """
 
 import json
@@ -31,19 +31,12 @@ def _current_umask() -> int:
   return mask
 
 
-def _final_mode(path: str) -> int:
-  try:
-    return os.stat(path).st_mode & 0o7777
-  except FileNotFoundError:
-    return 0o666 & ~_current_umask()
-
-
 def atomic_write(path: str, write, mode: str):
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
   try:
-    os.fchmod(fd, _final_mode(path))
+    os.fchmod(fd, 0o666 & ~_current_umask())
     with os.fdopen(fd, mode) as f:
       write(f)
       f.flush()

@@ -69,10 +69,3 @@ def test_run_files_honour_the_umask(tmp_path, umask_022):
   io_utils.atomic_write_text(str(tmp_path / "private.txt"), "x")
   assert _mode(tmp_path / "private.txt") == 0o600
 
-
-def test_a_replaced_file_keeps_its_mode(tmp_path, umask_022):
-  path = tmp_path / "x.json"
-  io_utils.atomic_write_json(str(path), {"a": 1})
-  os.chmod(path, 0o640)
-  io_utils.atomic_write_json(str(path), {"a": 2})
-  assert _mode(path) == 0o640 and _strict_load(path) == {"a": 2}
