@@ -144,8 +144,8 @@ def compare(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp"
   reference = select(models[0]["split"], ids)[1]
   for entry in models[1:]:
     if not np.array_equal(select(entry["split"], ids)[1], reference):
-      raise errors.DataError(f"{entry['workdir']} labels the shared example ids differently from "
-                       f"{models[0]['workdir']}: the runs use different data")
+      raise errors.DataError(f"{entry['workdir']} labels the shared example ids differently "
+                             f"from {models[0]['workdir']}: the runs use different data")
   ids = ids[:num_images] if num_images > 0 else ids
   names = names or [os.path.basename(os.path.normpath(w)) for w in workdirs]
   rows, panels = [], []

@@ -179,7 +179,7 @@ def _label_files(root: str, label_regex: str):
                       if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
   if not class_dirs:
     raise DataError(f"data.path: {root!r} has no class subfolders (set data.label_regex "
-                     "for a flat folder)")
+                    "for a flat folder)")
   for name in class_dirs:
     for path in list_files(os.path.join(root, name)):
       paths.append(path)
@@ -349,11 +349,11 @@ def fixed_split(pool: Pool, config, workdir: str, carve_test: bool) -> dict:
       split = json.load(f)
     if split["pool_fingerprint"] != fingerprint:
       raise WorkdirError(f"{path} was drawn for different data (fingerprint "
-                       f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir")
+                         f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir")
     for name, value in parameters.items():
       if split["parameters"][name] != value:
         raise WorkdirError(f"{path} was drawn with data.{name}={split['parameters'][name]!r}, "
-                         f"not {value!r}; use a new workdir")
+                           f"not {value!r}; use a new workdir")
     return {k: np.asarray(v, np.int64) for k, v in split["indices"].items()}
   key = jax.random.fold_in(jax.random.key(config.data.split_seed), 0x5EED)
   candidates = np.arange(len(pool.labels))
