@@ -192,7 +192,10 @@ def _setup_host(config, workdir):
   tf.config.set_visible_devices([], "GPU")
   if config.distributed:
     jax.distributed.initialize()
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise errors.WorkdirError(f"--workdir {workdir}: cannot create it ({error.strerror})") from error
   config_lib.write_or_check_resolved(config, workdir)
 
 

@@ -130,3 +130,10 @@ def test_main_removes_the_workdir_it_made_when_data_refuses_the_config(tmp_path)
   assert not any(line.startswith("Traceback") for line in stderr)
   # Gone, so the corrected config can use the same --workdir.
   assert not workdir.exists()
+
+
+def test_a_workdir_that_cannot_be_created_is_a_user_error(tmp_path):
+  from proxy_jax import errors, train  # pylint: disable=g-import-not-at-top
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(errors.WorkdirError, match="a_file/run: cannot create it"):
+    train.train_and_evaluate(make_tiny_config(), str(tmp_path / "a_file" / "run"))
