@@ -3,16 +3,13 @@
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from proxy_jax import train
+from proxy_jax import errors, train
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "default.py"),
-    "Training configuration file; override fields with --config.field=value.",
-    lock_config=True)
+errors.define_config_flag(
+    DEFAULT_CONFIG, "Training configuration file; override fields with --config.field=value.")
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 
 
@@ -25,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_main(main, config_default=DEFAULT_CONFIG)

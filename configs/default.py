@@ -96,6 +96,8 @@ def get_config():
   # Images per CAM call; bounds device memory during a proxy step.
   config.cams.chunk_size = 256
   config.cams.smooth_sigma = 0.0
+  # Grad-CAM++ alpha denominator + eps: 0 = the paper's formula, 1e-6 = pytorch-grad-cam's.
+  config.cams.gradcampp_eps = 0.0
 
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3

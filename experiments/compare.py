@@ -58,6 +58,12 @@ def main_command(args, arm, seed, overrides):
                    + overrides + ARM_FLAGS[arm])
 
 
+def _last_line(path):
+  with open(path, errors="replace") as f:
+    lines = [line.strip() for line in f if line.strip()]
+  return lines[-1].removeprefix("error: ") if lines else "(empty log)"
+
+
 def train_all(args, seeds, overrides):
   """Runs every (seed, arm) not yet finished, one at a time (the arms share the CPU)."""
   env = dict(os.environ, PYTHONPATH=_REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -70,9 +76,16 @@ def train_all(args, seeds, overrides):
       os.makedirs(workdir, exist_ok=True)
       print(f"[compare] {arm} seed {seed}: {shlex.join(command)}", flush=True)
       started = time.time()
-      with open(os.path.join(workdir, "main.log"), "a") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env,
-                       cwd=_REPO)
+      log_path = os.path.join(workdir, "main.log")
+      with open(log_path, "a") as log:
+        status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=_REPO).returncode
+      if status == 2:  # main.py's one-line user error (bad field or data): pass it on as is.
+        print(f"error: {arm} seed {seed}: {_last_line(log_path)} (log: {log_path})",
+              file=sys.stderr)
+        sys.exit(2)
+      if status:
+        raise subprocess.CalledProcessError(status, command)
       print(f"[compare] {arm} seed {seed}: {time.time() - started:.0f}s", flush=True)
 
 

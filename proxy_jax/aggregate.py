@@ -13,7 +13,6 @@ a Parquet engine is installed), curves.csv and, with --group-by, grouped.csv.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -22,6 +21,7 @@ import pandas as pd
 
 from proxy_jax import cli
 from proxy_jax import config_fields
+from proxy_jax import errors
 from proxy_jax import sweep as sweep_lib
 from proxy_jax.io_utils import atomic_write
 
@@ -96,7 +96,7 @@ def find_trials(root: str) -> list[str]:
     return any(os.path.exists(os.path.join(path, f))
                for f in ("summary.json", "config.json", sweep_lib.TRIAL_FILE))
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"{root!r} is not a directory")
+    raise errors.MissingPathError(f"{root!r} is not a directory")
   if is_run(root):
     return [root]
   return [os.path.join(root, d) for d in sorted(os.listdir(root))
@@ -297,7 +297,7 @@ def main(argv):
   out = f.out or root
   results, curves, swept = load_results(root, with_curves=f.curves or f.plot)
   if results.empty:
-    sys.exit(f"no runs found under {root}")
+    raise errors.MissingPathError(f"no runs found under {root}")
   os.makedirs(out, exist_ok=True)
   if f.query:
     results = filter_results(results, f.query)

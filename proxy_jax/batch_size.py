@@ -203,9 +203,12 @@ def _log(result: Probe) -> None:
 # ---------------------------------------------------------------- CLI
 
 
+DEFAULT_CONFIG = "configs/default.py"
+
+
 def define_flags():
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", "configs/default.py", "Training config file.")
+  from proxy_jax import errors  # pylint: disable=g-import-not-at-top
+  errors.define_config_flag(DEFAULT_CONFIG, "Training config file.")
   flags.DEFINE_integer("num_classes", 0, "Classes of the dataset; 0 = load it to count them.")
   flags.DEFINE_integer("ceiling", 0, "Largest batch size tried; 0 = config.batch_size_ceiling "
                        "or its default.")
@@ -240,4 +243,4 @@ def main(argv):
 
 if __name__ == "__main__":
   from proxy_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.run(main, define_flags)
+  cli.run(main, define_flags, config_default=DEFAULT_CONFIG)

@@ -7,8 +7,9 @@ as flax's examples do.
 
 from typing import Callable
 
-from absl import app
 from absl import flags
+
+from proxy_jax import errors
 
 
 def hyphen_flags_parser(argv: list[str]):
@@ -22,7 +23,12 @@ def hyphen_flags_parser(argv: list[str]):
   return flags.FLAGS(fixed)
 
 
-def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> None:
-  """Defines a tool's flags (only when it is the program, never at import) and runs `main`."""
+def run(main: Callable[[list[str]], None], define_flags: Callable[[], None],
+        config_default: str | None = None) -> None:
+  """Defines a tool's flags (only when it is the program, never at import) and runs `main`.
+
+  A user error (`errors.UserError`, a bad flag) ends as one `error: ...` line with status 2;
+  `config_default` is the default of the tool's `--config` flag, if it has one.
+  """
   define_flags()
-  app.run(main, flags_parser=hyphen_flags_parser)
+  errors.run_main(main, flags_parser=hyphen_flags_parser, config_default=config_default)

@@ -17,15 +17,12 @@ from proxy_jax import data
 from proxy_jax import models
 from proxy_jax import proxy
 from proxy_jax.config_fields import get_field
+from proxy_jax.errors import ConfigError
 from proxy_jax.io_utils import atomic_write_json
 
 # The schedules `train.learning_rate_schedule` builds. Declared here, not asked of train.py,
 # because train.py imports this module.
 LR_SCHEDULES = ("warmup_cosine", "onecycle", "constant")
-
-
-class ConfigError(ValueError):
-  """A config field holds a value that cannot work."""
 
 
 def _fail(field, value, allowed):
@@ -54,8 +51,17 @@ def _check_positive_int(config, field, allow=()):
     _fail(field, value, "must be a positive integer" + extra)
 
 
+def _check_finite(config) -> None:
+  # One generic pass, so a float field added later is covered without a rule of its own.
+  for field, value in flatten(config).items():
+    values = value if isinstance(value, (list, tuple)) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+      _fail(field, value, "must be a finite number")
+
+
 def validate(config) -> None:
   """Raises ConfigError for the first invalid field."""
+  _check_finite(config)
   _check_choice(config, "data.source", data.SOURCES)
   if config.data.source == "folder":
     for field in ("data.path", "data.test_path"):
@@ -129,6 +135,9 @@ def _validate_proxy(config):
   _check_choice(config, "proxy.cam_target", proxy.CAM_TARGETS)
   _check_choice(config, "proxy.cam_method", cams.METHODS)
   _check_positive_int(config, "cams.chunk_size")
+  if not config.cams.gradcampp_eps >= 0:
+    _fail("cams.gradcampp_eps", config.cams.gradcampp_eps, "must be >= 0 (0 = the paper's "
+          "Grad-CAM++, 1e-6 = pytorch-grad-cam's)")
   try:
     proxy.parse_schedule(config.proxy.schedule, config.num_epochs, config.proxy.enabled)
   except ValueError as error:

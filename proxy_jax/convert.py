@@ -13,7 +13,6 @@ count leaves a freshly initialised head and a different ViT size a resized pos_e
 
 import argparse
 import ast
-import json
 import logging
 import os
 import sys
@@ -21,7 +20,8 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from proxy_jax import models, pretrained
+from proxy_jax import errors, models, pretrained
+from proxy_jax.io_utils import atomic_write_json
 
 
 def _parse_override(text: str):
@@ -63,10 +63,10 @@ def convert(args, log=logging.info) -> str:
   """Runs the conversion described by parsed `args`; returns the checkpoint directory."""
   kind, payload = pretrained.read_source(args.source, args.cache_dir)
   if kind != "torch":
-    raise ValueError(f"{args.source} is already a Flax checkpoint")
+    raise errors.DataError(f"{args.source} is already a Flax checkpoint")
   num_classes = args.num_classes or pretrained.checkpoint_num_classes(kind, payload, args.model)
   if num_classes is None:
-    raise ValueError("the checkpoint has no classifier; pass --num-classes")
+    raise errors.DataError("the checkpoint has no classifier; pass --num-classes")
   overrides = dict(args.overrides)
   model = models.create(args.model, num_classes, args.image_size, small_stem=args.small_stem,
                         **overrides)
@@ -89,9 +89,7 @@ def save(out_dir: str, variables: dict, meta: dict, force: bool = False) -> str:
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(ckpt_dir, variables, force=force)
     checkpointer.wait_until_finished()
-  with open(os.path.join(out_dir, pretrained.META_FILE), "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
-    f.write("\n")
+  atomic_write_json(os.path.join(out_dir, pretrained.META_FILE), meta)
   return out_dir
 
 
@@ -104,4 +102,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  errors.run_plain(main)

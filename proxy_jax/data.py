@@ -18,9 +18,10 @@ from typing import Callable, Iterator
 from absl import logging
 import jax
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from proxy_jax import preprocess
+from proxy_jax.errors import DataError, MissingPathError, WorkdirError
 from proxy_jax.io_utils import atomic_write_json, atomic_save_npy
 
 normalize = preprocess.normalize
@@ -28,6 +29,9 @@ denormalize = preprocess.denormalize
 MAX_REPORTED_FILES = 20
 # `config.data.source` values `load_dataset` reads.
 SOURCES = ("digits", "tfds", "folder")
+
+# Part of the cache key: bump it when decoding changes, so no stale pixels are reused.
+DECODER_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -46,16 +50,26 @@ class Dataset:
   val: Split
   test: Split | None
   class_names: list[str]
-  skipped_files: list[str]
+  skipped_files: list[dict]  # {"path": ..., "reason": ...} per file that was not used.
 
 
 # ---------------------------------------------------------------- decoding
 
 
+def _to_8_bit(image: Image.Image) -> Image.Image:
+  # 16-bit greyscale PNGs open as "I;16*" or "I" with values 0..65535; convert("L") would clip
+  # them at 255 (almost all white), so rescale the full 16-bit range instead.
+  if image.mode.startswith("I;16") or image.mode == "I":
+    values = np.asarray(image, np.float64)
+    return Image.fromarray(np.round(np.clip(values, 0, 65535) * (255.0 / 65535.0))
+                           .astype(np.uint8), "L")
+  return image
+
+
 def fit_image(image: Image.Image, size: int) -> np.ndarray:
   """Any PIL image -> uint8 (size, size, 3): RGB, shorter side resized to size, centre crop."""
-  # Greyscale, palette, RGBA (alpha dropped) and CMYK all become plain RGB.
-  image = image.convert("RGB")
+  # Greyscale (8 or 16 bit), palette, RGBA (alpha dropped) and CMYK all become plain RGB.
+  image = _to_8_bit(image).convert("RGB")
   width, height = image.size
   scale = size / min(width, height)
   new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -64,25 +78,47 @@ def fit_image(image: Image.Image, size: int) -> np.ndarray:
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
 
 
-def load_image_file(path: str, image_size: int) -> np.ndarray | None:
-  """Decodes one file to uint8 (S, S, 3); None when it is not a readable image."""
+def decode_image_file(path: str, image_size: int) -> tuple[np.ndarray | None, str]:
+  """(uint8 (S, S, 3), "") for a readable image, else (None, why it was skipped).
+
+  The camera's EXIF orientation is applied, so phone photos are upright.
+  """
+  if not os.path.exists(path):
+    return None, "broken link" if os.path.islink(path) else "missing"
   try:
+    if os.path.getsize(path) == 0:
+      return None, "zero bytes"
     with Image.open(path) as image:
       image.load()  # Forces a full decode so truncated files fail here, not mid-epoch.
-      return fit_image(image, image_size)
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-    return None
+      return fit_image(ImageOps.exif_transpose(image), image_size), ""
+  except UnidentifiedImageError:
+    return None, "not an image"
+  except Image.DecompressionBombError:
+    return None, "too many pixels (PIL decompression-bomb limit)"
+  except (OSError, ValueError, SyntaxError) as error:
+    if "truncat" in str(error).lower():
+      return None, "truncated"
+    detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return None, f"unreadable ({detail})"
+
+
+def load_image_file(path: str, image_size: int) -> np.ndarray | None:
+  """Decodes one file to uint8 (S, S, 3); None when it is not a readable image."""
+  return decode_image_file(path, image_size)[0]
 
 
 def _decode_all(paths: list[str], image_size: int, workers: int):
-  """Decodes files in parallel; returns (images, kept_mask)."""
+  """Decodes files in parallel; returns (images, kept_mask, skip reason per path)."""
   images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
   kept = np.zeros(len(paths), bool)
+  reasons = [""] * len(paths)
   with futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    for index, image in enumerate(pool.map(lambda p: load_image_file(p, image_size), paths)):
+    decoded = pool.map(lambda p: decode_image_file(p, image_size), paths)
+    for index, (image, reason) in enumerate(decoded):
       if image is not None:
         images[index], kept[index] = image, True
-  return images, kept
+      reasons[index] = reason
+  return images, kept, reasons
 
 
 # ---------------------------------------------------------------- sources
@@ -94,7 +130,7 @@ class Pool:
   images: np.ndarray
   labels: np.ndarray
   class_names: list[str]
-  skipped_files: list[str] = dataclasses.field(default_factory=list)
+  skipped_files: list[dict] = dataclasses.field(default_factory=list)
 
 
 def load_digits_pool(image_size: int) -> Pool:
@@ -127,10 +163,10 @@ def load_image_files(paths: list[str], image_size: int):
   return (np.stack(images) if images else empty), kept, skipped
 
 
-def _label_files(root: str, label_regex: str) -> tuple[list[str], list[str], list[str]]:
-  """Returns (paths, label strings, unlabelled paths)."""
+def _label_files(root: str, label_regex: str):
+  """Returns (paths, label strings, skip entries of unlabelled files, class names found)."""
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"data.path: {root!r} is not a directory")
+    raise MissingPathError(f"data.path: {root!r} is not a directory")
   paths, names, unlabelled = [], [], []
   if label_regex:
     pattern = re.compile(label_regex)
@@ -140,43 +176,46 @@ def _label_files(root: str, label_regex: str) -> tuple[list[str], list[str], lis
         paths.append(path)
         names.append(match.group(1))
       else:
-        unlabelled.append(path)
-    return paths, names, unlabelled
+        unlabelled.append({"path": path, "reason": "name does not match data.label_regex"})
+    return paths, names, unlabelled, sorted(set(names))
   class_dirs = sorted(d for d in os.listdir(root)
                       if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
   if not class_dirs:
-    raise ValueError(f"data.path: {root!r} has no class subfolders (set data.label_regex "
-                     "for a flat folder)")
+    raise DataError(f"data.path: {root!r} has no class subfolders (set data.label_regex "
+                    "for a flat folder)")
   for name in class_dirs:
     for path in list_files(os.path.join(root, name)):
       paths.append(path)
       names.append(name)
-  unlabelled = [os.path.join(root, f) for f in sorted(os.listdir(root))
+  unlabelled = [{"path": os.path.join(root, f), "reason": "not in a class folder"}
+                for f in sorted(os.listdir(root))
                 if os.path.isfile(os.path.join(root, f)) and not f.startswith(".")]
-  return paths, names, unlabelled
+  return paths, names, unlabelled, class_dirs
 
 
 def load_folder_pool(root: str, image_size: int, label_regex: str, workers: int,
                      class_names: list[str] | None = None) -> Pool:
   """Class-per-subfolder (or regex-labelled flat) folder; bad files are skipped and counted."""
-  paths, names, unlabelled = _label_files(root, label_regex)
-  images, kept = _decode_all(paths, image_size, workers)
-  found = sorted(set(names))
+  paths, names, unlabelled, found = _label_files(root, label_regex)
+  images, kept, reasons = _decode_all(paths, image_size, workers)
   if class_names is None:
     class_names = found
+    # A class folder with no file at all counts too: dropping it would silently change
+    # the number of classes.
     readable = {n for n, k in zip(names, kept) if k}
     empty = [n for n in found if n not in readable]
     if empty:
-      raise ValueError(f"{root}: class folder(s) with no readable image: {', '.join(empty)}")
+      raise DataError(f"{root}: class folder(s) with no readable image: {', '.join(empty)}")
   else:
-    unknown = sorted(set(found) - set(class_names))
+    unknown = sorted(set(names) - set(class_names))
     if unknown:
-      raise ValueError(f"{root}: classes not in the training data: {', '.join(unknown)}")
+      raise DataError(f"{root}: classes not in the training data: {', '.join(unknown)}")
   index = {name: i for i, name in enumerate(class_names)}
   labels = np.array([index[n] for n in names], np.int32)
-  skipped = [p for p, k in zip(paths, kept) if not k] + unlabelled
+  skipped = ([{"path": p, "reason": r} for p, k, r in zip(paths, kept, reasons) if not k]
+             + unlabelled)
   if not kept.any():
-    raise ValueError(f"{root}: no readable image found")
+    raise DataError(f"{root}: no readable image found")
   return Pool(images[kept], labels[kept], class_names, skipped)
 
 
@@ -209,12 +248,14 @@ def _cache_key(config, which: str) -> str:
   data = config.data
   absolute = lambda path: os.path.abspath(path) if path else ""
   parts = [data.source, data.name, absolute(data.path), data.label_regex,
-           absolute(data.tfds_data_dir), which, str(config.image_size)]
+           absolute(data.tfds_data_dir), which, str(config.image_size),
+           f"decoder {DECODER_VERSION}"]
   if data.source == "folder":
     root = absolute(data.path if which == "pool" else data.test_path)
     # File names, sizes and mtimes: a changed folder is decoded again.
     for path in list_files(root):
-      stat = os.stat(path)
+      # A broken link has no target to stat; it is keyed (and later skipped) as itself.
+      stat = os.stat(path) if os.path.exists(path) else os.lstat(path)
       parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -310,12 +351,12 @@ def fixed_split(pool: Pool, config, workdir: str, carve_test: bool) -> dict:
     with open(path) as f:
       split = json.load(f)
     if split["pool_fingerprint"] != fingerprint:
-      raise ValueError(f"{path} was drawn for different data (fingerprint "
-                       f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir")
+      raise WorkdirError(f"{path} was drawn for different data (fingerprint "
+                         f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir")
     for name, value in parameters.items():
       if split["parameters"][name] != value:
-        raise ValueError(f"{path} was drawn with data.{name}={split['parameters'][name]!r}, "
-                         f"not {value!r}; use a new workdir")
+        raise WorkdirError(f"{path} was drawn with data.{name}={split['parameters'][name]!r}, "
+                           f"not {value!r}; use a new workdir")
     return {k: np.asarray(v, np.int64) for k, v in split["indices"].items()}
   key = jax.random.fold_in(jax.random.key(config.data.split_seed), 0x5EED)
   candidates = np.arange(len(pool.labels))
@@ -327,9 +368,41 @@ def fixed_split(pool: Pool, config, workdir: str, carve_test: bool) -> dict:
   indices = {"train": candidates[parts[0]], "val": candidates[parts[1]]}
   if carve_test:
     indices["test"] = candidates[parts[2]]
+  check_split_sizes(indices, pool, config)
   atomic_write_json(path, {"pool_fingerprint": fingerprint, "parameters": parameters,
                            "indices": {k: v.tolist() for k, v in indices.items()}})
   return indices
+
+
+_SPLIT_FIELDS = {
+    "train": "lower data.val_fraction / data.test_fraction or raise data.max_examples (0 = all)",
+    "val": "raise data.val_fraction or data.max_examples (0 = all)",
+    "test": "raise data.test_fraction or data.max_examples (0 = all), or set data.test_fraction=0 "
+            "for no test split",
+}
+
+
+def check_split_sizes(indices: dict, pool: Pool, config) -> None:
+  """Refuses a split that is used but empty, before any training; warns about missing classes.
+
+  Train and validation are always used; a carved test split is used when test_fraction > 0.
+  """
+  total = len(indices["train"]) + len(indices["val"]) + len(indices.get("test", ()))
+  used = ["train", "val"] + (["test"] if config.data.test_fraction > 0 and "test" in indices
+                             else [])
+  for name in used:
+    if not len(indices[name]):
+      raise DataError(
+          f"the {name} split is empty ({total} examples with data.max_examples="
+          f"{config.data.max_examples}, data.val_fraction={config.data.val_fraction}, "
+          f"data.test_fraction={config.data.test_fraction}): {_SPLIT_FIELDS[name]}")
+  missing = sorted(set(range(len(pool.class_names))) - set(pool.labels[indices["val"]].tolist()))
+  if missing:
+    names = ", ".join(pool.class_names[c] for c in missing[:MAX_REPORTED_FILES])
+    logging.warning("%d of %d classes have no validation example (%s%s); raise "
+                    "data.val_fraction for a per-class validation accuracy.", len(missing),
+                    len(pool.class_names), names, ", ..." if len(missing) > MAX_REPORTED_FILES
+                    else "")
 
 
 def _take(pool: Pool, indices: np.ndarray, ids: np.ndarray) -> Split:
@@ -358,9 +431,9 @@ def load_dataset(config, workdir: str) -> Dataset:
           data.name, data.test_split, size, data.tfds_data_dir, workers))
   skipped = pool.skipped_files + (test_pool.skipped_files if test_pool else [])
   if skipped:
-    shown = "\n  ".join(skipped[:MAX_REPORTED_FILES])
-    logging.warning("Skipped %d unreadable or unlabelled file(s); first %d:\n  %s",
-                    len(skipped), min(len(skipped), MAX_REPORTED_FILES), shown)
+    shown = "\n  ".join(f"{s['path']}: {s['reason']}" for s in skipped[:MAX_REPORTED_FILES])
+    logging.warning("Skipped %d unreadable or unlabelled file(s) (all in summary.json); "
+                    "first %d:\n  %s", len(skipped), min(len(skipped), MAX_REPORTED_FILES), shown)
   indices = fixed_split(pool, config, workdir, carve_test=test_pool is None)
   train = _take(pool, indices["train"], np.arange(len(indices["train"])))
   val = _take(pool, indices["val"], indices["val"])

@@ -31,6 +31,7 @@ import pandas as pd
 from proxy_jax import cams
 from proxy_jax import cli
 from proxy_jax import data
+from proxy_jax import errors
 from proxy_jax import images_grid
 from proxy_jax import infer
 from proxy_jax import preprocess
@@ -128,7 +129,7 @@ def load_models(workdirs: list[str], split_name: str):
     model, variables, config, class_names = infer.restore_for_inference(workdir)
     split = getattr(data.load_dataset(config, workdir), split_name)
     if split is None:
-      raise ValueError(f"{workdir}: the dataset has no {split_name} split")
+      raise errors.DataError(f"{workdir}: the dataset has no {split_name} split")
     models.append({"workdir": workdir, "model": model, "variables": variables,
                    "config": config, "class_names": class_names, "split": split})
   return models
@@ -142,7 +143,7 @@ def compare_workdirs(workdirs: list[str], split_name: str = "val", cam: str = "g
   models = load_models(workdirs, split_name)
   ids = common_ids([m["split"] for m in models])
   if not len(ids):
-    raise ValueError("the workdirs share no evaluation example (different data or split)")
+    raise errors.DataError("the workdirs share no evaluation example (different data or split)")
   smallest = min(len(m["split"]) for m in models)
   if len(ids) < smallest:
     logging.warning("only %d of %d %s examples are shared by all workdirs (splits drawn with "
@@ -151,8 +152,8 @@ def compare_workdirs(workdirs: list[str], split_name: str = "val", cam: str = "g
   reference = select(models[0]["split"], ids)[1]
   for entry in models[1:]:
     if not np.array_equal(select(entry["split"], ids)[1], reference):
-      raise ValueError(f"{entry['workdir']} labels the shared example ids differently from "
-                       f"{models[0]['workdir']}: the runs use different data")
+      raise errors.DataError(f"{entry['workdir']} labels the shared example ids differently "
+                             f"from {models[0]['workdir']}: the runs use different data")
   ids = ids[:num_images] if num_images > 0 else ids
   names = names or [os.path.basename(os.path.normpath(w)) for w in workdirs]
   rows, panels = [], []

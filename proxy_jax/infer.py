@@ -21,7 +21,6 @@ and its padding dropped, so nothing recompiles on the last chunk.
 import functools
 import glob
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -36,6 +35,7 @@ from proxy_jax import checkpoints
 from proxy_jax import cli
 from proxy_jax import config_lib
 from proxy_jax import data
+from proxy_jax import errors
 from proxy_jax import images_grid
 from proxy_jax import preprocess
 from proxy_jax import train
@@ -44,7 +44,7 @@ from proxy_jax.io_utils import atomic_write
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 
-class InferenceError(Exception):
+class InferenceError(errors.UserError, ValueError):
   """Inputs that cannot work, named in one line (the CLI exits with code 2)."""
 
 
@@ -259,13 +259,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   out = f.out or os.path.join(f.workdir, "infer")
-  try:
-    table = run_inference(f.workdir, f.images, f.top_k, f.cam, out, f.batch_size, f.alpha,
-                          target=f.target, colormap=f.colormap, smooth_sigma=f.smooth_sigma,
-                          seed=f.seed, scale=f.scale)
-  except InferenceError as error:
-    print(f"infer: error: {error}", file=sys.stderr)
-    sys.exit(2)
+  table = run_inference(f.workdir, f.images, f.top_k, f.cam, out, f.batch_size, f.alpha,
+                        target=f.target, colormap=f.colormap, smooth_sigma=f.smooth_sigma,
+                        seed=f.seed, scale=f.scale)
   with pd.option_context("display.width", 200, "display.max_rows", 50):
     print(table.drop(columns=[c for c in table.columns if c.startswith("index_")]).to_string(
         index=False))

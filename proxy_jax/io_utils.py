@@ -1,10 +1,34 @@
-"""Atomic file writes: a kill at any moment leaves the old file or the new one, never half."""
+"""Atomic file writes: a kill at any moment leaves the old file or the new one, never half.
+
+Files get the permissions an ordinary `open()` would give them (0666 less the umask), not the
+temporary file's private 0600: results are meant to be shared. JSON is strict: NaN and
+infinities, which `json` would write as bare tokens no other parser accepts, are written as
+null and named in a top-level "non_finite" entry.
+"""
 
 import json
+import math
 import os
 import tempfile
 
+from absl import logging
 import numpy as np
+
+NON_FINITE_KEY = "non_finite"
+
+
+def _current_umask() -> int:
+  # /proc avoids os.umask's set-and-restore, which briefly changes it for every thread.
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def atomic_write(path: str, write, mode: str):
@@ -12,6 +36,7 @@ def atomic_write(path: str, write, mode: str):
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
   try:
+    os.fchmod(fd, 0o666 & ~_current_umask())
     with os.fdopen(fd, mode) as f:
       write(f)
       f.flush()
@@ -23,8 +48,55 @@ def atomic_write(path: str, write, mode: str):
     raise
 
 
+_PLAIN = (dict, list, tuple, str, bytes, int, float, type(None))
+
+
+def strict_json_value(obj):
+  """(obj with NumPy values as Python ones and non-finite floats as None, {key path: value}).
+
+  Key paths read like `history[2].train_loss`; values are "NaN", "Infinity" or "-Infinity".
+  """
+  non_finite = {}
+
+  def clean(value, where):
+    if not isinstance(value, _PLAIN) and hasattr(value, "__array__"):  # e.g. jax.Array
+      value = np.asarray(value)
+    if isinstance(value, np.ndarray):
+      value = value.tolist()
+    elif isinstance(value, np.generic):
+      value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+      non_finite[where or "(top level)"] = ("NaN" if math.isnan(value)
+                                           else "Infinity" if value > 0 else "-Infinity")
+      return None
+    if isinstance(value, dict):
+      return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+      return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+  return clean(obj, ""), non_finite
+
+
+def strict_json_dumps(obj, name: str = "JSON", indent: int | None = 2, default=None) -> str:
+  """Strict JSON text of `obj` (see module docstring), indented, keys sorted.
+
+  A dict gets the "non_finite" note as a key of its own; any other top-level value keeps its
+  shape and the note goes to the log.
+  """
+  value, non_finite = strict_json_value(obj)
+  if non_finite:
+    if isinstance(value, dict):
+      value[NON_FINITE_KEY] = non_finite
+    else:
+      logging.warning("%s: non-finite values written as null: %s", name, non_finite)
+  return json.dumps(value, indent=indent, sort_keys=True, allow_nan=False,
+                    default=default or _jsonable)
+
+
 def atomic_write_json(path: str, obj) -> None:
-  atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable), "w")
+  text = strict_json_dumps(obj, path)  # Fails (with nothing written) if obj cannot be encoded.
+  atomic_write(path, lambda f: f.write(text), "w")
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -28,7 +28,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from proxy_jax import models
+from proxy_jax import errors, models
 from proxy_jax.models import vgg
 
 Log = Callable[[str], None]
@@ -61,7 +61,7 @@ class PretrainedUnavailableError(RuntimeError):
   """A hub checkpoint could not be fetched (offline, or huggingface_hub missing)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """The checkpoint does not fit the model: unknown, missing or wrongly shaped entries."""
 
 
@@ -404,8 +404,8 @@ def read_source(source: str, cache_dir: str | None = None):
   if _is_hub_name(source):
     repo_id = source.removeprefix("hf-hub:")
     return "torch", read_safetensors(fetch_from_hub(repo_id, cache_dir))
-  raise FileNotFoundError(f"pretrained source {source!r} is neither a file, a directory nor a "
-                          "hub name like timm/resnet50.a1_in1k")
+  raise errors.MissingPathError(f"pretrained source {source!r} is neither a file, a directory "
+                                "nor a hub name like timm/resnet50.a1_in1k")
 
 
 def checkpoint_num_classes(kind: str, payload, model_name: str) -> int | None:

@@ -320,7 +320,8 @@ def _scan_split(state, split, config, batch_sharding):
 
 def _cam_options(config) -> tuple:
   return (("chunk_size", int(config.cams.chunk_size)),
-          ("smooth_sigma", float(config.cams.smooth_sigma)))
+          ("smooth_sigma", float(config.cams.smooth_sigma)),
+          ("gradcampp_eps", float(config.cams.get("gradcampp_eps", 0.0))))
 
 
 def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, workdir=None,

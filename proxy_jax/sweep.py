@@ -33,6 +33,7 @@ from absl import logging
 
 from proxy_jax import cli
 from proxy_jax import config_fields
+from proxy_jax import errors, io_utils
 from proxy_jax.io_utils import atomic_write_json
 
 STARTED, FINISHED, FAILED = "started", "finished", "failed"
@@ -108,8 +109,8 @@ def trial_name(overrides: dict) -> str:
 def load_python_file(path: str):
   spec = importlib.util.spec_from_file_location(
       "_sweep_" + re.sub(r"\W", "_", os.path.basename(path)), path)
-  if spec is None or spec.loader is None:
-    raise FileNotFoundError(f"cannot load {path!r}")
+  if spec is None or spec.loader is None or not os.path.isfile(path):
+    raise errors.MissingPathError(f"cannot load {path!r}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -128,7 +129,8 @@ def load_sweep(sweep_path: str) -> tuple[list[dict], dict]:
   for overrides in grid:
     name = trial_name(overrides)
     if name in seen:
-      raise ValueError(f"{sweep_path}: trials {seen[name]} and {overrides} share the name {name!r}")
+      raise errors.ConfigError(f"{sweep_path}: trials {seen[name]} and {overrides} share the "
+                               f"name {name!r}")
     seen[name] = overrides
     trials.append({"name": name, "overrides": dict(overrides)})
   return trials, common
@@ -142,13 +144,14 @@ def check_overrides(config_path: str, trials: list[dict], common: dict) -> None:
   for trial in [{"name": "(common)", "overrides": common}] + trials:
     for key in trial["overrides"]:
       if not config_fields.has_field(config, key):
-        raise KeyError(f"trial {trial['name']}: the config has no field {key!r}")
+        raise errors.ConfigError(f"trial {trial['name']}: the config has no field {key!r}; "
+                                 f"closest: {', '.join(errors.closest_fields(key, config))}")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
   match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
   if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-    raise ValueError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
+    raise errors.ConfigError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
   return int(match.group(1)), int(match.group(2))
 
 
@@ -194,7 +197,7 @@ def trial_states(workdir: str) -> dict[str, dict]:
 
 def append_record(path: str, record: dict) -> None:
   """Appends one line durably; first ends a torn line a kill may have left."""
-  line = json.dumps(record, sort_keys=True, default=str).encode() + b"\n"
+  line = io_utils.strict_json_dumps(record, path, indent=None, default=str).encode() + b"\n"
   fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
   try:
     size = os.fstat(fd).st_size
@@ -310,7 +313,7 @@ def run_sweep(config: str, sweep: str, workdir: str, shard: tuple[int, int] = (0
   for item in extra:
     key, sep, value = item.partition("=")
     if not sep:
-      raise ValueError(f"--set expects field=value, got {item!r}")
+      raise errors.ConfigError(f"--set expects field=value, got {item!r}")
     common[key] = value
   check_overrides(config, all_trials, common)
   trials = shard_trials(all_trials, *shard)

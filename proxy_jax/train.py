@@ -11,6 +11,7 @@ its "data" axis (one device is just a mesh of one).
 import functools
 import logging as std_logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 import optax
 
 from proxy_jax import checkpoints, config_lib, data, images_grid, models, preprocess, proxy
+from proxy_jax import errors
 from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
 from proxy_jax.io_utils import atomic_write_json
 
@@ -190,7 +192,10 @@ def _setup_host(config, workdir):
   tf.config.set_visible_devices([], "GPU")
   if config.distributed:
     jax.distributed.initialize()
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise errors.WorkdirError(f"--workdir {workdir}: cannot create it ({error.strerror})") from error
   config_lib.write_or_check_resolved(config, workdir)
 
 
@@ -207,8 +212,16 @@ def _resolve_batch_size(config, num_classes):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
-  _setup_host(config, workdir)
-  run = Run(config, workdir)
+  fresh = not os.path.exists(workdir)
+  try:
+    _setup_host(config, workdir)
+    run = Run(config, workdir)
+  except errors.UserError:
+    # Refused before training (e.g. an empty split): leave no config.json behind that would
+    # refuse the corrected config in the same workdir.
+    if fresh:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
   try:
     return run.train()
   finally:
@@ -227,8 +240,8 @@ class Run:
     devices = jax.device_count()
     for field in ("batch_size", "eval_batch_size"):
       if config[field] % devices:
-        raise ValueError(f"config.{field}={config[field]} is not divisible by the "
-                         f"{devices} devices")
+        raise errors.ConfigError(f"config.{field}={config[field]} is not divisible by the "
+                                 f"{devices} devices")
     self.mesh = make_mesh()
     self.replicated, self.batch_sharding = shardings(self.mesh)
     self.model = create_model(config, num_classes)

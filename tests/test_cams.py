@@ -161,6 +161,52 @@ def test_formulas_match_numpy_references(shape):
                                err_msg=method)
 
 
+def ref_pytorch_grad_cam_gradcampp_weights(activations, grads):
+  """pytorch-grad-cam's GradCAMPlusPlus.get_cam_weights, transcribed: NCHW in, (N, C) out."""
+  grads_power_2 = grads**2
+  grads_power_3 = grads_power_2 * grads
+  sum_activations = np.sum(activations, axis=(2, 3))
+  eps = 0.000001
+  aij = grads_power_2 / (2 * grads_power_2 + sum_activations[:, :, None, None] * grads_power_3
+                         + eps)
+  aij = np.where(grads != 0, aij, 0)
+  weights = np.maximum(grads, 0) * aij
+  return np.sum(weights, axis=(2, 3))
+
+
+def ref_pytorch_grad_cam_gradcampp(acts, grads):
+  """Their raw map for one (h, w, C) example: sum_k weight_k A_k."""
+  nchw = lambda x: np.transpose(x, (2, 0, 1))[None].astype(np.float64)
+  weights = ref_pytorch_grad_cam_gradcampp_weights(nchw(acts), nchw(grads))[0]
+  return ref_weighted(acts.astype(np.float64), weights)
+
+
+def test_gradcampp_eps_matches_pytorch_grad_cam():
+  # Gradients ~1e-3, as on a freshly initialised network: there 1e-6 is not negligible.
+  acts, grads = random_pair(4, 5, 6, seed=3)
+  grads = grads * 1e-3
+  ours = np.asarray(formulas.gradcampp(jnp.asarray(acts), jnp.asarray(grads), eps=1e-6))
+  theirs = ref_pytorch_grad_cam_gradcampp(acts, grads)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+  paper = ref_gradcampp(acts.astype(np.float64), grads.astype(np.float64))
+  assert np.abs(paper - theirs).max() > 0.05 * np.abs(paper).max()  # eps really matters here
+
+
+def test_gradcampp_eps_option_reaches_the_formula():
+  b = bundle("tiny_cnn")
+  images, targets = b.images()[:2], jnp.array([1, 3])
+  acts = np.asarray(b.features(b.variables, images), np.float32)
+  head = lambda a: b.apply(b.variables, a, method="head")
+  grads = np.asarray(jax.grad(lambda a: jnp.sum(head(a)[jnp.arange(2), targets]))(
+      jnp.asarray(acts)))
+  got = b.compute("gradcampp", images, targets, gradcampp_eps=1e-6)
+  for i in range(2):
+    raw = ref_pytorch_grad_cam_gradcampp(acts[i], grads[i]).astype(np.float32)
+    expected = postprocess.finish(jnp.asarray(raw), (b.size, b.size))
+    np.testing.assert_allclose(got[i], expected, atol=1e-4)
+  assert np.abs(np.asarray(got) - np.asarray(b.compute("gradcampp", images, targets))).max() > 1e-3
+
+
 def test_eigencam_uses_both_decomposition_branches_consistently():
   # h*w <= C goes through X X^T, h*w > C through X^T X; both must be the SVD projection.
   for shape in ((2, 3, 20), (6, 6, 4)):

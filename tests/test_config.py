@@ -1,6 +1,7 @@
 """Config validation: refused before any compute, naming the field and the allowed values."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -79,13 +80,45 @@ def test_changed_config_in_an_existing_workdir_is_refused(tmp_path):
                                        str(tmp_path))
 
 
-def test_main_refuses_bad_override_before_any_compute(tmp_path):
+def _float_fields():
+  return sorted(k for k, v in config_lib.flatten(make_tiny_config()).items()
+                if isinstance(v, float))
+
+
+def test_every_float_field_is_checked():
+  assert len(_float_fields()) >= 15  # The walk must really reach the nested fields.
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_value_in_any_float_field_is_refused_naming_it(value):
+  for field in _float_fields():
+    with pytest.raises(config_lib.ConfigError, match=f"config.{field}=.*finite"):
+      config_lib.validate(make_tiny_config(**{field: value}))
+
+
+# Lines that TensorFlow's and XLA's C++ loggers write to stderr on import, not ours.
+_LIBRARY_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::)")
+
+
+def _run_main(*args, cwd=ROOT):
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+  ours = [line for line in result.stderr.splitlines() if not _LIBRARY_LOG.match(line)]
+  return result.returncode, ours
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.name=resnet9", "error: config.model.name='resnet9' is invalid"),
+    ("--config.optimizer.warmup_epochs=nan",
+     "error: config.optimizer.warmup_epochs=nan is invalid: must be a finite number"),
+    ("--config.optimizer.learnin_rate=1", "error: --config.optimizer.learnin_rate: "
+     ".*default.py has no such field; closest: config.optimizer.learning_rate"),
+])
+def test_main_user_error_is_one_line_and_status_2(tmp_path, override, message):
   workdir = tmp_path / "run"
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "main.py"), f"--workdir={workdir}",
-       "--config.model.name=resnet9"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert result.returncode != 0
-  assert "config.model.name='resnet9' is invalid" in result.stderr
+  status, stderr = _run_main(f"--workdir={workdir}", override)
+  assert status == 2
+  assert len(stderr) == 1 and re.match(message, stderr[0]), stderr
   assert not workdir.exists()
 
 
@@ -106,3 +139,21 @@ def test_dotted_fields_in_configs_and_run_json():
     config_fields.get_field(plain, "a.b")
   assert config_lib.flatten({"a": {"items": 3, "empty": {}}, "b": [1]}) == {"a.items": 3,
                                                                            "b": [1]}
+
+
+def test_main_removes_the_workdir_it_made_when_data_refuses_the_config(tmp_path):
+  workdir = tmp_path / "run"
+  status, stderr = _run_main(f"--workdir={workdir}", "--config.data.max_examples=5",
+                             "--config.dtype=float32")
+  assert status == 2
+  assert re.match("error: the val split is empty.*data.val_fraction", stderr[-1])
+  assert not any(line.startswith("Traceback") for line in stderr)
+  # Gone, so the corrected config can use the same --workdir.
+  assert not workdir.exists()
+
+
+def test_a_workdir_that_cannot_be_created_is_a_user_error(tmp_path):
+  from proxy_jax import errors, train  # pylint: disable=g-import-not-at-top
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(errors.WorkdirError, match="a_file/run: cannot create it"):
+    train.train_and_evaluate(make_tiny_config(), str(tmp_path / "a_file" / "run"))

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from proxy_jax import data
+from proxy_jax import data, errors
 from tests.conftest import make_tiny_config
 
 
@@ -53,7 +53,9 @@ def test_folder_keeps_good_images_and_reports_bad_ones(tmp_path):
   assert pool.class_names == ["cat", "dog"]
   assert pool.images.shape == (12, 16, 16, 3) and pool.images.dtype == np.uint8
   assert np.bincount(pool.labels).tolist() == [6, 6]
-  assert sorted(pool.skipped_files) == sorted(bad.values())
+  reasons = {entry["path"]: entry["reason"] for entry in pool.skipped_files}
+  assert reasons == {bad["corrupt"]: "not an image", bad["empty"]: "zero bytes",
+                     bad["text"]: "not an image", bad["truncated"]: "truncated"}
 
 
 def test_class_folder_without_readable_image_is_named(tmp_path):
@@ -65,13 +67,81 @@ def test_class_folder_without_readable_image_is_named(tmp_path):
     data.load_folder_pool(str(tmp_path), 16, "", workers=1)
 
 
+def _folder_config(root, **overrides):
+  return make_tiny_config(**{"data.source": "folder", "data.path": str(root),
+                             "data.val_fraction": 0.25, "data.test_fraction": 0.25,
+                             "data.max_examples": 0, **overrides})
+
+
+def test_broken_symlink_is_skipped_with_its_reason(tmp_path):
+  root = tmp_path / "photos"
+  bad = _make_folder(str(root))
+  link = root / "cat" / "gone.jpg"
+  os.symlink(tmp_path / "deleted.jpg", link)  # The cache key stats every file: it must not crash.
+  dataset = data.load_dataset(_folder_config(root), str(tmp_path / "run"))
+  reasons = {entry["path"]: entry["reason"] for entry in dataset.skipped_files}
+  assert reasons[str(link)] == "broken link"
+  assert reasons[bad["truncated"]] == "truncated" and len(reasons) == 5
+  assert len(dataset.train) + len(dataset.val) + len(dataset.test) == 12
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+  _make_folder(str(tmp_path))
+  os.makedirs(tmp_path / "bird")
+  with pytest.raises(errors.DataError, match="no readable image: bird"):
+    data.load_folder_pool(str(tmp_path), 16, "", workers=1)
+
+
+def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+  ramp = (np.arange(16 * 16).reshape(16, 16) * 257).astype(np.uint16)  # 0..65535
+  Image.fromarray(ramp).save(tmp_path / "deep.png")
+  with Image.open(tmp_path / "deep.png") as image:
+    assert image.mode.startswith("I")
+  decoded = data.load_image_file(str(tmp_path / "deep.png"), 16)
+  expected = np.round(ramp / 257.0).astype(np.uint8)
+  for channel in range(3):
+    np.testing.assert_array_equal(decoded[..., channel], expected)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+  pixels = np.random.default_rng(0).integers(0, 255, (8, 12, 3), np.uint8)  # landscape
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "Rotate 90 CW to display": how phones store portrait shots.
+  Image.fromarray(pixels).save(tmp_path / "phone.png", exif=exif)
+  upright = Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_270)
+  assert upright.size == (8, 12)
+  np.testing.assert_array_equal(data.load_image_file(str(tmp_path / "phone.png"), 8),
+                                data.fit_image(upright, 8))
+
+
+@pytest.mark.parametrize("overrides,split,fields", [
+    ({"data.max_examples": 5, "data.val_fraction": 0.1}, "val",
+     "data.val_fraction or data.max_examples"),
+    ({"data.val_fraction": 0.0001}, "val", "data.val_fraction or data.max_examples"),
+    ({"data.val_fraction": 0.5, "data.test_fraction": 0.49, "data.max_examples": 30},
+     "train", "lower data.val_fraction / data.test_fraction"),
+])
+def test_empty_split_is_refused_before_training(tmp_path, overrides, split, fields):
+  with pytest.raises(errors.DataError, match=f"the {split} split is empty.*{fields}"):
+    data.load_dataset(make_tiny_config(**overrides), str(tmp_path))
+  assert not (tmp_path / "split.json").exists()
+
+
+def test_class_without_validation_example_is_a_warning(tmp_path, caplog):
+  dataset = data.load_dataset(make_tiny_config(**{"data.max_examples": 40,
+                                                  "data.val_fraction": 0.1}), str(tmp_path))
+  assert len(dataset.val) == 4
+  assert "classes have no validation example" in caplog.text
+
+
 def test_flat_folder_labels_from_file_name_regex(tmp_path):
   for name in ("A1.jpg", "A22.jpg", "B3.jpg", "del4.jpg", "readme.md"):
     _photo(str(tmp_path / name)) if name.endswith(".jpg") else (tmp_path / name).write_text("x")
   pool = data.load_folder_pool(str(tmp_path), 8, r"^([A-Za-z]+)\d+\.", workers=1)
   assert pool.class_names == ["A", "B", "del"]
   assert sorted(pool.labels.tolist()) == [0, 0, 1, 2]
-  assert pool.skipped_files == [str(tmp_path / "readme.md")]
+  assert pool.skipped_files == [{"path": str(tmp_path / "readme.md"),
+                                 "reason": "name does not match data.label_regex"}]
 
 
 def test_test_folder_with_unknown_class_is_refused(tmp_path):

@@ -93,7 +93,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
   result = _run_cli(f"--workdir={tmp_path / 'empty'}", f"--images={tmp_path}",
                     f"--out={tmp_path / 'out'}")
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith("infer: error: --workdir")
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --workdir")
   assert "no trained run" in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists()
 

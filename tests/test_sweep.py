@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from proxy_jax import sweep
+from proxy_jax import errors, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = os.path.join(REPO, "configs", "sweeps", "proxy_grid.py")
@@ -86,7 +86,7 @@ def test_plan_skips_finished_and_failed_unless_asked():
 def test_unknown_override_fails_before_running(tmp_path):
   bad = tmp_path / "bad.py"
   bad.write_text("def get_sweep():\n  return [{'proxy.treshold': 0.5}]\n")
-  with pytest.raises(KeyError, match="treshold"):
+  with pytest.raises(errors.ConfigError, match="treshold.*closest: proxy.threshold"):
     sweep.run_sweep(os.path.join(REPO, "configs", "default.py"), str(bad), str(tmp_path / "w"))
 
 

@@ -16,6 +16,8 @@ Options (all static except `key` and `baseline`):
                          images at a time, each with inner_chunk_size copies.
   inner_chunk_size (32)  channels (Score-CAM), noisy samples or path steps per model call.
   smooth_sigma (0.0)     Gaussian blur of the upsampled map, in pixels; 0 = off.
+  gradcampp_eps (0.0)    added to Grad-CAM++'s alpha denominator; 0 = the paper, 1e-6 =
+                         pytorch-grad-cam's GradCAMPlusPlus.
   noise_level (0.15)     SmoothGrad/VarGrad noise std as a fraction of the image's value range.
   num_samples (16)       SmoothGrad/VarGrad samples.
   key                    PRNG key, required by smoothgrad/smoothgrad_sq/vargrad when noise > 0.
@@ -51,6 +53,7 @@ class Settings:
   chunk_size: int = 256
   inner_chunk_size: int = 32
   smooth_sigma: float = 0.0
+  gradcampp_eps: float = 0.0
   noise_level: float = 0.15
   num_samples: int = 16
   steps: int = 32
@@ -60,8 +63,8 @@ class Settings:
     for name in ("chunk_size", "inner_chunk_size", "num_samples", "steps"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"cams option {name} must be >= 1, got {getattr(self, name)}")
-    if self.smooth_sigma < 0 or self.noise_level < 0:
-      raise ValueError("cams options smooth_sigma and noise_level must be >= 0")
+    if self.smooth_sigma < 0 or self.noise_level < 0 or self.gradcampp_eps < 0:
+      raise ValueError("cams options smooth_sigma, noise_level and gradcampp_eps must be >= 0")
 
   def images_per_chunk(self, method: str) -> int:
     if method in MULTI_PASS:
@@ -128,7 +131,7 @@ def _one_example(method, apply_fn, variables, settings, inputs):
   """The whole computation for one image -> ((H, W) map in [0, 1], logits)."""
   image, target = inputs["image"], inputs["target"]
   if method in ACTIVATION_FORMULAS:
-    raw, logits = _activation_map(method, apply_fn, variables, image, target)
+    raw, logits = _activation_map(method, apply_fn, variables, image, target, settings)
   elif method == "scorecam":
     raw, logits = _score_cam(apply_fn, variables, image, target, settings.inner_chunk_size)
   else:
@@ -146,15 +149,18 @@ def _features_and_head(apply_fn, variables, image):
   return features.astype(jnp.float32), head
 
 
-def _activation_map(method, apply_fn, variables, image, target):
+def _activation_map(method, apply_fn, variables, image, target, settings):
   acts, head = _features_and_head(apply_fn, variables, image)
+  formula = ACTIVATION_FORMULAS[method]
+  if method == "gradcampp":
+    formula = functools.partial(formula, eps=settings.gradcampp_eps)
   if method in GRADIENT_FREE:
-    return ACTIVATION_FORMULAS[method](acts, None), head(acts)
+    return formula(acts, None), head(acts)
   # The gradient flows through the head only: the backbone is never differentiated.
   logits, pullback = jax.vjp(head, acts)
   target = pixel.resolve_target(logits, target)
   (grads,) = pullback(jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype))
-  return ACTIVATION_FORMULAS[method](acts, grads), logits
+  return formula(acts, grads), logits
 
 
 def _score_cam(apply_fn, variables, image, target, inner_chunk_size):

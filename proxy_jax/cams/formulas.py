@@ -26,14 +26,17 @@ def gradcam(acts, grads):
   return weighted_sum(acts, jnp.mean(grads, axis=(0, 1)))
 
 
-def gradcampp(acts, grads):
+def gradcampp(acts, grads, eps=0.0):
   """Chattopadhay et al. 2018, eq. 19 (closed form with the exponential of the score).
 
-  alpha_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3), weight_k = sum_ij alpha_ij^k relu(g_ij^k).
+  alpha_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3 + eps), weight_k = sum_ij alpha_ij^k relu(g_ij^k),
+  with alpha = 0 where g = 0. The paper has eps = 0; pytorch-grad-cam adds eps = 1e-6, which
+  shrinks the alphas where gradients are small (~1e-3 on a freshly initialised network).
   """
   grads_2 = grads**2
   activation_sums = jnp.sum(acts, axis=(0, 1))
-  alphas = _safe_divide(grads_2, 2.0 * grads_2 + activation_sums * grads_2 * grads)
+  alphas = _safe_divide(grads_2, 2.0 * grads_2 + activation_sums * grads_2 * grads + eps)
+  alphas = jnp.where(grads != 0, alphas, 0.0)
   weights = jnp.sum(alphas * jnp.maximum(grads, 0.0), axis=(0, 1))
   return weighted_sum(acts, weights)
 
