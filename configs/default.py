@@ -42,6 +42,36 @@ def get_config():
   # Mirrored digits are different symbols (or none): no flips for the default data.
   config.augment.flip = False
   config.augment.rotation_degrees = 20.0
+  # Policy (proxy_jax/augment/policy.py): "none", "randaugment", "trivialaugment" or "augmix".
+  config.augment.policy = "none"
+  # RandAugment: ops per image and their magnitude bin (torchvision's 0..30 scale).
+  config.augment.randaugment_num_ops = 2
+  config.augment.randaugment_magnitude = 9
+  # AugMix (reference defaults): chains, ops per chain (-1 = random 1..3), level cap (1..10),
+  # Dirichlet/Beta concentration.
+  config.augment.augmix_width = 3
+  config.augment.augmix_depth = -1
+  config.augment.augmix_severity = 3
+  config.augment.augmix_alpha = 1.0
+  # AugMix's Jensen-Shannon consistency loss over (clean, two AugMix views), and its weight.
+  config.augment.augmix_jsd = False
+  config.augment.augmix_jsd_weight = 12.0
+  # Erasing (proxy_jax/augment/erase.py): "none", "cutout", "random_erasing", "gridmask",
+  # "hide_and_seek"; erase_prob = share of images erased (RandomErasing's p).
+  config.augment.erase = "none"
+  config.augment.erase_prob = 0.5
+  # Cutout box side as a fraction of the image side.
+  config.augment.erase_size = 0.5
+  # RandomErasing: (min, max) erased area share and (min, max) aspect ratio h/w (Zhong et al.).
+  config.augment.erase_area = (0.02, 0.4)
+  config.augment.erase_aspect = (0.3, 3.3)
+  # GridMask: erased square side as a share of the grid unit (its ImageNet setting).
+  config.augment.gridmask_ratio = 0.6
+  # Hide-and-Seek: grid cells per side and the probability each cell is hidden.
+  config.augment.hide_grid = 4
+  config.augment.hide_prob = 0.5
+  # What erased pixels become: "zero", "mean" (per image and channel) or "noise" (uniform).
+  config.augment.erase_fill = "zero"
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "tiny_cnn"

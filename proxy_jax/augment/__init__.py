@@ -1,0 +1,1 @@
+"""Augmentation library: label-preserving policies and erasing, mixing (see the family modules)."""
