@@ -78,9 +78,10 @@ _BRANCHES = tuple(op for _, op, _ in RANDAUGMENT_OPS)
 def _apply_ops(images, op_indices, values):
   """Applies op_indices[b, i] with values[b, i] to image b, i = 0, 1, ... in order."""
   def one(image, indices, image_values):
-    for i in range(indices.shape[0]):
-      image = jax.lax.switch(indices[i], _BRANCHES, image, image_values[i])
-    return image
+    # A scan traces the switch (all 14 ops) once instead of once per op slot: faster compiles.
+    def step(image, draw):
+      return jax.lax.switch(draw[0], _BRANCHES, image, draw[1]), None
+    return jax.lax.scan(step, image, (indices, image_values))[0]
   return jax.vmap(one)(images, op_indices, values)
 
 
@@ -178,14 +179,21 @@ def augmix(images, labels, key, *, width=3, depth=-1, severity=3, alpha=1.0):
                       alpha=alpha)
 
   def one(image, weights, mix_weight, depths, op_indices, levels, negate):
-    mixed = jnp.zeros_like(image)
-    for chain in range(op_indices.shape[0]):
-      augmented = image
-      for step in range(op_indices.shape[1]):
-        stepped = jax.lax.switch(op_indices[chain, step], _AUGMIX_BRANCHES, augmented,
-                                 levels[chain, step], negate[chain, step])
-        augmented = jnp.where(step < depths[chain], stepped, augmented)
-      mixed = mixed + weights[chain] * augmented
+    # Nested scans (chains, then steps) trace the 9-way switch once: compiling an unrolled
+    # width x depth grid of switches takes several times longer.
+    def chain(_, chain_draw):
+      depth, indices, chain_levels, chain_negate = chain_draw
+
+      def step(augmented, step_draw):
+        position, index, level, flip = step_draw
+        stepped = jax.lax.switch(index, _AUGMIX_BRANCHES, augmented, level, flip)
+        return jnp.where(position < depth, stepped, augmented), None
+
+      steps = jnp.arange(indices.shape[0])
+      return None, jax.lax.scan(step, image, (steps, indices, chain_levels, chain_negate))[0]
+
+    chains = jax.lax.scan(chain, None, (depths, op_indices, levels, negate))[1]
+    mixed = jnp.tensordot(weights, chains, axes=1)
     return jnp.clip((1.0 - mix_weight) * image + mix_weight * mixed, 0.0, 1.0)
 
   out = jax.vmap(one)(images, draw["chain_weights"], draw["mix_weight"], draw["depths"],
