@@ -17,6 +17,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from proxy_jax import errors
+
 FILLS = ("zero", "mean", "noise")
 ERASE_CHOICES = ("none", "cutout", "random_erasing", "gridmask", "hide_and_seek")
 # RandomErasing's reference code retries a box up to 100 times until it fits the image.
@@ -181,7 +183,8 @@ ERASERS = {
 
 
 def _fail(field, value, allowed):
-  raise ValueError(f"config.augment.{field}={value!r} is invalid: {allowed}")
+  # ConfigError is a ValueError that every command line reports as a one-line user error.
+  raise errors.ConfigError(f"config.augment.{field}={value!r} is invalid: {allowed}")
 
 
 def _is_number(value):
@@ -208,7 +211,7 @@ def _check_pair(config, field, low, high):
 
 
 def check_config(augment_config):
-  """Raises ValueError naming the field for any erase field that cannot work."""
+  """Raises ConfigError (a ValueError) naming the field for any erase field that cannot work."""
   if augment_config.erase not in ERASE_CHOICES:
     _fail("erase", augment_config.erase, "choose one of " + ", ".join(ERASE_CHOICES))
   if augment_config.erase_fill not in FILLS:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from proxy_jax import errors
 from proxy_jax.augment import ops
 
 POLICY_CHOICES = ("none", "randaugment", "trivialaugment", "augmix")
@@ -237,7 +238,8 @@ POLICIES = {
 
 
 def _fail(field, value, allowed):
-  raise ValueError(f"config.augment.{field}={value!r} is invalid: {allowed}")
+  # ConfigError is a ValueError that every command line reports as a one-line user error.
+  raise errors.ConfigError(f"config.augment.{field}={value!r} is invalid: {allowed}")
 
 
 def _check_int(config, field, low, high, allow=()):
@@ -259,7 +261,7 @@ def _check_number(config, field, low, high, low_open=False):
 
 
 def check_config(augment_config):
-  """Raises ValueError naming the field for any policy field that cannot work."""
+  """Raises ConfigError (a ValueError) naming the field for any policy field that cannot work."""
   c = augment_config
   if c.policy not in POLICY_CHOICES:
     _fail("policy", c.policy, "choose one of " + ", ".join(POLICY_CHOICES))
