@@ -6,9 +6,10 @@ ImageOps / ImageEnhance, which the policies' magnitudes were tuned on (torchvisi
 reproduce PIL), so "Posterize 4 bits" or "Contrast 1.5" mean here what they mean in the papers.
 
 dm-pix supplies `solarize` and the luma (`rgb_to_grayscale`); the affine resampling is written
-out (see `_warp`: dm-pix's `affine_transform` was 30-60x slower on CPU). Its `adjust_brightness` (additive) and `adjust_contrast` /
-`adjust_saturation` (per-channel mean, HSV) are TensorFlow's ops, not PIL's blends, so
-brightness, contrast and color are the PIL blends written out below (one line each).
+out (see `_warp`: dm-pix's `affine_transform` was 30-60x slower on CPU). dm-pix's
+`adjust_brightness` (additive) and `adjust_contrast` / `adjust_saturation` (per-channel mean,
+HSV) are TensorFlow's ops, not PIL's blends, so brightness, contrast and color are the PIL
+blends written out below (one line each).
 
 Ops that work on PIL's uint8 histogram (posterize, equalize) quantise to the 256-level grid
 first, as torchvision does; their output is a multiple of 1/255.
