@@ -1,4 +1,4 @@
-"""Erasing augmentations against NumPy rebuilds of their masks, plus invariants and config checks."""
+"""Erasing augmentations against NumPy rebuilds of their masks, invariants, config checks."""
 
 import functools
 
