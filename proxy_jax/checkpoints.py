@@ -42,6 +42,10 @@ class RunCheckpoints:
     try:
       yield
     except OSError as error:
+      try:  # An earlier save may still be finishing in the background.
+        self.manager.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except
+        pass  # It failed too: it is simply not complete.
       complete = self.complete_epochs()
       last = (f"epoch {complete[-1]} ({os.path.join(self.directory, str(complete[-1]))})"
               if complete else "none (no epoch was saved yet)")
