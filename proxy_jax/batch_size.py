@@ -19,6 +19,8 @@ Config fields read (with defaults, so configs need not define them):
 """
 
 import dataclasses
+import json
+import os
 import resource
 import sys
 
@@ -181,6 +183,40 @@ def find_batch_size(config, num_classes: int, factory: StepFactory) -> int:
   chosen, _ = search(config, num_classes, factory)
   logging.info("batch-size finder chose %d", chosen)
   return chosen
+
+
+def _with_batch_size(config, value: int):
+  """A copy of `config` with batch_size set; the caller's (locked) config is never changed."""
+  resolved = config.copy_and_resolve_references()
+  resolved.batch_size = value
+  return resolved
+
+
+def with_recorded_batch_size(config, workdir: str):
+  """batch_size=-1 in a workdir that already chose one: that choice, from its config.json.
+
+  A resumed run must not search again: other hardware or load could pick another size and
+  change the steps per epoch and the learning-rate schedule mid-run.
+  """
+  path = os.path.join(workdir, "config.json")
+  if config.batch_size != -1 or not os.path.exists(path):
+    return config
+  with open(path) as f:
+    recorded = json.load(f).get("batch_size")
+  if not isinstance(recorded, int) or recorded <= 0:
+    return config
+  logging.info("batch_size=-1: reusing the batch size %d recorded in %s.", recorded, path)
+  return _with_batch_size(config, recorded)
+
+
+def with_found_batch_size(config, num_classes: int, factory: StepFactory):
+  """`config` with the finder's batch size, rounded down to a multiple of the devices."""
+  found = find_batch_size(config, num_classes, factory)
+  # The finder sizes one device's step; the global batch is split over all of them.
+  devices = jax.device_count()
+  chosen = max(devices, found // devices * devices)
+  logging.info("Batch size finder chose %d (%d device(s)).", chosen, devices)
+  return _with_batch_size(config, chosen)
 
 
 def _mib(value) -> str:

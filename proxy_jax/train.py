@@ -19,8 +19,6 @@ import time
 from typing import Any, Callable
 
 from absl import logging
-from clu import metrics
-import flax
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -31,6 +29,7 @@ import optax
 from proxy_jax import batch_size as batch_size_finder
 from proxy_jax import checkpoints, config_lib, data, models, preprocess, proxy, records
 from proxy_jax import reporting
+from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
 from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
 
@@ -105,68 +104,6 @@ def finder_step_factory(config, num_classes: int) -> batch_size_finder.StepFacto
   model = create_model(config, num_classes)
   state = create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
   return batch_size_finder.StepFactory(make_train_step(config), jax.device_get(state))
-
-
-# ---------------------------------------------------------------- metrics
-
-NO_STEP = np.iinfo(np.int32).max
-
-
-@flax.struct.dataclass
-class TopFiveAccuracy(metrics.Average):
-  """Share of examples whose label is among the five highest logits (all, with < 5 classes)."""
-
-  @classmethod
-  def from_model_output(cls, *, logits, labels, mask=None, **_):
-    top = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    hits = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
-    return super().from_model_output(hits, mask=mask)
-
-
-@flax.struct.dataclass
-class FirstNonFiniteStep(metrics.Metric):
-  """The earliest step (count after it) whose loss or updated parameters were not finite;
-  NO_STEP if none. Merging takes the minimum, so one fetch per epoch finds it."""
-  step: jnp.ndarray
-
-  @classmethod
-  def empty(cls):
-    return cls(step=jnp.array(NO_STEP, jnp.int32))
-
-  @classmethod
-  def from_model_output(cls, *, step, finite, **_):
-    return cls(step=jnp.where(finite, NO_STEP, step).astype(jnp.int32))
-
-  def merge(self, other):
-    return type(self)(step=jnp.minimum(self.step, other.step))
-
-  def compute(self):
-    return self.step
-
-
-# Masked sums and counts (padded rows have mask 0): exact over batches, devices and hosts, since
-# each jitted step reduces over the global batch.
-@flax.struct.dataclass
-class EvalMetrics(metrics.Collection):
-  loss: metrics.Average.from_output("loss")
-  accuracy: metrics.Accuracy
-  top5: TopFiveAccuracy
-
-
-@flax.struct.dataclass
-class TrainMetrics(metrics.Collection):
-  loss: metrics.Average.from_output("loss")
-  accuracy: metrics.Accuracy
-  top5: TopFiveAccuracy
-  first_nonfinite_step: FirstNonFiniteStep
-
-
-merge_metrics = jax.jit(lambda totals, batch: totals.merge(batch))
-
-
-def host_values(collection) -> dict:
-  """Fetches accumulated metrics and divides on the host in float64 (one transfer)."""
-  return {k: float(v) for k, v in jax.device_get(collection).compute().items()}
 
 
 # ---------------------------------------------------------------- steps
@@ -265,35 +202,6 @@ def _setup_host(config):
     jax.distributed.initialize()
 
 
-def _with_batch_size(config, value: int):
-  """A copy of `config` with batch_size set; the caller's (locked) config is never changed."""
-  resolved = config.copy_and_resolve_references()
-  resolved.batch_size = value
-  return resolved
-
-
-def _with_recorded_batch_size(config, workdir: str):
-  """batch_size=-1 in a workdir that already chose one: reuse that choice (config.json)."""
-  path = os.path.join(workdir, "config.json")
-  if config.batch_size != -1 or not os.path.exists(path):
-    return config
-  recorded = config_lib.read_json(path).get("batch_size")
-  if not isinstance(recorded, int) or recorded <= 0:
-    return config
-  logging.info("batch_size=-1: reusing the batch size %d recorded in %s.", recorded, path)
-  return _with_batch_size(config, recorded)
-
-
-def _with_found_batch_size(config, num_classes: int):
-  found = batch_size_finder.find_batch_size(config, num_classes,
-                                            finder_step_factory(config, num_classes))
-  # The finder sizes one device's step; the global batch is split over all of them.
-  devices = jax.device_count()
-  chosen = max(devices, found // devices * devices)
-  logging.info("Batch size finder chose %d (%d device(s)).", chosen, devices)
-  return _with_batch_size(config, chosen)
-
-
 def _finished_summary(config, workdir: str) -> records.Summary | None:
   """The summary of a workdir that already trained this config to the end (read only)."""
   summary = records.read_summary(workdir)
@@ -368,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   started = time.time()
   config_lib.validate(config)
   _setup_host(config)
-  config = _with_recorded_batch_size(config, workdir)
+  config = batch_size_finder.with_recorded_batch_size(config, workdir)
   if config.batch_size != -1:
     config_lib.write_or_check_resolved(config, workdir)
     finished = _finished_summary(config, workdir)
@@ -377,7 +285,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return finished.to_json()
   dataset = data.load_dataset(config, workdir)
   if config.batch_size == -1:
-    config = _with_found_batch_size(config, len(dataset.class_names))
+    num_classes = len(dataset.class_names)
+    config = batch_size_finder.with_found_batch_size(
+        config, num_classes, finder_step_factory(config, num_classes))
     config_lib.write_or_check_resolved(config, workdir)
   if jax.process_index() == 0:
     atomic_write_json(os.path.join(workdir, "classes.json"), dataset.class_names)
