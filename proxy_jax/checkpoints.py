@@ -15,8 +15,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from proxy_jax import errors
 
-class CheckpointWriteError(RuntimeError):
+
+class CheckpointWriteError(errors.UserError, RuntimeError):
   """A checkpoint could not be written; the previous complete one is intact."""
 
 

@@ -359,7 +359,7 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
                         settings.class_balanced)
   originals, proxy_images, maps = _proxies_of(state, split, bank, chosen, predictions, candidates,
                                           config, jax.random.fold_in(key, 1))
-  return ProxyStepResult(split.ids[chosen], originals, proxies_, maps, int(len(wrong)),
+  return ProxyStepResult(split.ids[chosen], originals, proxy_images, maps, int(len(wrong)),
                          time.time() - started)
 
 

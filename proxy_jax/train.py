@@ -27,14 +27,14 @@ import numpy as np
 import optax
 
 from proxy_jax import batch_size as batch_size_finder
-from proxy_jax import checkpoints, config_lib, data, models, preprocess, proxy, records
+from proxy_jax import checkpoints, config_lib, data, errors, models, preprocess, proxy, records
 from proxy_jax import reporting
 from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
 from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(errors.UserError, RuntimeError):
   """Training produced a non-finite loss or parameter; nothing of that epoch was saved."""
 
 
@@ -234,8 +234,8 @@ def _build(config, workdir: str, dataset: data.Dataset):
   devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % devices:
-      raise ValueError(f"config.{field}={config[field]} is not divisible by the "
-                       f"{devices} devices")
+      raise errors.ConfigError(f"config.{field}={config[field]} is not divisible by the "
+                               f"{devices} devices")
   replicated, batch_sharding = shardings(make_mesh())
   steps_per_epoch = data.num_batches(len(dataset.train), config.batch_size)
   lr_fn = learning_rate_schedule(config, steps_per_epoch)
@@ -277,12 +277,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
   _setup_host(config)
   config = batch_size_finder.with_recorded_batch_size(config, workdir)
-  if config.batch_size != -1:
-    config_lib.write_or_check_resolved(config, workdir)
+  if config.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
+    config_lib.write_or_check_resolved(config, workdir)  # The file exists: this only checks.
     finished = _finished_summary(config, workdir)
     if finished is not None:  # A finished workdir is read, never written.
       logging.info("%s is already complete; nothing to do.", workdir)
       return finished.to_json()
+  fresh = not os.path.exists(workdir)
+  try:
+    setup, state = _prepare(config, workdir)
+  except errors.UserError:
+    # Refused before training (e.g. an empty split): leave no config.json behind that would
+    # refuse the corrected config in the same workdir.
+    if fresh:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+  try:
+    summary = _train(setup, state, started)
+  except BaseException:
+    _shut_down(setup, quiet=True)
+    raise
+  _shut_down(setup, quiet=False)
+  return summary.to_json()
+
+
+def _prepare(config, workdir: str):
+  """Records the resolved config (the batch size chosen once), loads the data, builds Setup."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise errors.WorkdirError(
+        f"--workdir {workdir}: cannot create it ({error.strerror})") from error
+  if config.batch_size != -1:  # Refuse a changed config before loading any data.
+    config_lib.write_or_check_resolved(config, workdir)
   dataset = data.load_dataset(config, workdir)
   if config.batch_size == -1:
     num_classes = len(dataset.class_names)
@@ -291,14 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_lib.write_or_check_resolved(config, workdir)
   if jax.process_index() == 0:
     atomic_write_json(os.path.join(workdir, "classes.json"), dataset.class_names)
-  setup, state = _build(config, workdir, dataset)
-  try:
-    summary = _train(setup, state, started)
-  except BaseException:
-    _shut_down(setup, quiet=True)
-    raise
-  _shut_down(setup, quiet=False)
-  return summary.to_json()
+  return _build(config, workdir, dataset)
 
 
 def _train(setup: Setup, state, started: float) -> records.Summary:
