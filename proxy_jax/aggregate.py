@@ -19,6 +19,9 @@ from absl import flags
 import numpy as np
 import pandas as pd
 
+from proxy_jax import cli
+from proxy_jax import config_fields
+from proxy_jax import errors
 from proxy_jax import records
 from proxy_jax import sweep as sweep_lib
 from proxy_jax.io_utils import atomic_write

@@ -154,8 +154,9 @@ def test_divergent_learning_rate_exits_non_zero_with_one_message(tmp_path):
   result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
                            f"--config={config_path}", f"--workdir={workdir}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode != 0
-  assert "training diverged in epoch" in result.stderr
+  assert result.returncode == 2  # A user error: one line, no traceback.
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith("error: training diverged in epoch")
   assert "Lower config.optimizer.learning_rate (now 1e+06)" in result.stderr
   config = make_tiny_config()
   for epoch in _saved_epochs(str(workdir)):
