@@ -34,8 +34,19 @@ def _to_dict(record) -> dict:
   return out
 
 
+class _FlatRecord:
+  """A record whose fields are plain JSON values."""
+
+  @classmethod
+  def from_json(cls, raw: dict | None):
+    return _from_dict(cls, raw)
+
+  def to_json(self) -> dict:
+    return _to_dict(self)
+
+
 @dataclasses.dataclass
-class EpochRecord:
+class EpochRecord(_FlatRecord):
   """One row of the history: train and validation metrics after an epoch, and its speed."""
   # Every field has a default so that rows of older or hand-made files still read.
   epoch: int = 0
@@ -49,16 +60,9 @@ class EpochRecord:
   images_per_second: float | None = None
   extra: dict = dataclasses.field(default_factory=dict)
 
-  @classmethod
-  def from_json(cls, raw: dict) -> "EpochRecord":
-    return _from_dict(cls, raw)
-
-  def to_json(self) -> dict:
-    return _to_dict(self)
-
 
 @dataclasses.dataclass
-class ProxyStepRecord:
+class ProxyStepRecord(_FlatRecord):
   """One proxy step: how many training examples were wrong, how many became proxies."""
   index: int = 0
   epoch: int = 0  # Completed epochs when it ran.
@@ -68,25 +72,11 @@ class ProxyStepRecord:
   seconds: float = 0.0
   extra: dict = dataclasses.field(default_factory=dict)
 
-  @classmethod
-  def from_json(cls, raw: dict) -> "ProxyStepRecord":
-    return _from_dict(cls, raw)
-
-  def to_json(self) -> dict:
-    return _to_dict(self)
-
 
 @dataclasses.dataclass
-class Best:
+class Best(_FlatRecord):
   val_accuracy: float = -1.0
   epoch: int = -1
-
-  @classmethod
-  def from_json(cls, raw: dict | None) -> "Best":
-    return _from_dict(cls, raw)
-
-  def to_json(self) -> dict:
-    return _to_dict(self)
 
 
 @dataclasses.dataclass
