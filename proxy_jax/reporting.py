@@ -4,6 +4,10 @@ and images, and the proxy-step example grids saved under `<workdir>/proxy_steps/
 The TensorBoard writer has no logging backend (clu's default writer would print every scalar a
 second time next to the epoch line); only process 0 writes summaries. Progress within an epoch
 comes from clu's `ReportProgress` (steps/s, percentage and ETA, every `log_every_steps`).
+
+clu's writers import TensorFlow, so they are imported when a run starts, not with this module:
+the pure steps in `train.py` then import (and benchmark) on machines without TensorFlow, such
+as accelerator images that ship JAX alone.
 """
 
 import logging as std_logging
@@ -11,7 +15,6 @@ import os
 import time
 
 from absl import logging
-from clu import metric_writers, periodic_actions
 import jax
 import numpy as np
 
@@ -24,15 +27,17 @@ def quiet_orbax():
                                       or "orbax" not in record.pathname)
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
+def create_writer(workdir: str):
   """TensorBoard summaries in `workdir` from process 0; a writer that drops everything elsewhere."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
 
 
-def progress_action(config, total_steps: int, writer) -> periodic_actions.ReportProgress:
-  """clu's progress report (steps/s and ETA to the log, steps/s to TensorBoard)."""
+def progress_action(config, total_steps: int, writer):
+  """clu's `ReportProgress` (steps/s and ETA to the log, steps/s to TensorBoard)."""
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   return periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                          every_steps=config.log_every_steps, every_secs=None)
 

@@ -105,3 +105,21 @@ def test_four_devices_match_one_device(tmp_path):
     for key in ("train_accuracy", "val_accuracy"):
       assert abs(got[key] - want[key]) <= 1 / 60
   np.testing.assert_allclose(four["test"]["loss"], single["test"]["loss"], rtol=1e-4)
+
+
+def test_steps_import_without_tensorflow():
+  # Accelerator images often ship JAX alone: the steps, models, CAMs and proxy step must not
+  # need TensorFlow, which only feeds TFDS and writes summaries once a run starts.
+  code = ("import importlib.abc, sys\n"
+          "class Block(importlib.abc.MetaPathFinder):\n"
+          "  def find_spec(self, name, path, target=None):\n"
+          "    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
+          "      raise ImportError('blocked ' + name)\n"
+          "sys.meta_path.insert(0, Block())\n"
+          "from proxy_jax import train, proxy, cams, data, models\n"
+          "assert not [m for m in sys.modules if m.startswith('tensorflow')]\n"
+          "print('ok')\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "ok"
