@@ -131,6 +131,8 @@ class Summary:
   bank_size: int = 0
   skipped_files: list = dataclasses.field(default_factory=list)
   num_examples: dict = dataclasses.field(default_factory=dict)
+  # Checksum of the initial weights (train.tree_checksum): a study checks its arms share them.
+  init_checksum: str | None = None
   extra: dict = dataclasses.field(default_factory=dict)
 
   @classmethod

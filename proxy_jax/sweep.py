@@ -4,10 +4,11 @@
       --workdir=runs/grid [--shard=0/4] [--dry-run] [--retry-failed]
 
 A sweep file defines `get_sweep()` returning a list of override dicts ({"proxy.threshold": 0.85,
-...}), usually built with `product`, `zip_fields` and `concat` from this module. Each trial runs
-as its own process so a crash, a leak or accelerator memory held by one trial cannot reach the
-next, in `<workdir>/<trial name>`, a name derived from its overrides alone (stable when the grid
-grows). The journal (`journal*.jsonl`, one JSON object per line, appended with fsync) records
+...}), usually built with `product`, `zip_fields` and `concat` from this module, or of named
+trials `(name, overrides)` (a study's arms, see proxy_jax/study). Each trial runs as its own
+process so a crash, a leak or accelerator memory held by one trial cannot reach the next, in
+`<workdir>/<trial name>`, a name derived from its overrides alone (stable when the grid grows)
+unless the trial is named. The journal (`journal*.jsonl`, one JSON object per line, appended with fsync) records
 started / finished / failed; a torn last line from a kill is ignored. Re-running the command skips
 finished trials, re-runs an interrupted one (training resumes from its checkpoint) and retries
 failed ones only with --retry-failed.
@@ -116,6 +117,33 @@ def load_python_file(path: str):
   return module
 
 
+def check_trial_name(name: str) -> str:
+  """A given trial name must be a plain directory name; returns it."""
+  if (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._=+,-]+", name)
+      or name.startswith(".") or len(name) > MAX_NAME_CHARS):
+    raise errors.ConfigError(f"trial name {name!r} is not a plain directory name (letters, "
+                             f"digits and ._=+,- only, not starting with '.', at most "
+                             f"{MAX_NAME_CHARS} characters)")
+  return name
+
+
+def named_trials(grid, source: str) -> list[dict]:
+  """[{"name", "overrides"}] from override dicts or (name, overrides) pairs; names unique."""
+  trials, seen = [], {}
+  for item in grid:
+    if isinstance(item, tuple):
+      name, overrides = item
+      name = check_trial_name(name)
+    else:
+      name, overrides = trial_name(item), item
+    if name in seen:
+      raise errors.ConfigError(f"{source}: trials {seen[name]} and {overrides} share the name "
+                               f"{name!r}")
+    seen[name] = overrides
+    trials.append({"name": name, "overrides": dict(overrides)})
+  return trials
+
+
 def load_sweep(sweep_path: str) -> tuple[list[dict], dict]:
   """(trials, common): trials [{"name", "overrides"}] in the sweep file's order.
 
@@ -123,17 +151,8 @@ def load_sweep(sweep_path: str) -> tuple[list[dict], dict]:
   smoke test); they are not part of trial names. Duplicate trials are an error.
   """
   module = load_python_file(sweep_path)
-  grid = module.get_sweep()
   common = dict(module.get_common()) if hasattr(module, "get_common") else {}
-  trials, seen = [], {}
-  for overrides in grid:
-    name = trial_name(overrides)
-    if name in seen:
-      raise errors.ConfigError(f"{sweep_path}: trials {seen[name]} and {overrides} share the "
-                               f"name {name!r}")
-    seen[name] = overrides
-    trials.append({"name": name, "overrides": dict(overrides)})
-  return trials, common
+  return named_trials(module.get_sweep(), sweep_path), common
 
 
 def check_overrides(config_path: str, trials: list[dict], common: dict) -> None:
@@ -301,20 +320,41 @@ def plan(trials: list[dict], states: dict, retry_failed: bool) -> list[tuple[dic
   return actions
 
 
-def run_sweep(config: str, sweep: str, workdir: str, shard: tuple[int, int] = (0, 1),
-              retry_failed: bool = False, dry_run: bool = False, python: str = sys.executable,
-              program: str = os.path.join(_REPO_ROOT, "main.py"), extra: tuple = (),
-              trial_timeout: float | None = None) -> dict:
-  """Runs this shard's pending trials in order; returns counts {"finished", "failed", ...}.
-
-  `extra` holds "field=value" overrides for every trial (the --set flag).
-  """
-  all_trials, common = load_sweep(sweep)
+def add_set_overrides(common: dict, extra) -> dict:
+  """`common` updated with "field=value" strings (the --set flag); values stay strings."""
+  common = dict(common)
   for item in extra:
     key, sep, value = item.partition("=")
     if not sep:
       raise errors.ConfigError(f"--set expects field=value, got {item!r}")
     common[key] = value
+  return common
+
+
+def run_sweep(config: str, sweep: str, workdir: str, shard: tuple[int, int] = (0, 1),
+              retry_failed: bool = False, dry_run: bool = False, python: str = sys.executable,
+              program: str = os.path.join(_REPO_ROOT, "main.py"), extra: tuple = (),
+              trial_timeout: float | None = None) -> dict:
+  """Runs this shard's pending trials of a sweep file; returns counts (see run_trials).
+
+  `extra` holds "field=value" overrides for every trial (the --set flag).
+  """
+  all_trials, common = load_sweep(sweep)
+  return run_trials(config, all_trials, add_set_overrides(common, extra), workdir, shard,
+                    retry_failed, dry_run, python, program, trial_timeout, label=sweep)
+
+
+def run_trials(config: str, all_trials: list[dict], common: dict, workdir: str,
+               shard: tuple[int, int] = (0, 1), retry_failed: bool = False,
+               dry_run: bool = False, python: str = sys.executable,
+               program: str = os.path.join(_REPO_ROOT, "main.py"),
+               trial_timeout: float | None = None, label: str = "",
+               record_fields: dict | None = None) -> dict:
+  """Runs this shard's pending trials in order; returns counts {"finished", "failed", ...}.
+
+  `label` names the grid in the log and sweep.json; `record_fields` (e.g. the code version) go
+  into every journal record this process writes.
+  """
   check_overrides(config, all_trials, common)
   trials = shard_trials(all_trials, *shard)
   actions = plan(trials, trial_states(workdir), retry_failed)
@@ -323,7 +363,7 @@ def run_sweep(config: str, sweep: str, workdir: str, shard: tuple[int, int] = (0
             "finished_before": sum(a == "skip-finished" for _, a in actions),
             "failed_skipped": sum(a == "skip-failed" for _, a in actions),
             "finished": 0, "failed": 0, "busy": 0}
-  print(f"sweep {sweep}: {len(all_trials)} trials, shard {shard[0]}/{shard[1]} has {len(trials)}"
+  print(f"sweep {label}: {len(all_trials)} trials, shard {shard[0]}/{shard[1]} has {len(trials)}"
         f" ({counts['finished_before']} finished, {counts['failed_skipped']} failed and skipped,"
         f" {len(todo)} to run)", flush=True)
   if dry_run:
@@ -333,10 +373,11 @@ def run_sweep(config: str, sweep: str, workdir: str, shard: tuple[int, int] = (0
     return counts
   os.makedirs(workdir, exist_ok=True)
   atomic_write_json(os.path.join(workdir, SWEEP_FILE),
-                    {"config": config, "sweep": sweep, "common": common,
+                    {"config": config, "sweep": label, "common": common,
                      "trials": all_trials})
   journal = journal_path(workdir, shard)
-  base = {"host": socket.gethostname(), "pid": os.getpid(), "shard": f"{shard[0]}/{shard[1]}"}
+  base = {**(record_fields or {}), "host": socket.gethostname(), "pid": os.getpid(),
+          "shard": f"{shard[0]}/{shard[1]}"}
   durations = []
   for position, (trial, action) in enumerate(todo):
     trial_dir = os.path.join(workdir, trial["name"])

@@ -13,6 +13,7 @@ device until the epoch ends, when they are fetched once and checked for divergen
 
 import dataclasses
 import functools
+import hashlib
 import os
 import shutil
 import time
@@ -128,6 +129,20 @@ def variables_of(state):
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def tree_checksum(tree) -> str:
+  """sha256 (16 hex digits) of every leaf's path, dtype, shape and bytes: equal iff identical.
+
+  Recorded for the initial weights in summary.json, so a study can check that its arms started
+  from the same initialisation instead of assuming it.
+  """
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    array = np.ascontiguousarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()[:16]
+
+
 def train_step(state, batch, key, *, flip: bool, rotation_degrees: float,
                label_smoothing: float):
   """One optimiser step. `key` is the run's step key: the step number is folded in here, on
@@ -227,6 +242,7 @@ class Setup:
   schedule: proxy.Schedule
   writer: Any
   ckpt: checkpoints.RunCheckpoints
+  init_checksum: str  # tree_checksum of the initial variables, for summary.json.
 
 
 def _build(config, workdir: str, dataset: data.Dataset):
@@ -251,7 +267,8 @@ def _build(config, workdir: str, dataset: data.Dataset):
       schedule=proxy.parse_schedule(config.proxy.schedule, config.num_epochs,
                                     config.proxy.enabled),
       writer=reporting.create_writer(workdir),
-      ckpt=checkpoints.RunCheckpoints(workdir, config.keep_checkpoints))
+      ckpt=checkpoints.RunCheckpoints(workdir, config.keep_checkpoints),
+      init_checksum=tree_checksum(variables_of(state)))
   return setup, jax.device_put(state, replicated)
 
 
@@ -448,7 +465,8 @@ def _finish(setup: Setup, state, bank, progress: records.RunProgress,
       proxy_steps=progress.proxy_steps, bank_size=len(bank),
       skipped_files=dataset.skipped_files,
       num_examples={"train": len(dataset.train), "val": len(dataset.val),
-                    "test": len(dataset.test) if dataset.test else 0})
+                    "test": len(dataset.test) if dataset.test else 0},
+      init_checksum=setup.init_checksum)
   if jax.process_index() == 0:
     records.write_summary(setup.workdir, summary)
   logging.info("Done: val accuracy %.4f (best %.4f at epoch %d), test %s.",
