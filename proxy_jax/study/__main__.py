@@ -1,0 +1,144 @@
+"""The study command: run a study's trials through the sweep runner, then write its report.
+
+  python -m proxy_jax.study --study=configs/studies/digits.py --workdir=runs/study_digits \
+      [--shard=i/n] [--out=experiments/results/<name>] [--report=auto|only|never] \
+      [--set=field=value ...] [--explain=false] [--dry-run] [--retry-failed]
+
+Re-running the same command resumes: finished trials are skipped, an interrupted one resumes
+from its checkpoint. With --shard each machine of a job array runs its part; the report is
+written by whichever invocation finds every trial finished (or by --report=only, which trains
+nothing and marks a partial study as such). A failed fairness check writes no report.
+"""
+
+import dataclasses
+import os
+import shlex
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from proxy_jax import sweep
+from proxy_jax.study import runs as runs_lib
+from proxy_jax.study import spec
+
+_REPO_ROOT = spec._REPO_ROOT  # pylint: disable=protected-access
+
+
+def common_overrides(study: spec.Study, extra, workdir: str) -> dict:
+  """The study's common overrides, then --set; a study-wide decode cache unless one is set."""
+  common = sweep.add_set_overrides(study.common, extra)
+  if "seed" in common:
+    raise spec.StudyError("--set seed=... would give every arm and seed one seed; list seeds in "
+                          "the study file")
+  path, _, argument = study.config.partition(":")
+  module = sweep.load_python_file(path)
+  config = module.get_config(argument) if argument else module.get_config()
+  if "data.cache_dir" not in common and not config.data.cache_dir:
+    # One decode of the images for all trials instead of one per trial.
+    common["data.cache_dir"] = os.path.join(os.path.abspath(workdir), "data_cache")
+  return common
+
+
+def run_trials(study: spec.Study, workdir: str, common: dict, shard=(0, 1), *,
+               retry_failed=False, dry_run=False, python=sys.executable,
+               program=os.path.join(_REPO_ROOT, "main.py"), trial_timeout=None) -> dict:
+  return sweep.run_trials(study.config, spec.trials(study), common, workdir, shard,
+                          retry_failed, dry_run, python, program, trial_timeout,
+                          label=f"study {study.name}",
+                          record_fields={"commit": runs_lib.code_version(),
+                                         "study": study.name})
+
+
+def write_study_report(study: spec.Study, workdir: str, out: str, command: str,
+                       explain: bool = True, started: float | None = None) -> str:
+  """Checks fairness, scores explanations and writes the report; StudyError if unfair."""
+  from proxy_jax.study import explanations, report  # pylint: disable=g-import-not-at-top
+  started = time.time() if started is None else started
+  runs, missing = runs_lib.load_runs(study, workdir)
+  if (study.baseline, study.seeds[0]) not in runs and not any(
+      (study.baseline, s) in runs for s in study.seeds):
+    raise spec.StudyError(f"{workdir}: no finished run of the baseline arm "
+                          f"{study.baseline!r}; nothing to compare against")
+  checks, failures = runs_lib.fairness_checks(study, runs)
+  if failures:
+    raise spec.StudyError("the fairness checks failed, so no report was written:\n  "
+                          + "\n  ".join(failures))
+  rows, panels, seconds = (explanations.score_runs(study, runs) if explain else ([], [], 0.0))
+  return report.write_report(study, out, runs=runs, missing=missing, checks=checks,
+                             failures=failures, explanation_rows=rows, panels=panels,
+                             explain_seconds=seconds, command=command, started=started)
+
+
+def complete(study: spec.Study, workdir: str) -> bool:
+  states = sweep.trial_states(workdir)
+  return all(states.get(t["name"], {}).get("status") == sweep.FINISHED
+             for t in spec.trials(study))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def define_flags():
+  flags.DEFINE_string("study", None, "Study file defining get_study().", required=True)
+  flags.DEFINE_string("workdir", None, "Directory of the study's runs (one per arm and seed).",
+                      required=True)
+  flags.DEFINE_string("out", "", "Report folder (default experiments/results/<study name>).")
+  flags.DEFINE_string("shard", "0/1", "i/n: run the i-th of n disjoint parts (0-based).")
+  flags.DEFINE_enum("report", "auto", ["auto", "only", "never"],
+                    "auto: write the report once every trial has finished; only: train "
+                    "nothing, report what has finished; never: train only.")
+  flags.DEFINE_bool("explain", True, "Score every final model's explanations in the report.")
+  flags.DEFINE_bool("dry_run", False, "List the trials and their state; run nothing.")
+  flags.DEFINE_bool("retry_failed", False, "Run trials the journal marks failed again.")
+  flags.DEFINE_multi_string("set", [], "Common override, e.g. --set data.path=/data/x.")
+  flags.DEFINE_float("trial_timeout", None, "Kill and fail a trial after this many seconds.")
+  flags.DEFINE_string("python", sys.executable, "Interpreter for the trials.")
+  flags.DEFINE_string("program", os.path.join(_REPO_ROOT, "main.py"), "Training entry point.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  command = shlex.join(["python", "-m", "proxy_jax.study"] + sys.argv[1:])
+  try:  # Everything a user can get wrong is refused here, before any trial runs.
+    study = spec.load_study(f.study)
+    study = dataclasses.replace(study, common=common_overrides(study, f.set, f.workdir))
+    shard = sweep.parse_shard(f.shard)
+    sweep.check_overrides(study.config, spec.trials(study), study.common)
+  except (spec.StudyError, KeyError, ValueError) as error:
+    _fail(error)
+  counts = {"failed": 0}
+  if f.report != "only":
+    counts = run_trials(study, f.workdir, study.common, shard, retry_failed=f.retry_failed,
+                        dry_run=f.dry_run, python=f.python, program=f.program,
+                        trial_timeout=f.trial_timeout)
+  if f.dry_run or f.report == "never":
+    return
+  out = f.out or os.path.join(_REPO_ROOT, "experiments", "results", study.name)
+  if f.report == "auto" and not complete(study, f.workdir):
+    print(f"study {study.name}: not every trial has finished (other shards, or failures: "
+          "rerun with --retry-failed); no report yet. --report=only writes a partial one.",
+          flush=True)
+  else:
+    try:
+      text = write_study_report(study, f.workdir, out, command, f.explain)
+    except spec.StudyError as error:
+      _fail(error)
+    print(text)
+    print(f"wrote {out}", flush=True)
+  if counts["failed"]:
+    sys.exit(1)
+
+
+def _fail(error):
+  message = error.args[0] if isinstance(error, KeyError) and error.args else error
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=sweep.hyphen_flags_parser)

@@ -1,0 +1,62 @@
+"""Explanation quality of every final model of a study, on the same images.
+
+Each run's final checkpoint explains the same `num_images` examples of the evaluation split
+(the first ones of the shared split, in the split's order) with the same CAM method, scored by
+`proxy_jax.compare`'s faithfulness measures (deletion and insertion AUC, average drop, increase
+in confidence). The split is decoded once for the whole study: the fairness checks guarantee
+that every run has the same data config and split. Models are restored one at a time.
+"""
+
+import time
+
+import numpy as np
+
+from proxy_jax.study import spec
+
+SCORES = ("deletion_auc", "insertion_auc", "average_drop_pct", "increase_in_confidence_pct")
+
+
+def _evaluation_images(run: dict, split_name: str, num_images: int):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from proxy_jax import data  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(run["summary"]["config"])
+  split = getattr(data.load_dataset(config, run["workdir"]), split_name)
+  if split is None:
+    raise spec.StudyError(f"{run['workdir']}: the dataset has no {split_name} split to explain")
+  count = len(split) if num_images <= 0 else min(num_images, len(split))
+  return np.asarray(split.images[:count]), np.asarray(split.labels[:count])
+
+
+def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
+  """(rows, grid panels of the first seed, seconds); one row per (arm, seed) run."""
+  from proxy_jax import compare, infer, train  # pylint: disable=g-import-not-at-top
+  started = time.time()
+  explain = study.explain
+  first = runs.get((study.baseline, study.seeds[0])) or next(iter(runs.values()))
+  images, labels = _evaluation_images(first, explain["split"], explain["num_images"])
+  rows, panels = [], []
+  for seed in study.seeds:
+    for arm in study.arms:
+      if (arm, seed) not in runs:
+        continue
+      run = runs[arm, seed]
+      begin = time.time()
+      model, variables, config, class_names = train.restore_for_inference(run["workdir"])
+      logits = infer.predict_logits(model, variables, images, int(config.eval_batch_size))
+      predicted = logits.argmax(-1)
+      maps = infer.cam_maps(explain["cam"], model, variables, images, predicted)
+      scores = compare.explanation_scores(model, variables, images, maps, predicted,
+                                          explain["steps"])
+      rows.append({"arm": arm, "seed": seed, "images": len(images),
+                   "cam_method": explain["cam"], "accuracy": float((predicted == labels).mean()),
+                   "deletion_auc": float(scores["deletion_auc"].mean()),
+                   "insertion_auc": float(scores["insertion_auc"].mean()),
+                   "average_drop_pct": float(100 * scores["drop"].mean()),
+                   "increase_in_confidence_pct": float(100 * scores["increase"].mean()),
+                   "seconds": time.time() - begin})
+      if seed == study.seeds[0]:
+        shown = explain["grid_images"]
+        panels.append((arm, images[:shown], maps[:shown],
+                       [class_names[i] for i in predicted[:shown]],
+                       [class_names[i] for i in labels[:shown]]))
+  return rows, panels, time.time() - started

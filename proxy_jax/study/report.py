@@ -1,0 +1,310 @@
+"""The report of a finished study: tables, paired tests, sentences, plots, explanation scores.
+
+Written to `<out>/`: summary.md (everything a reader needs, with the command and commit),
+runs.csv (one row per run), paired.csv (every arm against the baseline, per metric),
+explanations.csv (one row per run), study.json (the same numbers for programs), and the plots
+paired_differences.png, accuracy_vs_time.png, val_curves.png and cams.png. Final-epoch metrics
+only: no best-epoch picking, and every seed of every arm counts.
+"""
+
+import io
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+from proxy_jax.io_utils import atomic_write, atomic_write_text
+from proxy_jax.study import explanations, spec, stats
+
+METRICS = (("test_accuracy", "test accuracy"), ("val_accuracy", "validation accuracy"))
+# Explanation scores: the direction that is better, for the table header.
+BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "average_drop_pct": "lower",
+          "increase_in_confidence_pct": "higher"}
+
+
+def run_rows(study: spec.Study, runs: dict) -> list[dict]:
+  rows = []
+  for seed in study.seeds:
+    for arm in study.arms:
+      if (arm, seed) not in runs:
+        continue
+      run = runs[arm, seed]
+      summary = run["summary"]
+      test = summary.get("test") or {}
+      rates = [h["images_per_second"] for h in summary["history"] if "images_per_second" in h]
+      steps = summary.get("proxy_steps") or []
+      rows.append({
+          "arm": arm, "seed": seed, "trial": run["name"],
+          "val_accuracy": summary["final"]["val_accuracy"],
+          "test_accuracy": test.get("accuracy", float("nan")),
+          "test_loss": test.get("loss", float("nan")),
+          "epochs": summary.get("num_epochs"),
+          "wall_time_s": summary.get("wall_time_s", float("nan")),
+          "process_seconds": run["process_seconds"], "attempts": run["attempts"],
+          # The median skips the first epoch's compilation without dropping anything.
+          "images_per_s": float(np.median(rates)) if rates else float("nan"),
+          "proxy_steps": len(steps), "proxy_seconds": sum(s.get("seconds", 0.0) for s in steps),
+          "init_checksum": summary.get("init_checksum"), "commit": run["commit"]})
+  return rows
+
+
+def _mean_std(values) -> str:
+  values = np.asarray(values, np.float64)
+  if len(values) < 2:
+    return f"{values.mean():.2f}" if len(values) else "-"
+  return f"{values.mean():.2f} +- {values.std(ddof=1):.2f}"
+
+
+def arm_table(study: spec.Study, rows: list[dict]) -> list[str]:
+  lines = ["| arm | runs | test accuracy (%) | validation accuracy (%) | wall time per run (s) "
+           "| train images/s |", "|---|---|---|---|---|---|"]
+  for arm in study.arms:
+    mine = [r for r in rows if r["arm"] == arm]
+    lines.append(
+        f"| {arm} | {len(mine)} | {_mean_std([100 * r['test_accuracy'] for r in mine])} | "
+        f"{_mean_std([100 * r['val_accuracy'] for r in mine])} | "
+        f"{_mean_std([r['wall_time_s'] for r in mine])} | "
+        f"{_mean_std([r['images_per_s'] for r in mine])} |")
+  return lines
+
+
+def paired_tables(study: spec.Study, rows: list[dict]) -> dict:
+  """metric -> compare_arms rows, with the verdict sentence added."""
+  result = {}
+  for metric, _ in METRICS:
+    values = {(r["arm"], r["seed"]): r[metric] for r in rows
+              if not math.isnan(r[metric])}
+    compared = stats.compare_arms(values, study.baseline, list(study.arms), list(study.seeds))
+    for row in compared:
+      row["verdict"] = stats.verdict(row)
+    result[metric] = compared
+  return result
+
+
+def _fmt_p(p: float) -> str:
+  return "-" if math.isnan(p) else f"{p:.3g}"
+
+
+def paired_lines(compared: list[dict], label: str, baseline: str) -> list[str]:
+  lines = [f"Paired by seed ({label}, arm - {baseline}, percentage points; Holm across "
+           f"{len(compared)} arms):", "",
+           "| arm | n | mean diff | 95% CI | t-test p | Holm t p | sign p | Holm sign p | "
+           "wins/losses |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in compared:
+    lines.append(f"| {r['arm']} | {r['n']} | {100 * r['mean']:+.2f} | "
+                 f"{100 * r['ci_low']:+.2f} to {100 * r['ci_high']:+.2f} | {_fmt_p(r['t_p'])} | "
+                 f"{_fmt_p(r['holm_t_p'])} | {_fmt_p(r['sign_p'])} | "
+                 f"{_fmt_p(r['holm_sign_p'])} | {r['wins']}/{r['losses']} |")
+  return lines
+
+
+def explanation_lines(study: spec.Study, rows: list[dict]) -> list[str]:
+  if not rows:
+    return ["Not computed (--explain=false)."]
+  first = rows[0]
+  lines = [f"{first['cam_method']} maps of each run's final model for its predicted class, on "
+           f"the same {first['images']} {study.explain['split']} images, mean +- std over "
+           "seeds; in brackets the paired difference against the baseline with its 95% t "
+           "interval (no multiple-testing correction: descriptive).", "",
+           "| arm | " + " | ".join(f"{k} ({BETTER[k]} is better)" for k in explanations.SCORES)
+           + " | accuracy on these images (%) |", "|---|" + "---|" * (len(BETTER) + 1)]
+  for arm in study.arms:
+    mine = {r["seed"]: r for r in rows if r["arm"] == arm}
+    base = {r["seed"]: r for r in rows if r["arm"] == study.baseline}
+    cells = []
+    for key in explanations.SCORES:
+      cell = _mean_std([r[key] for r in mine.values()])
+      shared = [s for s in mine if s in base]
+      if arm != study.baseline and len(shared) >= 2:
+        t = stats.paired_t([mine[s][key] - base[s][key] for s in shared])
+        cell += f" [{t['mean']:+.3f}, {t['ci_low']:+.3f} to {t['ci_high']:+.3f}]"
+      cells.append(cell)
+    lines.append(f"| {arm} | " + " | ".join(cells) + " | "
+                 + _mean_std([100 * r["accuracy"] for r in mine.values()]) + " |")
+  return lines
+
+
+def fairness_lines(checks: list[dict], failures: list[str]) -> list[str]:
+  lines = ["Each arm against the baseline arm of the same seed (see proxy_jax/study/runs.py):",
+           "", "| seed | arm | same split | same epochs | seed | same init weights | same data "
+           "order | config differs only in the arms' fields | val history before the first "
+           "proxy step |", "|---|---|---|---|---|---|---|---|---|"]
+  yes = lambda ok: "yes" if ok else "**NO**"
+  for c in checks:
+    lines.append(f"| {c['seed']} | {c['arm']} | {yes(c['split'])} | {yes(c['epochs'])} | "
+                 f"{yes(c['seed_ok'])} | {yes(c['init'])} | {yes(c['data_order'])} | "
+                 f"{yes(c['config'])} | {c['history']} |")
+  lines += ["", "All checks passed." if not failures else
+            "FAILED checks:\n" + "\n".join(f"- {f}" for f in failures)]
+  return lines
+
+
+def overhead(rows: list[dict], explain_seconds: float, report_seconds: float) -> dict:
+  """The study's time beyond its training runs, from the journal and the runs' own clocks."""
+  process = sum(r["process_seconds"] for r in rows)
+  training = sum(r["wall_time_s"] for r in rows)
+  launching = max(0.0, process - training)
+  total = process + explain_seconds + report_seconds
+  extra = launching + explain_seconds + report_seconds
+  return {"trial_process_s": process, "training_s": training, "launching_s": launching,
+          "explanations_s": explain_seconds, "report_s": report_seconds, "total_s": total,
+          "overhead_s": extra, "overhead_fraction": extra / total if total else float("nan")}
+
+
+def overhead_lines(cost: dict) -> list[str]:
+  share = 100 * cost["overhead_fraction"]
+  return [
+      f"- training runs (their own wall time, from start of setup to summary): "
+      f"{cost['training_s']:.0f} s",
+      f"- launching (trial process time not inside the run's own clock: interpreter, imports, "
+      f"device start; attempts killed before a journal record are not counted): "
+      f"{cost['launching_s']:.0f} s",
+      f"- explanation scores: {cost['explanations_s']:.0f} s",
+      f"- report (loading runs, checks, statistics, plots): {cost['report_s']:.0f} s",
+      f"- overhead: {cost['overhead_s']:.0f} s of {cost['total_s']:.0f} s = **{share:.1f}%** "
+      f"({'within' if share < 10 else 'ABOVE'} the 10% target)"]
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _save(figure, path: str) -> None:
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=120)
+  atomic_write(path, lambda f: f.write(buffer.getvalue()), "wb")
+
+
+def plot_all(study: spec.Study, runs: dict, rows: list[dict], paired: dict, out: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  compared = [r for r in paired["test_accuracy"] if not math.isnan(r["t_p"])]
+  figure, axis = plt.subplots(figsize=(7, 0.45 * len(compared) + 1.6))
+  positions = np.arange(len(compared))[::-1]
+  means = np.array([100 * r["mean"] for r in compared])
+  errors = np.array([[100 * (r["mean"] - r["ci_low"]) for r in compared],
+                     [100 * (r["ci_high"] - r["mean"]) for r in compared]])
+  colors = ["tab:green" if r["holm_t_p"] < 0.05 and r["mean"] > 0 else
+            "tab:red" if r["holm_t_p"] < 0.05 else "tab:gray" for r in compared]
+  axis.barh(positions, means, xerr=errors, color=colors, capsize=3)
+  axis.axvline(0, color="black", linewidth=0.8)
+  axis.set_yticks(positions, [r["arm"] for r in compared])
+  axis.set(xlabel=f"test accuracy - {study.baseline} (points), mean and 95% t interval",
+           title=f"{study.name}: paired differences over seeds (colour: Holm p < 0.05)")
+  figure.tight_layout()
+  _save(figure, os.path.join(out, "paired_differences.png"))
+  plt.close(figure)
+
+  figure, axis = plt.subplots(figsize=(7, 5))
+  for arm in study.arms:
+    mine = [r for r in rows if r["arm"] == arm]
+    times = np.array([r["wall_time_s"] for r in mine])
+    accuracy = 100 * np.array([r["test_accuracy"] for r in mine])
+    spread = lambda v: v.std(ddof=1) if len(v) > 1 else 0.0
+    axis.errorbar(times.mean(), accuracy.mean(), xerr=spread(times), yerr=spread(accuracy),
+                  fmt="o", capsize=3, label=arm)
+    axis.annotate(arm, (times.mean(), accuracy.mean()), fontsize=7, xytext=(4, 3),
+                  textcoords="offset points")
+  axis.set(xlabel="wall time per run (s)", ylabel="final test accuracy (%)",
+           title=f"{study.name}: accuracy against compute (mean +- std over seeds)")
+  figure.tight_layout()
+  _save(figure, os.path.join(out, "accuracy_vs_time.png"))
+  plt.close(figure)
+
+  figure, axis = plt.subplots(figsize=(8, 5))
+  colors = plt.get_cmap("tab20")
+  for index, arm in enumerate(study.arms):
+    curves = [[h["val_accuracy"] for h in runs[arm, s]["summary"]["history"]]
+              for s in study.seeds if (arm, s) in runs]
+    if not curves:
+      continue
+    mean = 100 * np.mean(np.array(curves), axis=0)
+    axis.plot(np.arange(1, len(mean) + 1), mean, color=colors(index % 20), label=arm,
+              linewidth=2.2 if arm == study.baseline else 1.2)
+  axis.set(xlabel="epoch", ylabel="validation accuracy (%)",
+           title=f"{study.name}: validation accuracy, mean over seeds")
+  axis.legend(fontsize=7, ncol=2)
+  figure.tight_layout()
+  _save(figure, os.path.join(out, "val_curves.png"))
+  plt.close(figure)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _csv(path: str, rows: list[dict]) -> None:
+  frame = pd.DataFrame(rows)
+  atomic_write(path, lambda f: frame.to_csv(f, index=False), "w")
+
+
+def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, checks: list,
+                 failures: list, explanation_rows: list, panels: list, explain_seconds: float,
+                 command: str, started: float) -> str:
+  """Writes every file of the report; returns summary.md's text.
+
+  `started` is when the report phase began (its time, less `explain_seconds`, is the report's
+  share of the overhead).
+  """
+  os.makedirs(out, exist_ok=True)
+  rows = run_rows(study, runs)
+  paired = paired_tables(study, rows)
+  plot_all(study, runs, rows, paired, out)
+  if panels:
+    from proxy_jax import compare  # pylint: disable=g-import-not-at-top
+    compare.write_grid(panels, os.path.join(out, "cams.png"), study.explain["cam"])
+  cost = overhead(rows, explain_seconds, time.time() - started - explain_seconds)
+  commits = sorted({r["commit"] for r in rows})
+  n = len(study.seeds)
+  lines = [f"# Study: {study.name}", ""]
+  if study.description:
+    lines += [study.description.strip(), ""]
+  lines += [f"Command: `{command}`", "",
+            f"Code version of the runs: `{', '.join(commits)}`. Base config "
+            f"`{os.path.relpath(study.config.partition(':')[0], spec._REPO_ROOT)}`, "  # pylint: disable=protected-access
+            f"seeds {', '.join(map(str, study.seeds))}, {len(study.arms)} arms, "
+            f"{len(rows)} runs. Common overrides: `{json.dumps(study.common, sort_keys=True)}`.",
+            "", "Arms (overrides on top of the common ones):", ""]
+  lines += [f"- `{arm}`: `{json.dumps(o, sort_keys=True)}`" for arm, o in study.arms.items()]
+  if missing:
+    lines += ["", f"**Incomplete study**: {len(missing)} run(s) missing or failed, so the "
+              f"affected arms are compared on fewer seeds: {', '.join(missing)}."]
+  lines += ["", "## Accuracy per arm", "",
+            "Final-epoch metrics (no early stopping, no best epoch, no seed dropped), mean +- "
+            "sample std over seeds. Images/s: median over epochs of the training throughput.",
+            ""] + arm_table(study, rows)
+  lines += ["", "## Against the baseline", ""]
+  for metric, label in METRICS:
+    lines += paired_lines(paired[metric], label, study.baseline) + [""]
+  lines += [f"With {n} seeds the exact sign test cannot go below p = "
+            f"{stats.smallest_sign_p(n):.3g} (before Holm), and Holm multiplies the smallest "
+            f"p-value by {len(study.arms) - 1}: only differences several times the "
+            "seed-to-seed spread can reach significance. A difference that is not significant "
+            "is not shown to be zero; read the intervals.", "", "## Verdict per arm", "",
+            f"Final test accuracy against `{study.baseline}`, decided by the Holm-corrected "
+            "paired t-test at 0.05:", ""]
+  lines += [f"- **{r['arm']}**: {r['verdict']}." for r in paired["test_accuracy"]]
+  lines += ["", "## Explanation quality", ""] + explanation_lines(study, explanation_rows)
+  lines += ["", "## Fairness checks", ""] + fairness_lines(checks, failures)
+  lines += ["", "## Study overhead", ""] + overhead_lines(cost)
+  lines += ["", "Plots: `paired_differences.png`, `accuracy_vs_time.png` (the equal-compute "
+            "view), `val_curves.png`" + (", `cams.png`" if panels else "") + ". Tables: "
+            "`runs.csv`, `paired.csv`, `explanations.csv`; all numbers: `study.json`."]
+  text = "\n".join(lines) + "\n"
+  _csv(os.path.join(out, "runs.csv"), rows)
+  _csv(os.path.join(out, "paired.csv"),
+       [{"metric": m, **{k: v for k, v in r.items() if k not in ("seeds", "diffs")},
+         "diffs": " ".join(f"{d:+.6f}" for d in r["diffs"])}
+        for m, compared in paired.items() for r in compared])
+  if explanation_rows:
+    _csv(os.path.join(out, "explanations.csv"), explanation_rows)
+  atomic_write_text(os.path.join(out, "study.json"), json.dumps(
+      {"study": study.name, "command": command, "commits": commits, "seeds": list(study.seeds),
+       "arms": study.arms, "common": study.common, "baseline": study.baseline,
+       "missing": missing, "runs": rows, "paired": paired, "explanations": explanation_rows,
+       "fairness": checks, "fairness_failures": failures, "overhead": cost},
+      indent=1, sort_keys=True, default=str))
+  atomic_write_text(os.path.join(out, "summary.md"), text)
+  return text

@@ -1,0 +1,120 @@
+"""A study file and the named trials it expands to.
+
+A study file is a Python file whose `get_study()` returns a `Study`. Its arms are config
+overrides on top of the base config and the common overrides; the harness adds `seed` to every
+trial itself. Arms may not override what every arm of a seed must share (the split, the initial
+weights, the data order and the number of epochs): `load_study` refuses such an arm before
+anything runs.
+"""
+
+import dataclasses
+import os
+import re
+
+from proxy_jax import sweep
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Fields that decide the split, the initial weights, the data order or the epochs of a run.
+SHARED_FIELDS = ("seed", "num_epochs", "image_size", "batch_size")
+SHARED_PREFIXES = ("data.", "model.")
+DEFAULT_EXPLAIN = {"split": "test", "cam": "gradcampp", "num_images": 256, "steps": 16,
+                   "grid_images": 8}
+
+
+class StudyError(ValueError):
+  """A study file, its runs or its fairness checks cannot give a trustworthy report."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """One setting, its seeds and its named arms (the first arm need not be the baseline).
+
+  config: base config file, relative to the repository root or absolute ("path[:argument]").
+  arms: arm name -> overrides ({"proxy.enabled": True}); names are directory-safe.
+  seeds: training seeds; every arm runs every seed, paired by seed.
+  common: overrides for every trial (the setting: epochs, data paths, model).
+  baseline: the arm the others are compared against.
+  explain: explanation scoring of the final models (split, cam, num_images, steps, grid_images).
+  """
+  name: str
+  config: str
+  arms: dict
+  seeds: tuple
+  common: dict = dataclasses.field(default_factory=dict)
+  baseline: str = "baseline"
+  explain: dict = dataclasses.field(default_factory=dict)
+  description: str = ""
+
+
+def resolve_config_path(config: str) -> str:
+  path, sep, argument = config.partition(":")
+  if not os.path.isabs(path):
+    path = os.path.join(_REPO_ROOT, path)
+  if not os.path.isfile(path):
+    raise StudyError(f"study config {config!r}: no such file {path}")
+  return path + sep + argument
+
+
+def validate(study: Study, source: str = "study") -> Study:
+  """The study with its config path resolved and explain defaults filled; StudyError if bad."""
+  if not re.fullmatch(r"[A-Za-z0-9_-]+", study.name or ""):
+    raise StudyError(f"{source}: name {study.name!r} must be letters, digits, _ or -")
+  if len(study.arms) < 2:
+    raise StudyError(f"{source}: a study needs at least two arms, got {list(study.arms)}")
+  if study.baseline not in study.arms:
+    raise StudyError(f"{source}: baseline arm {study.baseline!r} is not one of the arms "
+                     f"{list(study.arms)}")
+  seeds = list(study.seeds)
+  if (len(seeds) < 2 or len(set(seeds)) != len(seeds)
+      or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+    raise StudyError(f"{source}: seeds {seeds!r} must be at least two distinct integers "
+                     "(a paired interval needs two)")
+  for arm, overrides in study.arms.items():
+    sweep.check_trial_name(trial_name(arm, seeds[0]))
+    for key in overrides:
+      if key in SHARED_FIELDS or key.startswith(SHARED_PREFIXES):
+        raise StudyError(
+            f"{source}: arm {arm!r} overrides {key!r}, which every arm of a seed must share "
+            "(split, initial weights, data order, epochs); put it in the study's common "
+            "overrides or make it a separate study")
+  if "seed" in study.common:
+    raise StudyError(f"{source}: common overrides set 'seed'; list the seeds in `seeds`")
+  unknown = set(study.explain) - set(DEFAULT_EXPLAIN)
+  if unknown:
+    raise StudyError(f"{source}: explain has unknown keys {sorted(unknown)}; allowed: "
+                     f"{sorted(DEFAULT_EXPLAIN)}")
+  explain = {**DEFAULT_EXPLAIN, **study.explain}
+  if explain["split"] not in ("val", "test"):
+    raise StudyError(f"{source}: explain split {explain['split']!r} must be 'val' or 'test'")
+  return dataclasses.replace(study, config=resolve_config_path(study.config), seeds=tuple(seeds),
+                             arms={a: dict(o) for a, o in study.arms.items()},
+                             common=dict(study.common), explain=explain)
+
+
+def load_study(path: str) -> Study:
+  if not os.path.isfile(path):
+    raise StudyError(f"study file {path!r} does not exist")
+  module = sweep.load_python_file(path)
+  if not hasattr(module, "get_study"):
+    raise StudyError(f"{path} defines no get_study()")
+  study = module.get_study()
+  if not isinstance(study, Study):
+    raise StudyError(f"{path}: get_study() returned {type(study).__name__}, not a Study")
+  return validate(study, path)
+
+
+def trial_name(arm: str, seed: int) -> str:
+  return f"{arm}_seed{seed}"
+
+
+def trials(study: Study) -> list[dict]:
+  """Named trials, seed by seed (every seed runs all arms before the next seed starts, so an
+  interrupted study has complete pairs for every arm), with the seed added to the overrides."""
+  grid = [(trial_name(arm, seed), {**overrides, "seed": seed})
+          for seed in study.seeds for arm, overrides in study.arms.items()]
+  return sweep.named_trials(grid, study.name)
+
+
+def arm_and_seed(study: Study) -> dict:
+  """trial name -> (arm, seed)."""
+  return {trial_name(arm, seed): (arm, seed) for seed in study.seeds for arm in study.arms}

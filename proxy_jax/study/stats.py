@@ -1,0 +1,110 @@
+"""Paired statistics of a study: t intervals, paired t-test, exact sign test, Holm correction.
+
+Every arm is compared with the baseline arm seed by seed (the same split, initialisation and
+data order), so the unit of analysis is the per-seed difference. With few seeds these tests
+have little power; the report says so rather than hiding it.
+"""
+
+import math
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+
+def paired_t(differences, confidence: float = 0.95) -> dict:
+  """Mean difference, its t interval and the two-sided paired t-test p-value.
+
+  With zero spread the t statistic is undefined: all-equal non-zero differences give p = 0 and
+  a zero-width interval, all-zero differences give p = 1.
+  """
+  d = np.asarray(differences, np.float64)
+  n = len(d)
+  if n < 2:
+    raise ValueError(f"a paired t interval needs at least 2 differences, got {n}")
+  mean, std = float(d.mean()), float(d.std(ddof=1))
+  if std == 0.0:
+    return {"n": n, "mean": mean, "std": 0.0, "ci_low": mean, "ci_high": mean,
+            "t_p": 1.0 if mean == 0.0 else 0.0}
+  sem = std / math.sqrt(n)
+  half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+  t = mean / sem
+  p = float(2 * scipy_stats.t.sf(abs(t), n - 1))
+  return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half,
+          "t_p": p}
+
+
+def sign_test(differences) -> float:
+  """Exact two-sided sign test (binomial, p = 1/2) on the non-zero differences; 1 if none."""
+  d = np.asarray(differences, np.float64)
+  wins, losses = int(np.sum(d > 0)), int(np.sum(d < 0))
+  n = wins + losses
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2.0 ** n
+  return min(1.0, 2.0 * tail)
+
+
+def holm(p_values) -> np.ndarray:
+  """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), input order kept."""
+  p = np.asarray(p_values, np.float64)
+  m = len(p)
+  order = np.argsort(p, kind="stable")
+  adjusted = np.empty(m)
+  running = 0.0
+  for rank, index in enumerate(order):
+    running = max(running, min(1.0, (m - rank) * p[index]))
+    adjusted[index] = running
+  return adjusted
+
+
+def smallest_sign_p(n: int) -> float:
+  """The smallest p-value a two-sided sign test can reach with n pairs."""
+  return min(1.0, 2.0 * 0.5 ** n)
+
+
+def compare_arms(values: dict, baseline: str, arms: list, seeds: list) -> list[dict]:
+  """Per arm (other than the baseline): paired differences arm - baseline over `seeds`.
+
+  `values[(arm, seed)]` holds one metric. Holm corrects the t and sign p-values across the
+  compared arms (one family per metric). Arms missing a seed are compared on the seeds they
+  share with the baseline, and the row says how many.
+  """
+  rows = []
+  for arm in arms:
+    if arm == baseline:
+      continue
+    shared = [s for s in seeds if (arm, s) in values and (baseline, s) in values]
+    diffs = np.array([values[arm, s] - values[baseline, s] for s in shared])
+    row = {"arm": arm, "seeds": shared, "diffs": diffs.tolist(),
+           "wins": int(np.sum(diffs > 0)), "losses": int(np.sum(diffs < 0))}
+    if len(shared) >= 2:
+      row.update(paired_t(diffs))
+      row["sign_p"] = sign_test(diffs)
+    else:
+      row.update({"n": len(shared), "mean": float("nan"), "std": float("nan"),
+                  "ci_low": float("nan"), "ci_high": float("nan"), "t_p": float("nan"),
+                  "sign_p": float("nan")})
+    rows.append(row)
+  tested = [r for r in rows if not math.isnan(r["t_p"])]
+  for key in ("t_p", "sign_p"):
+    adjusted = holm([r[key] for r in tested]) if tested else []
+    for row, value in zip(tested, adjusted):
+      row[f"holm_{key}"] = float(value)
+  for row in rows:
+    row.setdefault("holm_t_p", float("nan"))
+    row.setdefault("holm_sign_p", float("nan"))
+  return rows
+
+
+def verdict(row: dict, unit: str = "points", scale: float = 100.0, alpha: float = 0.05) -> str:
+  """A plain sentence for one paired comparison, decided by the Holm-adjusted t-test."""
+  if math.isnan(row["t_p"]):
+    return f"not tested (only {row['n']} paired seed(s))"
+  mean, low, high = scale * row["mean"], scale * row["ci_low"], scale * row["ci_high"]
+  detail = (f"{mean:+.2f} {unit}, 95% CI {low:+.2f} to {high:+.2f}, Holm p={row['holm_t_p']:.3g}"
+            f", sign test Holm p={row['holm_sign_p']:.3g}, {row['wins']} wins / "
+            f"{row['losses']} losses of {row['n']}")
+  if row["holm_t_p"] < alpha and mean != 0:
+    direction = "better" if mean > 0 else "worse"
+    return f"{direction} by {abs(mean):.2f} {unit} ({detail})"
+  return f"no measurable difference ({detail})"
