@@ -291,7 +291,8 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
   lines += ["", "## Study overhead", ""] + overhead_lines(cost)
   lines += ["", "Plots: `paired_differences.png`, `accuracy_vs_time.png` (the equal-compute "
             "view), `val_curves.png`" + (", `cams.png`" if panels else "") + ". Tables: "
-            "`runs.csv`, `paired.csv`, `explanations.csv`; all numbers: `study.json`."]
+            "`runs.csv`, `paired.csv`" + (", `explanations.csv`" if explanation_rows else "")
+            + "; all numbers: `study.json`."]
   text = "\n".join(lines) + "\n"
   _csv(os.path.join(out, "runs.csv"), rows)
   _csv(os.path.join(out, "paired.csv"),

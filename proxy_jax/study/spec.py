@@ -55,6 +55,10 @@ def resolve_config_path(config: str) -> str:
   return path + sep + argument
 
 
+def spec_error(source: str, message: str) -> StudyError:
+  return StudyError(f"{source}: {message}")
+
+
 def validate(study: Study, source: str = "study") -> Study:
   """The study with its config path resolved and explain defaults filled; StudyError if bad."""
   if not re.fullmatch(r"[A-Za-z0-9_-]+", study.name or ""):
@@ -70,7 +74,10 @@ def validate(study: Study, source: str = "study") -> Study:
     raise StudyError(f"{source}: seeds {seeds!r} must be at least two distinct integers "
                      "(a paired interval needs two)")
   for arm, overrides in study.arms.items():
-    sweep.check_trial_name(trial_name(arm, seeds[0]))
+    try:
+      sweep.check_trial_name(trial_name(arm, seeds[0]))
+    except ValueError as error:
+      raise spec_error(source, f"arm {arm!r}: {error}") from error
     for key in overrides:
       if key in SHARED_FIELDS or key.startswith(SHARED_PREFIXES):
         raise StudyError(

@@ -1,0 +1,297 @@
+"""Studies: paired statistics against scipy, study files, fairness refusals, a killed and resumed
+study (stand-in trainer), and one real tiny study with its report and explanation scores."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from proxy_jax import sweep
+from proxy_jax.study import runs as runs_lib
+from proxy_jax.study import spec, stats
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDIES = os.path.join(REPO, "configs", "studies")
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("diffs", [[0.01, 0.03, -0.005, 0.02, 0.012], [0.4, -0.1],
+                                   [-0.02, -0.01, -0.015]])
+def test_paired_t_matches_scipy(diffs):
+  rng = np.random.default_rng(len(diffs))
+  base = rng.uniform(0.5, 0.9, len(diffs))
+  arm = base + np.asarray(diffs)
+  ours = stats.paired_t(arm - base)
+  result = scipy_stats.ttest_rel(arm, base)
+  interval = result.confidence_interval(0.95)
+  assert ours["t_p"] == pytest.approx(result.pvalue, rel=1e-9)
+  assert (ours["ci_low"], ours["ci_high"]) == pytest.approx((interval.low, interval.high),
+                                                            rel=1e-9)
+  assert ours["mean"] == pytest.approx(np.mean(diffs))
+
+
+def test_paired_t_without_spread():
+  assert stats.paired_t([0.0, 0.0, 0.0])["t_p"] == 1.0
+  constant = stats.paired_t([0.01, 0.01])
+  assert constant["t_p"] == 0.0 and constant["ci_low"] == constant["ci_high"] == 0.01
+  with pytest.raises(ValueError):
+    stats.paired_t([0.1])
+
+
+@pytest.mark.parametrize("diffs", [[1, 1, 1, 1, 1], [1, -1, 1, 1, 0, 1, -1], [-1, -2, -3],
+                                   [0.5, -0.5], [1] * 9 + [-1] * 2])
+def test_sign_test_is_exact_binomial(diffs):
+  d = np.asarray(diffs)
+  wins, n = int(np.sum(d > 0)), int(np.sum(d != 0))
+  assert stats.sign_test(d) == pytest.approx(scipy_stats.binomtest(wins, n).pvalue, rel=1e-12)
+  assert stats.sign_test([0, 0]) == 1.0
+  assert stats.smallest_sign_p(5) == pytest.approx(scipy_stats.binomtest(5, 5).pvalue)
+
+
+def test_holm_against_direct_step_down():
+  p = [0.01, 0.04, 0.03, 0.005, 0.5]
+  # Sorted 0.005, 0.01, 0.03, 0.04, 0.5 times 5, 4, 3, 2, 1, then made monotone.
+  expected = {3: 0.025, 0: 0.04, 2: 0.09, 1: 0.09, 4: 0.5}
+  assert stats.holm(p) == pytest.approx([expected[i] for i in range(5)])
+  assert stats.holm([0.6, 0.9]).tolist() == [1.0, 1.0]  # Capped at 1.
+  rng = np.random.default_rng(0)
+  for _ in range(20):  # Holm never lowers a p-value and keeps their order.
+    values = rng.uniform(0, 0.2, 6)
+    adjusted = stats.holm(values)
+    assert np.all(adjusted >= values - 1e-15)
+    assert np.all(np.diff(adjusted[np.argsort(values)]) >= -1e-15)
+
+
+def test_compare_arms_and_verdicts():
+  seeds = [0, 1, 2, 3, 4]
+  values = {("baseline", s): 0.8 + 0.01 * s for s in seeds}
+  values.update({("better", s): 0.85 + 0.01 * s + 0.001 * (s % 2) for s in seeds})
+  values.update({("same", s): 0.8 + 0.01 * s + (0.002 if s % 2 else -0.002) for s in seeds})
+  values.update({("short", 0): 0.9})
+  rows = {r["arm"]: r for r in stats.compare_arms(values, "baseline",
+                                                  ["baseline", "better", "same", "short"],
+                                                  seeds)}
+  assert set(rows) == {"better", "same", "short"}
+  t_ps = [rows["better"]["t_p"], rows["same"]["t_p"]]
+  assert [rows["better"]["holm_t_p"], rows["same"]["holm_t_p"]] == pytest.approx(
+      stats.holm(t_ps))
+  assert stats.verdict(rows["better"]).startswith("better by 5.")
+  assert stats.verdict(rows["same"]).startswith("no measurable difference")
+  assert rows["short"]["n"] == 1 and math.isnan(rows["short"]["t_p"])
+  assert stats.verdict(rows["short"]).startswith("not tested")
+
+
+# ---------------------------------------------------------------- study files
+
+
+def test_study_files_expand_to_named_trials():
+  for name, seeds in (("digits", 5), ("imagenette_mini", 3), ("imagenette_mini_gpu", 5)):
+    study = spec.load_study(os.path.join(STUDIES, f"{name}.py"))
+    trials = spec.trials(study)
+    assert len(study.seeds) == seeds and len(trials) == seeds * len(study.arms)
+    assert list(study.arms)[:2] == ["baseline", "proxy"] and len(study.arms) == 16
+    # Seed by seed: every arm of seed 0 before any of seed 1.
+    assert [t["overrides"]["seed"] for t in trials[:len(study.arms)]] == [study.seeds[0]] * len(
+        study.arms)
+    assert trials[1]["name"] == f"proxy_seed{study.seeds[0]}"
+    assert all("skip_proxies" in "".join(o) for a, o in study.arms.items() if a.endswith("-skip"))
+
+
+def test_study_files_name_existing_config_fields():
+  from configs import default  # pylint: disable=import-outside-toplevel
+  if "mix" not in default.get_config().augment:
+    pytest.skip("the augmentation library (config.augment.mix ...) has not landed yet")
+  for name in ("digits", "imagenette_mini", "imagenette_mini_gpu"):
+    study = spec.load_study(os.path.join(STUDIES, f"{name}.py"))
+    sweep.check_overrides(study.config, spec.trials(study), study.common)
+
+
+def _study_file(tmp_path, body):
+  path = tmp_path / "study.py"
+  path.write_text("from proxy_jax.study.spec import Study\n" + body)
+  return str(path)
+
+
+@pytest.mark.parametrize("arms,message", [
+    ({"baseline": {}, "proxy": {"data.split_seed": 1}}, "data.split_seed"),
+    ({"baseline": {}, "proxy": {"num_epochs": 3}}, "num_epochs"),
+    ({"baseline": {}, "proxy": {"seed": 3}}, "'seed'"),
+    ({"control": {}, "proxy": {}}, "baseline arm"),
+    ({"baseline": {}, "a b": {}}, "plain directory name"),
+])
+def test_bad_studies_are_refused(tmp_path, arms, message):
+  path = _study_file(tmp_path, f"def get_study():\n  return Study(name='x', "
+                               f"config='configs/default.py', seeds=(0, 1), arms={arms!r})\n")
+  with pytest.raises(spec.StudyError, match=message):
+    spec.load_study(path)
+  one_seed = _study_file(tmp_path, "def get_study():\n  return Study(name='x', config="
+                                   "'configs/default.py', seeds=(0,), arms={'baseline': {}, "
+                                   "'p': {}})\n")
+  with pytest.raises(spec.StudyError, match="at least two"):
+    spec.load_study(one_seed)
+
+
+# ---------------------------------------------------------------- a study with a stand-in trainer
+
+
+# Writes what main.py writes for a finished run (summary.json, split.json), from its flags.
+# Test accuracy depends on the seed, +2 points (+0.1 per seed) for the proxy arm.
+FAKE_TRAINER = """
+import json, os, sys, time
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+workdir, name = args["workdir"], os.path.basename(args["workdir"])
+with open(os.path.join(workdir, "attempts"), "a") as f:
+  f.write("x")
+if name == os.environ.get("SLOW_TRIAL"):
+  time.sleep(30)
+seed, proxy = int(args["config.seed"]), args["config.proxy.enabled"] == "true"
+config = {}
+for key, value in args.items():
+  if key.startswith("config."):
+    node = config
+    *parents, leaf = key[len("config."):].split(".")
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = int(value) if value.isdigit() else value
+epochs = int(args["config.num_epochs"])
+accuracy = 0.6 + 0.01 * seed + (0.02 + 0.001 * seed if proxy else 0.0)
+# Both arms agree before the proxy arm's proxy step after epoch 1, as real arms must.
+history = [{"epoch": e + 1, "val_accuracy": 0.3 if e == 0 else accuracy, "val_loss": 1.0,
+            "images_per_second": 100.0 + e} for e in range(epochs)]
+split = {"pool_fingerprint": "abc", "indices": {"train": [1, 2, 3], "val": [4]}}
+if name == os.environ.get("BAD_SPLIT"):
+  split["indices"]["train"] = [1, 2, 5]
+summary = {"config": config, "final": history[-1], "test": {"accuracy": accuracy, "loss": 1.0},
+           "num_epochs": epochs, "history": history, "wall_time_s": 0.01,
+           "proxy_steps": [{"epoch": 1, "seconds": 0.0}] if proxy else [],
+           "init_checksum": "c%d" % seed, "num_examples": {"train": 3, "val": 1, "test": 1}}
+for file_name, content in (("split.json", split), ("summary.json", summary)):
+  with open(os.path.join(workdir, file_name), "w") as f:
+    json.dump(content, f)
+"""
+
+FAKE_STUDY = """
+def get_study():
+  return Study(name="fake", config="configs/default.py", seeds=(0, 1, 2),
+               common={"num_epochs": 2},
+               arms={"baseline": {"proxy.enabled": False}, "proxy": {"proxy.enabled": True}})
+"""
+
+
+def _study_command(study_file, workdir, out, program, *extra):
+  return [sys.executable, "-m", "proxy_jax.study", f"--study={study_file}",
+          f"--workdir={workdir}", f"--out={out}", f"--program={program}", "--explain=false",
+          *extra]
+
+
+def _env(**extra):
+  return {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", **extra}
+
+
+def test_killed_study_resumes_and_reports(tmp_path):
+  program = tmp_path / "fake_main.py"
+  program.write_text(FAKE_TRAINER)
+  study_file = _study_file(tmp_path, FAKE_STUDY)
+  workdir, out = str(tmp_path / "runs"), str(tmp_path / "report")
+  command = _study_command(study_file, workdir, out, program)
+  process = subprocess.Popen(command, env=_env(SLOW_TRIAL="proxy_seed0"), cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  slow = os.path.join(workdir, "proxy_seed0", "attempts")
+  deadline = time.time() + 60
+  while not os.path.exists(slow):  # Kill the study while its second trial runs.
+    assert process.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  assert sweep.trial_states(workdir)["proxy_seed0"]["status"] == "started"
+  assert not os.path.exists(out)
+
+  rerun = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+  assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+  assert "resume proxy_seed0" in rerun.stdout and "run baseline_seed0" not in rerun.stdout
+  finished = [r["trial"] for r in sweep.read_journal(workdir) if r["status"] == "finished"]
+  names = [f"{arm}_seed{s}" for s in (0, 1, 2) for arm in ("baseline", "proxy")]
+  assert sorted(finished) == sorted(names)  # Every trial finished exactly once.
+  assert open(os.path.join(workdir, "baseline_seed0", "attempts")).read() == "x"
+  # The journal records the code version; the report names it.
+  commit = runs_lib.code_version()
+  assert {r.get("commit") for r in sweep.read_journal(workdir)} == {commit}
+
+  summary = open(os.path.join(out, "summary.md")).read()
+  assert commit in summary and "All checks passed." in summary
+  runs = pd.read_csv(os.path.join(out, "runs.csv"))
+  assert len(runs) == 6 and set(runs["arm"]) == {"baseline", "proxy"}
+  paired = pd.read_csv(os.path.join(out, "paired.csv")).set_index("metric")
+  test = paired.loc["test_accuracy"]
+  base = runs[runs.arm == "baseline"].sort_values("seed")["test_accuracy"].to_numpy()
+  prox = runs[runs.arm == "proxy"].sort_values("seed")["test_accuracy"].to_numpy()
+  reference = scipy_stats.ttest_rel(prox, base)
+  assert test["mean"] == pytest.approx(0.021) and test["t_p"] == pytest.approx(reference.pvalue)
+  assert test["sign_p"] == pytest.approx(0.25) and test["holm_t_p"] == pytest.approx(test["t_p"])
+  assert "**proxy**: better by 2.10 points" in summary
+  # Stand-in runs take no time, so the harness's own seconds dominate here.
+  assert "## Study overhead" in summary and "(ABOVE the 10% target)" in summary
+  for plot in ("paired_differences.png", "accuracy_vs_time.png", "val_curves.png"):
+    assert os.path.getsize(os.path.join(out, plot)) > 1000
+  study_json = json.load(open(os.path.join(out, "study.json")))
+  assert study_json["overhead"]["training_s"] == pytest.approx(6 * 0.01)
+
+  # A different split in one arm of one seed: the report is refused, the old one kept.
+  bad = str(tmp_path / "bad_runs")
+  refused = subprocess.run(_study_command(study_file, bad, out, program), cwd=REPO,
+                           env=_env(BAD_SPLIT="proxy_seed1"), capture_output=True, text=True,
+                           timeout=120)
+  assert refused.returncode == 2
+  assert "seed 1, arm proxy vs baseline: split.json differs" in refused.stderr
+  assert open(os.path.join(out, "summary.md")).read() == summary
+
+
+def _fake_run(seed, arm, **changes):
+  summary = {"config": {"seed": seed, "batch_size": 32, "proxy": {"enabled": arm == "proxy"}},
+             "num_epochs": 2, "init_checksum": f"c{seed}", "proxy_steps": [],
+             "num_examples": {"train": 10}, "history": [
+                 {"val_accuracy": 0.5, "val_loss": 1.0}, {"val_accuracy": 0.6, "val_loss": 0.9}]}
+  split = {"pool_fingerprint": "f", "indices": {"train": [0, 1], "val": [2]}}
+  for key, value in changes.items():
+    target = split if key in ("indices", "pool_fingerprint") else summary
+    target[key] = value
+  return {"summary": summary, "split": split, "commit": "abc"}
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({}, None),
+    ({"pool_fingerprint": "g"}, "split.json differs"),
+    ({"init_checksum": "other"}, "initial weights differ"),
+    ({"init_checksum": None}, "initial weights differ"),
+    ({"num_epochs": 3}, "epochs differ"),
+    ({"num_examples": {"train": 11}}, "data order"),
+    ({"config": {"seed": 0, "batch_size": 32, "label_smoothing": 0.1,
+                 "proxy": {"enabled": True}}}, "config differs in \\['label_smoothing'\\]"),
+    ({"history": [{"val_accuracy": 0.4, "val_loss": 1.0},
+                  {"val_accuracy": 0.6, "val_loss": 0.9}]}, "history before the first proxy"),
+])
+def test_fairness_checks_refuse_unpaired_arms(changes, message):
+  study = spec.Study(name="x", config="configs/default.py", seeds=(0, 1),
+                     arms={"baseline": {"proxy.enabled": False}, "proxy": {"proxy.enabled": True}})
+  runs = {(arm, seed): _fake_run(seed, arm) for arm in ("baseline", "proxy") for seed in (0, 1)}
+  runs["proxy", 0] = _fake_run(0, "proxy", **changes)
+  rows, failures = runs_lib.fairness_checks(study, runs)
+  assert len(rows) == 4
+  if message is None:
+    assert not failures
+  else:
+    assert len(failures) == 1 and failures[0].startswith("seed 0, arm proxy")
+    assert __import__("re").search(message, failures[0])
+  runs["proxy", 1] = {**_fake_run(1, "proxy"), "commit": "def"}
+  assert "different code versions: abc, def" in runs_lib.fairness_checks(study, runs)[1][-1]
