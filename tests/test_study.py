@@ -295,3 +295,48 @@ def test_fairness_checks_refuse_unpaired_arms(changes, message):
     assert __import__("re").search(message, failures[0])
   runs["proxy", 1] = {**_fake_run(1, "proxy"), "commit": "def"}
   assert "different code versions: abc, def" in runs_lib.fairness_checks(study, runs)[1][-1]
+
+
+# ---------------------------------------------------------------- a real tiny study
+
+
+TINY_STUDY = """
+from proxy_jax.study.arms import baseline_and_proxy
+
+def get_study():
+  return Study(
+      name="tiny", config="configs/default.py", seeds=(0, 1),
+      common={"num_epochs": 2, "data.max_examples": 120, "image_size": 16, "batch_size": 32,
+              "eval_batch_size": 64, "model.width": 8, "augment.rotation_degrees": 0.0,
+              "checkpoint_every_epochs": 1},
+      arms=baseline_and_proxy({"proxy.schedule": "1,p,1", "proxy.cam_method": "gradcam",
+                               "proxy.threshold": 0.5}),
+      explain={"num_images": 24, "steps": 4, "grid_images": 3})
+"""
+
+
+def test_real_tiny_study(tmp_path):
+  """main.py trains both arms of two seeds; the report checks them and scores explanations."""
+  study_file = _study_file(tmp_path, TINY_STUDY)
+  out = str(tmp_path / "report")
+  command = [sys.executable, "-m", "proxy_jax.study", f"--study={study_file}",
+             f"--workdir={tmp_path / 'runs'}", f"--out={out}"]
+  result = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=400)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  study = json.load(open(os.path.join(out, "study.json")))
+  assert not study["fairness_failures"] and len(study["runs"]) == 4
+  checks = {(c["seed"], c["arm"]): c for c in study["fairness"]}
+  for seed in (0, 1):  # Real runs: same init weights, and identical history until the proxy step.
+    assert checks[seed, "proxy"]["init"] and checks[seed, "proxy"]["split"]
+    assert checks[seed, "proxy"]["history"] == "identical for 1 epoch(s)"
+  assert study["runs"][0]["init_checksum"] != study["runs"][2]["init_checksum"]  # Seeds differ.
+  explained = pd.read_csv(os.path.join(out, "explanations.csv"))
+  assert len(explained) == 4 and (explained["images"] == 12).all()  # The whole test split.
+  assert explained["deletion_auc"].between(0, 1).all() and explained["insertion_auc"].between(
+      0, 1).all()
+  assert os.path.getsize(os.path.join(out, "cams.png")) > 1000
+  cost = study["overhead"]
+  assert cost["training_s"] > 0 and cost["explanations_s"] > 0
+  assert cost["total_s"] == pytest.approx(cost["trial_process_s"] + cost["explanations_s"]
+                                          + cost["report_s"])

@@ -34,7 +34,7 @@ def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
   explain = study.explain
   first = runs.get((study.baseline, study.seeds[0])) or next(iter(runs.values()))
   images, labels = _evaluation_images(first, explain["split"], explain["num_images"])
-  rows, panels = [], []
+  rows, panels, shared_models = [], [], {}
   for seed in study.seeds:
     for arm in study.arms:
       if (arm, seed) not in runs:
@@ -42,6 +42,9 @@ def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
       run = runs[arm, seed]
       begin = time.time()
       model, variables, config, class_names = train.restore_for_inference(run["workdir"])
+      # Equal modules, one object: jit caches on the bound `model.apply`, which compares by
+      # object identity, so a fresh module per run would recompile every function per run.
+      model = shared_models.setdefault(model, model)
       logits = infer.predict_logits(model, variables, images, int(config.eval_batch_size))
       predicted = logits.argmax(-1)
       maps = infer.cam_maps(explain["cam"], model, variables, images, predicted)
