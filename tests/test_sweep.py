@@ -42,6 +42,17 @@ def test_names_are_stable_safe_and_unique():
   assert sweep.trial_name({}) == "default"
 
 
+def test_named_trials_keep_their_names():
+  trials = sweep.named_trials([("baseline_seed0", {"seed": 0}), {"proxy.threshold": 0.5}], "x")
+  assert [t["name"] for t in trials] == ["baseline_seed0", "threshold=0.5"]
+  assert trials[0]["overrides"] == {"seed": 0}
+  with pytest.raises(ValueError, match="share the name"):
+    sweep.named_trials([("a", {"seed": 0}), ("a", {"seed": 1})], "x")
+  for bad in ("a/b", ".hidden", "", "x" * 200):
+    with pytest.raises(ValueError, match="plain directory name"):
+      sweep.named_trials([(bad, {})], "x")
+
+
 def test_shards_partition_the_grid():
   trials, _ = sweep.load_sweep(GRID)
   names = [t["name"] for t in trials]
