@@ -51,11 +51,11 @@ def run_rows(study: spec.Study, runs: dict) -> list[dict]:
   return rows
 
 
-def _mean_std(values) -> str:
+def _mean_std(values, digits: int = 2) -> str:
   values = np.asarray(values, np.float64)
   if len(values) < 2:
-    return f"{values.mean():.2f}" if len(values) else "-"
-  return f"{values.mean():.2f} +- {values.std(ddof=1):.2f}"
+    return f"{values.mean():.{digits}f}" if len(values) else "-"
+  return f"{values.mean():.{digits}f} +- {values.std(ddof=1):.{digits}f}"
 
 
 def arm_table(study: spec.Study, rows: list[dict]) -> list[str]:
@@ -116,11 +116,13 @@ def explanation_lines(study: spec.Study, rows: list[dict]) -> list[str]:
     base = {r["seed"]: r for r in rows if r["arm"] == study.baseline}
     cells = []
     for key in explanations.SCORES:
-      cell = _mean_std([r[key] for r in mine.values()])
+      digits = 3 if key.endswith("auc") else 1
+      cell = _mean_std([r[key] for r in mine.values()], digits)
       shared = [s for s in mine if s in base]
       if arm != study.baseline and len(shared) >= 2:
         t = stats.paired_t([mine[s][key] - base[s][key] for s in shared])
-        cell += f" [{t['mean']:+.3f}, {t['ci_low']:+.3f} to {t['ci_high']:+.3f}]"
+        cell += (f" [{t['mean']:+.{digits}f}, {t['ci_low']:+.{digits}f} to "
+                 f"{t['ci_high']:+.{digits}f}]")
       cells.append(cell)
     lines.append(f"| {arm} | " + " | ".join(cells) + " | "
                  + _mean_std([100 * r["accuracy"] for r in mine.values()]) + " |")
@@ -222,7 +224,9 @@ def plot_all(study: spec.Study, runs: dict, rows: list[dict], paired: dict, out:
     if not curves:
       continue
     mean = 100 * np.mean(np.array(curves), axis=0)
-    axis.plot(np.arange(1, len(mean) + 1), mean, color=colors(index % 20), label=arm,
+    # Dark tab20 shades for the first ten arms, then the light ones: neighbours differ.
+    shade = (2 * index) % 20 + (index // 10) % 2
+    axis.plot(np.arange(1, len(mean) + 1), mean, color=colors(shade), label=arm,
               linewidth=2.2 if arm == study.baseline else 1.2)
   axis.set(xlabel="epoch", ylabel="validation accuracy (%)",
            title=f"{study.name}: validation accuracy, mean over seeds")
