@@ -1,6 +1,7 @@
 """Studies: paired statistics against scipy, study files, fairness refusals, a killed and resumed
 study (stand-in trainer), and one real tiny study with its report and explanation scores."""
 
+import dataclasses
 import json
 import math
 import os
@@ -139,6 +140,19 @@ def test_bad_studies_are_refused(tmp_path, arms, message):
                                    "'p': {}})\n")
   with pytest.raises(spec.StudyError, match="at least two"):
     spec.load_study(one_seed)
+
+
+def test_every_arm_config_is_validated_before_running():
+  study = spec.validate(spec.Study(
+      name="x", config="configs/default.py", seeds=(0, 1), common={"num_epochs": "2"},
+      arms={"baseline": {"proxy.enabled": False},
+            "proxy": {"proxy.schedule": "1,p,1", "proxy.mode": "bogus"}}))
+  with pytest.raises(spec.StudyError, match="arm 'proxy': config.proxy.mode='bogus'"):
+    spec.check_trial_configs(study)
+  fixed = dataclasses.replace(study, arms={**study.arms, "proxy": {"proxy.schedule": "1,p,1"}})
+  spec.check_trial_configs(fixed)  # "2" from --set is read as the int field it overrides.
+  with pytest.raises(spec.StudyError, match="trains 2 epochs"):
+    spec.check_trial_configs(dataclasses.replace(fixed, common={"num_epochs": "3"}))
 
 
 # ---------------------------------------------------------------- a study with a stand-in trainer

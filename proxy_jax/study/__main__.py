@@ -108,6 +108,7 @@ def main(argv):
     study = dataclasses.replace(study, common=common_overrides(study, f.set, f.workdir))
     shard = sweep.parse_shard(f.shard)
     sweep.check_overrides(study.config, spec.trials(study), study.common)
+    spec.check_trial_configs(study)
   except (spec.StudyError, KeyError, ValueError) as error:
     _fail(error)
   counts = {"failed": 0}

@@ -203,6 +203,8 @@ def plot_all(study: spec.Study, runs: dict, rows: list[dict], paired: dict, out:
   figure, axis = plt.subplots(figsize=(7, 5))
   for arm in study.arms:
     mine = [r for r in rows if r["arm"] == arm]
+    if not mine:
+      continue
     times = np.array([r["wall_time_s"] for r in mine])
     accuracy = 100 * np.array([r["test_accuracy"] for r in mine])
     spread = lambda v: v.std(ddof=1) if len(v) > 1 else 0.0
