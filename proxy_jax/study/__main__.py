@@ -41,9 +41,21 @@ def common_overrides(study: spec.Study, extra, workdir: str) -> dict:
   return common
 
 
+def share_compilations(workdir: str) -> None:
+  """Trials of a study compile the same programs (every seed of an arm has the same shapes):
+  JAX's persistent compilation cache in the study folder lets all but the first reuse them. The
+  executables are the same, so results are too. An existing JAX_COMPILATION_CACHE_DIR wins."""
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                        os.path.join(os.path.abspath(workdir), "jax_cache"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
 def run_trials(study: spec.Study, workdir: str, common: dict, shard=(0, 1), *,
                retry_failed=False, dry_run=False, python=sys.executable,
-               program=os.path.join(_REPO_ROOT, "main.py"), trial_timeout=None) -> dict:
+               program=os.path.join(_REPO_ROOT, "main.py"), trial_timeout=None,
+               compilation_cache=True) -> dict:
+  if compilation_cache and not dry_run:
+    share_compilations(workdir)
   return sweep.run_trials(study.config, spec.trials(study), common, workdir, shard,
                           retry_failed, dry_run, python, program, trial_timeout,
                           label=f"study {study.name}",
@@ -90,6 +102,8 @@ def define_flags():
                     "auto: write the report once every trial has finished; only: train "
                     "nothing, report what has finished; never: train only.")
   flags.DEFINE_bool("explain", True, "Score every final model's explanations in the report.")
+  flags.DEFINE_bool("compilation_cache", True, "Share compiled programs between trials "
+                    "(JAX persistent cache in <workdir>/jax_cache).")
   flags.DEFINE_bool("dry_run", False, "List the trials and their state; run nothing.")
   flags.DEFINE_bool("retry_failed", False, "Run trials the journal marks failed again.")
   flags.DEFINE_multi_string("set", [], "Common override, e.g. --set data.path=/data/x.")
@@ -115,7 +129,7 @@ def main(argv):
   if f.report != "only":
     counts = run_trials(study, f.workdir, study.common, shard, retry_failed=f.retry_failed,
                         dry_run=f.dry_run, python=f.python, program=f.program,
-                        trial_timeout=f.trial_timeout)
+                        trial_timeout=f.trial_timeout, compilation_cache=f.compilation_cache)
   if f.dry_run or f.report == "never":
     return
   out = f.out or os.path.join(_REPO_ROOT, "experiments", "results", study.name)
