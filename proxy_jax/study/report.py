@@ -90,7 +90,7 @@ def _fmt_p(p: float) -> str:
 
 def paired_lines(compared: list[dict], label: str, baseline: str) -> list[str]:
   lines = [f"Paired by seed ({label}, arm - {baseline}, percentage points; Holm across "
-           f"{len(compared)} arms):", "",
+           f"{len(compared)} compared arm(s)):", "",
            "| arm | n | mean diff | 95% CI | t-test p | Holm t p | sign p | Holm sign p | "
            "wins/losses |", "|---|---|---|---|---|---|---|---|---|"]
   for r in compared:
@@ -270,7 +270,7 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
   lines += [f"Command: `{command}`", "",
             f"Code version of the runs: `{', '.join(commits)}`. Base config "
             f"`{os.path.relpath(study.config.partition(':')[0], spec._REPO_ROOT)}`, "  # pylint: disable=protected-access
-            f"seeds {', '.join(map(str, study.seeds))}, {len(study.arms)} arms, "
+            f"seeds {', '.join(map(str, study.seeds))}; {len(study.arms)} arms, "
             f"{len(rows)} runs. Common overrides: `{json.dumps(study.common, sort_keys=True)}`.",
             "", "Arms (overrides on top of the common ones):", ""]
   lines += [f"- `{arm}`: `{json.dumps(o, sort_keys=True)}`" for arm, o in study.arms.items()]

@@ -102,8 +102,8 @@ def verdict(row: dict, unit: str = "points", scale: float = 100.0, alpha: float 
     return f"not tested (only {row['n']} paired seed(s))"
   mean, low, high = scale * row["mean"], scale * row["ci_low"], scale * row["ci_high"]
   detail = (f"{mean:+.2f} {unit}, 95% CI {low:+.2f} to {high:+.2f}, Holm p={row['holm_t_p']:.3g}"
-            f", sign test Holm p={row['holm_sign_p']:.3g}, {row['wins']} wins / "
-            f"{row['losses']} losses of {row['n']}")
+            f", sign test Holm p={row['holm_sign_p']:.3g}, wins/losses {row['wins']}/"
+            f"{row['losses']} of {row['n']} seeds")
   if row["holm_t_p"] < alpha and mean != 0:
     direction = "better" if mean > 0 else "worse"
     return f"{direction} by {abs(mean):.2f} {unit} ({detail})"
