@@ -161,9 +161,10 @@ def overhead_lines(cost: dict) -> list[str]:
   return [
       f"- training runs (their own wall time, from start of setup to summary): "
       f"{cost['training_s']:.0f} s",
-      f"- launching (trial process time not inside the run's own clock: interpreter, imports, "
-      f"device start; attempts killed before a journal record are not counted): "
-      f"{cost['launching_s']:.0f} s",
+      f"- launching and lost work (trial process time outside the run's own clock: "
+      f"interpreter, imports, device start, failed attempts, work lost since the last "
+      f"checkpoint of a resumed trial; a killed study's last attempt leaves no journal record "
+      f"and is not counted): {cost['launching_s']:.0f} s",
       f"- explanation scores: {cost['explanations_s']:.0f} s",
       f"- report (loading runs, checks, statistics, plots): {cost['report_s']:.0f} s",
       f"- overhead: {cost['overhead_s']:.0f} s of {cost['total_s']:.0f} s = **{share:.1f}%** "
