@@ -14,7 +14,8 @@ black. Writes `<out>/faithfulness_<split>.csv` (one row per model, side by side)
 `<out>/faithfulness_<split>.png` (the same images' CAM overlays, one row per model). Every jitted
 call sees one chunk shape: the ragged last chunk is padded (`data.padded_chunks`) and its padding
 dropped.
-(`experiments/compare.py` is another job: it trains the baseline and proxy arms.)
+(`python -m proxy_jax.study` trains the arms of a study and scores each final model with these
+measures; see experiments/README.md.)
 """
 
 import functools

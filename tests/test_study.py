@@ -198,7 +198,8 @@ FAKE_STUDY = """
 def get_study():
   return Study(name="fake", config="configs/default.py", seeds=(0, 1, 2),
                common={"num_epochs": 2},
-               arms={"baseline": {"proxy.enabled": False}, "proxy": {"proxy.enabled": True}})
+               arms={"baseline": {"proxy.enabled": False},
+                     "proxy": {"proxy.enabled": True, "proxy.schedule": "1,p,1"}})
 """
 
 

@@ -19,7 +19,7 @@ import time
 from absl import app
 from absl import flags
 
-from proxy_jax import sweep
+from proxy_jax import cli, sweep
 from proxy_jax.study import runs as runs_lib
 from proxy_jax.study import spec
 
@@ -117,14 +117,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   command = shlex.join(["python", "-m", "proxy_jax.study"] + sys.argv[1:])
-  try:  # Everything a user can get wrong is refused here, before any trial runs.
-    study = spec.load_study(f.study)
-    study = dataclasses.replace(study, common=common_overrides(study, f.set, f.workdir))
-    shard = sweep.parse_shard(f.shard)
-    sweep.check_overrides(study.config, spec.trials(study), study.common)
-    spec.check_trial_configs(study)
-  except (spec.StudyError, KeyError, ValueError) as error:
-    _fail(error)
+  # Everything a user can get wrong is refused here (errors.UserError: one line, exit 2),
+  # before any trial runs.
+  study = spec.load_study(f.study)
+  study = dataclasses.replace(study, common=common_overrides(study, f.set, f.workdir))
+  shard = sweep.parse_shard(f.shard)
+  sweep.check_overrides(study.config, spec.trials(study), study.common)
+  spec.check_trial_configs(study)
   counts = {"failed": 0}
   if f.report != "only":
     counts = run_trials(study, f.workdir, study.common, shard, retry_failed=f.retry_failed,
@@ -138,22 +137,12 @@ def main(argv):
           "rerun with --retry-failed); no report yet. --report=only writes a partial one.",
           flush=True)
   else:
-    try:
-      text = write_study_report(study, f.workdir, out, command, f.explain)
-    except spec.StudyError as error:
-      _fail(error)
+    text = write_study_report(study, f.workdir, out, command, f.explain)
     print(text)
     print(f"wrote {out}", flush=True)
   if counts["failed"]:
     sys.exit(1)
 
 
-def _fail(error):
-  message = error.args[0] if isinstance(error, KeyError) and error.args else error
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=sweep.hyphen_flags_parser)
+  cli.run(main, define_flags)

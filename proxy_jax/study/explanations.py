@@ -2,7 +2,7 @@
 
 Each run's final checkpoint explains the same `num_images` examples of the evaluation split
 (the first ones of the shared split, in the split's order) with the same CAM method, scored by
-`proxy_jax.compare`'s faithfulness measures (deletion and insertion AUC, average drop, increase
+`proxy_jax.faithfulness`'s measures (deletion and insertion AUC, average drop, increase
 in confidence). The split is decoded once for the whole study: the fairness checks guarantee
 that every run has the same data config and split. Models are restored one at a time.
 """
@@ -29,7 +29,7 @@ def _evaluation_images(run: dict, split_name: str, num_images: int):
 
 def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
   """(rows, grid panels of the first seed, seconds); one row per (arm, seed) run."""
-  from proxy_jax import compare, infer, train  # pylint: disable=g-import-not-at-top
+  from proxy_jax import faithfulness, infer  # pylint: disable=g-import-not-at-top
   started = time.time()
   explain = study.explain
   first = runs.get((study.baseline, study.seeds[0])) or next(iter(runs.values()))
@@ -41,14 +41,14 @@ def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
         continue
       run = runs[arm, seed]
       begin = time.time()
-      model, variables, config, class_names = train.restore_for_inference(run["workdir"])
+      model, variables, config, class_names = infer.restore_for_inference(run["workdir"])
       # Equal modules, one object: jit caches on the bound `model.apply`, which compares by
       # object identity, so a fresh module per run would recompile every function per run.
       model = shared_models.setdefault(model, model)
       logits = infer.predict_logits(model, variables, images, int(config.eval_batch_size))
       predicted = logits.argmax(-1)
       maps = infer.cam_maps(explain["cam"], model, variables, images, predicted)
-      scores = compare.explanation_scores(model, variables, images, maps, predicted,
+      scores = faithfulness.explanation_scores(model, variables, images, maps, predicted,
                                           explain["steps"])
       rows.append({"arm": arm, "seed": seed, "images": len(images),
                    "cam_method": explain["cam"], "accuracy": float((predicted == labels).mean()),

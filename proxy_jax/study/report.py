@@ -260,8 +260,8 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
   paired = paired_tables(study, rows)
   plot_all(study, runs, rows, paired, out)
   if panels:
-    from proxy_jax import compare  # pylint: disable=g-import-not-at-top
-    compare.write_grid(panels, os.path.join(out, "cams.png"), study.explain["cam"])
+    from proxy_jax import faithfulness  # pylint: disable=g-import-not-at-top
+    faithfulness.write_figure(panels, os.path.join(out, "cams.png"), study.explain["cam"])
   cost = overhead(rows, explain_seconds, time.time() - started - explain_seconds)
   commits = sorted({r["commit"] for r in rows})
   n = len(study.seeds)

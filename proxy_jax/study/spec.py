@@ -12,7 +12,7 @@ import dataclasses
 import os
 import re
 
-from proxy_jax import sweep
+from proxy_jax import errors, sweep
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Fields that decide the split, the initial weights, the data order or the epochs of a run.
@@ -22,7 +22,7 @@ DEFAULT_EXPLAIN = {"split": "test", "cam": "gradcampp", "num_images": 256, "step
                    "grid_images": 8}
 
 
-class StudyError(ValueError):
+class StudyError(errors.UserError, ValueError):
   """A study file, its runs or its fairness checks cannot give a trustworthy report."""
 
 
