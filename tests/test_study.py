@@ -155,6 +155,19 @@ def test_every_arm_config_is_validated_before_running():
     spec.check_trial_configs(dataclasses.replace(fixed, common={"num_epochs": "3"}))
 
 
+def test_init_checksum_sees_every_value_name_and_dtype():
+  from proxy_jax import train  # pylint: disable=import-outside-toplevel
+  tree = {"params": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2)}}
+  same = {"params": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2)}}
+  assert train.tree_checksum(tree) == train.tree_checksum(same)
+  changed = {"params": {**tree["params"], "b": np.array([1.0, 1.0 + 1e-12])}}
+  renamed = {"params": {"a": tree["params"]["a"], "c": tree["params"]["b"]}}
+  retyped = {"params": {**tree["params"], "a": tree["params"]["a"].astype(np.float64)}}
+  reshaped = {"params": {**tree["params"], "a": tree["params"]["a"].reshape(3, 2)}}
+  checksums = {train.tree_checksum(t) for t in (tree, changed, renamed, retyped, reshaped)}
+  assert len(checksums) == 5
+
+
 # ---------------------------------------------------------------- a study with a stand-in trainer
 
 
