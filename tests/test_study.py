@@ -285,6 +285,24 @@ def test_killed_study_resumes_and_reports(tmp_path):
   assert open(os.path.join(out, "summary.md")).read() == summary
 
 
+def test_shards_split_a_study_and_the_last_one_reports(tmp_path):
+  program = tmp_path / "fake_main.py"
+  program.write_text(FAKE_TRAINER)
+  study_file = _study_file(tmp_path, FAKE_STUDY.replace("seeds=(0, 1, 2)", "seeds=(0, 1)"))
+  workdir, out = str(tmp_path / "runs"), str(tmp_path / "report")
+  first = subprocess.run(_study_command(study_file, workdir, out, program, "--shard=0/2"),
+                         env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert "no report yet" in first.stdout and not os.path.exists(out)
+  assert len(sweep.read_journal(workdir)) == 4  # Two trials, started and finished.
+  second = subprocess.run(_study_command(study_file, workdir, out, program, "--shard=1/2"),
+                          env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert second.returncode == 0, second.stderr[-2000:]
+  shards = {r["trial"]: r["shard"] for r in sweep.read_journal(workdir)}
+  assert sorted(set(shards.values())) == ["0/2", "1/2"] and len(shards) == 4
+  assert len(pd.read_csv(os.path.join(out, "runs.csv"))) == 4
+
+
 def _fake_run(seed, arm, **changes):
   summary = {"config": {"seed": seed, "batch_size": 32, "proxy": {"enabled": arm == "proxy"}},
              "num_epochs": 2, "init_checksum": f"c{seed}", "proxy_steps": [],
