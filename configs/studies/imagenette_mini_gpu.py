@@ -27,7 +27,9 @@ def get_study():
               "data.path": "../shared/data/imagenette-mini/train",
               "data.test_path": "../shared/data/imagenette-mini/val",
               "model.name": "resnet18", "image_size": 128, "num_epochs": 36,
-              "batch_size": 64, "dtype": "bfloat16"},
+              "batch_size": 64, "dtype": "bfloat16",
+              # One checkpoint per run (~130 MB with Adam's moments): 80 runs fit the disk.
+              "keep_checkpoints": 1},
       seeds=(0, 1, 2, 3, 4),
       arms=thesis_arms(THESIS_PROXY),
       explain={"num_images": 500})
