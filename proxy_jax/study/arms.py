@@ -13,13 +13,15 @@ BASELINE = {"proxy.enabled": False}
 AUGMENTATIONS = {
     "mixup": {"augment.mix": "mixup", "augment.mix_alpha": 0.2},
     "cutmix": {"augment.mix": "cutmix", "augment.mix_alpha": 1.0},
-    "cutout": {"augment.erase": "cutout"},
+    # Cutout as its paper: every image, one square of half the image side (erase_size 0.5).
+    "cutout": {"augment.erase": "cutout", "augment.erase_prob": 1.0},
     "trivialaugment": {"augment.policy": "trivialaugment"},
     "saliencymix": {"augment.mix": "saliencymix", "augment.mix_alpha": 1.0},
     "attentive_cutmix": {"augment.mix": "attentive_cutmix"},
     "snapmix": {"augment.mix": "snapmix"},
     # KeepAugment: Cutout that keeps each image's most salient region (compare with "cutout").
-    "keepaugment": {"augment.erase": "cutout", "augment.keep_salient": True},
+    "keepaugment": {"augment.erase": "cutout", "augment.erase_prob": 1.0,
+                    "augment.keep_salient": True},
 }
 # Combined with proxy steps: stacked (a proxy image is augmented like any other) and apart.
 COMBINED_WITH_PROXY = ("cutmix", "saliencymix", "trivialaugment")
