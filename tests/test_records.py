@@ -16,6 +16,7 @@ def test_summary_round_trips_and_keeps_unknown_fields(tmp_path):
          "wall_time_s": 9.5, "proxy_steps": [STEP], "bank_size": 20,
          "skipped_files": [{"path": "a.jpg", "reason": "truncated"}],
          "num_examples": {"train": 100, "val": 20, "test": 20}, "history": [ROW],
+         "init_checksum": "0123456789abcdef",
          "dtype": "float32"}  # A field this version does not know.
   (tmp_path / "summary.json").write_text(json.dumps(raw))
   summary = records.read_summary(str(tmp_path))

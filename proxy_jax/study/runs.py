@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 
-from proxy_jax import sweep
+from proxy_jax import records, sweep
 from proxy_jax.study import spec
 
 _REPO_ROOT = spec._REPO_ROOT  # pylint: disable=protected-access
@@ -51,6 +51,16 @@ def _read_json(path: str):
     raise spec.StudyError(f"{path} is not valid JSON ({error}); rerun that trial") from error
 
 
+def _read_summary(trial_dir: str) -> dict | None:
+  """summary.json through records' one reader (older files get defaults), as its JSON dict."""
+  try:
+    summary = records.read_summary(trial_dir)
+  except ValueError as error:
+    raise spec.StudyError(f"{trial_dir}/summary.json is not valid ({error}); rerun that "
+                          "trial") from error
+  return None if summary is None else summary.to_json()
+
+
 def load_runs(study: spec.Study, workdir: str) -> tuple[dict, list]:
   """({(arm, seed): run}, missing trial names); a run holds summary, split and its journal."""
   states = sweep.trial_states(workdir)
@@ -61,7 +71,7 @@ def load_runs(study: spec.Study, workdir: str) -> tuple[dict, list]:
   runs, missing = {}, []
   for name, (arm, seed) in spec.arm_and_seed(study).items():
     trial_dir = os.path.join(workdir, name)
-    summary = _read_json(os.path.join(trial_dir, "summary.json"))
+    summary = _read_summary(trial_dir)
     if states.get(name, {}).get("status") != sweep.FINISHED or summary is None:
       missing.append(name)
       continue
