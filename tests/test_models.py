@@ -90,3 +90,16 @@ def test_models_name_their_head_classifier_and_stem(name, overrides):
   assert spec.CLASSIFIER in spec.HEAD_MODULES
   assert params[spec.CLASSIFIER]["kernel"].shape[-1] == 5
   assert set(spec.SMALL_STEM_PARAMS) <= set(params)
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
+  assert models.resolve_dtype("auto", "gpu") == models.resolve_dtype("auto", "tpu") == "bfloat16"
+  assert models.resolve_dtype("auto", "cpu") == "float32"
+  assert models.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+  assert models.resolve_dtype("float32", "gpu") == "float32"
+  assert jax.default_backend() == "cpu" and models.resolve_dtype("auto") == "float32"
+  model = models.create("tiny_cnn", 5, 16, dtype="auto", width=4)
+  variables = _init(model, 16)
+  assert model.apply(variables, jnp.zeros((1, 16, 16, 3)), method="features").dtype == jnp.float32
+  with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+    models.resolve_dtype("float16")
