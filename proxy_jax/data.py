@@ -223,8 +223,9 @@ def load_folder_pool(root: str, image_size: int, label_regex: str, workers: int,
   return Pool(images[kept], labels[kept], class_names, skipped)
 
 
-class DatasetUnavailableError(RuntimeError):
-  """A TFDS dataset is not prepared here and cannot be downloaded or built now."""
+class DatasetUnavailableError(DataError):
+  """A TFDS dataset is not prepared here and cannot be downloaded or built now (main.py prints
+  it as one line)."""
 
 
 # Seconds to wait for each download host to answer before calling the network unreachable.

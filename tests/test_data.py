@@ -288,6 +288,7 @@ def test_tfds_offline_fails_in_seconds_with_what_to_do(tmp_path, monkeypatch):
   assert time.time() - started < 15
   _assert_explains(raised.value, "stanford_dogs", tmp_path)
   assert "vision.stanford.edu:80 cannot be reached" in str(raised.value)
+  assert isinstance(raised.value, errors.UserError)  # main.py prints it as one line.
 
 
 def test_tfds_failed_download_is_one_clear_error(tmp_path, monkeypatch):
