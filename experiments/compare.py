@@ -28,6 +28,9 @@ import time
 import numpy as np
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+  sys.path.insert(0, _REPO)
+from proxy_jax import records  # pylint: disable=g-import-not-at-top,wrong-import-position
 ARMS = ("baseline", "proxy")
 ARM_FLAGS = {"baseline": ["--config.proxy.enabled=False"], "proxy": []}
 
@@ -97,8 +100,7 @@ def load_runs(args, seeds, overrides):
   for seed in seeds:
     for arm in ARMS:
       workdir, _ = main_command(args, arm, seed, overrides)
-      with open(os.path.join(workdir, "summary.json")) as f:
-        summary = json.load(f)
+      summary = records.read_summary(workdir)
       with open(os.path.join(workdir, "split.json")) as f:
         split = json.load(f)
       runs[arm, seed] = {"summary": summary, "split": split}
@@ -110,10 +112,10 @@ def fairness_checks(runs, seeds):
   rows = []
   for seed in seeds:
     base, prox = runs["baseline", seed], runs["proxy", seed]
-    steps = prox["summary"]["proxy_steps"]
-    before = steps[0]["epoch"] if steps else len(prox["summary"]["history"])
-    history = lambda run: [(h["val_accuracy"], h["val_loss"])
-                           for h in run["summary"]["history"][:before]]
+    steps = prox["summary"].proxy_steps
+    before = steps[0].epoch if steps else len(prox["summary"].history)
+    history = lambda run: [(h.val_accuracy, h.val_loss)
+                           for h in run["summary"].history[:before]]
     same_split = all(base["split"][k] == prox["split"][k] for k in ("pool_fingerprint", "indices"))
     rows.append({"seed": seed, "same_split": same_split,
                  "epochs_before_first_proxy_step": before,
@@ -126,18 +128,18 @@ def run_rows(runs, seeds):
   for seed in seeds:
     for arm in ARMS:
       summary = runs[arm, seed]["summary"]
-      test = summary.get("test") or {}
-      steps = summary["proxy_steps"]
+      test = summary.test or {}
+      steps = summary.proxy_steps
       rows.append({"arm": arm, "seed": seed,
-                   "val_accuracy": summary["final"]["val_accuracy"],
-                   "best_val_accuracy": summary["best"]["val_accuracy"],
+                   "val_accuracy": summary.final.val_accuracy,
+                   "best_val_accuracy": summary.best.val_accuracy,
                    "test_accuracy": test.get("accuracy", float("nan")),
                    "test_loss": test.get("loss", float("nan")),
-                   "wall_time_s": summary["wall_time_s"],
-                   "proxy_wrong": " ".join(str(s["wrong"]) for s in steps),
-                   "proxy_chosen": " ".join(str(s["chosen"]) for s in steps),
-                   "bank_size": summary.get("bank_size", 0),
-                   "proxy_seconds": sum(s["seconds"] for s in steps)})
+                   "wall_time_s": summary.wall_time_s,
+                   "proxy_wrong": " ".join(str(s.wrong) for s in steps),
+                   "proxy_chosen": " ".join(str(s.chosen) for s in steps),
+                   "bank_size": summary.bank_size,
+                   "proxy_seconds": sum(s.seconds for s in steps)})
   return rows
 
 
@@ -219,14 +221,14 @@ def plot(path_curves, path_paired, runs, seeds, rows, name):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   figure, axis = plt.subplots(figsize=(7, 4.2))
   for arm, color in zip(ARMS, ("tab:blue", "tab:orange")):
-    curves = np.array([[h["val_accuracy"] for h in runs[arm, s]["summary"]["history"]]
+    curves = np.array([[h.val_accuracy for h in runs[arm, s]["summary"].history]
                        for s in seeds])
     epochs = np.arange(1, curves.shape[1] + 1)
     mean, std = curves.mean(0), curves.std(0, ddof=1)
     axis.plot(epochs, 100 * mean, color=color, label=f"{arm} (mean of {len(seeds)} seeds)")
     axis.fill_between(epochs, 100 * (mean - std), 100 * (mean + std), color=color, alpha=0.2)
-  for step in runs["proxy", seeds[0]]["summary"]["proxy_steps"]:
-    axis.axvline(step["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
+  for step in runs["proxy", seeds[0]]["summary"].proxy_steps:
+    axis.axvline(step.epoch + 0.5, color="grey", linestyle=":", linewidth=1)
   axis.set(xlabel="epoch (dotted: proxy steps)", ylabel="validation accuracy (%)",
            title=f"{name}: validation accuracy, mean +- std over seeds")
   axis.legend()

@@ -22,6 +22,7 @@ import pandas as pd
 from proxy_jax import cli
 from proxy_jax import config_fields
 from proxy_jax import errors
+from proxy_jax import records
 from proxy_jax import sweep as sweep_lib
 from proxy_jax.io_utils import atomic_write
 
@@ -94,7 +95,7 @@ def find_trials(root: str) -> list[str]:
   """The run directories under `root`: root itself for a single run, else its subdirectories."""
   def is_run(path):
     return any(os.path.exists(os.path.join(path, f))
-               for f in ("summary.json", "config.json", sweep_lib.TRIAL_FILE))
+               for f in (records.SUMMARY_FILE, "config.json", sweep_lib.TRIAL_FILE))
   if not os.path.isdir(root):
     raise errors.MissingPathError(f"{root!r} is not a directory")
   if is_run(root):
@@ -103,36 +104,44 @@ def find_trials(root: str) -> list[str]:
           if os.path.isdir(os.path.join(root, d)) and is_run(os.path.join(root, d))]
 
 
-def summary_metrics(summary: dict) -> dict:
-  final, best, test = summary.get("final") or {}, summary.get("best") or {}, summary.get("test")
-  proxy_steps = summary.get("proxy_steps") or []
-  sizes = summary.get("num_examples") or {}
+def summary_metrics(summary: records.Summary | None) -> dict:
+  """The result columns of one run; every value None (counts 0) for a run without a summary."""
+  summary = summary or records.Summary.from_json({})
+  final = summary.final or records.EpochRecord()
+  test, steps, sizes = summary.test or {}, summary.proxy_steps, summary.num_examples or {}
   def total(field):
-    return float(sum(step.get(field, 0) or 0 for step in proxy_steps))
+    return float(sum(getattr(step, field) or 0 for step in steps))
   return {
-      "final_epoch": final.get("epoch"),
-      "final_train_loss": final.get("train_loss"),
-      "final_train_accuracy": final.get("train_accuracy"),
-      "final_val_loss": final.get("val_loss"),
-      "final_val_accuracy": final.get("val_accuracy"),
-      "final_val_top5": final.get("val_top5"),
-      "best_val_accuracy": best.get("val_accuracy"),
-      "best_epoch": best.get("epoch"),
-      "test_loss": test.get("loss") if test else None,
-      "test_accuracy": test.get("accuracy") if test else None,
-      "test_top5": test.get("top5") if test else None,
-      "num_epochs": summary.get("num_epochs"),
-      "wall_time_s": summary.get("wall_time_s"),
-      "proxy_steps": len(proxy_steps),
+      "final_epoch": final.epoch if summary.final else None,
+      "final_train_loss": final.train_loss,
+      "final_train_accuracy": final.train_accuracy,
+      "final_val_loss": final.val_loss,
+      "final_val_accuracy": final.val_accuracy,
+      "final_val_top5": final.val_top5,
+      "best_val_accuracy": summary.best.val_accuracy if summary.best.epoch >= 0 else None,
+      "best_epoch": summary.best.epoch if summary.best.epoch >= 0 else None,
+      "test_loss": test.get("loss"),
+      "test_accuracy": test.get("accuracy"),
+      "test_top5": test.get("top5"),
+      "num_epochs": summary.num_epochs,
+      "wall_time_s": summary.wall_time_s,
+      "proxy_steps": len(steps),
       "proxy_wrong": total("wrong"),
       "proxy_chosen": total("chosen"),
-      "proxy_bank_size": proxy_steps[-1].get("bank_size") if proxy_steps else 0,
+      "proxy_bank_size": steps[-1].bank_size if steps else 0,
       "proxy_seconds": total("seconds"),
       "num_train": sizes.get("train"),
       "num_val": sizes.get("val"),
       "num_test": sizes.get("test"),
-      "skipped_files": len(summary.get("skipped_files") or []),
+      "skipped_files": len(summary.skipped_files or []),
   }
+
+
+def _read_summary(path: str) -> records.Summary | None:
+  try:
+    return records.read_summary(path)
+  except (OSError, ValueError, TypeError):
+    return None
 
 
 def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, list]:
@@ -141,8 +150,9 @@ def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.
   trials = []
   for path in find_trials(root):
     trial = _read_json(os.path.join(path, sweep_lib.TRIAL_FILE)) or {}
-    summary = _read_json(os.path.join(path, "summary.json"))
-    config = (summary or {}).get("config") or _read_json(os.path.join(path, "config.json")) or {}
+    summary = _read_summary(path)
+    config = (summary.config if summary else None) or _read_json(
+        os.path.join(path, "config.json")) or {}
     trials.append((path, trial.get("overrides", {}), summary, config))
   swept = sorted({k for _, overrides, _, _ in trials for k in overrides})
   fields = list(dict.fromkeys([*swept, *IDENTITY_FIELDS]))
@@ -157,7 +167,7 @@ def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.
     for key in fields:
       value = config_fields.get_field(config, key, None)
       row[names[key]] = overrides.get(key) if value is None else value
-    row.update(summary_metrics(summary or {}))
+    row.update(summary_metrics(summary))
     if with_curves:
       scalars = read_scalars(path)
       if len(scalars):

@@ -14,10 +14,13 @@ Config fields read (with defaults, so configs need not define them):
                                     limit (GPU/TPU) and 256 where it does not (CPU).
   batch_size_memory_fraction (0.9)  share of the limit the step may use; the rest is headroom for
                                     evaluation, CAM steps and the allocator.
-`train.train_and_evaluate` calls `find_batch_size` when `config.batch_size == -1`.
+`train.train_and_evaluate` calls `find_batch_size` when `config.batch_size == -1`, handing it a
+`StepFactory` (the trainer's step and a fresh state): the finder never imports the trainer.
 """
 
 import dataclasses
+import json
+import os
 import resource
 import sys
 
@@ -94,20 +97,14 @@ def run_step(compiled, state, batch, key):
 
 @dataclasses.dataclass
 class StepFactory:
-  """The train step and a host copy of a fresh state, built once for every probe.
+  """The train step `step(state, batch, key)` and a host copy of a fresh state, built once by
+  the caller (`train.finder_step_factory`) for every probe.
 
   The state lives on the host between probes (the step donates it, and a device copy would
   count against the memory being measured); a pretrained model is loaded once, not per probe.
   """
   step: object
   host_state: object
-
-  @classmethod
-  def create(cls, config, num_classes: int):
-    from proxy_jax import train  # pylint: disable=g-import-not-at-top
-    model = train.create_model(config, num_classes)
-    state = train.create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
-    return cls(train.make_train_step(config), jax.device_get(state))
 
 
 def probe(factory: StepFactory, config, num_classes: int, batch_size: int, limit: int | None,
@@ -154,12 +151,11 @@ def resolve_ceiling(config, limit: int | None) -> int:
   return ceiling
 
 
-def search(config, num_classes: int) -> tuple[int, list[Probe]]:
+def search(config, num_classes: int, factory: StepFactory) -> tuple[int, list[Probe]]:
   """(chosen batch size, every probe made), smallest first; raises if not even 1 fits."""
   limit = device_memory_limit(jax.devices()[0])
   fraction = float(config.get("batch_size_memory_fraction", 0.9))
   ceiling = resolve_ceiling(config, limit)
-  factory = StepFactory.create(config, num_classes)
   probes, chosen = [], None
   for size in candidate_sizes(ceiling):
     result = probe(factory, config, num_classes, size, limit, fraction)
@@ -182,11 +178,45 @@ def search(config, num_classes: int) -> tuple[int, list[Probe]]:
   return chosen, probes
 
 
-def find_batch_size(config, num_classes: int) -> int:
+def find_batch_size(config, num_classes: int, factory: StepFactory) -> int:
   """The largest fitting batch size (up to the ceiling); see the module docstring."""
-  chosen, _ = search(config, num_classes)
+  chosen, _ = search(config, num_classes, factory)
   logging.info("batch-size finder chose %d", chosen)
   return chosen
+
+
+def _with_batch_size(config, value: int):
+  """A copy of `config` with batch_size set; the caller's (locked) config is never changed."""
+  resolved = config.copy_and_resolve_references()
+  resolved.batch_size = value
+  return resolved
+
+
+def with_recorded_batch_size(config, workdir: str):
+  """batch_size=-1 in a workdir that already chose one: that choice, from its config.json.
+
+  A resumed run must not search again: other hardware or load could pick another size and
+  change the steps per epoch and the learning-rate schedule mid-run.
+  """
+  path = os.path.join(workdir, "config.json")
+  if config.batch_size != -1 or not os.path.exists(path):
+    return config
+  with open(path) as f:
+    recorded = json.load(f).get("batch_size")
+  if not isinstance(recorded, int) or recorded <= 0:
+    return config
+  logging.info("batch_size=-1: reusing the batch size %d recorded in %s.", recorded, path)
+  return _with_batch_size(config, recorded)
+
+
+def with_found_batch_size(config, num_classes: int, factory: StepFactory):
+  """`config` with the finder's batch size, rounded down to a multiple of the devices."""
+  found = find_batch_size(config, num_classes, factory)
+  # The finder sizes one device's step; the global batch is split over all of them.
+  devices = jax.device_count()
+  chosen = max(devices, found // devices * devices)
+  logging.info("Batch size finder chose %d (%d device(s)).", chosen, devices)
+  return _with_batch_size(config, chosen)
 
 
 def _mib(value) -> str:
@@ -233,7 +263,9 @@ def main(argv):
   limit = device_memory_limit(device)
   print(f"device: {device.device_kind} ({device.platform}); memory limit: {_mib(limit)}; "
         f"ceiling: {resolve_ceiling(config, limit)}")
-  chosen, probes = search(config, num_classes)
+  # The command line is the one place that composes the finder with the trainer.
+  from proxy_jax import train  # pylint: disable=g-import-not-at-top
+  chosen, probes = search(config, num_classes, train.finder_step_factory(config, num_classes))
   print(f"{'batch':>6} {'fits':>5} {'predicted':>12} {'measured':>12}  note")
   for p in probes:
     print(f"{p.batch_size:>6} {str(p.fits):>5} {_mib(p.predicted_bytes):>12} "

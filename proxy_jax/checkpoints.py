@@ -3,14 +3,23 @@
 One checkpoint per completed epoch boundary (its step number is the count of completed epochs):
 `state` (params, optimizer state, batch stats, step), `meta` (JSON: epoch, proxy steps done,
 history) and, when non-empty, `bank` (proxy ids and uint8 images). Orbax writes into a temporary
-directory and renames it when complete, so a kill mid-save leaves the previous checkpoint.
+directory and renames it when complete, so a kill mid-save leaves the previous checkpoint. A
+write that fails (disk full, lost mount) raises `CheckpointWriteError` naming the directory, the
+cause and the last complete checkpoint, which is left intact.
 """
 
+import contextlib
 import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from proxy_jax import errors
+
+
+class CheckpointWriteError(errors.UserError, RuntimeError):
+  """A checkpoint could not be written; the previous complete one is intact."""
 
 
 class RunCheckpoints:
@@ -24,12 +33,41 @@ class RunCheckpoints:
   def latest_epoch(self) -> int | None:
     return self.manager.latest_step()
 
+  def complete_epochs(self) -> list[int]:
+    """Epochs whose checkpoint is complete on disk (Orbax renames a finished save to its step)."""
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+
+  @contextlib.contextmanager
+  def _write_errors(self, what: str):
+    try:
+      yield
+    except OSError as error:
+      try:  # An earlier save may still be finishing in the background.
+        self.manager.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except
+        pass  # It failed too: it is simply not complete.
+      complete = self.complete_epochs()
+      last = (f"epoch {complete[-1]} ({os.path.join(self.directory, str(complete[-1]))})"
+              if complete else "none (no epoch was saved yet)")
+      cause = error.strerror or str(error)
+      raise CheckpointWriteError(
+          f"could not write {what} to {self.directory}: {cause}. The last complete checkpoint "
+          f"is {last}; free space and run the same command to resume from it") from error
+
   def save(self, epoch: int, state, meta: dict, bank_arrays: dict | None) -> None:
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     # Orbax cannot store zero-size arrays, so an empty bank is simply absent.
     if bank_arrays is not None and len(bank_arrays["ids"]):
       items["bank"] = ocp.args.StandardSave(bank_arrays)
-    self.manager.save(epoch, args=ocp.args.Composite(**items))
+    with self._write_errors(f"the checkpoint of epoch {epoch}"):
+      self.manager.save(epoch, args=ocp.args.Composite(**items))
+
+  def wait(self) -> None:
+    """Blocks until pending saves are on disk (a failed background write raises here)."""
+    with self._write_errors("a checkpoint"):
+      self.manager.wait_until_finished()
 
   def restore(self, epoch: int, state_template):
     """Returns (state, meta, bank_arrays or None); the state keeps the template's shardings."""
@@ -46,5 +84,7 @@ class RunCheckpoints:
     return restored["state"], meta, bank
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()

@@ -10,15 +10,13 @@ validation/test data never pass through the bank.
 import dataclasses
 import functools
 import math
-import os
 import time
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import cams, data, images_grid, parallel, preprocess
+from proxy_jax import cams, data, parallel, preprocess
 
 # ---------------------------------------------------------------- the transform
 
@@ -136,6 +134,12 @@ class ProxyBank:
 
   def clear(self) -> None:
     self._images.clear()
+
+  def store(self, ids, images, replace_all: bool = False) -> None:
+    """Adds (or overwrites) proxies by id; `replace_all` first drops every other proxy."""
+    if replace_all:
+      self.clear()
+    self.update(ids, images)
 
   def swap(self, ids, images) -> np.ndarray:
     """Returns `images` with every banked id replaced by its proxy (modifies in place)."""
@@ -325,13 +329,23 @@ def _cam_options(config) -> tuple:
           ("gradcampp_eps", float(config.cams.get("gradcampp_eps", 0.0))))
 
 
-def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, workdir=None,
-                   step=0, index=0, batch_sharding=None):
-  """One proxy step over the training split; returns (bank, record for summary.json).
+@dataclasses.dataclass
+class ProxyStepResult:
+  """What one proxy step computed; the caller stores the proxies and logs the rest."""
+  ids: np.ndarray        # Training-example ids of the chosen examples, sorted.
+  originals: np.ndarray  # uint8 images the CAMs were taken on (current proxies if reused).
+  proxies: np.ndarray    # uint8 proxy images, one per id.
+  maps: np.ndarray       # float32 CAMs in [0, 1], one per id.
+  wrong: int             # Wrongly classified training examples.
+  seconds: float
 
-  With reuse_proxies the CAM of a banked example is taken on its current proxy, which is read
-  before clear_every_step empties the bank (so the two options compose instead of the clear
-  silently disabling reuse).
+
+def run_proxy_step(state, split, bank, config, key, *, predict_fn,
+                   batch_sharding=None) -> ProxyStepResult:
+  """One proxy step over the training split; reads `bank` (for reuse_proxies), never changes it.
+
+  With reuse_proxies the CAM of a banked example is taken on its current proxy, so the caller
+  must store the result (`ProxyBank.store`) after this returns, even with clear_every_step.
   """
   started = time.time()
   settings = config.proxy
@@ -349,18 +363,8 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn, writer=None, 
   originals, proxy_images, maps = _proxies_of(state, split, bank, chosen, predictions,
                                               candidates, config, jax.random.fold_in(key, 1),
                                               batch_sharding)
-  if settings.clear_every_step:
-    bank.clear()
-  bank.update(split.ids[chosen], proxy_images)
-  record = {"index": index, "wrong": int(len(wrong)), "chosen": int(len(chosen)),
-            "bank_size": len(bank), "seconds": time.time() - started}
-  logging.info("Proxy step %d: %d wrong, %d chosen, bank %d, %.1fs", index, record["wrong"],
-               record["chosen"], record["bank_size"], record["seconds"])
-  if writer is not None:
-    writer.write_scalars(step, {f"proxy/{k}": v for k, v in record.items() if k != "index"})
-    _log_examples(writer, workdir, step, index, originals, maps, proxy_images,
-                  settings.num_logged_images)
-  return bank, record
+  return ProxyStepResult(split.ids[chosen], originals, proxy_images, maps, int(len(wrong)),
+                         time.time() - started)
 
 
 def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noise_key,
@@ -412,18 +416,3 @@ def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
     outs.append(out[:valid])
     maps.append(cam[:valid])
   return np.concatenate(outs), np.concatenate(maps)
-
-
-def _log_examples(writer, workdir, step, index, originals, maps, proxy_images, count):
-  """Grid of (original | CAM overlay | proxy) rows to TensorBoard and workdir/proxy_steps/."""
-  count = min(count, len(originals))
-  if count == 0:
-    return
-  overlays = cams.overlay(originals[:count], maps[:count])
-  rows = np.stack([originals[:count], overlays, proxy_images[:count]], axis=1)
-  picture = images_grid.grid(rows.reshape((-1,) + rows.shape[2:]), columns=3)
-  writer.write_images(step, {"proxy/examples": picture[None]})
-  if workdir and jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, "proxy_steps"), exist_ok=True)
-    images_grid.save_png(os.path.join(workdir, "proxy_steps", f"step_{index:03d}.png"),
-                         picture)

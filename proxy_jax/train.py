@@ -1,22 +1,24 @@
 """Training and evaluation: the state, the pure steps, and the epoch/proxy-step loop.
 
 `train_and_evaluate(config, workdir)` is the only entry point `main.py` calls. It validates the
-config before any compute, loads the fixed split, builds a sharded train state, resumes from the
-latest checkpoint if there is one, and alternates training epochs with proxy steps as
-`config.proxy.schedule` says. Steps are module-level pure functions jitted once with the state
-donated; data parallelism is a `jax.sharding.Mesh` over all devices with the batch split on
-its "data" axis (one device is just a mesh of one).
+config before any compute, loads the fixed split, resolves the batch size once (recorded in
+config.json), builds a sharded train state, resumes from the latest checkpoint if there is one,
+and alternates training epochs with proxy steps as `config.proxy.schedule` says. Steps are
+module-level pure functions jitted once with the state donated; data parallelism is a
+`jax.sharding.Mesh` over all devices with the batch split on its "data" axis (one device is
+just a mesh of one). Within an epoch the host only dispatches: the step number lives on the
+host, the step folds it into its key on the device, and metrics (clu.metrics) accumulate on the
+device until the epoch ends, when they are fetched once and checked for divergence.
 """
 
+import dataclasses
 import functools
-import logging as std_logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -24,10 +26,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from proxy_jax import checkpoints, config_lib, data, images_grid, models, preprocess, proxy
-from proxy_jax import errors
-from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
+from proxy_jax import batch_size as batch_size_finder
+from proxy_jax import checkpoints, config_lib, data, errors, models, preprocess, proxy, records
+from proxy_jax import reporting
+from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
+from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
+
+
+class DivergenceError(errors.UserError, RuntimeError):
+  """Training produced a non-finite loss or parameter; nothing of that epoch was saved."""
 
 
 class TrainState(train_state.TrainState):
@@ -81,33 +89,39 @@ def init_variables(config, model, key):
   return variables
 
 
-def create_train_state(config, model, key, steps_per_epoch: int) -> TrainState:
+def create_train_state(config, model, key, steps_per_epoch: int,
+                       lr_fn: Callable | None = None) -> TrainState:
+  """A fresh state; pass the run's `lr_fn` so the schedule is built once per run."""
   variables = init_variables(config, model, key)
-  lr_fn = learning_rate_schedule(config, steps_per_epoch)
+  lr_fn = lr_fn or learning_rate_schedule(config, steps_per_epoch)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            tx=create_optimizer(config, variables["params"], lr_fn),
                            batch_stats=variables.get("batch_stats", {}))
 
 
+def finder_step_factory(config, num_classes: int) -> batch_size_finder.StepFactory:
+  """What the batch-size finder probes: this trainer's step and a host copy of a fresh state."""
+  model = create_model(config, num_classes)
+  state = create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
+  return batch_size_finder.StepFactory(make_train_step(config), jax.device_get(state))
+
+
 # ---------------------------------------------------------------- steps
 
 
-def cross_entropy(logits, labels, mask, label_smoothing: float = 0.0):
-  """Masked mean cross-entropy, always in float32."""
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Per-example cross-entropy, always in float32."""
   logits = logits.astype(jnp.float32)
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  per_example = optax.softmax_cross_entropy(logits, targets)
-  return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  return optax.softmax_cross_entropy(logits, targets)
 
 
-def summed_metrics(logits, labels, mask, loss):
-  """Sums (not means) so batches and hosts add up exactly; padded rows have mask 0."""
-  count = jnp.sum(mask)
-  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  return {"loss": loss * count,
-          "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-          "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-          "count": count}
+def masked_mean(values, mask):
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def variables_of(state):
@@ -116,6 +130,9 @@ def variables_of(state):
 
 def train_step(state, batch, key, *, flip: bool, rotation_degrees: float,
                label_smoothing: float):
+  """One optimiser step. `key` is the run's step key: the step number is folded in here, on
+  the device, so the host never reads the step back."""
+  key = jax.random.fold_in(key, state.step)
   augment_key, dropout_key = jax.random.split(key)
   inputs = preprocess.train_inputs(batch["image"], augment_key, flip, rotation_degrees)
 
@@ -123,19 +140,25 @@ def train_step(state, batch, key, *, flip: bool, rotation_degrees: float,
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
         mutable=["batch_stats"], rngs={"dropout": dropout_key})
-    loss = cross_entropy(logits, batch["label"], batch["mask"], label_smoothing)
-    return loss, (logits, updates)
+    per_example = cross_entropy(logits, batch["label"], label_smoothing)
+    return masked_mean(per_example, batch["mask"]), (logits, per_example, updates)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, per_example, updates)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads,
                                 batch_stats=updates.get("batch_stats", state.batch_stats))
-  return state, summed_metrics(logits.astype(jnp.float32), batch["label"], batch["mask"], loss)
+  finite = jnp.isfinite(loss) & all_finite(state.params)
+  return state, TrainMetrics.single_from_model_output(
+      logits=logits.astype(jnp.float32), labels=batch["label"], mask=batch["mask"],
+      loss=per_example, step=state.step, finite=finite)
 
 
 def eval_step(state, batch):
   logits = state.apply_fn(variables_of(state), preprocess.eval_inputs(batch["image"]))
-  loss = cross_entropy(logits, batch["label"], batch["mask"])
-  return summed_metrics(logits, batch["label"], batch["mask"], loss)
+  logits = logits.astype(jnp.float32)
+  return EvalMetrics.single_from_model_output(
+      logits=logits, labels=batch["label"], mask=batch["mask"],
+      loss=cross_entropy(logits, batch["label"]))
 
 
 def predict_step(state, images_uint8):
@@ -158,64 +181,111 @@ def make_predict_step():
   return jax.jit(predict_step)
 
 
-# ---------------------------------------------------------------- evaluation
-
-
 def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding) -> dict:
+  """{"loss", "accuracy", "top5"} over `split`, fetched once at the end."""
   totals = None
   for batch in data.batches(split, batch_size):
-    metrics = eval_fn(state, to_global(batch, batch_sharding))
-    totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
-  return finalize_metrics(jax.device_get(totals))
+    batch_metrics = eval_fn(state, to_global(batch, batch_sharding))
+    totals = batch_metrics if totals is None else merge_metrics(totals, batch_metrics)
+  return host_values(totals)
 
 
-def finalize_metrics(totals: dict) -> dict:
-  count = max(float(totals["count"]), 1.0)
-  return {"loss": float(totals["loss"]) / count,
-          "accuracy": float(totals["correct"]) / count,
-          "top5": float(totals["correct_top5"]) / count}
+# ---------------------------------------------------------------- setup
 
 
-# ---------------------------------------------------------------- the loop
-
-
-def _quiet_orbax():
-  """Orbax logs every save step at INFO through absl; keep its warnings, drop the chatter."""
-  logging.get_absl_logger().addFilter(lambda record: record.levelno >= std_logging.WARNING
-                    or "orbax" not in record.pathname)
-
-
-def _setup_host(config, workdir):
-  _quiet_orbax()
+def _setup_host(config):
+  reporting.quiet_orbax()
   # TensorFlow only feeds TFDS and summaries: keep it off any accelerator memory.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   if config.distributed:
     jax.distributed.initialize()
+
+
+def _finished_summary(config, workdir: str) -> records.Summary | None:
+  """The summary of a workdir that already trained this config to the end (read only)."""
+  summary = records.read_summary(workdir)
+  if summary is not None and summary.num_epochs == config.num_epochs and summary.history:
+    return summary
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything the loop reads and nothing it changes, built once before the first epoch."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  dataset: data.Dataset
+  steps_per_epoch: int
+  lr_fn: Callable
+  batch_sharding: Any
+  train_fn: Callable
+  eval_fn: Callable
+  predict_fn: Callable
+  step_key: jax.Array
+  proxy_key: jax.Array
+  schedule: proxy.Schedule
+  writer: Any
+  ckpt: checkpoints.RunCheckpoints
+
+
+def _build(config, workdir: str, dataset: data.Dataset):
+  """(Setup, initial train state placed on the mesh)."""
+  devices = jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] % devices:
+      raise errors.ConfigError(f"config.{field}={config[field]} is not divisible by the "
+                               f"{devices} devices")
+  replicated, batch_sharding = shardings(make_mesh())
+  steps_per_epoch = data.num_batches(len(dataset.train), config.batch_size)
+  lr_fn = learning_rate_schedule(config, steps_per_epoch)
+  root = jax.random.key(config.seed)
+  model = create_model(config, len(dataset.class_names))
+  state = create_train_state(config, model, jax.random.fold_in(root, 0), steps_per_epoch, lr_fn)
+  setup = Setup(
+      config=config, workdir=workdir, dataset=dataset, steps_per_epoch=steps_per_epoch,
+      lr_fn=lr_fn, batch_sharding=batch_sharding,
+      train_fn=make_train_step(config, replicated), eval_fn=make_eval_step(),
+      predict_fn=make_predict_step(), step_key=jax.random.fold_in(root, 1),
+      proxy_key=jax.random.fold_in(root, 2),
+      schedule=proxy.parse_schedule(config.proxy.schedule, config.num_epochs,
+                                    config.proxy.enabled),
+      writer=reporting.create_writer(workdir),
+      ckpt=checkpoints.RunCheckpoints(workdir, config.keep_checkpoints))
+  return setup, jax.device_put(state, replicated)
+
+
+def _shut_down(setup: Setup, quiet: bool) -> None:
+  """Waits for Orbax and flushes the summaries; `quiet` while another error propagates."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as error:
-    raise errors.WorkdirError(f"--workdir {workdir}: cannot create it ({error.strerror})") from error
-  config_lib.write_or_check_resolved(config, workdir)
+    setup.ckpt.close()
+  except Exception as error:  # pylint: disable=broad-except
+    if not quiet:
+      raise
+    logging.warning("while stopping: %s", error)
+  finally:
+    setup.writer.flush()
+    setup.writer.close()
 
 
-def _resolve_batch_size(config, num_classes):
-  if config.batch_size == -1:
-    from proxy_jax import batch_size as batch_size_finder  # pylint: disable=g-import-not-at-top
-    found = batch_size_finder.find_batch_size(config, num_classes)
-    # The finder sizes one device's step; the global batch is split over all of them.
-    devices = jax.device_count()
-    with config.unlocked():
-      config.batch_size = max(devices, found // devices * devices)
-    logging.info("Batch size finder chose %d (%d device(s)).", config.batch_size, devices)
+# ---------------------------------------------------------------- the loop
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run of `config` in `workdir`; returns summary.json's content."""
+  started = time.time()
   config_lib.validate(config)
+  _setup_host(config)
+  config = batch_size_finder.with_recorded_batch_size(config, workdir)
+  if config.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
+    config_lib.write_or_check_resolved(config, workdir)  # The file exists: this only checks.
+    finished = _finished_summary(config, workdir)
+    if finished is not None:  # A finished workdir is read, never written.
+      logging.info("%s is already complete; nothing to do.", workdir)
+      return finished.to_json()
   fresh = not os.path.exists(workdir)
   try:
-    _setup_host(config, workdir)
-    run = Run(config, workdir)
+    setup, state = _prepare(config, workdir)
   except errors.UserError:
     # Refused before training (e.g. an empty split): leave no config.json behind that would
     # refuse the corrected config in the same workdir.
@@ -223,197 +293,165 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       shutil.rmtree(workdir, ignore_errors=True)
     raise
   try:
-    return run.train()
-  finally:
-    run.close()
+    summary = _train(setup, state, started)
+  except BaseException:
+    _shut_down(setup, quiet=True)
+    raise
+  _shut_down(setup, quiet=False)
+  return summary.to_json()
 
 
-class Run:
-  """State of one training run; kept as an object only to share setup between its phases."""
+def _prepare(config, workdir: str):
+  """Records the resolved config (the batch size chosen once), loads the data, builds Setup."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise errors.WorkdirError(
+        f"--workdir {workdir}: cannot create it ({error.strerror})") from error
+  if config.batch_size != -1:  # Refuse a changed config before loading any data.
+    config_lib.write_or_check_resolved(config, workdir)
+  dataset = data.load_dataset(config, workdir)
+  if config.batch_size == -1:
+    num_classes = len(dataset.class_names)
+    config = batch_size_finder.with_found_batch_size(
+        config, num_classes, finder_step_factory(config, num_classes))
+    config_lib.write_or_check_resolved(config, workdir)
+  if jax.process_index() == 0:
+    atomic_write_json(os.path.join(workdir, "classes.json"), dataset.class_names)
+  return _build(config, workdir, dataset)
 
-  def __init__(self, config, workdir):
-    self.config, self.workdir = config, workdir
-    self.start_time = time.time()
-    self.dataset = data.load_dataset(config, workdir)
-    num_classes = len(self.dataset.class_names)
-    _resolve_batch_size(config, num_classes)
-    devices = jax.device_count()
-    for field in ("batch_size", "eval_batch_size"):
-      if config[field] % devices:
-        raise errors.ConfigError(f"config.{field}={config[field]} is not divisible by the "
-                                 f"{devices} devices")
-    self.mesh = make_mesh()
-    self.replicated, self.batch_sharding = shardings(self.mesh)
-    self.model = create_model(config, num_classes)
-    if jax.process_index() == 0:
-      atomic_write_json(os.path.join(workdir, "classes.json"), self.dataset.class_names)
-    self.steps_per_epoch = data.num_batches(len(self.dataset.train), config.batch_size)
-    root = jax.random.key(config.seed)
-    state = create_train_state(config, self.model, jax.random.fold_in(root, 0),
-                               self.steps_per_epoch)
-    self.state = jax.device_put(state, self.replicated)
-    self.step_key = jax.random.fold_in(root, 1)
-    self.proxy_key = jax.random.fold_in(root, 2)
-    self.lr_fn = learning_rate_schedule(config, self.steps_per_epoch)
-    self.train_fn = make_train_step(config, self.replicated)
-    self.eval_fn = make_eval_step()
-    self.predict_fn = make_predict_step()
-    self.bank = proxy.ProxyBank()
-    self.schedule = proxy.parse_schedule(config.proxy.schedule, config.num_epochs,
-                                         config.proxy.enabled)
-    self.meta = {"epoch": 0, "proxy_steps_done": 0, "history": [], "proxy_steps": [],
-                 "best": {"val_accuracy": -1.0, "epoch": -1}, "bank_size": 0,
-                 "elapsed_s": 0.0}
-    self.ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints)
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0)
 
-  def close(self):
-    self.ckpt.close()
-    self.writer.flush()
-    self.writer.close()
+def _train(setup: Setup, state, started: float) -> records.Summary:
+  config, steps_per_epoch = setup.config, setup.steps_per_epoch
+  state, progress, bank = _restore_or_start(setup, state)
+  total_steps = config.num_epochs * steps_per_epoch
+  eta = reporting.Eta(total_steps, progress.epoch * steps_per_epoch)
+  report = reporting.progress_action(config, total_steps, setup.writer)
+  elapsed_before = progress.elapsed_s
+  # Proxy steps due before the first epoch of this session (schedule starting with "p").
+  _run_due_proxy_steps(setup, state, bank, progress, eta)
+  for epoch in range(progress.epoch, config.num_epochs):
+    epoch_started = time.time()
+    state, totals = train_epoch(setup, state, bank, epoch, report)
+    train_metrics = jax.device_get(totals)  # The epoch's one wait on the device.
+    seconds = time.time() - epoch_started
+    _stop_if_diverged(setup, train_metrics, epoch)
+    val = evaluate(state, setup.dataset.val, config.eval_batch_size, setup.eval_fn,
+                   setup.batch_sharding)
+    progress.add_epoch(_epoch_record(setup, epoch, train_metrics.compute(), val, seconds))
+    step = (epoch + 1) * steps_per_epoch
+    reporting.log_epoch(setup.writer, step, progress.history[-1], config.num_epochs,
+                        eta.seconds_left(step))
+    # The proxy steps at this boundary run before the save, so a checkpoint never sits
+    # between an epoch and the proxy step that follows it.
+    proxied = _run_due_proxy_steps(setup, state, bank, progress, eta)
+    progress.elapsed_s = elapsed_before + time.time() - started
+    if ((epoch + 1) % config.checkpoint_every_epochs == 0 or proxied
+        or epoch + 1 == config.num_epochs):
+      setup.ckpt.save(progress.epoch, state, progress.to_json(), bank.to_arrays())
+  return _finish(setup, state, bank, progress, elapsed_before + time.time() - started)
 
-  def restore(self) -> bool:
-    latest = self.ckpt.latest_epoch()
-    if latest is None:
-      return False
-    self.state, self.meta, bank_arrays = self.ckpt.restore(latest, self.state)
-    self.bank = proxy.ProxyBank.from_arrays(bank_arrays)
-    logging.info("Resumed from %s at epoch %d (%d proxy steps done, bank of %d).",
-                 self.ckpt.directory, self.meta["epoch"], self.meta["proxy_steps_done"],
-                 len(self.bank))
-    return True
 
-  def train(self) -> dict:
-    config = self.config
-    resumed = self.restore()
-    summary_path = os.path.join(self.workdir, "summary.json")
-    if resumed and self.meta["epoch"] >= config.num_epochs and os.path.exists(summary_path):
-      logging.info("%s is already complete; nothing to do.", self.workdir)
-      return config_lib.read_json(summary_path)
-    if not resumed:
-      self.write_run_header()
-    self.elapsed_before = self.meta["elapsed_s"]
-    self.first_step, self.session_start = int(self.state.step), time.time()
-    self.progress = periodic_actions.ReportProgress(
-        num_train_steps=config.num_epochs * self.steps_per_epoch, writer=self.writer)
-    # Proxy steps due before the first epoch of this session (schedule starting with "p").
-    self.run_due_proxy_steps(self.meta["epoch"])
-    for epoch in range(self.meta["epoch"], config.num_epochs):
-      self.train_epoch(epoch)
-      self.meta["epoch"] = epoch + 1
-      # The proxy steps at this boundary run before the save, so a checkpoint never sits
-      # between an epoch and the proxy step that follows it.
-      proxied = self.run_due_proxy_steps(epoch + 1)
-      self.meta["elapsed_s"] = self.elapsed_before + time.time() - self.start_time
-      if ((epoch + 1) % config.checkpoint_every_epochs == 0 or proxied
-          or epoch + 1 == config.num_epochs):
-        self.save()
-    return self.finish()
+def _restore_or_start(setup: Setup, state):
+  """(state, progress, bank) of the latest checkpoint, or the fresh ones (run header logged)."""
+  latest = setup.ckpt.latest_epoch()
+  if latest is None:
+    reporting.write_run_header(setup.writer, setup.config, setup.dataset.train)
+    return state, records.RunProgress(), proxy.ProxyBank()
+  state, meta, bank_arrays = setup.ckpt.restore(latest, state)
+  progress, bank = records.RunProgress.from_json(meta), proxy.ProxyBank.from_arrays(bank_arrays)
+  # The loop counts steps on the host from the epoch; a mismatch would shift every key.
+  if int(state.step) != progress.epoch * setup.steps_per_epoch:
+    raise ValueError(f"checkpoint {latest} in {setup.ckpt.directory} is at step "
+                     f"{int(state.step)}, not {progress.epoch} x {setup.steps_per_epoch}")
+  logging.info("Resumed from %s at epoch %d (%d proxy steps done, bank of %d).",
+               setup.ckpt.directory, progress.epoch, progress.proxy_steps_done, len(bank))
+  return state, progress, bank
 
-  def write_run_header(self):
-    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-               for k, v in config_lib.flatten(self.config).items()}
-    self.writer.write_hparams(hparams)
-    batch = next(data.batches(self.dataset.train, min(self.config.batch_size, 16),
-                              data.epoch_order(len(self.dataset.train), self.config.seed, 0)))
-    inputs = jax.jit(preprocess.train_inputs, static_argnums=(2, 3))(
-        batch["image"], jax.random.key(0), self.config.augment.flip,
-        self.config.augment.rotation_degrees)
-    pictures = np.clip(np.asarray(preprocess.denormalize(inputs)), 0, 1)
-    self.writer.write_images(0, {"train/examples": images_grid.grid(pictures)[None]})
 
-  def save(self):
-    self.meta["bank_size"] = len(self.bank)
-    self.ckpt.save(self.meta["epoch"], self.state, self.meta, self.bank.to_arrays())
+def train_epoch(setup: Setup, state, bank: proxy.ProxyBank, epoch: int, report):
+  """Dispatches the epoch's steps without waiting on any; returns (state, metrics on device)."""
+  config, split = setup.config, setup.dataset.train
+  order = data.epoch_order(len(split), config.seed, epoch)
+  swap = bank.swap if len(bank) else None
+  step, totals = epoch * setup.steps_per_epoch, None
+  for batch in prefetch(data.batches(split, config.batch_size, order, swap=swap)):
+    state, batch_metrics = setup.train_fn(state, to_global(batch, setup.batch_sharding),
+                                          setup.step_key)
+    totals = batch_metrics if totals is None else merge_metrics(totals, batch_metrics)
+    step += 1
+    report(step)
+  return state, totals
 
-  def run_due_proxy_steps(self, epochs_done: int) -> bool:
-    ran = False
-    while (self.meta["proxy_steps_done"] < len(self.schedule.proxy_epochs)
-           and self.schedule.proxy_epochs[self.meta["proxy_steps_done"]] == epochs_done):
-      index = self.meta["proxy_steps_done"]
-      key = jax.random.fold_in(self.proxy_key, index)
-      self.bank, record = proxy.run_proxy_step(
-          self.state, self.dataset.train, self.bank, self.config, key,
-          predict_fn=self.predict_fn, writer=self.writer, workdir=self.workdir,
-          step=int(self.state.step), index=index, batch_sharding=self.batch_sharding)
-      record["epoch"] = epochs_done
-      self.meta["proxy_steps"].append(record)
-      self.meta["proxy_steps_done"] = index + 1
-      ran = True
-    return ran
 
-  def train_epoch(self, epoch: int):
-    config, split = self.config, self.dataset.train
-    started = time.time()
-    order = data.epoch_order(len(split), config.seed, epoch)
-    swap = self.bank.swap if len(self.bank) else None
-    totals = None
-    for batch in prefetch(data.batches(split, config.batch_size, order, swap=swap)):
-      step = int(self.state.step)
-      key = jax.random.fold_in(self.step_key, step)
-      self.state, metrics = self.train_fn(self.state, to_global(batch, self.batch_sharding), key)
-      totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
-      self.progress(step + 1)
-      if (step + 1) % config.log_every_steps == 0:
-        self.log_progress(epoch, step + 1)
-    train_metrics = finalize_metrics(jax.device_get(totals))
-    seconds = time.time() - started
-    val = evaluate(self.state, self.dataset.val, config.eval_batch_size, self.eval_fn,
-                   self.batch_sharding)
-    self.record_epoch(epoch, train_metrics, val, seconds)
+def _stop_if_diverged(setup: Setup, train_metrics, epoch: int) -> None:
+  bad_step = int(train_metrics.first_nonfinite_step.step)
+  if bad_step == NO_STEP:
+    return
+  setup.ckpt.wait()
+  complete = setup.ckpt.complete_epochs()
+  last = (f"epoch {complete[-1]} in {setup.ckpt.directory}" if complete
+          else "none (no epoch finished before it)")
+  raise DivergenceError(
+      f"training diverged in epoch {epoch + 1} at step {bad_step} (step "
+      f"{bad_step - epoch * setup.steps_per_epoch} of {setup.steps_per_epoch} in the epoch): "
+      f"the loss or a parameter is not finite. Nothing of this epoch was saved; the last good "
+      f"checkpoint is {last}. Lower config.optimizer.learning_rate (now "
+      f"{setup.config.optimizer.learning_rate:g}) and train again in a new --workdir")
 
-  def log_progress(self, epoch, steps_done):
-    total = self.config.num_epochs * self.steps_per_epoch
-    rate = (steps_done - self.first_step) / max(time.time() - self.session_start, 1e-9)
-    eta = (total - steps_done) / max(rate, 1e-9)
-    logging.info("epoch %d/%d step %d/%d, ETA %s", epoch + 1, self.config.num_epochs,
-                 steps_done, total, time.strftime("%H:%M:%S", time.gmtime(eta)))
 
-  def record_epoch(self, epoch, train_metrics, val, seconds):
-    step = int(self.state.step)
-    lr = float(self.lr_fn(step - 1))
-    images_per_s = len(self.dataset.train) / seconds
-    row = {"epoch": epoch + 1, "train_loss": train_metrics["loss"],
-           "train_accuracy": train_metrics["accuracy"], "val_loss": val["loss"],
-           "val_accuracy": val["accuracy"], "val_top5": val["top5"], "learning_rate": lr,
-           "epoch_seconds": seconds, "images_per_second": images_per_s}
-    self.meta["history"].append(row)
-    if val["accuracy"] > self.meta["best"]["val_accuracy"]:
-      self.meta["best"] = {"val_accuracy": val["accuracy"], "epoch": epoch + 1}
-    self.writer.write_scalars(step, {
-        "train/loss": row["train_loss"], "train/accuracy": row["train_accuracy"],
-        "val/loss": val["loss"], "val/accuracy": val["accuracy"], "val/top5": val["top5"],
-        "learning_rate": lr, "epoch_seconds": seconds, "images_per_second": images_per_s})
-    total_epochs = self.config.num_epochs
-    remaining = (total_epochs - epoch - 1) * seconds
-    logging.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f top5 %.4f | "
-                 "lr %.2e | %.1fs, %.0f img/s | ETA %s", epoch + 1, total_epochs,
-                 row["train_loss"], row["train_accuracy"], val["loss"], val["accuracy"],
-                 val["top5"], lr, seconds, images_per_s,
-                 time.strftime("%H:%M:%S", time.gmtime(remaining)))
+def _epoch_record(setup: Setup, epoch: int, train: dict, val: dict,
+                  seconds: float) -> records.EpochRecord:
+  step = (epoch + 1) * setup.steps_per_epoch
+  return records.EpochRecord(
+      epoch=epoch + 1, train_loss=train["loss"], train_accuracy=train["accuracy"],
+      val_loss=val["loss"], val_accuracy=val["accuracy"], val_top5=val["top5"],
+      learning_rate=float(setup.lr_fn(step - 1)), epoch_seconds=seconds,
+      images_per_second=len(setup.dataset.train) / seconds)
 
-  def finish(self) -> dict:
-    self.ckpt.manager.wait_until_finished()
-    test = None
-    if self.dataset.test is not None:
-      test = evaluate(self.state, self.dataset.test, self.config.eval_batch_size,
-                      self.eval_fn, self.batch_sharding)
-      self.writer.write_scalars(int(self.state.step), {f"test/{k}": v for k, v in test.items()})
-    final = dict(self.meta["history"][-1])
-    summary = {
-        "config": self.config.to_dict(), "final": final, "best": self.meta["best"],
-        "test": test, "num_epochs": self.config.num_epochs,
-        "wall_time_s": self.elapsed_before + time.time() - self.start_time,
-        "proxy_steps": self.meta["proxy_steps"], "bank_size": len(self.bank),
-        "skipped_files": self.dataset.skipped_files,
-        "num_examples": {"train": len(self.dataset.train), "val": len(self.dataset.val),
-                         "test": len(self.dataset.test) if self.dataset.test else 0},
-        "history": self.meta["history"]}
-    if jax.process_index() == 0:
-      atomic_write_json(os.path.join(self.workdir, "summary.json"), summary)
-    logging.info("Done: val accuracy %.4f (best %.4f at epoch %d), test %s.",
-                 final["val_accuracy"], self.meta["best"]["val_accuracy"],
-                 self.meta["best"]["epoch"], test)
-    return summary
+
+def _run_due_proxy_steps(setup: Setup, state, bank: proxy.ProxyBank,
+                         progress: records.RunProgress, eta: reporting.Eta) -> bool:
+  """Runs the proxy steps due after `progress.epoch` epochs, storing their proxies in `bank`."""
+  config, due = setup.config, setup.schedule.proxy_epochs
+  ran = False
+  while progress.proxy_steps_done < len(due) and due[progress.proxy_steps_done] == progress.epoch:
+    index = progress.proxy_steps_done
+    result = proxy.run_proxy_step(
+        state, setup.dataset.train, bank, config, jax.random.fold_in(setup.proxy_key, index),
+        predict_fn=setup.predict_fn, batch_sharding=setup.batch_sharding)
+    bank.store(result.ids, result.proxies, replace_all=config.proxy.clear_every_step)
+    record = records.ProxyStepRecord(index=index, epoch=progress.epoch, wrong=result.wrong,
+                                     chosen=len(result.ids), bank_size=len(bank),
+                                     seconds=result.seconds)
+    progress.add_proxy_step(record)
+    step = progress.epoch * setup.steps_per_epoch
+    reporting.log_proxy_step(setup.writer, setup.workdir, step, record, result,
+                             config.proxy.num_logged_images, eta.seconds_left(step))
+    ran = True
+  return ran
+
+
+def _finish(setup: Setup, state, bank, progress: records.RunProgress,
+            wall_time_s: float) -> records.Summary:
+  setup.ckpt.wait()
+  dataset, config = setup.dataset, setup.config
+  test = None
+  if dataset.test is not None:
+    test = evaluate(state, dataset.test, config.eval_batch_size, setup.eval_fn,
+                    setup.batch_sharding)
+    setup.writer.write_scalars(config.num_epochs * setup.steps_per_epoch,
+                               {f"test/{k}": v for k, v in test.items()})
+  summary = records.Summary(
+      config=config.to_dict(), final=progress.history[-1], best=progress.best, test=test,
+      num_epochs=config.num_epochs, wall_time_s=wall_time_s, history=progress.history,
+      proxy_steps=progress.proxy_steps, bank_size=len(bank),
+      skipped_files=dataset.skipped_files,
+      num_examples={"train": len(dataset.train), "val": len(dataset.val),
+                    "test": len(dataset.test) if dataset.test else 0})
+  if jax.process_index() == 0:
+    records.write_summary(setup.workdir, summary)
+  logging.info("Done: val accuracy %.4f (best %.4f at epoch %d), test %s.",
+               summary.final.val_accuracy, summary.best.val_accuracy, summary.best.epoch, test)
+  return summary
 

@@ -5,6 +5,7 @@ import pytest
 
 from configs import default
 from proxy_jax import batch_size
+from proxy_jax import train
 
 
 def _tiny_config(ceiling):
@@ -27,19 +28,16 @@ def test_candidates_and_ceiling():
   assert batch_size.resolve_ceiling(_tiny_config(24), None) == 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_factory():
+@pytest.fixture(scope="module")
+def factory():
   """Builds the model, state and step once for the whole file (the init is the slow part)."""
-  factory = batch_size.StepFactory.create(_tiny_config(16), 10)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(batch_size.StepFactory, "create", lambda config, num_classes: factory)
-    yield factory
+  return train.finder_step_factory(_tiny_config(16), 10)
 
 
 @pytest.fixture(scope="module")
-def cpu_search():
+def cpu_search(factory):
   assert batch_size.device_memory_limit(jax.devices()[0]) is None  # CPU reports no limit.
-  return batch_size.search(_tiny_config(16), num_classes=10)
+  return batch_size.search(_tiny_config(16), 10, factory)
 
 
 def test_cpu_returns_the_ceiling(cpu_search):
@@ -51,19 +49,19 @@ def test_cpu_returns_the_ceiling(cpu_search):
   assert all(p.measured_bytes and p.measured_bytes > 0 for p in probes)
 
 
-def test_fake_limit_backs_off(cpu_search, monkeypatch):
+def test_fake_limit_backs_off(cpu_search, factory, monkeypatch):
   _, probes = cpu_search
   small, large = probes[0].predicted_bytes, probes[1].predicted_bytes
   # A limit between the two predictions (at the 0.9 fraction): 8 fits, 16 does not.
   limit = int((small + large) / 2 / 0.9)
   monkeypatch.setattr(batch_size, "device_memory_limit", lambda device: limit)
-  chosen, new_probes = batch_size.search(_tiny_config(16), num_classes=10)
+  chosen, new_probes = batch_size.search(_tiny_config(16), 10, factory)
   assert chosen == 8
   assert not new_probes[-1].fits and "predicted above" in new_probes[-1].reason
   assert new_probes[-1].measured_bytes is None  # Rejected on the prediction, never run.
 
 
-def test_out_of_memory_when_run_backs_off(monkeypatch):
+def test_out_of_memory_when_run_backs_off(factory, monkeypatch):
   real_run = batch_size.run_step
 
   def run_or_oom(compiled, state, batch, key):
@@ -73,16 +71,16 @@ def test_out_of_memory_when_run_backs_off(monkeypatch):
 
   monkeypatch.setattr(batch_size, "run_step", run_or_oom)
   # 8 (the start) fails when run, so the finder halves below it: 4 runs.
-  chosen, probes = batch_size.search(_tiny_config(16), num_classes=10)
+  chosen, probes = batch_size.search(_tiny_config(16), 10, factory)
   assert chosen == 4
   assert [p.batch_size for p in probes] == [8, 4]
   assert "out of memory" in probes[0].reason
 
 
-def test_other_errors_are_not_mistaken_for_memory(monkeypatch):
+def test_other_errors_are_not_mistaken_for_memory(factory, monkeypatch):
   def broken(compiled, state, batch, key):
     raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: shapes do not match")
 
   monkeypatch.setattr(batch_size, "run_step", broken)
   with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):
-    batch_size.search(_tiny_config(8), num_classes=10)
+    batch_size.search(_tiny_config(8), 10, factory)

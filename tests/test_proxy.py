@@ -241,8 +241,15 @@ def proxy_step(tiny_model, bank, key, **overrides):
   config = config.copy_and_resolve_references()
   for field, value in overrides.items():
     config.proxy[field] = value
-  return proxy.run_proxy_step(state, split, bank, config, jax.random.key(key),
-                              predict_fn=train.make_predict_step(), batch_sharding=sharding)
+  before = bank.to_arrays()
+  result = proxy.run_proxy_step(state, split, bank, config, jax.random.key(key),
+                                predict_fn=train.make_predict_step(), batch_sharding=sharding)
+  after = bank.to_arrays()  # The step only reads the bank; storing is the caller's job.
+  np.testing.assert_array_equal(before["ids"], after["ids"])
+  np.testing.assert_array_equal(before["images"], after["images"])
+  assert len(result.ids) == len(result.proxies) == len(result.maps) == len(result.originals)
+  bank.store(result.ids, result.proxies, replace_all=config.proxy.clear_every_step)
+  return bank, {"wrong": result.wrong, "chosen": len(result.ids)}
 
 
 def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatch):
@@ -380,15 +387,15 @@ sys.path[:0] = [{root!r}, {tests!r}]
 from conftest import make_tiny_config
 from proxy_jax import train
 overrides = {overrides!r}
-original = train.Run.train_epoch
+original = train.train_epoch
 
-def train_epoch(self, epoch):
+def train_epoch(setup, state, bank, epoch, report):
   if epoch == 1:  # After epoch 1, its proxy step and their checkpoint: die mid-schedule.
-    self.ckpt.manager.wait_until_finished()
+    setup.ckpt.wait()
     os.kill(os.getpid(), signal.SIGKILL)
-  original(self, epoch)
+  return original(setup, state, bank, epoch, report)
 
-train.Run.train_epoch = train_epoch
+train.train_epoch = train_epoch
 train.train_and_evaluate(make_tiny_config(**overrides), sys.argv[1])
 """
 

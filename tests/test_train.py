@@ -126,3 +126,21 @@ def test_bfloat16_run_trains_and_its_cams_and_proxies_are_finite(tmp_path):
   assert 0.0 <= maps.min() and maps.max() <= 1.0
   proxies = np.asarray(proxy.proxy_transform(unit, maps, 0.5, 0.2))
   assert np.isfinite(proxies).all() and not np.array_equal(proxies, np.asarray(unit))
+
+
+def test_steps_import_without_tensorflow():
+  # Accelerator images often ship JAX alone: the steps, models, CAMs and proxy step must not
+  # need TensorFlow, which only feeds TFDS and writes summaries once a run starts.
+  code = ("import importlib.abc, sys\n"
+          "class Block(importlib.abc.MetaPathFinder):\n"
+          "  def find_spec(self, name, path, target=None):\n"
+          "    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
+          "      raise ImportError('blocked ' + name)\n"
+          "sys.meta_path.insert(0, Block())\n"
+          "from proxy_jax import train, proxy, cams, data, models\n"
+          "assert not [m for m in sys.modules if m.startswith('tensorflow')]\n"
+          "print('ok')\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "ok"

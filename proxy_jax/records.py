@@ -1,0 +1,175 @@
+"""What a run records: the per-epoch and per-proxy-step rows, the checkpointed progress and the
+summary, as dataclasses with one JSON reader and writer each.
+
+`RunProgress` is the loop's bookkeeping saved in every checkpoint (Orbax's `meta` item);
+`Summary` is `<workdir>/summary.json`, written once when a run completes. Both read older files:
+missing fields take their defaults and fields this module does not know are kept (in `extra`)
+and written back unchanged, so workdirs and results from earlier versions stay readable.
+`read_summary` is the one parser of summary.json (aggregate, experiments and the trainer use it).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from proxy_jax.io_utils import atomic_write_json
+
+SUMMARY_FILE = "summary.json"
+
+
+def _from_dict(cls, raw: dict | None):
+  """`cls` from a JSON object: known fields by name, the rest kept in `extra` if `cls` has it."""
+  raw = dict(raw or {})
+  names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+  known = {k: raw.pop(k) for k in list(raw) if k in names}
+  if "extra" in {f.name for f in dataclasses.fields(cls)}:
+    known["extra"] = raw
+  return cls(**known)
+
+
+def _to_dict(record) -> dict:
+  out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name != "extra"}
+  out.update(getattr(record, "extra", None) or {})
+  return out
+
+
+class _FlatRecord:
+  """A record whose fields are plain JSON values."""
+
+  @classmethod
+  def from_json(cls, raw: dict | None):
+    return _from_dict(cls, raw)
+
+  def to_json(self) -> dict:
+    return _to_dict(self)
+
+
+@dataclasses.dataclass
+class EpochRecord(_FlatRecord):
+  """One row of the history: train and validation metrics after an epoch, and its speed."""
+  # Every field has a default so that rows of older or hand-made files still read.
+  epoch: int = 0
+  train_loss: float | None = None
+  train_accuracy: float | None = None
+  val_loss: float | None = None
+  val_accuracy: float | None = None
+  val_top5: float | None = None
+  learning_rate: float | None = None
+  epoch_seconds: float | None = None
+  images_per_second: float | None = None
+  extra: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ProxyStepRecord(_FlatRecord):
+  """One proxy step: how many training examples were wrong, how many became proxies."""
+  index: int = 0
+  epoch: int = 0  # Completed epochs when it ran.
+  wrong: int = 0
+  chosen: int = 0
+  bank_size: int = 0
+  seconds: float = 0.0
+  extra: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Best(_FlatRecord):
+  val_accuracy: float = -1.0
+  epoch: int = -1
+
+
+@dataclasses.dataclass
+class RunProgress:
+  """The loop's bookkeeping, checkpointed with the state: a resumed run continues from it."""
+  epoch: int = 0  # Completed epochs.
+  proxy_steps_done: int = 0
+  history: list[EpochRecord] = dataclasses.field(default_factory=list)
+  proxy_steps: list[ProxyStepRecord] = dataclasses.field(default_factory=list)
+  best: Best = dataclasses.field(default_factory=Best)
+  bank_size: int = 0
+  elapsed_s: float = 0.0  # Wall time of all sessions up to this checkpoint.
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  def add_epoch(self, row: EpochRecord) -> None:
+    self.history.append(row)
+    self.epoch = row.epoch
+    if row.val_accuracy > self.best.val_accuracy:
+      self.best = Best(row.val_accuracy, row.epoch)
+
+  def add_proxy_step(self, record: ProxyStepRecord) -> None:
+    self.proxy_steps.append(record)
+    self.proxy_steps_done = record.index + 1
+    self.bank_size = record.bank_size
+
+  @classmethod
+  def from_json(cls, raw: dict) -> "RunProgress":
+    progress = _from_dict(cls, raw)
+    progress.history = [EpochRecord.from_json(r) for r in progress.history]
+    progress.proxy_steps = [ProxyStepRecord.from_json(r) for r in progress.proxy_steps]
+    progress.best = Best.from_json(progress.best if isinstance(progress.best, dict) else None)
+    return progress
+
+  def to_json(self) -> dict:
+    out = _to_dict(self)
+    out.update(history=[r.to_json() for r in self.history],
+               proxy_steps=[r.to_json() for r in self.proxy_steps], best=self.best.to_json())
+    return out
+
+
+@dataclasses.dataclass
+class Summary:
+  """`summary.json`: the config, final/best/test metrics, the history and the proxy steps."""
+  config: dict
+  final: EpochRecord | None
+  best: Best
+  test: dict | None  # {"loss", "accuracy", "top5"} on the test split, None without one.
+  num_epochs: int | None
+  wall_time_s: float | None
+  history: list[EpochRecord]
+  proxy_steps: list[ProxyStepRecord]
+  bank_size: int = 0
+  skipped_files: list = dataclasses.field(default_factory=list)
+  num_examples: dict = dataclasses.field(default_factory=dict)
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def from_json(cls, raw: dict) -> "Summary":
+    raw = dict(raw)
+    for field, default in (("config", {}), ("final", None), ("best", None), ("test", None),
+                           ("num_epochs", None), ("wall_time_s", None), ("history", []),
+                           ("proxy_steps", [])):
+      raw.setdefault(field, default)
+    summary = _from_dict(cls, raw)
+    summary.final = EpochRecord.from_json(summary.final) if summary.final else None
+    summary.best = Best.from_json(summary.best)
+    summary.history = [EpochRecord.from_json(r) for r in summary.history or []]
+    summary.proxy_steps = [ProxyStepRecord.from_json(r) for r in summary.proxy_steps or []]
+    return summary
+
+  def to_json(self) -> dict:
+    out = _to_dict(self)
+    out.update(final=self.final.to_json() if self.final else None, best=self.best.to_json(),
+               history=[r.to_json() for r in self.history],
+               proxy_steps=[r.to_json() for r in self.proxy_steps])
+    return out
+
+
+def summary_path(workdir: str) -> str:
+  return os.path.join(workdir, SUMMARY_FILE)
+
+
+def read_summary(workdir_or_path: str) -> Summary | None:
+  """The summary of a run directory (or of a summary.json path); None if it has none."""
+  path = workdir_or_path
+  if os.path.isdir(path):
+    path = summary_path(path)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    raw: Any = json.load(f)
+  return Summary.from_json(raw)
+
+
+def write_summary(workdir: str, summary: Summary) -> None:
+  atomic_write_json(summary_path(workdir), summary.to_json())

@@ -1,0 +1,49 @@
+"""records.py reads what earlier versions wrote and writes it back unchanged."""
+
+import json
+
+from proxy_jax import records
+
+ROW = {"epoch": 1, "train_loss": 2.0, "train_accuracy": 0.3, "val_loss": 2.5,
+       "val_accuracy": 0.25, "val_top5": 0.6, "learning_rate": 1e-3, "epoch_seconds": 4.0,
+       "images_per_second": 300.0}
+STEP = {"index": 0, "epoch": 1, "wrong": 40, "chosen": 20, "bank_size": 20, "seconds": 0.5}
+
+
+def test_summary_round_trips_and_keeps_unknown_fields(tmp_path):
+  raw = {"config": {"seed": 0}, "final": ROW, "best": {"val_accuracy": 0.25, "epoch": 1},
+         "test": {"loss": 2.4, "accuracy": 0.3, "top5": 0.7}, "num_epochs": 1,
+         "wall_time_s": 9.5, "proxy_steps": [STEP], "bank_size": 20,
+         "skipped_files": [{"path": "a.jpg", "reason": "truncated"}],
+         "num_examples": {"train": 100, "val": 20, "test": 20}, "history": [ROW],
+         "dtype": "float32"}  # A field this version does not know.
+  (tmp_path / "summary.json").write_text(json.dumps(raw))
+  summary = records.read_summary(str(tmp_path))
+  assert summary.final.val_accuracy == 0.25 and summary.proxy_steps[0].chosen == 20
+  assert summary.extra == {"dtype": "float32"}
+  assert summary.to_json() == raw
+  records.write_summary(str(tmp_path / "copy"), summary)
+  assert json.loads((tmp_path / "copy" / "summary.json").read_text()) == raw
+
+
+def test_older_and_partial_files_read_with_defaults(tmp_path):
+  partial = {"final": {"epoch": 2, "val_accuracy": 0.5}, "history": [{"epoch": 2}],
+             "proxy_steps": [{"epoch": 1, "wrong": 3, "chosen": 2}]}
+  summary = records.Summary.from_json(partial)
+  assert summary.final.train_loss is None and summary.best.epoch == -1
+  assert summary.proxy_steps[0].bank_size == 0 and summary.test is None
+  assert records.read_summary(str(tmp_path)) is None  # No summary.json: no summary.
+
+
+def test_checkpoint_progress_round_trips_and_tracks_best():
+  meta = {"epoch": 1, "proxy_steps_done": 1, "history": [ROW], "proxy_steps": [STEP],
+          "best": {"val_accuracy": 0.25, "epoch": 1}, "bank_size": 20, "elapsed_s": 12.0}
+  progress = records.RunProgress.from_json(meta)
+  assert progress.to_json() == meta
+  progress.add_epoch(records.EpochRecord.from_json({**ROW, "epoch": 2, "val_accuracy": 0.2}))
+  assert progress.epoch == 2 and progress.best == records.Best(0.25, 1)
+  progress.add_epoch(records.EpochRecord.from_json({**ROW, "epoch": 3, "val_accuracy": 0.4}))
+  assert progress.best == records.Best(0.4, 3)
+  progress.add_proxy_step(records.ProxyStepRecord(index=1, epoch=3, wrong=5, chosen=3,
+                                                  bank_size=23, seconds=0.1))
+  assert progress.proxy_steps_done == 2 and progress.bank_size == 23
