@@ -463,23 +463,25 @@ def recording(sharding, local, global_shape=None):
   return make_array(sharding, local, global_shape)
 
 jax.make_array_from_process_local_data = recording
-finish = train.Run.finish
+finish = train._finish
 
-def finish_and_fuse(self):
-  summary = finish(self)
+def finish_and_fuse(setup, state, bank, progress, wall_time_s):
+  summary = finish(setup, state, bank, progress, wall_time_s)
   # The run's steps took the two-pass path; a fused step on the final state covers the other.
-  config = self.config.copy_and_resolve_references()
+  config = setup.config.copy_and_resolve_references()
   config.proxy.subset = 1.0
-  fused, _ = proxy.run_proxy_step(self.state, self.dataset.train, proxy.ProxyBank(), config,
-                                  jax.random.key(7), predict_fn=self.predict_fn,
-                                  batch_sharding=self.batch_sharding)
-  np.savez(out + ".npz", run_ids=self.bank.ids(), run_images=self.bank.to_arrays()["images"],
+  result = proxy.run_proxy_step(state, setup.dataset.train, proxy.ProxyBank(), config,
+                                jax.random.key(7), predict_fn=setup.predict_fn,
+                                batch_sharding=setup.batch_sharding)
+  fused = proxy.ProxyBank()
+  fused.store(result.ids, result.proxies)
+  np.savez(out + ".npz", run_ids=bank.ids(), run_images=bank.to_arrays()["images"],
            fused_ids=fused.ids(), fused_images=fused.to_arrays()["images"])
   with open(out + ".json", "w") as f:
-    json.dump({{"summary": summary, "fed": fed, "devices": jax.device_count()}}, f)
+    json.dump({{"summary": summary.to_json(), "fed": fed, "devices": jax.device_count()}}, f)
   return summary
 
-train.Run.finish = finish_and_fuse
+train._finish = finish_and_fuse
 train.train_and_evaluate(make_tiny_config(**{overrides!r}), workdir)
 """
 def _free_port():
@@ -500,8 +502,10 @@ def _fused_step_on_final_state(workdir, config):
   finally:
     ckpt.close()
   split = data.load_dataset(config, workdir).train
-  bank, _ = proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, jax.random.key(7),
-                                 predict_fn=train.make_predict_step())
+  result = proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, jax.random.key(7),
+                                predict_fn=train.make_predict_step())
+  bank = proxy.ProxyBank()
+  bank.store(result.ids, result.proxies)
   return bank
 
 
