@@ -27,7 +27,7 @@ def parse_args(argv=None):
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--num-classes", type=int, default=1000)
-  parser.add_argument("--dtype", default="float32", choices=tuple(models.DTYPES))
+  parser.add_argument("--dtype", default="float32", choices=models.DTYPE_CHOICES)
   parser.add_argument("--methods", default=",".join(cams.METHODS),
                       help="comma-separated subset of: " + ", ".join(cams.METHODS))
   parser.add_argument("--reps", type=int, default=7, help="timed runs per cheap method")

@@ -81,8 +81,10 @@ def get_config():
   config.model.width = 0
   # "" = random init; a .safetensors path or a hub name (see README, transfer learning).
   config.model.pretrained = ""
-  # Compute dtype: "bfloat16" keeps float32 params, loss, softmax and CAM maths (our AMP).
-  config.dtype = "float32"
+  # Compute dtype: "bfloat16" keeps float32 params, loss, softmax and CAM maths (our AMP);
+  # "auto" = bfloat16 on GPU/TPU, float32 on CPU, so CPU runs compute exactly as in float32.
+  # The value a run used is recorded as dtype_resolved in config.json and summary.json.
+  config.dtype = "auto"
 
   # -1 = the largest batch whose train step fits the device (python -m proxy_jax.batch_size).
   config.batch_size = 64

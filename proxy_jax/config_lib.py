@@ -10,6 +10,7 @@ import json
 import math
 import os
 
+from absl import logging
 from flax import traverse_util
 
 from proxy_jax import cams
@@ -89,7 +90,7 @@ def validate(config) -> None:
   if not isinstance(small_stem, bool) and str(small_stem).lower() not in models.SMALL_STEM_CHOICES:
     _fail("model.small_stem", small_stem,
           "choose one of " + ", ".join(models.SMALL_STEM_CHOICES))
-  _check_choice(config, "dtype", tuple(models.DTYPES))
+  _check_choice(config, "dtype", models.DTYPE_CHOICES)
   width = config.model.get("width", 0)
   if not isinstance(width, int) or width < 0 or (width and models.is_vit(config.model.name)):
     _fail("model.width", width, "must be an integer >= 0 (0 = default), and 0 for ViT")
@@ -158,13 +159,40 @@ def read_json(path: str):
     return json.load(f)
 
 
+# Fields that record what this machine made of the config rather than the experiment itself: a
+# run resumed on other hardware may legitimately differ in them (a GPU run resumed on a CPU
+# computes in float32), so they are recorded but never make a resume fail.
+HARDWARE_FIELDS = ("dtype_resolved",)
+
+
+def resolve_dtype(config) -> str:
+  """Sets and returns `config.dtype_resolved`, the compute dtype `config.dtype` means here.
+
+  Models resolve "auto" with the same `models.resolve_dtype`, so the recorded value is the one
+  they compute in on this backend.
+  """
+  resolved = models.resolve_dtype(config.dtype)
+  with config.unlocked():
+    config.dtype_resolved = resolved
+  return resolved
+
+
 def write_or_check_resolved(config, workdir: str) -> None:
-  """Writes workdir/config.json; on a re-run, refuses a config that differs from it."""
+  """Resolves the config's dtype and writes workdir/config.json; on a re-run, refuses a config
+  that differs from the recorded one, except in HARDWARE_FIELDS (logged, file left as first
+  written; summary.json's config shows the finishing session's values)."""
   path = os.path.join(workdir, "config.json")
+  resolve_dtype(config)
   resolved = json.loads(config.to_json())
   if os.path.exists(path):
     previous = read_json(path)
     old, new = flatten(previous), flatten(resolved)
+    for key in HARDWARE_FIELDS:
+      if old.get(key, new[key]) != new[key]:
+        logging.warning("%s: resuming with %s=%r on this machine (the run began with %r).",
+                        workdir, key, new[key], old[key])
+      old.pop(key, None)
+      new.pop(key, None)
     changed = sorted(k for k in set(old) | set(new) if not _same(old.get(k), new.get(k)))
     if changed:
       detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:10])

@@ -8,6 +8,7 @@ import queue
 import threading
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
@@ -33,6 +34,18 @@ def to_global(host_batch: dict, batch_sharding) -> dict:
     return jax.make_array_from_process_local_data(batch_sharding, local, array.shape)
 
   return {k: put(v) for k, v in host_batch.items()}
+
+
+def to_host(tree):
+  """Global arrays -> numpy arrays of their full value, on every process.
+
+  With several processes a batch-sharded array is not fully addressable (`np.asarray` fails):
+  its shards are gathered from all processes. A collective: every process must call it, in
+  the same order, with the same shapes.
+  """
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def prefetch(iterator, size: int = 2):

@@ -279,7 +279,7 @@ def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) ->
   for batch in data.batches(split, batch_size):
     images = parallel.to_global({"image": batch["image"]}, batch_sharding)["image"]
     logits = predict_fn(state, images)
-    predictions.append(np.asarray(jnp.argmax(logits, -1))[batch["mask"] > 0])
+    predictions.append(parallel.to_host(jnp.argmax(logits, -1))[batch["mask"] > 0])
   return np.concatenate(predictions)
 
 
@@ -307,13 +307,14 @@ def _scan_split(state, split, config, batch_sharding):
     predicted, out, cam = scan(variables, device["image"], device.get("label"), threshold,
                                weight)
     valid = batch["mask"] > 0
-    predicted = np.asarray(predicted)[valid]
+    predicted = parallel.to_host(predicted)[valid]
     rows = np.flatnonzero(predicted != batch["label"][valid])
     predictions.append(predicted)
-    if len(rows):  # Only rows that can be chosen leave the device.
+    if len(rows):  # Batches without a wrong row leave their proxies on the device.
+      out, cam = parallel.to_host((out, cam))
       positions.append(begin + rows)
-      proxy_images.append(np.asarray(out)[rows])
-      maps.append(np.asarray(cam)[rows])
+      proxy_images.append(out[rows])
+      maps.append(cam[rows])
   shape = split.images.shape[1:]
   candidates = _Candidates(
       np.concatenate(positions) if positions else np.zeros((0,), np.int64),
@@ -348,6 +349,8 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
   """
   started = time.time()
   settings = config.proxy
+  if batch_sharding is None:
+    batch_sharding = parallel.shardings(parallel.make_mesh())[1]
   if use_fused_scan(settings.cam_method, settings.subset):
     predictions, candidates = _scan_split(state, split, config, batch_sharding)
   else:
@@ -357,13 +360,15 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
   wrong = np.flatnonzero(predictions != split.labels)
   chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key,
                         settings.class_balanced)
-  originals, proxy_images, maps = _proxies_of(state, split, bank, chosen, predictions, candidates,
-                                          config, jax.random.fold_in(key, 1))
+  originals, proxy_images, maps = _proxies_of(state, split, bank, chosen, predictions,
+                                              candidates, config, jax.random.fold_in(key, 1),
+                                              batch_sharding)
   return ProxyStepResult(split.ids[chosen], originals, proxy_images, maps, int(len(wrong)),
                          time.time() - started)
 
 
-def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noise_key):
+def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noise_key,
+                batch_sharding):
   """(source images, uint8 proxies, float maps) of the chosen training positions, in order.
 
   Taken from the fused scan where it has them; computed here (in chunks) for multi-pass CAM
@@ -385,22 +390,29 @@ def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noi
   if recompute.any():
     targets = predictions if settings.cam_target == "predicted" else split.labels
     out, cam = _chunked_proxies(state, sources[recompute], targets[chosen[recompute]], config,
-                                noise_key)
+                                noise_key, batch_sharding)
     proxy_images[recompute], maps[recompute] = out, cam
   return sources, proxy_images, maps.astype(np.float32) / 255.0
 
 
-def _chunked_proxies(state, images, targets, config, noise_key):
-  """CAMs and proxies in chunks whose size is a power of two (at most a few compilations)."""
+def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
+  """CAMs and proxies in chunks whose size is a power of two (at most a few compilations).
+
+  Each chunk is split over the mesh like a training batch (its size rounded up to a multiple
+  of the device count), so every device computes only its share of the CAMs.
+  """
   settings = config.proxy
   proxy_fn = make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
                            settings.weight, settings.mode, dict(_cam_options(config)))
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  limit = max(1, int(config.cams.chunk_size))
+  limit, devices = max(1, int(config.cams.chunk_size)), jax.device_count()
   outs, maps = [], []
   for rows, valid in data.padded_chunks(len(images), limit, power_of_two=True):
-    out, cam = proxy_fn(variables, images[rows], jnp.asarray(targets[rows], jnp.int32),
-                        jax.random.fold_in(noise_key, int(rows[0])))
-    outs.append(np.asarray(out)[:valid])
-    maps.append(np.asarray(cam)[:valid])
+    rows = np.resize(rows, -(-len(rows) // devices) * devices)  # Whole shares per device.
+    chunk = parallel.to_global({"image": images[rows], "target": targets[rows].astype(np.int32)},
+                               batch_sharding)
+    out, cam = parallel.to_host(proxy_fn(variables, chunk["image"], chunk["target"],
+                                         jax.random.fold_in(noise_key, int(rows[0]))))
+    outs.append(out[:valid])
+    maps.append(cam[:valid])
   return np.concatenate(outs), np.concatenate(maps)

@@ -1,5 +1,6 @@
 """Config validation: refused before any compute, naming the field and the allowed values."""
 
+import json
 import os
 import re
 import subprocess
@@ -94,6 +95,22 @@ def test_non_finite_value_in_any_float_field_is_refused_naming_it(value):
   for field in _float_fields():
     with pytest.raises(config_lib.ConfigError, match=f"config.{field}=.*finite"):
       config_lib.validate(make_tiny_config(**{field: value}))
+
+
+def test_resolved_dtype_is_recorded_and_may_differ_on_resume(tmp_path):
+  config = make_tiny_config(dtype="auto")
+  config_lib.write_or_check_resolved(config, str(tmp_path))
+  assert config.dtype_resolved == "float32"  # This suite runs on CPU.
+  path = tmp_path / "config.json"
+  recorded = json.loads(path.read_text())
+  assert recorded["dtype"] == "auto" and recorded["dtype_resolved"] == "float32"
+  # A run begun on a GPU (bfloat16) resumes here in float32 instead of being refused.
+  recorded["dtype_resolved"] = "bfloat16"
+  path.write_text(json.dumps(recorded))
+  config_lib.write_or_check_resolved(make_tiny_config(dtype="auto"), str(tmp_path))
+  assert json.loads(path.read_text())["dtype_resolved"] == "bfloat16"
+  with pytest.raises(config_lib.ConfigError, match="dtype: 'auto' -> 'bfloat16'"):
+    config_lib.write_or_check_resolved(make_tiny_config(dtype="bfloat16"), str(tmp_path))
 
 
 # Lines that TensorFlow's and XLA's C++ loggers write to stderr on import, not ours.

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import jax
 from hypothesis import given, strategies as st
@@ -258,3 +259,66 @@ def test_batches_swap_by_id_and_resume_from_a_step():
   assert split.images.max() == 0  # the original is never modified
   resumed = list(data.batches(split, 2, start=1))
   assert [b["id"].tolist() for b in resumed] == [[2, 3], [4, 5]]
+
+
+# ---------------------------------------------------------------- TFDS offline
+
+
+def _no_network(monkeypatch):
+  """Every outgoing connection fails at once, as on a machine without network."""
+
+  def refuse(*args, **kwargs):
+    raise OSError(101, "Network is unreachable")
+
+  monkeypatch.setattr(data.socket, "create_connection", refuse)
+
+
+def _assert_explains(error, name, data_dir):
+  message = str(error)
+  assert f"'{name}' is not prepared in {data_dir}" in message
+  assert f"tfds build {name} --data_dir=DIR" in message
+  assert os.path.join(str(data_dir), "downloads", "manual") in message
+
+
+def test_tfds_offline_fails_in_seconds_with_what_to_do(tmp_path, monkeypatch):
+  _no_network(monkeypatch)
+  started = time.time()
+  with pytest.raises(data.DatasetUnavailableError) as raised:
+    data.load_tfds_pool("stanford_dogs", "train", 16, str(tmp_path), 1)
+  assert time.time() - started < 15
+  _assert_explains(raised.value, "stanford_dogs", tmp_path)
+  assert "vision.stanford.edu:80 cannot be reached" in str(raised.value)
+  assert isinstance(raised.value, errors.UserError)  # main.py prints it as one line.
+
+
+def test_tfds_failed_download_is_one_clear_error(tmp_path, monkeypatch):
+  import requests  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(data, "_unreachable_hosts", lambda urls: [])  # The probe passes...
+
+  def connection_error(url, **kwargs):  # ...but the download itself fails.
+    raise requests.exceptions.ConnectionError(f"Max retries exceeded with url: {url}")
+
+  monkeypatch.setattr(downloader, "_open_url", connection_error)
+  started = time.time()
+  with pytest.raises(data.DatasetUnavailableError, match="ConnectionError") as raised:
+    data.load_tfds_pool("cifar100", "train", 16, str(tmp_path), 1)
+  assert time.time() - started < 15
+  _assert_explains(raised.value, "cifar100", tmp_path)
+
+
+def test_tfds_manual_download_missing_is_named(tmp_path, monkeypatch):
+  _no_network(monkeypatch)
+  with pytest.raises(data.DatasetUnavailableError, match="needs a manual download") as raised:
+    data.load_tfds_pool("imagenet2012", "train", 16, str(tmp_path), 1)
+  _assert_explains(raised.value, "imagenet2012", tmp_path)
+
+
+def test_prepared_tfds_dataset_needs_no_network(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare()  # Local, no download.
+  _no_network(monkeypatch)
+  builder = tfds.builder("dummy_mnist", data_dir=str(tmp_path))
+  monkeypatch.setattr(builder, "download_and_prepare", lambda: pytest.fail("downloaded"))
+  data.prepare_tfds(builder)
+  assert len(list(builder.as_dataset(split="train"))) == 20

@@ -441,3 +441,107 @@ def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path, straight_run):
   (_, bank_a), (_, bank_b) = final_bank(straight_dir, config), final_bank(resumed_dir, config)
   np.testing.assert_array_equal(bank_a["ids"], bank_b["ids"])
   np.testing.assert_array_equal(bank_a["images"], bank_b["images"])
+
+
+# ---------------------------------------------------------------- several processes
+
+MULTI_PROCESS_RUN = """
+import json, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+process_id, port, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+import jax
+jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_processes=2,
+                           process_id=process_id)
+import numpy as np
+from conftest import make_tiny_config
+from proxy_jax import proxy, train
+fed = []
+make_array = jax.make_array_from_process_local_data
+
+def recording(sharding, local, global_shape=None):
+  fed.append([list(np.shape(local)), list(global_shape)])
+  return make_array(sharding, local, global_shape)
+
+jax.make_array_from_process_local_data = recording
+finish = train._finish
+
+def finish_and_fuse(setup, state, bank, progress, wall_time_s):
+  summary = finish(setup, state, bank, progress, wall_time_s)
+  # The run's steps took the two-pass path; a fused step on the final state covers the other.
+  config = setup.config.copy_and_resolve_references()
+  config.proxy.subset = 1.0
+  result = proxy.run_proxy_step(state, setup.dataset.train, proxy.ProxyBank(), config,
+                                jax.random.key(7), predict_fn=setup.predict_fn,
+                                batch_sharding=setup.batch_sharding)
+  fused = proxy.ProxyBank()
+  fused.store(result.ids, result.proxies)
+  np.savez(out + ".npz", run_ids=bank.ids(), run_images=bank.to_arrays()["images"],
+           fused_ids=fused.ids(), fused_images=fused.to_arrays()["images"])
+  with open(out + ".json", "w") as f:
+    json.dump({{"summary": summary.to_json(), "fed": fed, "devices": jax.device_count()}}, f)
+  return summary
+
+train._finish = finish_and_fuse
+train.train_and_evaluate(make_tiny_config(**{overrides!r}), workdir)
+"""
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _fused_step_on_final_state(workdir, config):
+  """The bank of a fused proxy step (subset 1.0) on a finished run's final state."""
+  config = config.copy_and_resolve_references()
+  config.proxy.subset = 1.0
+  ckpt = checkpoints.RunCheckpoints(workdir, 3)
+  try:
+    state, _, _ = ckpt.restore(ckpt.latest_epoch(), train.create_train_state(
+        config, train.create_model(config, 10), jax.random.key(0), 1))
+  finally:
+    ckpt.close()
+  split = data.load_dataset(config, workdir).train
+  result = proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, jax.random.key(7),
+                                predict_fn=train.make_predict_step())
+  bank = proxy.ProxyBank()
+  bank.store(result.ids, result.proxies)
+  return bank
+
+
+def test_two_processes_match_one_process(tmp_path, straight_run):
+  """A real two-process run (localhost coordinator, CPU collectives) against one process."""
+  script = tmp_path / "multi_process_run.py"
+  script.write_text(MULTI_PROCESS_RUN.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
+                                             overrides=RESUME_OVERRIDES))
+  port, outs = str(_free_port()), [str(tmp_path / f"process{i}") for i in range(2)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  workers = [subprocess.Popen([sys.executable, str(script), str(i), port,
+                               str(tmp_path / "two"), outs[i]], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+  config = make_tiny_config(**RESUME_OVERRIDES)
+  straight_dir, reference, _ = straight_run  # The same run in this single-device process.
+  _, run_bank = final_bank(straight_dir, config)
+  fused = _fused_step_on_final_state(straight_dir, config)
+  for worker in workers:
+    assert worker.wait(timeout=420) == 0, worker.stderr.read()[-3000:]
+  for out in outs:
+    with open(out + ".json") as f:
+      result = json.load(f)
+    banks = np.load(out + ".npz")
+    assert result["devices"] == 2
+    # Each process was given only its half of every global batch (and of every CAM chunk).
+    assert result["fed"] and all(local[0] * 2 == total[0] and local[1:] == total[1:]
+                                 for local, total in result["fed"])
+    got, want = comparable(result["summary"]), comparable(reference)
+    assert got["proxy_steps"] == want["proxy_steps"]
+    for got_row, want_row in zip(got["history"] + [got["test"]], want["history"] + [want["test"]]):
+      assert got_row.keys() == want_row.keys()
+      for key in got_row:
+        np.testing.assert_allclose(got_row[key], want_row[key], rtol=1e-4, atol=1e-6)
+    for name, (ids, images) in {"run": (run_bank["ids"], run_bank["images"]),
+                                "fused": (fused.ids(), fused.to_arrays()["images"])}.items():
+      np.testing.assert_array_equal(banks[f"{name}_ids"], ids)
+      assert len(ids) and np.max(np.abs(banks[f"{name}_images"].astype(int) - images)) <= 1

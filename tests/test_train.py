@@ -107,6 +107,27 @@ def test_four_devices_match_one_device(tmp_path):
   np.testing.assert_allclose(four["test"]["loss"], single["test"]["loss"], rtol=1e-4)
 
 
+def test_bfloat16_run_trains_and_its_cams_and_proxies_are_finite(tmp_path):
+  workdir = str(tmp_path / "bf16")
+  summary = train.train_and_evaluate(make_tiny_config(**{
+      "dtype": "bfloat16", "proxy.enabled": True, "proxy.schedule": "1,p,1",
+      "proxy.subset": 1.0, "proxy.threshold": 0.5}), workdir)
+  assert summary["config"]["dtype_resolved"] == "bfloat16"
+  for row in summary["history"]:
+    assert np.isfinite([row["train_loss"], row["val_loss"]]).all()
+  assert summary["history"][1]["train_loss"] < summary["history"][0]["train_loss"]
+  assert summary["proxy_steps"][0]["chosen"] > 0 and summary["bank_size"] > 0
+  from proxy_jax import cams, data, infer, preprocess, proxy  # pylint: disable=g-import-not-at-top
+  model, variables, config, _ = infer.restore_for_inference(workdir)
+  assert model.dtype == jax.numpy.bfloat16
+  unit = preprocess.to_unit_range(data.load_dataset(config, workdir).train.images[:16])
+  maps = np.asarray(cams.compute("gradcampp", model.apply, variables, preprocess.normalize(unit)))
+  assert maps.dtype == np.float32 and np.isfinite(maps).all() and maps.max() > 0
+  assert 0.0 <= maps.min() and maps.max() <= 1.0
+  proxies = np.asarray(proxy.proxy_transform(unit, maps, 0.5, 0.2))
+  assert np.isfinite(proxies).all() and not np.array_equal(proxies, np.asarray(unit))
+
+
 def test_steps_import_without_tensorflow():
   # Accelerator images often ship JAX alone: the steps, models, CAMs and proxy step must not
   # need TensorFlow, which only feeds TFDS and writes summaries once a run starts.

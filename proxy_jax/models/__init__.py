@@ -8,6 +8,7 @@ attributes (`model_class(name).HEAD_MODULES`, `.CLASSIFIER`, ...); see `common.p
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from proxy_jax.models.resnet import ResNet
@@ -23,6 +24,24 @@ _RESNETS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False)
 _VITS = {"vit_ti16": (192, 12, 3), "vit_s16": (384, 12, 6), "vit_b16": (768, 12, 12)}
 MODEL_NAMES = ("tiny_cnn", *_RESNETS, "vgg16_bn", *_VITS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# "auto": bfloat16 compute where the hardware has fast bf16 matrix units, float32 elsewhere.
+DTYPE_CHOICES = ("auto", *DTYPES)
+BFLOAT16_BACKENDS = ("gpu", "tpu")
+
+
+def resolve_dtype(dtype: str, backend: str | None = None) -> str:
+  """The compute dtype a model is built with: "auto" becomes "bfloat16" on GPU/TPU and
+  "float32" on CPU (XLA:CPU has no fast bf16 path); other names are returned unchanged.
+
+  `backend` defaults to `jax.default_backend()` of this process, so a run resumed on other
+  hardware computes in that hardware's dtype (parameters are float32 either way).
+  """
+  if dtype not in DTYPE_CHOICES:
+    raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+  if dtype != "auto":
+    return dtype
+  backend = backend or jax.default_backend()
+  return "bfloat16" if backend in BFLOAT16_BACKENDS else "float32"
 
 
 SMALL_STEM_CHOICES = ("auto", "true", "false")
@@ -70,11 +89,12 @@ def vit_patch_size(image_size: int, small_stem: Any = "auto") -> int:
 
 def create(name: str, num_classes: int, image_size: int, dtype: str = "float32",
            small_stem: Any = "auto", **overrides):
-  """Builds model `name`; `overrides` set extra module fields (e.g. a reduced `width`)."""
+  """Builds model `name`; `overrides` set extra module fields (e.g. a reduced `width`).
+
+  `dtype` is the compute dtype ("auto", "float32" or "bfloat16"); parameters are float32.
+  """
   check_name(name)
-  if dtype not in DTYPES:
-    raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-  compute_dtype = DTYPES[dtype]
+  compute_dtype = DTYPES[resolve_dtype(dtype)]
   small = use_small_stem(image_size, small_stem)
   if name == "tiny_cnn":
     return TinyCNN(num_classes, dtype=compute_dtype, **overrides)

@@ -14,9 +14,12 @@ Paddings are explicit and torch-style so converted PyTorch weights give the same
 """
 
 import functools
+import os
 from typing import Any
 
 import flax.linen as nn
+import jax
+from jax import lax
 import jax.numpy as jnp
 
 # torch's BatchNorm2d defaults (momentum 0.1 on the new value, eps 1e-5), so imported running
@@ -28,10 +31,58 @@ def pad(p: int):
   return ((p, p), (p, p))
 
 
+# XLA:CPU runs a k x k convolution (k > 1) whose output map is this small or smaller up to
+# ~100x below its usual FLOP rate, forward and backward (benchmarks/small_maps.py); the same
+# work as im2col + one matmul runs at the usual rate. Set PROXY_JAX_CPU_IM2COL=0 to compare.
+SMALL_MAP_MAX = 2
+CPU_IM2COL = os.environ.get("PROXY_JAX_CPU_IM2COL", "1") != "0"
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _takes_im2col(lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count,
+                  dimension_numbers, out_hw) -> bool:
+  """Decided at trace time from static shapes and the backend the computation is built for."""
+  return (CPU_IM2COL and jax.default_backend() == "cpu" and lhs.ndim == 4
+          and max(rhs.shape[:2]) > 1 and max(out_hw) <= SMALL_MAP_MAX
+          and not isinstance(padding, str) and feature_group_count == 1
+          and all(d == 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+          and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+
+
+def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """`lax.conv_general_dilated` (NHWC/HWIO), as im2col + matmul for tiny maps on XLA:CPU.
+
+  The im2col uses static slices of the padded input, whose gradients are pads and slices, so
+  the backward pass avoids the slow convolutions as well. Same parameters, same result.
+  """
+  kh, kw = rhs.shape[:2]
+  if not isinstance(padding, str):
+    (top, bottom), (left, right) = padding
+    out_hw = ((lhs.shape[1] + top + bottom - kh) // window_strides[0] + 1,
+              (lhs.shape[2] + left + right - kw) // window_strides[1] + 1)
+  if isinstance(padding, str) or not _takes_im2col(
+      lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count, dimension_numbers,
+      out_hw):
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision, **kwargs)
+  padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  (sh, sw), (oh, ow) = window_strides, out_hw
+  # Columns in (kh, kw, C) order, matching the HWIO kernel flattened row-major.
+  columns = jnp.concatenate(
+      [padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+       for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.einsum("nhwk,ko->nhwo", columns, rhs.reshape(-1, rhs.shape[-1]),
+                    precision=precision, **kwargs)
+
+
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, dtype: Any,
          use_bias: bool = False, name: str | None = None) -> nn.Conv:
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad(padding),
-                 use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
+                 use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
+                 conv_general_dilated=small_map_conv)
 
 
 def global_avg_pool(x):
