@@ -193,6 +193,7 @@ def write_or_check_resolved(config, workdir: str) -> None:
                         workdir, key, new[key], old[key])
       old.pop(key, None)
       new.pop(key, None)
+    _accept_fields_added_since(old, new, workdir)
     changed = sorted(k for k in set(old) | set(new) if not _same(old.get(k), new.get(k)))
     if changed:
       detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:10])
@@ -200,6 +201,28 @@ def write_or_check_resolved(config, workdir: str) -> None:
                         "with the same config or use a new --workdir")
     return
   atomic_write_json(path, resolved)
+
+
+def _accept_fields_added_since(old: dict, new: dict, workdir: str) -> None:
+  """Drops from `new` the fields the recorded run predates that hold their default value.
+
+  A field added to the code after a run began (a new option, off by default) changes nothing
+  for that run, so resuming it, or re-running a finished one, must not be refused; the same
+  field set to anything but `configs/default.py`'s value is a different run and still is.
+  """
+  added = [k for k in new if k not in old]
+  if not added:
+    return
+  try:
+    from configs import default  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return  # Outside the repository there is no default to compare with.
+  defaults = flatten(default.get_config())
+  for key in added:
+    if key in defaults and _same(json.loads(json.dumps(defaults[key])), new[key]):
+      logging.info("%s: %s=%r is new since this run began; its default changes nothing.",
+                   workdir, key, new[key])
+      new.pop(key)
 
 
 def _same(a, b):

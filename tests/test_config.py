@@ -81,6 +81,20 @@ def test_changed_config_in_an_existing_workdir_is_refused(tmp_path):
                                        str(tmp_path))
 
 
+def test_fields_added_after_a_run_began_do_not_refuse_it_at_their_default(tmp_path):
+  config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))
+  path = tmp_path / "config.json"
+  recorded = json.loads(path.read_text())
+  del recorded["augment"]["erase"], recorded["cams"]["gradcampp_eps"]  # An older version's run.
+  path.write_text(json.dumps(recorded))
+  config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))  # Resumes.
+  assert json.loads(path.read_text()) == recorded  # The record is never rewritten.
+  # Set to anything but the default, the new field makes a different run.
+  with pytest.raises(config_lib.ConfigError, match="augment.erase: None -> 'cutout'"):
+    config_lib.write_or_check_resolved(make_tiny_config(**{"augment.erase": "cutout"}),
+                                       str(tmp_path))
+
+
 def _float_fields():
   return sorted(k for k, v in config_lib.flatten(make_tiny_config()).items()
                 if isinstance(v, float))
