@@ -72,6 +72,31 @@ def get_config():
   config.augment.hide_prob = 0.5
   # What erased pixels become: "zero", "mean" (per image and channel) or "noise" (uniform).
   config.augment.erase_fill = "zero"
+  # Mixing (proxy_jax/augment/mix.py): "none", a method, or a comma list from which each batch
+  # draws one (timm's switch): mixup, cutmix, resizemix, saliencymix, attentive_cutmix, snapmix.
+  config.augment.mix = "none"
+  # lambda ~ Beta(mix_alpha, mix_alpha) for mixup, cutmix, saliencymix and snapmix.
+  config.augment.mix_alpha = 1.0
+  # Share of batches that are mixed at all.
+  config.augment.mix_prob = 1.0
+  # ResizeMix: the partner is shrunk by a side scale drawn uniformly from this range (paper).
+  config.augment.resizemix_scale_min = 0.1
+  config.augment.resizemix_scale_max = 0.8
+  # Attentive CutMix pastes the partner's top_k cells of a grid x grid CAM grid (paper: 7, 6).
+  config.augment.attentive_grid = 7
+  config.augment.attentive_top_k = 6
+  # SnapMix's CAM-weighted label weights need not sum to 1; True rescales them to do so.
+  config.augment.snapmix_normalize_labels = True
+  # CAM of the guided mixes: "current" (the model being trained, in the same step), a trained
+  # workdir, or pretrained weights (then saliency_cam must be class-agnostic: eigencam).
+  config.augment.saliency_source = "current"
+  config.augment.saliency_cam = "gradcam"
+  # KeepAugment: policy and erasing paste back each image's most salient box (vanilla-gradient
+  # saliency of the current model), of side keep_size times the image side.
+  config.augment.keep_salient = False
+  config.augment.keep_size = 0.5
+  # Proxied examples skip policy, erasing and mixing (flip and rotation still apply).
+  config.augment.skip_proxies = False
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "tiny_cnn"

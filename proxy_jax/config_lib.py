@@ -111,6 +111,8 @@ def validate(config) -> None:
   _check_fraction(config, "label_smoothing", upper_open=True)
   _validate_optimizer(config)
   _validate_proxy(config)
+  from proxy_jax import augment  # pylint: disable=g-import-not-at-top
+  augment.check_config(config.augment, config.image_size)
 
 
 def _validate_optimizer(config):

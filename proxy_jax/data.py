@@ -564,13 +564,14 @@ def padded_chunks(count: int, size: int, power_of_two: bool = False
 
 
 def batches(split: Split, batch_size: int, order: np.ndarray | None = None, start: int = 0,
-            swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-            ) -> Iterator[dict]:
-  """Yields host batches {image uint8, label, id, mask} of exactly `batch_size`.
+            swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+            is_proxy: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[dict]:
+  """Yields host batches {image uint8, label, id, mask, is_proxy} of exactly `batch_size`.
 
   Every example appears exactly once; the last batch is padded by repeating its own examples
   (`padded_chunks`) with mask 0, so shapes never change and padded rows count for nothing.
-  `swap(ids, images)` replaces images by id (the proxy bank) before augmentation. `start` skips
+  `swap(ids, images)` replaces images by id (the proxy bank) before augmentation, and
+  `is_proxy(ids)` says which were replaced (bool per row; all False without it). `start` skips
   batches (resume).
   """
   order = np.arange(len(split)) if order is None else order
@@ -583,5 +584,7 @@ def batches(split: Split, batch_size: int, order: np.ndarray | None = None, star
       images = swap(split.ids[chosen], images)
     mask = np.zeros(batch_size, np.float32)
     mask[:valid] = 1.0
+    proxied = (np.asarray(is_proxy(split.ids[chosen]), bool) if is_proxy is not None
+               else np.zeros(batch_size, bool))
     yield {"image": images, "label": split.labels[chosen], "id": split.ids[chosen],
-           "mask": mask}
+           "mask": mask, "is_proxy": proxied}

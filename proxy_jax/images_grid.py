@@ -1,7 +1,8 @@
-"""The one image-grid layout (TensorBoard images, PNG files, CAM and proxy-step grids)."""
+"""The one image-grid layout (TensorBoard images, PNG files, CAM and proxy-step grids), optionally
+with a caption under each tile."""
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from proxy_jax.io_utils import atomic_write
 
@@ -30,3 +31,30 @@ def grid(images, columns: int | None = None, pad: int = 2) -> np.ndarray:
 def save_png(path: str, picture) -> None:
   image = Image.fromarray(as_uint8(picture))
   atomic_write(path, lambda f: image.save(f, format="PNG"), "wb")
+
+
+CAPTION_HEIGHT = 12
+
+
+def captioned_grid(images, captions, min_tile: int = 96, pad: int = 2) -> np.ndarray:
+  """Like `grid`, with each tile enlarged (nearest) to at least `min_tile` px and a line of
+  text under it (e.g. the label weights of a mixed image: "3:0.62 7:0.38")."""
+  images = as_uint8(images)
+  scale = max(1, -(-min_tile // images.shape[2]))
+  tiles = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
+  count, height, width, channels = tiles.shape
+  font = ImageFont.load_default()
+  framed = np.full((count, height + CAPTION_HEIGHT, width, channels), 255, np.uint8)
+  for index, (tile, caption) in enumerate(zip(tiles, captions)):
+    strip = Image.new("RGB", (width, CAPTION_HEIGHT), (255, 255, 255))
+    ImageDraw.Draw(strip).text((1, 0), caption, fill=(0, 0, 0), font=font)
+    framed[index, :height] = tile
+    framed[index, height:] = np.asarray(strip)[..., :channels]
+  return grid(framed, pad=pad)
+
+
+def label_weights_caption(soft_label, top: int = 2, floor: float = 0.005) -> str:
+  """"3:0.62 7:0.38": the largest weights of a soft label (one entry for a plain label)."""
+  soft_label = np.asarray(soft_label, np.float64)
+  order = np.argsort(-soft_label, kind="stable")[:top]
+  return " ".join(f"{int(c)}:{soft_label[c]:.2f}" for c in order if soft_label[c] >= floor)

@@ -149,6 +149,10 @@ class ProxyBank:
         images[row] = proxy_image
     return images
 
+  def holds(self, ids) -> np.ndarray:
+    """Bool per id: whether the bank has a proxy for it (what `swap` replaces)."""
+    return np.array([int(i) in self._images for i in np.asarray(ids)], bool)
+
   def to_arrays(self) -> dict:
     ids = self.ids()
     if not len(ids):

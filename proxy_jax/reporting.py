@@ -18,7 +18,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from proxy_jax import cams, config_lib, data, images_grid, preprocess
+from proxy_jax import augment, cams, config_lib, data, images_grid, preprocess
 
 
 def quiet_orbax():
@@ -42,20 +42,29 @@ def progress_action(config, total_steps: int, writer):
                                          every_steps=config.log_every_steps, every_secs=None)
 
 
-def write_run_header(writer, config, train_split) -> None:
-  """The hyperparameters and a grid of augmented training inputs, once per run."""
+def write_run_header(writer, config, dataset, state, workdir) -> None:
+  """The hyperparameters and a grid of augmented training inputs, once per run.
+
+  The grid shows what the train step feeds the model (policy, erasing, mixing included), with
+  each tile's label weights under it ("3:0.62 7:0.38"); also written to
+  <workdir>/augmented_examples.png.
+  """
   hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
              for k, v in config_lib.flatten(config).items()}
   writer.write_hparams(hparams)
   count = min(config.batch_size, config.num_logged_images)
   if count <= 0:
     return
-  order = data.epoch_order(len(train_split), config.seed, 0)
-  batch = next(data.batches(train_split, count, order))
-  inputs = jax.jit(preprocess.train_inputs, static_argnums=(2, 3))(
-      batch["image"], jax.random.key(0), config.augment.flip, config.augment.rotation_degrees)
+  order = data.epoch_order(len(dataset.train), config.seed, 0)
+  batch = next(data.batches(dataset.train, count, order))
+  inputs, targets = augment.preview(state, batch, config, len(dataset.class_names))
   pictures = np.clip(np.asarray(preprocess.denormalize(inputs)), 0, 1)
-  writer.write_images(0, {"train/examples": images_grid.grid(pictures)[None]})
+  captions = [images_grid.label_weights_caption(t) for t in np.asarray(targets)]
+  captions *= len(pictures) // len(captions)  # AugMix JSD: the clean batch, then two views.
+  picture = images_grid.captioned_grid(pictures, captions)
+  writer.write_images(0, {"train/examples": picture[None]})
+  if jax.process_index() == 0:
+    images_grid.save_png(os.path.join(workdir, "augmented_examples.png"), picture)
 
 
 def _clock(seconds: float) -> str:

@@ -27,11 +27,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from proxy_jax import augment
 from proxy_jax import batch_size as batch_size_finder
 from proxy_jax import checkpoints, config_lib, data, errors, models, preprocess, proxy, records
 from proxy_jax import reporting
 from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
+from proxy_jax.augment import saliency
 from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
 
 
@@ -104,16 +106,20 @@ def finder_step_factory(config, num_classes: int) -> batch_size_finder.StepFacto
   """What the batch-size finder probes: this trainer's step and a host copy of a fresh state."""
   model = create_model(config, num_classes)
   state = create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
-  return batch_size_finder.StepFactory(make_train_step(config), jax.device_get(state))
+  return batch_size_finder.StepFactory(make_train_step(config, num_classes=num_classes),
+                                       jax.device_get(state))
 
 
 # ---------------------------------------------------------------- steps
 
 
-def cross_entropy(logits, labels, label_smoothing: float = 0.0):
-  """Per-example cross-entropy, always in float32."""
+def cross_entropy(logits, targets, label_smoothing: float = 0.0):
+  """Per-example cross-entropy against soft targets (B, K), always in float32.
+
+  Label smoothing composes with mixing: the (mixed) soft targets are smoothed, as timm does.
+  """
   logits = logits.astype(jnp.float32)
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  targets = optax.smooth_labels(targets.astype(jnp.float32), label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
 
 
@@ -143,20 +149,42 @@ def tree_checksum(tree) -> str:
   return digest.hexdigest()[:16]
 
 
-def train_step(state, batch, key, *, flip: bool, rotation_degrees: float,
-               label_smoothing: float):
-  """One optimiser step. `key` is the run's step key: the step number is folded in here, on
-  the device, so the host never reads the step back."""
+def num_classes_of(state, images):
+  """The model's class count, read from its output shape at trace time (no compute)."""
+  return jax.eval_shape(state.apply_fn, variables_of(state), images[:1]).shape[-1]
+
+
+def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothing: float,
+               frozen_apply_fn=None):
+  """One optimiser step on an augmented batch (proxy_jax.augment: flip/rotation, policy,
+  erasing, mixing, normalisation). `key` is the run's step key: the step number is folded in
+  here, on the device, so the host never reads the step back. `frozen`: variables of the
+  frozen saliency model when `augment.saliency_source` names one.
+
+  Train accuracy counts each example's dominant label (the argmax of its soft target: the
+  class that gave the larger share of a mixed image).
+  """
   key = jax.random.fold_in(key, state.step)
   augment_key, dropout_key = jax.random.split(key)
-  inputs = preprocess.train_inputs(batch["image"], augment_key, flip, rotation_degrees)
+  augment_fn = augment.make_augment_fn(augment_config, num_classes_of(state, batch["image"]))
+  inputs, targets = augment_fn(batch["image"], batch["label"], augment_key,
+                               is_proxy=batch.get("is_proxy"),
+                               models=augment.models_of(state, frozen_apply_fn, frozen))
+  jsd_weight = augment.jsd_weight(augment_config)
 
   def loss_fn(params):
+    # With AugMix's JSD loss, `inputs` stacks the clean batch and two views: one forward pass.
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
         mutable=["batch_stats"], rngs={"dropout": dropout_key})
-    per_example = cross_entropy(logits, batch["label"], label_smoothing)
-    return masked_mean(per_example, batch["mask"]), (logits, per_example, updates)
+    if jsd_weight:
+      logits, logits_aug1, logits_aug2 = jnp.split(logits, 3)
+    per_example = cross_entropy(logits, targets, label_smoothing)
+    loss = masked_mean(per_example, batch["mask"])
+    if jsd_weight:
+      consistency = augment.jensen_shannon_per_example(logits, logits_aug1, logits_aug2)
+      loss += jsd_weight * masked_mean(consistency, batch["mask"])
+    return loss, (logits, per_example, updates)
 
   (loss, (logits, per_example, updates)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
@@ -164,28 +192,40 @@ def train_step(state, batch, key, *, flip: bool, rotation_degrees: float,
                                 batch_stats=updates.get("batch_stats", state.batch_stats))
   finite = jnp.isfinite(loss) & all_finite(state.params)
   return state, TrainMetrics.single_from_model_output(
-      logits=logits.astype(jnp.float32), labels=batch["label"], mask=batch["mask"],
-      loss=per_example, step=state.step, finite=finite)
+      logits=logits.astype(jnp.float32), labels=jnp.argmax(targets, axis=-1),
+      mask=batch["mask"], loss=per_example, step=state.step, finite=finite)
 
 
 def eval_step(state, batch):
+  """No augmentation: validation and test see the plain, normalised images."""
   logits = state.apply_fn(variables_of(state), preprocess.eval_inputs(batch["image"]))
   logits = logits.astype(jnp.float32)
+  targets = jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=jnp.float32)
   return EvalMetrics.single_from_model_output(
       logits=logits, labels=batch["label"], mask=batch["mask"],
-      loss=cross_entropy(logits, batch["label"]))
+      loss=cross_entropy(logits, targets))
 
 
 def predict_step(state, images_uint8):
   return state.apply_fn(variables_of(state), preprocess.eval_inputs(images_uint8))
 
 
-def make_train_step(config, replicated=None):
-  step = functools.partial(train_step, flip=config.augment.flip,
-                           rotation_degrees=config.augment.rotation_degrees,
-                           label_smoothing=config.label_smoothing)
-  return jax.jit(step, donate_argnums=0,
-                 out_shardings=replicated if replicated is not None else None)
+def make_train_step(config, replicated=None, num_classes: int | None = None):
+  """The jitted train step `(state, batch, step_key) -> (state, metrics)`, state donated.
+
+  A frozen saliency model (`augment.saliency_source` other than "current") is loaded here,
+  which needs `num_classes`; its variables go into the step as an argument, not a constant.
+  """
+  frozen_apply_fn, frozen = saliency.load_frozen(config, num_classes)
+  step = functools.partial(train_step, augment_config=config.augment,
+                           label_smoothing=config.label_smoothing,
+                           frozen_apply_fn=frozen_apply_fn)
+  jitted = jax.jit(step, donate_argnums=0,
+                   out_shardings=replicated if replicated is not None else None)
+  if frozen is None:
+    return jitted
+  frozen = jax.device_put(frozen, replicated) if replicated is not None else frozen
+  return functools.partial(jitted, frozen=frozen)
 
 
 def make_eval_step():
@@ -261,7 +301,8 @@ def _build(config, workdir: str, dataset: data.Dataset):
   setup = Setup(
       config=config, workdir=workdir, dataset=dataset, steps_per_epoch=steps_per_epoch,
       lr_fn=lr_fn, batch_sharding=batch_sharding,
-      train_fn=make_train_step(config, replicated), eval_fn=make_eval_step(),
+      train_fn=make_train_step(config, replicated, len(dataset.class_names)),
+      eval_fn=make_eval_step(),
       predict_fn=make_predict_step(), step_key=jax.random.fold_in(root, 1),
       proxy_key=jax.random.fold_in(root, 2),
       schedule=proxy.parse_schedule(config.proxy.schedule, config.num_epochs,
@@ -373,7 +414,8 @@ def _restore_or_start(setup: Setup, state):
   """(state, progress, bank) of the latest checkpoint, or the fresh ones (run header logged)."""
   latest = setup.ckpt.latest_epoch()
   if latest is None:
-    reporting.write_run_header(setup.writer, setup.config, setup.dataset.train)
+    reporting.write_run_header(setup.writer, setup.config, setup.dataset, state,
+                               setup.workdir)
     return state, records.RunProgress(), proxy.ProxyBank()
   state, meta, bank_arrays = setup.ckpt.restore(latest, state)
   progress, bank = records.RunProgress.from_json(meta), proxy.ProxyBank.from_arrays(bank_arrays)
@@ -390,9 +432,10 @@ def train_epoch(setup: Setup, state, bank: proxy.ProxyBank, epoch: int, report):
   """Dispatches the epoch's steps without waiting on any; returns (state, metrics on device)."""
   config, split = setup.config, setup.dataset.train
   order = data.epoch_order(len(split), config.seed, epoch)
-  swap = bank.swap if len(bank) else None
+  swap, is_proxy = (bank.swap, bank.holds) if len(bank) else (None, None)
   step, totals = epoch * setup.steps_per_epoch, None
-  for batch in prefetch(data.batches(split, config.batch_size, order, swap=swap)):
+  for batch in prefetch(data.batches(split, config.batch_size, order, swap=swap,
+                                     is_proxy=is_proxy)):
     state, batch_metrics = setup.train_fn(state, to_global(batch, setup.batch_sharding),
                                           setup.step_key)
     totals = batch_metrics if totals is None else merge_metrics(totals, batch_metrics)
