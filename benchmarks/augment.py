@@ -31,7 +31,10 @@ CASES = {
     "tiny_32": ("tiny_cnn", 32, 64, "auto"),
     # The ImageNet stem (7x7/2 + max pool) keeps a CPU step to about a second.
     "resnet18_64": ("resnet18", 64, 64, "false"),
+    # An accelerator-sized step (seconds per step on a CPU; pass --cases to run it).
+    "resnet18_128": ("resnet18", 128, 128, "false"),
 }
+CPU_CASES = ("tiny_32", "resnet18_64")
 GUIDED = ("attentive_cutmix", "snapmix", "keep_salient")
 
 
@@ -97,7 +100,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--cases", default=",".join(CASES))
+  parser.add_argument("--cases", default=",".join(CPU_CASES), help="of: " + ", ".join(CASES))
   parser.add_argument("--methods", default="", help="comma list (default: every method)")
   args = parser.parse_args()
   methods = method_overrides()

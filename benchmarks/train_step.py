@@ -69,16 +69,25 @@ def counted_flops(jitted, *example_args) -> float | None:
   """FLOPs XLA counts in the lowered (pre-optimisation) program.
 
   The lowered count is taken because it is backend-independent: after compilation a GPU turns
-  convolutions into cuDNN custom calls whose FLOPs the compiled cost analysis omits.
+  convolutions into cuDNN custom calls whose FLOPs the compiled cost analysis omits. Where the
+  backend's lowering reports no count (seen on GPU), the same program lowered for the CPU is
+  counted instead.
   """
-  try:
-    analysis = jitted.lower(*example_args).cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None  # Some backends do not implement cost analysis.
-  if isinstance(analysis, list):  # Older jax: one dict per computation.
-    analysis = analysis[0] if analysis else {}
-  flops = (analysis or {}).get("flops")
-  return float(flops) if flops else None
+  def flops_of(lower):
+    try:
+      analysis = lower().cost_analysis()
+    except Exception:  # pylint: disable=broad-except
+      return None  # Some backends do not implement cost analysis.
+    if isinstance(analysis, list):  # Older jax: one dict per computation.
+      analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops") or 0) or None
+
+  # Shapes only, so the CPU lowering is not tied to the devices the arguments live on.
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", None) or np.result_type(x)),
+      example_args)
+  return (flops_of(lambda: jitted.lower(*example_args)) or
+          flops_of(lambda: jitted.trace(*abstract).lower(lowering_platforms=("cpu",))))
 
 
 def time_windows(run_window, windows: int) -> float:
