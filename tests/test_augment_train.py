@@ -3,19 +3,16 @@ every family (alone and with proxy steps), and resume after SIGKILL with mixing 
 
 import json
 import os
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from proxy_jax import augment, cams, config_lib, data, preprocess, train
 from proxy_jax.augment import saliency
 from tests.conftest import make_tiny_config
-from tests.test_train import _config_file, _main, _summary, _without_timings
+from tests.test_train import killed_and_resumed
 
 
 def test_cross_entropy_on_soft_targets_composes_with_label_smoothing():
@@ -213,20 +210,7 @@ def test_is_proxy_marks_the_swapped_rows():
 def test_resume_after_sigkill_with_mixing_equals_uninterrupted(tmp_path):
   overrides = {"num_epochs": 3, "augment.mix": "cutmix,mixup", "augment.mix_prob": 0.8,
                "data.max_examples": 200}
-  victim_dir = tmp_path / "victim"
-  victim = _main(_config_file(tmp_path, **overrides), victim_dir)
-  expected = train.train_and_evaluate(make_tiny_config(**overrides), str(tmp_path / "reference"))
-  deadline = time.time() + 240
-  while not os.path.isdir(victim_dir / "checkpoints" / "1") and time.time() < deadline:
-    assert victim.poll() is None, victim.stderr.read()[-2000:]
-    time.sleep(0.05)
-  victim.send_signal(signal.SIGKILL)
-  victim.wait()
-  assert not os.path.exists(victim_dir / "summary.json"), "killed too late to test a resume"
-  resumed = _main(_config_file(tmp_path, **overrides), victim_dir)
-  assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
-  actual = _summary(victim_dir)
-  assert _without_timings(actual["history"]) == _without_timings(expected["history"])
+  actual, expected, victim_dir = killed_and_resumed(tmp_path, overrides)
   assert actual["test"] == expected["test"]
   with open(victim_dir / "config.json") as f:
     assert json.load(f)["augment"]["mix"] == "cutmix,mixup"

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from proxy_jax import data, errors
+from proxy_jax import data, errors, tfds_prepare
 from tests.conftest import make_tiny_config
 
 
@@ -270,7 +270,7 @@ def _no_network(monkeypatch):
   def refuse(*args, **kwargs):
     raise OSError(101, "Network is unreachable")
 
-  monkeypatch.setattr(data.socket, "create_connection", refuse)
+  monkeypatch.setattr(tfds_prepare.socket, "create_connection", refuse)
 
 
 def _assert_explains(error, name, data_dir):
@@ -283,7 +283,7 @@ def _assert_explains(error, name, data_dir):
 def test_tfds_offline_fails_in_seconds_with_what_to_do(tmp_path, monkeypatch):
   _no_network(monkeypatch)
   started = time.time()
-  with pytest.raises(data.DatasetUnavailableError) as raised:
+  with pytest.raises(tfds_prepare.DatasetUnavailableError) as raised:
     data.load_tfds_pool("stanford_dogs", "train", 16, str(tmp_path), 1)
   assert time.time() - started < 15
   _assert_explains(raised.value, "stanford_dogs", tmp_path)
@@ -294,14 +294,15 @@ def test_tfds_offline_fails_in_seconds_with_what_to_do(tmp_path, monkeypatch):
 def test_tfds_failed_download_is_one_clear_error(tmp_path, monkeypatch):
   import requests  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(data, "_unreachable_hosts", lambda urls: [])  # The probe passes...
+  monkeypatch.setattr(tfds_prepare, "_unreachable_hosts", lambda urls: [])  # The probe passes...
 
   def connection_error(url, **kwargs):  # ...but the download itself fails.
     raise requests.exceptions.ConnectionError(f"Max retries exceeded with url: {url}")
 
   monkeypatch.setattr(downloader, "_open_url", connection_error)
   started = time.time()
-  with pytest.raises(data.DatasetUnavailableError, match="ConnectionError") as raised:
+  with pytest.raises(tfds_prepare.DatasetUnavailableError,
+                     match="ConnectionError") as raised:
     data.load_tfds_pool("cifar100", "train", 16, str(tmp_path), 1)
   assert time.time() - started < 15
   _assert_explains(raised.value, "cifar100", tmp_path)
@@ -309,7 +310,8 @@ def test_tfds_failed_download_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_tfds_manual_download_missing_is_named(tmp_path, monkeypatch):
   _no_network(monkeypatch)
-  with pytest.raises(data.DatasetUnavailableError, match="needs a manual download") as raised:
+  with pytest.raises(tfds_prepare.DatasetUnavailableError,
+                     match="needs a manual download") as raised:
     data.load_tfds_pool("imagenet2012", "train", 16, str(tmp_path), 1)
   _assert_explains(raised.value, "imagenet2012", tmp_path)
 
@@ -320,5 +322,5 @@ def test_prepared_tfds_dataset_needs_no_network(tmp_path, monkeypatch):
   _no_network(monkeypatch)
   builder = tfds.builder("dummy_mnist", data_dir=str(tmp_path))
   monkeypatch.setattr(builder, "download_and_prepare", lambda: pytest.fail("downloaded"))
-  data.prepare_tfds(builder)
+  tfds_prepare.prepare_tfds(builder)
   assert len(list(builder.as_dataset(split="train"))) == 20

@@ -68,11 +68,11 @@ def test_tfds_dataset_end_to_end_with_proxy_steps(tmp_path):
   assert rates[0] != rates[1]
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
-  overrides = {"num_epochs": 4}
+def killed_and_resumed(tmp_path, overrides):
+  """(resumed summary, uninterrupted summary, victim workdir): main.py SIGKILLed right after
+  its first checkpoint, then run again, against the same config trained in one go."""
   victim_dir = tmp_path / "victim"
   victim = _main(_config_file(tmp_path, **overrides), victim_dir)
-  expected = train.train_and_evaluate(make_tiny_config(**overrides), str(tmp_path / "reference"))
   deadline = time.time() + 240
   while not os.path.isdir(victim_dir / "checkpoints" / "1") and time.time() < deadline:
     assert victim.poll() is None, victim.stderr.read()[-2000:]
@@ -80,10 +80,19 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
   victim.send_signal(signal.SIGKILL)
   victim.wait()
   assert not os.path.exists(victim_dir / "summary.json"), "killed too late to test a resume"
+  # The uninterrupted reference trains only now: alongside the victim it could let the victim
+  # finish before the first poll on a loaded machine.
+  expected = train.train_and_evaluate(make_tiny_config(**overrides), str(tmp_path / "reference"))
   resumed = _main(_config_file(tmp_path, **overrides), victim_dir)
   assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
   actual = _summary(victim_dir)
   assert _without_timings(actual["history"]) == _without_timings(expected["history"])
+  return actual, expected, victim_dir
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+  overrides = {"num_epochs": 4}
+  actual, expected, victim_dir = killed_and_resumed(tmp_path, overrides)
   assert actual["test"] == expected["test"] and actual["best"] == expected["best"]
   # Running a finished workdir again is a no-op that returns the same summary.
   again = train.train_and_evaluate(make_tiny_config(**overrides), str(victim_dir))
