@@ -426,10 +426,15 @@ def define_flags():
   flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().", required=True)
   flags.DEFINE_string("workdir", None, "Sweep directory (one subdirectory per trial).",
                       required=True)
+  define_runner_flags("Override for every trial, e.g. --set num_epochs=2.")
+
+
+def define_runner_flags(set_help: str):
+  """The flags of every tool that runs trials through this runner (sweeps and studies)."""
   flags.DEFINE_string("shard", "0/1", "i/n: run the i-th of n disjoint parts (0-based).")
   flags.DEFINE_bool("dry_run", False, "List the trials and their state; run nothing.")
   flags.DEFINE_bool("retry_failed", False, "Run trials the journal marks failed again.")
-  flags.DEFINE_multi_string("set", [], "Override for every trial, e.g. --set num_epochs=2.")
+  flags.DEFINE_multi_string("set", [], set_help)
   flags.DEFINE_float("trial_timeout", None, "Kill and fail a trial after this many seconds.")
   flags.DEFINE_string("python", sys.executable, "Interpreter for the trials.")
   flags.DEFINE_string("program", os.path.join(_REPO_ROOT, "main.py"), "Training entry point.")

@@ -97,19 +97,13 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "Directory of the study's runs (one per arm and seed).",
                       required=True)
   flags.DEFINE_string("out", "", "Report folder (default experiments/results/<study name>).")
-  flags.DEFINE_string("shard", "0/1", "i/n: run the i-th of n disjoint parts (0-based).")
   flags.DEFINE_enum("report", "auto", ["auto", "only", "never"],
                     "auto: write the report once every trial has finished; only: train "
                     "nothing, report what has finished; never: train only.")
   flags.DEFINE_bool("explain", True, "Score every final model's explanations in the report.")
   flags.DEFINE_bool("compilation_cache", True, "Share compiled programs between trials "
                     "(JAX persistent cache in <workdir>/jax_cache).")
-  flags.DEFINE_bool("dry_run", False, "List the trials and their state; run nothing.")
-  flags.DEFINE_bool("retry_failed", False, "Run trials the journal marks failed again.")
-  flags.DEFINE_multi_string("set", [], "Common override, e.g. --set data.path=/data/x.")
-  flags.DEFINE_float("trial_timeout", None, "Kill and fail a trial after this many seconds.")
-  flags.DEFINE_string("python", sys.executable, "Interpreter for the trials.")
-  flags.DEFINE_string("program", os.path.join(_REPO_ROOT, "main.py"), "Training entry point.")
+  sweep.define_runner_flags("Common override, e.g. --set data.path=/data/x.")
 
 
 def main(argv):
