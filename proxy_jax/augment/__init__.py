@@ -227,14 +227,8 @@ def check_config(augment_config, image_size: int | None = None) -> None:
   if isinstance(cfg.keep_size, bool) or not isinstance(cfg.keep_size, (int, float)) \
       or not 0 < cfg.keep_size <= 1:
     fail("keep_size", "must be in (0, 1] (a fraction of the image side)")
-  for family in (policy, erase):
-    try:
-      family.check_config(cfg)
-    except ConfigError:
-      raise
-    except ValueError as error:  # The family modules raise ValueError naming the field.
-      raise ConfigError(str(error)) from None
-  mix.check_config(cfg)
+  for family in (policy, erase, mix):  # Each raises ConfigError naming its field.
+    family.check_config(cfg)
   if cfg.augmix_jsd and mix_names(cfg):
     fail("augmix_jsd", "cannot combine with mixing (mix must be 'none'): the AugMix "
          "consistency loss compares views of the same image with one label")

@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from proxy_jax import errors
+from proxy_jax.augment import fields
 
 FILLS = ("zero", "mean", "noise")
 ERASE_CHOICES = ("none", "cutout", "random_erasing", "gridmask", "hide_and_seek")
@@ -182,49 +182,32 @@ ERASERS = {
 }
 
 
-def _fail(field, value, allowed):
-  # ConfigError is a ValueError that every command line reports as a one-line user error.
-  raise errors.ConfigError(f"config.augment.{field}={value!r} is invalid: {allowed}")
-
-
-def _is_number(value):
-  return (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value))
-
-
-def _check_number(config, field, low, high, low_open=False, high_open=False):
-  value = config[field]
-  too_low = value <= low if low_open else value < low
-  too_high = value >= high if high_open else value > high
-  if not _is_number(value) or too_low or too_high:
-    _fail(field, value, f"must be a finite number in {'(' if low_open else '['}{low}, "
-          f"{high}{')' if high_open else ']'}")
-
-
 def _check_pair(config, field, low, high):
   """A (min, max) pair with low < min <= max <= high."""
   value = config[field]
   if (not isinstance(value, (tuple, list)) or len(value) != 2
-      or not all(_is_number(v) for v in value)
+      or not all(fields.is_number(v) for v in value)
       or not low < value[0] <= value[1] <= high):
-    _fail(field, value, f"must be two finite numbers (min, max) with {low} < min <= max <= {high}")
+    fields.fail(field, value,
+                f"must be two finite numbers (min, max) with {low} < min <= max <= {high}")
 
 
 def check_config(augment_config):
   """Raises ConfigError (a ValueError) naming the field for any erase field that cannot work."""
   if augment_config.erase not in ERASE_CHOICES:
-    _fail("erase", augment_config.erase, "choose one of " + ", ".join(ERASE_CHOICES))
+    fields.fail("erase", augment_config.erase, "choose one of " + ", ".join(ERASE_CHOICES))
   if augment_config.erase_fill not in FILLS:
-    _fail("erase_fill", augment_config.erase_fill, "choose one of " + ", ".join(FILLS))
-  _check_number(augment_config, "erase_prob", 0.0, 1.0)
-  _check_number(augment_config, "erase_size", 0.0, 1.0, low_open=True)
+    fields.fail("erase_fill", augment_config.erase_fill, "choose one of " + ", ".join(FILLS))
+  fields.check_number(augment_config, "erase_prob", 0.0, 1.0)
+  fields.check_number(augment_config, "erase_size", 0.0, 1.0, low_open=True)
   _check_pair(augment_config, "erase_area", 0.0, 1.0)
   _check_pair(augment_config, "erase_aspect", 0.0, math.inf)
-  _check_number(augment_config, "gridmask_ratio", 0.0, 1.0, low_open=True, high_open=True)
-  _check_number(augment_config, "hide_prob", 0.0, 1.0)
+  fields.check_number(augment_config, "gridmask_ratio", 0.0, 1.0, low_open=True,
+                      high_open=True)
+  fields.check_number(augment_config, "hide_prob", 0.0, 1.0)
   grid = augment_config.hide_grid
   if not isinstance(grid, int) or isinstance(grid, bool) or grid <= 0:
-    _fail("hide_grid", grid, "must be a positive integer (cells per side)")
+    fields.fail("hide_grid", grid, "must be a positive integer (cells per side)")
 
 
 def from_config(augment_config):

@@ -12,14 +12,12 @@ uniform in [0.1, severity]). See ops.py for the single ops.
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import errors
-from proxy_jax.augment import ops
+from proxy_jax.augment import fields, ops
 
 POLICY_CHOICES = ("none", "randaugment", "trivialaugment", "augmix")
 NUM_MAGNITUDE_BINS = 31  # torchvision's; RandAugment's magnitude M indexes these bins (0..30).
@@ -237,45 +235,31 @@ POLICIES = {
 }
 
 
-def _fail(field, value, allowed):
-  # ConfigError is a ValueError that every command line reports as a one-line user error.
-  raise errors.ConfigError(f"config.augment.{field}={value!r} is invalid: {allowed}")
-
-
 def _check_int(config, field, low, high, allow=()):
   value = config[field]
   if value in allow and not isinstance(value, bool):
     return
   if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
     extra = f" (or {', '.join(map(str, allow))})" if allow else ""
-    _fail(field, value, f"must be an integer in [{low}, {high}]{extra}")
-
-
-def _check_number(config, field, low, high, low_open=False):
-  value = config[field]
-  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-        and math.isfinite(value) and (value > low if low_open else value >= low)
-        and value <= high)
-  if not ok:
-    _fail(field, value, f"must be a finite number in {'(' if low_open else '['}{low}, {high}]")
+    fields.fail(field, value, f"must be an integer in [{low}, {high}]{extra}")
 
 
 def check_config(augment_config):
   """Raises ConfigError (a ValueError) naming the field for any policy field that cannot work."""
   c = augment_config
   if c.policy not in POLICY_CHOICES:
-    _fail("policy", c.policy, "choose one of " + ", ".join(POLICY_CHOICES))
+    fields.fail("policy", c.policy, "choose one of " + ", ".join(POLICY_CHOICES))
   _check_int(c, "randaugment_num_ops", 1, 16)
   _check_int(c, "randaugment_magnitude", 0, NUM_MAGNITUDE_BINS - 1)
   _check_int(c, "augmix_width", 1, 16)
   _check_int(c, "augmix_depth", 1, 16, allow=(-1,))
-  _check_number(c, "augmix_severity", 0.1, 10.0)
-  _check_number(c, "augmix_alpha", 0.0, 1e3, low_open=True)
+  fields.check_number(c, "augmix_severity", 0.1, 10.0)
+  fields.check_number(c, "augmix_alpha", 0.0, 1e3, low_open=True)
   if not isinstance(c.augmix_jsd, bool):
-    _fail("augmix_jsd", c.augmix_jsd, "must be True or False")
-  _check_number(c, "augmix_jsd_weight", 0.0, 1e6)
+    fields.fail("augmix_jsd", c.augmix_jsd, "must be True or False")
+  fields.check_number(c, "augmix_jsd_weight", 0.0, 1e6)
   if c.augmix_jsd and c.policy != "augmix":
-    _fail("augmix_jsd", c.augmix_jsd, f"needs policy='augmix' (policy is {c.policy!r})")
+    fields.fail("augmix_jsd", c.augmix_jsd, f"needs policy='augmix' (policy is {c.policy!r})")
 
 
 def _augmix_params(c):
