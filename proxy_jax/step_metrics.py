@@ -2,7 +2,7 @@
 
 Each jitted step reduces over its global batch (padded rows have mask 0), so the sums and
 counts are exact over batches, devices and hosts; the loop merges them on the device and
-fetches once per epoch (`host_values`), dividing on the host in float64.
+fetches once per epoch (`host_values`), dividing on the host.
 """
 
 import flax
@@ -65,5 +65,5 @@ merge_metrics = jax.jit(lambda totals, batch: totals.merge(batch))
 
 
 def host_values(collection) -> dict:
-  """Fetches accumulated metrics and divides on the host in float64 (one transfer)."""
+  """Fetches accumulated metrics (one transfer) and divides on the host."""
   return {k: float(v) for k, v in jax.device_get(collection).compute().items()}
