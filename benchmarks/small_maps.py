@@ -54,7 +54,7 @@ def jax_rates(args, im2col: bool) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, ROOT)
-  from proxy_jax import models, train  # pylint: disable=g-import-not-at-top
+  from proxy_jax import model_state, models, train  # pylint: disable=g-import-not-at-top
   from proxy_jax.models import common  # pylint: disable=g-import-not-at-top
 
   common.CPU_IM2COL = im2col
@@ -63,7 +63,7 @@ def jax_rates(args, im2col: bool) -> dict:
   images = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
   labels = jax.random.randint(jax.random.key(1), (batch,), 0, args.num_classes)
   variables = jax.jit(model.init)(jax.random.key(2), images[:1])
-  state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
+  state = model_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
                                   tx=optax.adamw(1e-3), batch_stats=variables["batch_stats"])
   forward = jax.jit(lambda v, x: model.apply(v, x))
 

@@ -15,15 +15,13 @@ from flax import traverse_util
 
 from proxy_jax import cams
 from proxy_jax import data
+from proxy_jax import model_state
 from proxy_jax import models
 from proxy_jax import proxy
 from proxy_jax.config_fields import get_field
 from proxy_jax.errors import ConfigError
 from proxy_jax.io_utils import atomic_write_json
 
-# The schedules `train.learning_rate_schedule` builds. Declared here, not asked of train.py,
-# because train.py imports this module.
-LR_SCHEDULES = ("warmup_cosine", "onecycle", "constant")
 
 
 def _fail(field, value, allowed):
@@ -123,7 +121,7 @@ def _validate_optimizer(config):
     _fail("optimizer.weight_decay", opt.weight_decay, "must be >= 0")
   _check_fraction(config, "optimizer.b1", upper_open=True)
   _check_fraction(config, "optimizer.b2", upper_open=True)
-  _check_choice(config, "optimizer.schedule", LR_SCHEDULES)
+  _check_choice(config, "optimizer.schedule", model_state.LR_SCHEDULES)
   if opt.warmup_epochs < 0:
     _fail("optimizer.warmup_epochs", opt.warmup_epochs, "must be >= 0")
   if not 0 <= opt.backbone_lr_multiplier <= 1:

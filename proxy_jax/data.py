@@ -2,9 +2,9 @@
 
 Every source is decoded once into uint8 arrays at `config.image_size` (shorter side resized,
 centre crop), cached under the cache dir, and split into train/val(/test) by a seeded,
-label-stratified draw that is written to `<workdir>/split.json` and never redrawn. Training
-examples carry a stable id, their position in that fixed training split, so a proxy image can
-stand in for its original by id. Augmentation and normalisation live in `preprocess.py`.
+label-stratified draw (`splits.py`) that is written to `<workdir>/split.json` and never
+redrawn. Training examples carry a stable id, their position in that fixed training split, so a
+proxy image can stand in for its original by id. Augmentation and normalisation live in `preprocess.py`.
 """
 
 import dataclasses
@@ -20,8 +20,8 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from proxy_jax import preprocess, tfds_prepare
-from proxy_jax.errors import DataError, MissingPathError, WorkdirError
+from proxy_jax import preprocess, splits, tfds_prepare
+from proxy_jax.errors import DataError, MissingPathError
 from proxy_jax.io_utils import atomic_write_json, atomic_save_npy
 
 normalize = preprocess.normalize
@@ -280,131 +280,6 @@ def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -
   return pool
 
 
-# ---------------------------------------------------------------- the fixed split
-
-
-def class_quotas(counts: np.ndarray, fraction: float, available: np.ndarray, key) -> np.ndarray:
-  """Per-class sample counts adding up to round(fraction * total), as proportional as possible.
-
-  Largest-remainder apportionment: each class gets floor(fraction * n_c), and the examples
-  still owed go to the classes with the largest remainders (seeded ties). Per-class rounding
-  alone would give an empty validation set for datasets with many small classes.
-  """
-  exact = fraction * counts
-  quotas = np.minimum(np.floor(exact).astype(np.int64), available)
-  owed = int(round(fraction * counts.sum())) - int(quotas.sum())
-  tie_break = np.asarray(jax.random.uniform(key, (len(counts),)))
-  for cls in np.lexsort((tie_break, -(exact - quotas))):
-    if owed <= 0:
-      break
-    if quotas[cls] < available[cls]:
-      quotas[cls] += 1
-      owed -= 1
-  return quotas
-
-
-def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], key) -> list[np.ndarray]:
-  """Per class, a seeded permutation cut by `fractions`; returns [rest, part_0, part_1, ...].
-
-  Each part holds round(fraction * N) examples apportioned over the classes in proportion to
-  their size (`class_quotas`); every returned index array is sorted.
-  """
-  classes, counts = np.unique(labels, return_counts=True)
-  available = counts.copy()
-  quotas = []
-  for i, fraction in enumerate(fractions):
-    quota_key = jax.random.fold_in(jax.random.fold_in(key, 0), i)
-    quotas.append(class_quotas(counts, fraction, available, quota_key))
-    available = available - quotas[-1]
-  parts = [[] for _ in range(len(fractions) + 1)]
-  for c, cls in enumerate(classes):
-    members = np.flatnonzero(labels == cls)
-    class_key = jax.random.fold_in(jax.random.fold_in(key, 1), int(cls))
-    members, start = members[np.asarray(jax.random.permutation(class_key, len(members)))], 0
-    for i in range(len(fractions)):
-      parts[i + 1].append(members[start:start + quotas[i][c]])
-      start += quotas[i][c]
-    parts[0].append(members[start:])
-  return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
-
-
-def _pool_fingerprint(pool: Pool) -> str:
-  return hashlib.sha256(np.ascontiguousarray(pool.labels).tobytes()).hexdigest()[:16]
-
-
-def _split_parameters(config, carve_test: bool) -> dict:
-  return {"split_seed": config.data.split_seed, "val_fraction": config.data.val_fraction,
-          "test_fraction": config.data.test_fraction if carve_test else 0.0,
-          "max_examples": config.data.max_examples}
-
-
-def fixed_split(pool: Pool, config, workdir: str, carve_test: bool) -> dict:
-  """The train/val(/test) pool indices: read from workdir/split.json, else drawn and written.
-
-  The draw depends only on `data.split_seed` (not the training seed), so every seed and every
-  arm of an experiment sees the same split; a recorded split is never redrawn.
-  """
-  path = os.path.join(workdir, "split.json")
-  fingerprint = _pool_fingerprint(pool)
-  parameters = _split_parameters(config, carve_test)
-  if os.path.exists(path):
-    with open(path) as f:
-      split = json.load(f)
-    if split["pool_fingerprint"] != fingerprint:
-      raise WorkdirError(f"{path} was drawn for different data (fingerprint "
-                         f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir")
-    for name, value in parameters.items():
-      if split["parameters"][name] != value:
-        raise WorkdirError(f"{path} was drawn with data.{name}={split['parameters'][name]!r}, "
-                           f"not {value!r}; use a new workdir")
-    return {k: np.asarray(v, np.int64) for k, v in split["indices"].items()}
-  key = jax.random.fold_in(jax.random.key(config.data.split_seed), 0x5EED)
-  candidates = np.arange(len(pool.labels))
-  if config.data.max_examples:
-    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(candidates)))
-    candidates = np.sort(order[:config.data.max_examples])
-  fractions = (config.data.val_fraction,) + ((config.data.test_fraction,) if carve_test else ())
-  parts = stratified_split(pool.labels[candidates], fractions, jax.random.fold_in(key, 2))
-  indices = {"train": candidates[parts[0]], "val": candidates[parts[1]]}
-  if carve_test:
-    indices["test"] = candidates[parts[2]]
-  check_split_sizes(indices, pool, config)
-  atomic_write_json(path, {"pool_fingerprint": fingerprint, "parameters": parameters,
-                           "indices": {k: v.tolist() for k, v in indices.items()}})
-  return indices
-
-
-_SPLIT_FIELDS = {
-    "train": "lower data.val_fraction / data.test_fraction or raise data.max_examples (0 = all)",
-    "val": "raise data.val_fraction or data.max_examples (0 = all)",
-    "test": "raise data.test_fraction or data.max_examples (0 = all), or set data.test_fraction=0 "
-            "for no test split",
-}
-
-
-def check_split_sizes(indices: dict, pool: Pool, config) -> None:
-  """Refuses a split that is used but empty, before any training; warns about missing classes.
-
-  Train and validation are always used; a carved test split is used when test_fraction > 0.
-  """
-  total = len(indices["train"]) + len(indices["val"]) + len(indices.get("test", ()))
-  used = ["train", "val"] + (["test"] if config.data.test_fraction > 0 and "test" in indices
-                             else [])
-  for name in used:
-    if not len(indices[name]):
-      raise DataError(
-          f"the {name} split is empty ({total} examples with data.max_examples="
-          f"{config.data.max_examples}, data.val_fraction={config.data.val_fraction}, "
-          f"data.test_fraction={config.data.test_fraction}): {_SPLIT_FIELDS[name]}")
-  missing = sorted(set(range(len(pool.class_names))) - set(pool.labels[indices["val"]].tolist()))
-  if missing:
-    names = ", ".join(pool.class_names[c] for c in missing[:MAX_REPORTED_FILES])
-    logging.warning("%d of %d classes have no validation example (%s%s); raise "
-                    "data.val_fraction for a per-class validation accuracy.", len(missing),
-                    len(pool.class_names), names, ", ..." if len(missing) > MAX_REPORTED_FILES
-                    else "")
-
-
 def _take(pool: Pool, indices: np.ndarray, ids: np.ndarray) -> Split:
   # Fancy indexing copies: the splits live in RAM, not in the memmap.
   return Split(np.asarray(pool.images[indices]), pool.labels[indices], ids.astype(np.int32))
@@ -434,7 +309,7 @@ def load_dataset(config, workdir: str) -> Dataset:
     shown = "\n  ".join(f"{s['path']}: {s['reason']}" for s in skipped[:MAX_REPORTED_FILES])
     logging.warning("Skipped %d unreadable or unlabelled file(s) (all in summary.json); "
                     "first %d:\n  %s", len(skipped), min(len(skipped), MAX_REPORTED_FILES), shown)
-  indices = fixed_split(pool, config, workdir, carve_test=test_pool is None)
+  indices = splits.fixed_split(pool, config, workdir, carve_test=test_pool is None)
   train = _take(pool, indices["train"], np.arange(len(indices["train"])))
   val = _take(pool, indices["val"], indices["val"])
   if test_pool is not None:

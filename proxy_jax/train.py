@@ -20,7 +20,6 @@ import time
 from typing import Any, Callable
 
 from absl import logging
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,7 +28,8 @@ import optax
 
 from proxy_jax import augment
 from proxy_jax import batch_size as batch_size_finder
-from proxy_jax import checkpoints, config_lib, data, errors, models, preprocess, proxy, records
+from proxy_jax import checkpoints, config_lib, data, errors, preprocess, proxy, records
+from proxy_jax.model_state import create_model, create_train_state, learning_rate_schedule
 from proxy_jax import reporting
 from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
@@ -41,65 +41,7 @@ class DivergenceError(errors.UserError, RuntimeError):
   """Training produced a non-finite loss or parameter; nothing of that epoch was saved."""
 
 
-class TrainState(train_state.TrainState):
-  batch_stats: Any
-
-
-# ---------------------------------------------------------------- model and optimiser
-
-
-def create_model(config, num_classes: int):
-  overrides = {"width": config.model.width} if config.model.get("width") else {}
-  return models.create(config.model.name, num_classes, config.image_size, config.dtype,
-                       small_stem=config.model.small_stem, **overrides)
-
-
-def learning_rate_schedule(config, steps_per_epoch: int):
-  opt = config.optimizer
-  total = max(1, config.num_epochs * steps_per_epoch)
-  if opt.schedule == "constant":
-    return optax.constant_schedule(opt.learning_rate)
-  if opt.schedule == "onecycle":
-    return optax.cosine_onecycle_schedule(total, opt.learning_rate)
-  warmup = min(int(opt.warmup_epochs * steps_per_epoch), total - 1)
-  return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, warmup, total)
-
-
-def create_optimizer(config, params, lr_fn):
-  opt = config.optimizer
-
-  def adamw(schedule):
-    return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
-
-  if opt.backbone_lr_multiplier == 1.0:
-    return adamw(lr_fn)
-  from proxy_jax import pretrained  # pylint: disable=g-import-not-at-top
-  is_head = pretrained.head_mask(params, config.model.name)
-  labels = jax.tree.map(lambda head: "head" if head else "backbone", is_head)
-  multiplier = opt.backbone_lr_multiplier
-  backbone = (optax.set_to_zero() if multiplier == 0
-              else adamw(lambda step: multiplier * lr_fn(step)))
-  return optax.multi_transform({"head": adamw(lr_fn), "backbone": backbone}, labels)
-
-
-def init_variables(config, model, key):
-  shape = (1, config.image_size, config.image_size, 3)
-  variables = model.init({"params": key, "dropout": key}, jnp.zeros(shape, jnp.float32))
-  if config.model.pretrained:
-    from proxy_jax import pretrained  # pylint: disable=g-import-not-at-top
-    variables = pretrained.load_pretrained(config.model.pretrained, config.model.name,
-                                           variables)
-  return variables
-
-
-def create_train_state(config, model, key, steps_per_epoch: int,
-                       lr_fn: Callable | None = None) -> TrainState:
-  """A fresh state; pass the run's `lr_fn` so the schedule is built once per run."""
-  variables = init_variables(config, model, key)
-  lr_fn = lr_fn or learning_rate_schedule(config, steps_per_epoch)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           tx=create_optimizer(config, variables["params"], lr_fn),
-                           batch_stats=variables.get("batch_stats", {}))
+# ---------------------------------------------------------------- the batch-size finder's probe
 
 
 def finder_step_factory(config, num_classes: int) -> batch_size_finder.StepFactory:

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from proxy_jax import data, errors, tfds_prepare
+from proxy_jax import data, errors, splits, tfds_prepare
 from tests.conftest import make_tiny_config
 
 
@@ -162,20 +162,20 @@ def test_fit_image_converts_modes_and_centre_crops():
 
 def test_stratified_split_is_disjoint_complete_and_proportional():
   labels = np.repeat(np.arange(4), [50, 30, 20, 100])
-  rest, val, test = data.stratified_split(labels, (0.1, 0.2), jax.random.key(0))
+  rest, val, test = splits.stratified_split(labels, (0.1, 0.2), jax.random.key(0))
   assert len(set(rest) | set(val) | set(test)) == len(labels)
   assert len(rest) + len(val) + len(test) == len(labels)
   assert np.bincount(labels[val]).tolist() == [5, 3, 2, 10]
   assert np.bincount(labels[test]).tolist() == [10, 6, 4, 20]
-  again = data.stratified_split(labels, (0.1, 0.2), jax.random.key(0))
+  again = splits.stratified_split(labels, (0.1, 0.2), jax.random.key(0))
   assert all(np.array_equal(a, b) for a, b in zip((rest, val, test), again))
-  other = data.stratified_split(labels, (0.1, 0.2), jax.random.key(1))
+  other = splits.stratified_split(labels, (0.1, 0.2), jax.random.key(1))
   assert not np.array_equal(val, other[1])
 
 
 def test_stratified_split_of_many_small_classes_keeps_the_fraction():
   labels = np.arange(48) % 100  # 48 classes of one example each, like a mock dataset
-  rest, val = data.stratified_split(labels, (0.25,), jax.random.key(0))
+  rest, val = splits.stratified_split(labels, (0.25,), jax.random.key(0))
   assert len(val) == 12 and len(rest) == 36
 
 

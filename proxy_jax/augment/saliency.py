@@ -129,14 +129,14 @@ def load_frozen_model(source: str, config, num_classes: int) -> SaliencyModel:
   makes sense (`check_config` insists on one).
   """
   # Imported here: train imports this package to build its step, and infer imports train.
-  from proxy_jax import infer, pretrained, train  # pylint: disable=g-import-not-at-top
+  from proxy_jax import infer, model_state, pretrained  # pylint: disable=g-import-not-at-top
   if is_trained_workdir(source):
     model, variables, _, class_names = infer.restore_for_inference(source)
     if len(class_names) != num_classes:
       raise ConfigError(f"config.augment.saliency_source={source!r} was trained on "
                        f"{len(class_names)} classes, this run has {num_classes}")
     return SaliencyModel(model.apply, variables)
-  model = train.create_model(config, num_classes)
+  model = model_state.create_model(config, num_classes)
   shape = (1, config.image_size, config.image_size, 3)
   variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
                          jnp.zeros(shape, jnp.float32))

@@ -196,7 +196,7 @@ def plot_all(study: spec.Study, runs: dict, rows: list[dict], paired: dict, out:
   axis.axvline(0, color="black", linewidth=0.8)
   axis.set_yticks(positions, [r["arm"] for r in compared])
   axis.set(xlabel=f"test accuracy - {study.baseline} (points), mean and 95% t interval",
-           title=f"{study.name}: paired differences over seeds (colour: Holm p < 0.05)")
+           title=f"{study.name}: paired differences over seeds\n(coloured where Holm p < 0.05)")
   figure.tight_layout()
   _save(figure, os.path.join(out, "paired_differences.png"))
   plt.close(figure)

@@ -1,0 +1,75 @@
+"""What a run starts from: the model, the optimiser and its learning-rate schedule, the state.
+
+`create_train_state` builds a fresh `TrainState` (float32 parameters, batch statistics, AdamW
+with an optional lower learning rate for a pretrained backbone) from the config alone, so the
+trainer, inference, the batch-size finder and the benchmarks all build the same one.
+"""
+
+from typing import Any, Callable
+
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import optax
+
+from proxy_jax import models
+
+# `config.optimizer.schedule` values `learning_rate_schedule` builds.
+LR_SCHEDULES = ("warmup_cosine", "onecycle", "constant")
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def create_model(config, num_classes: int):
+  overrides = {"width": config.model.width} if config.model.get("width") else {}
+  return models.create(config.model.name, num_classes, config.image_size, config.dtype,
+                       small_stem=config.model.small_stem, **overrides)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int):
+  opt = config.optimizer
+  total = max(1, config.num_epochs * steps_per_epoch)
+  if opt.schedule == "constant":
+    return optax.constant_schedule(opt.learning_rate)
+  if opt.schedule == "onecycle":
+    return optax.cosine_onecycle_schedule(total, opt.learning_rate)
+  warmup = min(int(opt.warmup_epochs * steps_per_epoch), total - 1)
+  return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, warmup, total)
+
+
+def create_optimizer(config, params, lr_fn):
+  opt = config.optimizer
+
+  def adamw(schedule):
+    return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
+
+  if opt.backbone_lr_multiplier == 1.0:
+    return adamw(lr_fn)
+  from proxy_jax import pretrained  # pylint: disable=g-import-not-at-top
+  is_head = pretrained.head_mask(params, config.model.name)
+  labels = jax.tree.map(lambda head: "head" if head else "backbone", is_head)
+  multiplier = opt.backbone_lr_multiplier
+  backbone = (optax.set_to_zero() if multiplier == 0
+              else adamw(lambda step: multiplier * lr_fn(step)))
+  return optax.multi_transform({"head": adamw(lr_fn), "backbone": backbone}, labels)
+
+
+def init_variables(config, model, key):
+  shape = (1, config.image_size, config.image_size, 3)
+  variables = model.init({"params": key, "dropout": key}, jnp.zeros(shape, jnp.float32))
+  if config.model.pretrained:
+    from proxy_jax import pretrained  # pylint: disable=g-import-not-at-top
+    variables = pretrained.load_pretrained(config.model.pretrained, config.model.name,
+                                           variables)
+  return variables
+
+
+def create_train_state(config, model, key, steps_per_epoch: int,
+                       lr_fn: Callable | None = None) -> TrainState:
+  """A fresh state; pass the run's `lr_fn` so the schedule is built once per run."""
+  variables = init_variables(config, model, key)
+  lr_fn = lr_fn or learning_rate_schedule(config, steps_per_epoch)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           tx=create_optimizer(config, variables["params"], lr_fn),
+                           batch_stats=variables.get("batch_stats", {}))
