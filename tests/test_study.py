@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 
+from hypothesis import given
+from hypothesis import strategies as st
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
 from proxy_jax import sweep
+from proxy_jax.study import explanations
 from proxy_jax.study import runs as runs_lib
 from proxy_jax.study import spec, stats
 
@@ -402,3 +405,21 @@ def test_real_tiny_study(tmp_path):
   assert cost["training_s"] > 0 and cost["explanations_s"] > 0
   assert cost["total_s"] == pytest.approx(cost["trial_process_s"] + cost["explanations_s"]
                                           + cost["report_s"])
+
+
+@given(st.integers(1, 2000).flatmap(lambda total: st.tuples(st.integers(0, total),
+                                                            st.just(total))))
+def test_explained_images_are_distinct_and_spread_over_the_split(count_and_total):
+  count, total = count_and_total
+  chosen = explanations.spread_indices(count, total)
+  assert len(chosen) == count and len(set(chosen.tolist())) == count
+  assert ((chosen >= 0) & (chosen < total)).all() and (np.diff(chosen) > 0).all()
+  if count >= 2:
+    assert chosen[0] == 0 and chosen[-1] == total - 1
+
+
+def test_explained_images_of_a_class_ordered_split_cover_every_class():
+  """An image-folder test split lists class by class: 256 of 1,000 are not the first 3 classes."""
+  labels = np.repeat(np.arange(10), 100)
+  counts = np.bincount(labels[explanations.spread_indices(256, len(labels))], minlength=10)
+  assert counts.min() >= 25 and counts.max() <= 26

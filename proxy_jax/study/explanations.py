@@ -1,7 +1,8 @@
 """Explanation quality of every final model of a study, on the same images.
 
 Each run's final checkpoint explains the same `num_images` examples of the evaluation split
-(the first ones of the shared split, in the split's order) with the same CAM method, scored by
+(spread evenly over the shared split: image folders list it class by class, so its first
+examples would be a few classes only) with the same CAM method, scored by
 `proxy_jax.faithfulness`'s measures (deletion and insertion AUC, average drop, increase
 in confidence). The split is decoded once for the whole study: the fairness checks guarantee
 that every run has the same data config and split. Models are restored one at a time.
@@ -24,7 +25,15 @@ def _evaluation_images(run: dict, split_name: str, num_images: int):
   if split is None:
     raise spec.StudyError(f"{run['workdir']}: the dataset has no {split_name} split to explain")
   count = len(split) if num_images <= 0 else min(num_images, len(split))
-  return np.asarray(split.images[:count]), np.asarray(split.labels[:count])
+  chosen = spread_indices(count, len(split))
+  return np.asarray(split.images[chosen]), np.asarray(split.labels[chosen])
+
+
+def spread_indices(count: int, total: int) -> np.ndarray:
+  """`count` <= `total` distinct indices spaced evenly over range(total), first and last
+  included: deterministic, and every class gets its share of a split ordered by class."""
+  return np.linspace(0, total - 1, count).round().astype(np.int64) if count else np.zeros(
+      0, np.int64)
 
 
 def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
@@ -58,8 +67,8 @@ def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
                    "increase_in_confidence_pct": float(100 * scores["increase"].mean()),
                    "seconds": time.time() - begin})
       if seed == study.seeds[0]:
-        shown = explain["grid_images"]
-        panels.append((arm, images[:shown], maps[:shown],
-                       [class_names[i] for i in predicted[:shown]],
-                       [class_names[i] for i in labels[:shown]]))
+        shown = spread_indices(min(explain["grid_images"], len(images)), len(images))
+        panels.append((arm, images[shown], maps[shown],
+                       [class_names[i] for i in predicted[shown]],
+                       [class_names[i] for i in labels[shown]]))
   return rows, panels, time.time() - started
