@@ -206,7 +206,9 @@ def write_figure(panels, path: str, cam: str) -> None:
                 va="top", color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1})
   axis.set_title(f"{cam} on the same images, one row per model", fontsize=9)
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
+  # Through a file object: atomic_write never leaves a half-written PNG behind.
+  atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110, bbox_inches="tight"),
+               "wb")
   plt.close(figure)
 
 
