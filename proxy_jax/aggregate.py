@@ -24,7 +24,7 @@ from proxy_jax import config_fields
 from proxy_jax import errors
 from proxy_jax import records
 from proxy_jax import sweep as sweep_lib
-from proxy_jax.io_utils import atomic_write
+from proxy_jax.io_utils import atomic_save_figure, atomic_write
 
 # Config fields that always get a column (so a query on them works even when not swept).
 IDENTITY_FIELDS = ("model.name", "data.name", "seed")
@@ -261,7 +261,7 @@ def plot_results(results: pd.DataFrame, curves: pd.DataFrame, swept: list[str],
     axis.legend()
     figure.tight_layout()
     path = os.path.join(out_dir, f"accuracy_vs_{field}.png")
-    figure.savefig(path, dpi=100)
+    atomic_save_figure(path, figure, dpi=100)
     plt.close(figure)
     written.append(path)
   arms = [f for f in swept if f != "seed"]
@@ -280,7 +280,7 @@ def plot_results(results: pd.DataFrame, curves: pd.DataFrame, swept: list[str],
       axis.legend(fontsize=7)
     figure.tight_layout()
     path = os.path.join(out_dir, f"curves_{tag.replace('/', '_')}.png")
-    figure.savefig(path, dpi=100)
+    atomic_save_figure(path, figure, dpi=100)
     plt.close(figure)
     written.append(path)
   return written

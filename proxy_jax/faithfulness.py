@@ -37,7 +37,7 @@ from proxy_jax import images_grid
 from proxy_jax import infer
 from proxy_jax import preprocess
 from proxy_jax import proxy
-from proxy_jax.io_utils import atomic_write
+from proxy_jax.io_utils import atomic_save_figure, atomic_write
 
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "average_drop_pct": "lower",
           "increase_in_confidence_pct": "higher", "accuracy": "higher"}
@@ -206,9 +206,7 @@ def write_figure(panels, path: str, cam: str) -> None:
                 va="top", color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1})
   axis.set_title(f"{cam} on the same images, one row per model", fontsize=9)
   figure.tight_layout()
-  # Through a file object: atomic_write never leaves a half-written PNG behind.
-  atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110, bbox_inches="tight"),
-               "wb")
+  atomic_save_figure(path, figure, dpi=110, bbox_inches="tight")
   plt.close(figure)
 
 

@@ -107,6 +107,11 @@ def atomic_save_npy(path: str, array) -> None:
   atomic_write(path, lambda f: np.save(f, np.asarray(array)), "wb")
 
 
+def atomic_save_figure(path: str, figure, **savefig_options) -> None:
+  """A matplotlib figure as a PNG at `path`, never half-written."""
+  atomic_write(path, lambda f: figure.savefig(f, format="png", **savefig_options), "wb")
+
+
 def _jsonable(value):
   if isinstance(value, np.generic):
     return value.item()

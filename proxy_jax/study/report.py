@@ -7,7 +7,6 @@ paired_differences.png, accuracy_vs_time.png, val_curves.png and cams.png. Final
 only: no best-epoch picking, and every seed of every arm counts.
 """
 
-import io
 import json
 import math
 import os
@@ -16,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from proxy_jax.io_utils import atomic_write, atomic_write_text
+from proxy_jax.io_utils import atomic_save_figure, atomic_write, atomic_write_text
 from proxy_jax.study import explanations, spec, stats
 
 METRICS = (("test_accuracy", "test accuracy"), ("val_accuracy", "validation accuracy"))
@@ -174,12 +173,6 @@ def overhead_lines(cost: dict) -> list[str]:
 # ---------------------------------------------------------------- plots
 
 
-def _save(figure, path: str) -> None:
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=120)
-  atomic_write(path, lambda f: f.write(buffer.getvalue()), "wb")
-
-
 def plot_all(study: spec.Study, runs: dict, rows: list[dict], paired: dict, out: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -198,7 +191,7 @@ def plot_all(study: spec.Study, runs: dict, rows: list[dict], paired: dict, out:
   axis.set(xlabel=f"test accuracy - {study.baseline} (points), mean and 95% t interval",
            title=f"{study.name}: paired differences over seeds\n(coloured where Holm p < 0.05)")
   figure.tight_layout()
-  _save(figure, os.path.join(out, "paired_differences.png"))
+  atomic_save_figure(os.path.join(out, "paired_differences.png"), figure, dpi=120)
   plt.close(figure)
 
   figure, axis = plt.subplots(figsize=(7, 5))
@@ -216,7 +209,7 @@ def plot_all(study: spec.Study, runs: dict, rows: list[dict], paired: dict, out:
   axis.set(xlabel="wall time per run (s)", ylabel="final test accuracy (%)",
            title=f"{study.name}: accuracy against compute (mean +- std over seeds)")
   figure.tight_layout()
-  _save(figure, os.path.join(out, "accuracy_vs_time.png"))
+  atomic_save_figure(os.path.join(out, "accuracy_vs_time.png"), figure, dpi=120)
   plt.close(figure)
 
   figure, axis = plt.subplots(figsize=(8, 5))
@@ -235,7 +228,7 @@ def plot_all(study: spec.Study, runs: dict, rows: list[dict], paired: dict, out:
            title=f"{study.name}: validation accuracy, mean over seeds")
   axis.legend(fontsize=7, ncol=2)
   figure.tight_layout()
-  _save(figure, os.path.join(out, "val_curves.png"))
+  atomic_save_figure(os.path.join(out, "val_curves.png"), figure, dpi=120)
   plt.close(figure)
 
 
