@@ -32,8 +32,7 @@ def _evaluation_images(run: dict, split_name: str, num_images: int):
 def spread_indices(count: int, total: int) -> np.ndarray:
   """`count` <= `total` distinct indices spaced evenly over range(total), first and last
   included: deterministic, and every class gets its share of a split ordered by class."""
-  return np.linspace(0, total - 1, count).round().astype(np.int64) if count else np.zeros(
-      0, np.int64)
+  return np.linspace(0, total - 1, count).round().astype(np.int64)
 
 
 def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
