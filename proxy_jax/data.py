@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from proxy_jax import preprocess, splits, tfds_prepare
+from proxy_jax import chunked, preprocess, splits, tfds_prepare
 from proxy_jax.errors import DataError, MissingPathError
 from proxy_jax.io_utils import atomic_write_json, atomic_save_npy
 
@@ -332,36 +332,20 @@ def num_batches(num_examples: int, batch_size: int) -> int:
   return -(-num_examples // batch_size)
 
 
-def padded_chunks(count: int, size: int, power_of_two: bool = False
-                  ) -> Iterator[tuple[np.ndarray, int]]:
-  """Positions 0..count-1 in chunks of one fixed shape: yields (rows, valid) per chunk.
-
-  `rows` holds `size` positions; a ragged last chunk repeats its own positions, so it is padded
-  with real examples (no out-of-range label, no NaN from a blank image) and a jitted function
-  sees the shape it already compiled. Only the first `valid` entries are real: callers keep
-  `out[:valid]` or mask the rest. `power_of_two` pads the last chunk only to the next power of
-  two (at most log2(size) more shapes) when the padding itself would cost too much compute.
-  """
-  size = max(1, int(size))
-  for begin in range(0, count, size):
-    valid = min(size, count - begin)
-    width = min(size, 1 << (valid - 1).bit_length()) if power_of_two else size
-    yield np.resize(np.arange(begin, begin + valid), width), valid
-
-
 def batches(split: Split, batch_size: int, order: np.ndarray | None = None, start: int = 0,
             swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
             is_proxy: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[dict]:
   """Yields host batches {image uint8, label, id, mask, is_proxy} of exactly `batch_size`.
 
   Every example appears exactly once; the last batch is padded by repeating its own examples
-  (`padded_chunks`) with mask 0, so shapes never change and padded rows count for nothing.
+  (`chunked.padded_chunks`) with mask 0, so shapes never change and padded rows count for
+  nothing.
   `swap(ids, images)` replaces images by id (the proxy bank) before augmentation, and
   `is_proxy(ids)` says which were replaced (bool per row; all False without it). `start` skips
   batches (resume).
   """
   order = np.arange(len(split)) if order is None else order
-  for index, (rows, valid) in enumerate(padded_chunks(len(order), batch_size)):
+  for index, (rows, valid) in enumerate(chunked.padded_chunks(len(order), batch_size)):
     if index < start:
       continue
     chosen = order[rows]

@@ -12,8 +12,7 @@ own decoding of the same files), CAMs of the predicted class are scored by:
 The baseline is the dataset mean colour (zero after normalisation): less out of distribution than
 black. Writes `<out>/faithfulness_<split>.csv` (one row per model, side by side) and
 `<out>/faithfulness_<split>.png` (the same images' CAM overlays, one row per model). Every jitted
-call sees one chunk shape: the ragged last chunk is padded (`data.padded_chunks`) and its padding
-dropped.
+call sees one chunk shape: the ragged last chunk is padded (`chunked`) and its padding dropped.
 (`python -m proxy_jax.study` trains the arms of a study and scores each final model with these
 measures; see experiments/README.md.)
 """
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from proxy_jax import cams
+from proxy_jax import chunked
 from proxy_jax import cli
 from proxy_jax import data
 from proxy_jax import errors
@@ -91,19 +91,16 @@ def auc(curves: np.ndarray) -> np.ndarray:
 def explanation_scores(model, variables, images: np.ndarray, maps: np.ndarray,
                        targets: np.ndarray, steps: int = 16, chunk: int = 16) -> dict:
   """Per-image deletion/insertion AUC and confidence drop/increase; see the module docstring."""
-  deletion, insertion, full, masked = [], [], [], []
-  for rows, valid in data.padded_chunks(len(images), min(chunk, len(images))):
-    images01 = np.asarray(images[rows], np.float32) / 255.0
-    part_maps = np.asarray(maps[rows], np.float32)
-    part_targets = np.asarray(targets[rows], np.int32)
-    d, i = _curves(model.apply, variables, images01, part_maps, part_targets, steps)
-    y, o = _confidence(model.apply, variables, images01, part_maps, part_targets)
-    deletion.append(np.asarray(d)[:valid])
-    insertion.append(np.asarray(i)[:valid])
-    full.append(np.asarray(y)[:valid])
-    masked.append(np.asarray(o)[:valid])
-  deletion, insertion = np.concatenate(deletion), np.concatenate(insertion)
-  full, masked = np.concatenate(full), np.concatenate(masked)
+  def apply(part):
+    images01 = np.asarray(part.inputs["image"], np.float32) / 255.0
+    part_maps = np.asarray(part.inputs["map"], np.float32)
+    part_targets = np.asarray(part.inputs["target"], np.int32)
+    return (*_curves(model.apply, variables, images01, part_maps, part_targets, steps),
+            *_confidence(model.apply, variables, images01, part_maps, part_targets))
+
+  deletion, insertion, full, masked = chunked.apply_chunked(
+      apply, {"image": images, "map": np.asarray(maps), "target": np.asarray(targets)},
+      min(chunk, len(images)))
   return {"deletion_auc": auc(deletion), "insertion_auc": auc(insertion),
           "drop": np.maximum(0.0, full - masked) / np.maximum(full, 1e-12),
           "increase": (masked > full).astype(np.float32),

@@ -14,11 +14,10 @@ listed in the CSV's `overlay` column. Maps explain the predicted class unless `-
 Inputs that cannot work (no trained run, no readable image, a bad class index) end the command
 with one `infer: error: ...` line and exit code 2.
 
-Every model call sees one batch shape: the ragged last chunk is padded (`data.padded_chunks`)
-and its padding dropped, so nothing recompiles on the last chunk.
+Every model call sees one batch shape: the ragged last chunk is padded (`chunked`) and its
+padding dropped, so nothing recompiles on the last chunk.
 """
 
-import functools
 import glob
 import os
 
@@ -32,11 +31,13 @@ import pandas as pd
 
 from proxy_jax import cams
 from proxy_jax import checkpoints
+from proxy_jax import chunked
 from proxy_jax import cli
 from proxy_jax import config_lib
 from proxy_jax import data
 from proxy_jax import errors
 from proxy_jax import images_grid
+from proxy_jax import models
 from proxy_jax import preprocess
 from proxy_jax import train
 from proxy_jax.io_utils import atomic_write
@@ -69,7 +70,7 @@ def restore_for_inference(workdir: str):
     state, _, _ = ckpt.restore(latest, state)
   finally:
     ckpt.close()
-  return model, train.variables_of(state), config, class_names
+  return model, models.variables_of(state), config, class_names
 
 
 def list_image_files(path: str) -> list[str]:
@@ -87,18 +88,15 @@ def list_image_files(path: str) -> list[str]:
 # ---------------------------------------------------------------- predictions
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(apply_fn, variables, images_uint8):
-  return apply_fn(variables, preprocess.eval_inputs(images_uint8))
+# The trainer's own prediction step: inference gives the logits evaluation gave.
+_predict = train.make_predict_step()
 
 
 def predict_logits(model, variables, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """float32 logits (N, classes); every call sees the same batch shape (one compilation)."""
-  outputs = []
-  for rows, valid in data.padded_chunks(len(images), min(batch_size, len(images))):
-    outputs.append(np.asarray(_forward(model.apply, variables, images[rows]))[:valid])
-  classes = outputs[0].shape[-1] if outputs else 0
-  return np.concatenate(outputs) if outputs else np.zeros((0, classes), np.float32)
+  """Logits (N, classes); every call sees the same batch shape (one compilation)."""
+  return chunked.apply_chunked(
+      lambda chunk: _predict(model.apply, variables, chunk.inputs["image"]),
+      {"image": images}, min(batch_size, len(images)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -135,15 +133,16 @@ def cam_maps(method: str, model, variables, images: np.ndarray, targets: np.ndar
 
   `seed` draws the noise of the SmoothGrad family, a fresh key per chunk.
   """
-  options = {"chunk_size": chunk_size, "smooth_sigma": smooth_sigma}
-  maps = []
-  for rows, valid in data.padded_chunks(len(images), min(chunk_size, len(images))):
+  def apply(chunk):
+    options = {"chunk_size": chunk_size, "smooth_sigma": smooth_sigma}
     if method in cams.NOISY_METHODS:
-      options["key"] = jax.random.fold_in(jax.random.key(seed), int(rows[0]))
-    chunk = cams.compute(method, model.apply, variables, preprocess.eval_inputs(images[rows]),
-                         targets=np.asarray(targets)[rows], **options)
-    maps.append(np.asarray(chunk)[:valid])
-  return np.concatenate(maps) if maps else np.zeros(images.shape[:3], np.float32)
+      options["key"] = jax.random.fold_in(jax.random.key(seed), chunk.start)
+    return cams.compute(method, model.apply, variables,
+                        preprocess.eval_inputs(chunk.inputs["image"]),
+                        targets=chunk.inputs["target"], **options)
+
+  return chunked.apply_chunked(apply, {"image": images, "target": np.asarray(targets)},
+                               min(chunk_size, len(images)))
 
 
 def overlay_name(path: str, root: str, method: str) -> str:

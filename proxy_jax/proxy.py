@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import cams, data, parallel, preprocess
+from proxy_jax import cams, chunked, models, parallel, preprocess
 
 # ---------------------------------------------------------------- the transform
 
@@ -279,12 +279,10 @@ def use_fused_scan(method: str, subset: float) -> bool:
 
 def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) -> np.ndarray:
   """Eval-mode, unaugmented predictions for every example of `split`, in split order."""
-  predictions = []
-  for batch in data.batches(split, batch_size):
-    images = parallel.to_global({"image": batch["image"]}, batch_sharding)["image"]
-    logits = predict_fn(state, images)
-    predictions.append(parallel.to_host(jnp.argmax(logits, -1))[batch["mask"] > 0])
-  return np.concatenate(predictions)
+  variables = models.variables_of(state)
+  return chunked.apply_chunked(
+      lambda chunk: jnp.argmax(predict_fn(state.apply_fn, variables, chunk.inputs["image"]), -1),
+      {"image": split.images}, batch_size, sharding=batch_sharding)
 
 
 @dataclasses.dataclass
@@ -299,32 +297,34 @@ def _scan_split(state, split, config, batch_sharding):
   """One eval-mode pass: predictions of every example plus proxies of the wrong ones."""
   settings = config.proxy
   scan = _scan_fn(state.apply_fn, settings.cam_method, settings.mode, _cam_options(config))
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = models.variables_of(state)
   threshold, weight = jnp.float32(settings.threshold), jnp.float32(settings.weight)
-  predictions, positions, proxy_images, maps = [], [], [], []
-  for begin, batch in zip(range(0, len(split), config.eval_batch_size),
-                          data.batches(split, config.eval_batch_size)):
-    host = {"image": batch["image"]}
-    if settings.cam_target == "label":
-      host["label"] = batch["label"]
-    device = parallel.to_global(host, batch_sharding)
-    predicted, out, cam = scan(variables, device["image"], device.get("label"), threshold,
-                               weight)
-    valid = batch["mask"] > 0
-    predicted = parallel.to_host(predicted)[valid]
-    rows = np.flatnonzero(predicted != batch["label"][valid])
-    predictions.append(predicted)
-    if len(rows):  # Batches without a wrong row leave their proxies on the device.
-      out, cam = parallel.to_host((out, cam))
-      positions.append(begin + rows)
-      proxy_images.append(out[rows])
-      maps.append(cam[rows])
+  arrays = {"image": split.images}
+  if settings.cam_target == "label":
+    arrays["label"] = split.labels
+
+  def apply(chunk):
+    return scan(variables, chunk.inputs["image"], chunk.inputs.get("label"), threshold, weight)
+
+  def collect(chunk, outputs):
+    """(predictions, (positions, proxies, maps) of the wrong rows or None)."""
+    predicted, out, cam = outputs
+    predicted = chunk.fetch(predicted)
+    rows = np.flatnonzero(predicted != split.labels[chunk.start:chunk.start + chunk.valid])
+    if not len(rows):  # Chunks without a wrong row leave their proxies on the device.
+      return predicted, None
+    out, cam = chunk.fetch((out, cam))
+    return predicted, (chunk.start + rows, out[rows], cam[rows])
+
+  results = chunked.map_chunks(apply, arrays, config.eval_batch_size, sharding=batch_sharding,
+                               collect=collect)
+  wrong = [found for _, found in results if found is not None]
   shape = split.images.shape[1:]
   candidates = _Candidates(
-      np.concatenate(positions) if positions else np.zeros((0,), np.int64),
-      np.concatenate(proxy_images) if proxy_images else np.zeros((0,) + shape, np.uint8),
-      np.concatenate(maps) if maps else np.zeros((0,) + shape[:2], np.uint8))
-  return np.concatenate(predictions), candidates
+      np.concatenate([w[0] for w in wrong]) if wrong else np.zeros((0,), np.int64),
+      np.concatenate([w[1] for w in wrong]) if wrong else np.zeros((0,) + shape, np.uint8),
+      np.concatenate([w[2] for w in wrong]) if wrong else np.zeros((0,) + shape[:2], np.uint8))
+  return np.concatenate([predicted for predicted, _ in results]), candidates
 
 
 def _cam_options(config) -> tuple:
@@ -408,15 +408,12 @@ def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
   settings = config.proxy
   proxy_fn = make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
                            settings.weight, settings.mode, dict(_cam_options(config)))
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  limit, devices = max(1, int(config.cams.chunk_size)), jax.device_count()
-  outs, maps = [], []
-  for rows, valid in data.padded_chunks(len(images), limit, power_of_two=True):
-    rows = np.resize(rows, -(-len(rows) // devices) * devices)  # Whole shares per device.
-    chunk = parallel.to_global({"image": images[rows], "target": targets[rows].astype(np.int32)},
-                               batch_sharding)
-    out, cam = parallel.to_host(proxy_fn(variables, chunk["image"], chunk["target"],
-                                         jax.random.fold_in(noise_key, int(rows[0]))))
-    outs.append(out[:valid])
-    maps.append(cam[:valid])
-  return np.concatenate(outs), np.concatenate(maps)
+  variables = models.variables_of(state)
+
+  def apply(chunk):
+    return proxy_fn(variables, chunk.inputs["image"], chunk.inputs["target"],
+                    jax.random.fold_in(noise_key, chunk.start))
+
+  return chunked.apply_chunked(apply, {"image": images, "target": targets.astype(np.int32)},
+                               int(config.cams.chunk_size), sharding=batch_sharding,
+                               power_of_two=True)

@@ -28,7 +28,8 @@ import optax
 
 from proxy_jax import augment
 from proxy_jax import batch_size as batch_size_finder
-from proxy_jax import checkpoints, config_lib, data, errors, preprocess, proxy, records
+from proxy_jax import checkpoints, chunked, config_lib, data, errors, models, preprocess, proxy
+from proxy_jax import records
 from proxy_jax.model_state import create_model, create_train_state, learning_rate_schedule
 from proxy_jax import reporting
 from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
@@ -73,10 +74,6 @@ def all_finite(tree):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def variables_of(state):
-  return {"params": state.params, "batch_stats": state.batch_stats}
-
-
 def tree_checksum(tree) -> str:
   """sha256 (16 hex digits) of every leaf's path, dtype, shape and bytes: equal iff identical.
 
@@ -93,7 +90,7 @@ def tree_checksum(tree) -> str:
 
 def num_classes_of(state, images):
   """The model's class count, read from its output shape at trace time (no compute)."""
-  return jax.eval_shape(state.apply_fn, variables_of(state), images[:1]).shape[-1]
+  return jax.eval_shape(state.apply_fn, models.variables_of(state), images[:1]).shape[-1]
 
 
 def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothing: float,
@@ -117,7 +114,7 @@ def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothin
   def loss_fn(params):
     # With AugMix's JSD loss, `inputs` stacks the clean batch and two views: one forward pass.
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
+        models.variables_of(state, params), inputs, train=True,
         mutable=["batch_stats"], rngs={"dropout": dropout_key})
     if jsd_weight:
       logits, logits_aug1, logits_aug2 = jnp.split(logits, 3)
@@ -140,7 +137,7 @@ def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothin
 
 def eval_step(state, batch):
   """No augmentation: validation and test see the plain, normalised images."""
-  logits = state.apply_fn(variables_of(state), preprocess.eval_inputs(batch["image"]))
+  logits = state.apply_fn(models.variables_of(state), preprocess.eval_inputs(batch["image"]))
   logits = logits.astype(jnp.float32)
   targets = jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=jnp.float32)
   return EvalMetrics.single_from_model_output(
@@ -148,8 +145,9 @@ def eval_step(state, batch):
       loss=cross_entropy(logits, targets))
 
 
-def predict_step(state, images_uint8):
-  return state.apply_fn(variables_of(state), preprocess.eval_inputs(images_uint8))
+def predict_step(apply_fn, variables, images_uint8):
+  """Eval-mode logits of uint8 images (inference and the proxy step's predictions)."""
+  return apply_fn(variables, preprocess.eval_inputs(images_uint8))
 
 
 def make_train_step(config, replicated=None, num_classes: int | None = None):
@@ -175,16 +173,17 @@ def make_eval_step():
 
 
 def make_predict_step():
-  return jax.jit(predict_step)
+  """The jitted `predict_step(apply_fn, variables, images_uint8)`, `apply_fn` static."""
+  return jax.jit(predict_step, static_argnums=0)
 
 
 def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding) -> dict:
-  """{"loss", "accuracy", "top5"} over `split`, fetched once at the end."""
-  totals = None
-  for batch in data.batches(split, batch_size):
-    batch_metrics = eval_fn(state, to_global(batch, batch_sharding))
-    totals = batch_metrics if totals is None else merge_metrics(totals, batch_metrics)
-  return host_values(totals)
+  """{"loss", "accuracy", "top5"} over `split`: metrics merged on the device, fetched once."""
+  per_chunk = chunked.map_chunks(lambda chunk: eval_fn(state, chunk.inputs),
+                                 {"image": split.images, "label": split.labels}, batch_size,
+                                 sharding=batch_sharding, mask=True,
+                                 collect=chunked.keep_on_device)
+  return host_values(functools.reduce(merge_metrics, per_chunk))
 
 
 # ---------------------------------------------------------------- setup
@@ -251,7 +250,7 @@ def _build(config, workdir: str, dataset: data.Dataset):
                                     config.proxy.enabled),
       writer=reporting.create_writer(workdir),
       ckpt=checkpoints.RunCheckpoints(workdir, config.keep_checkpoints),
-      init_checksum=tree_checksum(variables_of(state)))
+      init_checksum=tree_checksum(models.variables_of(state)))
   return setup, jax.device_put(state, replicated)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proxy_jax import augment, cams, config_lib, data, preprocess, train
+from proxy_jax import augment, cams, config_lib, data, models, preprocess, train
 from proxy_jax.augment import saliency
 from tests.conftest import make_tiny_config
 from tests.test_train import killed_and_resumed
@@ -89,7 +89,7 @@ def test_pipeline_attentive_cutmix_pastes_the_top_cells_of_the_current_models_ca
   inputs, soft = jax.jit(lambda k: _augment(config, state, images, labels, k))(key)
   # The CAM of the clean images from the CAM library directly (Grad-CAM of the label class).
   clean = preprocess.to_unit_range(images)
-  maps = np.asarray(cams.compute("gradcam", state.apply_fn, train.variables_of(state),
+  maps = np.asarray(cams.compute("gradcam", state.apply_fn, models.variables_of(state),
                                  preprocess.normalize(clean), targets=labels))
   _assert_top_cells_pasted(inputs, soft, images, labels, maps, key)
 
@@ -160,7 +160,7 @@ def test_train_accuracy_counts_the_dominant_label(tiny_state):
   # What the step computes before its update: the same keys, the same augmented batch.
   augment_key = jax.random.split(jax.random.fold_in(step_key, state.step))[0]
   inputs, soft = _augment(config, state, images, labels, augment_key)
-  logits, _ = state.apply_fn(train.variables_of(state), inputs, train=True,
+  logits, _ = state.apply_fn(models.variables_of(state), inputs, train=True,
                              mutable=["batch_stats"])
   expected = float(np.mean(np.argmax(logits, -1) == np.argmax(soft, -1)))
   assert not np.array_equal(np.argmax(soft, -1), labels)  # Some partners dominate.

@@ -230,22 +230,6 @@ def test_batches_cover_every_example_once_with_padding():
   assert not np.array_equal(order, data.epoch_order(10, seed=0, epoch=2))
 
 
-@given(st.integers(0, 40), st.integers(1, 9), st.booleans())
-def test_padded_chunks_cover_each_position_once_in_fixed_shapes(count, size, power_of_two):
-  chunks = list(data.padded_chunks(count, size, power_of_two))
-  assert len(chunks) == data.num_batches(count, size)
-  real = [rows[:valid] for rows, valid in chunks]
-  assert np.concatenate(real or [np.zeros(0, int)]).tolist() == list(range(count))
-  for rows, valid in chunks:
-    # Padding repeats the chunk's own positions: real examples, never another chunk's.
-    assert set(rows.tolist()) == set(rows[:valid].tolist())
-    if power_of_two:
-      pow2 = len(rows) & (len(rows) - 1) == 0
-      assert valid <= len(rows) <= size and (len(rows) == size or pow2 and len(rows) < 2 * valid)
-    else:
-      assert len(rows) == size
-
-
 def test_batches_swap_by_id_and_resume_from_a_step():
   split = data.Split(np.zeros((6, 2, 2, 3), np.uint8), np.zeros(6, np.int32),
                      np.arange(6, dtype=np.int32))

@@ -17,6 +17,7 @@ from proxy_jax import cams
 from proxy_jax import data
 from proxy_jax import faithfulness
 from proxy_jax import infer
+from proxy_jax import models
 from proxy_jax import parallel
 from proxy_jax import preprocess
 from proxy_jax import train
@@ -75,7 +76,8 @@ def test_cli_predictions_match_eval_step(trained, tmp_path):
   model, variables, config, _ = infer.restore_for_inference(workdir)
   state = train.create_train_state(config, model, jax.random.key(0), 1).replace(
       params=variables["params"], batch_stats=variables["batch_stats"])
-  reference = np.asarray(train.make_predict_step()(state, val.images))
+  reference = np.asarray(train.make_predict_step()(state.apply_fn, models.variables_of(state),
+                                                      val.images))
   np.testing.assert_array_equal(table.index_1.to_numpy(), reference.argmax(-1))
   probabilities = np.asarray(jax.nn.softmax(reference))
   np.testing.assert_allclose(table.prob_1, probabilities.max(-1), rtol=1e-5, atol=1e-6)
@@ -193,10 +195,10 @@ def test_ragged_last_chunk_neither_recompiles_nor_leaks(trained):
   targets = np.arange(5) % 3
   infer.predict_logits(model, variables, images[:4], 2)
   infer.cam_maps("gradcam", model, variables, images[:4], targets[:4], chunk_size=2)
-  compiled = (infer._forward._cache_size(), cams._compute_jitted._cache_size())
+  compiled = (infer._predict._cache_size(), cams._compute_jitted._cache_size())
   logits = infer.predict_logits(model, variables, images, 2)
   maps = infer.cam_maps("gradcam", model, variables, images, targets, chunk_size=2)
-  assert (infer._forward._cache_size(), cams._compute_jitted._cache_size()) == compiled
+  assert (infer._predict._cache_size(), cams._compute_jitted._cache_size()) == compiled
   assert logits.shape[0] == 5 and maps.shape[0] == 5
   np.testing.assert_allclose(logits, infer.predict_logits(model, variables, images, 5),
                              rtol=1e-5, atol=1e-5)

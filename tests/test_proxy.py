@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_tiny_config
-from proxy_jax import checkpoints, data, parallel, proxy, train
+from proxy_jax import checkpoints, chunked, data, models, parallel, proxy, train
 
 MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 
@@ -261,7 +261,7 @@ def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatc
   from proxy_jax import cams, preprocess  # pylint: disable=g-import-not-at-top
   ids = bank.ids()
   unit = preprocess.to_unit_range(split.images[ids])
-  variables = train.variables_of(state)
+  variables = models.variables_of(state)
   logits = state.apply_fn(variables, preprocess.normalize(unit))
   assert np.all(np.argmax(logits, -1) != split.labels[ids])  # Only wrong ones are banked.
   maps = cams.compute("gradcampp", state.apply_fn, variables, preprocess.normalize(unit))
@@ -312,9 +312,9 @@ def test_reuse_proxies_takes_the_cam_of_the_current_proxy(tiny_model):
                         reuse_proxies=True)
   proxy_fn = proxy.make_proxy_fn(state.apply_fn, "gradcampp", 0.85, 0.2, "seed",
                                  {"chunk_size": 256, "smooth_sigma": 0.0})
-  predictions = np.argmax(state.apply_fn(train.variables_of(state), data.normalize(
+  predictions = np.argmax(state.apply_fn(models.variables_of(state), data.normalize(
       first["images"] / 255.0)), -1)
-  expected, _ = proxy_fn(train.variables_of(state), first["images"], predictions)
+  expected, _ = proxy_fn(models.variables_of(state), first["images"], predictions)
   got = twice.to_arrays()["images"].astype(int)
   assert np.max(np.abs(got - np.asarray(expected, int))) <= 1
   assert not np.array_equal(got, first["images"])
@@ -344,11 +344,23 @@ def straight_run(tmp_path_factory):
           call["images"][int(example_id)] = image.copy()
       yield batch
 
-  data.batches = recording_batches
+  original_chunks = chunked.chunks
+
+  def recording_chunks(arrays, size, **options):
+    """Evaluation and the proxy step's passes (no swap: they read the split as it is)."""
+    call = {"n": len(arrays["image"]), "swap": False, "ids": [], "images": {},
+            "evaluation": options.get("mask", False)}
+    calls.append(call)
+    for chunk in original_chunks(arrays, size, **options):
+      for row in chunk.rows[:chunk.valid]:
+        call["images"][int(row)] = arrays["image"][row].copy()
+      yield chunk
+
+  data.batches, chunked.chunks = recording_batches, recording_chunks
   try:
     summary = train.train_and_evaluate(make_tiny_config(**RESUME_OVERRIDES), workdir)
   finally:
-    data.batches = original_batches
+    data.batches, chunked.chunks = original_batches, original_chunks
   return workdir, summary, calls
 
 
@@ -375,10 +387,12 @@ def test_training_batches_use_proxies_and_evaluation_never_does(straight_run):
     np.testing.assert_array_equal(swapped[-1]["images"][example_id], originals[example_id])
   # Validation and test passes: no swap, and none of their images is a proxy.
   proxies = {image.tobytes() for image in bank["images"]}
-  for call in calls:
-    if call["n"] != n_train:
-      assert not call["swap"]
-      assert not proxies & {image.tobytes() for image in call["images"].values()}
+  evaluations = [call for call in calls if call.get("evaluation")]
+  # Validation after each epoch, test at the end.
+  assert len(evaluations) == 3 + 1 and all(call["n"] != n_train for call in evaluations)
+  for call in evaluations:
+    assert not call["swap"]
+    assert not proxies & {image.tobytes() for image in call["images"].values()}
 
 
 KILLED_RUN = """

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import cams, preprocess
+from proxy_jax import cams, models, preprocess
 from proxy_jax.errors import ConfigError
 
 # ITU-R BT.601 luma, OpenCV's RGB -> grey weights.
@@ -92,8 +92,7 @@ class SaliencyModel:
 
 def current_model(state) -> SaliencyModel:
   """The model being trained, frozen for this step: running statistics, no gradient."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  return SaliencyModel(state.apply_fn, jax.lax.stop_gradient(variables))
+  return SaliencyModel(state.apply_fn, jax.lax.stop_gradient(models.variables_of(state)))
 
 
 def cam(model: SaliencyModel, images, labels, method: str = "gradcam"):

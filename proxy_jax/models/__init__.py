@@ -58,6 +58,13 @@ def use_small_stem(image_size: int, small_stem: Any = "auto") -> bool:
   return bool(small_stem)
 
 
+def variables_of(state, params=None) -> dict:
+  """The {"params", "batch_stats"} variables `apply` takes, from anything holding both (a
+  TrainState); `params` replaces the state's own (the copy a loss differentiates)."""
+  return {"params": state.params if params is None else params,
+          "batch_stats": state.batch_stats}
+
+
 def check_name(name: str) -> None:
   if name not in MODEL_NAMES:
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
