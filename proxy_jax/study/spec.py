@@ -14,7 +14,6 @@ import re
 
 from proxy_jax import errors, sweep
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Fields that decide the split, the initial weights, the data order or the epochs of a run.
 SHARED_FIELDS = ("seed", "num_epochs", "image_size", "batch_size")
 SHARED_PREFIXES = ("data.", "model.")
@@ -30,7 +29,7 @@ class StudyError(errors.UserError, ValueError):
 class Study:
   """One setting, its seeds and its named arms (the first arm need not be the baseline).
 
-  config: base config file, relative to the repository root or absolute ("path[:argument]").
+  config: base config file, relative to the working directory or absolute ("path[:argument]").
   arms: arm name -> overrides ({"proxy.enabled": True}); names are directory-safe.
   seeds: training seeds; every arm runs every seed, paired by seed.
   common: overrides for every trial (the setting: epochs, data paths, model).
@@ -49,8 +48,9 @@ class Study:
 
 def resolve_config_path(config: str) -> str:
   path, sep, argument = config.partition(":")
-  if not os.path.isabs(path):
-    path = os.path.join(_REPO_ROOT, path)
+  # Like every --config flag: relative to where the command runs (the repository root in the
+  # README's commands), so an installed package needs no checkout.
+  path = os.path.abspath(path)
   if not os.path.isfile(path):
     raise StudyError(f"study config {config!r}: no such file {path}")
   return path + sep + argument
