@@ -23,6 +23,15 @@ DEFAULT_EXPLAIN = {"split": "test", "cam": "gradcampp", "num_images": 256, "step
                    "grid_images": 8}
 
 
+# Where study reports and pilot choices go: experiments/results/, or this variable's folder
+# (a test, or a run from an exported snapshot that writes its results elsewhere).
+RESULTS_DIR_ENV = "PROXY_JAX_RESULTS_DIR"
+
+
+def results_dir() -> str:
+  return os.environ.get(RESULTS_DIR_ENV) or os.path.join(_REPO_ROOT, "experiments", "results")
+
+
 class StudyError(errors.UserError, ValueError):
   """A study file, its runs or its fairness checks cannot give a trustworthy report."""
 
