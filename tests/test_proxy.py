@@ -388,9 +388,9 @@ def test_training_batches_use_proxies_and_evaluation_never_does(straight_run):
   # Validation and test passes: no swap, and none of their images is a proxy.
   proxies = {image.tobytes() for image in bank["images"]}
   evaluations = [call for call in calls if call.get("evaluation")]
-  # Validation after each epoch, test at the end.
-  assert len(evaluations) == 3 + 1 and all(call["n"] != n_train for call in evaluations)
-  for call in evaluations:
+  # Validation after each epoch; test and the training split (originals) at the end.
+  assert [call["n"] == n_train for call in evaluations] == [False] * 4 + [True]
+  for call in evaluations[:-1]:
     assert not call["swap"]
     assert not proxies & {image.tobytes() for image in call["images"].values()}
 
