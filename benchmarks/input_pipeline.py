@@ -58,7 +58,7 @@ def main(_):
   split = dataset.train
   bank = proxy.ProxyBank()
   chosen = np.arange(0, len(split), 5)
-  bank.update(split.ids[chosen], split.images[chosen])
+  bank.update(chosen, split.images[chosen])
   replicated, batch_sharding = parallel.shardings(parallel.make_mesh())
   model = train.create_model(config, len(dataset.class_names))
   steps_per_epoch = data.num_batches(len(split), config.batch_size)

@@ -34,10 +34,9 @@ class RunCheckpoints:
     return self.manager.latest_step()
 
   def complete_epochs(self) -> list[int]:
-    """Epochs whose checkpoint is complete on disk (Orbax renames a finished save to its step)."""
-    if not os.path.isdir(self.directory):
-      return []
-    return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+    """Epochs whose checkpoint is complete on disk: Orbax's listing of finalized checkpoints
+    (a save in flight or one that failed is still a temporary directory, not listed)."""
+    return sorted(ocp.utils.checkpoint_steps(self.directory))
 
   @contextlib.contextmanager
   def _write_errors(self, what: str):

@@ -36,9 +36,17 @@ DECODER_VERSION = 2
 
 @dataclasses.dataclass
 class Split:
-  images: np.ndarray  # uint8 (N, S, S, 3); may be a read-only memmap.
-  labels: np.ndarray  # int32 (N,)
-  ids: np.ndarray     # int32 (N,); for train, 0..N-1 = position in the fixed split.
+  """One split's examples, addressed two ways.
+
+  By position, 0..N-1 in this split: the proxy bank keys a training example by its position in
+  the fixed training split (`batches` yields it as "id"). By `source_indices`: each example's
+  index in the data it was drawn from, the pool (the indices split.json records) for train,
+  validation and a carved test split, the test set itself for a separate test folder or TFDS
+  test split; the same source index is the same example in every workdir of the same data.
+  """
+  images: np.ndarray          # uint8 (N, S, S, 3); may be a read-only memmap.
+  labels: np.ndarray          # int32 (N,)
+  source_indices: np.ndarray  # int32 (N,)
 
   def __len__(self):
     return len(self.labels)
@@ -280,9 +288,10 @@ def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -
   return pool
 
 
-def _take(pool: Pool, indices: np.ndarray, ids: np.ndarray) -> Split:
+def _take(pool: Pool, indices: np.ndarray) -> Split:
   # Fancy indexing copies: the splits live in RAM, not in the memmap.
-  return Split(np.asarray(pool.images[indices]), pool.labels[indices], ids.astype(np.int32))
+  return Split(np.asarray(pool.images[indices]), pool.labels[indices],
+               indices.astype(np.int32))
 
 
 def load_dataset(config, workdir: str) -> Dataset:
@@ -310,13 +319,12 @@ def load_dataset(config, workdir: str) -> Dataset:
     logging.warning("Skipped %d unreadable or unlabelled file(s) (all in summary.json); "
                     "first %d:\n  %s", len(skipped), min(len(skipped), MAX_REPORTED_FILES), shown)
   indices = splits.fixed_split(pool, config, workdir, carve_test=test_pool is None)
-  train = _take(pool, indices["train"], np.arange(len(indices["train"])))
-  val = _take(pool, indices["val"], indices["val"])
+  train, val = _take(pool, indices["train"]), _take(pool, indices["val"])
   if test_pool is not None:
     test = Split(np.asarray(test_pool.images), test_pool.labels,
                  np.arange(len(test_pool.labels), dtype=np.int32))
   else:
-    test = _take(pool, indices["test"], indices["test"]) if len(indices["test"]) else None
+    test = _take(pool, indices["test"]) if len(indices["test"]) else None
   return Dataset(train, val, test, pool.class_names, skipped)
 
 
@@ -335,7 +343,8 @@ def num_batches(num_examples: int, batch_size: int) -> int:
 def batches(split: Split, batch_size: int, order: np.ndarray | None = None, start: int = 0,
             swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
             is_proxy: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[dict]:
-  """Yields host batches {image uint8, label, id, mask, is_proxy} of exactly `batch_size`.
+  """Yields host batches {image uint8, label, id, mask, is_proxy} of exactly `batch_size`; "id"
+  is the example's position in `split` (the proxy bank's key for training examples).
 
   Every example appears exactly once; the last batch is padded by repeating its own examples
   (`chunked.padded_chunks`) with mask 0, so shapes never change and padded rows count for
@@ -351,10 +360,10 @@ def batches(split: Split, batch_size: int, order: np.ndarray | None = None, star
     chosen = order[rows]
     images = split.images[chosen]
     if swap is not None:
-      images = swap(split.ids[chosen], images)
+      images = swap(chosen, images)
     mask = np.zeros(batch_size, np.float32)
     mask[:valid] = 1.0
-    proxied = (np.asarray(is_proxy(split.ids[chosen]), bool) if is_proxy is not None
+    proxied = (np.asarray(is_proxy(chosen), bool) if is_proxy is not None
                else np.zeros(batch_size, bool))
-    yield {"image": images, "label": split.labels[chosen], "id": split.ids[chosen],
+    yield {"image": images, "label": split.labels[chosen], "id": chosen.astype(np.int32),
            "mask": mask, "is_proxy": proxied}

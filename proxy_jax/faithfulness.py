@@ -107,17 +107,19 @@ def explanation_scores(model, variables, images: np.ndarray, maps: np.ndarray,
           "deletion_curve": deletion.mean(0), "insertion_curve": insertion.mean(0)}
 
 
-def common_ids(splits) -> np.ndarray:
-  ids = None
+def common_source_indices(splits) -> np.ndarray:
+  """The source indices (`data.Split`) of the examples every split holds, sorted."""
+  shared = None
   for split in splits:
-    ids = np.asarray(split.ids) if ids is None else np.intersect1d(ids, split.ids)
-  return np.sort(ids)
+    shared = (np.asarray(split.source_indices) if shared is None
+              else np.intersect1d(shared, split.source_indices))
+  return np.sort(shared)
 
 
-def select(split, ids: np.ndarray):
-  """The split's images and labels at `ids`, in that order."""
-  position = {int(i): p for p, i in enumerate(split.ids)}
-  index = np.array([position[int(i)] for i in ids], np.int64)
+def select(split, source_indices: np.ndarray):
+  """The split's images and labels of the examples at `source_indices`, in that order."""
+  position = {int(i): p for p, i in enumerate(split.source_indices)}
+  index = np.array([position[int(i)] for i in source_indices], np.int64)
   return np.asarray(split.images[index]), np.asarray(split.labels[index])
 
 
@@ -139,31 +141,31 @@ def compare_workdirs(workdirs: list[str], split_name: str = "val", cam: str = "g
                      grid_images: int = 8):
   """Scores every model's CAMs on the same images; writes the CSV and PNG; returns the table."""
   models = load_models(workdirs, split_name)
-  ids = common_ids([m["split"] for m in models])
-  if not len(ids):
+  shared = common_source_indices([m["split"] for m in models])
+  if not len(shared):
     raise errors.DataError("the workdirs share no evaluation example (different data or split)")
   smallest = min(len(m["split"]) for m in models)
-  if len(ids) < smallest:
+  if len(shared) < smallest:
     logging.warning("only %d of %d %s examples are shared by all workdirs (splits drawn with "
-                    "different data.split_seed or data?); comparing those", len(ids), smallest,
+                    "different data.split_seed or data?); comparing those", len(shared), smallest,
                     split_name)
-  reference = select(models[0]["split"], ids)[1]
+  reference = select(models[0]["split"], shared)[1]
   for entry in models[1:]:
-    if not np.array_equal(select(entry["split"], ids)[1], reference):
-      raise errors.DataError(f"{entry['workdir']} labels the shared example ids differently "
+    if not np.array_equal(select(entry["split"], shared)[1], reference):
+      raise errors.DataError(f"{entry['workdir']} labels the shared examples differently "
                              f"from {models[0]['workdir']}: the runs use different data")
-  ids = ids[:num_images] if num_images > 0 else ids
+  shared = shared[:num_images] if num_images > 0 else shared
   names = names or [os.path.basename(os.path.normpath(w)) for w in workdirs]
   rows, panels = [], []
   for name, entry in zip(names, models):
-    images, labels = select(entry["split"], ids)
+    images, labels = select(entry["split"], shared)
     logits = infer.predict_logits(entry["model"], entry["variables"], images, 64)
     predicted = logits.argmax(-1)
     targets = predicted if target == "predicted" else labels
     maps = infer.cam_maps(cam, entry["model"], entry["variables"], images, targets)
     scores = explanation_scores(entry["model"], entry["variables"], images, maps, targets, steps)
     rows.append({"model": name, "workdir": entry["workdir"], "cam_method": cam,
-                 "target": target, "images": len(ids),
+                 "target": target, "images": len(shared),
                  "accuracy": float((predicted == labels).mean()),
                  "deletion_auc": float(scores["deletion_auc"].mean()),
                  "insertion_auc": float(scores["insertion_auc"].mean()),

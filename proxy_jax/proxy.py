@@ -336,7 +336,7 @@ def _cam_options(config) -> tuple:
 @dataclasses.dataclass
 class ProxyStepResult:
   """What one proxy step computed; the caller stores the proxies and logs the rest."""
-  ids: np.ndarray        # Training-example ids of the chosen examples, sorted.
+  ids: np.ndarray        # Ids (training-split positions) of the chosen examples, sorted.
   originals: np.ndarray  # uint8 images the CAMs were taken on (current proxies if reused).
   proxies: np.ndarray    # uint8 proxy images, one per id.
   maps: np.ndarray       # float32 CAMs in [0, 1], one per id.
@@ -367,7 +367,7 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
   originals, proxy_images, maps = _proxies_of(state, split, bank, chosen, predictions,
                                               candidates, config, jax.random.fold_in(key, 1),
                                               batch_sharding)
-  return ProxyStepResult(split.ids[chosen], originals, proxy_images, maps, int(len(wrong)),
+  return ProxyStepResult(chosen.astype(np.int32), originals, proxy_images, maps, int(len(wrong)),
                          time.time() - started)
 
 
@@ -384,10 +384,10 @@ def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noi
   maps = np.zeros(sources.shape[:3], np.uint8)
   recompute = np.ones(len(chosen), bool)
   if settings.reuse_proxies:
-    sources = bank.swap(split.ids[chosen], sources)
+    sources = bank.swap(chosen, sources)
   if candidates is not None:
     rows = np.searchsorted(candidates.positions, chosen)
-    banked = np.array([split.ids[p] in bank for p in chosen], bool)
+    banked = bank.holds(chosen)
     recompute = banked if settings.reuse_proxies else np.zeros(len(chosen), bool)
     proxy_images[~recompute] = candidates.proxies[rows[~recompute]]
     maps[~recompute] = candidates.maps[rows[~recompute]]

@@ -201,7 +201,7 @@ def test_is_proxy_marks_the_swapped_rows():
   with tempfile.TemporaryDirectory() as workdir:
     split = data.load_dataset(config, workdir).train
   bank = proxy.ProxyBank()
-  bank.update(split.ids[:3], split.images[:3])
+  bank.update(np.arange(3), split.images[:3])
   batch = next(data.batches(split, 8, swap=bank.swap, is_proxy=bank.holds))
   np.testing.assert_array_equal(batch["is_proxy"], [True] * 3 + [False] * 5)
   assert not next(data.batches(split, 8))["is_proxy"].any()

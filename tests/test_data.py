@@ -183,15 +183,18 @@ def test_split_is_recorded_and_reused(tmp_path):
   config = make_tiny_config()
   first = data.load_dataset(config, str(tmp_path))
   recorded = json.loads((tmp_path / "split.json").read_text())
-  assert recorded["indices"]["val"] == first.val.ids.tolist()
+  for name in ("train", "val", "test"):  # Source indices are split.json's pool indices.
+    assert recorded["indices"][name] == getattr(first, name).source_indices.tolist()
   # The training seed does not move the split.
   config.seed = 7
   second = data.load_dataset(config, str(tmp_path))
-  np.testing.assert_array_equal(first.val.ids, second.val.ids)
+  np.testing.assert_array_equal(first.val.source_indices, second.val.source_indices)
   np.testing.assert_array_equal(first.train.images, second.train.images)
-  assert first.train.ids.tolist() == list(range(len(first.train)))
+  # Batches name a training example by its position in the split (the proxy bank's key).
+  ids = np.concatenate([b["id"][b["mask"] > 0] for b in data.batches(first.train, 64)])
+  assert ids.tolist() == list(range(len(first.train)))
   assert len(first.train) + len(first.val) + len(first.test) == 300
-  assert not set(first.val.ids) & set(first.test.ids)
+  assert not set(first.val.source_indices) & set(first.test.source_indices)
 
 
 def test_recorded_split_is_never_redrawn_with_other_parameters(tmp_path):
