@@ -134,6 +134,9 @@ def get_config():
   config.eval_batch_size = 256
   config.num_epochs = 20
   config.label_smoothing = 0.0
+  # After training, evaluate the final model on the training split too (eval mode, no
+  # augmentation; one pass over it): summary.json's train_split, a study's gate.
+  config.evaluate_train_split = True
 
   config.optimizer = ml_collections.ConfigDict()
   # "adamw" or "sgd" (PyTorch's: decay added to the gradient, then the momentum trace).

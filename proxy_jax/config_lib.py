@@ -107,6 +107,7 @@ def validate(config) -> None:
   _check_positive_int(config, "keep_checkpoints")
   _check_positive_int(config, "log_every_steps")
   _check_fraction(config, "label_smoothing", upper_open=True)
+  _check_choice(config, "evaluate_train_split", (True, False))
   _validate_optimizer(config)
   _validate_proxy(config)
   from proxy_jax import augment  # pylint: disable=g-import-not-at-top

@@ -96,7 +96,8 @@ def define_flags():
   flags.DEFINE_string("study", None, "Study file defining get_study().", required=True)
   flags.DEFINE_string("workdir", None, "Directory of the study's runs (one per arm and seed).",
                       required=True)
-  flags.DEFINE_string("out", "", "Report folder (default experiments/results/<study name>).")
+  flags.DEFINE_string("out", "", "Report folder (default experiments/results/<study name>, "
+                      f"or ${spec.RESULTS_DIR_ENV}/<study name>).")
   flags.DEFINE_enum("report", "auto", ["auto", "only", "never"],
                     "auto: write the report once every trial has finished; only: train "
                     "nothing, report what has finished; never: train only.")
@@ -125,7 +126,7 @@ def main(argv):
                         trial_timeout=f.trial_timeout, compilation_cache=f.compilation_cache)
   if f.dry_run or f.report == "never":
     return
-  out = f.out or os.path.join(_REPO_ROOT, "experiments", "results", study.name)
+  out = f.out or os.path.join(spec.results_dir(), study.name)
   if f.report == "auto" and not complete(study, f.workdir):
     print(f"study {study.name}: not every trial has finished (other shards, or failures: "
           "rerun with --retry-failed); no report yet. --report=only writes a partial one.",
