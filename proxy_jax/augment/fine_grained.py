@@ -14,9 +14,10 @@ the map can be computed in-jit, batched, on the device:
   4. centre-surround: on = trunc(grey - mean) where positive, off = trunc(mean - grey) where
      positive (8-bit);
   5. per polarity the sum over scales, scaled by 255 / its maximum and truncated to 8 bits;
-  6. on + off, scaled by 255 / max(max on, max off) and truncated to 8 bits (a sum above the
-     maximum wraps modulo 256 there, as the C cast of a double above 255 does on x86-64; so
-     does this code), then / 255: a float map in [0, 1], as `computeSaliency` returns it.
+  6. on + off, scaled by 255 / max(max on, max off) and truncated to 8 bits, then / 255: a
+     float map in [0, 1], as `computeSaliency` returns it. (A sum above that maximum would make
+     the C cast of a double above 255, undefined; x86-64 builds keep the low byte, which this
+     code does too. No test or photo image has reached that case.)
 
 Every float step of the C++ is replaced by integer arithmetic that provably gives the same
 8-bit result (see each function), so the maps are identical to OpenCV's wherever OpenCV's
@@ -39,8 +40,8 @@ import numpy as np
 
 # Window half-sizes of the 6 scales (OpenCV's `neighborhoods`).
 NEIGHBORHOODS = (3 * 4, 3 * 4 * 2, 3 * 4 * 2 * 2, 7 * 4, 7 * 4 * 2, 7 * 4 * 2 * 2)
-# cvtColor's 8-bit fixed-point luma weights (ITU-R 601 in units of 2^-15; measured equal to
-# cv2 5.1 on every pixel of random images, where the 2^-14 weights of older versions are not).
+# cvtColor's 8-bit fixed-point luma weights (ITU-R 601 in units of 2^-15): equal to cv2 5.1 on
+# every pixel of random images, where the 2^-14 weights (4899, 9617, 1868) are not.
 LUMA_R, LUMA_G, LUMA_B, LUMA_SHIFT = 9798, 19235, 3735, 15
 
 
@@ -86,8 +87,9 @@ def _center_surround(grey, integral, neighborhood: int):
   area = jnp.asarray((y2 - y1)[:, None] * (x2 - x1)[None, :] - 1, jnp.int32)
   surround = window - grey
   excess = grey * area - surround  # (centre - mean) * area
-  on = jnp.where(excess > 0, excess // area, 0)
-  off = jnp.where(excess < 0, (-excess) // area, 0)
+  magnitude = jnp.abs(excess) // area  # One division serves both polarities.
+  on = jnp.where(excess > 0, magnitude, 0)
+  off = jnp.where(excess < 0, magnitude, 0)
   return on, off
 
 
