@@ -4,7 +4,7 @@
     python -m proxy_jax.study.settings_table --write    # replace it in experiments/README.md
 
 The table comes from `proxy_jax.augment.paper_settings` (the values and their sources) and
-`configs/default.py` (the library defaults); it sits between the BEGIN and END markers of the
+`proxy_jax/default_config.py` (the library defaults); it sits between the BEGIN and END markers of the
 README, and tests/test_paper_settings.py checks that the committed copy is the generated one.
 Run from the repository root (the README path is relative to it; `--readme` names another).
 """
@@ -12,7 +12,7 @@ Run from the repository root (the README path is relative to it; `--readme` name
 import argparse
 import sys
 
-from proxy_jax import errors
+from proxy_jax import default_config, errors
 from proxy_jax.augment import paper_settings
 from proxy_jax.io_utils import atomic_write_text
 
@@ -23,9 +23,8 @@ README = "experiments/README.md"
 
 
 def library_defaults() -> dict:
-  """`config.augment` field -> default value, from configs/default.py."""
-  from configs import default  # pylint: disable=g-import-not-at-top
-  return default.get_config().augment.to_dict()
+  """`config.augment` field -> default value, from the default config."""
+  return default_config.get_config().augment.to_dict()
 
 
 def generated_table() -> str:
