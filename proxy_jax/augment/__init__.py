@@ -115,6 +115,49 @@ def make_mix_fn(cfg, models: Models):
   return mix_fn
 
 
+def _keep_fn(cfg, policy_fn, preserving):
+  """KeepAugment as `(images, labels, key, maps) -> (images, labels)`: selective-cut Cutout
+  (after a policy with the salient box pasted back), or selective-paste over the whole
+  label-preserving stage `preserving`."""
+  cut_fn = selective_cut_from_config(cfg)
+  paste_fn = keep.keep_salient(preserving, cfg.keep_size)
+
+  def keep_fn(images, labels, key, maps):
+    if cut_fn is None:
+      return paste_fn(images, labels, key, maps)
+    policy_key, erase_key = jax.random.split(key)
+    if policy_fn is not None:
+      augmented, labels = policy_fn(images, labels, policy_key)
+      images = keep.paste_back(augmented, images, keep.keep_masks(maps, cfg.keep_size))
+    return cut_fn(images, labels, erase_key, maps)
+
+  return keep_fn
+
+
+def _jsd_views(cfg, jsd_views_fn, erase_fn):
+  """`(clean, soft, key, maps) -> [view, view]`: AugMix's two extra views, then erasing (and
+  KeepAugment, when `maps` is given) on each; the clean view has neither, as the AugMix
+  reference trains its cross-entropy on the clean image only."""
+  cut_fn = selective_cut_from_config(cfg)
+
+  def jsd_views(clean, soft, key, maps):
+    views_key, *erase_keys = jax.random.split(key, 3)
+    out = []
+    for view, erase_key in zip(jsd_views_fn(clean, views_key), erase_keys):
+      if cut_fn is not None:  # Selective-paste for the policy view, then selective-cut.
+        view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
+        view, _ = cut_fn(view, soft, erase_key, maps)
+      else:
+        if erase_fn is not None:
+          view, _ = erase_fn(view, soft, erase_key)
+        if maps is not None:
+          view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
+      out.append(view)
+    return out
+
+  return jsd_views
+
+
 def make_augment_fn(augment_config, num_classes: int):
   """Builds `augment(images_uint8, labels, key, *, is_proxy=None, models=Models())`.
 
@@ -136,39 +179,9 @@ def make_augment_fn(augment_config, num_classes: int):
       images, labels = erase_fn(images, labels, erase_key)
     return images, labels
 
-  cut_fn = selective_cut_from_config(cfg)
-  paste_fn = keep.keep_salient(preserving, cfg.keep_size)
-
-  def keep_fn(images, labels, key, maps):
-    """KeepAugment: selective-cut Cutout (after a policy with the salient box pasted back), or
-    selective-paste over the whole label-preserving stage."""
-    if cut_fn is None:
-      return paste_fn(images, labels, key, maps)
-    policy_key, erase_key = jax.random.split(key)
-    if policy_fn is not None:
-      augmented, labels = policy_fn(images, labels, policy_key)
-      images = keep.paste_back(augmented, images, keep.keep_masks(maps, cfg.keep_size))
-    return cut_fn(images, labels, erase_key, maps)
-
+  keep_fn = _keep_fn(cfg, policy_fn, preserving)
   jsd_views_fn = policy.jsd_views_from_config(cfg)
-
-  def jsd_views(clean, soft, key, maps):
-    """AugMix's two extra views, then erasing (and KeepAugment) on each; the clean view has
-    neither, as the AugMix reference trains its cross-entropy on the clean image only."""
-    views_key, *erase_keys = jax.random.split(key, 3)
-    views = jsd_views_fn(clean, views_key)
-    out = []
-    for view, erase_key in zip(views, erase_keys):
-      if cut_fn is not None:  # Selective-paste for the policy view, then selective-cut.
-        view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
-        view, _ = cut_fn(view, soft, erase_key, maps)
-      else:
-        if erase_fn is not None:
-          view, _ = erase_fn(view, soft, erase_key)
-        if maps is not None:
-          view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
-      out.append(view)
-    return out
+  jsd_views = _jsd_views(cfg, jsd_views_fn, erase_fn)
 
   def exempt_proxies(images, clean, is_proxy):
     if not cfg.skip_proxies or is_proxy is None:
