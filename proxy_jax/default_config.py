@@ -5,7 +5,12 @@ Every number of a run lives here; the other configs import this one and override
 has it); configs/default.py re-exports it.
 """
 
+import os
+
 import ml_collections
+
+# This file, for the flags whose default config is a path (main, batch_size, sweep).
+PATH = os.path.abspath(__file__)
 
 
 def get_config():

@@ -184,12 +184,12 @@ def models_of(state, frozen_apply_fn=None, frozen=None) -> Models:
   return Models(current=saliency.current_model(state), frozen=frozen_model)
 
 
-def preview(state, batch, config, num_classes: int):
+def preview(state, batch, config, num_classes: int, frozen_apply_fn=None, frozen=None):
   """The train step's augmentation of one host batch with a fixed key (the run header's grid).
 
-  Returns (normalised inputs, soft targets); the frozen saliency model, if any, is loaded.
+  Returns (normalised inputs, soft targets). `frozen_apply_fn` and `frozen` are the frozen
+  saliency model's, when the config names one (the run layer loads it: `restore.load_frozen`).
   """
-  frozen_apply_fn, frozen = saliency.load_frozen(config, num_classes)
 
   def run(state, images, labels, is_proxy, frozen):
     augment_fn = make_augment_fn(config.augment, num_classes)
