@@ -108,6 +108,28 @@ def make_mix_fn(cfg, models: Models):
   return mix_fn
 
 
+def _jsd_views(cfg, jsd_views_fn, erase_fn, clean, soft, key, maps):
+  """AugMix's two extra views, then erasing (and KeepAugment) on each; the clean view has
+  neither, as the AugMix reference trains its cross-entropy on the clean image only."""
+  views_key, *erase_keys = jax.random.split(key, 3)
+  views = jsd_views_fn(clean, views_key)
+  out = []
+  for view, erase_key in zip(views, erase_keys):
+    if erase_fn is not None:
+      view, _ = erase_fn(view, soft, erase_key)
+    if maps is not None:
+      view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
+    out.append(view)
+  return out
+
+
+def _exempt_proxies(cfg, images, clean, is_proxy):
+  """With `skip_proxies`, proxied examples keep their clean (flipped/rotated) image."""
+  if not cfg.skip_proxies or is_proxy is None:
+    return images
+  return jnp.where(jnp.asarray(is_proxy, bool)[:, None, None, None], clean, images)
+
+
 def make_augment_fn(augment_config, num_classes: int):
   """Builds `augment(images_uint8, labels, key, *, is_proxy=None, models=Models())`.
 
@@ -132,25 +154,6 @@ def make_augment_fn(augment_config, num_classes: int):
   keep_fn = keep.keep_salient(preserving, cfg.keep_size) if cfg.keep_salient else None
   jsd_views_fn = policy.jsd_views_from_config(cfg)
 
-  def jsd_views(clean, soft, key, maps):
-    """AugMix's two extra views, then erasing (and KeepAugment) on each; the clean view has
-    neither, as the AugMix reference trains its cross-entropy on the clean image only."""
-    views_key, *erase_keys = jax.random.split(key, 3)
-    views = jsd_views_fn(clean, views_key)
-    out = []
-    for view, erase_key in zip(views, erase_keys):
-      if erase_fn is not None:
-        view, _ = erase_fn(view, soft, erase_key)
-      if maps is not None:
-        view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
-      out.append(view)
-    return out
-
-  def exempt_proxies(images, clean, is_proxy):
-    if not cfg.skip_proxies or is_proxy is None:
-      return images
-    return jnp.where(jnp.asarray(is_proxy, bool)[:, None, None, None], clean, images)
-
   def augment(images_uint8, labels, key, *, is_proxy=None, models=Models()):
     geometry_key, preserve_key, mix_key = jax.random.split(key, 3)
     clean = geometry.flip_rotate(preprocess.to_unit_range(images_uint8), geometry_key,
@@ -158,8 +161,8 @@ def make_augment_fn(augment_config, num_classes: int):
     soft = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     maps = saliency.gradient(models.current, clean, labels) if cfg.keep_salient else None
     if jsd_views_fn is not None:
-      views = [exempt_proxies(v, clean, is_proxy) for v in jsd_views(clean, soft, preserve_key,
-                                                                     maps)]
+      views = _jsd_views(cfg, jsd_views_fn, erase_fn, clean, soft, preserve_key, maps)
+      views = [_exempt_proxies(cfg, v, clean, is_proxy) for v in views]
       return preprocess.normalize(jnp.concatenate([clean, *views])), soft
     images, targets = clean, soft
     if keep_fn is not None:
@@ -169,7 +172,7 @@ def make_augment_fn(augment_config, num_classes: int):
     mix_fn = make_mix_fn(cfg, models)
     if mix_fn is not None:
       images, targets = mix_fn(images, targets, mix_key)
-    images = exempt_proxies(images, clean, is_proxy)
+    images = _exempt_proxies(cfg, images, clean, is_proxy)
     if cfg.skip_proxies and is_proxy is not None:
       targets = jnp.where(jnp.asarray(is_proxy, bool)[:, None], soft, targets)
     return preprocess.normalize(images), targets
