@@ -5,7 +5,6 @@ import os
 import time
 
 import jax
-from hypothesis import given, strategies as st
 import numpy as np
 from PIL import Image
 import pytest
