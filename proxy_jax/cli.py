@@ -20,7 +20,7 @@ from typing import Callable
 
 from absl import flags
 
-from proxy_jax import config_fields, errors
+from proxy_jax import config_fields, config_files, errors
 
 EXIT_USER_ERROR = 2
 
@@ -119,8 +119,7 @@ def unknown_override(argv, default, name="config"):
   if not path:
     return None
   try:
-    from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
-    config = config_flags.ConfigFileFlagParser(name=name).parse(path)
+    config = config_files.load_config(path, name)
   except Exception:  # pylint: disable=broad-except
     return None  # The config file itself is broken: the original traceback says how.
   fields = config_fields.field_names(config)

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
+from proxy_jax import config_files
 from proxy_jax import sweep
 from proxy_jax.study import explanations
 from proxy_jax.study import runs as runs_lib
@@ -159,7 +160,7 @@ def test_study_files_name_existing_config_fields():
   data = {"data.path": os.path.join(REPO, "tests"), "data.test_path": ""}
   for name in ("digits", "imagenette_mini", "imagenette_mini_gpu"):
     study = spec.load_study(os.path.join(STUDIES, f"{name}.py"))
-    config = sweep.load_python_file(study.config).get_config()
+    config = config_files.load_config(study.config)
     ready = {}
     for arm, overrides in study.arms.items():
       missing = {k for k in overrides if not config_fields.has_field(config, k)}

@@ -19,7 +19,7 @@ import time
 from absl import app
 from absl import flags
 
-from proxy_jax import cli, sweep
+from proxy_jax import cli, config_files, sweep
 from proxy_jax.study import runs as runs_lib
 from proxy_jax.study import spec
 
@@ -30,9 +30,7 @@ def common_overrides(study: spec.Study, extra, workdir: str) -> dict:
   if "seed" in common:
     raise spec.StudyError("--set seed=... would give every arm and seed one seed; list seeds in "
                           "the study file")
-  path, _, argument = study.config.partition(":")
-  module = sweep.load_python_file(path)
-  config = module.get_config(argument) if argument else module.get_config()
+  config = config_files.load_config(study.config)
   if "data.cache_dir" not in common and not config.data.cache_dir:
     # One decode of the images for all trials instead of one per trial.
     common["data.cache_dir"] = os.path.join(os.path.abspath(workdir), "data_cache")

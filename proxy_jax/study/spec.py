@@ -12,7 +12,7 @@ import dataclasses
 import os
 import re
 
-from proxy_jax import errors, sweep
+from proxy_jax import config_fields, config_files, errors, sweep
 from proxy_jax.study import preregistration
 
 # Fields that decide the split, the initial weights, the data order or the epochs of a run.
@@ -124,7 +124,7 @@ def validate(study: Study, source: str = "study") -> Study:
 def load_study(path: str) -> Study:
   if not os.path.isfile(path):
     raise StudyError(f"study file {path!r} does not exist")
-  module = sweep.load_python_file(path)
+  module = config_files.load_python_file(path)
   if not hasattr(module, "get_study"):
     raise StudyError(f"{path} defines no get_study()")
   study = module.get_study()
@@ -165,17 +165,12 @@ def check_trial_configs(study: Study) -> None:
   """Builds every arm's resolved config and runs config validation on it, before any trial:
   a typo in an arm's value or a missing data folder fails here, not in trial 37 of 80."""
   from proxy_jax import config_lib  # pylint: disable=g-import-not-at-top
-  path, _, argument = study.config.partition(":")
-  module = sweep.load_python_file(path)
   for arm, overrides in study.arms.items():
-    config = module.get_config(argument) if argument else module.get_config()
+    config = config_files.load_config(study.config)
     flat = {**study.common, **overrides, "seed": study.seeds[0]}
     try:
       for key, value in flat.items():
-        node = config
-        for part in key.split(".")[:-1]:
-          node = node[part]
-        flat[key] = _typed(value, node[key.split(".")[-1]])
+        flat[key] = _typed(value, config_fields.get_field(config, key))
       config.update_from_flattened_dict(flat)
       config_lib.validate(config)
     except (KeyError, TypeError, ValueError, SyntaxError) as error:

@@ -17,7 +17,7 @@ Modules: `grid` (the grid language, trial names, shards), `files` (sweep and con
 `journal` (the journal and what to do next), `runner` (the subprocesses), `__main__` (the CLI).
 """
 
-from proxy_jax.sweep.files import check_overrides, load_python_file, load_sweep
+from proxy_jax.sweep.files import check_overrides, load_sweep
 from proxy_jax.sweep.grid import (add_set_overrides, check_trial_name, concat, format_value,
                                   named_trials, parse_shard, product, shard_trials, trial_name,
                                   zip_fields)
