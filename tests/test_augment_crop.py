@@ -78,9 +78,10 @@ def _photo_like(rng, side):
   return np.clip(np.round(noisy * 255), 0, 255).astype(np.uint8)
 
 
-# PIL resamples 8-bit images with fixed-point weights and rounds after each pass, so its
-# result is within one level (1/255) of the exact float resample; so is ours.
-PIL_TOLERANCE_LEVELS = 1.0 + 1e-3
+# PIL resamples 8-bit images with fixed-point weights and rounds to 8 bits after each of its
+# two passes, so it sits within one level (1/255) of the exact resample; ours is float32 (the
+# 2e-3 covers its rounding; benchmarks/crop_vs_pil.py measured at most 1.0009 at 256 px).
+PIL_TOLERANCE_LEVELS = 1.0 + 2e-3
 
 
 def test_resized_crop_matches_pil_crop_then_bilinear_resize():
