@@ -10,7 +10,7 @@ Families, one file each (images float32 (B, H, W, C) in [0, 1], labels float32 (
   crop.py      the crop from the stored image to the training size (random resized, pad, centre)
 
 `make_augment_fn(config.augment, num_classes, image_size)` builds the whole train-time pipeline
-the train step calls: crop (stored side -> image_size), flip/rotation (`preprocess.augment`),
+the train step calls: crop (stored side -> image_size), flip/rotation (`geometry.flip_rotate`),
 policy, erasing, mixing, normalisation, in that order, on uint8 stored images that already have
 their proxies swapped in. `mix` may be a comma list:
 each batch takes one of them at random (timm's switch), and mixes at all with `mix_prob`.
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from proxy_jax import preprocess
 from proxy_jax.errors import ConfigError
-from proxy_jax.augment import crop, erase, keep, mix, policy, saliency
+from proxy_jax.augment import crop, erase, geometry, keep, mix, policy, saliency
 
 FAMILIES = {
     "policy": tuple(policy.POLICIES),
@@ -162,7 +162,7 @@ def make_augment_fn(augment_config, num_classes: int, image_size: int | None = N
     crop_fn = crop.from_config(cfg, image_size or images_uint8.shape[1])
     cropped = crop_fn(preprocess.to_unit_range(images_uint8),
                       jax.random.fold_in(key, CROP_STREAM))
-    clean = preprocess.augment(cropped, geometry_key, cfg.flip, cfg.rotation_degrees)
+    clean = geometry.flip_rotate(cropped, geometry_key, cfg.flip, cfg.rotation_degrees)
     soft = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     maps = saliency.gradient(models.current, clean, labels) if cfg.keep_salient else None
     if jsd_views_fn is not None:
