@@ -8,8 +8,8 @@ noise; plus up to --images real photos from --folder when it exists, stored as t
 them) it draws --boxes RandomResizedCrop boxes with `crop.box_from_uniforms`, crops and resizes
 each with `proxy_jax.augment.crop.resized_crop` (float32) and with PIL (`Image.crop` then
 `resize(BILINEAR)`, which antialiases when shrinking), and prints the largest (and mean)
-absolute difference in 8-bit levels, for upscaled and downscaled boxes apart. PIL rounds to 8 bits after
-each of its two passes, so up to one level is PIL's own rounding.
+absolute difference in 8-bit levels, for upscaled and downscaled boxes apart. PIL rounds to
+8 bits after each of its two passes, so up to one level is PIL's own rounding.
 """
 
 import argparse

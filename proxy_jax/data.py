@@ -317,12 +317,12 @@ def _take(pool: Pool, indices: np.ndarray, ids: np.ndarray) -> Split:
 def eval_view(split: Split, image_size: int) -> Split:
   """`split` as evaluation sees it: the centre image_size crop of every stored image.
 
-  The split itself when its images already have that side (validation and test always do).
+  A view, not a copy (`batches` copies only the rows it takes); the split itself when its
+  images already have that side (validation and test always do).
   """
   if split.images.shape[1] == image_size:
     return split
-  crops = np.ascontiguousarray(preprocess.center_crop(split.images, image_size))
-  return Split(crops, split.labels, split.ids)
+  return Split(preprocess.center_crop(split.images, image_size), split.labels, split.ids)
 
 
 def load_dataset(config, workdir: str) -> Dataset:

@@ -444,8 +444,9 @@ def _finish(setup: Setup, state, bank, progress: records.RunProgress,
   dataset, config = setup.dataset, setup.config
   # The training split in eval mode (no augmentation, no proxies) measures how far the model
   # fits its training data, which a study's gate asks of its baseline.
-  final = {"test": dataset.test, "train_split": dataset.train if config.evaluate_train_split
-           else None}
+  # Training images are stored larger: evaluation takes their centre crops (a view).
+  final = {"test": dataset.test, "train_split": data.eval_view(dataset.train, config.image_size)
+           if config.evaluate_train_split else None}
   for name, split in final.items():
     if split is not None:
       final[name] = evaluate(state, split, config.eval_batch_size, setup.eval_fn,

@@ -64,7 +64,8 @@ def test_a_run_older_than_load_size_resumes_at_its_stored_size(tmp_path):
 def test_cache_key_is_the_stored_side():
   """A cache written when image_size was the stored side is the one a new run reuses."""
   def key(**overrides):
-    return data._cache_key(make_tiny_config(**overrides), "pool")  # pylint: disable=protected-access
+    config = make_tiny_config(**overrides)
+    return data._cache_key(config, "pool")  # pylint: disable=protected-access
   assert key(**{"data.load_size": 20}) == key(**{"image_size": 20})
   assert key(**{"data.load_size": 20}) != key(**{"data.load_size": 24})
 
@@ -120,9 +121,10 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   ring[2:18, 2:18] = False
   np.testing.assert_array_equal(result.proxies[:, ring], stored[:, ring])
   targets = np.argmax(np.asarray(train.make_predict_step()(state, result.originals)), -1)
+  options = dict(proxy._cam_options(config))  # pylint: disable=protected-access
   proxy_fn = proxy.make_proxy_fn(state.apply_fn, config.proxy.cam_method,
                                  config.proxy.threshold, config.proxy.weight, config.proxy.mode,
-                                 dict(proxy._cam_options(config)))  # pylint: disable=protected-access
+                                 options)
   want, _ = proxy_fn(train.variables_of(state), result.originals, targets)
   diff = np.abs(preprocess.center_crop(result.proxies, SIZE).astype(int) - np.asarray(want))
   assert diff.max() <= 1  # Chunk shapes differ between the paths: float ties round apart.
@@ -142,6 +144,7 @@ def test_a_run_with_stored_images_resumes_and_records_its_load_size(tmp_path):
                                "optimizer.name": "sgd", "optimizer.learning_rate": 0.05})
   summary = train.train_and_evaluate(config, workdir)
   assert np.isfinite(summary["final"]["val_loss"]) and summary["bank_size"] > 0
+  assert 0 <= summary["train_split"]["accuracy"] <= 1  # Evaluated on the centre crops.
   recorded = config_lib.read_json(os.path.join(workdir, "config.json"))
   assert recorded["data"]["load_size"] == STORED
   again = train.train_and_evaluate(

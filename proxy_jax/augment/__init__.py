@@ -117,10 +117,10 @@ def make_augment_fn(augment_config, num_classes: int, image_size: int | None = N
   """Builds `augment(images_uint8, labels, key, *, is_proxy=None, models=Models())`.
 
   `images_uint8` are stored images (side `data.load_size`); the crop (`augment.crop`) brings
-  them to `image_size` (None: their own side). Returns (normalised model inputs float32 (B, H, W, C), soft labels float32 (B, K)). `labels`
-  are int class ids; `is_proxy` (B,) bool marks proxied examples, which with `skip_proxies`
-  keep their cropped, flipped and rotated image and one-hot label (they may still be pasted into others as
-  a partner). `models` gives the CAM/gradient maps their model; it is only called for when a
+  them to `image_size` (None: their own side). Returns (normalised model inputs float32
+  (B, H, W, C), soft labels float32 (B, K)). `labels` are int class ids; `is_proxy` (B,) bool
+  marks proxied examples, which with `skip_proxies` keep their cropped, flipped and rotated
+  image and one-hot label (they may still be pasted into others as a partner). `models` gives the CAM/gradient maps their model; it is only called for when a
   guided method or KeepAugment is on.
   """
   cfg = augment_config
