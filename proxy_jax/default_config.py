@@ -112,7 +112,7 @@ def get_config():
   # saliency of the current model), of side keep_size times the image side.
   config.augment.keep_salient = False
   config.augment.keep_size = 0.5
-  # Proxied examples skip policy, erasing and mixing (flip and rotation still apply).
+  # Proxied examples skip policy, erasing and mixing (crop, flip and rotation still apply).
   config.augment.skip_proxies = False
 
   config.model = ml_collections.ConfigDict()
