@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from proxy_jax import config_lib, data, errors, parallel, preprocess, proxy, train
+from proxy_jax import config_lib, data, errors, models, parallel, preprocess, proxy, train
 from tests.conftest import make_tiny_config
 
 STORED, SIZE = 20, 16
@@ -120,12 +120,13 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   ring = np.ones((STORED, STORED), bool)
   ring[2:18, 2:18] = False
   np.testing.assert_array_equal(result.proxies[:, ring], stored[:, ring])
-  targets = np.argmax(np.asarray(train.make_predict_step()(state, result.originals)), -1)
+  targets = np.argmax(np.asarray(train.make_predict_step()(
+      state.apply_fn, models.variables_of(state), result.originals)), -1)
   options = dict(proxy._cam_options(config))  # pylint: disable=protected-access
   proxy_fn = proxy.make_proxy_fn(state.apply_fn, config.proxy.cam_method,
                                  config.proxy.threshold, config.proxy.weight, config.proxy.mode,
                                  options)
-  want, _ = proxy_fn(train.variables_of(state), result.originals, targets)
+  want, _ = proxy_fn(models.variables_of(state), result.originals, targets)
   diff = np.abs(preprocess.center_crop(result.proxies, SIZE).astype(int) - np.asarray(want))
   assert diff.max() <= 1  # Chunk shapes differ between the paths: float ties round apart.
   # A banked proxy replaces its original in a training batch at the stored size.
