@@ -23,8 +23,6 @@ from proxy_jax import cli, sweep
 from proxy_jax.study import runs as runs_lib
 from proxy_jax.study import spec
 
-_REPO_ROOT = spec._REPO_ROOT  # pylint: disable=protected-access
-
 
 def common_overrides(study: spec.Study, extra, workdir: str) -> dict:
   """The study's common overrides, then --set; a study-wide decode cache unless one is set."""
@@ -52,7 +50,7 @@ def share_compilations(workdir: str) -> None:
 
 def run_trials(study: spec.Study, workdir: str, common: dict, shard=(0, 1), *,
                retry_failed=False, dry_run=False, python=sys.executable,
-               program=os.path.join(_REPO_ROOT, "main.py"), trial_timeout=None,
+               program="", trial_timeout=None,
                compilation_cache=True) -> dict:
   if compilation_cache and not dry_run:
     share_compilations(workdir)

@@ -280,7 +280,7 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
     lines += [study.description.strip(), ""]
   lines += [f"Command: `{command}`", "",
             f"Code version of the runs: `{', '.join(commits)}`. Base config "
-            f"`{os.path.relpath(study.config.partition(':')[0], spec._REPO_ROOT)}`, "  # pylint: disable=protected-access
+            f"`{os.path.relpath(study.config.partition(':')[0])}`, "
             f"seeds {', '.join(map(str, study.seeds))}; {len(study.arms)} arms, "
             f"{len(rows)} runs. Common overrides: `{json.dumps(study.common, sort_keys=True)}`.",
             "", "Arms (overrides on top of the common ones):", ""]

@@ -15,7 +15,6 @@ import re
 from proxy_jax import errors, sweep
 from proxy_jax.study import preregistration
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Fields that decide the split, the initial weights, the data order or the epochs of a run.
 SHARED_FIELDS = ("seed", "num_epochs", "image_size", "batch_size")
 SHARED_PREFIXES = ("data.", "model.")
@@ -23,13 +22,14 @@ DEFAULT_EXPLAIN = {"split": "test", "cam": "gradcampp", "num_images": 256, "step
                    "grid_images": 8}
 
 
-# Where study reports and pilot choices go: experiments/results/, or this variable's folder
-# (a test, or a run from an exported snapshot that writes its results elsewhere).
+# Where study reports and pilot choices go: experiments/results/ of the working directory (the
+# repository root in the README's commands), or this variable's folder (a test, or a run from
+# an exported snapshot that writes its results elsewhere).
 RESULTS_DIR_ENV = "PROXY_JAX_RESULTS_DIR"
 
 
 def results_dir() -> str:
-  return os.environ.get(RESULTS_DIR_ENV) or os.path.join(_REPO_ROOT, "experiments", "results")
+  return os.environ.get(RESULTS_DIR_ENV) or os.path.join("experiments", "results")
 
 
 class StudyError(errors.UserError, ValueError):
@@ -40,7 +40,7 @@ class StudyError(errors.UserError, ValueError):
 class Study:
   """One setting, its seeds and its named arms (the first arm need not be the baseline).
 
-  config: base config file, relative to the repository root or absolute ("path[:argument]").
+  config: base config file, relative to the working directory or absolute ("path[:argument]").
   arms: arm name -> overrides ({"proxy.enabled": True}); names are directory-safe.
   seeds: training seeds; every arm runs every seed, paired by seed.
   common: overrides for every trial (the setting: epochs, data paths, model).
@@ -65,8 +65,9 @@ class Study:
 
 def resolve_config_path(config: str) -> str:
   path, sep, argument = config.partition(":")
-  if not os.path.isabs(path):
-    path = os.path.join(_REPO_ROOT, path)
+  # Like every --config flag: relative to where the command runs (the repository root in the
+  # README's commands), so an installed package needs no checkout.
+  path = os.path.abspath(path)
   if not os.path.isfile(path):
     raise StudyError(f"study config {config!r}: no such file {path}")
   return path + sep + argument
