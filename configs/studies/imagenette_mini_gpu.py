@@ -12,9 +12,10 @@ The same photos and split as the CPU studies (override the paths with --set data
 from scratch, 128 px RandomResizedCrop + flip, SGD with Nesterov momentum, the learning rate and
 weight decay of its own pilot (experiments/results/imagenette_mini_gpu_pilot/chosen.json; the
 study refuses to load without it), 60 epochs, bfloat16. At 128 px the methods take the
-ImageNet papers' settings (arms.AUGMENTATIONS). The gate and the control's hypotheses (MixUp and
-CutMix raise test accuracy; Holm over the control's four comparisons) are declared as in
-configs/studies/imagenette_mini_control.py; the other arms are exploratory.
+ImageNet papers' settings (arms.LARGE_IMAGE, from the settings table in experiments/README.md).
+The gate and the control's hypotheses (MixUp and CutMix raise test accuracy; Holm over the
+control's four comparisons) are declared as in configs/studies/imagenette_mini_control.py; the
+other arms are exploratory.
 """
 
 from configs.studies import imagenette_mini_control as control
@@ -35,7 +36,8 @@ def get_study():
       config="configs/imagenette_mini_resnet.py:gpu",
       common={"num_epochs": EPOCHS, **read_choice(choice_path("imagenette_mini_gpu_pilot"))},
       seeds=(0, 1, 2, 3, 4),
-      arms=arms.thesis_arms(arms.thesis_proxy(arms.thesis_schedule(EPOCHS))),
+      arms=arms.thesis_arms(arms.thesis_proxy(arms.thesis_schedule(EPOCHS)),
+                            arms.LARGE_IMAGE),
       regime=("The fair-fight regime of configs/studies/imagenette_mini_control.py at 128 px "
               "on a GPU: ResNet-18 (width 64), RandomResizedCrop + flip, the methods at "
               "their ImageNet papers' settings, learning rate and weight decay from the GPU "

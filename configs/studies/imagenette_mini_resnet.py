@@ -6,9 +6,10 @@ without skip_proxies) in the regime of the positive control, 16 arms x 3 seeds =
       --workdir=runs/study_imagenette_mini_resnet
 
 Run it after the control (configs/studies/imagenette_mini_control.py) has reported: same
-regime, same pilot choice, same gate. MixUp and CutMix take their small-image papers' settings
-(arms.SMALL_IMAGE), the other methods the library's defaults. Every comparison here is
-exploratory (Holm across the 15 arms); the pre-registered test is the control's.
+regime, same pilot choice, same gate. Every method takes its small-image (CIFAR-size)
+references' settings (arms.SMALL_IMAGE, from the settings table in experiments/README.md).
+Every comparison here is exploratory (Holm across the 15 arms); the pre-registered test is the
+control's.
 """
 
 import dataclasses
