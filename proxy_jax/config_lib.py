@@ -18,6 +18,7 @@ from proxy_jax import data
 from proxy_jax import model_state
 from proxy_jax import models
 from proxy_jax import proxy
+from proxy_jax import records
 from proxy_jax.config_fields import get_field
 from proxy_jax.errors import ConfigError
 from proxy_jax.io_utils import atomic_write_json
@@ -154,9 +155,6 @@ def flatten(config) -> dict:
   return traverse_util.flatten_dict(tree, sep=".")
 
 
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
 
 
 # Fields that record what this machine made of the config rather than the experiment itself: a
@@ -181,11 +179,11 @@ def write_or_check_resolved(config, workdir: str) -> None:
   """Resolves the config's dtype and writes workdir/config.json; on a re-run, refuses a config
   that differs from the recorded one, except in HARDWARE_FIELDS (logged, file left as first
   written; summary.json's config shows the finishing session's values)."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, records.CONFIG_FILE)
   resolve_dtype(config)
   resolved = json.loads(config.to_json())
   if os.path.exists(path):
-    previous = read_json(path)
+    previous = records.read_recorded_config(workdir)
     old, new = flatten(previous), flatten(resolved)
     for key in HARDWARE_FIELDS:
       if old.get(key, new[key]) != new[key]:

@@ -34,7 +34,7 @@ from absl import logging
 
 from proxy_jax import cli
 from proxy_jax import config_fields
-from proxy_jax import errors, io_utils
+from proxy_jax import errors, io_utils, records
 from proxy_jax.io_utils import atomic_write_json
 
 STARTED, FINISHED, FAILED = "started", "finished", "failed"
@@ -189,23 +189,53 @@ def journal_path(workdir: str, shard: tuple[int, int]) -> str:
                       f"journal-shard{index}of{count}.jsonl")
 
 
+JOURNAL_FIX = ("delete that line, or the whole file: a trial no line marks finished or failed "
+               "runs again (resuming from its checkpoint; a finished run is not trained again)")
+
+
+def _journal_record(line: bytes, path: str, number: int) -> dict | None:
+  """The record of one journal line; None for a blank line or one torn by a kill mid-write.
+
+  A torn line is the start of a record: ASCII, opening a JSON object it never closes. Any other
+  line that is not a record (garbled bytes, another JSON type) raises DamagedFileError.
+  """
+  text = line.strip()
+  if not text:
+    return None
+  where = f"line {number}"
+  try:
+    record = json.loads(text)
+  except ValueError as error:
+    if text.startswith(b"{") and not text.endswith(b"}") and text.isascii():
+      return None
+    raise errors.DamagedFileError(path, f"{where} is not a JSON record: {error}",
+                                  JOURNAL_FIX) from error
+  if not (isinstance(record, dict) and isinstance(record.get("trial"), str)
+          and record.get("status") in (STARTED, FINISHED, FAILED)):
+    raise errors.DamagedFileError(path, f"{where} is not a trial record: {text[:80]!r}",
+                                  JOURNAL_FIX)
+  return record
+
+
 def read_journal(workdir: str) -> list[dict]:
-  """All records of all shards' journals, oldest first; torn or garbled lines are skipped."""
+  """All records of all shards' journals, oldest first; torn last lines are skipped.
+
+  A line garbled otherwise raises `errors.DamagedFileError` naming the file and the line.
+  """
   records = []
   if not os.path.isdir(workdir):
     return records
   for name in sorted(os.listdir(workdir)):
     if not (name.startswith("journal") and name.endswith(".jsonl")):
       continue
-    with open(os.path.join(workdir, name), "rb") as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(record, dict) and "trial" in record and "status" in record:
+    path = os.path.join(workdir, name)
+    with open(path, "rb") as f:
+      for number, line in enumerate(f, start=1):
+        record = _journal_record(line, path, number)
+        if record is not None:
           records.append(record)
-  records.sort(key=lambda r: r.get("time", 0.0))
+  records.sort(key=lambda r: r.get("time", 0.0) if isinstance(r.get("time"), (int, float))
+               else 0.0)
   return records
 
 
@@ -303,6 +333,35 @@ def _duration(seconds: float) -> str:
   return (f"{hours}h" if hours else "") + f"{rest // 60:02d}m{rest % 60:02d}s"
 
 
+def failure_reason(log_tail: str, code: int) -> str:
+  """One line saying why a trial failed: its last `error: ...` line (a user error, e.g. a
+  damaged file in its workdir), else the last line of its log."""
+  lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+  errors_named = [line for line in lines if line.startswith("error: ")]
+  if errors_named:
+    return errors_named[-1]
+  return lines[-1] if lines else f"exit status {code}"
+
+
+def recheck_finished(trials: list[dict], states: dict, workdir: str) -> dict:
+  """`states` where a finished trial whose summary.json is now missing or damaged counts as
+  started: running it again rebuilds the summary from its last checkpoint."""
+  states = dict(states)
+  for trial in trials:
+    state = states.get(trial["name"], {})
+    if state.get("status") != FINISHED:
+      continue
+    trial_dir = os.path.join(workdir, trial["name"])
+    try:
+      problem = None if records.read_summary(trial_dir) else "has no summary.json"
+    except errors.DamagedFileError as error:
+      problem = f"has a damaged summary.json ({error.cause})"
+    if problem:
+      print(f"  {trial['name']} finished but {problem}: running it again", flush=True)
+      states[trial["name"]] = {**state, "status": STARTED}
+  return states
+
+
 def plan(trials: list[dict], states: dict, retry_failed: bool) -> list[tuple[dict, str]]:
   """(trial, action) with action "skip-finished", "skip-failed", "resume", "retry" or "run"."""
   actions = []
@@ -357,7 +416,7 @@ def run_trials(config: str, all_trials: list[dict], common: dict, workdir: str,
   """
   check_overrides(config, all_trials, common)
   trials = shard_trials(all_trials, *shard)
-  actions = plan(trials, trial_states(workdir), retry_failed)
+  actions = plan(trials, recheck_finished(trials, trial_states(workdir), workdir), retry_failed)
   todo = [(t, a) for t, a in actions if not a.startswith("skip")]
   counts = {"total": len(trials), "grid": len(all_trials),
             "finished_before": sum(a == "skip-finished" for _, a in actions),
@@ -404,8 +463,8 @@ def run_trials(config: str, all_trials: list[dict], common: dict, workdir: str,
     record = {**base, "trial": trial["name"], "time": time.time(), "seconds": seconds,
               "returncode": code, "status": FINISHED if finished else FAILED}
     if not finished:
-      record["error"] = tail[-ERROR_TAIL_CHARS:]
-      print(f"  FAILED (exit {code}) after {_duration(seconds)}; log: "
+      record.update(reason=failure_reason(tail, code), error=tail[-ERROR_TAIL_CHARS:])
+      print(f"  FAILED (exit {code}) after {_duration(seconds)}: {record['reason']}\n  log: "
             f"{os.path.join(trial_dir, 'train.log')}\n" + tail[-800:], flush=True)
     else:
       print(f"  finished in {_duration(seconds)}", flush=True)
