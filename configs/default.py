@@ -122,10 +122,18 @@ def get_config():
   config.label_smoothing = 0.0
 
   config.optimizer = ml_collections.ConfigDict()
+  # "adamw" or "sgd" (PyTorch's: decay added to the gradient, then the momentum trace).
+  config.optimizer.name = "adamw"
   config.optimizer.learning_rate = 3e-3
   config.optimizer.weight_decay = 1e-4
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
+  # SGD only: momentum and Nesterov's variant (the from-scratch recipes of the mixing papers).
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = True
+  # Weight decay on biases and normalisation scales/offsets (1-D parameters): "auto" = no for
+  # SGD (as the references), yes for AdamW (what this project always did); "true" / "false".
+  config.optimizer.decay_norm_and_bias = "auto"
   # "warmup_cosine", "onecycle" or "constant".
   config.optimizer.schedule = "warmup_cosine"
   config.optimizer.warmup_epochs = 1.0

@@ -116,6 +116,15 @@ def validate(config) -> None:
 
 def _validate_optimizer(config):
   opt = config.optimizer
+  _check_choice(config, "optimizer.name", model_state.OPTIMIZERS)
+  _check_fraction(config, "optimizer.momentum", upper_open=True)
+  if not isinstance(opt.nesterov, bool):
+    _fail("optimizer.nesterov", opt.nesterov, "must be True or False")
+  decay = opt.decay_norm_and_bias
+  if not isinstance(decay, bool) and str(decay).lower() not in (
+      model_state.DECAY_NORM_AND_BIAS_CHOICES):
+    _fail("optimizer.decay_norm_and_bias", decay,
+          "choose one of " + ", ".join(model_state.DECAY_NORM_AND_BIAS_CHOICES))
   if not opt.learning_rate > 0:
     _fail("optimizer.learning_rate", opt.learning_rate, "must be > 0")
   if opt.weight_decay < 0:

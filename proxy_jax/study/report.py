@@ -87,14 +87,23 @@ def _fmt_p(p: float) -> str:
   return "-" if math.isnan(p) else f"{p:.3g}"
 
 
+def _fmt_interval(low: float, high: float, scale: float = 100.0, digits: int = 2) -> str:
+  """An interval, or why there is none (zero spread leaves the t interval undefined)."""
+  if math.isnan(low):
+    return "undefined (no spread)"
+  return f"{scale * low:+.{digits}f} to {scale * high:+.{digits}f}"
+
+
 def paired_lines(compared: list[dict], label: str, baseline: str) -> list[str]:
   lines = [f"Paired by seed ({label}, arm - {baseline}, percentage points; Holm across "
-           f"{len(compared)} compared arm(s)):", "",
+           f"{len(compared)} compared arm(s); the 95% CI is unadjusted; a t-test p marked * "
+           "comes from the exact sign-flip test, as every seed gave the same difference):", "",
            "| arm | n | mean diff | 95% CI | t-test p | Holm t p | sign p | Holm sign p | "
            "wins/losses |", "|---|---|---|---|---|---|---|---|---|"]
   for r in compared:
     lines.append(f"| {r['arm']} | {r['n']} | {100 * r['mean']:+.2f} | "
-                 f"{100 * r['ci_low']:+.2f} to {100 * r['ci_high']:+.2f} | {_fmt_p(r['t_p'])} | "
+                 f"{_fmt_interval(r['ci_low'], r['ci_high'])} | {_fmt_p(r['t_p'])}"
+                 f"{'*' if r.get('p_method') == 'sign-flip' else ''} | "
                  f"{_fmt_p(r['holm_t_p'])} | {_fmt_p(r['sign_p'])} | "
                  f"{_fmt_p(r['holm_sign_p'])} | {r['wins']}/{r['losses']} |")
   return lines
@@ -120,8 +129,8 @@ def explanation_lines(study: spec.Study, rows: list[dict]) -> list[str]:
       shared = [s for s in mine if s in base]
       if arm != study.baseline and len(shared) >= 2:
         t = stats.paired_t([mine[s][key] - base[s][key] for s in shared])
-        cell += (f" [{t['mean']:+.{digits}f}, {t['ci_low']:+.{digits}f} to "
-                 f"{t['ci_high']:+.{digits}f}]")
+        cell += (f" [{t['mean']:+.{digits}f}, "
+                 f"{_fmt_interval(t['ci_low'], t['ci_high'], 1.0, digits)}]")
       cells.append(cell)
     lines.append(f"| {arm} | " + " | ".join(cells) + " | "
                  + _mean_std([100 * r["accuracy"] for r in mine.values()]) + " |")
@@ -282,9 +291,14 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
             f"{stats.smallest_sign_p(n):.3g} (before Holm), and Holm multiplies the smallest "
             f"p-value by {len(study.arms) - 1}: only differences several times the "
             "seed-to-seed spread can reach significance. A difference that is not significant "
-            "is not shown to be zero; read the intervals.", "", "## Verdict per arm", "",
+            "is not shown to be zero; read the intervals.", "",
+            "Every seed is scored on the same test images, so these intervals and tests "
+            "measure seed-to-seed variation on that one test set: they are conditional on it, "
+            "and say nothing about how the test set itself was sampled.", "",
+            "## Verdict per arm", "",
             f"Final test accuracy against `{study.baseline}`, decided by the Holm-corrected "
-            "paired t-test at 0.05:", ""]
+            "paired t-test at 0.05 (the intervals beside it are unadjusted, so one may "
+            "exclude 0 while Holm still does not reject):", ""]
   lines += [f"- **{r['arm']}**: {r['verdict']}." for r in paired["test_accuracy"]]
   lines += ["", "## Explanation quality", ""] + explanation_lines(study, explanation_rows)
   lines += ["", "## Fairness checks", ""] + fairness_lines(checks, failures)
