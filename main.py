@@ -1,25 +1,9 @@
-"""Trains a classifier with Proxy Attention: `python main.py --config=configs/dogs.py`."""
+"""Trains a classifier with Proxy Attention: `python main.py --config=configs/dogs.py`.
 
-import os
+The program is proxy_jax/main.py (also `python -m proxy_jax.main` where proxy_jax is installed).
+"""
 
-from absl import app, flags
-
-from proxy_jax import errors, train
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
-FLAGS = flags.FLAGS
-errors.define_config_flag(
-    DEFAULT_CONFIG, "Training configuration file; override fields with --config.field=value.")
-flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  config_name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
-  workdir = FLAGS.workdir or os.path.join("runs", config_name)
-  train.train_and_evaluate(FLAGS.config, workdir)
-
+from proxy_jax import main as trainer
 
 if __name__ == "__main__":
-  errors.run_main(main, config_default=DEFAULT_CONFIG)
+  trainer.run()

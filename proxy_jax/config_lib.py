@@ -15,6 +15,7 @@ from flax import traverse_util
 
 from proxy_jax import cams
 from proxy_jax import data
+from proxy_jax import default_config
 from proxy_jax import model_state
 from proxy_jax import models
 from proxy_jax import proxy
@@ -108,6 +109,7 @@ def validate(config) -> None:
   _check_positive_int(config, "keep_checkpoints")
   _check_positive_int(config, "log_every_steps")
   _check_fraction(config, "label_smoothing", upper_open=True)
+  _check_choice(config, "evaluate_train_split", (True, False))
   _validate_optimizer(config)
   _validate_proxy(config)
   from proxy_jax import augment  # pylint: disable=g-import-not-at-top
@@ -215,16 +217,12 @@ def _accept_fields_added_since(old: dict, new: dict, workdir: str) -> None:
 
   A field added to the code after a run began (a new option, off by default) changes nothing
   for that run, so resuming it, or re-running a finished one, must not be refused; the same
-  field set to anything but `configs/default.py`'s value is a different run and still is.
+  field set to anything but the default config's value is a different run and still is.
   """
   added = [k for k in new if k not in old]
   if not added:
     return
-  try:
-    from configs import default  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return  # Outside the repository there is no default to compare with.
-  defaults = flatten(default.get_config())
+  defaults = flatten(default_config.get_config())
   for key in added:
     if key in defaults and _same(json.loads(json.dumps(defaults[key])), new[key]):
       logging.info("%s: %s=%r is new since this run began; its default changes nothing.",

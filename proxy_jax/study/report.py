@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from proxy_jax.io_utils import atomic_save_figure, atomic_write, atomic_write_text
-from proxy_jax.study import explanations, spec, stats
+from proxy_jax.study import explanations, preregistration, spec, stats
 
 METRICS = (("test_accuracy", "test accuracy"), ("val_accuracy", "validation accuracy"))
 # Explanation scores: the direction that is better, for the table header.
@@ -38,6 +38,9 @@ def run_rows(study: spec.Study, runs: dict) -> list[dict]:
       rows.append({
           "arm": arm, "seed": seed, "trial": run["name"],
           "val_accuracy": summary["final"]["val_accuracy"],
+          # The final model on the un-augmented training split (runs from before it: nan).
+          "train_split_accuracy": (summary.get("train_split") or {}).get("accuracy",
+                                                                         float("nan")),
           "test_accuracy": test.get("accuracy", float("nan")),
           "test_loss": test.get("loss", float("nan")),
           "epochs": summary.get("num_epochs"),
@@ -52,19 +55,22 @@ def run_rows(study: spec.Study, runs: dict) -> list[dict]:
 
 def _mean_std(values, digits: int = 2) -> str:
   values = np.asarray(values, np.float64)
+  values = values[~np.isnan(values)]  # Not recorded (an older run): left out, not averaged.
   if len(values) < 2:
     return f"{values.mean():.{digits}f}" if len(values) else "-"
   return f"{values.mean():.{digits}f} +- {values.std(ddof=1):.{digits}f}"
 
 
 def arm_table(study: spec.Study, rows: list[dict]) -> list[str]:
-  lines = ["| arm | runs | test accuracy (%) | validation accuracy (%) | wall time per run (s) "
-           "| train images/s |", "|---|---|---|---|---|---|"]
+  lines = ["| arm | runs | test accuracy (%) | validation accuracy (%) | training-split "
+           "accuracy (%) | wall time per run (s) | train images/s |",
+           "|---|---|---|---|---|---|---|"]
   for arm in study.arms:
     mine = [r for r in rows if r["arm"] == arm]
     lines.append(
         f"| {arm} | {len(mine)} | {_mean_std([100 * r['test_accuracy'] for r in mine])} | "
         f"{_mean_std([100 * r['val_accuracy'] for r in mine])} | "
+        f"{_mean_std([100 * r['train_split_accuracy'] for r in mine])} | "
         f"{_mean_std([r['wall_time_s'] for r in mine])} | "
         f"{_mean_std([r['images_per_s'] for r in mine])} |")
   return lines
@@ -268,11 +274,13 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
   commits = sorted({r["commit"] for r in rows})
   n = len(study.seeds)
   lines = [f"# Study: {study.name}", ""]
+  declared, preregistered = preregistration.report_section(study, rows)
+  lines += declared
   if study.description:
     lines += [study.description.strip(), ""]
   lines += [f"Command: `{command}`", "",
             f"Code version of the runs: `{', '.join(commits)}`. Base config "
-            f"`{os.path.relpath(study.config.partition(':')[0], spec._REPO_ROOT)}`, "  # pylint: disable=protected-access
+            f"`{os.path.relpath(study.config.partition(':')[0])}`, "
             f"seeds {', '.join(map(str, study.seeds))}; {len(study.arms)} arms, "
             f"{len(rows)} runs. Common overrides: `{json.dumps(study.common, sort_keys=True)}`.",
             "", "Arms (overrides on top of the common ones):", ""]
@@ -282,7 +290,9 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
               f"affected arms are compared on fewer seeds: {', '.join(missing)}."]
   lines += ["", "## Accuracy per arm", "",
             "Final-epoch metrics (no early stopping, no best epoch, no seed dropped), mean +- "
-            "sample std over seeds. Images/s: median over epochs of the training throughput.",
+            "sample std over seeds. Training-split accuracy: the final model on the training split "
+            "in eval mode, without augmentation. Images/s: median over epochs of the training "
+            "throughput.",
             ""] + arm_table(study, rows)
   lines += ["", "## Against the baseline", ""]
   for metric, label in METRICS:
@@ -319,7 +329,8 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
       {"study": study.name, "command": command, "commits": commits, "seeds": list(study.seeds),
        "arms": study.arms, "common": study.common, "baseline": study.baseline,
        "missing": missing, "runs": rows, "paired": paired, "explanations": explanation_rows,
-       "fairness": checks, "fairness_failures": failures, "overhead": cost},
+       "fairness": checks, "fairness_failures": failures, "overhead": cost,
+       "preregistration": preregistered},
       indent=1, sort_keys=True, default=str))
   atomic_write_text(os.path.join(out, "summary.md"), text)
   return text
