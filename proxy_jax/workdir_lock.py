@@ -79,15 +79,16 @@ def _lock(fd: int, path: str, workdir: str) -> bool:
 
 
 @contextlib.contextmanager
-def hold(workdir: str, enabled: bool = True):
+def hold(workdir: str, enabled: bool = True, lock_file: str = LOCK_FILE):
   """Holds the workdir's lock (creating the workdir) for the `with` block; yields whether this
   call created the workdir. WorkdirBusyError if a live process holds it. `enabled=False` (the
-  processes of a multi-process run but the first) only creates the workdir."""
+  processes of a multi-process run but the first) only creates the workdir. The sweep runner
+  holds a trial's `lock_file` of its own while the trial's run holds LOCK_FILE."""
   created = _make_workdir(workdir)
   if not enabled:
     yield created
     return
-  path = os.path.join(workdir, LOCK_FILE)
+  path = os.path.join(workdir, lock_file)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
   try:
     if _lock(fd, path, workdir):

@@ -201,23 +201,52 @@ def test_a_damaged_journal_is_named_unless_only_its_last_line_is_torn(tmp_path, 
   assert "line 1" in str(caught.value)
 
 
-def test_a_finished_trial_whose_summary_is_damaged_runs_again(tmp_path):
-  """The sweep (and so the study) runs such a trial again: main.py rebuilds its summary."""
+# A stand-in trainer that reads its workdir back as main.py does (the real reader, the real
+# one-line error and exit 2), then "trains" by writing a summary.
+TRAINER = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+from proxy_jax import cli, records
+workdir = [a for a in sys.argv if a.startswith("--workdir=")][0][len("--workdir="):]
+
+def main():
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    records.read_recorded_config(workdir)
+  with open(os.path.join(workdir, "attempts"), "a") as f:
+    f.write("x")
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump({{"history": []}}, f)
+
+cli.run_plain(main)
+"""
+
+
+def test_a_sweep_goes_on_past_a_damaged_trial_and_completes_it_after_the_fix(tmp_path):
+  """The study runs its trials through the same runner."""
   program = tmp_path / "trainer.py"
-  program.write_text("import json, os, sys\n"
-                     "workdir = [a for a in sys.argv if a.startswith('--workdir=')][0][10:]\n"
-                     "open(os.path.join(workdir, 'attempts'), 'a').write('x')\n"
-                     "json.dump({'history': []}, open(os.path.join(workdir, 'summary.json'), "
-                     "'w'))\n")
-  trials = [{"name": "a", "overrides": {}}, {"name": "b", "overrides": {}}]
+  program.write_text(TRAINER.format(root=ROOT))
+  trials = [{"name": name, "overrides": {}} for name in ("a", "b", "c")]
   workdir, config = str(tmp_path / "grid"), os.path.join(ROOT, "configs", "default.py")
-  run = lambda: sweep.run_trials(config, trials, {}, workdir, program=str(program))
-  assert run()["finished"] == 2
-  _random_bytes(os.path.join(workdir, "b", "summary.json"))
+  damaged = os.path.join(workdir, "b", "config.json")
+  os.makedirs(os.path.dirname(damaged))
+  _random_bytes(damaged)
+  run = lambda **kw: sweep.run_trials(config, trials, {}, workdir, program=str(program), **kw)
   counts = run()
-  assert counts["finished"] == 1 and counts["finished_before"] == 1
-  assert (tmp_path / "grid" / "b" / "attempts").read_text() == "xx"
-  assert records.read_summary(os.path.join(workdir, "b")) is not None
+  assert counts["finished"] == 2 and counts["failed"] == 1
+  record = sweep.trial_states(workdir)["b"]
+  assert record["status"] == sweep.FAILED
+  assert record["reason"].startswith(f"error: {damaged} is damaged (") and "\n" not in (
+      record["reason"])
+  os.remove(damaged)  # The fix (here: the trial never ran, so its config can be recorded anew).
+  assert run()["failed_skipped"] == 1  # Failed trials wait for --retry-failed...
+  counts = run(retry_failed=True)
+  assert counts["finished"] == 1 and counts["finished_before"] == 2
+  assert sweep.trial_states(workdir)["b"]["status"] == sweep.FINISHED
+  # A finished trial whose summary.json was damaged later runs again (main.py rebuilds it).
+  _random_bytes(os.path.join(workdir, "a", "summary.json"))
+  assert run()["finished"] == 1
+  assert [(tmp_path / "grid" / n / "attempts").read_text() for n in "abc"] == ["xx", "x", "x"]
+  assert records.read_summary(os.path.join(workdir, "a")) is not None
 
 
 # ---------------------------------------------------------------- checkpoints

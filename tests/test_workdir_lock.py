@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from proxy_jax import errors, records, workdir_lock
+from proxy_jax import errors, records, sweep, workdir_lock
 from tests.conftest import ROOT
 
 HOLDER = """
@@ -93,3 +93,12 @@ def test_a_second_run_on_a_busy_workdir_refuses_at_once_and_the_first_is_unharme
   assert summary.num_epochs == 3 and [row.epoch for row in summary.history] == [1, 2, 3]
   with workdir_lock.hold(workdir):  # Released when the run ended.
     pass
+
+
+def test_a_sweep_skips_a_trial_another_sweep_process_is_running(tmp_path):
+  trial_dir = str(tmp_path / "trial")
+  with workdir_lock.hold(trial_dir, lock_file=sweep.SWEEP_LOCK_FILE):
+    with pytest.raises(sweep.TrialBusy):
+      sweep.run_trial([sys.executable, "-c", "pass"], trial_dir, None)
+  code, _ = sweep.run_trial([sys.executable, "-c", "pass"], trial_dir, None)
+  assert code == 0

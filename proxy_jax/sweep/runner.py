@@ -6,8 +6,8 @@ interrupted one (training resumes from its checkpoint) and retries failed ones o
 `retry_failed`.
 """
 
+import contextlib
 import ctypes
-import fcntl
 import os
 import signal
 import socket
@@ -17,11 +17,13 @@ import time
 
 from absl import flags
 
+from proxy_jax import workdir_lock
 from proxy_jax.io_utils import atomic_write_json
 from proxy_jax.sweep import files, grid, journal
 
 TRIAL_FILE = "sweep_trial.json"  # In each trial workdir: its name and overrides.
 SWEEP_FILE = "sweep.json"        # In the sweep workdir: the whole grid.
+SWEEP_LOCK_FILE = ".sweep.lock"  # In each trial workdir, held while the sweep runs the trial.
 ERROR_TAIL_CHARS = 4000
 # The training program of a trial: `python -m proxy_jax.main` unless a script is given.
 TRAINER_MODULE = "proxy_jax.main"
@@ -60,15 +62,14 @@ class TrialBusy(Exception):
 def run_trial(command: list[str], trial_dir: str, timeout: float | None) -> tuple[int, str]:
   """Runs one trial to completion; returns (exit code, tail of its log from this attempt).
 
-  An exclusive lock on the trial directory keeps two sweep processes (a re-launch while the first
-  still runs) from training the same workdir at once; the kernel drops it if we are killed.
+  A lock of its own on the trial directory keeps two sweep processes (a re-launch while the first
+  still runs) from both launching the trial: the second skips it (TrialBusy) instead of failing
+  on the run's lock; the kernel drops the lock if we are killed.
   """
-  os.makedirs(trial_dir, exist_ok=True)
-  lock = open(os.path.join(trial_dir, ".sweep.lock"), "w")
-  try:
+  with contextlib.ExitStack() as stack:
     try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as error:
+      stack.enter_context(workdir_lock.hold(trial_dir, lock_file=SWEEP_LOCK_FILE))
+    except workdir_lock.WorkdirBusyError as error:
       raise TrialBusy(trial_dir) from error
     log_path = os.path.join(trial_dir, "train.log")
     with open(log_path, "ab") as log:
@@ -90,8 +91,6 @@ def run_trial(command: list[str], trial_dir: str, timeout: float | None) -> tupl
         process.wait()
         raise
     return code, _tail(log_path, offset)
-  finally:
-    lock.close()
 
 
 def _duration(seconds: float) -> str:
