@@ -1,12 +1,15 @@
 """KeepAugment's selective-cut Cutout against a NumPy transcription of its redraw loop."""
 
+import hypothesis
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from proxy_jax import augment
-from proxy_jax.augment import keep
+from proxy_jax.augment import erase, keep
+from tests.augment_checks import assert_label_preserving
 from tests.conftest import make_tiny_config
 
 H = W = 12
@@ -60,3 +63,23 @@ def test_selective_cut_is_the_default_with_cutout_and_paste_back_an_option():
   assert augment.selective_cut_from_config(config.augment) is not None
   config.augment.keep_cutout = "paste_back"
   assert augment.selective_cut_from_config(config.augment) is None
+
+
+@hypothesis.settings(max_examples=8, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2**31 - 2), image_seed=st.integers(0, 100),
+                  fill=st.sampled_from(erase.FILLS))
+def test_selective_cut_invariants(seed, image_seed, fill):
+  """Label-preserving (labels kept, range, determinism), and one box of fill per image."""
+  rng = np.random.default_rng(image_seed)
+  images = jnp.asarray(rng.uniform(size=(4, H, W, 3)), jnp.float32)
+  labels = jax.nn.one_hot(jnp.arange(4) % 3, 3)
+  saliency = jnp.asarray(rng.uniform(size=(4, H, W)), jnp.float32)
+  fn = lambda im, lab, k: keep.selective_cutout(  # pylint: disable=unnecessary-lambda-assignment
+      im, lab, k, saliency, size=0.5, prob=1.0, fill=fill, threshold=0.5, tries=4)
+  assert_label_preserving(fn, images, labels, seed)
+  out, _ = fn(images, labels, jax.random.key(seed))
+  changed = np.any(np.asarray(out) != np.asarray(images), axis=-1)
+  for mask in changed:  # The changed pixels lie inside one box of side at most 6.
+    rows, cols = np.nonzero(mask)
+    if rows.size:
+      assert rows.max() - rows.min() < 6 and cols.max() - cols.min() < 6

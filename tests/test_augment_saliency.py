@@ -73,3 +73,15 @@ def test_image_map_names_both_maps_and_refuses_others():
     assert maps.shape == (2, 16, 16) and maps.min() >= 0 and maps.max() <= 1
   with pytest.raises(ValueError, match="itti"):
     saliency.image_map("itti", images)
+
+
+def test_divide_is_exact_floor_division():
+  """The float-and-correct division against NumPy's on the ranges the map uses."""
+  rng = np.random.default_rng(0)
+  numerators = np.concatenate([rng.integers(0, 255 * 50176, 20000), np.arange(0, 3000)])
+  denominators = np.concatenate([rng.integers(1, 50176, 20000), rng.integers(1, 40, 3000)])
+  # Exact multiples, where a float quotient just below the integer would floor one too low.
+  numerators[:500] = denominators[:500] * rng.integers(0, 255, 500)
+  got = np.asarray(fine_grained._divide(numerators.astype(np.int32),  # pylint: disable=protected-access
+                                        denominators.astype(np.int32)))
+  np.testing.assert_array_equal(got, numerators // denominators)

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proxy_jax import augment, cams, config_lib, data, preprocess, train
-from proxy_jax.augment import saliency
+from proxy_jax import augment, cams, config_lib, data, preprocess, restore, train
 from tests.conftest import make_tiny_config
 from tests.test_train import killed_and_resumed
 
@@ -101,7 +100,7 @@ def test_frozen_workdir_gives_attentive_cutmix_its_cam(tiny_state, tmp_path):
                            workdir)
   config = _attentive_config(config, workdir)
   config_lib.validate(config)
-  apply_fn, frozen = saliency.load_frozen(config, 10)
+  apply_fn, frozen = restore.load_frozen(config, 10)
   fn = augment.make_augment_fn(config.augment, 10)
   key = jax.random.key(6)
   inputs, soft = jax.jit(lambda k: fn(images, labels, k, models=augment.models_of(

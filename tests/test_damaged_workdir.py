@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from proxy_jax import aggregate, checkpoints, data, errors, infer, records, sweep, train
+from proxy_jax import aggregate, checkpoints, data, errors, records, restore, sweep, train
 from proxy_jax.study import runs as study_runs
 from proxy_jax.study import spec as study_spec
 from tests.conftest import ROOT, make_tiny_config
@@ -106,14 +106,17 @@ def _study_summary(workdir):
   return study_runs._read_summary(workdir)  # pylint: disable=protected-access
 
 
-# (file, files removed first so that the reader reaches it, reader)
+# (damaged file, the path the message names, files removed first so that the reader reaches
+# the damaged one, reader)
 RUN_FILES = {
-    "config.json (training)": ("config.json", (), _train_again),
-    "config.json (infer)": ("config.json", (), infer.restore_for_inference),
-    "split.json": ("split.json", ("summary.json",), _train_again),
-    "classes.json": ("classes.json", (), infer.restore_for_inference),
-    "summary.json (aggregate)": ("summary.json", (), aggregate.load_results),
-    "summary.json (study)": ("summary.json", (), _study_summary),
+    "config.json (training)": ("config.json", "config.json", (), _train_again),
+    "config.json (infer)": ("config.json", "config.json", (), restore.restore_for_inference),
+    "split.json": ("split.json", "split.json", ("summary.json",), _train_again),
+    "classes.json": ("classes.json", "classes.json", (), restore.restore_for_inference),
+    "summary.json (aggregate)": ("summary.json", "summary.json", (), aggregate.load_results),
+    "summary.json (study)": ("summary.json", "summary.json", (), _study_summary),
+    "final checkpoint (infer)": ("checkpoints/3/meta/metadata", "checkpoints/3", (),
+                                 restore.restore_for_inference),
 }
 
 
@@ -121,14 +124,13 @@ RUN_FILES = {
 @pytest.mark.parametrize("reader", RUN_FILES)
 def test_a_damaged_run_file_is_one_line_naming_it_and_nothing_is_lost(finished, tmp_path,
                                                                       reader, damage):
-  name, removed, read = RUN_FILES[reader]
+  name, named, removed, read = RUN_FILES[reader]
   workdir = _copy(finished, tmp_path, without=removed)
-  path = os.path.join(workdir, name)
-  DAMAGES[damage](path)
+  DAMAGES[damage](os.path.join(workdir, name))
   before = _snapshot(workdir)
   with pytest.raises((errors.UserError, study_spec.StudyError)) as caught:
     read(workdir)
-  _assert_names(caught.value, path)
+  _assert_names(caught.value, os.path.join(workdir, named))
   assert _snapshot(workdir) == before
 
 

@@ -62,6 +62,21 @@ def _blur_3x3(grey):
   return (total + 8) >> 4
 
 
+def _divide(numerator, denominator):
+  """floor(numerator / denominator) of non-negative int32 arrays (broadcast), exactly.
+
+  Through float32 and one correction step each way: the operands here are below 2^24 (exact as
+  floats) and the quotients below 2^17, so the float quotient is off by far less than 1 and one
+  step absorbs it. Integer division is a slow scalar loop on XLA:CPU (this halved the map's
+  time at 224 px).
+  """
+  denominator = jnp.asarray(denominator, jnp.int32)
+  quotient = jnp.floor(numerator.astype(jnp.float32) / denominator.astype(jnp.float32))
+  quotient = quotient.astype(jnp.int32)
+  quotient = quotient - (quotient * denominator > numerator)
+  return quotient + ((quotient + 1) * denominator <= numerator)
+
+
 def _window_bounds(size: int, neighborhood: int):
   """Integral-image indices P1, P2 of every position along one axis, clipped to [0, size]."""
   positions = np.arange(size)
@@ -82,12 +97,18 @@ def _center_surround(grey, integral, neighborhood: int):
   height, width = grey.shape[1:]
   y1, y2 = _window_bounds(height, neighborhood)
   x1, x2 = _window_bounds(width, neighborhood)
-  at = lambda ys, xs: integral[:, ys][:, :, xs]  # pylint: disable=unnecessary-lambda-assignment
-  window = at(y2, x2) + at(y1, x1) - at(y2, x1) - at(y1, x2)
+  # The integral at the clipped corners, as static slices of the edge-padded integral image
+  # (padded row j is row clip(j - n, 0, H)): XLA:CPU's gather was 10x slower.
+  padded = jnp.pad(integral, ((0, 0), (neighborhood, neighborhood),
+                              (neighborhood, neighborhood)), mode="edge")
+  at = lambda dy, dx: padded[:, neighborhood + dy:neighborhood + dy + height,  # pylint: disable=unnecessary-lambda-assignment
+                             neighborhood + dx:neighborhood + dx + width]
+  near, far = 1 - neighborhood, neighborhood + 1  # P1 = position + near, P2 = position + far
+  window = at(far, far) + at(near, near) - at(far, near) - at(near, far)
   area = jnp.asarray((y2 - y1)[:, None] * (x2 - x1)[None, :] - 1, jnp.int32)
   surround = window - grey
   excess = grey * area - surround  # (centre - mean) * area
-  magnitude = jnp.abs(excess) // area  # One division serves both polarities.
+  magnitude = _divide(jnp.abs(excess), area)  # One division serves both polarities.
   on = jnp.where(excess > 0, magnitude, 0)
   off = jnp.where(excess < 0, magnitude, 0)
   return on, off
@@ -112,8 +133,8 @@ def _scale_to_255(total, maximum):
   """
   maximum = jnp.maximum(maximum, 1)
   scaled = total * 255
-  floor = scaled // maximum
-  exact = scaled % maximum == 0
+  floor = _divide(scaled, maximum)
+  exact = floor * maximum == scaled
   return jnp.where(exact, jnp.asarray(TRUNCATED_255THS)[jnp.clip(floor, 0, 255)], floor)
 
 
@@ -130,6 +151,6 @@ def fine_grained(images):
   off = _scale_to_255(off_total, image_max(off_total))
   peak = jnp.maximum(image_max(on), image_max(off))
   # Integer division is exact here: 255 (on + off) / peak in double only truncates.
-  mixed = (255 * (on + off)) // jnp.maximum(peak, 1)
+  mixed = _divide(255 * (on + off), jnp.maximum(peak, 1))
   levels = jnp.where(peak > 0, mixed % 256, 0)
   return jax.lax.stop_gradient(levels.astype(jnp.float32) * np.float32(1.0 / 255.0))
