@@ -27,7 +27,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from proxy_jax import records
+from proxy_jax import data, records
 
 START = 8
 CEILING_WITH_LIMIT = 4096
@@ -80,7 +80,8 @@ def is_out_of_memory(error: Exception) -> bool:
 
 
 def dummy_batch(config, batch_size: int, num_classes: int) -> dict:
-  size = config.image_size
+  """A batch as the train step gets it: stored images (side `data.load_size`), not crops."""
+  size = data.stored_size(config)
   return {"image": np.zeros((batch_size, size, size, 3), np.uint8),
           "label": (np.arange(batch_size) % num_classes).astype(np.int32),
           "id": np.arange(batch_size, dtype=np.int32),

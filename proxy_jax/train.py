@@ -96,18 +96,21 @@ def num_classes_of(state, images):
 
 
 def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothing: float,
-               frozen_apply_fn=None):
-  """One optimiser step on an augmented batch (proxy_jax.augment: flip/rotation, policy,
-  erasing, mixing, normalisation). `key` is the run's step key: the step number is folded in
-  here, on the device, so the host never reads the step back. `frozen`: variables of the
-  frozen saliency model when `augment.saliency_source` names one.
+               frozen_apply_fn=None, image_size: int | None = None):
+  """One optimiser step on an augmented batch (proxy_jax.augment: crop of the stored images to
+  `image_size` (None: their own side), flip/rotation, policy, erasing, mixing, normalisation).
+  `key` is the run's step key: the step number is folded in here, on the device, so the host
+  never reads the step back. `frozen`: variables of the frozen saliency model when
+  `augment.saliency_source` names one.
 
   Train accuracy counts each example's dominant label (the argmax of its soft target: the
   class that gave the larger share of a mixed image).
   """
   key = jax.random.fold_in(key, state.step)
   augment_key, dropout_key = jax.random.split(key)
-  augment_fn = augment.make_augment_fn(augment_config, num_classes_of(state, batch["image"]))
+  size = image_size or batch["image"].shape[1]
+  augment_fn = augment.make_augment_fn(
+      augment_config, num_classes_of(state, batch["image"][:, :size, :size]), size)
   inputs, targets = augment_fn(batch["image"], batch["label"], augment_key,
                                is_proxy=batch.get("is_proxy"),
                                models=augment.models_of(state, frozen_apply_fn, frozen))
@@ -160,7 +163,7 @@ def make_train_step(config, replicated=None, num_classes: int | None = None):
   frozen_apply_fn, frozen = restore.load_frozen(config, num_classes)
   step = functools.partial(train_step, augment_config=config.augment,
                            label_smoothing=config.label_smoothing,
-                           frozen_apply_fn=frozen_apply_fn)
+                           frozen_apply_fn=frozen_apply_fn, image_size=config.image_size)
   jitted = jax.jit(step, donate_argnums=0,
                    out_shardings=replicated if replicated is not None else None)
   if frozen is None:
@@ -280,6 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run of `config` in `workdir`; returns summary.json's content."""
   started = time.time()
   config_lib.validate(config)
+  config_lib.resolve_load_size(config, workdir)
   _setup_host(config)
   config = batch_finder.with_recorded_batch_size(config, workdir)
   if config.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
@@ -439,8 +443,9 @@ def _finish(setup: Setup, state, bank, progress: records.RunProgress,
   dataset, config = setup.dataset, setup.config
   # The training split in eval mode (no augmentation, no proxies) measures how far the model
   # fits its training data, which a study's gate asks of its baseline.
-  final = {"test": dataset.test, "train_split": dataset.train if config.evaluate_train_split
-           else None}
+  # Training images are stored larger: evaluation takes their centre crops (a view).
+  final = {"test": dataset.test, "train_split": data.eval_view(dataset.train, config.image_size)
+           if config.evaluate_train_split else None}
   for name, split in final.items():
     if split is not None:
       final[name] = evaluate(state, split, config.eval_batch_size, setup.eval_fn,

@@ -118,6 +118,24 @@ def test_frozen_workdir_gives_attentive_cutmix_its_cam(tiny_state, tmp_path):
   assert np.isfinite(metrics.compute()["loss"])
 
 
+def test_pipeline_keepaugment_selective_cut_with_and_without_augmix_views(tiny_state):
+  """KeepAugment + Cutout takes the selective-cut path in both the plain and the AugMix-JSD
+  pipelines: every erased pixel holds Cutout's paper fill (the normalisation mean colour)."""
+  config, state, images, labels = tiny_state
+  config = config.copy_and_resolve_references()
+  config.augment.erase, config.augment.erase_prob = "cutout", 1.0
+  config.augment.keep_salient = True
+  inputs, soft = jax.jit(lambda k: _augment(config, state, images, labels, k))(jax.random.key(3))
+  clean = np.asarray(preprocess.eval_inputs(images))
+  changed = np.any(np.abs(np.asarray(inputs) - clean) > 1e-5, axis=-1)
+  assert changed.any() and np.allclose(np.asarray(inputs)[changed], 0.0, atol=1e-5)
+  np.testing.assert_array_equal(soft, np.eye(10)[labels])
+  config.augment.policy, config.augment.augmix_jsd = "augmix", True
+  inputs, _ = jax.jit(lambda k: _augment(config, state, images, labels, k))(jax.random.key(3))
+  assert inputs.shape == (3 * len(images), *images.shape[1:])
+  np.testing.assert_allclose(inputs[:len(images)], clean, atol=1e-5)  # The clean view.
+
+
 def test_skip_proxies_exempts_proxied_examples(tiny_state):
   config, state, images, labels = tiny_state
   config = config.copy_and_resolve_references()
