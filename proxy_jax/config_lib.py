@@ -191,11 +191,11 @@ def resolve_load_size(config, workdir: str) -> int:
   Auto (-1) follows `data.stored_size`, except in a workdir whose config.json predates the
   field: that run stored its images at image_size, and resuming it must not change them.
   """
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, records.CONFIG_FILE)
   value = data.stored_size(config)
   if config.data.load_size == data.AUTO_LOAD_SIZE and os.path.exists(path):
-    recorded = read_json(path)
-    if "load_size" not in recorded.get("data", {}):
+    recorded = records.read_recorded_config(workdir)
+    if "load_size" not in (recorded.get("data") or {}):
       value = int(config.image_size)
   with config.unlocked():
     config.data.load_size = value
