@@ -67,28 +67,37 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
 @pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_refuses_at_once_and_the_first_is_unharmed(tmp_path):
   """Two trainings started on one workdir: the second exits 2 with one line; the first ends."""
-  workdir = str(tmp_path / "run")
+  workdir, gate = str(tmp_path / "run"), tmp_path / "gate"
   config = tmp_path / "tiny.py"
-  config.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\n"
+  # The first run waits at its first epoch until the second has been refused, so that the
+  # second meets a run in progress however fast the machine is.
+  config.write_text(f"import os, sys, time\nsys.path.insert(0, {ROOT!r})\n"
                     "from tests.conftest import make_tiny_config\n"
+                    "from proxy_jax import train\n"
+                    "original = train.train_epoch\n"
+                    "def gated(*args):\n"
+                    f"  while not os.path.exists({str(gate)!r}):\n"
+                    "    time.sleep(0.05)\n"
+                    "  return original(*args)\n"
+                    "train.train_epoch = gated\n"
                     "def get_config():\n  return make_tiny_config(num_epochs=3)\n")
   command = [sys.executable, os.path.join(ROOT, "main.py"), f"--config={config}",
              f"--workdir={workdir}"]
-  first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
+  with open(tmp_path / "first.log", "w") as log:
+    first = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
   lock_file = os.path.join(workdir, workdir_lock.LOCK_FILE)
   deadline = time.time() + 240
   while not (os.path.exists(lock_file) and f"pid={first.pid} " in open(lock_file).read()):
-    assert first.poll() is None and time.time() < deadline, first.stderr.read()[-2000:]
+    assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()
     time.sleep(0.05)
   second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
-  assert first.poll() is None, "the first run ended before the second was refused"
+  gate.write_text("")
   assert second.returncode == 2
   assert "Traceback" not in second.stderr
   errors_printed = [l for l in second.stderr.splitlines() if l.startswith("error: ")]
   assert len(errors_printed) == 1, second.stderr[-2000:]
   assert f"in use by process {first.pid} on host {socket.gethostname()}" in errors_printed[0]
-  assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+  assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-2000:]
   summary = records.read_summary(workdir)
   assert summary.num_epochs == 3 and [row.epoch for row in summary.history] == [1, 2, 3]
   with workdir_lock.hold(workdir):  # Released when the run ended.
