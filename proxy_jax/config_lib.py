@@ -19,6 +19,7 @@ from proxy_jax import default_config
 from proxy_jax import model_state
 from proxy_jax import models
 from proxy_jax import proxy
+from proxy_jax import records
 from proxy_jax.config_fields import get_field
 from proxy_jax.errors import ConfigError
 from proxy_jax.io_utils import atomic_write_json
@@ -171,9 +172,6 @@ def flatten(config) -> dict:
   return traverse_util.flatten_dict(tree, sep=".")
 
 
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
 
 
 # Fields that record what this machine made of the config rather than the experiment itself: a
@@ -193,11 +191,11 @@ def resolve_load_size(config, workdir: str) -> int:
   Auto (-1) follows `data.stored_size`, except in a workdir whose config.json predates the
   field: that run stored its images at image_size, and resuming it must not change them.
   """
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, records.CONFIG_FILE)
   value = data.stored_size(config)
   if config.data.load_size == data.AUTO_LOAD_SIZE and os.path.exists(path):
-    recorded = read_json(path)
-    if "load_size" not in recorded.get("data", {}):
+    recorded = records.read_recorded_config(workdir)
+    if "load_size" not in (recorded.get("data") or {}):
       value = int(config.image_size)
   with config.unlocked():
     config.data.load_size = value
@@ -220,11 +218,11 @@ def write_or_check_resolved(config, workdir: str) -> None:
   """Resolves the config's dtype and writes workdir/config.json; on a re-run, refuses a config
   that differs from the recorded one, except in HARDWARE_FIELDS (logged, file left as first
   written; summary.json's config shows the finishing session's values)."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, records.CONFIG_FILE)
   resolve_dtype(config)
   resolved = json.loads(config.to_json())
   if os.path.exists(path):
-    previous = read_json(path)
+    previous = records.read_recorded_config(workdir)
     old, new = flatten(previous), flatten(resolved)
     for key in HARDWARE_FIELDS:
       if old.get(key, new[key]) != new[key]:

@@ -12,7 +12,6 @@ original by id. Augmentation and normalisation live in `preprocess.py` and `augm
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 from concurrent import futures
@@ -23,8 +22,8 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from proxy_jax import chunked, preprocess, splits, tfds_prepare
-from proxy_jax.errors import DataError, MissingPathError
+from proxy_jax import chunked, io_utils, preprocess, splits, tfds_prepare
+from proxy_jax.errors import DamagedFileError, DataError, MissingPathError
 from proxy_jax.io_utils import atomic_write_json, atomic_save_npy
 
 normalize = preprocess.normalize
@@ -293,20 +292,47 @@ def _cache_key(config, which: str) -> str:
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+_CACHE_FIX = "the decoded image cache is decoded again"
+
+
+def _read_cached_pool(base: str, side: int) -> Pool:
+  """The pool a cache entry holds; DamagedFileError naming the file that is not intact."""
+  meta_path = base + ".json"
+  meta = io_utils.read_json(meta_path, dict, _CACHE_FIX)
+  if not (isinstance(meta.get("class_names"), list) and isinstance(meta.get("skipped_files"),
+                                                                   list)):
+    raise DamagedFileError(meta_path, "no class_names or skipped_files list", _CACHE_FIX)
+  arrays = {}
+  for name in ("images", "labels"):
+    path = f"{base}.{name}.npy"
+    try:  # The images stay on disk (a memmap); a short file fails here, not mid-training.
+      arrays[name] = np.load(path, mmap_mode="r" if name == "images" else None)
+    except (OSError, ValueError, EOFError) as error:
+      raise DamagedFileError(path, f"not a readable .npy file: {error}", _CACHE_FIX) from error
+  images, labels = arrays["images"], arrays["labels"]
+  if images.dtype != np.uint8 or images.shape[1:] != (side, side, 3):
+    raise DamagedFileError(f"{base}.images.npy", f"{images.dtype} {images.shape}, not uint8 "
+                           f"(N, {side}, {side}, 3)", _CACHE_FIX)
+  if (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)
+      or (len(labels) and not 0 <= labels.min() <= labels.max() < len(meta["class_names"]))):
+    raise DamagedFileError(f"{base}.labels.npy", f"{labels.dtype} {labels.shape} does not label "
+                           f"the {len(images)} images", _CACHE_FIX)
+  return Pool(images, labels, meta["class_names"], meta["skipped_files"])
+
+
 def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -> Pool:
-  """Loads a decoded pool from the cache, or builds it and writes it atomically."""
+  """Loads a decoded pool from the cache, or builds it and writes it atomically.
+
+  A damaged cache entry is a cache miss: it is decoded again, and the log says so.
+  """
   base = os.path.join(cache_dir, f"{config.data.name}-{which}-{_cache_key(config, which)}")
   meta_path = base + ".json"
   side = stored_size(config)
   if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-    images = np.load(base + ".images.npy", mmap_mode="r")
-    # The key holds the side; a file of another side was not written by this code: rebuild.
-    if images.shape[1:3] == (side, side):
-      return Pool(images, np.load(base + ".labels.npy"), meta["class_names"],
-                  meta["skipped_files"])
-    logging.warning("%s holds %s images, not %d px: decoding again.", base, images.shape, side)
+    try:  # The key holds the side: a file of another side was not written by this code.
+      return _read_cached_pool(base, side)
+    except DamagedFileError as error:
+      logging.warning("%s is damaged (%s): decoding the images again.", error.path, error.cause)
   pool = build()
   os.makedirs(cache_dir, exist_ok=True)
   atomic_save_npy(base + ".images.npy", pool.images)

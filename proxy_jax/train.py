@@ -31,7 +31,7 @@ from proxy_jax import batch_finder
 from proxy_jax import checkpoints, chunked, config_lib, data, errors, models, preprocess, proxy
 from proxy_jax import records
 from proxy_jax.model_state import create_model, create_train_state, learning_rate_schedule
-from proxy_jax import reporting, restore
+from proxy_jax import reporting, restore, workdir_lock
 from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
 from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
@@ -201,8 +201,14 @@ def _setup_host(config):
 
 
 def _finished_summary(config, workdir: str) -> records.Summary | None:
-  """The summary of a workdir that already trained this config to the end (read only)."""
-  summary = records.read_summary(workdir)
+  """The summary of a workdir that already trained this config to the end (read only); None
+  for a damaged one, which the run rebuilds by resuming from its last checkpoint."""
+  try:
+    summary = records.read_summary(workdir)
+  except errors.DamagedFileError as error:
+    logging.warning("%s is damaged (%s): rebuilding it from the last checkpoint.", error.path,
+                    error.cause)
+    return None
   if summary is not None and summary.num_epochs == config.num_epochs and summary.history:
     return summary
   return None
@@ -285,31 +291,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if finished is not None:  # A finished workdir is read, never written.
       logging.info("%s is already complete; nothing to do.", workdir)
       return finished.to_json()
-  fresh = not os.path.exists(workdir)
-  try:
-    setup, state = _prepare(config, workdir)
-  except errors.UserError:
-    # Refused before training (e.g. an empty split): leave no config.json behind that would
-    # refuse the corrected config in the same workdir.
-    if fresh:
-      shutil.rmtree(workdir, ignore_errors=True)
-    raise
-  try:
-    summary = _train(setup, state, started)
-  except BaseException:
-    _shut_down(setup, quiet=True)
-    raise
-  _shut_down(setup, quiet=False)
+  # One run per workdir; in a multi-process run, process 0 holds the lock for all.
+  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0) as fresh:
+    try:
+      setup, state = _prepare(config, workdir)
+    except errors.UserError:
+      # Refused before training (e.g. an empty split): leave no config.json behind that would
+      # refuse the corrected config in the same workdir.
+      if fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+      raise
+    try:
+      summary = _train(setup, state, started)
+    except BaseException:
+      _shut_down(setup, quiet=True)
+      raise
+    _shut_down(setup, quiet=False)
   return summary.to_json()
 
 
 def _prepare(config, workdir: str):
   """Records the resolved config (the batch size chosen once), loads the data, builds Setup."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as error:
-    raise errors.WorkdirError(
-        f"--workdir {workdir}: cannot create it ({error.strerror})") from error
   if config.batch_size != -1:  # Refuse a changed config before loading any data.
     config_lib.write_or_check_resolved(config, workdir)
   dataset = data.load_dataset(config, workdir)
@@ -355,18 +357,16 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
 
 
 def _restore_or_start(setup: Setup, state):
-  """(state, progress, bank) of the latest checkpoint, or the fresh ones (run header logged)."""
-  latest = setup.ckpt.latest_epoch()
-  if latest is None:
+  """(state, progress, bank) of the newest intact checkpoint, or fresh ones (header logged)."""
+  # Damaged newer checkpoints are set aside; `steps_per_epoch` checks the state's step.
+  restored = setup.ckpt.restore_newest(state, setup.steps_per_epoch)
+  if restored is None:
     reporting.write_run_header(setup.writer, setup.config, setup.dataset, state,
                                setup.workdir)
     return state, records.RunProgress(), proxy.ProxyBank()
-  state, meta, bank_arrays = setup.ckpt.restore(latest, state)
-  progress, bank = records.RunProgress.from_json(meta), proxy.ProxyBank.from_arrays(bank_arrays)
-  # The loop counts steps on the host from the epoch; a mismatch would shift every key.
-  if int(state.step) != progress.epoch * setup.steps_per_epoch:
-    raise ValueError(f"checkpoint {latest} in {setup.ckpt.directory} is at step "
-                     f"{int(state.step)}, not {progress.epoch} x {setup.steps_per_epoch}")
+  state = restored.state
+  progress = records.RunProgress.from_json(restored.meta)
+  bank = proxy.ProxyBank.from_arrays(restored.bank)
   logging.info("Resumed from %s at epoch %d (%d proxy steps done, bank of %d).",
                setup.ckpt.directory, progress.epoch, progress.proxy_steps_done, len(bank))
   return state, progress, bank

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from proxy_jax import config_lib, data, errors, models, parallel, preprocess, proxy, train
+from proxy_jax import config_lib, data, errors, models, parallel, preprocess, proxy, records
+from proxy_jax import train
 from tests.conftest import make_tiny_config
 
 STORED, SIZE = 20, 16
@@ -146,7 +147,7 @@ def test_a_run_with_stored_images_resumes_and_records_its_load_size(tmp_path):
   summary = train.train_and_evaluate(config, workdir)
   assert np.isfinite(summary["final"]["val_loss"]) and summary["bank_size"] > 0
   assert 0 <= summary["train_split"]["accuracy"] <= 1  # Evaluated on the centre crops.
-  recorded = config_lib.read_json(os.path.join(workdir, "config.json"))
+  recorded = records.read_recorded_config(workdir)
   assert recorded["data"]["load_size"] == STORED
   again = train.train_and_evaluate(
       make_tiny_config(**{"data.load_size": STORED, "augment.crop": "pad",
