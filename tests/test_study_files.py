@@ -107,7 +107,7 @@ def test_the_regime_config_at_both_sizes():
       32, 32, "pad", 16)
   assert (gpu.image_size, gpu.augment.crop, gpu.dtype) == (128, "random_resized", "bfloat16")
   with pytest.raises(ValueError, match="choose one of cpu, gpu"):
-    module.get_config("tpu")
+    config_files.load_config(REGIME + ":tpu")
 
 
 def _run(*args, env):
