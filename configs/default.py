@@ -158,6 +158,7 @@ def get_config():
 
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3
-  config.log_every_steps = 50
+  # Epochs longer than this get a progress line (images/s, ETA) this often within them.
+  config.log_every_seconds = 20.0
   config.num_logged_images = 16
   return config

@@ -220,6 +220,10 @@ def load_folder_pool(root: str, image_size: int, label_regex: str, workers: int,
 
 
 def load_tfds_pool(name: str, split: str, image_size: int, data_dir: str, workers: int) -> Pool:
+  # TensorFlow is imported only here, where TFDS reads a dataset (not on a cache hit): keep it
+  # off any accelerator memory.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir or None)
   tfds_prepare.prepare_tfds(builder)

@@ -28,7 +28,7 @@ import optax
 
 from proxy_jax import augment
 from proxy_jax import batch_size as batch_size_finder
-from proxy_jax import checkpoints, config_lib, data, errors, preprocess, proxy, records
+from proxy_jax import checkpoints, config_lib, console, data, errors, preprocess, proxy, records
 from proxy_jax.model_state import create_model, create_train_state, learning_rate_schedule
 from proxy_jax import reporting
 from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
@@ -191,10 +191,6 @@ def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding)
 
 
 def _setup_host(config):
-  reporting.quiet_orbax()
-  # TensorFlow only feeds TFDS and summaries: keep it off any accelerator memory.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
   if config.distributed:
     jax.distributed.initialize()
 
@@ -285,29 +281,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return finished.to_json()
   fresh = not os.path.exists(workdir)
   try:
-    setup, state = _prepare(config, workdir)
-  except errors.UserError:
-    # Refused before training (e.g. an empty split): leave no config.json behind that would
-    # refuse the corrected config in the same workdir.
-    if fresh:
-      shutil.rmtree(workdir, ignore_errors=True)
-    raise
-  try:
-    summary = _train(setup, state, started)
-  except BaseException:
-    _shut_down(setup, quiet=True)
-    raise
-  _shut_down(setup, quiet=False)
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise errors.WorkdirError(
+        f"--workdir {workdir}: cannot create it ({error.strerror})") from error
+  with console.log_file(workdir, jax.process_index()):
+    try:
+      setup, state = _prepare(config, workdir)
+    except errors.UserError:
+      # Refused before training (e.g. an empty split): leave no config.json behind that would
+      # refuse the corrected config in the same workdir.
+      if fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+      raise
+    try:
+      summary = _train(setup, state, started)
+    except BaseException:
+      _shut_down(setup, quiet=True)
+      raise
+    _shut_down(setup, quiet=False)
   return summary.to_json()
 
 
 def _prepare(config, workdir: str):
   """Records the resolved config (the batch size chosen once), loads the data, builds Setup."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as error:
-    raise errors.WorkdirError(
-        f"--workdir {workdir}: cannot create it ({error.strerror})") from error
   if config.batch_size != -1:  # Refuse a changed config before loading any data.
     config_lib.write_or_check_resolved(config, workdir)
   dataset = data.load_dataset(config, workdir)
@@ -326,7 +323,8 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
   state, progress, bank = _restore_or_start(setup, state)
   total_steps = config.num_epochs * steps_per_epoch
   eta = reporting.Eta(total_steps, progress.epoch * steps_per_epoch)
-  report = reporting.progress_action(config, total_steps, setup.writer)
+  report = reporting.EpochProgress(eta, steps_per_epoch, config.batch_size, config.num_epochs,
+                                   config.log_every_seconds)
   elapsed_before = progress.elapsed_s
   # Proxy steps due before the first epoch of this session (schedule starting with "p").
   _run_due_proxy_steps(setup, state, bank, progress, eta)
@@ -376,6 +374,7 @@ def train_epoch(setup: Setup, state, bank: proxy.ProxyBank, epoch: int, report):
   order = data.epoch_order(len(split), config.seed, epoch)
   swap, is_proxy = (bank.swap, bank.holds) if len(bank) else (None, None)
   step, totals = epoch * setup.steps_per_epoch, None
+  report.start_epoch()
   for batch in prefetch(data.batches(split, config.batch_size, order, swap=swap,
                                      is_proxy=is_proxy)):
     state, batch_metrics = setup.train_fn(state, to_global(batch, setup.batch_sharding),
