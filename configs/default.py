@@ -156,6 +156,9 @@ def get_config():
   # Grad-CAM++ alpha denominator + eps: 0 = the paper's formula, 1e-6 = pytorch-grad-cam's.
   config.cams.gradcampp_eps = 0.0
 
+  # JAX's persistent compilation cache, shared by every run on this machine: a trial whose
+  # programs were compiled before reads them instead of compiling again ("" = no cache).
+  config.compilation_cache_dir = "~/.cache/proxy_jax/jax_compilation"
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3
   # Epochs longer than this get a progress line (images/s, ETA) this often within them.

@@ -105,6 +105,8 @@ def validate(config) -> None:
   _check_positive_int(config, "num_epochs")
   _check_positive_int(config, "checkpoint_every_epochs")
   _check_positive_int(config, "keep_checkpoints")
+  if not isinstance(config.compilation_cache_dir, str):
+    _fail("compilation_cache_dir", config.compilation_cache_dir, "must be a folder path or \"\"")
   if (not isinstance(config.log_every_seconds, (int, float))
       or isinstance(config.log_every_seconds, bool) or not config.log_every_seconds > 0):
     _fail("log_every_seconds", config.log_every_seconds, "must be a number of seconds > 0")
@@ -165,10 +167,10 @@ def read_json(path: str):
 # run resumed on other hardware may legitimately differ in them (a GPU run resumed on a CPU
 # computes in float32), so they are recorded but never make a resume fail.
 HARDWARE_FIELDS = ("dtype_resolved",)
-# Fields that only change what the console shows, never what a run computes: a resume may change
-# them freely. log_every_steps is log_every_seconds' retired predecessor, which the config.json
-# of older runs still holds.
-CONSOLE_FIELDS = ("log_every_seconds", "log_every_steps")
+# Fields that change what the console shows or how fast a run starts, never what it computes: a
+# resume may change them freely. log_every_steps is log_every_seconds' retired predecessor, which
+# the config.json of older runs still holds.
+NON_RESULT_FIELDS = ("log_every_seconds", "log_every_steps", "compilation_cache_dir")
 
 
 def resolve_dtype(config) -> str:
@@ -199,7 +201,7 @@ def write_or_check_resolved(config, workdir: str) -> None:
                         workdir, key, new[key], old[key])
       old.pop(key, None)
       new.pop(key, None)
-    for key in CONSOLE_FIELDS:
+    for key in NON_RESULT_FIELDS:
       old.pop(key, None)
       new.pop(key, None)
     _accept_fields_added_since(old, new, workdir)

@@ -294,8 +294,8 @@ def load_dataset(config, workdir: str) -> Dataset:
   cache_dir = data.cache_dir or os.path.join(workdir, "cache")
   size, workers = config.image_size, data.decode_workers
   test_pool = None
-  if data.source == "digits":
-    pool = load_digits_pool(size)
+  if data.source == "digits":  # Cached too: each trial would import scikit-learn and resize.
+    pool = cached_pool(config, cache_dir, "pool", lambda: load_digits_pool(size))
   elif data.source == "folder":
     pool = cached_pool(config, cache_dir, "pool", lambda: load_folder_pool(
         data.path, size, data.label_regex, workers))

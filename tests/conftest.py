@@ -29,6 +29,7 @@ def make_tiny_config(**overrides):
   config.num_epochs = 2
   config.proxy.enabled = False
   config.proxy.schedule = "1,p,1"
+  config.compilation_cache_dir = ""  # Tests compile afresh: nothing read from outside them.
   for field, value in overrides.items():
     config_fields.set_field(config, field, value)
   return config
