@@ -21,10 +21,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proxy_jax import data, errors, parallel, proxy, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from proxy_jax import cli, data, parallel, proxy, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_CONFIG = "configs/default.py"
-errors.define_config_flag(DEFAULT_CONFIG, "Config to benchmark.")
+cli.define_config_flag(DEFAULT_CONFIG, "Config to benchmark.")
 flags.DEFINE_integer("batches", 20, "Batches per timed pass.")
 flags.DEFINE_integer("repeats", 5, "Timed passes (median reported).")
 FLAGS = flags.FLAGS
@@ -84,4 +84,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  errors.run_main(main, config_default=DEFAULT_CONFIG)
+  cli.run_main(main, config_default=DEFAULT_CONFIG)

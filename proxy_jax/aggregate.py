@@ -109,6 +109,7 @@ def summary_metrics(summary: records.Summary | None) -> dict:
   summary = summary or records.Summary.from_json({})
   final = summary.final or records.EpochRecord()
   test, steps, sizes = summary.test or {}, summary.proxy_steps, summary.num_examples or {}
+  fit = summary.train_split or {}  # The final model on the un-augmented training split.
   def total(field):
     return float(sum(getattr(step, field) or 0 for step in steps))
   return {
@@ -118,6 +119,8 @@ def summary_metrics(summary: records.Summary | None) -> dict:
       "final_val_loss": final.val_loss,
       "final_val_accuracy": final.val_accuracy,
       "final_val_top5": final.val_top5,
+      "train_split_loss": fit.get("loss"),
+      "train_split_accuracy": fit.get("accuracy"),
       "best_val_accuracy": summary.best.val_accuracy if summary.best.epoch >= 0 else None,
       "best_epoch": summary.best.epoch if summary.best.epoch >= 0 else None,
       "test_loss": test.get("loss"),

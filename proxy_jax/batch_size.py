@@ -237,8 +237,8 @@ DEFAULT_CONFIG = "configs/default.py"
 
 
 def define_flags():
-  from proxy_jax import errors  # pylint: disable=g-import-not-at-top
-  errors.define_config_flag(DEFAULT_CONFIG, "Training config file.")
+  from proxy_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.define_config_flag(DEFAULT_CONFIG, "Training config file.")
   flags.DEFINE_integer("num_classes", 0, "Classes of the dataset; 0 = load it to count them.")
   flags.DEFINE_integer("ceiling", 0, "Largest batch size tried; 0 = config.batch_size_ceiling "
                        "or its default.")

@@ -15,6 +15,7 @@ from flax import traverse_util
 
 from proxy_jax import cams
 from proxy_jax import data
+from proxy_jax import default_config
 from proxy_jax import model_state
 from proxy_jax import models
 from proxy_jax import proxy
@@ -111,6 +112,7 @@ def validate(config) -> None:
       or isinstance(config.log_every_seconds, bool) or not config.log_every_seconds > 0):
     _fail("log_every_seconds", config.log_every_seconds, "must be a number of seconds > 0")
   _check_fraction(config, "label_smoothing", upper_open=True)
+  _check_choice(config, "evaluate_train_split", (True, False))
   _validate_optimizer(config)
   _validate_proxy(config)
   from proxy_jax import augment  # pylint: disable=g-import-not-at-top
@@ -119,6 +121,15 @@ def validate(config) -> None:
 
 def _validate_optimizer(config):
   opt = config.optimizer
+  _check_choice(config, "optimizer.name", model_state.OPTIMIZERS)
+  _check_fraction(config, "optimizer.momentum", upper_open=True)
+  if not isinstance(opt.nesterov, bool):
+    _fail("optimizer.nesterov", opt.nesterov, "must be True or False")
+  decay = opt.decay_norm_and_bias
+  if not isinstance(decay, bool) and str(decay).lower() not in (
+      model_state.DECAY_NORM_AND_BIAS_CHOICES):
+    _fail("optimizer.decay_norm_and_bias", decay,
+          "choose one of " + ", ".join(model_state.DECAY_NORM_AND_BIAS_CHOICES))
   if not opt.learning_rate > 0:
     _fail("optimizer.learning_rate", opt.learning_rate, "must be > 0")
   if opt.weight_decay < 0:
@@ -219,16 +230,12 @@ def _accept_fields_added_since(old: dict, new: dict, workdir: str) -> None:
 
   A field added to the code after a run began (a new option, off by default) changes nothing
   for that run, so resuming it, or re-running a finished one, must not be refused; the same
-  field set to anything but `configs/default.py`'s value is a different run and still is.
+  field set to anything but the default config's value is a different run and still is.
   """
   added = [k for k in new if k not in old]
   if not added:
     return
-  try:
-    from configs import default  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return  # Outside the repository there is no default to compare with.
-  defaults = flatten(default.get_config())
+  defaults = flatten(default_config.get_config())
   for key in added:
     if key in defaults and _same(json.loads(json.dumps(defaults[key])), new[key]):
       logging.info("%s: %s=%r is new since this run began; its default changes nothing.",

@@ -20,7 +20,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from proxy_jax import errors, models, pretrained
+from proxy_jax import cli, errors, models, pretrained
 from proxy_jax.io_utils import atomic_write_json
 
 
@@ -102,4 +102,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  errors.run_plain(main)
+  cli.run_plain(main)

@@ -1,10 +1,9 @@
-"""Pure JAX image preprocessing: uint8 -> [0, 1], augmentation, ImageNet normalisation.
+"""Pure JAX image preprocessing: uint8 -> [0, 1] and ImageNet normalisation.
 
-Everything here is a function of (images, key) with no host state, so it runs inside the jitted
-train step on the device, after a proxy image has been swapped in for its original.
+No host state, so it runs inside the jitted steps on the device. The train-time random flip and
+rotation live with the other augmentations (`proxy_jax.augment.geometry.flip_rotate`).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,49 +23,6 @@ def normalize(images):
 def denormalize(images):
   """Exact inverse of `normalize`: back to [0, 1] (not clipped)."""
   return jnp.asarray(images, jnp.float32) * IMAGENET_STD + IMAGENET_MEAN
-
-
-def rotate(image, angle_radians):
-  """Rotates one (H, W, C) image about its centre, bilinear, edges extended.
-
-  Edge extension instead of black corners keeps rotation from adding dark wedges that a CAM
-  could latch on to.
-  """
-  height, width, _ = image.shape
-  cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
-  yy, xx = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                        jnp.arange(width, dtype=jnp.float32), indexing="ij")
-  cos, sin = jnp.cos(angle_radians), jnp.sin(angle_radians)
-  # Inverse mapping: where in the source each output pixel comes from. Positive angles turn
-  # the picture counter-clockwise as displayed (like np.rot90 and PIL).
-  src_y = cos * (yy - cy) + sin * (xx - cx) + cy
-  src_x = -sin * (yy - cy) + cos * (xx - cx) + cx
-
-  def channel(plane):
-    return jax.scipy.ndimage.map_coordinates(plane, [src_y, src_x], order=1, mode="nearest")
-
-  return jax.vmap(channel, in_axes=2, out_axes=2)(image)
-
-
-def augment_one(image, key, flip: bool, rotation_degrees: float):
-  flip_key, angle_key = jax.random.split(key)
-  if flip:
-    image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
-  if rotation_degrees > 0:
-    limit = np.deg2rad(rotation_degrees)
-    image = rotate(image, jax.random.uniform(angle_key, (), minval=-limit, maxval=limit))
-  return image
-
-
-def augment(images, key, flip: bool = True, rotation_degrees: float = 20.0):
-  """Random horizontal flip and rotation, independently per image, on [0, 1] images."""
-  keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(lambda im, k: augment_one(im, k, flip, rotation_degrees))(images, keys)
-
-
-def train_inputs(images_uint8, key, flip: bool, rotation_degrees: float):
-  """uint8 batch -> augmented, normalised model input."""
-  return normalize(augment(to_unit_range(images_uint8), key, flip, rotation_degrees))
 
 
 def eval_inputs(images_uint8):

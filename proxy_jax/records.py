@@ -133,6 +133,9 @@ class Summary:
   num_examples: dict = dataclasses.field(default_factory=dict)
   # Checksum of the initial weights (train.tree_checksum): a study checks its arms share them.
   init_checksum: str | None = None
+  # {"loss", "accuracy", "top5"} of the final model on the training split in eval mode (no
+  # augmentation): how far it fits its training data. Absent from files of runs without it.
+  train_split: dict | None = None
   extra: dict = dataclasses.field(default_factory=dict)
 
   @classmethod
@@ -154,6 +157,10 @@ class Summary:
     out.update(final=self.final.to_json() if self.final else None, best=self.best.to_json(),
                history=[r.to_json() for r in self.history],
                proxy_steps=[r.to_json() for r in self.proxy_steps])
+    if self.train_split is None:
+      # Optional and newer than most files: omitted rather than written as null, so a file
+      # read and written back is unchanged.
+      del out["train_split"]
     return out
 
 

@@ -456,12 +456,17 @@ def _finish(setup: Setup, state, bank, progress: records.RunProgress,
             wall_time_s: float) -> records.Summary:
   setup.ckpt.wait()
   dataset, config = setup.dataset, setup.config
-  test = None
-  if dataset.test is not None:
-    test = evaluate(state, dataset.test, config.eval_batch_size, setup.eval_fn,
-                    setup.batch_sharding)
-    setup.writer.write_scalars(config.num_epochs * setup.steps_per_epoch,
-                               {f"test/{k}": v for k, v in test.items()})
+  # The training split in eval mode (no augmentation, no proxies) measures how far the model
+  # fits its training data, which a study's gate asks of its baseline.
+  final = {"test": dataset.test, "train_split": dataset.train if config.evaluate_train_split
+           else None}
+  for name, split in final.items():
+    if split is not None:
+      final[name] = evaluate(state, split, config.eval_batch_size, setup.eval_fn,
+                             setup.batch_sharding)
+      setup.writer.write_scalars(config.num_epochs * setup.steps_per_epoch,
+                                 {f"{name}/{k}": v for k, v in final[name].items()})
+  test = final["test"]
   summary = records.Summary(
       config=config.to_dict(), final=progress.history[-1], best=progress.best, test=test,
       num_epochs=config.num_epochs, wall_time_s=wall_time_s, history=progress.history,
@@ -469,7 +474,7 @@ def _finish(setup: Setup, state, bank, progress: records.RunProgress,
       skipped_files=dataset.skipped_files,
       num_examples={"train": len(dataset.train), "val": len(dataset.val),
                     "test": len(dataset.test) if dataset.test else 0},
-      init_checksum=setup.init_checksum)
+      init_checksum=setup.init_checksum, train_split=final["train_split"])
   if jax.process_index() == 0:
     records.write_summary(setup.workdir, summary)
   logging.info("Done: val accuracy %.4f (best %.4f at epoch %d), test %s.",

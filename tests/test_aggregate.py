@@ -70,9 +70,11 @@ def grid(tmp_path_factory):
     # The first event file ran past its last checkpoint (step 30, a stale 0.0); the resumed run
     # logs step 30 again with the real value.
     resumed = [(30, vals[2])]
+    summary = _summary(vals, test, 12.5, proxy_steps)
+    if seed == 1:  # Scored on its training split; the others predate that score.
+      summary["train_split"] = {"loss": 0.05, "accuracy": 0.99, "top5": 1.0}
     names[(threshold, seed)] = _write_trial(
-        root, overrides, _config(threshold, seed), _summary(vals, test, 12.5, proxy_steps),
-        curve, resumed)
+        root, overrides, _config(threshold, seed), summary, curve, resumed)
   # A trial that crashed before writing a summary.
   names["crashed"] = _write_trial(root, {"proxy.threshold": 0.9, "seed": 1}, _config(0.9, 1),
                                   None, None)
@@ -91,11 +93,12 @@ def test_rows_and_values(grid):
   assert row.status == "finished"
   assert row.final_val_accuracy == pytest.approx(0.9)
   assert row.best_val_accuracy == pytest.approx(0.9) and row.best_epoch == 3
+  assert row.train_split_accuracy == 0.99 and row.train_split_loss == 0.05
   first = results.set_index("trial").loc[names[(0.5, 0)]]
   # Final and best are kept apart, never averaged.
   assert first.final_val_accuracy == pytest.approx(0.7)
   assert first.best_val_accuracy == pytest.approx(0.8) and first.best_epoch == 2
-  assert first.test_accuracy == pytest.approx(0.75)
+  assert first.test_accuracy == pytest.approx(0.75) and np.isnan(first.train_split_accuracy)
   assert first.proxy_steps == 2 and first.proxy_wrong == 16 and first.proxy_chosen == 8
   assert first.proxy_bank_size == 8 and first.proxy_seconds == pytest.approx(0.75)
   assert first.wall_time_s == 12.5 and first.num_epochs == 3

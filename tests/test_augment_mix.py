@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from proxy_jax import config_lib
-from proxy_jax.augment import keep, mix, saliency
+from proxy_jax.augment import geometry, keep, mix, saliency
 from tests.conftest import make_tiny_config
 
 H = W = 16
@@ -132,7 +132,7 @@ def test_boxes_at_the_border_are_clipped(centre):
   cy, cx = centre
   assert (top, left, bottom, right) == (max(cy - 5, 0), max(cx - 3, 0), min(cy + 5, H),
                                         min(cx + 3, W))
-  mask = mix.box_mask(top, left, bottom, right, H, W)
+  mask = geometry.box_mask(top, left, bottom, right, H, W)
   assert float(mix.pasted_share(mask)) == np.float32((bottom - top) * (right - left)) / (H * W)
 
 

@@ -143,7 +143,7 @@ def _run_main(*args, cwd=ROOT):
     ("--config.optimizer.warmup_epochs=nan",
      "error: config.optimizer.warmup_epochs=nan is invalid: must be a finite number"),
     ("--config.optimizer.learnin_rate=1", "error: --config.optimizer.learnin_rate: "
-     ".*default.py has no such field; closest: config.optimizer.learning_rate"),
+     ".*default_config.py has no such field; closest: config.optimizer.learning_rate"),
 ])
 def test_main_user_error_is_one_line_and_status_2(tmp_path, override, message):
   workdir = tmp_path / "run"

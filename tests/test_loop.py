@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import scipy.special
 
 from proxy_jax import checkpoints, io_utils, records, train
 from tests.conftest import ROOT, make_tiny_config
@@ -191,3 +192,33 @@ def test_disk_full_during_a_checkpoint_is_one_clear_error_and_resumable(tmp_path
   summary = train.train_and_evaluate(make_tiny_config(), workdir)
   assert [row["epoch"] for row in summary["history"]] == [1, 2]
   assert _saved_epochs(workdir) == [1, 2]
+
+
+def test_train_split_is_scored_in_eval_mode_on_every_training_example(tmp_path, monkeypatch):
+  """summary.json's train_split: the final model on the un-augmented training split, the same
+  numbers as its plain predictions (no padding row counted), and absent when switched off."""
+  captured = {}
+  original = train._finish  # pylint: disable=protected-access
+
+  def finish(setup, state, *args):
+    captured.update(setup=setup, state=state)
+    return original(setup, state, *args)
+
+  monkeypatch.setattr(train, "_finish", finish)
+  # Rotation on: a score computed on augmented images would differ from the plain predictions.
+  workdir = str(tmp_path / "run")
+  summary = train.train_and_evaluate(make_tiny_config(**{"augment.rotation_degrees": 30.0}),
+                                     workdir)
+  split = captured["setup"].dataset.train
+  assert len(split) % 64  # The last eval batch is padded.
+  logits = np.asarray(train.predict_step(captured["state"], split.images), np.float64)
+  log_probs = scipy.special.log_softmax(logits, axis=-1)
+  expected_loss = -np.mean(log_probs[np.arange(len(split)), split.labels])
+  scored = summary["train_split"]
+  assert scored["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == split.labels), abs=1e-6)
+  assert scored["loss"] == pytest.approx(expected_loss, rel=1e-4)
+  assert records.read_summary(workdir).train_split == scored
+  off = train.train_and_evaluate(make_tiny_config(evaluate_train_split=False),
+                                 str(tmp_path / "off"))
+  assert "train_split" not in off
+  assert "train_split" not in json.loads((tmp_path / "off" / "summary.json").read_text())

@@ -48,3 +48,16 @@ def test_checkpoint_progress_round_trips_and_tracks_best():
   progress.add_proxy_step(records.ProxyStepRecord(index=1, epoch=3, wrong=5, chosen=3,
                                                   bank_size=23, seconds=0.1))
   assert progress.proxy_steps_done == 2 and progress.bank_size == 23
+
+
+def test_train_split_round_trips_and_is_omitted_when_absent(tmp_path):
+  """An optional field newer than most files: written when present, never written as null."""
+  raw = {"config": {}, "final": ROW, "best": {"val_accuracy": 0.25, "epoch": 1}, "test": None,
+         "num_epochs": 1, "wall_time_s": 1.0, "history": [ROW], "proxy_steps": [],
+         "bank_size": 0, "skipped_files": [], "num_examples": {}, "init_checksum": None}
+  assert "train_split" not in records.Summary.from_json(raw).to_json()
+  scored = {**raw, "train_split": {"loss": 0.1, "accuracy": 0.97, "top5": 1.0}}
+  records.write_summary(str(tmp_path), records.Summary.from_json(scored))
+  summary = records.read_summary(str(tmp_path))
+  assert summary.train_split["accuracy"] == 0.97 and summary.extra == {}
+  assert json.loads((tmp_path / "summary.json").read_text()) == scored

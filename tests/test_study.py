@@ -2,6 +2,7 @@
 study (stand-in trainer), and one real tiny study with its report and explanation scores."""
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -45,11 +46,35 @@ def test_paired_t_matches_scipy(diffs):
 
 
 def test_paired_t_without_spread():
+  """Zero spread: no t interval, and the p-value of the exact sign-flip test, never 0."""
   assert stats.paired_t([0.0, 0.0, 0.0])["t_p"] == 1.0
-  constant = stats.paired_t([0.01, 0.01])
-  assert constant["t_p"] == 0.0 and constant["ci_low"] == constant["ci_high"] == 0.01
+  for n in (2, 3, 5):
+    constant = stats.paired_t([-0.01] * n)
+    # Of the 2^n sign patterns only all-minus and all-plus are as extreme: 2 / 2^n.
+    assert constant["t_p"] == pytest.approx(2 / 2**n) and constant["p_method"] == "sign-flip"
+    assert math.isnan(constant["ci_low"]) and math.isnan(constant["ci_high"])
   with pytest.raises(ValueError):
     stats.paired_t([0.1])
+
+
+@pytest.mark.parametrize("diffs", [[0.3, -0.1, 0.2], [1.0, 2.0, 3.0, -0.5], [0.2, 0.2, -0.2]])
+def test_sign_flip_p_enumerates_every_flip(diffs):
+  d = np.asarray(diffs)
+  extreme = 0
+  for signs in itertools.product([1.0, -1.0], repeat=len(d)):
+    extreme += abs(np.mean(np.asarray(signs) * d)) >= abs(d.mean()) - 1e-12
+  assert stats.sign_flip_p(d) == pytest.approx(extreme / 2**len(d))
+  assert stats.sign_flip_p([0.05] * 4) == pytest.approx(stats.smallest_sign_p(4))
+
+
+def test_identical_differences_are_not_called_significant():
+  """Two seeds that both lose 1 point: Holm must not say "worse" (it did with p = 0)."""
+  values = {("baseline", s): 0.8 for s in (0, 1)}
+  values.update({("arm", s): 0.79 for s in (0, 1)})
+  (row,) = stats.compare_arms(values, "baseline", ["baseline", "arm"], [0, 1])
+  assert row["holm_t_p"] == pytest.approx(0.5)
+  assert stats.verdict(row).startswith("no measurable difference")
+  assert "CI undefined" in stats.verdict(row)
 
 
 @pytest.mark.parametrize("diffs", [[1, 1, 1, 1, 1], [1, -1, 1, 1, 0, 1, -1], [-1, -2, -3],
@@ -93,6 +118,19 @@ def test_compare_arms_and_verdicts():
   assert stats.verdict(rows["same"]).startswith("no measurable difference")
   assert rows["short"]["n"] == 1 and math.isnan(rows["short"]["t_p"])
   assert stats.verdict(rows["short"]).startswith("not tested")
+
+
+def test_verdict_explains_an_interval_that_excludes_zero():
+  """Unadjusted interval above 0, Holm-adjusted p above 0.05: the sentence says why."""
+  row = {"n": 5, "mean": 0.01, "ci_low": 0.001, "ci_high": 0.019, "t_p": 0.03,
+         "holm_t_p": 0.3, "holm_sign_p": 0.6, "wins": 4, "losses": 1, "family": 10,
+         "p_method": "t"}
+  sentence = stats.verdict(row)
+  assert sentence.startswith("not significant after Holm's correction for the 10 compared arms")
+  assert "unadjusted 95% CI +0.10 to +1.90" in sentence
+  assert "no measurable difference" not in sentence
+  row.update(ci_low=-0.001)
+  assert stats.verdict(row).startswith("no measurable difference")
 
 
 # ---------------------------------------------------------------- study files
@@ -287,6 +325,7 @@ def test_killed_study_resumes_and_reports(tmp_path):
   assert test["mean"] == pytest.approx(0.021) and test["t_p"] == pytest.approx(reference.pvalue)
   assert test["sign_p"] == pytest.approx(0.25) and test["holm_t_p"] == pytest.approx(test["t_p"])
   assert "**proxy**: better by 2.10 points" in summary
+  assert "Every seed is scored on the same test images" in summary  # Conditional intervals.
   # Stand-in runs take no time, so the harness's own seconds dominate here.
   assert "## Study overhead" in summary and "(ABOVE the 10% target)" in summary
   for plot in ("paired_differences.png", "accuracy_vs_time.png", "val_curves.png"):

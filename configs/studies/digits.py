@@ -6,7 +6,7 @@ The proxy arm is the thesis setting (subset 0.2, threshold 0.85, weight 0.2, Gra
 kept between steps) with its schedule 5,p,9,p,9,p,9,p,4 (36 epochs) scaled to 20 epochs.
 """
 
-from proxy_jax.study.arms import thesis_arms, thesis_proxy
+from proxy_jax.study.arms import thesis_arms, thesis_proxy, thesis_schedule
 from proxy_jax.study.spec import Study
 
 def get_study():
@@ -17,4 +17,4 @@ def get_study():
       config="configs/default.py",
       common={"num_epochs": 20},
       seeds=(0, 1, 2, 3, 4),
-      arms=thesis_arms(thesis_proxy("3,p,5,p,5,p,5,p,2")))
+      arms=thesis_arms(thesis_proxy(thesis_schedule(20))))

@@ -12,7 +12,7 @@ at 32 px 145 s per epoch). The proxy arm is the thesis setting with its schedule
 epochs (proxy steps after epochs 1, 4, 6 and 9).
 """
 
-from proxy_jax.study.arms import thesis_arms, thesis_proxy
+from proxy_jax.study.arms import thesis_arms, thesis_proxy, thesis_schedule
 from proxy_jax.study.spec import Study
 
 def get_study():
@@ -28,4 +28,4 @@ def get_study():
               "model.name": "tiny_cnn", "image_size": 32, "num_epochs": 10,
               "batch_size": 64},
       seeds=(0, 1, 2),
-      arms=thesis_arms(thesis_proxy("1,p,3,p,2,p,3,p,1")))
+      arms=thesis_arms(thesis_proxy(thesis_schedule(10))))

@@ -12,7 +12,7 @@ compute with float32 parameters.
 import dataclasses
 
 from configs.studies import imagenette_mini
-from proxy_jax.study.arms import thesis_arms, thesis_proxy
+from proxy_jax.study.arms import thesis_arms, thesis_proxy, thesis_schedule
 
 
 def get_study():
@@ -28,5 +28,5 @@ def get_study():
               # One checkpoint per run (~130 MB with Adam's moments): 80 runs fit the disk.
               "keep_checkpoints": 1},
       seeds=(0, 1, 2, 3, 4),
-      arms=thesis_arms(thesis_proxy("5,p,9,p,9,p,9,p,4")),
+      arms=thesis_arms(thesis_proxy(thesis_schedule(36))),
       explain={"num_images": 500})

@@ -9,7 +9,7 @@ Families, one file each (images float32 (B, H, W, C) in [0, 1], labels float32 (
   saliency.py  the maps the guided methods use (spectral residual, CAM, input gradient)
 
 `make_augment_fn(config.augment, num_classes)` builds the whole train-time pipeline the train
-step calls: flip/rotation (`preprocess.augment`), policy, erasing, mixing, normalisation, in that
+step calls: flip/rotation (`geometry.flip_rotate`), policy, erasing, mixing, normalisation, in that
 order, on uint8 images that already have their proxies swapped in. `mix` may be a comma list:
 each batch takes one of them at random (timm's switch), and mixes at all with `mix_prob`.
 `check_config(config.augment)` validates every field before any compute, asking each family.
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from proxy_jax import preprocess
 from proxy_jax.errors import ConfigError
-from proxy_jax.augment import erase, keep, mix, policy, saliency
+from proxy_jax.augment import erase, geometry, keep, mix, policy, saliency
 
 FAMILIES = {
     "policy": tuple(policy.POLICIES),
@@ -153,8 +153,8 @@ def make_augment_fn(augment_config, num_classes: int):
 
   def augment(images_uint8, labels, key, *, is_proxy=None, models=Models()):
     geometry_key, preserve_key, mix_key = jax.random.split(key, 3)
-    clean = preprocess.augment(preprocess.to_unit_range(images_uint8), geometry_key,
-                               cfg.flip, cfg.rotation_degrees)
+    clean = geometry.flip_rotate(preprocess.to_unit_range(images_uint8), geometry_key,
+                                 cfg.flip, cfg.rotation_degrees)
     soft = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     maps = saliency.gradient(models.current, clean, labels) if cfg.keep_salient else None
     if jsd_views_fn is not None:

@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from proxy_jax.augment import fields
+from proxy_jax.augment import fields, geometry
 
 FILLS = ("zero", "mean", "noise")
 ERASE_CHOICES = ("none", "cutout", "random_erasing", "gridmask", "hide_and_seek")
@@ -44,13 +44,8 @@ def _apply_mask(images, key, mask, fill):
 
 
 def _box_mask(top, left, box_height, box_width, height, width):
-  """(B, H, W) mask of the half-open boxes [top, top+h) x [left, left+w), clipped to the image."""
-  rows = jnp.arange(height)[None, :, None]
-  cols = jnp.arange(width)[None, None, :]
-  top, left = top[:, None, None], left[:, None, None]
-  inside_rows = (rows >= top) & (rows < top + box_height[:, None, None])
-  inside_cols = (cols >= left) & (cols < left + box_width[:, None, None])
-  return inside_rows & inside_cols
+  """(B, H, W) mask of the boxes [top, top+h) x [left, left+w), clipped to the image."""
+  return geometry.box_mask(top, left, top + box_height, left + box_width, height, width)
 
 
 def _draw_cutout(key, shape, *, size, prob):

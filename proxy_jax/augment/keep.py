@@ -7,10 +7,9 @@ variant, which covers both of its uses: erasing can no longer remove the object'
 part, and a policy's colour and geometry changes leave it intact.
 """
 
-import jax
 import jax.numpy as jnp
 
-from proxy_jax.augment import mix
+from proxy_jax.augment import geometry, mix
 
 
 def keep_box(saliency, size: float):
@@ -32,7 +31,7 @@ def keep_masks(saliency, size: float):
   """(B, H, W) bool: True inside each image's kept box."""
   _, height, width = saliency.shape
   boxes = keep_box(saliency, size)
-  return jax.vmap(lambda t, l, b, r: mix.box_mask(t, l, b, r, height, width))(*boxes)
+  return geometry.box_mask(*boxes, height, width)
 
 
 def paste_back(augmented, original, masks):

@@ -22,6 +22,7 @@ partners' CAM mass inside the boxes, which need not sum to 1 (see `snapmix`).
 import jax
 import jax.numpy as jnp
 
+from proxy_jax.augment import geometry
 from proxy_jax.errors import ConfigError
 
 
@@ -43,13 +44,6 @@ def _mix_labels(labels, partner_labels, own_weight, partner_weight):
   own = jnp.reshape(own_weight, (-1, 1)).astype(jnp.float32)
   other = jnp.reshape(partner_weight, (-1, 1)).astype(jnp.float32)
   return own * labels + other * partner_labels
-
-
-def box_mask(top, left, bottom, right, height: int, width: int):
-  """(H, W) bool mask of rows [top, bottom) and columns [left, right)."""
-  rows = jnp.arange(height)[:, None]
-  cols = jnp.arange(width)[None, :]
-  return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
 
 
 def pasted_share(mask):
@@ -90,13 +84,6 @@ def _paste(images, partner_images, mask):
   return jnp.where(mask, partner_images, images)
 
 
-def _bilinear(image, src_y, src_x):
-  """Samples one (H, W, C) image at float coordinate grids, edges extended."""
-  def channel(plane):
-    return jax.scipy.ndimage.map_coordinates(plane, [src_y, src_x], order=1, mode="nearest")
-  return jax.vmap(channel, in_axes=2, out_axes=2)(image)
-
-
 def _box_coordinates(dst_box, src_box, height: int, width: int, align_corners: bool):
   """Source coordinates, for every output pixel, of a resize of `src_box` onto `dst_box`.
 
@@ -128,7 +115,9 @@ def resize_into_box(partner_images, dst_box, src_box, align_corners: bool = Fals
   """Each partner's `src_box` region, resized bilinearly onto `dst_box` (same boxes for all)."""
   _, height, width, _ = partner_images.shape
   src_y, src_x = _box_coordinates(dst_box, src_box, height, width, align_corners)
-  return jax.vmap(lambda image: _bilinear(image, src_y, src_x))(partner_images)
+  # The coordinates never leave src_box, so the edge rule never matters; "extend" is exact.
+  return jax.vmap(lambda image: geometry.sample(image, src_y, src_x, geometry.EXTEND))(
+      partner_images)
 
 
 # ---------------------------------------------------------------- the methods
@@ -151,7 +140,8 @@ def cutmix(images, labels, key, *, alpha: float, lam=None, saliency=None):
   del saliency
   _, height, width, _ = images.shape
   draws = Draws(key, images.shape[0], alpha, lam)
-  mask = box_mask(*random_cutmix_box(draws.box_key, draws.lam, height, width), height, width)
+  mask = geometry.box_mask(*random_cutmix_box(draws.box_key, draws.lam, height, width), height,
+                           width)
   share = pasted_share(mask)
   mixed = _paste(images, images[draws.perm], mask)
   return mixed, _mix_labels(labels, labels[draws.perm], 1.0 - share, share)
@@ -180,7 +170,7 @@ def resizemix(images, labels, key, *, scale_min: float, scale_max: float, salien
   box = resizemix_box(draws.box_key, height, width, scale_min, scale_max)
   whole = (jnp.int32(0), jnp.int32(0), jnp.int32(height), jnp.int32(width))
   shrunk = resize_into_box(images[draws.perm], box, whole)
-  mask = box_mask(*box, height, width)
+  mask = geometry.box_mask(*box, height, width)
   share = pasted_share(mask)
   return _paste(images, shrunk, mask), _mix_labels(labels, labels[draws.perm], 1.0 - share, share)
 
@@ -204,7 +194,7 @@ def saliencymix(images, labels, key, *, alpha: float, saliency, lam=None):
   center_y, center_x = saliency_peak(saliency[draws.perm])
   cut_h, cut_w = cutmix_box_size(draws.lam, height, width)
   boxes = centred_box(center_y, center_x, cut_h, cut_w, height, width)
-  masks = jax.vmap(lambda t, l, b, r: box_mask(t, l, b, r, height, width))(*boxes)
+  masks = geometry.box_mask(*boxes, height, width)
   share = pasted_share(masks)
   mixed = _paste(images, images[draws.perm], masks)
   return mixed, _mix_labels(labels, labels[draws.perm], 1.0 - share, share)
@@ -284,8 +274,8 @@ def snapmix(images, labels, key, *, alpha: float, saliency, normalize_labels: bo
   crop_key, target_key = jax.random.split(draws.box_key)
   target_box = random_cutmix_box(target_key, draws.lam, height, width)
   crop_box = random_cutmix_box(crop_key, lam_crop, height, width)
-  target_mask = box_mask(*target_box, height, width)
-  crop_mask = box_mask(*crop_box, height, width)
+  target_mask = geometry.box_mask(*target_box, height, width)
+  crop_mask = geometry.box_mask(*crop_box, height, width)
   both_boxes = jnp.any(target_mask) & jnp.any(crop_mask)
   target_mask = target_mask & both_boxes
   pasted = resize_into_box(images[draws.perm], target_box, crop_box, align_corners=True)

@@ -5,8 +5,9 @@ image of the same shape in [0, 1]; `jax.vmap` batches them. They follow the sema
 ImageOps / ImageEnhance, which the policies' magnitudes were tuned on (torchvision and timm both
 reproduce PIL), so "Posterize 4 bits" or "Contrast 1.5" mean here what they mean in the papers.
 
-dm-pix supplies `solarize` and the luma (`rgb_to_grayscale`); the affine resampling is written
-out (see `_warp`: dm-pix's `affine_transform` was 30-60x slower on CPU). dm-pix's
+dm-pix supplies `solarize` and the luma (`rgb_to_grayscale`); the affine resampling is the
+library's one warp (`geometry.warp` with black edges: dm-pix's `affine_transform` was 30-60x
+slower on CPU). dm-pix's
 `adjust_brightness` (additive) and `adjust_contrast` / `adjust_saturation` (per-channel mean,
 HSV) are TensorFlow's ops, not PIL's blends, so brightness, contrast and color are the PIL
 blends written out below (one line each).
@@ -19,9 +20,10 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 
-# Pixels that geometric ops bring in from outside the image. Black, as torchvision's
-# RandAugment / TrivialAugment (fill=None) and the AugMix reference code (PIL's default).
-FILL_VALUE = 0.0
+from proxy_jax.augment import geometry
+
+# Pixels that geometric ops bring in from outside the image are black (geometry.BLACK), as
+# torchvision's RandAugment / TrivialAugment (fill=None) and the AugMix reference (PIL's default).
 
 
 def _to_levels(image):
@@ -132,33 +134,8 @@ def equalize(image, magnitude=0.0):
 
 
 def _warp(image, inverse_yx, offset_yx):
-  """Resamples `image` at inverse_yx @ (y, x) + offset_yx (output -> input), bilinear, black fill.
-
-  Written out rather than dm_pix.affine_transform: dm-pix interpolates over all three axes of
-  an HWC image (8 taps per value, the channel axis included) and ran 30-60x slower on XLA:CPU
-  (300-650 ms for 64 images of 64 px); here the 4 taps gather whole pixels. A sample point
-  outside the image takes FILL_VALUE whole (scipy.ndimage's mode="constant", like dm-pix), so
-  integer shifts and quarter turns are exact permutations.
-  """
-  height, width, _ = image.shape
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                            jnp.arange(width, dtype=jnp.float32), indexing="ij")
-  inverse_yx = jnp.asarray(inverse_yx, jnp.float32)
-  offset_yx = jnp.asarray(offset_yx, jnp.float32)
-  src_y = inverse_yx[0, 0] * rows + inverse_yx[0, 1] * cols + offset_yx[0]
-  src_x = inverse_yx[1, 0] * rows + inverse_yx[1, 1] * cols + offset_yx[1]
-  y0, x0 = jnp.floor(src_y), jnp.floor(src_x)
-  wy, wx = (src_y - y0)[..., None], (src_x - x0)[..., None]
-
-  def tap(y, x):  # clipped: a tap past the last row / column only ever has weight 0
-    return image[jnp.clip(y, 0, height - 1).astype(jnp.int32),
-                 jnp.clip(x, 0, width - 1).astype(jnp.int32)]
-
-  warped = ((1 - wy) * ((1 - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1))
-            + wy * ((1 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)))
-  inside = (src_y >= 0) & (src_y <= height - 1) & (src_x >= 0) & (src_x <= width - 1)
-  warped = jnp.where(inside[..., None], warped, FILL_VALUE)
-  return jnp.clip(warped, 0.0, 1.0)
+  """Affine resampling with black edges (see `geometry.warp`)."""
+  return geometry.warp(image, inverse_yx, offset_yx, geometry.BLACK)
 
 
 def shear_matrix(shear, axis):
@@ -190,18 +167,6 @@ def translate_y(image, pixels):
   return _warp(image, jnp.eye(2), jnp.stack([-jnp.asarray(pixels, jnp.float32), 0.0]))
 
 
-def rotation_matrix(degrees):
-  """Output -> input map (y, x rows) of a counter-clockwise turn as displayed, like PIL rotate."""
-  radians = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
-  # Snap to a 2^-20 grid: float32 cos(90 deg) is -4e-8, which would push a border sample a hair
-  # outside the image and turn it black; quarter turns must stay exact permutations.
-  cos, sin = (jnp.round(f(radians) * 2.0**20) / 2.0**20 for f in (jnp.cos, jnp.sin))
-  return jnp.stack([jnp.stack([cos, sin]), jnp.stack([-sin, cos])])
-
-
 def rotate(image, degrees):
   """Counter-clockwise turn about the image centre (PIL rotate, expand=False), black corners."""
-  height, width, _ = image.shape
-  centre = jnp.array([(height - 1) / 2.0, (width - 1) / 2.0], jnp.float32)
-  inverse = rotation_matrix(degrees)
-  return _warp(image, inverse, centre - inverse @ centre)
+  return geometry.rotate(image, jnp.deg2rad(jnp.asarray(degrees, jnp.float32)), geometry.BLACK)

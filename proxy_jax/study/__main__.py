@@ -23,8 +23,6 @@ from proxy_jax import cli, sweep
 from proxy_jax.study import runs as runs_lib
 from proxy_jax.study import spec
 
-_REPO_ROOT = spec._REPO_ROOT  # pylint: disable=protected-access
-
 
 def common_overrides(study: spec.Study, extra, workdir: str) -> dict:
   """The study's common overrides, then --set; a study-wide decode cache unless one is set."""
@@ -52,7 +50,7 @@ def share_compilations(workdir: str) -> None:
 
 def run_trials(study: spec.Study, workdir: str, common: dict, shard=(0, 1), *,
                retry_failed=False, dry_run=False, python=sys.executable,
-               program=os.path.join(_REPO_ROOT, "main.py"), trial_timeout=None,
+               program="", trial_timeout=None,
                compilation_cache=True) -> dict:
   if compilation_cache and not dry_run:
     share_compilations(workdir)
@@ -96,7 +94,8 @@ def define_flags():
   flags.DEFINE_string("study", None, "Study file defining get_study().", required=True)
   flags.DEFINE_string("workdir", None, "Directory of the study's runs (one per arm and seed).",
                       required=True)
-  flags.DEFINE_string("out", "", "Report folder (default experiments/results/<study name>).")
+  flags.DEFINE_string("out", "", "Report folder (default experiments/results/<study name>, "
+                      f"or ${spec.RESULTS_DIR_ENV}/<study name>).")
   flags.DEFINE_enum("report", "auto", ["auto", "only", "never"],
                     "auto: write the report once every trial has finished; only: train "
                     "nothing, report what has finished; never: train only.")
@@ -125,7 +124,7 @@ def main(argv):
                         trial_timeout=f.trial_timeout, compilation_cache=f.compilation_cache)
   if f.dry_run or f.report == "never":
     return
-  out = f.out or os.path.join(_REPO_ROOT, "experiments", "results", study.name)
+  out = f.out or os.path.join(spec.results_dir(), study.name)
   if f.report == "auto" and not complete(study, f.workdir):
     print(f"study {study.name}: not every trial has finished (other shards, or failures: "
           "rerun with --retry-failed); no report yet. --report=only writes a partial one.",

@@ -8,6 +8,8 @@ beat RandAugment without tuning (Mueller & Hutter, 2021); choosing it from this 
 results would be selection on the test set.
 """
 
+import math
+
 BASELINE = {"proxy.enabled": False}
 # The thesis's proxy setting: 20% of the training set searched, pixels whose CAM is above 0.85
 # scaled to 0.2, Grad-CAM++, the bank kept between steps. Its schedule, 5,p,9,p,9,p,9,p,4 over
@@ -28,19 +30,29 @@ AUGMENTATIONS = {
     "keepaugment": {"augment.erase": "cutout", "augment.erase_prob": 1.0,
                     "augment.keep_salient": True},
 }
+# The mixing methods as their small-image (CIFAR-size) references ran them: MixUp with alpha 1
+# on every batch (facebookresearch/mixup-cifar10, train.py: --alpha default 1), CutMix with
+# alpha 1 on half the batches (clovaai/CutMix-PyTorch, README's CIFAR command: --beta 1.0
+# --cutmix_prob 0.5).
+SMALL_IMAGE = {
+    "mixup": {"augment.mix": "mixup", "augment.mix_alpha": 1.0, "augment.mix_prob": 1.0},
+    "cutmix": {"augment.mix": "cutmix", "augment.mix_alpha": 1.0, "augment.mix_prob": 0.5},
+}
 # Combined with proxy steps: stacked (a proxy image is augmented like any other) and apart.
 COMBINED_WITH_PROXY = ("cutmix", "saliencymix", "trivialaugment")
 
 
-def thesis_arms(proxy: dict) -> dict:
-  """Arm name -> overrides. `proxy` holds the setting's proxy.* fields (schedule, subset...)."""
+def thesis_arms(proxy: dict, augmentations: dict | None = None) -> dict:
+  """Arm name -> overrides. `proxy` holds the setting's proxy.* fields (schedule, subset...);
+  `augmentations` replaces some of AUGMENTATIONS' settings (e.g. SMALL_IMAGE)."""
+  augmentations = {**AUGMENTATIONS, **(augmentations or {})}
   proxy_on = {**proxy, "proxy.enabled": True}
   arms = {"baseline": dict(BASELINE), "proxy": dict(proxy_on)}
-  for name, overrides in AUGMENTATIONS.items():
+  for name, overrides in augmentations.items():
     arms[name] = {**BASELINE, **overrides}
   for name in COMBINED_WITH_PROXY:
-    arms[f"proxy+{name}"] = {**proxy_on, **AUGMENTATIONS[name]}
-    arms[f"proxy+{name}-skip"] = {**proxy_on, **AUGMENTATIONS[name],
+    arms[f"proxy+{name}"] = {**proxy_on, **augmentations[name]}
+    arms[f"proxy+{name}-skip"] = {**proxy_on, **augmentations[name],
                                   "augment.skip_proxies": True}
   return arms
 
@@ -53,3 +65,17 @@ def thesis_proxy(schedule: str) -> dict:
 def baseline_and_proxy(proxy: dict) -> dict:
   """The two arms that need no augmentation field (tests, and a study before proxy_jax/augment)."""
   return {"baseline": dict(BASELINE), "proxy": {**proxy, "proxy.enabled": True}}
+
+
+# The thesis's schedule: proxy steps after epochs 5, 14, 23 and 32 of 36.
+THESIS_EPOCHS, THESIS_PROXY_AFTER = 36, (5, 14, 23, 32)
+
+
+def thesis_schedule(num_epochs: int) -> str:
+  """The thesis's schedule scaled to `num_epochs`: each proxy step after the same share of the
+  epochs, rounded to the nearest epoch (10 -> "1,p,3,p,2,p,3,p,1", 60 -> "8,p,15,p,15,p,15,p,7")."""
+  after = [int(math.floor(e * num_epochs / THESIS_EPOCHS + 0.5)) for e in THESIS_PROXY_AFTER]
+  bounds = [0] + after + [num_epochs]
+  if any(a >= b for a, b in zip(bounds, bounds[1:])):
+    raise ValueError(f"{num_epochs} epochs are too few for four distinct proxy steps")
+  return ",p,".join(str(b - a) for a, b in zip(bounds, bounds[1:]))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from proxy_jax.io_utils import atomic_save_figure, atomic_write, atomic_write_text
-from proxy_jax.study import explanations, spec, stats
+from proxy_jax.study import explanations, preregistration, spec, stats
 
 METRICS = (("test_accuracy", "test accuracy"), ("val_accuracy", "validation accuracy"))
 # Explanation scores: the direction that is better, for the table header.
@@ -38,6 +38,9 @@ def run_rows(study: spec.Study, runs: dict) -> list[dict]:
       rows.append({
           "arm": arm, "seed": seed, "trial": run["name"],
           "val_accuracy": summary["final"]["val_accuracy"],
+          # The final model on the un-augmented training split (runs from before it: nan).
+          "train_split_accuracy": (summary.get("train_split") or {}).get("accuracy",
+                                                                         float("nan")),
           "test_accuracy": test.get("accuracy", float("nan")),
           "test_loss": test.get("loss", float("nan")),
           "epochs": summary.get("num_epochs"),
@@ -52,19 +55,22 @@ def run_rows(study: spec.Study, runs: dict) -> list[dict]:
 
 def _mean_std(values, digits: int = 2) -> str:
   values = np.asarray(values, np.float64)
+  values = values[~np.isnan(values)]  # Not recorded (an older run): left out, not averaged.
   if len(values) < 2:
     return f"{values.mean():.{digits}f}" if len(values) else "-"
   return f"{values.mean():.{digits}f} +- {values.std(ddof=1):.{digits}f}"
 
 
 def arm_table(study: spec.Study, rows: list[dict]) -> list[str]:
-  lines = ["| arm | runs | test accuracy (%) | validation accuracy (%) | wall time per run (s) "
-           "| train images/s |", "|---|---|---|---|---|---|"]
+  lines = ["| arm | runs | test accuracy (%) | validation accuracy (%) | training-split "
+           "accuracy (%) | wall time per run (s) | train images/s |",
+           "|---|---|---|---|---|---|---|"]
   for arm in study.arms:
     mine = [r for r in rows if r["arm"] == arm]
     lines.append(
         f"| {arm} | {len(mine)} | {_mean_std([100 * r['test_accuracy'] for r in mine])} | "
         f"{_mean_std([100 * r['val_accuracy'] for r in mine])} | "
+        f"{_mean_std([100 * r['train_split_accuracy'] for r in mine])} | "
         f"{_mean_std([r['wall_time_s'] for r in mine])} | "
         f"{_mean_std([r['images_per_s'] for r in mine])} |")
   return lines
@@ -87,14 +93,23 @@ def _fmt_p(p: float) -> str:
   return "-" if math.isnan(p) else f"{p:.3g}"
 
 
+def _fmt_interval(low: float, high: float, scale: float = 100.0, digits: int = 2) -> str:
+  """An interval, or why there is none (zero spread leaves the t interval undefined)."""
+  if math.isnan(low):
+    return "undefined (no spread)"
+  return f"{scale * low:+.{digits}f} to {scale * high:+.{digits}f}"
+
+
 def paired_lines(compared: list[dict], label: str, baseline: str) -> list[str]:
   lines = [f"Paired by seed ({label}, arm - {baseline}, percentage points; Holm across "
-           f"{len(compared)} compared arm(s)):", "",
+           f"{len(compared)} compared arm(s); the 95% CI is unadjusted; a t-test p marked * "
+           "comes from the exact sign-flip test, as every seed gave the same difference):", "",
            "| arm | n | mean diff | 95% CI | t-test p | Holm t p | sign p | Holm sign p | "
            "wins/losses |", "|---|---|---|---|---|---|---|---|---|"]
   for r in compared:
     lines.append(f"| {r['arm']} | {r['n']} | {100 * r['mean']:+.2f} | "
-                 f"{100 * r['ci_low']:+.2f} to {100 * r['ci_high']:+.2f} | {_fmt_p(r['t_p'])} | "
+                 f"{_fmt_interval(r['ci_low'], r['ci_high'])} | {_fmt_p(r['t_p'])}"
+                 f"{'*' if r.get('p_method') == 'sign-flip' else ''} | "
                  f"{_fmt_p(r['holm_t_p'])} | {_fmt_p(r['sign_p'])} | "
                  f"{_fmt_p(r['holm_sign_p'])} | {r['wins']}/{r['losses']} |")
   return lines
@@ -120,8 +135,8 @@ def explanation_lines(study: spec.Study, rows: list[dict]) -> list[str]:
       shared = [s for s in mine if s in base]
       if arm != study.baseline and len(shared) >= 2:
         t = stats.paired_t([mine[s][key] - base[s][key] for s in shared])
-        cell += (f" [{t['mean']:+.{digits}f}, {t['ci_low']:+.{digits}f} to "
-                 f"{t['ci_high']:+.{digits}f}]")
+        cell += (f" [{t['mean']:+.{digits}f}, "
+                 f"{_fmt_interval(t['ci_low'], t['ci_high'], 1.0, digits)}]")
       cells.append(cell)
     lines.append(f"| {arm} | " + " | ".join(cells) + " | "
                  + _mean_std([100 * r["accuracy"] for r in mine.values()]) + " |")
@@ -259,11 +274,13 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
   commits = sorted({r["commit"] for r in rows})
   n = len(study.seeds)
   lines = [f"# Study: {study.name}", ""]
+  declared, preregistered = preregistration.report_section(study, rows)
+  lines += declared
   if study.description:
     lines += [study.description.strip(), ""]
   lines += [f"Command: `{command}`", "",
             f"Code version of the runs: `{', '.join(commits)}`. Base config "
-            f"`{os.path.relpath(study.config.partition(':')[0], spec._REPO_ROOT)}`, "  # pylint: disable=protected-access
+            f"`{os.path.relpath(study.config.partition(':')[0])}`, "
             f"seeds {', '.join(map(str, study.seeds))}; {len(study.arms)} arms, "
             f"{len(rows)} runs. Common overrides: `{json.dumps(study.common, sort_keys=True)}`.",
             "", "Arms (overrides on top of the common ones):", ""]
@@ -273,7 +290,9 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
               f"affected arms are compared on fewer seeds: {', '.join(missing)}."]
   lines += ["", "## Accuracy per arm", "",
             "Final-epoch metrics (no early stopping, no best epoch, no seed dropped), mean +- "
-            "sample std over seeds. Images/s: median over epochs of the training throughput.",
+            "sample std over seeds. Training-split accuracy: the final model on the training split "
+            "in eval mode, without augmentation. Images/s: median over epochs of the training "
+            "throughput.",
             ""] + arm_table(study, rows)
   lines += ["", "## Against the baseline", ""]
   for metric, label in METRICS:
@@ -282,9 +301,14 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
             f"{stats.smallest_sign_p(n):.3g} (before Holm), and Holm multiplies the smallest "
             f"p-value by {len(study.arms) - 1}: only differences several times the "
             "seed-to-seed spread can reach significance. A difference that is not significant "
-            "is not shown to be zero; read the intervals.", "", "## Verdict per arm", "",
+            "is not shown to be zero; read the intervals.", "",
+            "Every seed is scored on the same test images, so these intervals and tests "
+            "measure seed-to-seed variation on that one test set: they are conditional on it, "
+            "and say nothing about how the test set itself was sampled.", "",
+            "## Verdict per arm", "",
             f"Final test accuracy against `{study.baseline}`, decided by the Holm-corrected "
-            "paired t-test at 0.05:", ""]
+            "paired t-test at 0.05 (the intervals beside it are unadjusted, so one may "
+            "exclude 0 while Holm still does not reject):", ""]
   lines += [f"- **{r['arm']}**: {r['verdict']}." for r in paired["test_accuracy"]]
   lines += ["", "## Explanation quality", ""] + explanation_lines(study, explanation_rows)
   lines += ["", "## Fairness checks", ""] + fairness_lines(checks, failures)
@@ -305,7 +329,8 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
       {"study": study.name, "command": command, "commits": commits, "seeds": list(study.seeds),
        "arms": study.arms, "common": study.common, "baseline": study.baseline,
        "missing": missing, "runs": rows, "paired": paired, "explanations": explanation_rows,
-       "fairness": checks, "fairness_failures": failures, "overhead": cost},
+       "fairness": checks, "fairness_failures": failures, "overhead": cost,
+       "preregistration": preregistered},
       indent=1, sort_keys=True, default=str))
   atomic_write_text(os.path.join(out, "summary.md"), text)
   return text

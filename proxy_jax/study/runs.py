@@ -21,16 +21,18 @@ import subprocess
 from proxy_jax import records, sweep
 from proxy_jax.study import spec
 
-_REPO_ROOT = spec._REPO_ROOT  # pylint: disable=protected-access
+# The code being versioned is this package: git finds its checkout from the package's folder.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def code_version(repo: str = _REPO_ROOT) -> str:
+def code_version(repo: str = _PACKAGE_DIR) -> str:
   """The commit of the code (a COMMIT file of an exported snapshot, else git), "-dirty" when
-  tracked files differ from it."""
-  path = os.path.join(repo, "COMMIT")
-  if os.path.exists(path):
-    with open(path) as f:
-      return f.read().strip()
+  tracked files differ from it; "unknown" for an installed package without either."""
+  for folder in (repo, os.path.dirname(repo)):  # An export holds COMMIT beside the package.
+    path = os.path.join(folder, "COMMIT")
+    if os.path.exists(path):
+      with open(path) as f:
+        return f.read().strip()
   try:
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, check=True,
                             capture_output=True, text=True).stdout.strip()

@@ -13,13 +13,23 @@ import os
 import re
 
 from proxy_jax import errors, sweep
+from proxy_jax.study import preregistration
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Fields that decide the split, the initial weights, the data order or the epochs of a run.
 SHARED_FIELDS = ("seed", "num_epochs", "image_size", "batch_size")
 SHARED_PREFIXES = ("data.", "model.")
 DEFAULT_EXPLAIN = {"split": "test", "cam": "gradcampp", "num_images": 256, "steps": 16,
                    "grid_images": 8}
+
+
+# Where study reports and pilot choices go: experiments/results/ of the working directory (the
+# repository root in the README's commands), or this variable's folder (a test, or a run from
+# an exported snapshot that writes its results elsewhere).
+RESULTS_DIR_ENV = "PROXY_JAX_RESULTS_DIR"
+
+
+def results_dir() -> str:
+  return os.environ.get(RESULTS_DIR_ENV) or os.path.join("experiments", "results")
 
 
 class StudyError(errors.UserError, ValueError):
@@ -30,12 +40,14 @@ class StudyError(errors.UserError, ValueError):
 class Study:
   """One setting, its seeds and its named arms (the first arm need not be the baseline).
 
-  config: base config file, relative to the repository root or absolute ("path[:argument]").
+  config: base config file, relative to the working directory or absolute ("path[:argument]").
   arms: arm name -> overrides ({"proxy.enabled": True}); names are directory-safe.
   seeds: training seeds; every arm runs every seed, paired by seed.
   common: overrides for every trial (the setting: epochs, data paths, model).
   baseline: the arm the others are compared against.
   explain: explanation scoring of the final models (split, cam, num_images, steps, grid_images).
+  regime, gate, hypotheses, family: what is declared before any arm runs, checked by the
+    report (proxy_jax/study/preregistration.py).
   """
   name: str
   config: str
@@ -45,12 +57,17 @@ class Study:
   baseline: str = "baseline"
   explain: dict = dataclasses.field(default_factory=dict)
   description: str = ""
+  regime: str = ""
+  gate: preregistration.Gate | None = None
+  hypotheses: tuple = ()
+  family: tuple = ()
 
 
 def resolve_config_path(config: str) -> str:
   path, sep, argument = config.partition(":")
-  if not os.path.isabs(path):
-    path = os.path.join(_REPO_ROOT, path)
+  # Like every --config flag: relative to where the command runs (the repository root in the
+  # README's commands), so an installed package needs no checkout.
+  path = os.path.abspath(path)
   if not os.path.isfile(path):
     raise StudyError(f"study config {config!r}: no such file {path}")
   return path + sep + argument
@@ -94,9 +111,14 @@ def validate(study: Study, source: str = "study") -> Study:
   explain = {**DEFAULT_EXPLAIN, **study.explain}
   if explain["split"] not in ("val", "test"):
     raise StudyError(f"{source}: explain split {explain['split']!r} must be 'val' or 'test'")
+  try:
+    family = preregistration.check(study)
+  except ValueError as error:
+    raise spec_error(source, str(error)) from error
   return dataclasses.replace(study, config=resolve_config_path(study.config), seeds=tuple(seeds),
                              arms={a: dict(o) for a, o in study.arms.items()},
-                             common=dict(study.common), explain=explain)
+                             common=dict(study.common), explain=explain,
+                             hypotheses=tuple(study.hypotheses), family=family)
 
 
 def load_study(path: str) -> Study:

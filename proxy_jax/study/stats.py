@@ -2,7 +2,9 @@
 
 Every arm is compared with the baseline arm seed by seed (the same split, initialisation and
 data order), so the unit of analysis is the per-seed difference. With few seeds these tests
-have little power; the report says so rather than hiding it.
+have little power; the report says so rather than hiding it. Every seed is scored on the same
+test images, so the intervals speak about that test set (they are conditional on it): they
+capture seed-to-seed variation, not the sampling of the test set.
 """
 
 import math
@@ -10,12 +12,31 @@ import math
 import numpy as np
 from scipy import stats as scipy_stats
 
+# 2^16 sign patterns: an exact permutation test stays instant up to this many seeds.
+MAX_EXACT_FLIPS = 16
+
+
+def sign_flip_p(differences) -> float:
+  """Exact two-sided paired permutation test of the mean: the share of the 2^n sign flips of
+  the differences whose |mean| is at least the observed one (Fisher's randomisation test)."""
+  d = np.asarray(differences, np.float64)
+  n = len(d)
+  if n > MAX_EXACT_FLIPS:
+    raise ValueError(f"an exact sign-flip test over {n} differences is too large")
+  flips = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)  # (2^n, n) of +-1
+  means = np.abs(flips @ d) / n
+  observed = abs(float(d.mean()))
+  # Ties within rounding count as "as extreme" (sums of the same numbers in another order).
+  return float(np.mean(means >= observed - 1e-12 * max(1.0, observed)))
+
 
 def paired_t(differences, confidence: float = 0.95) -> dict:
   """Mean difference, its t interval and the two-sided paired t-test p-value.
 
-  With zero spread the t statistic is undefined: all-equal non-zero differences give p = 0 and
-  a zero-width interval, all-zero differences give p = 1.
+  With zero spread the t statistic and interval are undefined (the interval is NaN). The
+  p-value then comes from the exact sign-flip permutation test instead, which does not need a
+  spread: n equal non-zero differences give 2 / 2^n (not 0: two seeds that agree are not
+  proof), all-zero differences give 1. `p_method` names which test gave `t_p`.
   """
   d = np.asarray(differences, np.float64)
   n = len(d)
@@ -23,14 +44,14 @@ def paired_t(differences, confidence: float = 0.95) -> dict:
     raise ValueError(f"a paired t interval needs at least 2 differences, got {n}")
   mean, std = float(d.mean()), float(d.std(ddof=1))
   if std == 0.0:
-    return {"n": n, "mean": mean, "std": 0.0, "ci_low": mean, "ci_high": mean,
-            "t_p": 1.0 if mean == 0.0 else 0.0}
+    return {"n": n, "mean": mean, "std": 0.0, "ci_low": math.nan, "ci_high": math.nan,
+            "t_p": sign_flip_p(d), "p_method": "sign-flip"}
   sem = std / math.sqrt(n)
   half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
   t = mean / sem
   p = float(2 * scipy_stats.t.sf(abs(t), n - 1))
   return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half,
-          "t_p": p}
+          "t_p": p, "p_method": "t"}
 
 
 def sign_test(differences) -> float:
@@ -83,7 +104,7 @@ def compare_arms(values: dict, baseline: str, arms: list, seeds: list) -> list[d
     else:
       row.update({"n": len(shared), "mean": float("nan"), "std": float("nan"),
                   "ci_low": float("nan"), "ci_high": float("nan"), "t_p": float("nan"),
-                  "sign_p": float("nan")})
+                  "p_method": "none", "sign_p": float("nan")})
     rows.append(row)
   tested = [r for r in rows if not math.isnan(r["t_p"])]
   for key in ("t_p", "sign_p"):
@@ -91,20 +112,32 @@ def compare_arms(values: dict, baseline: str, arms: list, seeds: list) -> list[d
     for row, value in zip(tested, adjusted):
       row[f"holm_{key}"] = float(value)
   for row in rows:
+    row["family"] = len(tested)
     row.setdefault("holm_t_p", float("nan"))
     row.setdefault("holm_sign_p", float("nan"))
   return rows
 
 
 def verdict(row: dict, unit: str = "points", scale: float = 100.0, alpha: float = 0.05) -> str:
-  """A plain sentence for one paired comparison, decided by the Holm-adjusted t-test."""
+  """A plain sentence for one paired comparison, decided by the Holm-adjusted test.
+
+  The decision is the Holm-adjusted p-value's; the interval beside it is unadjusted. Where the
+  two disagree (the interval excludes 0 but Holm does not reject) the sentence says so, so a
+  reader does not see "no difference" next to an interval that plainly excludes 0.
+  """
   if math.isnan(row["t_p"]):
     return f"not tested (only {row['n']} paired seed(s))"
   mean, low, high = scale * row["mean"], scale * row["ci_low"], scale * row["ci_high"]
-  detail = (f"{mean:+.2f} {unit}, 95% CI {low:+.2f} to {high:+.2f}, Holm p={row['holm_t_p']:.3g}"
+  test = "t-test" if row.get("p_method", "t") == "t" else "sign-flip test (no spread)"
+  interval = ("95% CI undefined (every seed gave the same difference)" if math.isnan(low)
+              else f"unadjusted 95% CI {low:+.2f} to {high:+.2f}")
+  detail = (f"{mean:+.2f} {unit}, {interval}, {test} Holm p={row['holm_t_p']:.3g}"
             f", sign test Holm p={row['holm_sign_p']:.3g}, wins/losses {row['wins']}/"
             f"{row['losses']} of {row['n']} seeds")
   if row["holm_t_p"] < alpha and mean != 0:
     direction = "better" if mean > 0 else "worse"
     return f"{direction} by {abs(mean):.2f} {unit} ({detail})"
+  if not math.isnan(low) and (low > 0 or high < 0):
+    return (f"not significant after Holm's correction for the {row.get('family', 'several')} "
+            f"compared arms, although this arm's own unadjusted interval excludes 0 ({detail})")
   return f"no measurable difference ({detail})"

@@ -1,0 +1,254 @@
+"""What a study declares before any arm runs, and the report's check of it afterwards.
+
+A study file may declare (all in `spec.Study`):
+  regime      the setting in words, and why it was chosen (before any arm's result was seen);
+  gate        what its baseline must show for the study to mean anything: a final
+              training-split accuracy (the final model in eval mode, without augmentation) of
+              at least `min_train_accuracy`, at least `min_gap` above its final validation
+              accuracy. A baseline that does not fit its training data better than it
+              generalises leaves a regulariser nothing to fix, and a study that finds no gain
+              there shows nothing about the regulariser;
+  hypotheses  an expected direction per arm against the baseline ("higher", "lower", or
+              "differs" when none is expected), on a metric of the runs table;
+  family      the arms whose comparisons form the Holm family of the hypotheses (default: the
+              hypotheses' arms). Family arms without a hypothesis are tested two-sided.
+
+The gate is decided on the mean over the baseline's seeds (each seed is shown). A directional
+hypothesis is tested with the one-sided paired t-test in its direction, a "differs" one with the
+two-sided test; Holm adjusts these p-values over the declared family only, and a hypothesis holds
+when its adjusted p-value is below ALPHA (and, if directional, the mean difference points its
+way). The report's exploratory comparisons of every arm are a separate, larger family.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from proxy_jax.study import stats
+
+DIRECTIONS = ("higher", "lower", "differs")
+METRICS = ("test_accuracy", "val_accuracy")
+ALPHA = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+  """The baseline must fit its training data: the study's regime leaves room to regularise."""
+  min_train_accuracy: float = 0.95
+  min_gap: float = 0.15  # Training-split accuracy minus validation accuracy.
+
+
+@dataclasses.dataclass(frozen=True)
+class Hypothesis:
+  """`arm` is `direction` than the baseline in `metric` ("differs": no direction expected)."""
+  arm: str
+  direction: str
+  metric: str = "test_accuracy"
+
+
+def declared(study) -> bool:
+  return bool(study.regime or study.gate or study.hypotheses or study.family)
+
+
+def check(study) -> tuple:
+  """The declared family (arm names); ValueError naming the field and value if anything is bad."""
+  if study.gate is not None:
+    if not isinstance(study.gate, Gate):
+      raise ValueError(f"gate {study.gate!r} must be a preregistration.Gate")
+    for name in ("min_train_accuracy", "min_gap"):
+      value = getattr(study.gate, name)
+      if (not isinstance(value, (int, float)) or isinstance(value, bool)
+          or not 0.0 <= value <= 1.0):
+        raise ValueError(f"gate.{name}={value!r} must be a number in [0, 1]")
+  seen = set()
+  for hypothesis in study.hypotheses:
+    if not isinstance(hypothesis, Hypothesis):
+      raise ValueError(f"hypothesis {hypothesis!r} must be a preregistration.Hypothesis")
+    if hypothesis.arm not in study.arms or hypothesis.arm == study.baseline:
+      raise ValueError(f"hypothesis on arm {hypothesis.arm!r}: not one of the compared arms "
+                       f"{[a for a in study.arms if a != study.baseline]}")
+    if hypothesis.direction not in DIRECTIONS:
+      raise ValueError(f"hypothesis on arm {hypothesis.arm!r}: direction "
+                       f"{hypothesis.direction!r} must be one of {', '.join(DIRECTIONS)}")
+    if hypothesis.metric not in METRICS:
+      raise ValueError(f"hypothesis on arm {hypothesis.arm!r}: metric {hypothesis.metric!r} "
+                       f"must be one of {', '.join(METRICS)}")
+    if (hypothesis.arm, hypothesis.metric) in seen:
+      raise ValueError(f"two hypotheses on arm {hypothesis.arm!r} and {hypothesis.metric}")
+    seen.add((hypothesis.arm, hypothesis.metric))
+  family = tuple(study.family) or tuple(dict.fromkeys(h.arm for h in study.hypotheses))
+  for arm in family:
+    if arm not in study.arms or arm == study.baseline:
+      raise ValueError(f"family arm {arm!r} is not one of the compared arms "
+                       f"{[a for a in study.arms if a != study.baseline]}")
+  if len(set(family)) != len(family):
+    raise ValueError(f"family {list(family)} names an arm twice")
+  outside = [h.arm for h in study.hypotheses if h.arm not in family]
+  if outside:
+    raise ValueError(f"hypotheses on {outside} are outside the declared family {list(family)}")
+  return family
+
+
+def tested(study) -> list[Hypothesis]:
+  """The family's hypotheses: the declared ones, then "differs" for family arms without one."""
+  with_hypothesis = {h.arm for h in study.hypotheses}
+  return list(study.hypotheses) + [Hypothesis(arm, "differs") for arm in study.family
+                                   if arm not in with_hypothesis]
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def gate_figures(gate: Gate, rows: list[dict], baseline: str) -> dict:
+  """The baseline's training-split and validation accuracy per seed, their means and the verdict.
+
+  `rows` are the report's runs table (report.run_rows); a baseline run without a training-split
+  score (trained before it was recorded) makes the gate fail as not checkable.
+  """
+  mine = [r for r in rows if r["arm"] == baseline]
+  seeds = [{"seed": r["seed"], "train_split_accuracy": r["train_split_accuracy"],
+            "val_accuracy": r["val_accuracy"],
+            "gap": r["train_split_accuracy"] - r["val_accuracy"]} for r in mine]
+  result = {"min_train_accuracy": gate.min_train_accuracy, "min_gap": gate.min_gap,
+            "seeds": seeds, "train_split_accuracy": float("nan"), "gap": float("nan"),
+            "passed": False, "reason": ""}
+  if not seeds or any(math.isnan(s["train_split_accuracy"]) for s in seeds):
+    result["reason"] = ("not checkable: a finished baseline run with a training-split score "
+                        "(summary.json train_split) is missing")
+    return result
+  train = float(np.mean([s["train_split_accuracy"] for s in seeds]))
+  gap = float(np.mean([s["gap"] for s in seeds]))
+  fits, apart = train >= gate.min_train_accuracy, gap >= gate.min_gap
+  reasons = ([] if fits else [f"training-split accuracy {100 * train:.1f}% is below "
+                              f"{100 * gate.min_train_accuracy:.0f}%"]) + (
+      [] if apart else [f"the gap {100 * gap:.1f} points is below {100 * gate.min_gap:.0f}"])
+  result.update(train_split_accuracy=train, gap=gap, passed=fits and apart,
+                reason="; ".join(reasons))
+  return result
+
+
+def one_sided_p(t: dict, direction: str) -> float:
+  """The paired t-test's p-value in `direction` from its two-sided one (the t law is symmetric:
+  half of it when the mean points that way, one minus half otherwise)."""
+  two_sided = t["t_p"]
+  if direction == "differs" or math.isnan(two_sided):
+    return two_sided
+  toward = t["mean"] > 0 if direction == "higher" else t["mean"] < 0
+  return two_sided / 2 if toward else 1.0 - two_sided / 2
+
+
+def test_hypotheses(study, rows: list[dict], alpha: float = ALPHA) -> list[dict]:
+  """One row per hypothesis of the family: paired differences, p-values, Holm, held or not.
+
+  A hypothesis with fewer than two paired seeds cannot be tested: it counts in the family with
+  p = 1 (so it neither holds nor lowers the others' correction).
+  """
+  results = []
+  for hypothesis in tested(study):
+    values = {(r["arm"], r["seed"]): r[hypothesis.metric] for r in rows
+              if not math.isnan(r[hypothesis.metric])}
+    shared = [s for s in study.seeds
+              if (hypothesis.arm, s) in values and (study.baseline, s) in values]
+    diffs = [values[hypothesis.arm, s] - values[study.baseline, s] for s in shared]
+    row = {"arm": hypothesis.arm, "direction": hypothesis.direction,
+           "metric": hypothesis.metric, "n": len(shared), "mean": float("nan"),
+           "ci_low": float("nan"), "ci_high": float("nan"), "p": 1.0}
+    if len(shared) >= 2:
+      t = stats.paired_t(diffs)
+      p = one_sided_p(t, hypothesis.direction)
+      row.update(mean=t["mean"], ci_low=t["ci_low"], ci_high=t["ci_high"],
+                 p=1.0 if math.isnan(p) else p)
+    results.append(row)
+  adjusted = stats.holm([r["p"] for r in results]) if results else []
+  for row, holm_p in zip(results, adjusted):
+    row["holm_p"] = float(holm_p)
+    row["held"] = bool(row["n"] >= 2 and holm_p < alpha)
+  return results
+
+
+# ---------------------------------------------------------------- the report's section
+
+
+def _declared_lines(study) -> list[str]:
+  lines = ["## Declared before the runs", "",
+           "Fixed in the study file before any arm ran; the figures below are checked "
+           "against these, not chosen after them.", ""]
+  if study.regime:
+    lines += [f"- Regime: {study.regime.strip()}"]
+  if study.gate is not None:
+    lines += [f"- Gate: the baseline's final training-split accuracy (eval mode, no "
+              f"augmentation) at least {100 * study.gate.min_train_accuracy:.0f}% and at least "
+              f"{100 * study.gate.min_gap:.0f} points above its final validation accuracy "
+              "(means over seeds)."]
+  for h in tested(study):
+    expected = ("differs from" if h.direction == "differs"
+                else f"is {h.direction} than") + f" `{study.baseline}`"
+    declared_here = h in study.hypotheses
+    lines += [f"- Hypothesis: `{h.arm}` {expected} in {h.metric.replace('_', ' ')}"
+              + ("" if declared_here else " (family member without a declared direction: "
+                 "two-sided)") + "."]
+  if study.family:
+    lines += [f"- Holm family: {', '.join(f'`{a}`' for a in study.family)} against "
+              f"`{study.baseline}` (only these; alpha {ALPHA})."]
+  return lines
+
+
+def _gate_lines(figures: dict) -> list[str]:
+  lines = ["", "### The gate", "", "| seed | training-split accuracy (%) | validation accuracy "
+           "(%) | gap (points) |", "|---|---|---|---|"]
+  lines += [f"| {s['seed']} | {100 * s['train_split_accuracy']:.2f} | "
+            f"{100 * s['val_accuracy']:.2f} | {100 * s['gap']:+.2f} |" for s in figures["seeds"]]
+  mean = (f"mean training-split accuracy {100 * figures['train_split_accuracy']:.2f}% "
+          f"(needs >= {100 * figures['min_train_accuracy']:.0f}), gap "
+          f"{100 * figures['gap']:+.2f} points (needs >= {100 * figures['min_gap']:.0f})")
+  if figures["passed"]:
+    verdict = f"**PASSED**: {mean}."
+  else:
+    verdict = (f"**FAILED** ({figures['reason']}): {mean}. The baseline does not overfit "
+               "enough for this study to show what a regulariser can do; read every "
+               "comparison below in that light.")
+  return lines + ["", verdict]
+
+
+def _hypothesis_lines(results: list[dict], baseline: str) -> list[str]:
+  lines = ["", "### The hypotheses", "", f"Paired by seed (arm - {baseline}, percentage "
+           "points); one-sided t-test in the declared direction, Holm over the declared family "
+           "only.", "", "| arm | expected | metric | n | mean diff | 95% CI | p | Holm p | "
+           "held |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    interval = ("-" if r["n"] < 2 else
+                f"{100 * r['ci_low']:+.2f} to {100 * r['ci_high']:+.2f}")
+    mean = "-" if r["n"] < 2 else f"{100 * r['mean']:+.2f}"
+    lines.append(f"| {r['arm']} | {r['direction']} | {r['metric']} | {r['n']} | {mean} | "
+                 f"{interval} | {r['p']:.3g} | {r['holm_p']:.3g} | "
+                 f"{'yes' if r['held'] else '**no**'} |")
+  directional = [r for r in results if r["direction"] != "differs"]
+  failed = [r["arm"] for r in directional if not r["held"]]
+  if not directional:
+    return lines
+  if failed:
+    lines += ["", f"**Not every expected direction held** ({', '.join(failed)}): the study did "
+              "not reproduce what it declared. Find out why (implementation against its "
+              "reference, recipe, budget) before reading anything else of it."]
+  else:
+    lines += ["", f"Every expected direction held ({len(directional)} of {len(directional)})."]
+  return lines
+
+
+def report_section(study, rows: list[dict]) -> tuple[list[str], dict]:
+  """(markdown lines for the top of summary.md, the same figures for study.json); nothing when
+  the study declares nothing."""
+  if not declared(study):
+    return [], {}
+  study = dataclasses.replace(study, family=check(study))  # Also for an unvalidated Study.
+  lines = _declared_lines(study)
+  record = {"regime": study.regime, "family": list(study.family),
+            "hypotheses": [dataclasses.asdict(h) for h in tested(study)]}
+  if study.gate is not None:
+    record["gate"] = gate_figures(study.gate, rows, study.baseline)
+    lines += _gate_lines(record["gate"])
+  if study.family:
+    record["tests"] = test_hypotheses(study, rows)
+    lines += _hypothesis_lines(record["tests"], study.baseline)
+  return lines + [""], record
