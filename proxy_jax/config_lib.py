@@ -178,10 +178,11 @@ def read_json(path: str):
 # run resumed on other hardware may legitimately differ in them (a GPU run resumed on a CPU
 # computes in float32), so they are recorded but never make a resume fail.
 HARDWARE_FIELDS = ("dtype_resolved",)
-# Fields that change what the console shows or how fast a run starts, never what it computes: a
-# resume may change them freely. log_every_steps is log_every_seconds' retired predecessor, which
+# Fields that change what the console shows, where caches live or how fast a run starts, never
+# what it computes: a resume may change them freely. log_every_steps is log_every_seconds' retired predecessor, which
 # the config.json of older runs still holds.
-NON_RESULT_FIELDS = ("log_every_seconds", "log_every_steps", "compilation_cache_dir")
+NON_RESULT_FIELDS = ("log_every_seconds", "log_every_steps", "compilation_cache_dir",
+                     "data.cache_dir", "data.decode_workers")
 
 
 def resolve_dtype(config) -> str:

@@ -291,7 +291,7 @@ def _take(pool: Pool, indices: np.ndarray, ids: np.ndarray) -> Split:
 
 def load_dataset(config, workdir: str) -> Dataset:
   data = config.data
-  cache_dir = data.cache_dir or os.path.join(workdir, "cache")
+  cache_dir = os.path.expanduser(data.cache_dir) or os.path.join(workdir, "cache")
   size, workers = config.image_size, data.decode_workers
   test_pool = None
   if data.source == "digits":  # Cached too: each trial would import scikit-learn and resize.

@@ -34,8 +34,9 @@ def get_config():
   config.data.test_fraction = 0.1
   # Only for smoke runs: cap the number of training-pool examples (0 = all).
   config.data.max_examples = 0
-  # Decoded, resized uint8 images are cached here ("" = <workdir>/cache).
-  config.data.cache_dir = ""
+  # Decoded, resized uint8 images are cached here, shared by every run of the same data and
+  # size (keyed by source, paths, files and size); "" = <workdir>/cache.
+  config.data.cache_dir = "~/.cache/proxy_jax/decoded"
   config.data.decode_workers = 8
 
   config.image_size = 32
