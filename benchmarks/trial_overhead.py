@@ -12,7 +12,7 @@ revision REV (extracted to a temporary folder); the versions alternate within ea
 busy machine slows both alike.
 
 The phases are measured inside the trial process, by name, so that older code needs no hooks:
-the tool wraps `train._setup_host` (start-up, with the imports before it), `data.load_dataset`,
+the tool wraps `train._setup_host` or `host.setup` (start-up, with the imports before it), `data.load_dataset`,
 `train._build` and `reporting.write_run_header` (setup), `train._train` (training: what the loop
 spends outside the phases nested in it), `train.evaluate`, `proxy.run_proxy_step`, the methods
 of `checkpoints.RunCheckpoints`, and `train._shut_down` plus the time from the return of
@@ -43,6 +43,7 @@ sys.argv = [os.path.join(tree, "main.py")] + sys.argv[4:]
 sys.path.insert(0, tree)
 import jax
 from jax import monitoring
+import importlib
 from proxy_jax import checkpoints, data, proxy, reporting, train
 
 seconds = {}
@@ -77,12 +78,21 @@ def on_duration(event, duration, **kwargs):
     seconds[stack[-1]] = seconds.get(stack[-1], 0.0) - duration
 
 monitoring.register_event_duration_secs_listener(on_duration)
-for module, name, phase in [(train, "_setup_host", "start-up"), (data, "load_dataset", "data"),
-                            (train, "_build", "setup"), (reporting, "write_run_header", "setup"),
+def optional_module(name):
+  try:
+    return importlib.import_module(name)
+  except ImportError:
+    return None
+
+host = optional_module("proxy_jax.host")  # Newer code: the host setup moved out of train.
+for module, name, phase in [(train, "_setup_host", "start-up"), (host, "setup", "start-up"),
+                            (data, "load_dataset", "data"), (train, "_build", "setup"),
+                            (reporting, "write_run_header", "setup"),
                             (train, "_train", "training"), (train, "evaluate", "evaluation"),
                             (proxy, "run_proxy_step", "proxy steps"),
                             (train, "_shut_down", "exit")]:
-  setattr(module, name, timed(phase, getattr(module, name)))
+  if hasattr(module, name):  # Code of another version may lack one.
+    setattr(module, name, timed(phase, getattr(module, name)))
 for name in ("__init__", "save", "wait", "close", "restore", "latest_epoch"):
   if hasattr(checkpoints.RunCheckpoints, name):
     setattr(checkpoints.RunCheckpoints, name,

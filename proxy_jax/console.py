@@ -66,6 +66,25 @@ def configure(verbose: bool) -> None:
     handler.addFilter(ProjectLinesOnly())
 
 
+def ranges(numbers) -> str:
+  """[0, 1, 2, 5] -> "0-2,5" (CPU core lists)."""
+  runs = []
+  for number in sorted(numbers):
+    if runs and number == runs[-1][1] + 1:
+      runs[-1][1] = number
+    else:
+      runs.append([number, number])
+  return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def log_machine(devices: list) -> None:
+  """One line: the devices and the CPU cores this process may run on (a sweep's --parallel
+  gives each trial its own)."""
+  kinds = sorted({d.platform for d in devices})
+  logging.info("%d %s device(s); CPU cores %s", len(devices), "/".join(kinds),
+               ranges(os.sched_getaffinity(0)))
+
+
 def log_file_name(process_index: int) -> str:
   return LOG_FILE if process_index == 0 else f"log.process{process_index}.txt"
 

@@ -28,7 +28,8 @@ import optax
 
 from proxy_jax import augment
 from proxy_jax import batch_size as batch_size_finder
-from proxy_jax import checkpoints, config_lib, console, data, errors, preprocess, proxy, records
+from proxy_jax import checkpoints, config_lib, console, data, errors, host, preprocess, proxy
+from proxy_jax import records
 from proxy_jax.model_state import create_model, create_train_state, learning_rate_schedule
 from proxy_jax import reporting
 from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
@@ -190,30 +191,6 @@ def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding)
 # ---------------------------------------------------------------- setup
 
 
-def _setup_host(config):
-  if config.compilation_cache_dir:
-    use_compilation_cache(config.compilation_cache_dir)
-  if config.distributed:
-    jax.distributed.initialize()
-
-
-def use_compilation_cache(folder: str) -> None:
-  """JAX's persistent compilation cache in `folder`, for every program however quick to compile.
-
-  JAX decides whether a process uses the cache at its first compilation, so this runs before
-  any; a process that compiled already (a test session) resets that decision.
-  """
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
-  folder = os.path.expanduser(folder)
-  if jax.config.jax_compilation_cache_dir == folder:
-    return
-  compilation_cache.set_cache_dir(folder)
-  # A trial's programs each compile in well under JAX's default threshold of 1 s on a CPU,
-  # yet together they are most of its start-up.
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  compilation_cache.reset_cache()
-
-
 def _finished_summary(config, workdir: str) -> records.Summary | None:
   """The summary of a workdir that already trained this config to the end (read only)."""
   summary = records.read_summary(workdir)
@@ -290,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run of `config` in `workdir`; returns summary.json's content."""
   started = time.time()
   config_lib.validate(config)
-  _setup_host(config)
+  host.setup(config)
   config = batch_size_finder.with_recorded_batch_size(config, workdir)
   if config.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
     config_lib.write_or_check_resolved(config, workdir)  # The file exists: this only checks.
@@ -305,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise errors.WorkdirError(
         f"--workdir {workdir}: cannot create it ({error.strerror})") from error
   with console.log_file(workdir, jax.process_index()):
+    console.log_machine(jax.local_devices())
     try:
       setup, state = _prepare(config, workdir)
     except errors.UserError:

@@ -43,11 +43,12 @@ def test_main_prints_plain_lines_and_keeps_full_detail_in_the_log_file(tmp_path)
   for chatter in LIBRARY_CHATTER:
     assert not any(chatter in line for line in lines), (chatter, lines)
   assert not any(ABSL_PREFIX.match(line) for line in lines), lines
-  assert [line.split(":")[0] for line in lines] == [
+  assert re.fullmatch(r"1 cpu device\(s\); CPU cores [0-9,-]+", lines[0]), lines
+  assert [line.split(":")[0] for line in lines[1:]] == [
       "epoch 1/2", "proxy step 0 after epoch 1", "epoch 2/2", "Done"]
   logged = (workdir / console.LOG_FILE).read_text().splitlines()
   assert len(logged) >= len(lines) and all(ABSL_PREFIX.match(line) for line in logged)
-  assert [ABSL_PREFIX.sub("", line) for line in logged if "reporting.py" in line] == lines[:3]
+  assert [ABSL_PREFIX.sub("", line) for line in logged if "reporting.py" in line] == lines[1:4]
   assert not any("orbax" in line for line in logged)
   # --verbose: absl's prefix on the console (a finished run only says so, then stops).
   verbose = _main(tmp_path, workdir, "--verbose")
