@@ -169,11 +169,14 @@ def main() -> None:
                                                           "imagenette-mini"))
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--epochs", type=int, default=2)
-  parser.add_argument("--compare", default="", help="git revision to time beside this checkout")
+  parser.add_argument("--compare", default="",
+                      help="git revision (or folder of a checkout) to time beside this checkout")
   options = parser.parse_args()
   with tempfile.TemporaryDirectory() as scratch:
     trees = {"this checkout": ROOT}
-    if options.compare:
+    if os.path.isdir(options.compare):
+      trees[options.compare] = os.path.abspath(options.compare)
+    elif options.compare:
       os.makedirs(os.path.join(scratch, "before"))
       trees[options.compare] = extract(options.compare, os.path.join(scratch, "before"))
     args = trial_args(options.data, os.path.abspath(options.imagenette), options.epochs,
