@@ -96,7 +96,7 @@ class EpochProgress:
     epoch, done = divmod(step - 1, self.steps_per_epoch)
     done += 1
     seconds = max(now - self.epoch_started, 1e-9)
-    line = (f"epoch {epoch + 1}/{self.num_epochs}: step {done}/{self.steps_per_epoch}, "
+    line = (f"epoch {epoch + 1}/{self.num_epochs} step {done}/{self.steps_per_epoch}: "
             f"{done * self.batch_size / seconds:.0f} img/s | epoch ends in "
             f"{_clock((self.steps_per_epoch - done) * seconds / done)} | "
             f"ETA {_clock(self.eta.seconds_left(step))}")

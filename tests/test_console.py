@@ -98,9 +98,9 @@ def test_epoch_progress_line_every_interval_with_rate_and_time_left():
   # Due at 21 s (step 3) and 42 s (step 6), 63 s (step 9), each 21 s after the last.
   assert [i + 1 for i, line in enumerate(lines) if line] == [3, 6, 9]
   # Step 3: 96 images in 21 s; 7 steps left at 7 s each; the run: 17 steps left at 7 s.
-  assert lines[2] == ("epoch 3/4: step 3/10, 5 img/s | epoch ends in 00:00:49 | "
+  assert lines[2] == ("epoch 3/4 step 3/10: 5 img/s | epoch ends in 00:00:49 | "
                       "ETA 00:01:59")
-  assert lines[5].startswith("epoch 3/4: step 6/10, 5 img/s | epoch ends in 00:00:28")
+  assert lines[5].startswith("epoch 3/4 step 6/10: 5 img/s | epoch ends in 00:00:28")
   progress.start_epoch()
   clock.now += 19.0
   assert progress(31) is None  # A short epoch prints nothing.
