@@ -72,8 +72,10 @@ def get_config():
   # Hide-and-Seek: grid cells per side and the probability each cell is hidden.
   config.augment.hide_grid = 4
   config.augment.hide_prob = 0.5
-  # What erased pixels become: "zero", "mean" (per image and channel) or "noise" (uniform).
-  config.augment.erase_fill = "zero"
+  # What erased pixels become: "paper" (each method's reference: the normalisation mean colour
+  # for Cutout, GridMask and Hide-and-Seek, noise for RandomErasing), "dataset_mean", "zero"
+  # (black), "mean" (per image and channel) or "noise" (uniform).
+  config.augment.erase_fill = "paper"
   # Mixing (proxy_jax/augment/mix.py): "none", a method, or a comma list from which each batch
   # draws one (timm's switch): mixup, cutmix, resizemix, saliencymix, attentive_cutmix, snapmix.
   config.augment.mix = "none"
@@ -87,8 +89,14 @@ def get_config():
   # Attentive CutMix pastes the partner's top_k cells of a grid x grid CAM grid (paper: 7, 6).
   config.augment.attentive_grid = 7
   config.augment.attentive_top_k = 6
-  # SnapMix's CAM-weighted label weights need not sum to 1; True rescales them to do so.
-  config.augment.snapmix_normalize_labels = True
+  # SaliencyMix's map: "fine_grained" (OpenCV's StaticSaliencyFineGrained, its reference's)
+  # or "spectral_residual".
+  config.augment.saliencymix_map = "fine_grained"
+  # SnapMix's CAM-weighted label weights need not sum to 1 (its reference); True rescales them.
+  config.augment.snapmix_normalize_labels = False
+  # SnapMix's CAM: "reference" (the raw class map, min-shifted and sum-normalised by SnapMix
+  # itself) or "relu_minmax" (ReLU and min-max first, as this library's other CAM users).
+  config.augment.snapmix_cam = "reference"
   # CAM of the guided mixes: "current" (the model being trained, in the same step), a trained
   # workdir, or pretrained weights (then saliency_cam must be class-agnostic: eigencam).
   config.augment.saliency_source = "current"
@@ -97,6 +105,12 @@ def get_config():
   # saliency of the current model), of side keep_size times the image side.
   config.augment.keep_salient = False
   config.augment.keep_size = 0.5
+  # KeepAugment with Cutout: "selective_cut" (its paper: redraw the box while its mean
+  # min-max-scaled saliency is at least keep_threshold, at most keep_tries draws) or
+  # "paste_back" (cut anywhere, then paste the salient box back, as for policies).
+  config.augment.keep_cutout = "selective_cut"
+  config.augment.keep_threshold = 0.6
+  config.augment.keep_tries = 10
   # Proxied examples skip policy, erasing and mixing (flip and rotation still apply).
   config.augment.skip_proxies = False
 

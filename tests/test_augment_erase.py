@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from configs import default
 from tests.augment_checks import assert_label_preserving
+from proxy_jax import preprocess
 from proxy_jax.augment import erase
 
 
@@ -24,6 +25,8 @@ def _labels(batch, classes=5):
 
 def _numpy_fill(images, fill_key, fill):
   images = np.asarray(images)
+  if fill == "dataset_mean":  # A hole cut after normalisation: 0 there is the mean colour.
+    return np.broadcast_to(np.array([0.485, 0.456, 0.406], np.float32), images.shape)
   if fill == "zero":
     return np.zeros_like(images)
   if fill == "mean":
@@ -46,6 +49,7 @@ def _draw(draw_fn, key, shape, **params):
 
 
 @pytest.mark.parametrize("shape,fill", [((16, 8, 8, 3), "zero"), ((3, 16, 12, 3), "mean"),
+                                        ((4, 8, 8, 3), "dataset_mean"),
                                         ((1, 8, 8, 1), "noise")])
 def test_cutout_matches_numpy_box(shape, fill):
   images, key = _images(shape), jax.random.key(3)
@@ -166,6 +170,21 @@ def test_invariants(name, fill, seed, image_seed):
   # Eager: after the first example every primitive is compiled, so examples cost milliseconds.
   fn = functools.partial(erase.ERASERS[name], prob=1.0, fill=fill)
   assert_label_preserving(fn, images, labels, seed)
+
+
+def test_paper_fill_is_each_references_and_the_default():
+  """Cutout's reference cuts the normalised tensor: its hole normalises to exactly 0."""
+  assert default.get_config().augment.erase_fill == "paper"
+  images = _images((4, 8, 8, 3), 3)
+  for name, expected in (("cutout", "dataset_mean"), ("gridmask", "dataset_mean"),
+                         ("hide_and_seek", "dataset_mean"), ("random_erasing", "noise")):
+    assert erase.resolve_fill(name, "paper") == expected
+  fn = erase.from_config(_config(erase="cutout", erase_prob=1.0, erase_size=0.5))
+  out, _ = fn(images, _labels(4), jax.random.key(0))
+  erased = np.asarray(out) != images
+  normalised = np.asarray(preprocess.normalize(out))
+  assert erased.any() and np.allclose(normalised[erased.any(-1)], 0.0, atol=1e-6)
+  assert erase.resolve_fill("cutout", "zero") == "zero"  # The earlier black fill, by name.
 
 
 def _config(**fields):

@@ -143,7 +143,10 @@ def test_batch_of_one_and_single_class():
     # The only partner is the example itself: the image keeps its content, the label is 1.
     if name not in ("resizemix", "snapmix"):
       np.testing.assert_array_equal(out, images)
-    np.testing.assert_allclose(soft, [[1.0]], atol=1e-6)
+    if name == "snapmix":  # Its reference's CAM weights need not sum to 1 (see snapmix).
+      assert 0.0 < float(soft[0, 0]) <= 2.0
+    else:
+      np.testing.assert_allclose(soft, [[1.0]], atol=1e-6)
 
 
 def test_resizemix_matches_numpy():
@@ -212,11 +215,30 @@ def test_attentive_cutmix_pastes_the_top_k_cells_of_the_partners_map():
   assert chosen_jax.shape == (4, top_k)
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_snapmix_matches_numpy(normalize):
+def _reference_snapmix_weights(maps, perm, target_mask, crop_mask):
+  """SnapMix's reference (utils/mixmethod.py, get_spm and snapmix) on raw class maps: each
+  map minus its min, over its sum (0 / 0 = NaN for a constant map); lam_a = 1 - box sum /
+  (sum + 1e-8), lam_b the partner's crop sum likewise; NaN falls back to the area share."""
+  with np.errstate(invalid="ignore"):
+    w = maps.astype(np.float64)
+    w = w - w.min(axis=(1, 2), keepdims=True)
+    w = w / w.sum(axis=(1, 2), keepdims=True)
+    lam_a = 1 - (w * target_mask).sum(axis=(1, 2)) / (w.sum(axis=(1, 2)) + 1e-8)
+    wb = w[perm]
+    lam_b = (wb * crop_mask).sum(axis=(1, 2)) / (wb.sum(axis=(1, 2)) + 1e-8)
+  lam = 1 - target_mask.sum() / target_mask.size
+  return np.where(np.isnan(lam_a), lam, lam_a), np.where(np.isnan(lam_b), 1 - lam, lam_b)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_snapmix_matches_numpy_transcription_of_the_reference(normalize):
   images, labels = _batch()
   rng = np.random.default_rng(3)
-  maps = rng.uniform(size=(4, H, W)).astype(np.float32)
+  # Raw, signed class maps: one all negative (weighs like any other: the reference shifts it),
+  # one constant (no weights: the area share stands in), two signed.
+  maps = rng.normal(size=(4, H, W)).astype(np.float32)
+  maps[0] = -1.0 - rng.uniform(size=(H, W)).astype(np.float32)
+  maps[1] = -0.5
   key = jax.random.key(8)
   lam = (np.float32(0.55), np.float32(0.7))
   out, soft = mix.snapmix(images, labels, key, alpha=1.0, saliency=maps,
@@ -234,16 +256,15 @@ def test_snapmix_matches_numpy(normalize):
   src_x = cl + (cols - l) * ((cr - cl - 1) / max(r - l - 1, 1) if r - l > 1 else 0.0)
   src_y, src_x = np.clip(src_y, ct, cb - 1), np.clip(src_x, cl, cr - 1)
   mask = _np_mask(target)
-  weights = maps - maps.min(axis=(1, 2), keepdims=True)
-  weights = weights / (weights.sum(axis=(1, 2), keepdims=True) + 1e-8)
+  own, partner = _reference_snapmix_weights(maps, perm, mask, _np_mask(crop))
+  assert not np.allclose(own + partner, 1.0)  # The reference's weights need not sum to 1.
+  if normalize:  # This library's earlier default, kept as an option.
+    own, partner = own / (own + partner), partner / (own + partner)
   for i in range(4):
     pasted = _np_bilinear(images[perm[i]], src_y, src_x)
     np.testing.assert_allclose(out[i], np.where(mask[..., None], pasted, images[i]), atol=1e-5)
-    own = 1 - weights[i][mask].sum()
-    partner = weights[perm[i]][_np_mask(crop)].sum()
-    if normalize:
-      own, partner = own / (own + partner), partner / (own + partner)
-    np.testing.assert_allclose(soft[i], own * labels[i] + partner * labels[perm[i]], atol=1e-5)
+    np.testing.assert_allclose(soft[i], own[i] * labels[i] + partner[i] * labels[perm[i]],
+                               atol=1e-5)
 
 
 def test_snapmix_raw_weights_need_not_sum_to_one():
@@ -254,8 +275,11 @@ def test_snapmix_raw_weights_need_not_sum_to_one():
                         normalize_labels=False, lam=(np.float32(0.55), np.float32(0.7)))
   sums = np.asarray(soft).sum(-1)
   assert not np.allclose(sums, 1.0)
+  _, default_soft = mix.snapmix(images, labels, jax.random.key(8), alpha=1.0, saliency=maps,
+                                lam=(np.float32(0.55), np.float32(0.7)))
+  np.testing.assert_array_equal(default_soft, soft)  # The reference's weights by default.
   _, soft = mix.snapmix(images, labels, jax.random.key(8), alpha=1.0, saliency=maps,
-                        lam=(np.float32(0.55), np.float32(0.7)))
+                        normalize_labels=True, lam=(np.float32(0.55), np.float32(0.7)))
   np.testing.assert_allclose(np.asarray(soft).sum(-1), 1.0, atol=1e-6)
 
 
@@ -367,7 +391,11 @@ def test_invariants(seed, batch, name):
   assert out.shape == images.shape and out.dtype == jnp.float32
   assert soft.shape == labels.shape and soft.dtype == jnp.float32
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-  np.testing.assert_allclose(np.asarray(soft).sum(-1), 1.0, atol=1e-6)
+  sums = np.asarray(soft).sum(-1)
+  if name == "snapmix":  # rho_own, rho_partner each in [0, 1], their sum need not be 1.
+    assert np.all((sums >= 0.0) & (sums <= 2.0 + 1e-6))
+  else:
+    np.testing.assert_allclose(sums, 1.0, atol=1e-6)
   assert float(soft.min()) >= 0.0
   again_out, again_soft = _call(name, images, labels, key, **_METHOD_KWARGS[name])
   np.testing.assert_array_equal(out, again_out)
@@ -403,6 +431,11 @@ def test_cutmix_label_weight_is_exactly_the_pasted_share(seed):
     ("attentive_top_k", 50, "augment.attentive_top_k"),
     ("attentive_grid", 17, "augment.attentive_grid"),
     ("keep_size", 0.0, "augment.keep_size"),
+    ("keep_cutout", "paste", "augment.keep_cutout"),
+    ("keep_threshold", 0.0, "augment.keep_threshold"),
+    ("keep_tries", 0, "augment.keep_tries"),
+    ("snapmix_cam", "relu", "augment.snapmix_cam"),
+    ("saliencymix_map", "itti", "augment.saliencymix_map"),
     ("rotation_degrees", 200.0, "augment.rotation_degrees"),
     ("saliency_cam", "scorecam", "augment.saliency_cam"),
 ])

@@ -238,6 +238,22 @@ def test_gradcam_equals_classic_cam_for_gap_dense_heads(name):
   assert checked >= 5  # The comparison must not be between all-zero maps.
 
 
+def test_unrectified_gradcam_is_the_signed_class_map():
+  """rectify=False (SnapMix's reference map): Grad-CAM of a GAP + dense head is the raw class
+  map sum_k w_k A_k / (h w), negative parts kept, only upsampled."""
+  b = bundle("tiny_cnn")
+  images = b.images()
+  acts = np.asarray(b.features(b.variables, images), np.float64)
+  kernel = np.asarray(b.variables["params"]["fc"]["kernel"], np.float64)
+  resize = jax.jit(lambda m: jax.image.resize(m, (b.size, b.size), "bilinear"))
+  got = np.asarray(b.compute("gradcam", images, jnp.full((3,), 1), rectify=False))
+  for index in range(3):
+    signed = acts[index] @ kernel[:, 1] / (acts.shape[1] * acts.shape[2])
+    expected = np.asarray(resize(jnp.asarray(signed, jnp.float32)))
+    np.testing.assert_allclose(got[index], expected, atol=1e-5)
+  assert (got < 0).any()  # Not rectified.
+
+
 def test_batched_equals_per_example_loop():
   b = bundle("tiny_cnn")
   images = b.images()

@@ -6,7 +6,9 @@ Families, one file each (images float32 (B, H, W, C) in [0, 1], labels float32 (
   erase.py     label-preserving erasing: Cutout, RandomErasing, GridMask, Hide-and-Seek
   mix.py       soft-label mixing: MixUp, CutMix, ResizeMix, SaliencyMix, Attentive CutMix, SnapMix
   keep.py      KeepAugment: policy and erasing keep each image's most salient box
-  saliency.py  the maps the guided methods use (spectral residual, CAM, input gradient)
+  saliency.py  the maps the guided methods use (OpenCV fine-grained or spectral residual, CAM,
+               input gradient); fine_grained.py transcribes OpenCV's fine-grained saliency
+  geometry.py  the shared warp/rotation (named edge rule), box mask, flip and rotation
 
 `make_augment_fn(config.augment, num_classes)` builds the whole train-time pipeline the train
 step calls: flip/rotation (`geometry.flip_rotate`), policy, erasing, mixing, normalisation, in that
@@ -16,6 +18,7 @@ each batch takes one of them at random (timm's switch), and mixes at all with `m
 """
 
 import dataclasses
+import functools
 import os
 import jax
 import jax.numpy as jnp
@@ -31,6 +34,8 @@ FAMILIES = {
     "keep": ("keep_salient",),
 }
 NONE = "none"
+# KeepAugment with Cutout: its paper's selective-cut, or the selective-paste used for policies.
+KEEP_CUTOUTS = ("selective_cut", "paste_back")
 # CAM methods a guided mix can use; a frozen model with another head needs a class-agnostic one.
 CLASS_AGNOSTIC_CAMS = ("eigencam",)
 
@@ -74,12 +79,14 @@ def _mix_branch(name: str, cfg, models: Models):
 
   def branch(images, labels, key):
     maps = {}
-    if kind == "spectral":
-      maps["saliency"] = saliency.spectral_residual(images)
+    if kind == "image":
+      maps["saliency"] = saliency.image_map(cfg.saliencymix_map, images)
     elif kind == "cam":
       model = models.current if cfg.saliency_source == saliency.CURRENT else models.frozen
       targets = jnp.argmax(labels, axis=-1)
-      maps["saliency"] = saliency.cam(model, images, targets, cfg.saliency_cam)
+      # SnapMix's reference shifts and scales the raw class map itself.
+      rectify = not (name == "snapmix" and cfg.snapmix_cam == "reference")
+      maps["saliency"] = saliency.cam(model, images, targets, cfg.saliency_cam, rectify)
     return method(images, labels, key, **kwargs, **maps)
 
   return branch
@@ -129,7 +136,20 @@ def make_augment_fn(augment_config, num_classes: int):
       images, labels = erase_fn(images, labels, erase_key)
     return images, labels
 
-  keep_fn = keep.keep_salient(preserving, cfg.keep_size) if cfg.keep_salient else None
+  cut_fn = selective_cut_from_config(cfg)
+  paste_fn = keep.keep_salient(preserving, cfg.keep_size)
+
+  def keep_fn(images, labels, key, maps):
+    """KeepAugment: selective-cut Cutout (after a policy with the salient box pasted back), or
+    selective-paste over the whole label-preserving stage."""
+    if cut_fn is None:
+      return paste_fn(images, labels, key, maps)
+    policy_key, erase_key = jax.random.split(key)
+    if policy_fn is not None:
+      augmented, labels = policy_fn(images, labels, policy_key)
+      images = keep.paste_back(augmented, images, keep.keep_masks(maps, cfg.keep_size))
+    return cut_fn(images, labels, erase_key, maps)
+
   jsd_views_fn = policy.jsd_views_from_config(cfg)
 
   def jsd_views(clean, soft, key, maps):
@@ -139,10 +159,14 @@ def make_augment_fn(augment_config, num_classes: int):
     views = jsd_views_fn(clean, views_key)
     out = []
     for view, erase_key in zip(views, erase_keys):
-      if erase_fn is not None:
-        view, _ = erase_fn(view, soft, erase_key)
-      if maps is not None:
+      if cut_fn is not None:  # Selective-paste for the policy view, then selective-cut.
         view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
+        view, _ = cut_fn(view, soft, erase_key, maps)
+      else:
+        if erase_fn is not None:
+          view, _ = erase_fn(view, soft, erase_key)
+        if maps is not None:
+          view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
       out.append(view)
     return out
 
@@ -162,7 +186,7 @@ def make_augment_fn(augment_config, num_classes: int):
                                                                      maps)]
       return preprocess.normalize(jnp.concatenate([clean, *views])), soft
     images, targets = clean, soft
-    if keep_fn is not None:
+    if cfg.keep_salient:
       images, targets = keep_fn(images, targets, preserve_key, maps)
     elif policy_fn is not None or erase_fn is not None:
       images, targets = preserving(images, targets, preserve_key)
@@ -175,6 +199,16 @@ def make_augment_fn(augment_config, num_classes: int):
     return preprocess.normalize(images), targets
 
   return augment
+
+
+def selective_cut_from_config(cfg):
+  """KeepAugment's selective-cut Cutout as `(images, labels, key, saliency) -> (images,
+  labels)` when KeepAugment meets Cutout with `keep_cutout="selective_cut"`; else None."""
+  if not (cfg.keep_salient and cfg.erase == "cutout" and cfg.keep_cutout == "selective_cut"):
+    return None
+  return functools.partial(keep.selective_cutout, size=cfg.erase_size, prob=cfg.erase_prob,
+                           fill=erase.resolve_fill("cutout", cfg.erase_fill),
+                           threshold=cfg.keep_threshold, tries=cfg.keep_tries)
 
 
 def models_of(state, frozen_apply_fn=None, frozen=None) -> Models:
@@ -227,6 +261,14 @@ def check_config(augment_config, image_size: int | None = None) -> None:
   if isinstance(cfg.keep_size, bool) or not isinstance(cfg.keep_size, (int, float)) \
       or not 0 < cfg.keep_size <= 1:
     fail("keep_size", "must be in (0, 1] (a fraction of the image side)")
+  if cfg.keep_cutout not in KEEP_CUTOUTS:
+    fail("keep_cutout", "choose one of " + ", ".join(KEEP_CUTOUTS))
+  if isinstance(cfg.keep_threshold, bool) or not isinstance(cfg.keep_threshold, (int, float)) \
+      or not 0 < cfg.keep_threshold <= 1:
+    fail("keep_threshold", "must be in (0, 1] (mean saliency of a box, maps in [0, 1])")
+  if isinstance(cfg.keep_tries, bool) or not isinstance(cfg.keep_tries, int) \
+      or not 1 <= cfg.keep_tries <= 1000:
+    fail("keep_tries", "must be an integer in [1, 1000]")
   for family in (policy, erase, mix):  # Each raises ConfigError naming its field.
     family.check_config(cfg)
   if cfg.augmix_jsd and mix_names(cfg):

@@ -4,9 +4,14 @@ Each method is `method(images, labels, key, *, ...) -> (images, labels)` on floa
 images in [0, 1]; labels pass through unchanged. A method splits its key once into a draw key
 and a fill key; `_draw_<method>(draw_key, shape, ...)` returns the sampled parameters (boxes,
 offsets, cell choices) so a test can rebuild the exact mask in NumPy. The erased pixels take
-`fill`: "zero" (black), "mean" (each image's per-channel mean, the papers' mean-pixel fill
-computed per image so no dataset statistics are needed) or "noise" (uniform in [0, 1), drawn
-from the fill key, as RandomErasing's reference code).
+`fill`: "dataset_mean" (the normalisation mean colour, `preprocess.IMAGENET_MEAN`: what a hole
+cut in the normalised tensor, value 0 there, is in [0, 1] space), "zero" (black), "mean" (each
+image's per-channel mean) or "noise" (uniform in [0, 1), drawn from the fill key).
+
+The config's `erase_fill="paper"` (the default) gives each method its reference's fill
+(`PAPER_FILLS`): Cutout's and GridMask's references cut after normalisation (the hole is the
+mean colour), Hide-and-Seek's paper fills the dataset mean pixel, RandomErasing's paper draws
+random values. "zero" is this library's earlier black fill.
 
 All shapes and the method's hyper-parameters are static; the random draws are per image.
 """
@@ -17,9 +22,13 @@ import math
 import jax
 import jax.numpy as jnp
 
+from proxy_jax import preprocess
 from proxy_jax.augment import fields, geometry
 
-FILLS = ("zero", "mean", "noise")
+FILLS = ("dataset_mean", "zero", "mean", "noise")
+PAPER = "paper"
+PAPER_FILLS = {"cutout": "dataset_mean", "random_erasing": "noise", "gridmask": "dataset_mean",
+               "hide_and_seek": "dataset_mean"}
 ERASE_CHOICES = ("none", "cutout", "random_erasing", "gridmask", "hide_and_seek")
 # RandomErasing's reference code retries a box up to 100 times until it fits the image.
 RANDOM_ERASING_ATTEMPTS = 100
@@ -29,6 +38,8 @@ GRIDMASK_UNIT_RANGE = (96 / 224, 1.0)
 
 def fill_values(images, key, fill):
   """What erased pixels become: an array broadcastable to `images`."""
+  if fill == "dataset_mean":
+    return jnp.asarray(preprocess.IMAGENET_MEAN, images.dtype)
   if fill == "zero":
     return jnp.zeros((), images.dtype)
   if fill == "mean":
@@ -62,7 +73,7 @@ def _draw_cutout(key, shape, *, size, prob):
   }
 
 
-def cutout(images, labels, key, *, size=0.5, prob=1.0, fill="zero"):
+def cutout(images, labels, key, *, size=0.5, prob=1.0, fill="dataset_mean"):
   """Cutout (DeVries & Taylor 2017): one box of side `size` x image side, centred anywhere."""
   draw_key, fill_key = jax.random.split(key)
   _, height, width, _ = images.shape
@@ -132,7 +143,7 @@ def _draw_gridmask(key, shape, *, prob, ratio):
   }
 
 
-def gridmask(images, labels, key, *, prob=1.0, ratio=0.6, fill="zero"):
+def gridmask(images, labels, key, *, prob=1.0, ratio=0.6, fill="dataset_mean"):
   """GridMask (Chen et al. 2020), its ImageNet setting (mode 1, no rotation): a regular grid
   of erased squares, side ceil(d * ratio) every d pixels, d and the grid's offset random."""
   draw_key, fill_key = jax.random.split(key)
@@ -156,7 +167,7 @@ def _draw_hide_and_seek(key, shape, *, prob, grid, hide_prob):
   }
 
 
-def hide_and_seek(images, labels, key, *, prob=1.0, grid=4, hide_prob=0.5, fill="mean"):
+def hide_and_seek(images, labels, key, *, prob=1.0, grid=4, hide_prob=0.5, fill="dataset_mean"):
   """Hide-and-Seek (Singh & Lee 2017): split the image into grid x grid cells and hide each
   with probability `hide_prob`. Cell of pixel (y, x) is (y * grid // H, x * grid // W), so
   sides that `grid` does not divide give cells differing by at most one pixel."""
@@ -191,8 +202,9 @@ def check_config(augment_config):
   """Raises ConfigError (a ValueError) naming the field for any erase field that cannot work."""
   if augment_config.erase not in ERASE_CHOICES:
     fields.fail("erase", augment_config.erase, "choose one of " + ", ".join(ERASE_CHOICES))
-  if augment_config.erase_fill not in FILLS:
-    fields.fail("erase_fill", augment_config.erase_fill, "choose one of " + ", ".join(FILLS))
+  if augment_config.erase_fill not in (PAPER, *FILLS):
+    fields.fail("erase_fill", augment_config.erase_fill,
+                "choose one of " + ", ".join((PAPER, *FILLS)))
   fields.check_number(augment_config, "erase_prob", 0.0, 1.0)
   fields.check_number(augment_config, "erase_size", 0.0, 1.0, low_open=True)
   _check_pair(augment_config, "erase_area", 0.0, 1.0)
@@ -218,4 +230,9 @@ def from_config(augment_config):
       "gridmask": dict(prob=c.erase_prob, ratio=c.gridmask_ratio),
       "hide_and_seek": dict(prob=c.erase_prob, grid=c.hide_grid, hide_prob=c.hide_prob),
   }[name]
-  return functools.partial(ERASERS[name], fill=c.erase_fill, **params)
+  return functools.partial(ERASERS[name], fill=resolve_fill(name, c.erase_fill), **params)
+
+
+def resolve_fill(name: str, fill: str) -> str:
+  """The fill an eraser uses: its paper's for "paper", else the one named."""
+  return PAPER_FILLS[name] if fill == PAPER else fill

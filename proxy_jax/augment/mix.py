@@ -17,6 +17,8 @@ Label weights. MixUp, CutMix, ResizeMix, SaliencyMix and Attentive CutMix weight
 the share of the picture each image gave: for the box methods that is the pasted pixel count over
 H * W, computed from the clipped box (timm's `correct_lam`), so it is exact. SnapMix weights by the
 partners' CAM mass inside the boxes, which need not sum to 1 (see `snapmix`).
+
+SaliencyMix's map is OpenCV's fine-grained saliency by default (`saliency.fine_grained`).
 """
 
 import jax
@@ -241,31 +243,41 @@ def attentive_cutmix(images, labels, key, *, grid: int, top_k: int, saliency):
 
 
 def semantic_weights(saliency):
-  """SnapMix's spatial weights: each map minus its minimum, over its sum (sums to 1)."""
+  """SnapMix's spatial weights (its reference's get_spm): each map minus its minimum, over its
+  sum. A constant map has no weights (0 / 0 in the reference): it comes back all NaN, and
+  `snapmix` falls back to the area share for it, as the reference does."""
   shifted = saliency - jnp.min(saliency, axis=(1, 2), keepdims=True)
   total = jnp.sum(shifted, axis=(1, 2), keepdims=True)
-  return shifted / (total + 1e-8)
+  return jnp.where(total > 0, shifted / jnp.where(total > 0, total, 1.0), jnp.nan)
 
 
-def snapmix(images, labels, key, *, alpha: float, saliency, normalize_labels: bool = True,
+def _box_weight(weights, mask):
+  """Share of each map's weight inside the mask (the reference's box sum over sum + 1e-8)."""
+  total = jnp.sum(weights, axis=(1, 2))
+  return jnp.sum(weights * mask, axis=(1, 2)) / (total + 1e-8)
+
+
+def snapmix(images, labels, key, *, alpha: float, saliency, normalize_labels: bool = False,
             lam=None):
   """Huang et al. 2021 (SnapMix): a resized partner crop; labels weighted by CAM mass.
 
   Two boxes come from lam, lam' ~ Beta(alpha, alpha) as in CutMix: the partner's crop box
   (from lam') is resized bilinearly (align_corners, as the reference) onto the target box (from
-  lam). With w and w_p the CAM weights of `semantic_weights`:
+  lam). `saliency` is each image's class activation map as the reference takes it: the raw,
+  signed map (`snapmix_cam="reference"`; not ReLU'd or min-max scaled first, so an
+  all-negative map weighs like any other). With w and w_p the weights of `semantic_weights`:
 
       rho_own = 1 - sum(w in target box),   rho_partner = sum(w_p in crop box).
 
-  The reference code trains on rho_own CE(y) + rho_partner CE(y_p), whose weights need not sum
-  to 1 (a crop of the partner's object paste over the background keeps both near 1). The soft
-  label rho_own y + rho_partner y_p gives exactly that loss with `normalize_labels=False`. With
-  `normalize_labels=True` (the default) the weights are divided by their sum, so every soft
-  label is a distribution like every other method's: the loss keeps SnapMix's semantic ratio
-  rho_own : rho_partner but not its overall scale, which otherwise varies per example and
-  batch. Where both are 0, or a box is empty, the area share stands in. Same-label pairs are
-  not special-cased: the soft label already puts the summed weight on the shared class (the
-  reference adds them again for both terms, doubling that example's loss).
+  The reference trains on rho_own CE(y) + rho_partner CE(y_p), whose weights need not sum to 1
+  (a crop of the partner's object pasted over background keeps both near 1); the soft label
+  rho_own y + rho_partner y_p gives exactly that loss (the default). Where a map is constant
+  (no weights) its rho falls back to the area share, 1 - share for rho_own and share for
+  rho_partner, as the reference's NaN fallback; where a box is empty nothing is pasted and
+  the labels stay. `normalize_labels=True` divides the weights by their sum (this library's
+  earlier default): the ratio rho_own : rho_partner, not the scale. Same-label pairs are not
+  special-cased: the soft label already puts the summed weight on the shared class (the
+  reference adds the two weights to both of its terms, doubling that example's loss).
   """
   _, height, width, _ = images.shape
   draws = Draws(key, images.shape[0], alpha, None if lam is None else lam[0])
@@ -281,9 +293,11 @@ def snapmix(images, labels, key, *, alpha: float, saliency, normalize_labels: bo
   pasted = resize_into_box(images[draws.perm], target_box, crop_box, align_corners=True)
   mixed = _paste(images, pasted, target_mask)
   weights = semantic_weights(saliency.astype(jnp.float32))
-  own = 1.0 - jnp.sum(weights * target_mask, axis=(1, 2))
-  partner = jnp.sum(weights[draws.perm] * (crop_mask & both_boxes), axis=(1, 2))
   share = pasted_share(target_mask)
+  own = jnp.where(both_boxes, 1.0 - _box_weight(weights, target_mask), 1.0)
+  partner = jnp.where(both_boxes, _box_weight(weights[draws.perm], crop_mask), 0.0)
+  own = jnp.where(jnp.isnan(own), 1.0 - share, own)
+  partner = jnp.where(jnp.isnan(partner), share, partner)
   if normalize_labels:
     total = own + partner
     valid = total > 1e-6
@@ -301,8 +315,13 @@ METHODS = {
     "attentive_cutmix": attentive_cutmix,
     "snapmix": snapmix,
 }
-# The map each guided method needs: "spectral" (image statistics) or "cam" (a model's CAM).
-SALIENCY_KIND = {"saliencymix": "spectral", "attentive_cutmix": "cam", "snapmix": "cam"}
+# The map each guided method needs: "image" (an image statistic, `saliencymix_map`) or "cam"
+# (a model's CAM).
+SALIENCY_KIND = {"saliencymix": "image", "attentive_cutmix": "cam", "snapmix": "cam"}
+# SnapMix's CAM: the raw map as its reference, or ReLU + min-max first (this library's earlier).
+SNAPMIX_CAMS = ("reference", "relu_minmax")
+# SaliencyMix's image map (saliency.IMAGE_MAPS; named here so mix needs no saliency import).
+IMAGE_MAPS = ("fine_grained", "spectral_residual")
 
 
 def check_config(cfg) -> None:
@@ -336,3 +355,7 @@ def check_config(cfg) -> None:
     fail("attentive_top_k", f"must be at most attentive_grid^2 = {cfg.attentive_grid**2}")
   if not isinstance(cfg.snapmix_normalize_labels, bool):
     fail("snapmix_normalize_labels", "must be True or False")
+  if cfg.snapmix_cam not in SNAPMIX_CAMS:
+    fail("snapmix_cam", "choose one of " + ", ".join(SNAPMIX_CAMS))
+  if cfg.saliencymix_map not in IMAGE_MAPS:
+    fail("saliencymix_map", "choose one of " + ", ".join(IMAGE_MAPS))

@@ -1,7 +1,12 @@
 """Saliency maps for the guided augmentations, each (B, H, W) float32 in [0, 1], all in-jit.
 
+  * `fine_grained`: OpenCV's StaticSaliencyFineGrained (Montabone & Soto 2010), the map the
+    SaliencyMix reference computes, integer for integer (`fine_grained.py`): an image
+    statistic, no model. SaliencyMix's default (`saliencymix_map="fine_grained"`).
   * `spectral_residual`: Hou & Zhang 2007 static saliency, as OpenCV's
-    StaticSaliencySpectralResidual computes it (SaliencyMix's map): an image statistic, no model.
+    StaticSaliencySpectralResidual computes it; an alternative image statistic for SaliencyMix
+    (`saliencymix_map="spectral_residual"`, this library's map before it followed the
+    reference).
   * `cam`: a CAM of the label class from `proxy_jax.cams` (Grad-CAM by default: features once,
     only the head differentiated), for Attentive CutMix and SnapMix, of the model being trained
     or of a frozen one (`load_frozen_model`).
@@ -21,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from proxy_jax import cams, preprocess
+from proxy_jax.augment import fine_grained as fine_grained_lib
+from proxy_jax.augment import mix
 from proxy_jax.errors import ConfigError
 
 # ITU-R BT.601 luma, OpenCV's RGB -> grey weights.
@@ -33,6 +40,8 @@ GAUSSIAN_SIZE, GAUSSIAN_SIGMA = 5, 8.0
 # Floor for the amplitude before its log: a zero frequency must not become -inf.
 AMPLITUDE_FLOOR = 1e-12
 CURRENT = "current"
+# SaliencyMix's map: the reference's OpenCV method, or spectral residual.
+IMAGE_MAPS = mix.IMAGE_MAPS
 
 
 def _resize_bilinear(maps, height: int, width: int):
@@ -80,6 +89,20 @@ def spectral_residual(images):
   return _resize_bilinear(saliency.astype(jnp.float32), height, width)
 
 
+def fine_grained(images):
+  """OpenCV StaticSaliencyFineGrained of (B, H, W, 3) images in [0, 1] -> (B, H, W) in [0, 1]."""
+  return fine_grained_lib.fine_grained(images)
+
+
+def image_map(name: str, images):
+  """The image-statistic map `name` (one of IMAGE_MAPS) of (B, H, W, 3) images in [0, 1]."""
+  if name == "fine_grained":
+    return fine_grained(images)
+  if name == "spectral_residual":
+    return spectral_residual(images)
+  raise ValueError(f"unknown image saliency map {name!r}: choose one of {', '.join(IMAGE_MAPS)}")
+
+
 # ---------------------------------------------------------------- maps from a model
 
 
@@ -96,11 +119,14 @@ def current_model(state) -> SaliencyModel:
   return SaliencyModel(state.apply_fn, jax.lax.stop_gradient(variables))
 
 
-def cam(model: SaliencyModel, images, labels, method: str = "gradcam"):
-  """CAM of each image's label class. images: [0, 1] (B, H, W, C); labels: int (B,)."""
+def cam(model: SaliencyModel, images, labels, method: str = "gradcam", rectify: bool = True):
+  """CAM of each image's label class. images: [0, 1] (B, H, W, C); labels: int (B,).
+
+  In [0, 1] (ReLU, min-max), or with `rectify=False` the raw signed map, upsampled.
+  """
   inputs = preprocess.normalize(images)
   maps = cams.compute(method, model.apply_fn, model.variables, inputs, targets=labels,
-                      chunk_size=images.shape[0])
+                      chunk_size=images.shape[0], rectify=rectify)
   return jax.lax.stop_gradient(maps)
 
 

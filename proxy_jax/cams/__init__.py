@@ -24,6 +24,9 @@ Options (all static except `key` and `baseline`):
   baseline (0.0)         Integrated Gradients baseline: scalar, (H, W, C) or (B, H, W, C).
   steps (32)             Integrated Gradients steps (midpoint rule).
   return_logits (False)  also return the float32 logits (B, num_classes) of the clean images.
+  rectify (True)         ReLU and min-max the map to [0, 1]; False returns the raw signed map,
+                         only upsampled (and smoothed): SnapMix's reference shifts and scales
+                         the raw class map itself.
 """
 
 import dataclasses
@@ -58,6 +61,7 @@ class Settings:
   num_samples: int = 16
   steps: int = 32
   return_logits: bool = False
+  rectify: bool = True
 
   def __post_init__(self):
     for name in ("chunk_size", "inner_chunk_size", "num_samples", "steps"):
@@ -136,7 +140,8 @@ def _one_example(method, apply_fn, variables, settings, inputs):
     raw, logits = _score_cam(apply_fn, variables, image, target, settings.inner_chunk_size)
   else:
     raw, logits = _pixel_map(method, apply_fn, variables, settings, inputs)
-  return postprocess.finish(raw, image.shape[:2], settings.smooth_sigma), logits
+  return postprocess.finish(raw, image.shape[:2], settings.smooth_sigma,
+                            settings.rectify), logits
 
 
 def _features_and_head(apply_fn, variables, image):

@@ -59,8 +59,14 @@ def gaussian_smooth(cam, sigma: float):
   return jnp.matmul(jnp.matmul(rows, cam, precision=precision), cols.T, precision=precision)
 
 
-def finish(cam, size: tuple[int, int], smooth_sigma: float = 0.0):
-  """Raw (h, w) map -> float32 (H, W) in [0, 1]: ReLU, upsample, smooth, normalise."""
-  cam = jnp.maximum(jnp.asarray(cam, jnp.float32), 0.0)
+def finish(cam, size: tuple[int, int], smooth_sigma: float = 0.0, rectify: bool = True):
+  """Raw (h, w) map -> float32 (H, W) in [0, 1]: ReLU, upsample, smooth, normalise.
+
+  `rectify=False` skips the ReLU and the normalisation: the signed map, upsampled and smoothed.
+  """
+  cam = jnp.asarray(cam, jnp.float32)
+  if not rectify:
+    return gaussian_smooth(upsample(cam, size), smooth_sigma)
+  cam = jnp.maximum(cam, 0.0)
   cam = gaussian_smooth(upsample(cam, size), smooth_sigma)
   return normalize(cam)

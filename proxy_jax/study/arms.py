@@ -10,6 +10,8 @@ results would be selection on the test set.
 
 import math
 
+from proxy_jax.augment import paper_settings
+
 BASELINE = {"proxy.enabled": False}
 # The thesis's proxy setting: 20% of the training set searched, pixels whose CAM is above 0.85
 # scaled to 0.2, Grad-CAM++, the bank kept between steps. Its schedule, 5,p,9,p,9,p,9,p,4 over
@@ -30,14 +32,12 @@ AUGMENTATIONS = {
     "keepaugment": {"augment.erase": "cutout", "augment.erase_prob": 1.0,
                     "augment.keep_salient": True},
 }
-# The mixing methods as their small-image (CIFAR-size) references ran them: MixUp with alpha 1
-# on every batch (facebookresearch/mixup-cifar10, train.py: --alpha default 1), CutMix with
-# alpha 1 on half the batches (clovaai/CutMix-PyTorch, README's CIFAR command: --beta 1.0
-# --cutmix_prob 0.5).
-SMALL_IMAGE = {
-    "mixup": {"augment.mix": "mixup", "augment.mix_alpha": 1.0, "augment.mix_prob": 1.0},
-    "cutmix": {"augment.mix": "cutmix", "augment.mix_alpha": 1.0, "augment.mix_prob": 0.5},
-}
+# Each method at its references' small-image (CIFAR-size, from scratch) and large-image
+# (ImageNet) settings, from the settings table (proxy_jax/augment/paper_settings.py, shown in
+# experiments/README.md): MixUp alpha 1 on every batch, CutMix alpha 1 on half the batches,
+# SaliencyMix and SnapMix on half the batches, Cutout 16/32 on every image...
+SMALL_IMAGE = {name: paper_settings.arm_overrides(name, "small") for name in AUGMENTATIONS}
+LARGE_IMAGE = {name: paper_settings.arm_overrides(name, "large") for name in AUGMENTATIONS}
 # Combined with proxy steps: stacked (a proxy image is augmented like any other) and apart.
 COMBINED_WITH_PROXY = ("cutmix", "saliencymix", "trivialaugment")
 
