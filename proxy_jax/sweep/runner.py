@@ -282,7 +282,7 @@ def _launch(trial: dict, action: str, trial_dir: str, *, config: str, python: st
   except TrialBusy:
     print(f"  busy: another sweep process holds {trial_dir}; skipped", flush=True)
     return "busy", None
-  if _RUNNING.stopping.is_set():
+  if _RUNNING.stopping.is_set() and code != 0:  # Killed by this runner: not the trial's fault.
     return "busy", None
   seconds = time.time() - start
   finished = code == 0 and os.path.exists(os.path.join(trial_dir, "summary.json"))
