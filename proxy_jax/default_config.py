@@ -5,7 +5,12 @@ Every number of a run lives here; the other configs import this one and override
 has it); configs/default.py re-exports it.
 """
 
+import os
+
 import ml_collections
+
+# This file, for the flags whose default config is a path (main, batch_size, sweep).
+PATH = os.path.abspath(__file__)
 
 
 def get_config():
@@ -14,6 +19,42 @@ def get_config():
   # Multi-host: call jax.distributed.initialize() (the launcher sets its environment).
   config.distributed = False
 
+  _add_data(config)
+  config.image_size = 32
+  _add_augment(config)
+  _add_mixing(config)
+  _add_model(config)
+
+  # -1 = the largest batch whose train step fits the device (python -m proxy_jax.batch_size).
+  config.batch_size = 64
+  # Batch-size finder: largest size tried (0 = 256 on CPU, 4096 where the device reports a
+  # memory limit) and the share of device memory a step may use.
+  config.batch_size_ceiling = 0
+  config.batch_size_memory_fraction = 0.9
+  config.eval_batch_size = 256
+  config.num_epochs = 20
+  config.label_smoothing = 0.0
+  # After training, evaluate the final model on the training split too (eval mode, no
+  # augmentation; one pass over it): summary.json's train_split, a study's gate.
+  config.evaluate_train_split = True
+
+  _add_optimizer(config)
+  _add_proxy(config)
+  _add_cams(config)
+
+  # JAX's persistent compilation cache, shared by every run on this machine: a trial whose
+  # programs were compiled before reads them instead of compiling again ("" = no cache).
+  config.compilation_cache_dir = "~/.cache/proxy_jax/jax_compilation"
+  config.checkpoint_every_epochs = 1
+  config.keep_checkpoints = 3
+  # Epochs longer than this get a progress line (images/s, ETA) this often within them.
+  config.log_every_seconds = 20.0
+  config.num_logged_images = 16
+  return config
+
+
+def _add_data(config):
+  """The dataset, its split and its decode cache."""
   config.data = ml_collections.ConfigDict()
   # "digits" (bundled with scikit-learn), "tfds" (config.data.name) or "folder" (config.data.path).
   config.data.source = "digits"
@@ -39,7 +80,9 @@ def get_config():
   config.data.cache_dir = "~/.cache/proxy_jax/decoded"
   config.data.decode_workers = 8
 
-  config.image_size = 32
+
+def _add_augment(config):
+  """Flip, rotation, policies (RandAugment, TrivialAugment, AugMix) and erasing."""
   config.augment = ml_collections.ConfigDict()
   # Mirrored digits are different symbols (or none): no flips for the default data.
   config.augment.flip = False
@@ -76,6 +119,10 @@ def get_config():
   # for Cutout, GridMask and Hide-and-Seek, noise for RandomErasing), "dataset_mean", "zero"
   # (black), "mean" (per image and channel) or "noise" (uniform).
   config.augment.erase_fill = "paper"
+
+
+def _add_mixing(config):
+  """Mixing, its saliency maps, KeepAugment and what proxied examples skip."""
   # Mixing (proxy_jax/augment/mix.py): "none", a method, or a comma list from which each batch
   # draws one (timm's switch): mixup, cutmix, resizemix, saliencymix, attentive_cutmix, snapmix.
   config.augment.mix = "none"
@@ -114,6 +161,9 @@ def get_config():
   # Proxied examples skip policy, erasing and mixing (flip and rotation still apply).
   config.augment.skip_proxies = False
 
+
+def _add_model(config):
+  """The architecture, its initial weights and the compute dtype."""
   config.model = ml_collections.ConfigDict()
   config.model.name = "tiny_cnn"
   # "auto" = small-image stem at 64 px or less; "true" / "false" force it.
@@ -127,19 +177,9 @@ def get_config():
   # The value a run used is recorded as dtype_resolved in config.json and summary.json.
   config.dtype = "auto"
 
-  # -1 = the largest batch whose train step fits the device (python -m proxy_jax.batch_size).
-  config.batch_size = 64
-  # Batch-size finder: largest size tried (0 = 256 on CPU, 4096 where the device reports a
-  # memory limit) and the share of device memory a step may use.
-  config.batch_size_ceiling = 0
-  config.batch_size_memory_fraction = 0.9
-  config.eval_batch_size = 256
-  config.num_epochs = 20
-  config.label_smoothing = 0.0
-  # After training, evaluate the final model on the training split too (eval mode, no
-  # augmentation; one pass over it): summary.json's train_split, a study's gate.
-  config.evaluate_train_split = True
 
+def _add_optimizer(config):
+  """The optimiser and its learning-rate schedule."""
   config.optimizer = ml_collections.ConfigDict()
   # "adamw" or "sgd" (PyTorch's: decay added to the gradient, then the momentum trace).
   config.optimizer.name = "adamw"
@@ -159,6 +199,9 @@ def get_config():
   # Fine-tuning: multiplier on the backbone learning rate (0 freezes it); 1 = one rate.
   config.optimizer.backbone_lr_multiplier = 1.0
 
+
+def _add_proxy(config):
+  """Proxy Attention: which examples are replaced, how and when."""
   config.proxy = ml_collections.ConfigDict()
   config.proxy.enabled = True
   # Training epochs and proxy steps ("p"); the epochs must add up to num_epochs.
@@ -176,19 +219,12 @@ def get_config():
   config.proxy.class_balanced = False
   config.proxy.num_logged_images = 8
 
+
+def _add_cams(config):
+  """CAM computation (the proxy step, the logged maps)."""
   config.cams = ml_collections.ConfigDict()
   # Images per CAM call; bounds device memory during a proxy step.
   config.cams.chunk_size = 256
   config.cams.smooth_sigma = 0.0
   # Grad-CAM++ alpha denominator + eps: 0 = the paper's formula, 1e-6 = pytorch-grad-cam's.
   config.cams.gradcampp_eps = 0.0
-
-  # JAX's persistent compilation cache, shared by every run on this machine: a trial whose
-  # programs were compiled before reads them instead of compiling again ("" = no cache).
-  config.compilation_cache_dir = "~/.cache/proxy_jax/jax_compilation"
-  config.checkpoint_every_epochs = 1
-  config.keep_checkpoints = 3
-  # Epochs longer than this get a progress line (images/s, ETA) this often within them.
-  config.log_every_seconds = 20.0
-  config.num_logged_images = 16
-  return config

@@ -37,6 +37,7 @@ from proxy_jax import images_grid
 from proxy_jax import infer
 from proxy_jax import preprocess
 from proxy_jax import proxy
+from proxy_jax import restore
 from proxy_jax.io_utils import atomic_save_figure, atomic_write
 
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "average_drop_pct": "lower",
@@ -127,7 +128,7 @@ def select(split, ids: np.ndarray):
 def load_models(workdirs: list[str], split_name: str):
   models = []
   for workdir in workdirs:
-    model, variables, config, class_names = infer.restore_for_inference(workdir)
+    model, variables, config, class_names = restore.restore_for_inference(workdir)
     split = getattr(data.load_dataset(config, workdir), split_name)
     if split is None:
       raise errors.DataError(f"{workdir}: the dataset has no {split_name} split")

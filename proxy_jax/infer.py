@@ -26,19 +26,16 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 import pandas as pd
 
 from proxy_jax import cams
-from proxy_jax import checkpoints
 from proxy_jax import cli
-from proxy_jax import config_lib
 from proxy_jax import data
 from proxy_jax import errors
 from proxy_jax import images_grid
 from proxy_jax import preprocess
-from proxy_jax import train
+from proxy_jax import restore
 from proxy_jax.io_utils import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -46,30 +43,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 class InferenceError(errors.UserError, ValueError):
   """Inputs that cannot work, named in one line (the CLI exits with code 2)."""
-
-
-def restore_for_inference(workdir: str):
-  """(model, variables, config, class_names) from a trained workdir's latest checkpoint."""
-  config_path = os.path.join(workdir, "config.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.exists(config_path) or not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"{workdir} has no trained run (config.json and checkpoints/ "
-                            "expected); train one with main.py first")
-  config = ml_collections.ConfigDict(config_lib.read_json(config_path))
-  class_names = config_lib.read_json(os.path.join(workdir, "classes.json"))
-  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints)
-  try:
-    latest = ckpt.latest_epoch()
-    if latest is None:
-      raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
-    model = train.create_model(config, len(class_names))
-    with config.unlocked():
-      config.model.pretrained = ""  # The checkpoint has the weights.
-    state = train.create_train_state(config, model, jax.random.key(0), 1)
-    state, _, _ = ckpt.restore(latest, state)
-  finally:
-    ckpt.close()
-  return model, train.variables_of(state), config, class_names
 
 
 def list_image_files(path: str) -> list[str]:
@@ -203,7 +176,7 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
   _check_options(cam, k, alpha, colormap, scale)
   files = list_image_files(images_path)
   try:
-    model, variables, config, class_names = restore_for_inference(workdir)
+    model, variables, config, class_names = restore.restore_for_inference(workdir)
   except FileNotFoundError as error:
     raise InferenceError(f"--workdir {workdir!r}: {error}") from error
   if target is not None and not 0 <= target < len(class_names):

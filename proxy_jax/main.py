@@ -10,9 +10,9 @@ import os
 
 from absl import app, flags
 
-from proxy_jax import cli, console, train
+from proxy_jax import cli, console, default_config, train
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_config.py")
+DEFAULT_CONFIG = default_config.PATH
 
 
 def define_flags():

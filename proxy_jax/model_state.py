@@ -95,13 +95,15 @@ def create_optimizer(config, params, lr_fn):
                                 "backbone": backbone}, labels)
 
 
-def init_variables(config, model, key):
+def init_variables(config, model, key, pretrained: str | None = None):
+  """Fresh variables of `model`, with the weights of `pretrained` (default
+  `config.model.pretrained`; "" = none) loaded into them."""
   shape = (1, config.image_size, config.image_size, 3)
   variables = model.init({"params": key, "dropout": key}, jnp.zeros(shape, jnp.float32))
-  if config.model.pretrained:
-    from proxy_jax import pretrained  # pylint: disable=g-import-not-at-top
-    variables = pretrained.load_pretrained(config.model.pretrained, config.model.name,
-                                           variables)
+  source = config.model.pretrained if pretrained is None else pretrained
+  if source:
+    from proxy_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+    variables = pretrained_lib.load_pretrained(source, config.model.name, variables)
   return variables
 
 

@@ -18,7 +18,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from proxy_jax import augment, cams, config_lib, data, images_grid, preprocess
+from proxy_jax import augment, cams, config_lib, data, images_grid, preprocess, restore
 
 
 def create_writer(workdir: str):
@@ -44,7 +44,9 @@ def write_run_header(writer, config, dataset, state, workdir) -> None:
     return
   order = data.epoch_order(len(dataset.train), config.seed, 0)
   batch = next(data.batches(dataset.train, count, order))
-  inputs, targets = augment.preview(state, batch, config, len(dataset.class_names))
+  num_classes = len(dataset.class_names)
+  inputs, targets = augment.preview(state, batch, config, num_classes,
+                                    *restore.load_frozen(config, num_classes))
   pictures = np.clip(np.asarray(preprocess.denormalize(inputs)), 0, 1)
   captions = [images_grid.label_weights_caption(t) for t in np.asarray(targets)]
   captions *= len(pictures) // len(captions)  # AugMix JSD: the clean batch, then two views.

@@ -27,14 +27,13 @@ import numpy as np
 import optax
 
 from proxy_jax import augment
-from proxy_jax import batch_size as batch_size_finder
+from proxy_jax import batch_finder
 from proxy_jax import checkpoints, config_lib, console, data, errors, host, preprocess, proxy
 from proxy_jax import records
 from proxy_jax.model_state import create_model, create_train_state, learning_rate_schedule
-from proxy_jax import reporting
+from proxy_jax import reporting, restore
 from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
-from proxy_jax.augment import saliency
 from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
 
 
@@ -45,11 +44,11 @@ class DivergenceError(errors.UserError, RuntimeError):
 # ---------------------------------------------------------------- the batch-size finder's probe
 
 
-def finder_step_factory(config, num_classes: int) -> batch_size_finder.StepFactory:
+def finder_step_factory(config, num_classes: int) -> batch_finder.StepFactory:
   """What the batch-size finder probes: this trainer's step and a host copy of a fresh state."""
   model = create_model(config, num_classes)
   state = create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
-  return batch_size_finder.StepFactory(make_train_step(config, num_classes=num_classes),
+  return batch_finder.StepFactory(make_train_step(config, num_classes=num_classes),
                                        jax.device_get(state))
 
 
@@ -159,7 +158,7 @@ def make_train_step(config, replicated=None, num_classes: int | None = None):
   A frozen saliency model (`augment.saliency_source` other than "current") is loaded here,
   which needs `num_classes`; its variables go into the step as an argument, not a constant.
   """
-  frozen_apply_fn, frozen = saliency.load_frozen(config, num_classes)
+  frozen_apply_fn, frozen = restore.load_frozen(config, num_classes)
   step = functools.partial(train_step, augment_config=config.augment,
                            label_smoothing=config.label_smoothing,
                            frozen_apply_fn=frozen_apply_fn)
@@ -268,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   started = time.time()
   config_lib.validate(config)
   host.setup(config)
-  config = batch_size_finder.with_recorded_batch_size(config, workdir)
+  config = batch_finder.with_recorded_batch_size(config, workdir)
   if config.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
     config_lib.write_or_check_resolved(config, workdir)  # The file exists: this only checks.
     finished = _finished_summary(config, workdir)
@@ -307,7 +306,7 @@ def _prepare(config, workdir: str):
   dataset = data.load_dataset(config, workdir)
   if config.batch_size == -1:
     num_classes = len(dataset.class_names)
-    config = batch_size_finder.with_found_batch_size(
+    config = batch_finder.with_found_batch_size(
         config, num_classes, finder_step_factory(config, num_classes))
     config_lib.write_or_check_resolved(config, workdir)
   if jax.process_index() == 0:

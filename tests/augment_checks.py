@@ -15,3 +15,16 @@ def assert_label_preserving(fn, images, labels, seed: int) -> None:
   np.testing.assert_array_equal(out_labels, labels)
   np.testing.assert_array_equal(out, again)
   assert not np.array_equal(out, other)
+
+
+def np_bilinear(image, src_y, src_x):
+  """Bilinear sampling with edge clamping: image (h, w, C), coordinate grids (H, W)."""
+  h, w = image.shape[:2]
+  y = np.clip(src_y, 0, h - 1)
+  x = np.clip(src_x, 0, w - 1)
+  y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+  y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+  wy, wx = (y - y0)[..., None], (x - x0)[..., None]
+  top = image[y0, x0] * (1 - wx) + image[y0, x1] * wx
+  bottom = image[y1, x0] * (1 - wx) + image[y1, x1] * wx
+  return top * (1 - wy) + bottom * wy

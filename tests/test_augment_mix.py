@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from proxy_jax import config_lib
-from proxy_jax.augment import geometry, keep, mix, saliency
+from proxy_jax.augment import geometry, keep, mix
+from tests.augment_checks import np_bilinear
 from tests.conftest import make_tiny_config
 
 H = W = 16
@@ -53,19 +54,6 @@ def _np_mask(box, height=H, width=W):
   mask = np.zeros((height, width), bool)
   mask[top:bottom, left:right] = True
   return mask
-
-
-def _np_bilinear(image, src_y, src_x):
-  """Bilinear sampling with edge clamping: image (h, w, C), coordinate grids (H, W)."""
-  h, w = image.shape[:2]
-  y = np.clip(src_y, 0, h - 1)
-  x = np.clip(src_x, 0, w - 1)
-  y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
-  y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-  wy, wx = (y - y0)[..., None], (x - x0)[..., None]
-  top = image[y0, x0] * (1 - wx) + image[y0, x1] * wx
-  bottom = image[y1, x0] * (1 - wx) + image[y1, x1] * wx
-  return top * (1 - wy) + bottom * wy
 
 
 # ---------------------------------------------------------------- each method vs NumPy
@@ -167,7 +155,7 @@ def test_resizemix_matches_numpy():
   mask = _np_mask((top, left, top + box_h, left + box_w))
   expected = images.copy()
   for i in range(4):
-    shrunk = _np_bilinear(images[perm[i]], src_y, src_x)
+    shrunk = np_bilinear(images[perm[i]], src_y, src_x)
     expected[i][mask] = shrunk[mask]
   np.testing.assert_allclose(out, expected, atol=1e-5)
   share = box_h * box_w / (H * W)
@@ -261,7 +249,7 @@ def test_snapmix_matches_numpy_transcription_of_the_reference(normalize):
   if normalize:  # This library's earlier default, kept as an option.
     own, partner = own / (own + partner), partner / (own + partner)
   for i in range(4):
-    pasted = _np_bilinear(images[perm[i]], src_y, src_x)
+    pasted = np_bilinear(images[perm[i]], src_y, src_x)
     np.testing.assert_allclose(out[i], np.where(mask[..., None], pasted, images[i]), atol=1e-5)
     np.testing.assert_allclose(soft[i], own[i] * labels[i] + partner[i] * labels[perm[i]],
                                atol=1e-5)
@@ -281,56 +269,6 @@ def test_snapmix_raw_weights_need_not_sum_to_one():
   _, soft = mix.snapmix(images, labels, jax.random.key(8), alpha=1.0, saliency=maps,
                         normalize_labels=True, lam=(np.float32(0.55), np.float32(0.7)))
   np.testing.assert_allclose(np.asarray(soft).sum(-1), 1.0, atol=1e-6)
-
-
-# ---------------------------------------------------------------- saliency maps
-
-
-def _np_resize_linear(maps, height, width):
-  """cv2.resize INTER_LINEAR: half-pixel centres, edges clamped, no antialiasing."""
-  h, w = maps.shape[-2:]
-  ys = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
-  xs = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
-  src_y, src_x = np.meshgrid(ys, xs, indexing="ij")
-  return _np_bilinear(maps[..., None], src_y, src_x)[..., 0]
-
-
-def _np_filter_reflect101(plane, kernel):
-  radius = len(kernel) // 2
-  padded = np.pad(plane, radius, mode="reflect")
-  h, w = plane.shape
-  rows = sum(k * padded[i:i + h, :] for i, k in enumerate(kernel))
-  return sum(k * rows[:, i:i + w] for i, k in enumerate(kernel))
-
-
-def _np_spectral_residual(image):
-  """OpenCV's StaticSaliencySpectralResidual, transcribed step by step in float64."""
-  grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-  small = _np_resize_linear(grey, 64, 64)
-  spectrum = np.fft.fft2(small)
-  log_amplitude = np.log(np.maximum(np.abs(spectrum), 1e-12))
-  residual = log_amplitude - _np_filter_reflect101(log_amplitude, np.full(3, 1 / 3))
-  back = np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))
-  offsets = np.arange(5) - 2.0
-  gauss = np.exp(-offsets**2 / (2 * 8.0**2))
-  magnitude = _np_filter_reflect101(np.abs(back), gauss / gauss.sum())
-  saliency_map = magnitude**2
-  saliency_map /= saliency_map.max()
-  return _np_resize_linear(saliency_map, *image.shape[:2])
-
-
-def test_spectral_residual_matches_numpy_transcription():
-  rng = np.random.default_rng(4)
-  image = 0.4 + 0.05 * rng.standard_normal((40, 40, 3))
-  image[10:18, 24:32] = 0.95  # A small bright square on a grey, noisy background.
-  image = np.clip(image, 0, 1).astype(np.float32)
-  got = np.asarray(saliency.spectral_residual(jnp.asarray(image[None])))[0]
-  want = _np_spectral_residual(image)
-  np.testing.assert_allclose(got, want, atol=2e-4)
-  assert 0.5 < got.max() <= 1.0 + 1e-6 and got.min() >= 0.0
-  peak = np.unravel_index(np.argmax(got), got.shape)
-  assert np.unravel_index(np.argmax(want), want.shape) == peak
-  assert 8 <= peak[0] <= 19 and 22 <= peak[1] <= 33  # On the odd one out: the square.
 
 
 def test_keep_box_is_centred_on_the_peak_and_shifted_inside():

@@ -1,16 +1,20 @@
-"""SaliencyMix's map: the JAX transcription of OpenCV's StaticSaliencyFineGrained equals cv2.
+"""SaliencyMix's maps: the JAX transcription of OpenCV's StaticSaliencyFineGrained equals cv2;
+the spectral-residual option matches a NumPy transcription of OpenCV's steps.
 
 Tolerance: none. Every pixel's 8-bit level must equal OpenCV's (the float maps equal to float32
 rounding of level / 255), on random and smooth images up to 256 x 256 (where OpenCV's float32
-integral image is exact; see fine_grained.py).
+integral image is exact; see fine_grained.py). The spectral-residual map: within 2e-4 of the
+float64 transcription (float32 FFTs).
 """
 
 import cv2
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from proxy_jax.augment import fine_grained, saliency
+from tests.augment_checks import np_bilinear
 
 
 def _opencv(image_rgb_uint8):
@@ -85,3 +89,53 @@ def test_divide_is_exact_floor_division():
   got = np.asarray(fine_grained._divide(numerators.astype(np.int32),  # pylint: disable=protected-access
                                         denominators.astype(np.int32)))
   np.testing.assert_array_equal(got, numerators // denominators)
+
+
+# ---------------------------------------------------------------- spectral residual
+
+
+def _np_resize_linear(maps, height, width):
+  """cv2.resize INTER_LINEAR: half-pixel centres, edges clamped, no antialiasing."""
+  h, w = maps.shape[-2:]
+  ys = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
+  xs = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
+  src_y, src_x = np.meshgrid(ys, xs, indexing="ij")
+  return np_bilinear(maps[..., None], src_y, src_x)[..., 0]
+
+
+def _np_filter_reflect101(plane, kernel):
+  radius = len(kernel) // 2
+  padded = np.pad(plane, radius, mode="reflect")
+  h, w = plane.shape
+  rows = sum(k * padded[i:i + h, :] for i, k in enumerate(kernel))
+  return sum(k * rows[:, i:i + w] for i, k in enumerate(kernel))
+
+
+def _np_spectral_residual(image):
+  """OpenCV's StaticSaliencySpectralResidual, transcribed step by step in float64."""
+  grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+  small = _np_resize_linear(grey, 64, 64)
+  spectrum = np.fft.fft2(small)
+  log_amplitude = np.log(np.maximum(np.abs(spectrum), 1e-12))
+  residual = log_amplitude - _np_filter_reflect101(log_amplitude, np.full(3, 1 / 3))
+  back = np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))
+  offsets = np.arange(5) - 2.0
+  gauss = np.exp(-offsets**2 / (2 * 8.0**2))
+  magnitude = _np_filter_reflect101(np.abs(back), gauss / gauss.sum())
+  saliency_map = magnitude**2
+  saliency_map /= saliency_map.max()
+  return _np_resize_linear(saliency_map, *image.shape[:2])
+
+
+def test_spectral_residual_matches_numpy_transcription():
+  rng = np.random.default_rng(4)
+  image = 0.4 + 0.05 * rng.standard_normal((40, 40, 3))
+  image[10:18, 24:32] = 0.95  # A small bright square on a grey, noisy background.
+  image = np.clip(image, 0, 1).astype(np.float32)
+  got = np.asarray(saliency.spectral_residual(jnp.asarray(image[None])))[0]
+  want = _np_spectral_residual(image)
+  np.testing.assert_allclose(got, want, atol=2e-4)
+  assert 0.5 < got.max() <= 1.0 + 1e-6 and got.min() >= 0.0
+  peak = np.unravel_index(np.argmax(got), got.shape)
+  assert np.unravel_index(np.argmax(want), want.shape) == peak
+  assert 8 <= peak[0] <= 19 and 22 <= peak[1] <= 33  # On the odd one out: the square.

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proxy_jax import augment, cams, config_lib, data, preprocess, train
-from proxy_jax.augment import saliency
+from proxy_jax import augment, cams, config_lib, data, preprocess, restore, train
 from tests.conftest import make_tiny_config
 from tests.test_train import killed_and_resumed
 
@@ -101,7 +100,7 @@ def test_frozen_workdir_gives_attentive_cutmix_its_cam(tiny_state, tmp_path):
                            workdir)
   config = _attentive_config(config, workdir)
   config_lib.validate(config)
-  apply_fn, frozen = saliency.load_frozen(config, 10)
+  apply_fn, frozen = restore.load_frozen(config, 10)
   fn = augment.make_augment_fn(config.augment, 10)
   key = jax.random.key(6)
   inputs, soft = jax.jit(lambda k: fn(images, labels, k, models=augment.models_of(
@@ -117,6 +116,24 @@ def test_frozen_workdir_gives_attentive_cutmix_its_cam(tiny_state, tmp_path):
            "is_proxy": np.zeros(6, bool)}
   _, metrics = step(fresh, batch, key)
   assert np.isfinite(metrics.compute()["loss"])
+
+
+def test_pipeline_keepaugment_selective_cut_with_and_without_augmix_views(tiny_state):
+  """KeepAugment + Cutout takes the selective-cut path in both the plain and the AugMix-JSD
+  pipelines: every erased pixel holds Cutout's paper fill (the normalisation mean colour)."""
+  config, state, images, labels = tiny_state
+  config = config.copy_and_resolve_references()
+  config.augment.erase, config.augment.erase_prob = "cutout", 1.0
+  config.augment.keep_salient = True
+  inputs, soft = jax.jit(lambda k: _augment(config, state, images, labels, k))(jax.random.key(3))
+  clean = np.asarray(preprocess.eval_inputs(images))
+  changed = np.any(np.abs(np.asarray(inputs) - clean) > 1e-5, axis=-1)
+  assert changed.any() and np.allclose(np.asarray(inputs)[changed], 0.0, atol=1e-5)
+  np.testing.assert_array_equal(soft, np.eye(10)[labels])
+  config.augment.policy, config.augment.augmix_jsd = "augmix", True
+  inputs, _ = jax.jit(lambda k: _augment(config, state, images, labels, k))(jax.random.key(3))
+  assert inputs.shape == (3 * len(images), *images.shape[1:])
+  np.testing.assert_allclose(inputs[:len(images)], clean, atol=1e-5)  # The clean view.
 
 
 def test_skip_proxies_exempts_proxied_examples(tiny_state):

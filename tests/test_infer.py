@@ -19,6 +19,7 @@ from proxy_jax import faithfulness
 from proxy_jax import infer
 from proxy_jax import parallel
 from proxy_jax import preprocess
+from proxy_jax import restore
 from proxy_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,7 @@ def test_cli_predictions_match_eval_step(trained, tmp_path):
   assert (np.diff(table[["prob_1", "prob_2", "prob_3"]].to_numpy(), axis=1) <= 0).all()
   assert set(table.class_1) <= {str(d) for d in range(10)}  # Digits' label names.
 
-  model, variables, config, _ = infer.restore_for_inference(workdir)
+  model, variables, config, _ = restore.restore_for_inference(workdir)
   state = train.create_train_state(config, model, jax.random.key(0), 1).replace(
       params=variables["params"], batch_stats=variables["batch_stats"])
   reference = np.asarray(train.make_predict_step()(state, val.images))
@@ -122,7 +123,7 @@ def test_overlays_are_the_cams_of_each_image(trained, tmp_path):
   assert sorted(table.file) == sorted(paths)
   assert "cams/nested__img_0_layercam.png" in set(table.overlay)
 
-  model, variables, config, _ = infer.restore_for_inference(workdir)
+  model, variables, config, _ = restore.restore_for_inference(workdir)
   decoded = np.stack([data.load_image_file(path, config.image_size) for path in table.file])
   inputs = preprocess.eval_inputs(decoded)
   probabilities = np.asarray(jax.nn.softmax(model.apply(variables, inputs)))
@@ -171,7 +172,7 @@ def test_bad_inputs_are_named(trained, tmp_path):
 
 def test_restore_matches_training_state(trained):
   workdir, val, _, _ = trained
-  model, variables, config, class_names = infer.restore_for_inference(workdir)
+  model, variables, config, class_names = restore.restore_for_inference(workdir)
   assert class_names == [str(d) for d in range(10)] and config.image_size == 16
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
@@ -182,13 +183,13 @@ def test_restore_matches_training_state(trained):
 
 def test_restore_without_a_run_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no trained run"):
-    infer.restore_for_inference(str(tmp_path))
+    restore.restore_for_inference(str(tmp_path))
 
 
 def test_ragged_last_chunk_neither_recompiles_nor_leaks(trained):
   """Five images in chunks of two: the last chunk reuses the compiled shape, and padded rows
   never reach the results (chunked equals all at once)."""
-  model, variables, _, _ = infer.restore_for_inference(trained[0])
+  model, variables, _, _ = restore.restore_for_inference(trained[0])
   images = trained[1].images[:5]
   targets = np.arange(5) % 3
   infer.predict_logits(model, variables, images[:4], 2)

@@ -126,8 +126,8 @@ def test_bfloat16_run_trains_and_its_cams_and_proxies_are_finite(tmp_path):
     assert np.isfinite([row["train_loss"], row["val_loss"]]).all()
   assert summary["history"][1]["train_loss"] < summary["history"][0]["train_loss"]
   assert summary["proxy_steps"][0]["chosen"] > 0 and summary["bank_size"] > 0
-  from proxy_jax import cams, data, infer, preprocess, proxy  # pylint: disable=g-import-not-at-top
-  model, variables, config, _ = infer.restore_for_inference(workdir)
+  from proxy_jax import cams, data, infer, preprocess, proxy, restore  # pylint: disable=g-import-not-at-top
+  model, variables, config, _ = restore.restore_for_inference(workdir)
   assert model.dtype == jax.numpy.bfloat16
   unit = preprocess.to_unit_range(data.load_dataset(config, workdir).train.images[:16])
   maps = np.asarray(cams.compute("gradcampp", model.apply, variables, preprocess.normalize(unit)))

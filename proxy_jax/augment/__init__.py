@@ -115,6 +115,48 @@ def make_mix_fn(cfg, models: Models):
   return mix_fn
 
 
+def _keep_fn(cfg, policy_fn, cut_fn, paste_fn):
+  """KeepAugment `(images, labels, key, maps)`: selective-cut Cutout (after a policy with the
+  salient box pasted back), or selective-paste over the whole label-preserving stage."""
+
+  def keep_fn(images, labels, key, maps):
+    if cut_fn is None:
+      return paste_fn(images, labels, key, maps)
+    policy_key, erase_key = jax.random.split(key)
+    if policy_fn is not None:
+      augmented, labels = policy_fn(images, labels, policy_key)
+      images = keep.paste_back(augmented, images, keep.keep_masks(maps, cfg.keep_size))
+    return cut_fn(images, labels, erase_key, maps)
+
+  return keep_fn
+
+
+def _jsd_views(cfg, jsd_views_fn, erase_fn, cut_fn, clean, soft, key, maps):
+  """AugMix's two extra views, then erasing (and KeepAugment) on each; the clean view has
+  neither, as the AugMix reference trains its cross-entropy on the clean image only."""
+  views_key, *erase_keys = jax.random.split(key, 3)
+  views = jsd_views_fn(clean, views_key)
+  out = []
+  for view, erase_key in zip(views, erase_keys):
+    if cut_fn is not None:  # Selective-paste for the policy view, then selective-cut.
+      view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
+      view, _ = cut_fn(view, soft, erase_key, maps)
+    else:
+      if erase_fn is not None:
+        view, _ = erase_fn(view, soft, erase_key)
+      if maps is not None:
+        view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
+    out.append(view)
+  return out
+
+
+def _exempt_proxies(cfg, images, clean, is_proxy):
+  """With `skip_proxies`, proxied examples keep their clean (flipped/rotated) image."""
+  if not cfg.skip_proxies or is_proxy is None:
+    return images
+  return jnp.where(jnp.asarray(is_proxy, bool)[:, None, None, None], clean, images)
+
+
 def make_augment_fn(augment_config, num_classes: int):
   """Builds `augment(images_uint8, labels, key, *, is_proxy=None, models=Models())`.
 
@@ -137,43 +179,9 @@ def make_augment_fn(augment_config, num_classes: int):
     return images, labels
 
   cut_fn = selective_cut_from_config(cfg)
-  paste_fn = keep.keep_salient(preserving, cfg.keep_size)
-
-  def keep_fn(images, labels, key, maps):
-    """KeepAugment: selective-cut Cutout (after a policy with the salient box pasted back), or
-    selective-paste over the whole label-preserving stage."""
-    if cut_fn is None:
-      return paste_fn(images, labels, key, maps)
-    policy_key, erase_key = jax.random.split(key)
-    if policy_fn is not None:
-      augmented, labels = policy_fn(images, labels, policy_key)
-      images = keep.paste_back(augmented, images, keep.keep_masks(maps, cfg.keep_size))
-    return cut_fn(images, labels, erase_key, maps)
+  keep_fn = _keep_fn(cfg, policy_fn, cut_fn, keep.keep_salient(preserving, cfg.keep_size))
 
   jsd_views_fn = policy.jsd_views_from_config(cfg)
-
-  def jsd_views(clean, soft, key, maps):
-    """AugMix's two extra views, then erasing (and KeepAugment) on each; the clean view has
-    neither, as the AugMix reference trains its cross-entropy on the clean image only."""
-    views_key, *erase_keys = jax.random.split(key, 3)
-    views = jsd_views_fn(clean, views_key)
-    out = []
-    for view, erase_key in zip(views, erase_keys):
-      if cut_fn is not None:  # Selective-paste for the policy view, then selective-cut.
-        view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
-        view, _ = cut_fn(view, soft, erase_key, maps)
-      else:
-        if erase_fn is not None:
-          view, _ = erase_fn(view, soft, erase_key)
-        if maps is not None:
-          view = keep.paste_back(view, clean, keep.keep_masks(maps, cfg.keep_size))
-      out.append(view)
-    return out
-
-  def exempt_proxies(images, clean, is_proxy):
-    if not cfg.skip_proxies or is_proxy is None:
-      return images
-    return jnp.where(jnp.asarray(is_proxy, bool)[:, None, None, None], clean, images)
 
   def augment(images_uint8, labels, key, *, is_proxy=None, models=Models()):
     geometry_key, preserve_key, mix_key = jax.random.split(key, 3)
@@ -182,8 +190,9 @@ def make_augment_fn(augment_config, num_classes: int):
     soft = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     maps = saliency.gradient(models.current, clean, labels) if cfg.keep_salient else None
     if jsd_views_fn is not None:
-      views = [exempt_proxies(v, clean, is_proxy) for v in jsd_views(clean, soft, preserve_key,
-                                                                     maps)]
+      views = _jsd_views(cfg, jsd_views_fn, erase_fn, cut_fn, clean, soft, preserve_key,
+                         maps)
+      views = [_exempt_proxies(cfg, v, clean, is_proxy) for v in views]
       return preprocess.normalize(jnp.concatenate([clean, *views])), soft
     images, targets = clean, soft
     if cfg.keep_salient:
@@ -193,7 +202,7 @@ def make_augment_fn(augment_config, num_classes: int):
     mix_fn = make_mix_fn(cfg, models)
     if mix_fn is not None:
       images, targets = mix_fn(images, targets, mix_key)
-    images = exempt_proxies(images, clean, is_proxy)
+    images = _exempt_proxies(cfg, images, clean, is_proxy)
     if cfg.skip_proxies and is_proxy is not None:
       targets = jnp.where(jnp.asarray(is_proxy, bool)[:, None], soft, targets)
     return preprocess.normalize(images), targets
@@ -218,12 +227,12 @@ def models_of(state, frozen_apply_fn=None, frozen=None) -> Models:
   return Models(current=saliency.current_model(state), frozen=frozen_model)
 
 
-def preview(state, batch, config, num_classes: int):
+def preview(state, batch, config, num_classes: int, frozen_apply_fn=None, frozen=None):
   """The train step's augmentation of one host batch with a fixed key (the run header's grid).
 
-  Returns (normalised inputs, soft targets); the frozen saliency model, if any, is loaded.
+  Returns (normalised inputs, soft targets). `frozen_apply_fn` and `frozen` are the frozen
+  saliency model's, when the config names one (the run layer loads it: `restore.load_frozen`).
   """
-  frozen_apply_fn, frozen = saliency.load_frozen(config, num_classes)
 
   def run(state, images, labels, is_proxy, frozen):
     augment_fn = make_augment_fn(config.augment, num_classes)

@@ -9,7 +9,7 @@
     reference).
   * `cam`: a CAM of the label class from `proxy_jax.cams` (Grad-CAM by default: features once,
     only the head differentiated), for Attentive CutMix and SnapMix, of the model being trained
-    or of a frozen one (`load_frozen_model`).
+    or of a frozen one (built by the run layer, `proxy_jax.restore`, and passed in).
   * `gradient`: vanilla-gradient saliency (max over channels of |d logit_y / d input|) of the
     current model, through `proxy_jax.cams`' "saliency" method, for KeepAugment.
 
@@ -28,7 +28,6 @@ import numpy as np
 from proxy_jax import cams, preprocess
 from proxy_jax.augment import fine_grained as fine_grained_lib
 from proxy_jax.augment import mix
-from proxy_jax.errors import ConfigError
 
 # ITU-R BT.601 luma, OpenCV's RGB -> grey weights.
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
@@ -142,42 +141,6 @@ def gradient(model: SaliencyModel, images, labels):
 
 
 def is_trained_workdir(source: str) -> bool:
+  """Whether `source` looks like a trained workdir (config.json and checkpoints/), not weights."""
   return os.path.isfile(os.path.join(source, "config.json")) and os.path.isdir(
       os.path.join(source, "checkpoints"))
-
-
-def load_frozen_model(source: str, config, num_classes: int) -> SaliencyModel:
-  """The frozen model of `config.augment.saliency_source`: a trained workdir or pretrained weights.
-
-  A workdir brings its own architecture and head, and must have been trained on the same
-  classes. Pretrained weights (a .safetensors file, a converted directory or a hub name) load
-  into `config.model.name`; their classifier is not ours, so only a class-agnostic CAM method
-  makes sense (`check_config` insists on one).
-  """
-  # Imported here: train imports this package to build its step, and infer imports train.
-  from proxy_jax import infer, model_state, pretrained  # pylint: disable=g-import-not-at-top
-  if is_trained_workdir(source):
-    model, variables, _, class_names = infer.restore_for_inference(source)
-    if len(class_names) != num_classes:
-      raise ConfigError(f"config.augment.saliency_source={source!r} was trained on "
-                       f"{len(class_names)} classes, this run has {num_classes}")
-    return SaliencyModel(model.apply, variables)
-  model = model_state.create_model(config, num_classes)
-  shape = (1, config.image_size, config.image_size, 3)
-  variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
-                         jnp.zeros(shape, jnp.float32))
-  variables = pretrained.load_pretrained(source, config.model.name, variables)
-  return SaliencyModel(model.apply, variables)
-
-
-def load_frozen(config, num_classes: int | None):
-  """(apply_fn, variables) of the configured frozen saliency model, or (None, None) if the
-  guided methods use the current model (or none is configured)."""
-  from proxy_jax import augment  # pylint: disable=g-import-not-at-top
-  if not augment.needs_frozen_model(config.augment):
-    return None, None
-  if num_classes is None:
-    raise ValueError("a frozen saliency model (config.augment.saliency_source="
-                     f"{config.augment.saliency_source!r}) needs num_classes")
-  model = load_frozen_model(config.augment.saliency_source, config, num_classes)
-  return model.apply_fn, model.variables

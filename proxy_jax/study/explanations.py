@@ -37,7 +37,7 @@ def spread_indices(count: int, total: int) -> np.ndarray:
 
 def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
   """(rows, grid panels of the first seed, seconds); one row per (arm, seed) run."""
-  from proxy_jax import faithfulness, infer  # pylint: disable=g-import-not-at-top
+  from proxy_jax import faithfulness, infer, restore  # pylint: disable=g-import-not-at-top
   started = time.time()
   explain = study.explain
   first = runs.get((study.baseline, study.seeds[0])) or next(iter(runs.values()))
@@ -49,7 +49,7 @@ def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
         continue
       run = runs[arm, seed]
       begin = time.time()
-      model, variables, config, class_names = infer.restore_for_inference(run["workdir"])
+      model, variables, config, class_names = restore.restore_for_inference(run["workdir"])
       # Equal modules, one object: jit caches on the bound `model.apply`, which compares by
       # object identity, so a fresh module per run would recompile every function per run.
       model = shared_models.setdefault(model, model)

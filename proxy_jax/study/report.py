@@ -255,27 +255,10 @@ def _csv(path: str, rows: list[dict]) -> None:
   atomic_write(path, lambda f: frame.to_csv(f, index=False), "w")
 
 
-def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, checks: list,
-                 failures: list, explanation_rows: list, panels: list, explain_seconds: float,
-                 command: str, started: float) -> str:
-  """Writes every file of the report; returns summary.md's text.
-
-  `started` is when the report phase began (its time, less `explain_seconds`, is the report's
-  share of the overhead).
-  """
-  os.makedirs(out, exist_ok=True)
-  rows = run_rows(study, runs)
-  paired = paired_tables(study, rows)
-  plot_all(study, runs, rows, paired, out)
-  if panels:
-    from proxy_jax import faithfulness  # pylint: disable=g-import-not-at-top
-    faithfulness.write_figure(panels, os.path.join(out, "cams.png"), study.explain["cam"])
-  cost = overhead(rows, explain_seconds, time.time() - started - explain_seconds)
-  commits = sorted({r["commit"] for r in rows})
-  n = len(study.seeds)
-  lines = [f"# Study: {study.name}", ""]
-  declared, preregistered = preregistration.report_section(study, rows)
-  lines += declared
+def _setting_lines(study: spec.Study, rows: list, declared: list, commits: list, command: str,
+                   missing: list) -> list[str]:
+  """summary.md's head: the pre-registration, the command, code version, config and arms."""
+  lines = [f"# Study: {study.name}", ""] + declared
   if study.description:
     lines += [study.description.strip(), ""]
   lines += [f"Command: `{command}`", "",
@@ -288,7 +271,13 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
   if missing:
     lines += ["", f"**Incomplete study**: {len(missing)} run(s) missing or failed, so the "
               f"affected arms are compared on fewer seeds: {', '.join(missing)}."]
-  lines += ["", "## Accuracy per arm", "",
+  return lines
+
+
+def _comparison_lines(study: spec.Study, rows: list, paired: dict) -> list[str]:
+  """summary.md's accuracy per arm, the paired comparisons and the verdict per arm."""
+  n = len(study.seeds)
+  lines = ["", "## Accuracy per arm", "",
             "Final-epoch metrics (no early stopping, no best epoch, no seed dropped), mean +- "
             "sample std over seeds. Training-split accuracy: the final model on the training split "
             "in eval mode, without augmentation. Images/s: median over epochs of the training "
@@ -310,6 +299,29 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
             "paired t-test at 0.05 (the intervals beside it are unadjusted, so one may "
             "exclude 0 while Holm still does not reject):", ""]
   lines += [f"- **{r['arm']}**: {r['verdict']}." for r in paired["test_accuracy"]]
+  return lines
+
+
+def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, checks: list,
+                 failures: list, explanation_rows: list, panels: list, explain_seconds: float,
+                 command: str, started: float) -> str:
+  """Writes every file of the report; returns summary.md's text.
+
+  `started` is when the report phase began (its time, less `explain_seconds`, is the report's
+  share of the overhead).
+  """
+  os.makedirs(out, exist_ok=True)
+  rows = run_rows(study, runs)
+  paired = paired_tables(study, rows)
+  plot_all(study, runs, rows, paired, out)
+  if panels:
+    from proxy_jax import faithfulness  # pylint: disable=g-import-not-at-top
+    faithfulness.write_figure(panels, os.path.join(out, "cams.png"), study.explain["cam"])
+  cost = overhead(rows, explain_seconds, time.time() - started - explain_seconds)
+  commits = sorted({r["commit"] for r in rows})
+  declared, preregistered = preregistration.report_section(study, rows)
+  lines = _setting_lines(study, rows, declared, commits, command, missing)
+  lines += _comparison_lines(study, rows, paired)
   lines += ["", "## Explanation quality", ""] + explanation_lines(study, explanation_rows)
   lines += ["", "## Fairness checks", ""] + fairness_lines(checks, failures)
   lines += ["", "## Study overhead", ""] + overhead_lines(cost)

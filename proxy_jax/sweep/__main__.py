@@ -11,13 +11,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from proxy_jax import cli
+from proxy_jax import cli, default_config
 from proxy_jax.sweep import grid, runner
 
 
 def define_flags():
   # Defined on demand, not at import: sweep files and other tools import this package.
-  flags.DEFINE_string("config", "configs/default.py", "Config file passed to every trial.")
+  flags.DEFINE_string("config", default_config.PATH, "Config file passed to every trial.")
   flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().", required=True)
   flags.DEFINE_string("workdir", None, "Sweep directory (one subdirectory per trial).",
                       required=True)

@@ -1,0 +1,70 @@
+"""Models built from what a run left behind: a trained workdir's latest checkpoint, and the frozen
+saliency model of the guided augmentations (a trained workdir or pretrained weights).
+
+The run layer builds these and hands them to the library (`augment` takes the frozen model's
+apply function and variables as arguments), so the library never reads a checkpoint itself.
+"""
+
+import os
+
+import jax
+import ml_collections
+
+from proxy_jax import augment, checkpoints, config_lib, model_state
+from proxy_jax.augment import saliency
+from proxy_jax.errors import ConfigError
+
+
+def restore_for_inference(workdir: str):
+  """(model, variables, config, class_names) from a trained workdir's latest checkpoint."""
+  config_path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.exists(config_path) or not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"{workdir} has no trained run (config.json and checkpoints/ "
+                            "expected); train one with main.py first")
+  config = ml_collections.ConfigDict(config_lib.read_json(config_path))
+  class_names = config_lib.read_json(os.path.join(workdir, "classes.json"))
+  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints)
+  try:
+    latest = ckpt.latest_epoch()
+    if latest is None:
+      raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
+    model = model_state.create_model(config, len(class_names))
+    with config.unlocked():
+      config.model.pretrained = ""  # The checkpoint has the weights.
+    state = model_state.create_train_state(config, model, jax.random.key(0), 1)
+    state, _, _ = ckpt.restore(latest, state)
+  finally:
+    ckpt.close()
+  return model, {"params": state.params, "batch_stats": state.batch_stats}, config, class_names
+
+
+def load_frozen_model(source: str, config, num_classes: int) -> saliency.SaliencyModel:
+  """The frozen model of `config.augment.saliency_source`: a trained workdir or pretrained weights.
+
+  A workdir brings its own architecture and head, and must have been trained on the same
+  classes. Pretrained weights (a .safetensors file, a converted directory or a hub name) load
+  into `config.model.name`; their classifier is not ours, so only a class-agnostic CAM method
+  makes sense (`augment.check_config` insists on one).
+  """
+  if saliency.is_trained_workdir(source):
+    model, variables, _, class_names = restore_for_inference(source)
+    if len(class_names) != num_classes:
+      raise ConfigError(f"config.augment.saliency_source={source!r} was trained on "
+                        f"{len(class_names)} classes, this run has {num_classes}")
+    return saliency.SaliencyModel(model.apply, variables)
+  model = model_state.create_model(config, num_classes)
+  variables = model_state.init_variables(config, model, jax.random.key(0), pretrained=source)
+  return saliency.SaliencyModel(model.apply, variables)
+
+
+def load_frozen(config, num_classes: int | None):
+  """(apply_fn, variables) of the configured frozen saliency model, or (None, None) if the
+  guided methods use the current model (or none is configured)."""
+  if not augment.needs_frozen_model(config.augment):
+    return None, None
+  if num_classes is None:
+    raise ValueError("a frozen saliency model (config.augment.saliency_source="
+                     f"{config.augment.saliency_source!r}) needs num_classes")
+  model = load_frozen_model(config.augment.saliency_source, config, num_classes)
+  return model.apply_fn, model.variables
