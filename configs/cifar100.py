@@ -9,6 +9,14 @@ def get_config():
   config.data.name = "cifar100"
   config.data.test_split = "test"
   config.image_size = 32
+  # CIFAR images are 32 px: stored as they are, trained on the CIFAR scripts' pad-4 random crop
+  # and flip (CutMix, Cutout, SaliencyMix), without the rotation of the 224 px configs.
+  config.data.load_size = 32
+  config.augment.crop = "pad"
+  config.augment.crop_padding = 4
+  config.augment.crop_pad_mode = "zero"
+  config.augment.flip = True
+  config.augment.rotation_degrees = 0.0
   config.model.name = "resnet18"
   config.model.pretrained = ""  # ImageNet weights do not fit 32 px inputs well.
   config.batch_size = 128

@@ -15,6 +15,9 @@ def get_config():
   config.data.test_split = "test"
   config.data.val_fraction = 0.1
   config.image_size = 224
+  # Stored at 256 px (data.load_size auto: 224 / 0.875); training takes torchvision's
+  # RandomResizedCrop (area 8-100%, ratio 3/4-4/3) to 224, evaluation the 224 centre crop.
+  config.augment.crop = "random_resized"
   config.augment.flip = True
   config.augment.rotation_degrees = 20.0
   config.model.name = "resnet50"

@@ -11,7 +11,6 @@ the TensorBoard event files through tensorboard's own reader. Writes results.csv
 a Parquet engine is installed), curves.csv and, with --group-by, grouped.csv.
 """
 
-import json
 import os
 
 from absl import app
@@ -22,6 +21,7 @@ import pandas as pd
 from proxy_jax import cli
 from proxy_jax import config_fields
 from proxy_jax import errors
+from proxy_jax import io_utils
 from proxy_jax import records
 from proxy_jax import sweep as sweep_lib
 from proxy_jax.io_utils import atomic_save_figure, atomic_write
@@ -42,12 +42,15 @@ def column_name(key: str, all_keys) -> str:
   return short if len(clashes) <= 1 else key.replace(".", "_")
 
 
-def _read_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
+TRIAL_FILE_FIX = ("restore it from a backup, or copy the trial's entry of the sweep's "
+                  f"{sweep_lib.SWEEP_FILE} into it")
+
+
+def _read_json(path: str, fix: str):
+  """A run's JSON object, None if the file is absent; a damaged one is a DamagedFileError."""
+  if not os.path.exists(path):
     return None
+  return io_utils.read_json(path, dict, fix)
 
 
 # ---------------------------------------------------------------- TensorBoard curves
@@ -95,7 +98,7 @@ def find_trials(root: str) -> list[str]:
   """The run directories under `root`: root itself for a single run, else its subdirectories."""
   def is_run(path):
     return any(os.path.exists(os.path.join(path, f))
-               for f in (records.SUMMARY_FILE, "config.json", sweep_lib.TRIAL_FILE))
+               for f in (records.SUMMARY_FILE, records.CONFIG_FILE, sweep_lib.TRIAL_FILE))
   if not os.path.isdir(root):
     raise errors.MissingPathError(f"{root!r} is not a directory")
   if is_run(root):
@@ -140,22 +143,15 @@ def summary_metrics(summary: records.Summary | None) -> dict:
   }
 
 
-def _read_summary(path: str) -> records.Summary | None:
-  try:
-    return records.read_summary(path)
-  except (OSError, ValueError, TypeError):
-    return None
-
-
 def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, list]:
   """(results, curves, swept columns); results has one row per trial directory."""
   states = sweep_lib.trial_states(root)
   trials = []
   for path in find_trials(root):
-    trial = _read_json(os.path.join(path, sweep_lib.TRIAL_FILE)) or {}
-    summary = _read_summary(path)
+    trial = _read_json(os.path.join(path, sweep_lib.TRIAL_FILE), TRIAL_FILE_FIX) or {}
+    summary = records.read_summary(path)
     config = (summary.config if summary else None) or _read_json(
-        os.path.join(path, "config.json")) or {}
+        os.path.join(path, records.CONFIG_FILE), records.CONFIG_FIX) or {}
     trials.append((path, trial.get("overrides", {}), summary, config))
   swept = sorted({k for _, overrides, _, _ in trials for k in overrides})
   fields = list(dict.fromkeys([*swept, *IDENTITY_FIELDS]))

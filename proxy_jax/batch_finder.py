@@ -19,7 +19,6 @@ Config fields read (with defaults, so configs need not define them):
 """
 
 import dataclasses
-import json
 import os
 import resource
 import sys
@@ -27,6 +26,8 @@ import sys
 from absl import logging
 import jax
 import numpy as np
+
+from proxy_jax import data, records
 
 START = 8
 CEILING_WITH_LIMIT = 4096
@@ -79,7 +80,8 @@ def is_out_of_memory(error: Exception) -> bool:
 
 
 def dummy_batch(config, batch_size: int, num_classes: int) -> dict:
-  size = config.image_size
+  """A batch as the train step gets it: stored images (side `data.load_size`), not crops."""
+  size = data.stored_size(config)
   return {"image": np.zeros((batch_size, size, size, 3), np.uint8),
           "label": (np.arange(batch_size) % num_classes).astype(np.int32),
           "id": np.arange(batch_size, dtype=np.int32),
@@ -196,11 +198,10 @@ def with_recorded_batch_size(config, workdir: str):
   A resumed run must not search again: other hardware or load could pick another size and
   change the steps per epoch and the learning-rate schedule mid-run.
   """
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, records.CONFIG_FILE)
   if config.batch_size != -1 or not os.path.exists(path):
     return config
-  with open(path) as f:
-    recorded = json.load(f).get("batch_size")
+  recorded = records.read_recorded_config(workdir).get("batch_size")
   if not isinstance(recorded, int) or recorded <= 0:
     return config
   logging.info("batch_size=-1: reusing the batch size %d recorded in %s.", recorded, path)

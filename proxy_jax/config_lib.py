@@ -19,6 +19,7 @@ from proxy_jax import default_config
 from proxy_jax import model_state
 from proxy_jax import models
 from proxy_jax import proxy
+from proxy_jax import records
 from proxy_jax.config_fields import get_field
 from proxy_jax.errors import ConfigError
 from proxy_jax.io_utils import atomic_write_json
@@ -84,6 +85,12 @@ def validate(config) -> None:
   if config.data.max_examples < 0:
     _fail("data.max_examples", config.data.max_examples, "must be >= 0 (0 = all)")
   _check_positive_int(config, "image_size")
+  load_size = config.data.load_size
+  if load_size != data.AUTO_LOAD_SIZE and (
+      not isinstance(load_size, int) or isinstance(load_size, bool)
+      or load_size < config.image_size):
+    _fail("data.load_size", load_size, f"must be an integer >= image_size ({config.image_size})"
+          f", or {data.AUTO_LOAD_SIZE} (auto)")
   _check_choice(config, "model.name", models.MODEL_NAMES)
   small_stem = config.model.small_stem
   if not isinstance(small_stem, bool) and str(small_stem).lower() not in models.SMALL_STEM_CHOICES:
@@ -169,9 +176,6 @@ def flatten(config) -> dict:
   return traverse_util.flatten_dict(tree, sep=".")
 
 
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
 
 
 # Fields that record what this machine made of the config rather than the experiment itself: a
@@ -183,6 +187,28 @@ HARDWARE_FIELDS = ("dtype_resolved",)
 # the config.json of older runs still holds.
 NON_RESULT_FIELDS = ("log_every_seconds", "log_every_steps", "compilation_cache_dir",
                      "data.cache_dir", "data.decode_workers")
+
+
+# Fields whose value for a run older than them is not their default but follows from the
+# config: such a run stored its images at image_size.
+LEGACY_VALUES = {"data.load_size": lambda fields: fields["image_size"]}
+
+
+def resolve_load_size(config, workdir: str) -> int:
+  """Sets `config.data.load_size` to the stored side this run uses (recorded in config.json).
+
+  Auto (-1) follows `data.stored_size`, except in a workdir whose config.json predates the
+  field: that run stored its images at image_size, and resuming it must not change them.
+  """
+  path = os.path.join(workdir, records.CONFIG_FILE)
+  value = data.stored_size(config)
+  if config.data.load_size == data.AUTO_LOAD_SIZE and os.path.exists(path):
+    recorded = records.read_recorded_config(workdir)
+    if "load_size" not in (recorded.get("data") or {}):
+      value = int(config.image_size)
+  with config.unlocked():
+    config.data.load_size = value
+  return value
 
 
 def resolve_dtype(config) -> str:
@@ -201,11 +227,11 @@ def write_or_check_resolved(config, workdir: str) -> None:
   """Resolves the config's dtype and writes workdir/config.json; on a re-run, refuses a config
   that differs from the recorded one, except in HARDWARE_FIELDS (logged, file left as first
   written; summary.json's config shows the finishing session's values)."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, records.CONFIG_FILE)
   resolve_dtype(config)
   resolved = json.loads(config.to_json())
   if os.path.exists(path):
-    previous = read_json(path)
+    previous = records.read_recorded_config(workdir)
     old, new = flatten(previous), flatten(resolved)
     for key in HARDWARE_FIELDS:
       if old.get(key, new[key]) != new[key]:
@@ -231,17 +257,22 @@ def _accept_fields_added_since(old: dict, new: dict, workdir: str) -> None:
 
   A field added to the code after a run began (a new option, off by default) changes nothing
   for that run, so resuming it, or re-running a finished one, must not be refused; the same
-  field set to anything but the default config's value is a different run and still is.
+  field set to anything but the default config's value (`LEGACY_VALUES`' value where the old
+  behaviour is not the default) is a different run and still is.
   """
   added = [k for k in new if k not in old]
   if not added:
     return
   defaults = flatten(default_config.get_config())
   for key in added:
-    if key in defaults and _same(json.loads(json.dumps(defaults[key])), new[key]):
+    legacy = LEGACY_VALUES[key](new) if key in LEGACY_VALUES else defaults.get(key, _ABSENT)
+    if legacy is not _ABSENT and _same(json.loads(json.dumps(legacy)), new[key]):
       logging.info("%s: %s=%r is new since this run began; its default changes nothing.",
                    workdir, key, new[key])
       new.pop(key)
+
+
+_ABSENT = object()
 
 
 def _same(a, b):

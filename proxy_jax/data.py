@@ -1,15 +1,17 @@
 """Datasets: TFDS by name, image folders, and scikit-learn's bundled digits.
 
-Every source is decoded once into uint8 arrays at `config.image_size` (shorter side resized,
-centre crop), cached under the cache dir, and split into train/val(/test) by a seeded,
-label-stratified draw (`splits.py`) that is written to `<workdir>/split.json` and never
-redrawn. Training examples carry a stable id, their position in that fixed training split, so a
-proxy image can stand in for its original by id. Augmentation and normalisation live in `preprocess.py`.
+Every source is decoded once into uint8 arrays at the stored side `stored_size(config)`
+(`data.load_size`: shorter side resized, centre square), cached under the cache dir keyed by
+that side, and split into train/val(/test) by a seeded, label-stratified draw (`splits.py`) that
+is written to `<workdir>/split.json` and never redrawn. The training split keeps the stored
+images, which the train step crops to `config.image_size` (`augment.crop`); validation and test
+hold their centre crops (`eval_view`), the only view evaluation uses. Training examples carry a
+stable id, their position in that fixed training split, so a proxy image can stand in for its
+original by id. Augmentation and normalisation live in `preprocess.py` and `augment/`.
 """
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 from concurrent import futures
@@ -20,8 +22,8 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from proxy_jax import preprocess, splits, tfds_prepare
-from proxy_jax.errors import DataError, MissingPathError
+from proxy_jax import io_utils, preprocess, splits, tfds_prepare
+from proxy_jax.errors import DamagedFileError, DataError, MissingPathError
 from proxy_jax.io_utils import atomic_write_json, atomic_save_npy
 
 normalize = preprocess.normalize
@@ -32,11 +34,33 @@ SOURCES = ("digits", "tfds", "folder")
 
 # Part of the cache key: bump it when decoding changes, so no stale pixels are reused.
 DECODER_VERSION = 2
+# data.load_size = AUTO_LOAD_SIZE stores folder and TFDS images at image_size / CROP_FRACTION
+# (torchvision's ImageNet evaluation: Resize(256) then CenterCrop(224)).
+AUTO_LOAD_SIZE = -1
+CROP_FRACTION = 0.875
+
+
+def stored_size(config) -> int:
+  """The side images are stored at: `config.data.load_size` resolved.
+
+  AUTO_LOAD_SIZE: round(image_size / 0.875) for folders and TFDS, image_size for the digits
+  (8 x 8 originals: there is nothing to crop). A config without the field (the config.json of
+  a run older than it) stored its images at image_size.
+  """
+  value = config.data.get("load_size", None)
+  if value is None:
+    return int(config.image_size)
+  if value == AUTO_LOAD_SIZE:
+    if config.data.source == "digits":
+      return int(config.image_size)
+    return int(round(config.image_size / CROP_FRACTION))
+  return int(value)
 
 
 @dataclasses.dataclass
 class Split:
-  images: np.ndarray  # uint8 (N, S, S, 3); may be a read-only memmap.
+  images: np.ndarray  # uint8 (N, L, L, 3) stored (train) or (N, S, S, 3) centre crops (val,
+                      # test); may be a read-only memmap.
   labels: np.ndarray  # int32 (N,)
   ids: np.ndarray     # int32 (N,); for train, 0..N-1 = position in the fixed split.
 
@@ -252,7 +276,7 @@ def _cache_key(config, which: str) -> str:
   data = config.data
   absolute = lambda path: os.path.abspath(path) if path else ""
   parts = [data.source, data.name, absolute(data.path), data.label_regex,
-           absolute(data.tfds_data_dir), which, str(config.image_size),
+           absolute(data.tfds_data_dir), which, str(stored_size(config)),
            f"decoder {DECODER_VERSION}"]
   if data.source == "folder":
     root = absolute(data.path if which == "pool" else data.test_path)
@@ -264,16 +288,47 @@ def _cache_key(config, which: str) -> str:
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+_CACHE_FIX = "the decoded image cache is decoded again"
+
+
+def _read_cached_pool(base: str, side: int) -> Pool:
+  """The pool a cache entry holds; DamagedFileError naming the file that is not intact."""
+  meta_path = base + ".json"
+  meta = io_utils.read_json(meta_path, dict, _CACHE_FIX)
+  if not (isinstance(meta.get("class_names"), list) and isinstance(meta.get("skipped_files"),
+                                                                   list)):
+    raise DamagedFileError(meta_path, "no class_names or skipped_files list", _CACHE_FIX)
+  arrays = {}
+  for name in ("images", "labels"):
+    path = f"{base}.{name}.npy"
+    try:  # The images stay on disk (a memmap); a short file fails here, not mid-training.
+      arrays[name] = np.load(path, mmap_mode="r" if name == "images" else None)
+    except (OSError, ValueError, EOFError) as error:
+      raise DamagedFileError(path, f"not a readable .npy file: {error}", _CACHE_FIX) from error
+  images, labels = arrays["images"], arrays["labels"]
+  if images.dtype != np.uint8 or images.shape[1:] != (side, side, 3):
+    raise DamagedFileError(f"{base}.images.npy", f"{images.dtype} {images.shape}, not uint8 "
+                           f"(N, {side}, {side}, 3)", _CACHE_FIX)
+  if (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)
+      or (len(labels) and not 0 <= labels.min() <= labels.max() < len(meta["class_names"]))):
+    raise DamagedFileError(f"{base}.labels.npy", f"{labels.dtype} {labels.shape} does not label "
+                           f"the {len(images)} images", _CACHE_FIX)
+  return Pool(images, labels, meta["class_names"], meta["skipped_files"])
+
+
 def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -> Pool:
-  """Loads a decoded pool from the cache, or builds it and writes it atomically."""
+  """Loads a decoded pool from the cache, or builds it and writes it atomically.
+
+  A damaged cache entry is a cache miss: it is decoded again, and the log says so.
+  """
   base = os.path.join(cache_dir, f"{config.data.name}-{which}-{_cache_key(config, which)}")
   meta_path = base + ".json"
+  side = stored_size(config)
   if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-    images = np.load(base + ".images.npy", mmap_mode="r")
-    return Pool(images, np.load(base + ".labels.npy"), meta["class_names"],
-                meta["skipped_files"])
+    try:  # The key holds the side: a file of another side was not written by this code.
+      return _read_cached_pool(base, side)
+    except DamagedFileError as error:
+      logging.warning("%s is damaged (%s): decoding the images again.", error.path, error.cause)
   pool = build()
   os.makedirs(cache_dir, exist_ok=True)
   atomic_save_npy(base + ".images.npy", pool.images)
@@ -289,10 +344,21 @@ def _take(pool: Pool, indices: np.ndarray, ids: np.ndarray) -> Split:
   return Split(np.asarray(pool.images[indices]), pool.labels[indices], ids.astype(np.int32))
 
 
+def eval_view(split: Split, image_size: int) -> Split:
+  """`split` as evaluation sees it: the centre image_size crop of every stored image.
+
+  A view, not a copy (`batches` copies only the rows it takes); the split itself when its
+  images already have that side (validation and test always do).
+  """
+  if split.images.shape[1] == image_size:
+    return split
+  return Split(preprocess.center_crop(split.images, image_size), split.labels, split.ids)
+
+
 def load_dataset(config, workdir: str) -> Dataset:
   data = config.data
   cache_dir = os.path.expanduser(data.cache_dir) or os.path.join(workdir, "cache")
-  size, workers = config.image_size, data.decode_workers
+  size, workers = stored_size(config), data.decode_workers
   test_pool = None
   if data.source == "digits":  # Cached too: each trial would import scikit-learn and resize.
     pool = cached_pool(config, cache_dir, "pool", lambda: load_digits_pool(size))
@@ -315,12 +381,13 @@ def load_dataset(config, workdir: str) -> Dataset:
                     "first %d:\n  %s", len(skipped), min(len(skipped), MAX_REPORTED_FILES), shown)
   indices = splits.fixed_split(pool, config, workdir, carve_test=test_pool is None)
   train = _take(pool, indices["train"], np.arange(len(indices["train"])))
-  val = _take(pool, indices["val"], indices["val"])
+  val = eval_view(_take(pool, indices["val"], indices["val"]), config.image_size)
   if test_pool is not None:
     test = Split(np.asarray(test_pool.images), test_pool.labels,
                  np.arange(len(test_pool.labels), dtype=np.int32))
   else:
     test = _take(pool, indices["test"], indices["test"]) if len(indices["test"]) else None
+  test = eval_view(test, config.image_size) if test is not None else None
   return Dataset(train, val, test, pool.class_names, skipped)
 
 

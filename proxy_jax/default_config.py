@@ -75,8 +75,13 @@ def _add_data(config):
   config.data.test_fraction = 0.1
   # Only for smoke runs: cap the number of training-pool examples (0 = all).
   config.data.max_examples = 0
-  # Decoded, resized uint8 images are cached here, shared by every run of the same data and
-  # size (keyed by source, paths, files and size); "" = <workdir>/cache.
+  # Side of the stored images (shorter side resized to it, centre square); training crops them
+  # to image_size (augment.crop), evaluation sees their centre crop (torchvision's Resize +
+  # CenterCrop). -1 = auto: round(image_size / 0.875) for folders and TFDS (256 for 224),
+  # image_size for the digits. The resolved value is recorded in config.json.
+  config.data.load_size = -1
+  # Decoded, resized uint8 images are cached here, keyed by their source, files and stored side,
+  # and shared by every run that stores the same images; "" = <workdir>/cache.
   config.data.cache_dir = "~/.cache/proxy_jax/decoded"
   config.data.decode_workers = 8
 
@@ -84,6 +89,16 @@ def _add_data(config):
 def _add_augment(config):
   """Flip, rotation, policies (RandAugment, TrivialAugment, AugMix) and erasing."""
   config.augment = ml_collections.ConfigDict()
+  # Crop from the stored image (data.load_size) to image_size (proxy_jax/augment/crop.py):
+  # "random_resized" (torchvision RandomResizedCrop), "pad" (pad-k random crop) or "center"
+  # (the evaluation view; with load_size == image_size the image as stored).
+  config.augment.crop = "center"
+  # random_resized: area share and aspect-ratio (w/h, log-uniform) ranges of the box.
+  config.augment.crop_scale = (0.08, 1.0)
+  config.augment.crop_ratio = (3 / 4, 4 / 3)
+  # pad: pixels added on each side, "zero" (torchvision's constant 0) or "reflect".
+  config.augment.crop_padding = 4
+  config.augment.crop_pad_mode = "zero"
   # Mirrored digits are different symbols (or none): no flips for the default data.
   config.augment.flip = False
   config.augment.rotation_degrees = 20.0
@@ -158,7 +173,7 @@ def _add_mixing(config):
   config.augment.keep_cutout = "selective_cut"
   config.augment.keep_threshold = 0.6
   config.augment.keep_tries = 10
-  # Proxied examples skip policy, erasing and mixing (flip and rotation still apply).
+  # Proxied examples skip policy, erasing and mixing (crop, flip and rotation still apply).
   config.augment.skip_proxies = False
 
 

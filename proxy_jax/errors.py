@@ -27,3 +27,15 @@ class WorkdirError(UserError, ValueError):
 
 class MissingPathError(UserError, FileNotFoundError):
   """A file or folder the user named does not exist or holds nothing usable."""
+
+
+class DamagedFileError(UserError, ValueError):
+  """A file the project wrote and reads back is truncated, empty or garbled.
+
+  The message names the file, what is wrong with it and what to do; `path` and `cause` are
+  kept for callers that recover (a journal line, a trial marked failed).
+  """
+
+  def __init__(self, path: str, cause: str, fix: str):
+    super().__init__(f"{path} is damaged ({cause}); {fix}")
+    self.path, self.cause, self.fix = path, cause, fix

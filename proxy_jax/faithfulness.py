@@ -132,6 +132,7 @@ def load_models(workdirs: list[str], split_name: str):
     split = getattr(data.load_dataset(config, workdir), split_name)
     if split is None:
       raise errors.DataError(f"{workdir}: the dataset has no {split_name} split")
+    split = data.eval_view(split, config.image_size)  # Training images are stored larger.
     models.append({"workdir": workdir, "model": model, "variables": variables,
                    "config": config, "class_names": class_names, "split": split})
   return models

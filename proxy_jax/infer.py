@@ -5,8 +5,9 @@
 
 PATH is an image file, a folder (searched recursively, sorted) or a glob pattern. Files are
 decoded exactly as training decoded them (`data.load_image_file`: RGB, shorter side resized to the
-model's image size, centre crop) and normalised by `preprocess.eval_inputs`, so a training image
-gives the logits that evaluation gave it. Unreadable files are reported, listed in `skipped.csv`
+run's stored side `data.load_size`, centre square), centre-cropped to the model's image size as
+evaluation does, and normalised by `preprocess.eval_inputs`, so a training image gives the
+logits that evaluation gave it. Unreadable files are reported, listed in `skipped.csv`
 and skipped. Class indices map back to the dataset's label names saved with the checkpoint.
 Writes `<out>/predictions.csv` (default out: `<workdir>/infer`) and, with `--cam`, one
 (image | overlay) PNG per image under `<out>/cams/`, named after the file's path below PATH and
@@ -181,7 +182,8 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
     raise InferenceError(f"--workdir {workdir!r}: {error}") from error
   if target is not None and not 0 <= target < len(class_names):
     raise InferenceError(f"--target {target} is not a class index (0..{len(class_names) - 1})")
-  images, paths, skipped = data.load_image_files(files, config.image_size)
+  stored, paths, skipped = data.load_image_files(files, data.stored_size(config))
+  images = np.ascontiguousarray(preprocess.center_crop(stored, config.image_size))
   for path in skipped:
     logging.warning("skipped (not a readable image): %s", path)
   if not paths:

@@ -4,6 +4,10 @@ Files get the permissions an ordinary `open()` would give them (0666 less the um
 temporary file's private 0600: results are meant to be shared. JSON is strict: NaN and
 infinities, which `json` would write as bare tokens no other parser accepts, are written as
 null and named in a top-level "non_finite" entry.
+
+`read_json` is the one reader of the JSON files the project writes and reads back: a file that
+is empty, truncated, garbled or of the wrong JSON type raises `errors.DamagedFileError` naming
+the file and what to do, which every command line prints as one `error:` line.
 """
 
 import json
@@ -13,6 +17,8 @@ import tempfile
 
 from absl import logging
 import numpy as np
+
+from proxy_jax import errors
 
 NON_FINITE_KEY = "non_finite"
 
@@ -110,6 +116,36 @@ def atomic_save_npy(path: str, array) -> None:
 def atomic_save_figure(path: str, figure, **savefig_options) -> None:
   """A matplotlib figure as a PNG at `path`, never half-written."""
   atomic_write(path, lambda f: figure.savefig(f, format="png", **savefig_options), "wb")
+
+
+_JSON_TYPE_NAMES = {dict: "a JSON object", list: "a JSON list", str: "a JSON string"}
+
+
+def json_type_name(kind) -> str:
+  return _JSON_TYPE_NAMES.get(kind, f"a JSON {kind.__name__}")
+
+
+def read_json(path: str, expect: type | None = None, fix: str = "delete it or restore it from "
+              "a backup"):
+  """The value of the JSON file `path`, which must be of type `expect` (dict, list) if given.
+
+  A missing file raises FileNotFoundError, as `open` does; an empty, truncated or garbled file,
+  or one of another JSON type, raises `errors.DamagedFileError` whose message ends with `fix`.
+  """
+  with open(path, "rb") as f:
+    raw = f.read()
+  if not raw.strip():
+    raise errors.DamagedFileError(path, f"empty ({len(raw)} bytes)", fix)
+  try:
+    value = json.loads(raw)
+  except UnicodeDecodeError as error:
+    raise errors.DamagedFileError(path, f"not UTF-8 text at byte {error.start}", fix) from error
+  except ValueError as error:
+    raise errors.DamagedFileError(path, f"not valid JSON: {error}", fix) from error
+  if expect is not None and not isinstance(value, expect):
+    raise errors.DamagedFileError(
+        path, f"it holds {json_type_name(type(value))}, not {json_type_name(expect)}", fix)
+  return value
 
 
 def _jsonable(value):

@@ -5,6 +5,13 @@ examples, computes a CAM for each, down-weights the attended pixels (`proxy_tran
 stores the result in the `ProxyBank` under the example's id. From then on training batches use
 the proxy *instead of* the original (replaced, never added): the epoch length is unchanged and
 validation/test data never pass through the bank.
+
+Sizes: the step predicts and takes its CAMs on the centre crop (side `image_size`) of each
+stored training image (side `data.load_size`), as evaluation does. The bank keeps proxies in
+the stored space, so a proxy goes through the train step's crop like the original it replaces:
+a proxy is its stored image with the centre crop replaced by the transformed crop, and the ring
+outside the crop, which the CAM never saw, left as it is (as if its CAM were 0). With
+load_size == image_size there is no ring and this is the plain proxy image.
 """
 
 import dataclasses
@@ -107,10 +114,10 @@ def parse_schedule(schedule: str, num_epochs: int, enabled: bool = True) -> Sche
 
 
 class ProxyBank:
-  """Proxy images (uint8) by training-example id, on the host.
+  """Proxy images (uint8, at the stored side L) by training-example id, on the host.
 
   Lives on the host so its size is bounded by host RAM, not device memory: at most
-  n_train * S * S * 3 bytes. Batches swap proxies in before they go to the device.
+  n_train * L * L * 3 bytes. Batches swap proxies in before they go to the device.
   """
 
   def __init__(self):
@@ -337,9 +344,9 @@ def _cam_options(config) -> tuple:
 class ProxyStepResult:
   """What one proxy step computed; the caller stores the proxies and logs the rest."""
   ids: np.ndarray        # Training-example ids of the chosen examples, sorted.
-  originals: np.ndarray  # uint8 images the CAMs were taken on (current proxies if reused).
-  proxies: np.ndarray    # uint8 proxy images, one per id.
-  maps: np.ndarray       # float32 CAMs in [0, 1], one per id.
+  originals: np.ndarray  # uint8 centre crops the CAMs were taken on (current proxies if reused).
+  proxies: np.ndarray    # uint8 proxies at the stored side, what the bank keeps, one per id.
+  maps: np.ndarray       # float32 CAMs in [0, 1] of the centre crops, one per id.
   wrong: int             # Wrongly classified training examples.
   seconds: float
 
@@ -355,10 +362,11 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
   settings = config.proxy
   if batch_sharding is None:
     batch_sharding = parallel.shardings(parallel.make_mesh())[1]
+  view = data.eval_view(split, config.image_size)
   if use_fused_scan(settings.cam_method, settings.subset):
-    predictions, candidates = _scan_split(state, split, config, batch_sharding)
+    predictions, candidates = _scan_split(state, view, config, batch_sharding)
   else:
-    predictions = predict_labels(state, split, config.eval_batch_size, predict_fn,
+    predictions = predict_labels(state, view, config.eval_batch_size, predict_fn,
                                  batch_sharding)
     candidates = None
   wrong = np.flatnonzero(predictions != split.labels)
@@ -373,18 +381,20 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
 
 def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noise_key,
                 batch_sharding):
-  """(source images, uint8 proxies, float maps) of the chosen training positions, in order.
+  """(source crops, uint8 stored-side proxies, float maps) of the chosen positions, in order.
 
   Taken from the fused scan where it has them; computed here (in chunks) for multi-pass CAM
-  methods and for banked examples whose CAM must be of the current proxy (reuse_proxies).
+  methods and for banked examples whose CAM must be of the current proxy (reuse_proxies). The
+  proxies of the centre crops are pasted back into their stored images (module docstring).
   """
   settings = config.proxy
-  sources = np.asarray(split.images[chosen])
+  stored = np.asarray(split.images[chosen])
+  if settings.reuse_proxies:
+    stored = bank.swap(split.ids[chosen], stored)
+  sources = np.ascontiguousarray(preprocess.center_crop(stored, config.image_size))
   proxy_images = np.zeros_like(sources)
   maps = np.zeros(sources.shape[:3], np.uint8)
   recompute = np.ones(len(chosen), bool)
-  if settings.reuse_proxies:
-    sources = bank.swap(split.ids[chosen], sources)
   if candidates is not None:
     rows = np.searchsorted(candidates.positions, chosen)
     banked = np.array([split.ids[p] in bank for p in chosen], bool)
@@ -396,7 +406,8 @@ def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noi
     out, cam = _chunked_proxies(state, sources[recompute], targets[chosen[recompute]], config,
                                 noise_key, batch_sharding)
     proxy_images[recompute], maps[recompute] = out, cam
-  return sources, proxy_images, maps.astype(np.float32) / 255.0
+  return (sources, preprocess.paste_center(stored, proxy_images),
+          maps.astype(np.float32) / 255.0)
 
 
 def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):

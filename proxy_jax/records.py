@@ -5,17 +5,21 @@ summary, as dataclasses with one JSON reader and writer each.
 `Summary` is `<workdir>/summary.json`, written once when a run completes. Both read older files:
 missing fields take their defaults and fields this module does not know are kept (in `extra`)
 and written back unchanged, so workdirs and results from earlier versions stay readable.
-`read_summary` is the one parser of summary.json (aggregate, experiments and the trainer use it).
+`read_summary` is the one parser of summary.json (aggregate, experiments and the trainer use it),
+`read_recorded_config` of config.json; a damaged file is an `errors.DamagedFileError` saying what
+to do.
 """
 
 import dataclasses
-import json
 import os
-from typing import Any
 
+from proxy_jax import errors, io_utils
 from proxy_jax.io_utils import atomic_write_json
 
 SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.json"  # The resolved config, written by config_lib when a run starts.
+CONFIG_FIX = ("it records the config this workdir's run was started with: restore it from a "
+              "backup of the workdir, or train in a new --workdir")
 
 
 def _from_dict(cls, raw: dict | None):
@@ -168,16 +172,34 @@ def summary_path(workdir: str) -> str:
   return os.path.join(workdir, SUMMARY_FILE)
 
 
+SUMMARY_FIX = ("run main.py again with the same config and --workdir: it rebuilds summary.json "
+               "from the run's last checkpoint")
+
+
 def read_summary(workdir_or_path: str) -> Summary | None:
-  """The summary of a run directory (or of a summary.json path); None if it has none."""
+  """The summary of a run directory (or of a summary.json path); None if it has none.
+
+  A damaged file raises `errors.DamagedFileError` (a ValueError) naming it.
+  """
   path = workdir_or_path
   if os.path.isdir(path):
     path = summary_path(path)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    raw: Any = json.load(f)
-  return Summary.from_json(raw)
+  raw = io_utils.read_json(path, dict, SUMMARY_FIX)
+  try:
+    summary = Summary.from_json(raw)
+    if not isinstance(summary.config, dict) or (summary.test is not None
+                                                and not isinstance(summary.test, dict)):
+      raise TypeError("config or test is not a JSON object")
+  except (TypeError, ValueError, AttributeError) as error:
+    raise errors.DamagedFileError(path, f"not a run summary: {error}", SUMMARY_FIX) from error
+  return summary
+
+
+def read_recorded_config(workdir: str) -> dict:
+  """The resolved config recorded in `workdir`; DamagedFileError if config.json is damaged."""
+  return io_utils.read_json(os.path.join(workdir, CONFIG_FILE), dict, CONFIG_FIX)
 
 
 def write_summary(workdir: str, summary: Summary) -> None:

@@ -130,7 +130,9 @@ def log_proxy_step(writer, workdir: str, step: int, record, result, count: int,
   logging.info("proxy step %d after epoch %d: %d wrong, %d chosen, bank %d | %.1fs | ETA %s",
                record.index, record.epoch, record.wrong, record.chosen, record.bank_size,
                record.seconds, _clock(eta_seconds))
-  picture = proxy_examples_grid(result.originals, result.maps, result.proxies, count)
+  # The bank's proxies are at the stored side; their centre crops are what the CAMs changed.
+  crops = preprocess.center_crop(result.proxies, result.originals.shape[1])
+  picture = proxy_examples_grid(result.originals, result.maps, crops, count)
   if picture is None:
     return
   writer.write_images(step, {"proxy/examples": picture[None]})

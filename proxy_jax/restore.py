@@ -10,20 +10,37 @@ import os
 import jax
 import ml_collections
 
-from proxy_jax import augment, checkpoints, config_lib, model_state
+from proxy_jax import augment, checkpoints, errors, io_utils, model_state, records
 from proxy_jax.augment import saliency
 from proxy_jax.errors import ConfigError
 
 
+CLASSES_FIX = ("it lists the dataset's class names in label order: restore it from a backup of "
+               "the workdir")
+
+
+def read_class_names(workdir: str) -> list[str]:
+  """classes.json of a trained workdir; DamagedFileError if it is not a list of names."""
+  path = os.path.join(workdir, "classes.json")
+  names = io_utils.read_json(path, list, CLASSES_FIX)
+  if not names or not all(isinstance(name, str) for name in names):
+    raise errors.DamagedFileError(path, "not a list of class names", CLASSES_FIX)
+  return names
+
+
 def restore_for_inference(workdir: str):
-  """(model, variables, config, class_names) from a trained workdir's latest checkpoint."""
-  config_path = os.path.join(workdir, "config.json")
+  """(model, variables, config, class_names) from a trained workdir's latest checkpoint.
+
+  A damaged latest checkpoint is a DamagedFileError, not a fallback to an older one: predictions
+  are meant to come from the final weights.
+  """
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.exists(config_path) or not os.path.isdir(ckpt_dir):
+  if not os.path.exists(os.path.join(workdir, records.CONFIG_FILE)) or not os.path.isdir(
+      ckpt_dir):
     raise FileNotFoundError(f"{workdir} has no trained run (config.json and checkpoints/ "
                             "expected); train one with main.py first")
-  config = ml_collections.ConfigDict(config_lib.read_json(config_path))
-  class_names = config_lib.read_json(os.path.join(workdir, "classes.json"))
+  config = ml_collections.ConfigDict(records.read_recorded_config(workdir))
+  class_names = read_class_names(workdir)
   ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints)
   try:
     latest = ckpt.latest_epoch()
@@ -33,7 +50,14 @@ def restore_for_inference(workdir: str):
     with config.unlocked():
       config.model.pretrained = ""  # The checkpoint has the weights.
     state = model_state.create_train_state(config, model, jax.random.key(0), 1)
-    state, _, _ = ckpt.restore(latest, state)
+    try:
+      state, _, _ = ckpt.restore(latest, state)
+    except checkpoints.DamagedCheckpointError as error:
+      raise errors.DamagedFileError(
+          os.path.join(ckpt_dir, str(latest)), error.cause,
+          f"move {os.path.join(workdir, records.SUMMARY_FILE)} aside and run main.py again "
+          "with the same config and --workdir: it trains on from the newest intact checkpoint "
+          "to the same final weights") from error
   finally:
     ckpt.close()
   return model, {"params": state.params, "batch_stats": state.batch_stats}, config, class_names

@@ -6,13 +6,13 @@ validation images into training). Each class is apportioned in proportion to its
 """
 
 import hashlib
-import json
 import os
 
 from absl import logging
 import jax
 import numpy as np
 
+from proxy_jax import errors, io_utils
 from proxy_jax.errors import DataError, WorkdirError
 from proxy_jax.io_utils import atomic_write_json
 
@@ -74,6 +74,28 @@ def _split_parameters(config, carve_test: bool) -> dict:
           "max_examples": config.data.max_examples}
 
 
+SPLIT_FIX = ("it records the run's train/val/test split: restore it from a backup of the "
+             "workdir, or delete it to draw the split again (the draw depends only on "
+             "data.split_seed and the data, so unchanged data gives the same split)")
+
+
+def read_split(path: str) -> tuple[dict, dict]:
+  """(split.json's content, {split name: int64 indices}); DamagedFileError if it is damaged."""
+  split = io_utils.read_json(path, dict, SPLIT_FIX)
+  if "pool_fingerprint" not in split or not isinstance(split.get("parameters", {}), dict):
+    raise errors.DamagedFileError(path, "no pool_fingerprint or parameters entry", SPLIT_FIX)
+  if not (isinstance(split.get("indices"), dict) and {"train", "val"} <= set(split["indices"])):
+    raise errors.DamagedFileError(path, "no train/val indices", SPLIT_FIX)
+  try:
+    indices = {k: np.asarray(v, np.int64) for k, v in split["indices"].items()}
+  except (TypeError, ValueError, OverflowError) as error:
+    raise errors.DamagedFileError(path, f"indices that are not integers ({error})",
+                                  SPLIT_FIX) from error
+  if any(v.ndim != 1 for v in indices.values()):
+    raise errors.DamagedFileError(path, "indices that are not lists of integers", SPLIT_FIX)
+  return split, indices
+
+
 def fixed_split(pool, config, workdir: str, carve_test: bool) -> dict:
   """The train/val(/test) pool indices: read from workdir/split.json, else drawn and written.
 
@@ -84,16 +106,22 @@ def fixed_split(pool, config, workdir: str, carve_test: bool) -> dict:
   fingerprint = _pool_fingerprint(pool)
   parameters = _split_parameters(config, carve_test)
   if os.path.exists(path):
-    with open(path) as f:
-      split = json.load(f)
+    split, indices = read_split(path)
+    if "parameters" not in split:
+      raise errors.DamagedFileError(path, "no parameters entry", SPLIT_FIX)
     if split["pool_fingerprint"] != fingerprint:
       raise WorkdirError(f"{path} was drawn for different data (fingerprint "
                          f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir")
     for name, value in parameters.items():
-      if split["parameters"][name] != value:
-        raise WorkdirError(f"{path} was drawn with data.{name}={split['parameters'][name]!r}, "
-                           f"not {value!r}; use a new workdir")
-    return {k: np.asarray(v, np.int64) for k, v in split["indices"].items()}
+      if split["parameters"].get(name) != value:
+        raise WorkdirError(f"{path} was drawn with data.{name}="
+                           f"{split['parameters'].get(name)!r}, not {value!r}; use a new workdir")
+    for name, ids in indices.items():
+      if len(ids) and (ids.min() < 0 or ids.max() >= len(pool.labels)):
+        raise errors.DamagedFileError(
+            path, f"its {name} indices point outside the {len(pool.labels)} examples",
+            SPLIT_FIX)
+    return indices
   key = jax.random.fold_in(jax.random.key(config.data.split_seed), 0x5EED)
   candidates = np.arange(len(pool.labels))
   if config.data.max_examples:

@@ -31,7 +31,7 @@ from proxy_jax import batch_finder
 from proxy_jax import checkpoints, config_lib, console, data, errors, host, preprocess, proxy
 from proxy_jax import records
 from proxy_jax.model_state import create_model, create_train_state, learning_rate_schedule
-from proxy_jax import reporting, restore
+from proxy_jax import reporting, restore, workdir_lock
 from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
 from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
@@ -97,18 +97,21 @@ def num_classes_of(state, images):
 
 
 def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothing: float,
-               frozen_apply_fn=None):
-  """One optimiser step on an augmented batch (proxy_jax.augment: flip/rotation, policy,
-  erasing, mixing, normalisation). `key` is the run's step key: the step number is folded in
-  here, on the device, so the host never reads the step back. `frozen`: variables of the
-  frozen saliency model when `augment.saliency_source` names one.
+               frozen_apply_fn=None, image_size: int | None = None):
+  """One optimiser step on an augmented batch (proxy_jax.augment: crop of the stored images to
+  `image_size` (None: their own side), flip/rotation, policy, erasing, mixing, normalisation).
+  `key` is the run's step key: the step number is folded in here, on the device, so the host
+  never reads the step back. `frozen`: variables of the frozen saliency model when
+  `augment.saliency_source` names one.
 
   Train accuracy counts each example's dominant label (the argmax of its soft target: the
   class that gave the larger share of a mixed image).
   """
   key = jax.random.fold_in(key, state.step)
   augment_key, dropout_key = jax.random.split(key)
-  augment_fn = augment.make_augment_fn(augment_config, num_classes_of(state, batch["image"]))
+  size = image_size or batch["image"].shape[1]
+  augment_fn = augment.make_augment_fn(
+      augment_config, num_classes_of(state, batch["image"][:, :size, :size]), size)
   inputs, targets = augment_fn(batch["image"], batch["label"], augment_key,
                                is_proxy=batch.get("is_proxy"),
                                models=augment.models_of(state, frozen_apply_fn, frozen))
@@ -161,7 +164,7 @@ def make_train_step(config, replicated=None, num_classes: int | None = None):
   frozen_apply_fn, frozen = restore.load_frozen(config, num_classes)
   step = functools.partial(train_step, augment_config=config.augment,
                            label_smoothing=config.label_smoothing,
-                           frozen_apply_fn=frozen_apply_fn)
+                           frozen_apply_fn=frozen_apply_fn, image_size=config.image_size)
   jitted = jax.jit(step, donate_argnums=0,
                    out_shardings=replicated if replicated is not None else None)
   if frozen is None:
@@ -191,8 +194,14 @@ def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding)
 
 
 def _finished_summary(config, workdir: str) -> records.Summary | None:
-  """The summary of a workdir that already trained this config to the end (read only)."""
-  summary = records.read_summary(workdir)
+  """The summary of a workdir that already trained this config to the end (read only); None
+  for a damaged one, which the run rebuilds by resuming from its last checkpoint."""
+  try:
+    summary = records.read_summary(workdir)
+  except errors.DamagedFileError as error:
+    logging.warning("%s is damaged (%s): rebuilding it from the last checkpoint.", error.path,
+                    error.cause)
+    return None
   if summary is not None and summary.num_epochs == config.num_epochs and summary.history:
     return summary
   return None
@@ -266,6 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run of `config` in `workdir`; returns summary.json's content."""
   started = time.time()
   config_lib.validate(config)
+  config_lib.resolve_load_size(config, workdir)
   host.setup(config)
   config = batch_finder.with_recorded_batch_size(config, workdir)
   if config.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
@@ -274,13 +284,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if finished is not None:  # A finished workdir is read, never written.
       logging.info("%s is already complete; nothing to do.", workdir)
       return finished.to_json()
-  fresh = not os.path.exists(workdir)
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as error:
-    raise errors.WorkdirError(
-        f"--workdir {workdir}: cannot create it ({error.strerror})") from error
-  with console.log_file(workdir, jax.process_index()):
+  # One run per workdir; in a multi-process run, process 0 holds the lock for all.
+  with (workdir_lock.hold(workdir, enabled=jax.process_index() == 0) as fresh,
+        console.log_file(workdir, jax.process_index())):
     console.log_machine(jax.local_devices())
     try:
       setup, state = _prepare(config, workdir)
@@ -347,18 +353,16 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
 
 
 def _restore_or_start(setup: Setup, state):
-  """(state, progress, bank) of the latest checkpoint, or the fresh ones (run header logged)."""
-  latest = setup.ckpt.latest_epoch()
-  if latest is None:
+  """(state, progress, bank) of the newest intact checkpoint, or fresh ones (header logged)."""
+  # Damaged newer checkpoints are set aside; `steps_per_epoch` checks the state's step.
+  restored = setup.ckpt.restore_newest(state, setup.steps_per_epoch)
+  if restored is None:
     reporting.write_run_header(setup.writer, setup.config, setup.dataset, state,
                                setup.workdir)
     return state, records.RunProgress(), proxy.ProxyBank()
-  state, meta, bank_arrays = setup.ckpt.restore(latest, state)
-  progress, bank = records.RunProgress.from_json(meta), proxy.ProxyBank.from_arrays(bank_arrays)
-  # The loop counts steps on the host from the epoch; a mismatch would shift every key.
-  if int(state.step) != progress.epoch * setup.steps_per_epoch:
-    raise ValueError(f"checkpoint {latest} in {setup.ckpt.directory} is at step "
-                     f"{int(state.step)}, not {progress.epoch} x {setup.steps_per_epoch}")
+  state = restored.state
+  progress = records.RunProgress.from_json(restored.meta)
+  bank = proxy.ProxyBank.from_arrays(restored.bank)
   logging.info("Resumed from %s at epoch %d (%d proxy steps done, bank of %d).",
                setup.ckpt.directory, progress.epoch, progress.proxy_steps_done, len(bank))
   return state, progress, bank
@@ -435,8 +439,9 @@ def _finish(setup: Setup, state, bank, progress: records.RunProgress,
   dataset, config = setup.dataset, setup.config
   # The training split in eval mode (no augmentation, no proxies) measures how far the model
   # fits its training data, which a study's gate asks of its baseline.
-  final = {"test": dataset.test, "train_split": dataset.train if config.evaluate_train_split
-           else None}
+  # Training images are stored larger: evaluation takes their centre crops (a view).
+  final = {"test": dataset.test, "train_split": data.eval_view(dataset.train, config.image_size)
+           if config.evaluate_train_split else None}
   for name, split in final.items():
     if split is not None:
       final[name] = evaluate(state, split, config.eval_batch_size, setup.eval_fn,

@@ -9,10 +9,12 @@ Families, one file each (images float32 (B, H, W, C) in [0, 1], labels float32 (
   saliency.py  the maps the guided methods use (OpenCV fine-grained or spectral residual, CAM,
                input gradient); fine_grained.py transcribes OpenCV's fine-grained saliency
   geometry.py  the shared warp/rotation (named edge rule), box mask, flip and rotation
+  crop.py      the crop from the stored image to the training size (random resized, pad, centre)
 
-`make_augment_fn(config.augment, num_classes)` builds the whole train-time pipeline the train
-step calls: flip/rotation (`geometry.flip_rotate`), policy, erasing, mixing, normalisation, in that
-order, on uint8 images that already have their proxies swapped in. `mix` may be a comma list:
+`make_augment_fn(config.augment, num_classes, image_size)` builds the whole train-time pipeline
+the train step calls: crop (stored side -> image_size), flip/rotation (`geometry.flip_rotate`),
+policy, erasing, mixing, normalisation, in that order, on uint8 stored images that already have
+their proxies swapped in. `mix` may be a comma list:
 each batch takes one of them at random (timm's switch), and mixes at all with `mix_prob`.
 `check_config(config.augment)` validates every field before any compute, asking each family.
 """
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 
 from proxy_jax import preprocess
 from proxy_jax.errors import ConfigError
-from proxy_jax.augment import erase, geometry, keep, mix, policy, saliency
+from proxy_jax.augment import crop, erase, geometry, keep, mix, policy, saliency
 
 FAMILIES = {
     "policy": tuple(policy.POLICIES),
@@ -38,6 +40,9 @@ NONE = "none"
 KEEP_CUTOUTS = ("selective_cut", "paste_back")
 # CAM methods a guided mix can use; a frozen model with another head needs a class-agnostic one.
 CLASS_AGNOSTIC_CAMS = ("eigencam",)
+# The crop draws from its own stream of the step's augmentation key, so adding it left every
+# other method's draws (and the runs made before it) unchanged.
+CROP_STREAM = 0xC409
 
 
 def mix_names(augment_config) -> tuple[str, ...]:
@@ -157,14 +162,16 @@ def _exempt_proxies(cfg, images, clean, is_proxy):
   return jnp.where(jnp.asarray(is_proxy, bool)[:, None, None, None], clean, images)
 
 
-def make_augment_fn(augment_config, num_classes: int):
+def make_augment_fn(augment_config, num_classes: int, image_size: int | None = None):
   """Builds `augment(images_uint8, labels, key, *, is_proxy=None, models=Models())`.
 
-  Returns (normalised model inputs float32 (B, H, W, C), soft labels float32 (B, K)). `labels`
-  are int class ids; `is_proxy` (B,) bool marks proxied examples, which with `skip_proxies`
-  keep their flipped/rotated image and one-hot label (they may still be pasted into others as
-  a partner). `models` gives the CAM/gradient maps their model; it is only called for when a
-  guided method or KeepAugment is on.
+  `images_uint8` are stored images (side `data.load_size`); the crop (`augment.crop`) brings
+  them to `image_size` (None: their own side). Returns (normalised model inputs float32
+  (B, H, W, C), soft labels float32 (B, K)). `labels` are int class ids; `is_proxy` (B,) bool
+  marks proxied examples, which with `skip_proxies` keep their cropped, flipped and rotated
+  image and one-hot label (they may still be pasted into others as a partner). `models` gives
+  the CAM/gradient maps their model; it is only called for when a guided method or
+  KeepAugment is on.
   """
   cfg = augment_config
   policy_fn = policy.from_config(cfg)
@@ -185,8 +192,10 @@ def make_augment_fn(augment_config, num_classes: int):
 
   def augment(images_uint8, labels, key, *, is_proxy=None, models=Models()):
     geometry_key, preserve_key, mix_key = jax.random.split(key, 3)
-    clean = geometry.flip_rotate(preprocess.to_unit_range(images_uint8), geometry_key,
-                                 cfg.flip, cfg.rotation_degrees)
+    crop_fn = crop.from_config(cfg, image_size or images_uint8.shape[1])
+    cropped = crop_fn(preprocess.to_unit_range(images_uint8),
+                      jax.random.fold_in(key, CROP_STREAM))
+    clean = geometry.flip_rotate(cropped, geometry_key, cfg.flip, cfg.rotation_degrees)
     soft = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     maps = saliency.gradient(models.current, clean, labels) if cfg.keep_salient else None
     if jsd_views_fn is not None:
@@ -235,7 +244,7 @@ def preview(state, batch, config, num_classes: int, frozen_apply_fn=None, frozen
   """
 
   def run(state, images, labels, is_proxy, frozen):
-    augment_fn = make_augment_fn(config.augment, num_classes)
+    augment_fn = make_augment_fn(config.augment, num_classes, config.image_size)
     return augment_fn(images, labels, jax.random.key(0), is_proxy=is_proxy,
                       models=models_of(state, frozen_apply_fn, frozen))
 
@@ -278,7 +287,7 @@ def check_config(augment_config, image_size: int | None = None) -> None:
   if isinstance(cfg.keep_tries, bool) or not isinstance(cfg.keep_tries, int) \
       or not 1 <= cfg.keep_tries <= 1000:
     fail("keep_tries", "must be an integer in [1, 1000]")
-  for family in (policy, erase, mix):  # Each raises ConfigError naming its field.
+  for family in (crop, policy, erase, mix):  # Each raises ConfigError naming its field.
     family.check_config(cfg)
   if cfg.augmix_jsd and mix_names(cfg):
     fail("augmix_jsd", "cannot combine with mixing (mix must be 'none'): the AugMix "

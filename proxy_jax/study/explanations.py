@@ -24,6 +24,7 @@ def _evaluation_images(run: dict, split_name: str, num_images: int):
   split = getattr(data.load_dataset(config, run["workdir"]), split_name)
   if split is None:
     raise spec.StudyError(f"{run['workdir']}: the dataset has no {split_name} split to explain")
+  split = data.eval_view(split, config.image_size)  # Training images are stored larger.
   count = len(split) if num_images <= 0 else min(num_images, len(split))
   chosen = spread_indices(count, len(split))
   return np.asarray(split.images[chosen]), np.asarray(split.labels[chosen])

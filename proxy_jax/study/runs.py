@@ -14,11 +14,10 @@ For every seed, each arm is checked against the baseline arm of that seed:
 and every run must come from the same code version (the journal records it).
 """
 
-import json
 import os
 import subprocess
 
-from proxy_jax import records, sweep
+from proxy_jax import errors, records, splits, sweep
 from proxy_jax.study import spec
 
 # The code being versioned is this package: git finds its checkout from the package's folder.
@@ -43,23 +42,27 @@ def code_version(repo: str = _PACKAGE_DIR) -> str:
   return commit + ("-dirty" if dirty else "")
 
 
-def _read_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
+def _read_split(trial_dir: str) -> dict | None:
+  """split.json of a trial (None without one) through splits' one reader."""
+  path = os.path.join(trial_dir, "split.json")
+  if not os.path.exists(path):
     return None
-  except ValueError as error:
-    raise spec.StudyError(f"{path} is not valid JSON ({error}); rerun that trial") from error
+  try:
+    return splits.read_split(path)[0]
+  except errors.DamagedFileError as error:
+    raise spec.StudyError(f"{path} is damaged ({error.cause}); restore it from a backup, or "
+                          "delete that trial's folder and rerun the study to train it "
+                          "again") from error
 
 
 def _read_summary(trial_dir: str) -> dict | None:
   """summary.json through records' one reader (older files get defaults), as its JSON dict."""
   try:
     summary = records.read_summary(trial_dir)
-  except ValueError as error:
-    raise spec.StudyError(f"{trial_dir}/summary.json is not valid ({error}); rerun that "
-                          "trial") from error
+  except errors.DamagedFileError as error:
+    raise spec.StudyError(f"{error.path} is damaged ({error.cause}); rerun the study without "
+                          "--report=only: it runs that trial again, which rebuilds the summary "
+                          "from its last checkpoint") from error
   return None if summary is None else summary.to_json()
 
 
@@ -79,7 +82,7 @@ def load_runs(study: spec.Study, workdir: str) -> tuple[dict, list]:
       continue
     runs[arm, seed] = {
         "name": name, "workdir": trial_dir, "summary": summary,
-        "split": _read_json(os.path.join(trial_dir, "split.json")),
+        "split": _read_split(trial_dir),
         "commit": states[name].get("commit", "unrecorded"),
         "process_seconds": sum(float(r.get("seconds", 0.0)) for r in attempts.get(name, [])),
         "attempts": len(attempts.get(name, []))}

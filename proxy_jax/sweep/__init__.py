@@ -23,5 +23,6 @@ from proxy_jax.sweep.grid import (add_set_overrides, check_trial_name, concat, f
                                   zip_fields)
 from proxy_jax.sweep.journal import (FAILED, FINISHED, STARTED, append_record, journal_path,
                                      plan, read_journal, trial_states)
-from proxy_jax.sweep.runner import (SWEEP_FILE, TRIAL_FILE, TrialBusy, define_runner_flags,
-                                    run_sweep, run_trial, run_trials, trial_command)
+from proxy_jax.sweep.runner import (SWEEP_FILE, SWEEP_LOCK_FILE, TRIAL_FILE, TrialBusy,
+                                    define_runner_flags, run_sweep, run_trial, run_trials,
+                                    trial_command)

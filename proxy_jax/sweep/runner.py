@@ -13,8 +13,8 @@ them as failed: re-running resumes each, and every trial finishes exactly once.
 """
 
 from concurrent import futures
+import contextlib
 import ctypes
-import fcntl
 import os
 import queue
 import signal
@@ -26,11 +26,13 @@ import time
 
 from absl import flags
 
+from proxy_jax import workdir_lock
 from proxy_jax.io_utils import atomic_write_json
 from proxy_jax.sweep import files, grid, journal, slots
 
 TRIAL_FILE = "sweep_trial.json"  # In each trial workdir: its name and overrides.
 SWEEP_FILE = "sweep.json"        # In the sweep workdir: the whole grid.
+SWEEP_LOCK_FILE = ".sweep.lock"  # In each trial workdir, held while the sweep runs the trial.
 ERROR_TAIL_CHARS = 4000
 # The training program of a trial: `python -m proxy_jax.main` unless a script is given.
 TRAINER_MODULE = "proxy_jax.main"
@@ -106,15 +108,14 @@ def run_trial(command: list[str], trial_dir: str, timeout: float | None,
   """Runs one trial to completion in `slot`; returns (exit code, tail of its log from this
   attempt).
 
-  An exclusive lock on the trial directory keeps two sweep processes (a re-launch while the first
-  still runs) from training the same workdir at once; the kernel drops it if we are killed.
+  A lock of its own on the trial directory keeps two sweep processes (a re-launch while the first
+  still runs) from both launching the trial: the second skips it (TrialBusy) instead of failing
+  on the run's lock; the kernel drops the lock if we are killed.
   """
-  os.makedirs(trial_dir, exist_ok=True)
-  lock = open(os.path.join(trial_dir, ".sweep.lock"), "w")
-  try:
+  with contextlib.ExitStack() as stack:
     try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as error:
+      stack.enter_context(workdir_lock.hold(trial_dir, lock_file=SWEEP_LOCK_FILE))
+    except workdir_lock.WorkdirBusyError as error:
       raise TrialBusy(trial_dir) from error
     log_path = os.path.join(trial_dir, "train.log")
     with open(log_path, "ab") as log:
@@ -140,8 +141,6 @@ def run_trial(command: list[str], trial_dir: str, timeout: float | None,
       finally:
         _RUNNING.discard(process)
     return code, _tail(log_path, offset)
-  finally:
-    lock.close()
 
 
 def _duration(seconds: float) -> str:
@@ -165,6 +164,16 @@ def run_sweep(config: str, sweep: str, workdir: str, shard: tuple[int, int] = (0
                     parallel=parallel, devices_per_trial=devices_per_trial)
 
 
+def failure_reason(log_tail: str, code: int) -> str:
+  """One line saying why a trial failed: its last `error: ...` line (a user error, e.g. a
+  damaged file in its workdir), else the last line of its log."""
+  lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+  named = [line for line in lines if line.startswith("error: ")]
+  if named:
+    return named[-1]
+  return lines[-1] if lines else f"exit status {code}"
+
+
 def run_trials(config: str, all_trials: list[dict], common: dict, workdir: str,
                shard: tuple[int, int] = (0, 1), retry_failed: bool = False,
                dry_run: bool = False, python: str = sys.executable, program: str = "",
@@ -180,7 +189,8 @@ def run_trials(config: str, all_trials: list[dict], common: dict, workdir: str,
   machine = slots.plan_slots(parallel, devices_per_trial)
   files.check_overrides(config, all_trials, common)
   trials = grid.shard_trials(all_trials, *shard)
-  actions = journal.plan(trials, journal.trial_states(workdir), retry_failed)
+  states = journal.recheck_finished(trials, journal.trial_states(workdir), workdir)
+  actions = journal.plan(trials, states, retry_failed)
   todo = [(t, a) for t, a in actions if not a.startswith("skip")]
   counts = {"total": len(trials), "grid": len(all_trials),
             "finished_before": sum(a == "skip-finished" for _, a in actions),
@@ -289,8 +299,9 @@ def _launch(trial: dict, action: str, trial_dir: str, *, config: str, python: st
   record = {**base, "trial": trial["name"], "time": time.time(), "seconds": seconds,
             "returncode": code, "status": journal.FINISHED if finished else journal.FAILED}
   if not finished:
-    record["error"] = tail[-ERROR_TAIL_CHARS:]
-    print(f"  {trial['name']} FAILED (exit {code}) after {_duration(seconds)}; log: "
+    record.update(reason=failure_reason(tail, code), error=tail[-ERROR_TAIL_CHARS:])
+    print(f"  {trial['name']} FAILED (exit {code}) after {_duration(seconds)}: "
+          f"{record['reason']}\n  log: "
           f"{os.path.join(trial_dir, 'train.log')}\n" + tail[-800:], flush=True)
   else:
     print(f"  {trial['name']} finished in {_duration(seconds)}", flush=True)
