@@ -137,7 +137,8 @@ def test_verdict_explains_an_interval_that_excludes_zero():
 
 
 def test_study_files_expand_to_named_trials():
-  for name, seeds in (("digits", 5), ("imagenette_mini", 3), ("imagenette_mini_gpu", 5)):
+  # The fair-fight studies (imagenette_mini_gpu, _control, _resnet): tests/test_study_files.py.
+  for name, seeds in (("digits", 5), ("imagenette_mini", 3)):
     study = spec.load_study(os.path.join(STUDIES, f"{name}.py"))
     trials = spec.trials(study)
     assert len(study.seeds) == seeds and len(trials) == seeds * len(study.arms)
@@ -157,7 +158,7 @@ PENDING_FIELDS = {"augment.mix", "augment.mix_alpha", "augment.keep_salient",
 def test_study_files_name_existing_config_fields():
   from proxy_jax import config_fields  # pylint: disable=import-outside-toplevel
   data = {"data.path": os.path.join(REPO, "tests"), "data.test_path": ""}
-  for name in ("digits", "imagenette_mini", "imagenette_mini_gpu"):
+  for name in ("digits", "imagenette_mini"):
     study = spec.load_study(os.path.join(STUDIES, f"{name}.py"))
     config = sweep.load_python_file(study.config).get_config()
     ready = {}

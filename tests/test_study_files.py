@@ -1,10 +1,28 @@
-"""The study files' building blocks: the thesis schedule scaled to a study's epochs, the arms at
-small-image settings."""
+"""The study files' building blocks (the thesis schedule scaled to a study's epochs, the arms at
+small-image settings) and the fair-fight study files: refused before their pilot has chosen,
+then resolving to valid trials, listed by --dry-run."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from proxy_jax import proxy
-from proxy_jax.study import arms
+from proxy_jax import config_lib, proxy, sweep
+from proxy_jax.study import arms, spec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDIES = os.path.join(REPO, "configs", "studies")
+REGIME = os.path.join(REPO, "configs", "imagenette_mini_resnet.py")
+CHOICE = {"optimizer.learning_rate": 0.1, "optimizer.weight_decay": 5e-4}
+# Study file -> (its pilot's results folder, arms, seeds).
+FAIR_FIGHT = {"imagenette_mini_control": ("imagenette_mini_pilot", 5, 5),
+              "imagenette_mini_resnet": ("imagenette_mini_pilot", 16, 3),
+              "imagenette_mini_gpu": ("imagenette_mini_gpu_pilot", 16, 5)}
+# Any existing folder stands in for the photos: validation only checks that it is one.
+DATA = {"data.path": os.path.join(REPO, "tests"), "data.test_path": os.path.join(REPO, "tests")}
 
 
 @pytest.mark.parametrize("epochs,schedule", [(10, "1,p,3,p,2,p,3,p,1"),
@@ -35,3 +53,87 @@ def test_small_image_settings_replace_the_default_ones_everywhere():
   # Every method's small-image values come from the settings table.
   assert small["saliencymix"]["augment.mix_prob"] == 0.5
   assert small["cutout"]["augment.erase_size"] == 0.5 and small["snapmix"]["augment.mix_prob"] == 0.5
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+  """An empty results folder in place of experiments/results/."""
+  monkeypatch.setenv(spec.RESULTS_DIR_ENV, str(tmp_path / "results"))
+  return tmp_path / "results"
+
+
+def _choose(results, pilot_name):
+  os.makedirs(results / pilot_name, exist_ok=True)
+  (results / pilot_name / "chosen.json").write_text(json.dumps({"overrides": CHOICE}))
+
+
+@pytest.mark.parametrize("name", sorted(FAIR_FIGHT))
+def test_fair_fight_studies_refuse_to_load_before_their_pilot(results, name):
+  with pytest.raises(spec.StudyError, match=f"{FAIR_FIGHT[name][0]}/chosen.json does not "
+                                            "exist: this study takes its baseline's setting"):
+    spec.load_study(os.path.join(STUDIES, f"{name}.py"))
+
+
+@pytest.mark.parametrize("name", sorted(FAIR_FIGHT))
+def test_fair_fight_studies_resolve_to_valid_trials(results, name):
+  pilot_name, num_arms, num_seeds = FAIR_FIGHT[name]
+  _choose(results, pilot_name)
+  study = spec.load_study(os.path.join(STUDIES, f"{name}.py"))
+  assert len(study.arms) == num_arms and len(study.seeds) == num_seeds
+  assert {**study.common, **CHOICE} == study.common and study.common["num_epochs"] == 60
+  assert study.gate.min_train_accuracy == 0.95 and study.gate.min_gap == 0.15 and study.regime
+  if name != "imagenette_mini_resnet":  # The comparison is exploratory: no family.
+    assert [(h.arm, h.direction) for h in study.hypotheses] == [("mixup", "higher"),
+                                                                 ("cutmix", "higher")]
+    assert study.family == ("mixup", "cutmix", "proxy", "proxy+cutmix")
+  proxy_arm = study.arms["proxy"]
+  assert proxy_arm["proxy.schedule"] == "8,p,15,p,15,p,15,p,7" and proxy_arm["proxy.enabled"]
+  if name != "imagenette_mini_gpu":  # Small images: the CIFAR references' settings.
+    assert study.arms["cutmix"] == {**arms.BASELINE, **arms.SMALL_IMAGE["cutmix"]}
+  # Every arm's resolved config is valid: fields, values, the schedule against the epochs.
+  checked = dataclasses.replace(study, common={**study.common, **DATA})
+  sweep.check_overrides(checked.config, spec.trials(checked), checked.common)
+  spec.check_trial_configs(checked)
+
+
+def test_the_regime_config_at_both_sizes():
+  module = sweep.load_python_file(REGIME)
+  cpu, gpu = module.get_config(), module.get_config("gpu")
+  for config in (cpu, gpu):
+    config.data.path = config.data.test_path = DATA["data.path"]
+    config_lib.validate(config)
+    assert config.optimizer.name == "sgd" and config.optimizer.nesterov
+    assert config.num_epochs == 60 and not config.proxy.enabled and config.augment.flip
+  assert (cpu.image_size, cpu.data.load_size, cpu.augment.crop, cpu.model.width) == (
+      32, 32, "pad", 16)
+  assert (gpu.image_size, gpu.augment.crop, gpu.dtype) == (128, "random_resized", "bfloat16")
+  with pytest.raises(ValueError, match="choose one of cpu, gpu"):
+    module.get_config("tpu")
+
+
+def _run(*args, env):
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "PYTHONPATH": REPO, **env})
+
+
+def test_dry_runs_list_the_pilot_and_the_control(tmp_path, results):
+  data = [f"--set={k}={v}" for k, v in DATA.items()]
+  env = {spec.RESULTS_DIR_ENV: str(results)}
+  refused = _run("proxy_jax.study", "--study=configs/studies/imagenette_mini_control.py",
+                 f"--workdir={tmp_path / 'control'}", "--dry-run", *data, env=env)
+  assert refused.returncode == 2 and refused.stderr.strip().startswith("error: ")
+  assert "chosen.json does not exist" in refused.stderr
+  pilot = _run("proxy_jax.sweep", f"--config={REGIME}",
+               "--sweep=configs/sweeps/imagenette_mini_pilot.py",
+               f"--workdir={tmp_path / 'pilot'}", "--dry-run", *data, env=env)
+  assert pilot.returncode == 0, pilot.stderr[-2000:]
+  assert "16 trials" in pilot.stdout and pilot.stdout.count("  run ") == 16
+  assert "--config.optimizer.learning_rate=0.025 --config.optimizer.weight_decay=0.0005 " \
+         "--config.seed=0" in pilot.stdout
+  _choose(results, "imagenette_mini_pilot")
+  control = _run("proxy_jax.study", "--study=configs/studies/imagenette_mini_control.py",
+                 f"--workdir={tmp_path / 'control'}", "--dry-run", *data, env=env)
+  assert control.returncode == 0, control.stderr[-2000:]
+  assert "25 trials" in control.stdout and control.stdout.count("  run ") == 25
+  assert "proxy+cutmix_seed4" in control.stdout
+  assert not os.path.exists(tmp_path / "control")  # A dry run writes nothing.

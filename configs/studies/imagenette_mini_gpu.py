@@ -1,32 +1,48 @@
-"""Study 3 (GPU): imagenette-mini at ResNet-18, 128 px, 36 epochs, 16 arms x 5 seeds = 80 runs.
+"""Study 3 (GPU): the fair-fight recipe at the ImageNet papers' size, 16 arms x 5 seeds = 80 runs.
 
+  python -m proxy_jax.sweep --config=configs/imagenette_mini_resnet.py:gpu \
+      --sweep=configs/sweeps/imagenette_mini_pilot.py --workdir=runs/pilot_gpu
+  python -m proxy_jax.study.pilot --workdir=runs/pilot_gpu \
+      --out=experiments/results/imagenette_mini_gpu_pilot
   python -m proxy_jax.study --study=configs/studies/imagenette_mini_gpu.py \
       --workdir=runs/study_imagenette_gpu [--shard=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT]
 
-The CPU study (imagenette_mini.py) with a larger model, image size and budget: the same data
-and split (override the paths with --set data.path=... --set data.test_path=...). The proxy
-arm runs the thesis schedule 5,p,9,p,9,p,9,p,4 unscaled, with the thesis settings; bfloat16
-compute with float32 parameters.
+The same photos and split as the CPU studies (override the paths with --set data.path=...
+--set data.test_path=...) in configs/imagenette_mini_resnet.py:gpu: ResNet-18 at its own width
+from scratch, 128 px RandomResizedCrop + flip, SGD with Nesterov momentum, the learning rate and
+weight decay of its own pilot (experiments/results/imagenette_mini_gpu_pilot/chosen.json; the
+study refuses to load without it), 60 epochs, bfloat16. At 128 px the methods take the
+ImageNet papers' settings (arms.LARGE_IMAGE, from the settings table in experiments/README.md).
+The gate and the control's hypotheses (MixUp and CutMix raise test accuracy; Holm over the
+control's four comparisons) are declared as in configs/studies/imagenette_mini_control.py; the
+other arms are exploratory.
 """
 
-import dataclasses
+from configs.studies import imagenette_mini_control as control
+from proxy_jax.study import arms
+from proxy_jax.study.pilot import choice_path, read_choice
+from proxy_jax.study.preregistration import Gate
+from proxy_jax.study.spec import Study
 
-from configs.studies import imagenette_mini
-from proxy_jax.study.arms import thesis_arms, thesis_proxy, thesis_schedule
+EPOCHS = 60
 
 
 def get_study():
-  study = imagenette_mini.get_study()
-  return dataclasses.replace(
-      study,
+  return Study(
       name="imagenette_mini_gpu",
       description="imagenette-mini (2,700 train, 300 val carved from train/, 1,000 test from "
-                  "val/), ResNet-18 at 128 px from scratch, batch 64, 36 epochs, bfloat16, "
-                  "flips and rotation 20 degrees in every arm.",
-      common={**study.common, "model.name": "resnet18", "image_size": 128, "num_epochs": 36,
-              "dtype": "bfloat16",
-              # One checkpoint per run (~130 MB with Adam's moments): 80 runs fit the disk.
-              "keep_checkpoints": 1},
+                  "val/), ResNet-18 at 128 px from scratch, RandomResizedCrop + flip, SGD "
+                  f"(Nesterov), batch 64, {EPOCHS} epochs, bfloat16.",
+      config="configs/imagenette_mini_resnet.py:gpu",
+      common={"num_epochs": EPOCHS, **read_choice(choice_path("imagenette_mini_gpu_pilot"))},
       seeds=(0, 1, 2, 3, 4),
-      arms=thesis_arms(thesis_proxy(thesis_schedule(36))),
+      arms=arms.thesis_arms(arms.thesis_proxy(arms.thesis_schedule(EPOCHS)),
+                            arms.LARGE_IMAGE),
+      regime=("The fair-fight regime of configs/studies/imagenette_mini_control.py at 128 px "
+              "on a GPU: ResNet-18 (width 64), RandomResizedCrop + flip, the methods at "
+              "their ImageNet papers' settings, learning rate and weight decay from the GPU "
+              "pilot's validation accuracy."),
+      gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
+      hypotheses=control.HYPOTHESES,
+      family=control.FAMILY,
       explain={"num_images": 500})
