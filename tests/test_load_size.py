@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from proxy_jax import config_lib, data, errors, parallel, preprocess, proxy, records, train
+from proxy_jax import config_lib, data, errors, parallel, preprocess, proxy, records, steps, train
 from tests.conftest import make_tiny_config
 
 STORED, SIZE = 20, 16
@@ -81,7 +81,7 @@ def stored_run(tmp_path_factory):
   split = dataset.train
   state = train.create_train_state(config, model, jax.random.key(0),
                                    data.num_batches(len(split), config.batch_size))
-  step = train.make_train_step(config)
+  step = steps.make_train_step(config)
   for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
     state, metrics = step(state, batch, jax.random.key(1))
   assert np.isfinite(float(metrics.compute()["loss"]))
@@ -110,7 +110,7 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   split = dataset.train
   _, sharding = parallel.shardings(parallel.make_mesh())
   result = proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, jax.random.key(0),
-                                predict_fn=train.make_predict_step(), batch_sharding=sharding)
+                                predict_fn=steps.make_predict_step(), batch_sharding=sharding)
   assert len(result.ids) > 0
   stored = split.images[result.ids]
   assert result.proxies.shape[1:] == (STORED, STORED, 3)
@@ -120,12 +120,12 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   ring = np.ones((STORED, STORED), bool)
   ring[2:18, 2:18] = False
   np.testing.assert_array_equal(result.proxies[:, ring], stored[:, ring])
-  targets = np.argmax(np.asarray(train.make_predict_step()(state, result.originals)), -1)
+  targets = np.argmax(np.asarray(steps.make_predict_step()(state, result.originals)), -1)
   options = dict(proxy._cam_options(config))  # pylint: disable=protected-access
   proxy_fn = proxy.make_proxy_fn(state.apply_fn, config.proxy.cam_method,
                                  config.proxy.threshold, config.proxy.weight, config.proxy.mode,
                                  options)
-  want, _ = proxy_fn(train.variables_of(state), result.originals, targets)
+  want, _ = proxy_fn(steps.variables_of(state), result.originals, targets)
   diff = np.abs(preprocess.center_crop(result.proxies, SIZE).astype(int) - np.asarray(want))
   assert diff.max() <= 1  # Chunk shapes differ between the paths: float ties round apart.
   # A banked proxy replaces its original in a training batch at the stored size.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_tiny_config
-from proxy_jax import checkpoints, data, parallel, proxy, train
+from proxy_jax import checkpoints, data, parallel, proxy, steps, train
 
 MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 
@@ -229,7 +229,7 @@ def tiny_model(tmp_path_factory):
   split = dataset.train
   state = train.create_train_state(config, model, jax.random.key(0),
                                    data.num_batches(len(split), config.batch_size))
-  step = train.make_train_step(config)
+  step = steps.make_train_step(config)
   for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
     state, _ = step(state, batch, jax.random.key(1))
   _, sharding = parallel.shardings(parallel.make_mesh())
@@ -243,7 +243,7 @@ def proxy_step(tiny_model, bank, key, **overrides):
     config.proxy[field] = value
   before = bank.to_arrays()
   result = proxy.run_proxy_step(state, split, bank, config, jax.random.key(key),
-                                predict_fn=train.make_predict_step(), batch_sharding=sharding)
+                                predict_fn=steps.make_predict_step(), batch_sharding=sharding)
   after = bank.to_arrays()  # The step only reads the bank; storing is the caller's job.
   np.testing.assert_array_equal(before["ids"], after["ids"])
   np.testing.assert_array_equal(before["images"], after["images"])
@@ -261,7 +261,7 @@ def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatc
   from proxy_jax import cams, preprocess  # pylint: disable=g-import-not-at-top
   ids = bank.ids()
   unit = preprocess.to_unit_range(split.images[ids])
-  variables = train.variables_of(state)
+  variables = steps.variables_of(state)
   logits = state.apply_fn(variables, preprocess.normalize(unit))
   assert np.all(np.argmax(logits, -1) != split.labels[ids])  # Only wrong ones are banked.
   maps = cams.compute("gradcampp", state.apply_fn, variables, preprocess.normalize(unit))
@@ -312,9 +312,9 @@ def test_reuse_proxies_takes_the_cam_of_the_current_proxy(tiny_model):
                         reuse_proxies=True)
   proxy_fn = proxy.make_proxy_fn(state.apply_fn, "gradcampp", 0.85, 0.2, "seed",
                                  {"chunk_size": 256, "smooth_sigma": 0.0})
-  predictions = np.argmax(state.apply_fn(train.variables_of(state), data.normalize(
+  predictions = np.argmax(state.apply_fn(steps.variables_of(state), data.normalize(
       first["images"] / 255.0)), -1)
-  expected, _ = proxy_fn(train.variables_of(state), first["images"], predictions)
+  expected, _ = proxy_fn(steps.variables_of(state), first["images"], predictions)
   got = twice.to_arrays()["images"].astype(int)
   assert np.max(np.abs(got - np.asarray(expected, int))) <= 1
   assert not np.array_equal(got, first["images"])
@@ -503,7 +503,7 @@ def _fused_step_on_final_state(workdir, config):
     ckpt.close()
   split = data.load_dataset(config, workdir).train
   result = proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, jax.random.key(7),
-                                predict_fn=train.make_predict_step())
+                                predict_fn=steps.make_predict_step())
   bank = proxy.ProxyBank()
   bank.store(result.ids, result.proxies)
   return bank
