@@ -37,5 +37,4 @@ def get_config():
   config.proxy.cam_method = "gradcampp"
   config.proxy.clear_every_step = False
   config.cams.chunk_size = 128
-  config.log_every_steps = 20
   return config

@@ -113,7 +113,11 @@ def validate(config) -> None:
   _check_positive_int(config, "num_epochs")
   _check_positive_int(config, "checkpoint_every_epochs")
   _check_positive_int(config, "keep_checkpoints")
-  _check_positive_int(config, "log_every_steps")
+  if not isinstance(config.compilation_cache_dir, str):
+    _fail("compilation_cache_dir", config.compilation_cache_dir, "must be a folder path or \"\"")
+  if (not isinstance(config.log_every_seconds, (int, float))
+      or isinstance(config.log_every_seconds, bool) or not config.log_every_seconds > 0):
+    _fail("log_every_seconds", config.log_every_seconds, "must be a number of seconds > 0")
   _check_fraction(config, "label_smoothing", upper_open=True)
   _check_choice(config, "evaluate_train_split", (True, False))
   _validate_optimizer(config)
@@ -178,6 +182,11 @@ def flatten(config) -> dict:
 # run resumed on other hardware may legitimately differ in them (a GPU run resumed on a CPU
 # computes in float32), so they are recorded but never make a resume fail.
 HARDWARE_FIELDS = ("dtype_resolved",)
+# Fields that change what the console shows, where caches live or how fast a run starts, never
+# what it computes: a resume may change them freely. log_every_steps is log_every_seconds' retired predecessor, which
+# the config.json of older runs still holds.
+NON_RESULT_FIELDS = ("log_every_seconds", "log_every_steps", "compilation_cache_dir",
+                     "data.cache_dir", "data.decode_workers")
 
 
 # Fields whose value for a run older than them is not their default but follows from the
@@ -228,6 +237,9 @@ def write_or_check_resolved(config, workdir: str) -> None:
       if old.get(key, new[key]) != new[key]:
         logging.warning("%s: resuming with %s=%r on this machine (the run began with %r).",
                         workdir, key, new[key], old[key])
+      old.pop(key, None)
+      new.pop(key, None)
+    for key in NON_RESULT_FIELDS:
       old.pop(key, None)
       new.pop(key, None)
     _accept_fields_added_since(old, new, workdir)

@@ -244,6 +244,10 @@ def load_folder_pool(root: str, image_size: int, label_regex: str, workers: int,
 
 
 def load_tfds_pool(name: str, split: str, image_size: int, data_dir: str, workers: int) -> Pool:
+  # TensorFlow is imported only here, where TFDS reads a dataset (not on a cache hit): keep it
+  # off any accelerator memory.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir or None)
   tfds_prepare.prepare_tfds(builder)
@@ -353,11 +357,11 @@ def eval_view(split: Split, image_size: int) -> Split:
 
 def load_dataset(config, workdir: str) -> Dataset:
   data = config.data
-  cache_dir = data.cache_dir or os.path.join(workdir, "cache")
+  cache_dir = os.path.expanduser(data.cache_dir) or os.path.join(workdir, "cache")
   size, workers = stored_size(config), data.decode_workers
   test_pool = None
-  if data.source == "digits":
-    pool = load_digits_pool(size)
+  if data.source == "digits":  # Cached too: each trial would import scikit-learn and resize.
+    pool = cached_pool(config, cache_dir, "pool", lambda: load_digits_pool(size))
   elif data.source == "folder":
     pool = cached_pool(config, cache_dir, "pool", lambda: load_folder_pool(
         data.path, size, data.label_regex, workers))

@@ -42,9 +42,13 @@ def get_config():
   _add_proxy(config)
   _add_cams(config)
 
+  # JAX's persistent compilation cache, shared by every run on this machine: a trial whose
+  # programs were compiled before reads them instead of compiling again ("" = no cache).
+  config.compilation_cache_dir = "~/.cache/proxy_jax/jax_compilation"
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3
-  config.log_every_steps = 50
+  # Epochs longer than this get a progress line (images/s, ETA) this often within them.
+  config.log_every_seconds = 20.0
   config.num_logged_images = 16
   return config
 
@@ -76,9 +80,9 @@ def _add_data(config):
   # CenterCrop). -1 = auto: round(image_size / 0.875) for folders and TFDS (256 for 224),
   # image_size for the digits. The resolved value is recorded in config.json.
   config.data.load_size = -1
-  # Decoded, resized uint8 images are cached here, keyed by their stored side
-  # ("" = <workdir>/cache).
-  config.data.cache_dir = ""
+  # Decoded, resized uint8 images are cached here, keyed by their source, files and stored side,
+  # and shared by every run that stores the same images; "" = <workdir>/cache.
+  config.data.cache_dir = "~/.cache/proxy_jax/decoded"
   config.data.decode_workers = 8
 
 

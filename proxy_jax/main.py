@@ -2,13 +2,15 @@
 
 The repository's `main.py` runs this; the sweep runner starts one per trial. Without --config it
 trains the package's default config (proxy_jax/default_config.py: the bundled digits, offline).
+The console shows plain progress lines; `--verbose` shows every library's log with absl's
+prefix, which `<workdir>/log.txt` always keeps.
 """
 
 import os
 
 from absl import app, flags
 
-from proxy_jax import cli, default_config, train
+from proxy_jax import cli, console, default_config, train
 
 DEFAULT_CONFIG = default_config.PATH
 
@@ -17,6 +19,7 @@ def define_flags():
   cli.define_config_flag(
       DEFAULT_CONFIG, "Training configuration file; override fields with --config.field=value.")
   flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+  flags.DEFINE_bool("verbose", False, "Show every library's log lines with absl's prefix.")
 
 
 def default_workdir(config_filename: str) -> str:
@@ -29,6 +32,7 @@ def default_workdir(config_filename: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  console.configure(flags.FLAGS.verbose)
   workdir = flags.FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename)
   train.train_and_evaluate(flags.FLAGS.config, workdir)
 

@@ -1,18 +1,18 @@
 """What a training run shows: one console line per epoch and per proxy step, TensorBoard scalars
 and images, and the proxy-step example grids saved under `<workdir>/proxy_steps/`.
 
-The TensorBoard writer has no logging backend (clu's default writer would print every scalar a
-second time next to the epoch line); only process 0 writes summaries. Progress within an epoch
-comes from clu's `ReportProgress` (steps/s, percentage and ETA, every `log_every_steps`).
+Summaries go to TensorBoard event files (`summaries.EventWriter`, no TensorFlow), written by
+process 0 only. An epoch that lasts longer
+than `config.log_every_seconds` also gets a progress line every that many seconds within it
+(`EpochProgress`: images/s, the epoch's time left and the run's ETA).
 
-clu's writers import TensorFlow, so they are imported when a run starts, not with this module:
-the pure steps in `train.py` then import (and benchmark) on machines without TensorFlow, such
-as accelerator images that ship JAX alone.
+The writer needs the tensorboard package, so it is imported when a run starts, not with this
+module: the pure steps in `train.py` then import (and benchmark) on machines with JAX alone.
 """
 
-import logging as std_logging
 import os
 import time
+from typing import Callable
 
 from absl import logging
 import jax
@@ -21,25 +21,12 @@ import numpy as np
 from proxy_jax import augment, cams, config_lib, data, images_grid, preprocess, restore
 
 
-def quiet_orbax():
-  """Orbax logs every save step at INFO through absl; keep its warnings, drop the chatter."""
-  logging.get_absl_logger().addFilter(lambda record: record.levelno >= std_logging.WARNING
-                                      or "orbax" not in record.pathname)
-
-
 def create_writer(workdir: str):
   """TensorBoard summaries in `workdir` from process 0; a writer that drops everything elsewhere."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from proxy_jax import summaries  # pylint: disable=g-import-not-at-top
   if jax.process_index() > 0:
-    return metric_writers.MultiWriter([])
-  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
-
-
-def progress_action(config, total_steps: int, writer):
-  """clu's `ReportProgress` (steps/s and ETA to the log, steps/s to TensorBoard)."""
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  return periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                         every_steps=config.log_every_steps, every_secs=None)
+    return summaries.NullWriter()
+  return summaries.EventWriter(workdir)
 
 
 def write_run_header(writer, config, dataset, state, workdir) -> None:
@@ -76,12 +63,47 @@ def _clock(seconds: float) -> str:
 class Eta:
   """Time left from this session's measured speed: (work left) x (seconds per unit done)."""
 
-  def __init__(self, total: int, done: int):
-    self.total, self.start_done, self.started = total, done, time.time()
+  def __init__(self, total: int, done: int, clock: Callable[[], float] = time.monotonic):
+    self.total, self.start_done, self.clock = total, done, clock
+    self.started = clock()
 
   def seconds_left(self, done: int) -> float:
-    rate = (done - self.start_done) / max(time.time() - self.started, 1e-9)
+    rate = (done - self.start_done) / max(self.clock() - self.started, 1e-9)
     return (self.total - done) / max(rate, 1e-9)
+
+
+class EpochProgress:
+  """A console line every `every_seconds` within an epoch: a short epoch prints none.
+
+  Called once per dispatched step with the run's step number; the host never waits on the
+  device for it, so images/s is the dispatch rate, which the device bounds after the first
+  few steps (the dispatch queue is short).
+  """
+
+  def __init__(self, eta: Eta, steps_per_epoch: int, batch_size: int, num_epochs: int,
+               every_seconds: float, clock: Callable[[], float] = time.monotonic):
+    self.eta, self.steps_per_epoch, self.batch_size = eta, steps_per_epoch, batch_size
+    self.num_epochs, self.every_seconds, self.clock = num_epochs, every_seconds, clock
+    self.epoch_started = self.last_line = clock()
+
+  def start_epoch(self) -> None:
+    self.epoch_started = self.last_line = self.clock()
+
+  def __call__(self, step: int) -> str | None:
+    """Logs and returns the progress line when one is due after `step`, else None."""
+    now = self.clock()
+    if now - self.last_line < self.every_seconds:
+      return None
+    self.last_line = now
+    epoch, done = divmod(step - 1, self.steps_per_epoch)
+    done += 1
+    seconds = max(now - self.epoch_started, 1e-9)
+    line = (f"epoch {epoch + 1}/{self.num_epochs} step {done}/{self.steps_per_epoch}: "
+            f"{done * self.batch_size / seconds:.0f} img/s | epoch ends in "
+            f"{_clock((self.steps_per_epoch - done) * seconds / done)} | "
+            f"ETA {_clock(self.eta.seconds_left(step))}")
+    logging.info("%s", line)
+    return line
 
 
 def log_epoch(writer, step: int, row, num_epochs: int, eta_seconds: float) -> None:

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from proxy_jax import batch_finder
-from proxy_jax import checkpoints, config_lib, data, errors, proxy, records
+from proxy_jax import checkpoints, config_lib, console, data, errors, host, proxy, records
 from proxy_jax.model_state import create_model, create_train_state, learning_rate_schedule
 from proxy_jax import reporting, steps, workdir_lock
 from proxy_jax.step_metrics import NO_STEP, host_values, merge_metrics
@@ -71,15 +71,6 @@ def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding)
 
 
 # ---------------------------------------------------------------- setup
-
-
-def _setup_host(config):
-  reporting.quiet_orbax()
-  # TensorFlow only feeds TFDS and summaries: keep it off any accelerator memory.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  if config.distributed:
-    jax.distributed.initialize()
 
 
 def _finished_summary(config, workdir: str) -> records.Summary | None:
@@ -165,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   started = time.time()
   config_lib.validate(config)
   config_lib.resolve_load_size(config, workdir)
-  _setup_host(config)
+  host.setup(config)
   config = batch_finder.with_recorded_batch_size(config, workdir)
   if config.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
     config_lib.write_or_check_resolved(config, workdir)  # The file exists: this only checks.
@@ -174,7 +165,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info("%s is already complete; nothing to do.", workdir)
       return finished.to_json()
   # One run per workdir; in a multi-process run, process 0 holds the lock for all.
-  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0) as fresh:
+  with (workdir_lock.hold(workdir, enabled=jax.process_index() == 0) as fresh,
+        console.log_file(workdir, jax.process_index())):
+    console.log_machine(jax.local_devices())
     try:
       setup, state = _prepare(config, workdir)
     except errors.UserError:
@@ -212,7 +205,8 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
   state, progress, bank = _restore_or_start(setup, state)
   total_steps = config.num_epochs * steps_per_epoch
   eta = reporting.Eta(total_steps, progress.epoch * steps_per_epoch)
-  report = reporting.progress_action(config, total_steps, setup.writer)
+  report = reporting.EpochProgress(eta, steps_per_epoch, config.batch_size, config.num_epochs,
+                                   config.log_every_seconds)
   elapsed_before = progress.elapsed_s
   # Proxy steps due before the first epoch of this session (schedule starting with "p").
   _run_due_proxy_steps(setup, state, bank, progress, eta)
@@ -260,6 +254,7 @@ def train_epoch(setup: Setup, state, bank: proxy.ProxyBank, epoch: int, report):
   order = data.epoch_order(len(split), config.seed, epoch)
   swap, is_proxy = (bank.swap, bank.holds) if len(bank) else (None, None)
   step, totals = epoch * setup.steps_per_epoch, None
+  report.start_epoch()
   for batch in prefetch(data.batches(split, config.batch_size, order, swap=swap,
                                      is_proxy=is_proxy)):
     state, batch_metrics = setup.train_fn(state, to_global(batch, setup.batch_sharding),

@@ -29,7 +29,9 @@ def make_tiny_config(**overrides):
   config.num_epochs = 2
   config.proxy.enabled = False
   config.proxy.schedule = "1,p,1"
-  config.log_every_steps = 1000
+  # Tests compile and decode afresh: nothing read from outside their own folders.
+  config.compilation_cache_dir = ""
+  config.data.cache_dir = ""
   for field, value in overrides.items():
     config_fields.set_field(config, field, value)
   return config

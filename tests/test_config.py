@@ -32,6 +32,8 @@ BAD_VALUES = [
     ("num_epochs", 0, "num_epochs=0"),
     ("label_smoothing", 1.0, "label_smoothing=1.0"),
     ("model.small_stem", "maybe", "model.small_stem='maybe'.*auto, true, false"),
+    ("log_every_seconds", 0.0, "log_every_seconds=0.0.*seconds > 0"),
+    ("compilation_cache_dir", None, "compilation_cache_dir=None.*folder path"),
 ]
 
 
@@ -93,6 +95,23 @@ def test_fields_added_after_a_run_began_do_not_refuse_it_at_their_default(tmp_pa
   with pytest.raises(config_lib.ConfigError, match="augment.erase: None -> 'cutout'"):
     config_lib.write_or_check_resolved(make_tiny_config(**{"augment.erase": "cutout"}),
                                        str(tmp_path))
+
+
+def test_console_and_cache_fields_never_refuse_a_resume(tmp_path):
+  config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))
+  path = tmp_path / "config.json"
+  recorded = json.loads(path.read_text())
+  # As an older version recorded it: log_every_steps, no log_every_seconds, another cache.
+  del recorded["log_every_seconds"], recorded["compilation_cache_dir"]
+  recorded["log_every_steps"] = 50
+  recorded["data"]["cache_dir"] = "/elsewhere/cache"
+  path.write_text(json.dumps(recorded))
+  config_lib.write_or_check_resolved(
+      make_tiny_config(**{"log_every_seconds": 5.0, "compilation_cache_dir": "/tmp/jax",
+                          "data.decode_workers": 2}), str(tmp_path))
+  assert json.loads(path.read_text()) == recorded
+  with pytest.raises(config_lib.ConfigError, match="seed: 0 -> 1"):
+    config_lib.write_or_check_resolved(make_tiny_config(seed=1), str(tmp_path))
 
 
 def _float_fields():

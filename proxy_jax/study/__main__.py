@@ -51,14 +51,15 @@ def share_compilations(workdir: str) -> None:
 def run_trials(study: spec.Study, workdir: str, common: dict, shard=(0, 1), *,
                retry_failed=False, dry_run=False, python=sys.executable,
                program="", trial_timeout=None,
-               compilation_cache=True) -> dict:
+               compilation_cache=True, parallel=1, devices_per_trial=0) -> dict:
   if compilation_cache and not dry_run:
     share_compilations(workdir)
   return sweep.run_trials(study.config, spec.trials(study), common, workdir, shard,
                           retry_failed, dry_run, python, program, trial_timeout,
                           label=f"study {study.name}",
                           record_fields={"commit": runs_lib.code_version(),
-                                         "study": study.name})
+                                         "study": study.name},
+                          parallel=parallel, devices_per_trial=devices_per_trial)
 
 
 def write_study_report(study: spec.Study, workdir: str, out: str, command: str,
@@ -121,7 +122,8 @@ def main(argv):
   if f.report != "only":
     counts = run_trials(study, f.workdir, study.common, shard, retry_failed=f.retry_failed,
                         dry_run=f.dry_run, python=f.python, program=f.program,
-                        trial_timeout=f.trial_timeout, compilation_cache=f.compilation_cache)
+                        trial_timeout=f.trial_timeout, compilation_cache=f.compilation_cache,
+                        parallel=f.parallel, devices_per_trial=f.devices_per_trial)
   if f.dry_run or f.report == "never":
     return
   out = f.out or os.path.join(spec.results_dir(), study.name)

@@ -1,7 +1,7 @@
 """The sweep command (see proxy_jax.sweep):
 
   python -m proxy_jax.sweep --config=configs/dogs.py --sweep=configs/sweeps/proxy_grid.py \
-      --workdir=runs/grid [--shard=0/4] [--dry-run] [--retry-failed]
+      --workdir=runs/grid [--shard=0/4] [--dry-run] [--retry-failed] [--parallel=2]
 """
 
 import signal
@@ -37,7 +37,7 @@ def main(argv):
   f = flags.FLAGS
   counts = runner.run_sweep(f.config, f.sweep, f.workdir, grid.parse_shard(f.shard),
                             f.retry_failed, f.dry_run, f.python, f.program, tuple(f.set),
-                            f.trial_timeout)
+                            f.trial_timeout, f.parallel, f.devices_per_trial)
   logging.info("sweep counts: %s", counts)
   if counts["failed"]:
     sys.exit(1)
