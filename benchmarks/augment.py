@@ -23,7 +23,7 @@ import numpy as np
 # Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax import augment, config_lib, train  # pylint: disable=wrong-import-position
+from proxy_jax import augment, config_lib, steps, train  # pylint: disable=wrong-import-position
 
 NUM_CLASSES = 10
 CASES = {
@@ -83,9 +83,9 @@ def measure(case: str, methods: dict, repeats: int, steps: int) -> dict:
            "mask": np.ones(batch_size, np.float32),
            "is_proxy": np.zeros(batch_size, bool)}
   batch = jax.device_put(batch)
-  step_fns = {"plain": train.make_train_step(config)}
+  step_fns = {"plain": steps.make_train_step(config)}
   for name, overrides in methods.items():
-    step_fns[name] = train.make_train_step(case_config(case, overrides), num_classes=NUM_CLASSES)
+    step_fns[name] = steps.make_train_step(case_config(case, overrides), num_classes=NUM_CLASSES)
   for fn in step_fns.values():  # Compile everything before timing anything.
     state, _ = time_steps(fn, state, batch, 1)
   seconds = {name: [] for name in step_fns}

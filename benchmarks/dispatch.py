@@ -32,7 +32,7 @@ import numpy as np
 # Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax import parallel, train  # pylint: disable=wrong-import-position
+from proxy_jax import parallel, steps, train  # pylint: disable=wrong-import-position
 
 
 def make_batches(config, count: int, sharding) -> list[dict]:
@@ -83,7 +83,7 @@ def main():
   model = train.create_model(config, 10)
   state = jax.device_put(train.create_train_state(config, model, jax.random.key(0),
                                                   args.steps), replicated)
-  train_fn = train.make_train_step(config, replicated)
+  train_fn = steps.make_train_step(config, replicated)
   batches = make_batches(config, args.steps, sharding)
   key = jax.random.key(1)
   state, _, _ = run_async(train_fn, state, batches[:2], key)  # Compilation, excluded.

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proxy_jax import cli, data, parallel, proxy, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from proxy_jax import cli, data, parallel, proxy, steps, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_CONFIG = "configs/default.py"
 cli.define_config_flag(DEFAULT_CONFIG, "Config to benchmark.")
@@ -64,7 +64,7 @@ def main(_):
   steps_per_epoch = data.num_batches(len(split), config.batch_size)
   state = jax.device_put(train.create_train_state(config, model, jax.random.key(0),
                                                   steps_per_epoch), replicated)
-  step_fn = train.make_train_step(config, replicated)
+  step_fn = steps.make_train_step(config, replicated)
   count = min(FLAGS.batches, steps_per_epoch)
   device_batches = [parallel.to_global(b, batch_sharding) for _, b in
                     zip(range(count), data.batches(split, config.batch_size))]

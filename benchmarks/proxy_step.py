@@ -23,7 +23,7 @@ import jax
 # Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax import data, parallel, proxy, train
+from proxy_jax import data, parallel, proxy, steps, train
 
 CASES = {
     # name: (model, image size, max training-pool examples (0 = all), small stem)
@@ -64,7 +64,7 @@ def measure(name: str, subset: float, repeats: int) -> dict:
   state = train.create_train_state(config, model, jax.random.key(0),
                                    data.num_batches(len(split), config.batch_size))
   _, batch_sharding = parallel.shardings(parallel.make_mesh())
-  eval_fn, predict_fn = train.make_eval_step(), train.make_predict_step()
+  eval_fn, predict_fn = steps.make_eval_step(), steps.make_predict_step()
   key = jax.random.key(1)
 
   def evaluate():

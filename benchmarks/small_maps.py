@@ -54,7 +54,7 @@ def jax_rates(args, im2col: bool) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, ROOT)
-  from proxy_jax import model_state, models, train  # pylint: disable=g-import-not-at-top
+  from proxy_jax import model_state, models, steps  # pylint: disable=g-import-not-at-top
   from proxy_jax.models import common  # pylint: disable=g-import-not-at-top
 
   common.CPU_IM2COL = im2col
@@ -71,7 +71,7 @@ def jax_rates(args, im2col: bool) -> dict:
     def loss_fn(params):
       logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
                                        images, train=True, mutable=["batch_stats"])
-      return train.cross_entropy(logits, labels, jnp.ones(labels.shape)), updates
+      return steps.cross_entropy(logits, labels, jnp.ones(labels.shape)), updates
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"]), loss
 

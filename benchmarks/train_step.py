@@ -25,7 +25,7 @@ import numpy as np
 # Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax import config_lib, models, train  # pylint: disable=wrong-import-position
+from proxy_jax import config_lib, models, steps, train  # pylint: disable=wrong-import-position
 
 # Dense bf16 peak of one chip in FLOP/s (vendor figures, no sparsity): the MFU denominator.
 # float32 runs are compared with the same figure (TF32/bf16 tensor cores are the ceiling).
@@ -116,7 +116,7 @@ def main(argv=None):
   model = train.create_model(config, args.num_classes)
   state = train.create_train_state(config, model, jax.random.key(0), steps_per_epoch=1000)
   batch = synthetic_batch(args)
-  train_fn, eval_fn = train.make_train_step(config), train.make_eval_step()
+  train_fn, eval_fn = steps.make_train_step(config), steps.make_eval_step()
   step_args = (batch, jax.random.key(1))
   device = jax.devices()[0]
   peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device)

@@ -63,34 +63,7 @@ def _check_finite(config) -> None:
 def validate(config) -> None:
   """Raises ConfigError for the first invalid field."""
   _check_finite(config)
-  _check_choice(config, "data.source", data.SOURCES)
-  if config.data.source == "folder":
-    for field in ("data.path", "data.test_path"):
-      path = get_field(config, field)
-      if (field == "data.path" or path) and not os.path.isdir(path):
-        _fail(field, path, "must be an existing directory of images")
-  if config.data.source == "tfds" and not config.data.name:
-    _fail("data.name", config.data.name, "name a TFDS dataset, e.g. stanford_dogs")
-  _check_fraction(config, "data.val_fraction", upper_open=True)
-  _check_fraction(config, "data.test_fraction", upper_open=True)
-  if config.data.val_fraction <= 0:
-    _fail("data.val_fraction", config.data.val_fraction, "must be > 0 (validation is carved "
-          "from the training data)")
-  carve_test = not (config.data.test_split or config.data.test_path)
-  if carve_test and config.data.val_fraction + config.data.test_fraction >= 1.0:
-    _fail("data.test_fraction", config.data.test_fraction,
-          "val_fraction + test_fraction must leave training data (< 1)")
-  if not isinstance(config.data.split_seed, int):
-    _fail("data.split_seed", config.data.split_seed, "must be an integer")
-  if config.data.max_examples < 0:
-    _fail("data.max_examples", config.data.max_examples, "must be >= 0 (0 = all)")
-  _check_positive_int(config, "image_size")
-  load_size = config.data.load_size
-  if load_size != data.AUTO_LOAD_SIZE and (
-      not isinstance(load_size, int) or isinstance(load_size, bool)
-      or load_size < config.image_size):
-    _fail("data.load_size", load_size, f"must be an integer >= image_size ({config.image_size})"
-          f", or {data.AUTO_LOAD_SIZE} (auto)")
+  _validate_data(config)
   _check_choice(config, "model.name", models.MODEL_NAMES)
   small_stem = config.model.small_stem
   if not isinstance(small_stem, bool) and str(small_stem).lower() not in models.SMALL_STEM_CHOICES:
@@ -124,6 +97,38 @@ def validate(config) -> None:
   _validate_proxy(config)
   from proxy_jax import augment  # pylint: disable=g-import-not-at-top
   augment.check_config(config.augment, config.image_size)
+
+
+def _validate_data(config):
+  """The data.* fields and the image sizes."""
+  _check_choice(config, "data.source", data.SOURCES)
+  if config.data.source == "folder":
+    for field in ("data.path", "data.test_path"):
+      path = get_field(config, field)
+      if (field == "data.path" or path) and not os.path.isdir(path):
+        _fail(field, path, "must be an existing directory of images")
+  if config.data.source == "tfds" and not config.data.name:
+    _fail("data.name", config.data.name, "name a TFDS dataset, e.g. stanford_dogs")
+  _check_fraction(config, "data.val_fraction", upper_open=True)
+  _check_fraction(config, "data.test_fraction", upper_open=True)
+  if config.data.val_fraction <= 0:
+    _fail("data.val_fraction", config.data.val_fraction, "must be > 0 (validation is carved "
+          "from the training data)")
+  carve_test = not (config.data.test_split or config.data.test_path)
+  if carve_test and config.data.val_fraction + config.data.test_fraction >= 1.0:
+    _fail("data.test_fraction", config.data.test_fraction,
+          "val_fraction + test_fraction must leave training data (< 1)")
+  if not isinstance(config.data.split_seed, int):
+    _fail("data.split_seed", config.data.split_seed, "must be an integer")
+  if config.data.max_examples < 0:
+    _fail("data.max_examples", config.data.max_examples, "must be >= 0 (0 = all)")
+  _check_positive_int(config, "image_size")
+  load_size = config.data.load_size
+  if load_size != data.AUTO_LOAD_SIZE and (
+      not isinstance(load_size, int) or isinstance(load_size, bool)
+      or load_size < config.image_size):
+    _fail("data.load_size", load_size, f"must be an integer >= image_size ({config.image_size})"
+          f", or {data.AUTO_LOAD_SIZE} (auto)")
 
 
 def _validate_optimizer(config):

@@ -37,7 +37,7 @@ from proxy_jax import errors
 from proxy_jax import images_grid
 from proxy_jax import preprocess
 from proxy_jax import restore
-from proxy_jax import train
+from proxy_jax import steps
 from proxy_jax.io_utils import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -63,7 +63,7 @@ def list_image_files(path: str) -> list[str]:
 
 
 # The trainer's own prediction step: inference gives the logits evaluation gave.
-_predict = train.make_predict_step()
+_predict = steps.make_predict_step()
 
 
 def predict_logits(model, variables, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Training and evaluation: the state, the pure steps, and the epoch/proxy-step loop.
+"""Training and evaluation: the run's setup and the epoch/proxy-step loop (the steps: `steps`).
 
 `train_and_evaluate(config, workdir)` is the only entry point `main.py` calls. It validates the
 config before any compute, loads the fixed split, resolves the batch size once (recorded in
@@ -21,19 +21,15 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from proxy_jax import augment
 from proxy_jax import batch_finder
 from proxy_jax import checkpoints, chunked, config_lib, console, data, errors, host, models
-from proxy_jax import preprocess, proxy
-from proxy_jax import records
+from proxy_jax import proxy, records
 from proxy_jax.model_state import create_model, create_train_state, learning_rate_schedule
-from proxy_jax import reporting, restore, workdir_lock
-from proxy_jax.step_metrics import NO_STEP, EvalMetrics, TrainMetrics, host_values, merge_metrics
+from proxy_jax import reporting, steps, workdir_lock
+from proxy_jax.step_metrics import NO_STEP, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
 from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
 
@@ -49,29 +45,8 @@ def finder_step_factory(config, num_classes: int) -> batch_finder.StepFactory:
   """What the batch-size finder probes: this trainer's step and a host copy of a fresh state."""
   model = create_model(config, num_classes)
   state = create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
-  return batch_finder.StepFactory(make_train_step(config, num_classes=num_classes),
-                                       jax.device_get(state))
-
-
-# ---------------------------------------------------------------- steps
-
-
-def cross_entropy(logits, targets, label_smoothing: float = 0.0):
-  """Per-example cross-entropy against soft targets (B, K), always in float32.
-
-  Label smoothing composes with mixing: the (mixed) soft targets are smoothed, as timm does.
-  """
-  logits = logits.astype(jnp.float32)
-  targets = optax.smooth_labels(targets.astype(jnp.float32), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-def masked_mean(values, mask):
-  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def all_finite(tree):
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+  return batch_finder.StepFactory(steps.make_train_step(config, num_classes=num_classes),
+                                  jax.device_get(state))
 
 
 def tree_checksum(tree) -> str:
@@ -86,98 +61,6 @@ def tree_checksum(tree) -> str:
     digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
     digest.update(array.tobytes())
   return digest.hexdigest()[:16]
-
-
-def num_classes_of(state, images):
-  """The model's class count, read from its output shape at trace time (no compute)."""
-  return jax.eval_shape(state.apply_fn, models.variables_of(state), images[:1]).shape[-1]
-
-
-def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothing: float,
-               frozen_apply_fn=None, image_size: int | None = None):
-  """One optimiser step on an augmented batch (proxy_jax.augment: crop of the stored images to
-  `image_size` (None: their own side), flip/rotation, policy, erasing, mixing, normalisation).
-  `key` is the run's step key: the step number is folded in here, on the device, so the host
-  never reads the step back. `frozen`: variables of the frozen saliency model when
-  `augment.saliency_source` names one.
-
-  Train accuracy counts each example's dominant label (the argmax of its soft target: the
-  class that gave the larger share of a mixed image).
-  """
-  key = jax.random.fold_in(key, state.step)
-  augment_key, dropout_key = jax.random.split(key)
-  size = image_size or batch["image"].shape[1]
-  augment_fn = augment.make_augment_fn(
-      augment_config, num_classes_of(state, batch["image"][:, :size, :size]), size)
-  inputs, targets = augment_fn(batch["image"], batch["label"], augment_key,
-                               is_proxy=batch.get("is_proxy"),
-                               models=augment.models_of(state, frozen_apply_fn, frozen))
-  jsd_weight = augment.jsd_weight(augment_config)
-
-  def loss_fn(params):
-    # With AugMix's JSD loss, `inputs` stacks the clean batch and two views: one forward pass.
-    logits, updates = state.apply_fn(
-        models.variables_of(state, params), inputs, train=True,
-        mutable=["batch_stats"], rngs={"dropout": dropout_key})
-    if jsd_weight:
-      logits, logits_aug1, logits_aug2 = jnp.split(logits, 3)
-    per_example = cross_entropy(logits, targets, label_smoothing)
-    loss = masked_mean(per_example, batch["mask"])
-    if jsd_weight:
-      consistency = augment.jensen_shannon_per_example(logits, logits_aug1, logits_aug2)
-      loss += jsd_weight * masked_mean(consistency, batch["mask"])
-    return loss, (logits, per_example, updates)
-
-  (loss, (logits, per_example, updates)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads,
-                                batch_stats=updates.get("batch_stats", state.batch_stats))
-  finite = jnp.isfinite(loss) & all_finite(state.params)
-  return state, TrainMetrics.single_from_model_output(
-      logits=logits.astype(jnp.float32), labels=jnp.argmax(targets, axis=-1),
-      mask=batch["mask"], loss=per_example, step=state.step, finite=finite)
-
-
-def eval_step(state, batch):
-  """No augmentation: validation and test see the plain, normalised images."""
-  logits = state.apply_fn(models.variables_of(state), preprocess.eval_inputs(batch["image"]))
-  logits = logits.astype(jnp.float32)
-  targets = jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=jnp.float32)
-  return EvalMetrics.single_from_model_output(
-      logits=logits, labels=batch["label"], mask=batch["mask"],
-      loss=cross_entropy(logits, targets))
-
-
-def predict_step(apply_fn, variables, images_uint8):
-  """Eval-mode logits of uint8 images (inference and the proxy step's predictions)."""
-  return apply_fn(variables, preprocess.eval_inputs(images_uint8))
-
-
-def make_train_step(config, replicated=None, num_classes: int | None = None):
-  """The jitted train step `(state, batch, step_key) -> (state, metrics)`, state donated.
-
-  A frozen saliency model (`augment.saliency_source` other than "current") is loaded here,
-  which needs `num_classes`; its variables go into the step as an argument, not a constant.
-  """
-  frozen_apply_fn, frozen = restore.load_frozen(config, num_classes)
-  step = functools.partial(train_step, augment_config=config.augment,
-                           label_smoothing=config.label_smoothing,
-                           frozen_apply_fn=frozen_apply_fn, image_size=config.image_size)
-  jitted = jax.jit(step, donate_argnums=0,
-                   out_shardings=replicated if replicated is not None else None)
-  if frozen is None:
-    return jitted
-  frozen = jax.device_put(frozen, replicated) if replicated is not None else frozen
-  return functools.partial(jitted, frozen=frozen)
-
-
-def make_eval_step():
-  return jax.jit(eval_step)
-
-
-def make_predict_step():
-  """The jitted `predict_step(apply_fn, variables, images_uint8)`, `apply_fn` static."""
-  return jax.jit(predict_step, static_argnums=0)
 
 
 def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding) -> dict:
@@ -242,9 +125,9 @@ def _build(config, workdir: str, dataset: data.Dataset):
   setup = Setup(
       config=config, workdir=workdir, dataset=dataset, steps_per_epoch=steps_per_epoch,
       lr_fn=lr_fn, batch_sharding=batch_sharding,
-      train_fn=make_train_step(config, replicated, len(dataset.class_names)),
-      eval_fn=make_eval_step(),
-      predict_fn=make_predict_step(), step_key=jax.random.fold_in(root, 1),
+      train_fn=steps.make_train_step(config, replicated, len(dataset.class_names)),
+      eval_fn=steps.make_eval_step(),
+      predict_fn=steps.make_predict_step(), step_key=jax.random.fold_in(root, 1),
       proxy_key=jax.random.fold_in(root, 2),
       schedule=proxy.parse_schedule(config.proxy.schedule, config.num_epochs,
                                     config.proxy.enabled),

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proxy_jax import augment, cams, config_lib, data, models, preprocess, restore, train
+from proxy_jax import augment, cams, config_lib, data, models, preprocess, restore, steps, train
 from tests.conftest import make_tiny_config
 from tests.test_train import killed_and_resumed
 
@@ -23,7 +23,7 @@ def test_cross_entropy_on_soft_targets_composes_with_label_smoothing():
   targets = (1 - smoothing) * soft + smoothing / 5
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   expected = -(targets * log_probs).sum(-1)[:2].mean()
-  got = train.masked_mean(train.cross_entropy(jnp.asarray(logits), jnp.asarray(soft), smoothing),
+  got = steps.masked_mean(steps.cross_entropy(jnp.asarray(logits), jnp.asarray(soft), smoothing),
                           jnp.asarray(mask))
   assert float(got) == pytest.approx(expected, rel=1e-5)
 
@@ -110,7 +110,7 @@ def test_frozen_workdir_gives_attentive_cutmix_its_cam(tiny_state, tmp_path):
                                  targets=labels))
   _assert_top_cells_pasted(inputs, soft, images, labels, maps, key)
   # The whole step runs with the frozen model's variables as an argument.
-  step = train.make_train_step(config, num_classes=10)
+  step = steps.make_train_step(config, num_classes=10)
   fresh = train.create_train_state(config, train.create_model(config, 10), jax.random.key(0), 1)
   batch = {"image": images, "label": labels, "mask": np.ones(6, np.float32),
            "is_proxy": np.zeros(6, bool)}
@@ -182,7 +182,7 @@ def test_train_accuracy_counts_the_dominant_label(tiny_state):
   expected = float(np.mean(np.argmax(logits, -1) == np.argmax(soft, -1)))
   assert not np.array_equal(np.argmax(soft, -1), labels)  # Some partners dominate.
   fresh = jax.tree.map(jnp.copy, state)
-  _, metrics = train.make_train_step(config, num_classes=10)(fresh, batch, step_key)
+  _, metrics = steps.make_train_step(config, num_classes=10)(fresh, batch, step_key)
   assert metrics.compute()["accuracy"] == pytest.approx(expected)
 
 

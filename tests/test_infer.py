@@ -21,7 +21,7 @@ from proxy_jax import models
 from proxy_jax import parallel
 from proxy_jax import preprocess
 from proxy_jax import restore
-from proxy_jax import train
+from proxy_jax import steps, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,14 +77,14 @@ def test_cli_predictions_match_eval_step(trained, tmp_path):
   model, variables, config, _ = restore.restore_for_inference(workdir)
   state = train.create_train_state(config, model, jax.random.key(0), 1).replace(
       params=variables["params"], batch_stats=variables["batch_stats"])
-  reference = np.asarray(train.make_predict_step()(state.apply_fn, models.variables_of(state),
+  reference = np.asarray(steps.make_predict_step()(state.apply_fn, models.variables_of(state),
                                                       val.images))
   np.testing.assert_array_equal(table.index_1.to_numpy(), reference.argmax(-1))
   probabilities = np.asarray(jax.nn.softmax(reference))
   np.testing.assert_allclose(table.prob_1, probabilities.max(-1), rtol=1e-5, atol=1e-6)
   # The accuracy eval_step's metrics give agrees with the CSV's top-1 on the same images.
   _, batch_sharding = parallel.shardings(parallel.make_mesh())
-  accuracy = train.evaluate(state, val, config.eval_batch_size, train.make_eval_step(),
+  accuracy = train.evaluate(state, val, config.eval_batch_size, steps.make_eval_step(),
                             batch_sharding)["accuracy"]
   labels = [str(label) for label in val.labels]
   correct = sum(c == l for c, l in zip(table.class_1, labels))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from proxy_jax import config_lib, data, errors, models, parallel, preprocess, proxy, records
-from proxy_jax import train
+from proxy_jax import steps, train
 from tests.conftest import make_tiny_config
 
 STORED, SIZE = 20, 16
@@ -82,7 +82,7 @@ def stored_run(tmp_path_factory):
   split = dataset.train
   state = train.create_train_state(config, model, jax.random.key(0),
                                    data.num_batches(len(split), config.batch_size))
-  step = train.make_train_step(config)
+  step = steps.make_train_step(config)
   for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
     state, metrics = step(state, batch, jax.random.key(1))
   assert np.isfinite(float(metrics.compute()["loss"]))
@@ -111,7 +111,7 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   split = dataset.train
   _, sharding = parallel.shardings(parallel.make_mesh())
   result = proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, jax.random.key(0),
-                                predict_fn=train.make_predict_step(), batch_sharding=sharding)
+                                predict_fn=steps.make_predict_step(), batch_sharding=sharding)
   assert len(result.ids) > 0
   stored = split.images[result.ids]
   assert result.proxies.shape[1:] == (STORED, STORED, 3)
@@ -121,7 +121,7 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   ring = np.ones((STORED, STORED), bool)
   ring[2:18, 2:18] = False
   np.testing.assert_array_equal(result.proxies[:, ring], stored[:, ring])
-  targets = np.argmax(np.asarray(train.make_predict_step()(
+  targets = np.argmax(np.asarray(steps.make_predict_step()(
       state.apply_fn, models.variables_of(state), result.originals)), -1)
   options = dict(proxy._cam_options(config))  # pylint: disable=protected-access
   proxy_fn = proxy.make_proxy_fn(state.apply_fn, config.proxy.cam_method,

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 import scipy.special
 
-from proxy_jax import checkpoints, io_utils, models, records, train
+from proxy_jax import checkpoints, io_utils, models, records, steps, train
 from tests.conftest import ROOT, make_tiny_config
 
 TIMING_KEYS = ("epoch_seconds", "images_per_second")
@@ -212,7 +212,7 @@ def test_train_split_is_scored_in_eval_mode_on_every_training_example(tmp_path, 
   split = captured["setup"].dataset.train
   assert len(split) % 64  # The last eval batch is padded.
   state = captured["state"]
-  logits = np.asarray(train.predict_step(state.apply_fn, models.variables_of(state),
+  logits = np.asarray(steps.predict_step(state.apply_fn, models.variables_of(state),
                                          split.images), np.float64)
   log_probs = scipy.special.log_softmax(logits, axis=-1)
   expected_loss = -np.mean(log_probs[np.arange(len(split)), split.labels])

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_tiny_config
-from proxy_jax import checkpoints, chunked, data, models, parallel, proxy, train
+from proxy_jax import checkpoints, chunked, data, models, parallel, proxy, steps, train
 
 MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 
@@ -229,7 +229,7 @@ def tiny_model(tmp_path_factory):
   split = dataset.train
   state = train.create_train_state(config, model, jax.random.key(0),
                                    data.num_batches(len(split), config.batch_size))
-  step = train.make_train_step(config)
+  step = steps.make_train_step(config)
   for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
     state, _ = step(state, batch, jax.random.key(1))
   _, sharding = parallel.shardings(parallel.make_mesh())
@@ -243,7 +243,7 @@ def proxy_step(tiny_model, bank, key, **overrides):
     config.proxy[field] = value
   before = bank.to_arrays()
   result = proxy.run_proxy_step(state, split, bank, config, jax.random.key(key),
-                                predict_fn=train.make_predict_step(), batch_sharding=sharding)
+                                predict_fn=steps.make_predict_step(), batch_sharding=sharding)
   after = bank.to_arrays()  # The step only reads the bank; storing is the caller's job.
   np.testing.assert_array_equal(before["ids"], after["ids"])
   np.testing.assert_array_equal(before["images"], after["images"])
@@ -517,7 +517,7 @@ def _fused_step_on_final_state(workdir, config):
     ckpt.close()
   split = data.load_dataset(config, workdir).train
   result = proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, jax.random.key(7),
-                                predict_fn=train.make_predict_step())
+                                predict_fn=steps.make_predict_step())
   bank = proxy.ProxyBank()
   bank.store(result.ids, result.proxies)
   return bank

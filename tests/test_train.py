@@ -146,7 +146,7 @@ def test_steps_import_without_tensorflow():
           "    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
           "      raise ImportError('blocked ' + name)\n"
           "sys.meta_path.insert(0, Block())\n"
-          "from proxy_jax import train, proxy, cams, data, models\n"
+          "from proxy_jax import steps, train, proxy, cams, data, models\n"
           "assert not [m for m in sys.modules if m.startswith('tensorflow')]\n"
           "print('ok')\n")
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
