@@ -21,26 +21,22 @@ from proxy_jax import models
 from proxy_jax import proxy
 from proxy_jax import records
 from proxy_jax.config_fields import get_field
-from proxy_jax.errors import ConfigError
+from proxy_jax.errors import ConfigError, fail_field
 from proxy_jax.io_utils import atomic_write_json
 
-
-
-def _fail(field, value, allowed):
-  raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
 
 
 def _check_choice(config, field, choices):
   value = get_field(config, field)
   if value not in choices:
-    _fail(field, value, "choose one of " + ", ".join(map(str, choices)))
+    fail_field(field, value, "choose one of " + ", ".join(map(str, choices)))
 
 
 def _check_fraction(config, field, upper_open=False):
   value = get_field(config, field)
   if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or (
       upper_open and value == 1.0):
-    _fail(field, value, "must be a number in [0, 1" + (")" if upper_open else "]"))
+    fail_field(field, value, "must be a number in [0, 1" + (")" if upper_open else "]"))
 
 
 def _check_positive_int(config, field, allow=()):
@@ -49,7 +45,7 @@ def _check_positive_int(config, field, allow=()):
     return
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
     extra = f" (or {', '.join(map(str, allow))})" if allow else ""
-    _fail(field, value, "must be a positive integer" + extra)
+    fail_field(field, value, "must be a positive integer" + extra)
 
 
 def _check_finite(config) -> None:
@@ -57,7 +53,7 @@ def _check_finite(config) -> None:
   for field, value in flatten(config).items():
     values = value if isinstance(value, (list, tuple)) else (value,)
     if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-      _fail(field, value, "must be a finite number")
+      fail_field(field, value, "must be a finite number")
 
 
 def validate(config) -> None:
@@ -67,30 +63,32 @@ def validate(config) -> None:
   _check_choice(config, "model.name", models.MODEL_NAMES)
   small_stem = config.model.small_stem
   if not isinstance(small_stem, bool) and str(small_stem).lower() not in models.SMALL_STEM_CHOICES:
-    _fail("model.small_stem", small_stem,
-          "choose one of " + ", ".join(models.SMALL_STEM_CHOICES))
+    fail_field("model.small_stem", small_stem,
+               "choose one of " + ", ".join(models.SMALL_STEM_CHOICES))
   _check_choice(config, "dtype", models.DTYPE_CHOICES)
   width = config.model.get("width", 0)
   if not isinstance(width, int) or width < 0 or (width and models.is_vit(config.model.name)):
-    _fail("model.width", width, "must be an integer >= 0 (0 = default), and 0 for ViT")
+    fail_field("model.width", width, "must be an integer >= 0 (0 = default), and 0 for ViT")
   if models.is_vit(config.model.name):
     patch = models.vit_patch_size(config.image_size, config.model.small_stem)
     if config.image_size % patch:
-      _fail("image_size", config.image_size, f"must be a multiple of the ViT patch ({patch})")
+      fail_field("image_size", config.image_size, f"must be a multiple of the ViT patch ({patch})")
   _check_positive_int(config, "batch_size", allow=(-1,))
   _check_positive_int(config, "eval_batch_size")
   if not isinstance(config.batch_size_ceiling, int) or config.batch_size_ceiling < 0:
-    _fail("batch_size_ceiling", config.batch_size_ceiling, "must be an integer >= 0 (0 = auto)")
+    fail_field("batch_size_ceiling", config.batch_size_ceiling,
+               "must be an integer >= 0 (0 = auto)")
   if not 0 < config.batch_size_memory_fraction <= 1:
-    _fail("batch_size_memory_fraction", config.batch_size_memory_fraction, "must be in (0, 1]")
+    fail_field("batch_size_memory_fraction", config.batch_size_memory_fraction, "must be in (0, 1]")
   _check_positive_int(config, "num_epochs")
   _check_positive_int(config, "checkpoint_every_epochs")
   _check_positive_int(config, "keep_checkpoints")
   if not isinstance(config.compilation_cache_dir, str):
-    _fail("compilation_cache_dir", config.compilation_cache_dir, "must be a folder path or \"\"")
+    fail_field("compilation_cache_dir", config.compilation_cache_dir,
+               "must be a folder path or \"\"")
   if (not isinstance(config.log_every_seconds, (int, float))
       or isinstance(config.log_every_seconds, bool) or not config.log_every_seconds > 0):
-    _fail("log_every_seconds", config.log_every_seconds, "must be a number of seconds > 0")
+    fail_field("log_every_seconds", config.log_every_seconds, "must be a number of seconds > 0")
   _check_fraction(config, "label_smoothing", upper_open=True)
   _check_choice(config, "evaluate_train_split", (True, False))
   _validate_optimizer(config)
@@ -106,29 +104,30 @@ def _validate_data(config):
     for field in ("data.path", "data.test_path"):
       path = get_field(config, field)
       if (field == "data.path" or path) and not os.path.isdir(path):
-        _fail(field, path, "must be an existing directory of images")
+        fail_field(field, path, "must be an existing directory of images")
   if config.data.source == "tfds" and not config.data.name:
-    _fail("data.name", config.data.name, "name a TFDS dataset, e.g. stanford_dogs")
+    fail_field("data.name", config.data.name, "name a TFDS dataset, e.g. stanford_dogs")
   _check_fraction(config, "data.val_fraction", upper_open=True)
   _check_fraction(config, "data.test_fraction", upper_open=True)
   if config.data.val_fraction <= 0:
-    _fail("data.val_fraction", config.data.val_fraction, "must be > 0 (validation is carved "
-          "from the training data)")
+    fail_field("data.val_fraction", config.data.val_fraction, "must be > 0 (validation is carved "
+               "from the training data)")
   carve_test = not (config.data.test_split or config.data.test_path)
   if carve_test and config.data.val_fraction + config.data.test_fraction >= 1.0:
-    _fail("data.test_fraction", config.data.test_fraction,
-          "val_fraction + test_fraction must leave training data (< 1)")
+    fail_field("data.test_fraction", config.data.test_fraction,
+               "val_fraction + test_fraction must leave training data (< 1)")
   if not isinstance(config.data.split_seed, int):
-    _fail("data.split_seed", config.data.split_seed, "must be an integer")
+    fail_field("data.split_seed", config.data.split_seed, "must be an integer")
   if config.data.max_examples < 0:
-    _fail("data.max_examples", config.data.max_examples, "must be >= 0 (0 = all)")
+    fail_field("data.max_examples", config.data.max_examples, "must be >= 0 (0 = all)")
   _check_positive_int(config, "image_size")
   load_size = config.data.load_size
   if load_size != data.AUTO_LOAD_SIZE and (
       not isinstance(load_size, int) or isinstance(load_size, bool)
       or load_size < config.image_size):
-    _fail("data.load_size", load_size, f"must be an integer >= image_size ({config.image_size})"
-          f", or {data.AUTO_LOAD_SIZE} (auto)")
+    fail_field("data.load_size", load_size,
+               f"must be an integer >= image_size ({config.image_size})"
+               f", or {data.AUTO_LOAD_SIZE} (auto)")
 
 
 def _validate_optimizer(config):
@@ -136,24 +135,24 @@ def _validate_optimizer(config):
   _check_choice(config, "optimizer.name", model_state.OPTIMIZERS)
   _check_fraction(config, "optimizer.momentum", upper_open=True)
   if not isinstance(opt.nesterov, bool):
-    _fail("optimizer.nesterov", opt.nesterov, "must be True or False")
+    fail_field("optimizer.nesterov", opt.nesterov, "must be True or False")
   decay = opt.decay_norm_and_bias
   if not isinstance(decay, bool) and str(decay).lower() not in (
       model_state.DECAY_NORM_AND_BIAS_CHOICES):
-    _fail("optimizer.decay_norm_and_bias", decay,
-          "choose one of " + ", ".join(model_state.DECAY_NORM_AND_BIAS_CHOICES))
+    fail_field("optimizer.decay_norm_and_bias", decay,
+               "choose one of " + ", ".join(model_state.DECAY_NORM_AND_BIAS_CHOICES))
   if not opt.learning_rate > 0:
-    _fail("optimizer.learning_rate", opt.learning_rate, "must be > 0")
+    fail_field("optimizer.learning_rate", opt.learning_rate, "must be > 0")
   if opt.weight_decay < 0:
-    _fail("optimizer.weight_decay", opt.weight_decay, "must be >= 0")
+    fail_field("optimizer.weight_decay", opt.weight_decay, "must be >= 0")
   _check_fraction(config, "optimizer.b1", upper_open=True)
   _check_fraction(config, "optimizer.b2", upper_open=True)
   _check_choice(config, "optimizer.schedule", model_state.LR_SCHEDULES)
   if opt.warmup_epochs < 0:
-    _fail("optimizer.warmup_epochs", opt.warmup_epochs, "must be >= 0")
+    fail_field("optimizer.warmup_epochs", opt.warmup_epochs, "must be >= 0")
   if not 0 <= opt.backbone_lr_multiplier <= 1:
-    _fail("optimizer.backbone_lr_multiplier", opt.backbone_lr_multiplier,
-          "must be in [0, 1] (0 freezes the backbone)")
+    fail_field("optimizer.backbone_lr_multiplier", opt.backbone_lr_multiplier,
+               "must be in [0, 1] (0 freezes the backbone)")
 
 
 def _validate_proxy(config):
@@ -164,8 +163,8 @@ def _validate_proxy(config):
   _check_choice(config, "proxy.cam_method", cams.METHODS)
   _check_positive_int(config, "cams.chunk_size")
   if not config.cams.gradcampp_eps >= 0:
-    _fail("cams.gradcampp_eps", config.cams.gradcampp_eps, "must be >= 0 (0 = the paper's "
-          "Grad-CAM++, 1e-6 = pytorch-grad-cam's)")
+    fail_field("cams.gradcampp_eps", config.cams.gradcampp_eps, "must be >= 0 (0 = the paper's "
+               "Grad-CAM++, 1e-6 = pytorch-grad-cam's)")
   try:
     proxy.parse_schedule(config.proxy.schedule, config.num_epochs, config.proxy.enabled)
   except ValueError as error:

@@ -39,3 +39,9 @@ class DamagedFileError(UserError, ValueError):
   def __init__(self, path: str, cause: str, fix: str):
     super().__init__(f"{path} is damaged ({cause}); {fix}")
     self.path, self.cause, self.fix = path, cause, fix
+
+
+def fail_field(field: str, value, allowed: str):
+  """Raises the one-line ConfigError of every config check: "config.<field>=<value> is invalid:
+  <allowed>", `field` dotted from the config's root ("augment.mix")."""
+  raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from proxy_jax import preprocess
-from proxy_jax.errors import ConfigError
+from proxy_jax.errors import fail_field
 from proxy_jax.augment import crop, erase, geometry, keep, mix, policy, saliency
 
 FAMILIES = {
@@ -266,45 +266,46 @@ def jensen_shannon_per_example(logits_clean, logits_aug1, logits_aug2):
 def check_config(augment_config, image_size: int | None = None) -> None:
   """Validates `config.augment` before any compute: this module's fields, then each family's."""
   cfg = augment_config
-
-  def fail(field, allowed):
-    raise ConfigError(f"config.augment.{field}={cfg[field]!r} is invalid: {allowed}")
-
   for field in ("flip", "keep_salient", "skip_proxies"):
     if not isinstance(cfg[field], bool):
-      fail(field, "must be True or False")
+      fail_field(f"augment.{field}", cfg[field], "must be True or False")
   if isinstance(cfg.rotation_degrees, bool) or not isinstance(cfg.rotation_degrees, (int, float)) \
       or not 0 <= cfg.rotation_degrees <= 180:
-    fail("rotation_degrees", "must be a number in [0, 180]")
+    fail_field("augment.rotation_degrees", cfg.rotation_degrees, "must be a number in [0, 180]")
   if isinstance(cfg.keep_size, bool) or not isinstance(cfg.keep_size, (int, float)) \
       or not 0 < cfg.keep_size <= 1:
-    fail("keep_size", "must be in (0, 1] (a fraction of the image side)")
+    fail_field("augment.keep_size", cfg.keep_size,
+               "must be in (0, 1] (a fraction of the image side)")
   if cfg.keep_cutout not in KEEP_CUTOUTS:
-    fail("keep_cutout", "choose one of " + ", ".join(KEEP_CUTOUTS))
+    fail_field("augment.keep_cutout", cfg.keep_cutout, "choose one of " + ", ".join(KEEP_CUTOUTS))
   if isinstance(cfg.keep_threshold, bool) or not isinstance(cfg.keep_threshold, (int, float)) \
       or not 0 < cfg.keep_threshold <= 1:
-    fail("keep_threshold", "must be in (0, 1] (mean saliency of a box, maps in [0, 1])")
+    fail_field("augment.keep_threshold", cfg.keep_threshold,
+               "must be in (0, 1] (mean saliency of a box, maps in [0, 1])")
   if isinstance(cfg.keep_tries, bool) or not isinstance(cfg.keep_tries, int) \
       or not 1 <= cfg.keep_tries <= 1000:
-    fail("keep_tries", "must be an integer in [1, 1000]")
+    fail_field("augment.keep_tries", cfg.keep_tries, "must be an integer in [1, 1000]")
   for family in (crop, policy, erase, mix):  # Each raises ConfigError naming its field.
     family.check_config(cfg)
   if cfg.augmix_jsd and mix_names(cfg):
-    fail("augmix_jsd", "cannot combine with mixing (mix must be 'none'): the AugMix "
-         "consistency loss compares views of the same image with one label")
+    fail_field("augment.augmix_jsd", cfg.augmix_jsd,
+               "cannot combine with mixing (mix must be 'none'): the AugMix "
+               "consistency loss compares views of the same image with one label")
   if image_size is not None and cfg.attentive_grid > image_size:
-    fail("attentive_grid", f"must be at most the image size ({image_size})")
-  _check_saliency_source(cfg, fail)
+    fail_field("augment.attentive_grid", cfg.attentive_grid,
+               f"must be at most the image size ({image_size})")
+  _check_saliency_source(cfg)
 
 
-def _check_saliency_source(cfg, fail):
+def _check_saliency_source(cfg):
   from proxy_jax import cams  # pylint: disable=g-import-not-at-top
   if cfg.saliency_cam not in cams.formulas.ACTIVATION_FORMULAS:
-    fail("saliency_cam", "choose an activation-map method: "
-         + ", ".join(cams.formulas.ACTIVATION_FORMULAS))
+    fail_field("augment.saliency_cam", cfg.saliency_cam, "choose an activation-map method: "
+               + ", ".join(cams.formulas.ACTIVATION_FORMULAS))
   source = cfg.saliency_source
   if not isinstance(source, str) or not source:
-    fail("saliency_source", "must be 'current', a trained workdir or pretrained weights")
+    fail_field("augment.saliency_source", cfg.saliency_source,
+               "must be 'current', a trained workdir or pretrained weights")
   if not needs_frozen_model(cfg):
     return
   if saliency.is_trained_workdir(source):
@@ -312,8 +313,10 @@ def _check_saliency_source(cfg, fail):
   # Hub names ("timm/resnet18.a1_in1k") contain a slash too; paths are told by their start.
   looks_like_path = source.startswith(("/", ".", "~")) or source.endswith(".safetensors")
   if looks_like_path and not os.path.exists(source):
-    fail("saliency_source", "no such trained workdir or pretrained weights file")
+    fail_field("augment.saliency_source", cfg.saliency_source,
+               "no such trained workdir or pretrained weights file")
   if cfg.saliency_cam not in CLASS_AGNOSTIC_CAMS:
-    fail("saliency_cam", f"saliency_source={source!r} is not a trained workdir, so it is "
-         "taken for pretrained weights whose classifier is not this run's: use a "
-         "class-agnostic method (" + ", ".join(CLASS_AGNOSTIC_CAMS) + ")")
+    fail_field("augment.saliency_cam", cfg.saliency_cam,
+               f"saliency_source={source!r} is not a trained workdir, so it is "
+               "taken for pretrained weights whose classifier is not this run's: use a "
+               "class-agnostic method (" + ", ".join(CLASS_AGNOSTIC_CAMS) + ")")

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from proxy_jax import preprocess
 from proxy_jax.augment import fields
+from proxy_jax.errors import fail_field
 
 center_crop = preprocess.center_crop
 
@@ -149,16 +150,17 @@ def from_config(cfg, image_size: int):
 def check_config(cfg) -> None:
   """Validates the crop fields of `config.augment` (ConfigError naming the field)."""
   if cfg.crop not in CROPS:
-    fields.fail("crop", cfg.crop, "choose one of " + ", ".join(CROPS))
+    fail_field("augment.crop", cfg.crop, "choose one of " + ", ".join(CROPS))
   for field, upper in (("crop_scale", 1.0), ("crop_ratio", math.inf)):
     value = cfg[field]
     pair = tuple(value) if isinstance(value, (list, tuple)) else ()
     if (len(pair) != 2 or not all(fields.is_number(v) for v in pair)
         or not 0 < pair[0] <= pair[1] <= upper):
       bound = "1" if upper == 1.0 else "inf"
-      fields.fail(field, value, f"must be a pair (low, high) with 0 < low <= high <= {bound}")
+      fail_field(f"augment.{field}", value,
+                 f"must be a pair (low, high) with 0 < low <= high <= {bound}")
   padding = cfg.crop_padding
   if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
-    fields.fail("crop_padding", padding, "must be an integer >= 0 (pixels on each side)")
+    fail_field("augment.crop_padding", padding, "must be an integer >= 0 (pixels on each side)")
   if cfg.crop_pad_mode not in PAD_MODES:
-    fields.fail("crop_pad_mode", cfg.crop_pad_mode, "choose one of " + ", ".join(PAD_MODES))
+    fail_field("augment.crop_pad_mode", cfg.crop_pad_mode, "choose one of " + ", ".join(PAD_MODES))

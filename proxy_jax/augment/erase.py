@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from proxy_jax import preprocess
 from proxy_jax.augment import fields, geometry
+from proxy_jax.errors import fail_field
 
 FILLS = ("dataset_mean", "zero", "mean", "noise")
 PAPER = "paper"
@@ -194,17 +195,17 @@ def _check_pair(config, field, low, high):
   if (not isinstance(value, (tuple, list)) or len(value) != 2
       or not all(fields.is_number(v) for v in value)
       or not low < value[0] <= value[1] <= high):
-    fields.fail(field, value,
-                f"must be two finite numbers (min, max) with {low} < min <= max <= {high}")
+    fail_field(f"augment.{field}", value,
+               f"must be two finite numbers (min, max) with {low} < min <= max <= {high}")
 
 
 def check_config(augment_config):
   """Raises ConfigError (a ValueError) naming the field for any erase field that cannot work."""
   if augment_config.erase not in ERASE_CHOICES:
-    fields.fail("erase", augment_config.erase, "choose one of " + ", ".join(ERASE_CHOICES))
+    fail_field("augment.erase", augment_config.erase, "choose one of " + ", ".join(ERASE_CHOICES))
   if augment_config.erase_fill not in (PAPER, *FILLS):
-    fields.fail("erase_fill", augment_config.erase_fill,
-                "choose one of " + ", ".join((PAPER, *FILLS)))
+    fail_field("augment.erase_fill", augment_config.erase_fill,
+               "choose one of " + ", ".join((PAPER, *FILLS)))
   fields.check_number(augment_config, "erase_prob", 0.0, 1.0)
   fields.check_number(augment_config, "erase_size", 0.0, 1.0, low_open=True)
   _check_pair(augment_config, "erase_area", 0.0, 1.0)
@@ -214,7 +215,7 @@ def check_config(augment_config):
   fields.check_number(augment_config, "hide_prob", 0.0, 1.0)
   grid = augment_config.hide_grid
   if not isinstance(grid, int) or isinstance(grid, bool) or grid <= 0:
-    fields.fail("hide_grid", grid, "must be a positive integer (cells per side)")
+    fail_field("augment.hide_grid", grid, "must be a positive integer (cells per side)")
 
 
 def from_config(augment_config):

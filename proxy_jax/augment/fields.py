@@ -8,10 +8,6 @@ import math
 from proxy_jax import errors
 
 
-def fail(field, value, allowed):
-  raise errors.ConfigError(f"config.augment.{field}={value!r} is invalid: {allowed}")
-
-
 def is_number(value) -> bool:
   return (isinstance(value, (int, float)) and not isinstance(value, bool)
           and math.isfinite(value))
@@ -22,5 +18,6 @@ def check_number(config, field, low, high, low_open=False, high_open=False):
   too_low = value <= low if low_open else value < low
   too_high = value >= high if high_open else value > high
   if not is_number(value) or too_low or too_high:
-    fail(field, value, f"must be a finite number in {'(' if low_open else '['}{low}, "
-         f"{high}{')' if high_open else ']'}")
+    errors.fail_field(f"augment.{field}", value,
+                      f"must be a finite number in {'(' if low_open else '['}{low}, "
+                      f"{high}{')' if high_open else ']'}")

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from proxy_jax.augment import geometry
-from proxy_jax.errors import ConfigError
+from proxy_jax.errors import fail_field
 
 
 class Draws:
@@ -326,36 +326,39 @@ IMAGE_MAPS = ("fine_grained", "spectral_residual")
 
 def check_config(cfg) -> None:
   """Validates the mixing fields of `config.augment`; raises ConfigError naming the field."""
-
-  def fail(field, allowed):
-    raise ConfigError(f"config.augment.{field}={cfg[field]!r} is invalid: {allowed}")
-
   if not isinstance(cfg.mix, str):
-    fail("mix", "must be a string: none, a method or a comma list of methods")
+    fail_field("augment.mix", cfg.mix,
+               "must be a string: none, a method or a comma list of methods")
   names = [n.strip() for n in cfg.mix.split(",")]
   if names != ["none"] and (not all(names) or any(n not in METHODS for n in names)):
-    fail("mix", "choose none, or one or more (comma-separated) of " + ", ".join(METHODS))
+    fail_field("augment.mix", cfg.mix,
+               "choose none, or one or more (comma-separated) of " + ", ".join(METHODS))
   if len(set(names)) != len(names):
-    fail("mix", "lists a method twice")
+    fail_field("augment.mix", cfg.mix, "lists a method twice")
   for field in ("mix_alpha", "resizemix_scale_min", "resizemix_scale_max", "mix_prob"):
     if isinstance(cfg[field], bool) or not isinstance(cfg[field], (int, float)):
-      fail(field, "must be a number")
+      fail_field(f"augment.{field}", cfg[field], "must be a number")
   if not cfg.mix_alpha > 0:
-    fail("mix_alpha", "must be > 0 (the Beta distribution's parameter)")
+    fail_field("augment.mix_alpha", cfg.mix_alpha,
+               "must be > 0 (the Beta distribution's parameter)")
   if not 0.0 <= cfg.mix_prob <= 1.0:
-    fail("mix_prob", "must be in [0, 1]")
+    fail_field("augment.mix_prob", cfg.mix_prob, "must be in [0, 1]")
   if not 0.0 < cfg.resizemix_scale_min <= 1.0:
-    fail("resizemix_scale_min", "must be in (0, 1]")
+    fail_field("augment.resizemix_scale_min", cfg.resizemix_scale_min, "must be in (0, 1]")
   if not cfg.resizemix_scale_min <= cfg.resizemix_scale_max <= 1.0:
-    fail("resizemix_scale_max", "must be in [resizemix_scale_min, 1]")
+    fail_field("augment.resizemix_scale_max", cfg.resizemix_scale_max,
+               "must be in [resizemix_scale_min, 1]")
   for field in ("attentive_grid", "attentive_top_k"):
     if isinstance(cfg[field], bool) or not isinstance(cfg[field], int) or cfg[field] < 1:
-      fail(field, "must be a positive integer")
+      fail_field(f"augment.{field}", cfg[field], "must be a positive integer")
   if cfg.attentive_top_k > cfg.attentive_grid**2:
-    fail("attentive_top_k", f"must be at most attentive_grid^2 = {cfg.attentive_grid**2}")
+    fail_field("augment.attentive_top_k", cfg.attentive_top_k,
+               f"must be at most attentive_grid^2 = {cfg.attentive_grid**2}")
   if not isinstance(cfg.snapmix_normalize_labels, bool):
-    fail("snapmix_normalize_labels", "must be True or False")
+    fail_field("augment.snapmix_normalize_labels", cfg.snapmix_normalize_labels,
+               "must be True or False")
   if cfg.snapmix_cam not in SNAPMIX_CAMS:
-    fail("snapmix_cam", "choose one of " + ", ".join(SNAPMIX_CAMS))
+    fail_field("augment.snapmix_cam", cfg.snapmix_cam, "choose one of " + ", ".join(SNAPMIX_CAMS))
   if cfg.saliencymix_map not in IMAGE_MAPS:
-    fail("saliencymix_map", "choose one of " + ", ".join(IMAGE_MAPS))
+    fail_field("augment.saliencymix_map", cfg.saliencymix_map,
+               "choose one of " + ", ".join(IMAGE_MAPS))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proxy_jax.augment import fields, ops
+from proxy_jax.errors import fail_field
 
 POLICY_CHOICES = ("none", "randaugment", "trivialaugment", "augmix")
 NUM_MAGNITUDE_BINS = 31  # torchvision's; RandAugment's magnitude M indexes these bins (0..30).
@@ -241,14 +242,14 @@ def _check_int(config, field, low, high, allow=()):
     return
   if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
     extra = f" (or {', '.join(map(str, allow))})" if allow else ""
-    fields.fail(field, value, f"must be an integer in [{low}, {high}]{extra}")
+    fail_field(f"augment.{field}", value, f"must be an integer in [{low}, {high}]{extra}")
 
 
 def check_config(augment_config):
   """Raises ConfigError (a ValueError) naming the field for any policy field that cannot work."""
   c = augment_config
   if c.policy not in POLICY_CHOICES:
-    fields.fail("policy", c.policy, "choose one of " + ", ".join(POLICY_CHOICES))
+    fail_field("augment.policy", c.policy, "choose one of " + ", ".join(POLICY_CHOICES))
   _check_int(c, "randaugment_num_ops", 1, 16)
   _check_int(c, "randaugment_magnitude", 0, NUM_MAGNITUDE_BINS - 1)
   _check_int(c, "augmix_width", 1, 16)
@@ -256,10 +257,11 @@ def check_config(augment_config):
   fields.check_number(c, "augmix_severity", 0.1, 10.0)
   fields.check_number(c, "augmix_alpha", 0.0, 1e3, low_open=True)
   if not isinstance(c.augmix_jsd, bool):
-    fields.fail("augmix_jsd", c.augmix_jsd, "must be True or False")
+    fail_field("augment.augmix_jsd", c.augmix_jsd, "must be True or False")
   fields.check_number(c, "augmix_jsd_weight", 0.0, 1e6)
   if c.augmix_jsd and c.policy != "augmix":
-    fields.fail("augmix_jsd", c.augmix_jsd, f"needs policy='augmix' (policy is {c.policy!r})")
+    fail_field("augment.augmix_jsd", c.augmix_jsd,
+               f"needs policy='augmix' (policy is {c.policy!r})")
 
 
 def _augmix_params(c):
