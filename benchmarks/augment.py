@@ -64,15 +64,15 @@ def case_config(case: str, overrides: dict):
   return config
 
 
-def time_steps(step_fn, state, batch, steps: int):
+def time_steps(step_fn, state, batch, num_steps: int):
   started = time.perf_counter()
-  for index in range(steps):
+  for index in range(num_steps):
     state, metrics = step_fn(state, batch, jax.random.key(index))
   jax.block_until_ready((state, metrics))
-  return state, (time.perf_counter() - started) / steps
+  return state, (time.perf_counter() - started) / num_steps
 
 
-def measure(case: str, methods: dict, repeats: int, steps: int) -> dict:
+def measure(case: str, methods: dict, repeats: int, num_steps: int) -> dict:
   config = case_config(case, {})
   model = train.create_model(config, NUM_CLASSES)
   state = train.create_train_state(config, model, jax.random.key(0), steps_per_epoch=100)
@@ -91,7 +91,7 @@ def measure(case: str, methods: dict, repeats: int, steps: int) -> dict:
   seconds = {name: [] for name in step_fns}
   for _ in range(repeats):
     for name, fn in step_fns.items():
-      state, per_step = time_steps(fn, state, batch, steps)
+      state, per_step = time_steps(fn, state, batch, num_steps)
       seconds[name].append(per_step)
   return {name: statistics.median(times) for name, times in seconds.items()}
 

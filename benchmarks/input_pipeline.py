@@ -69,12 +69,12 @@ def main(_):
   device_batches = [parallel.to_global(b, batch_sharding) for _, b in
                     zip(range(count), data.batches(split, config.batch_size))]
   state, _ = time_train_steps(state, step_fn, device_batches[:1])  # compile
-  loader, steps = [], []
+  loader, step_rates = [], []
   for _ in range(FLAGS.repeats):
     loader.append(time_loader(split, config.batch_size, bank, batch_sharding, count))
     state, rate = time_train_steps(state, step_fn, device_batches)
-    steps.append(rate)
-  loader_rate, step_rate = statistics.median(loader), statistics.median(steps)
+    step_rates.append(rate)
+  loader_rate, step_rate = statistics.median(loader), statistics.median(step_rates)
   print(f"dataset {config.data.name}, model {config.model.name}, {config.image_size}px, "
         f"batch {config.batch_size}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
   print(f"loader (gather + bank swap + transfer): {loader_rate:10.0f} images/s (median of "

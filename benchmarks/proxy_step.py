@@ -80,16 +80,16 @@ def measure(name: str, subset: float, repeats: int) -> dict:
     proxy.use_fused_scan = lambda method, subset, forced=(path == "fused"): forced
     try:
       timed(evaluate), timed(proxy_step)  # Compilation, excluded.
-      evals, steps = [], []
+      evals, proxy_times = [], []
       for _ in range(repeats):
         evals.append(timed(evaluate))
-        steps.append(timed(proxy_step))
+        proxy_times.append(timed(proxy_step))
     finally:
       proxy.use_fused_scan = use_fused_scan
     results[path] = {
         clock: {"eval_s": statistics.median(e[i] for e in evals),
-                "proxy_s": statistics.median(s[i] for s in steps),
-                "ratio": statistics.median(s[i] / e[i] for s, e in zip(steps, evals))}
+                "proxy_s": statistics.median(s[i] for s in proxy_times),
+                "ratio": statistics.median(s[i] / e[i] for s, e in zip(proxy_times, evals))}
         for i, clock in enumerate(("wall", "cpu"))}
   return results
 
