@@ -37,6 +37,26 @@ def make_tiny_config(**overrides):
   return config
 
 
+def train_one_epoch(config, workdir):
+  """Loads `config`'s data into `workdir` and trains one epoch in a fixed order.
+
+  Returns (dataset, state, the last batch's metrics): a briefly trained model with some training
+  examples right and some wrong, as the proxy-step tests need.
+  """
+  # Imported here so that tests which only build configs do not pay for JAX and the data layer.
+  import jax  # pylint: disable=g-import-not-at-top
+  from proxy_jax import data, steps, train  # pylint: disable=g-import-not-at-top
+  dataset = data.load_dataset(config, workdir)
+  model = train.create_model(config, len(dataset.class_names))
+  split = dataset.train
+  state = train.create_train_state(config, model, jax.random.key(0),
+                                   data.num_batches(len(split), config.batch_size))
+  step = steps.make_train_step(config)
+  for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
+    state, metrics = step(state, batch, jax.random.key(1))
+  return dataset, state, metrics
+
+
 @pytest.fixture
 def tiny_config():
   return make_tiny_config

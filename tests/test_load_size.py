@@ -9,7 +9,7 @@ import pytest
 
 from proxy_jax import config_lib, data, errors, models, parallel, preprocess, proxy, records
 from proxy_jax import steps, train
-from tests.conftest import make_tiny_config
+from tests.conftest import make_tiny_config, train_one_epoch
 
 STORED, SIZE = 20, 16
 
@@ -76,15 +76,7 @@ def stored_run(tmp_path_factory):
   """Digits stored at 20 px, trained one epoch at 16 px with random resized crops."""
   config = make_tiny_config(**{"data.load_size": STORED, "augment.crop": "random_resized",
                                "proxy.subset": 0.5})
-  workdir = str(tmp_path_factory.mktemp("stored"))
-  dataset = data.load_dataset(config, workdir)
-  model = train.create_model(config, len(dataset.class_names))
-  split = dataset.train
-  state = train.create_train_state(config, model, jax.random.key(0),
-                                   data.num_batches(len(split), config.batch_size))
-  step = steps.make_train_step(config)
-  for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
-    state, metrics = step(state, batch, jax.random.key(1))
+  dataset, state, metrics = train_one_epoch(config, str(tmp_path_factory.mktemp("stored")))
   assert np.isfinite(float(metrics.compute()["loss"]))
   return config, dataset, state
 

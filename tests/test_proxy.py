@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_tiny_config
+from conftest import ROOT, make_tiny_config, train_one_epoch
 from proxy_jax import checkpoints, chunked, data, models, parallel, proxy, steps, train
 
 MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
@@ -223,15 +223,8 @@ def tiny_model(tmp_path_factory):
   """A digits split at 16 px and a briefly trained tiny CNN (some examples right, some wrong)."""
   config = make_tiny_config(**{"proxy.enabled": True, "proxy.subset": 0.5, "num_epochs": 1,
                                "proxy.schedule": "p,1"})
-  workdir = str(tmp_path_factory.mktemp("tiny_model"))
-  dataset = data.load_dataset(config, workdir)
-  model = train.create_model(config, len(dataset.class_names))
+  dataset, state, _ = train_one_epoch(config, str(tmp_path_factory.mktemp("tiny_model")))
   split = dataset.train
-  state = train.create_train_state(config, model, jax.random.key(0),
-                                   data.num_batches(len(split), config.batch_size))
-  step = steps.make_train_step(config)
-  for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
-    state, _ = step(state, batch, jax.random.key(1))
   _, sharding = parallel.shardings(parallel.make_mesh())
   return config, split, state, sharding
 
