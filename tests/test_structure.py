@@ -60,13 +60,11 @@ LAYERS = {
     "proxy_jax.augment.policy": LIBRARY,
     "proxy_jax.augment.saliency": LIBRARY,
     "proxy_jax.preprocess": LIBRARY,
+    "proxy_jax.proxy_image": LIBRARY,
     "proxy_jax.pretrained": LIBRARY,
     # Run: data, state, steps, the loop, checkpoints, records, reporting, validation.
     "proxy_jax.data": RUN,
     "proxy_jax.chunked": RUN,
-    # The proxy transform (`proxy.proxy_transform`) is pure, but its module also holds the proxy
-    # step, which walks the training split with `data.batches`: run layer until that walk moves
-    # to a lower layer.
     "proxy_jax.proxy": RUN,
     "proxy_jax.splits": RUN,
     "proxy_jax.tfds_prepare": RUN,
