@@ -15,11 +15,13 @@ project requirement; torchvision's ResNet-18 when torchvision loads, else the fi
 the same model and step in PyTorch are timed on the same CPU; `--gradcam` adds Grad-CAM
 (`cams.compute` against pytorch-grad-cam's `GradCAM` on `layer4[-1]`, predicted class).
 
+Run it on an idle machine (the load average is printed): on busy cores PyTorch's OpenMP
+threads wait for descheduled peers and its figures collapse far more than JAX's.
 Each round runs the JAX side and the PyTorch side in fresh processes, one after the other,
 their order alternating between rounds (so neither always runs on a cooler or warmer machine);
 each figure in a process is the median of `--reps` timed runs after compilation / warm-up.
 The table gives the median over rounds of each figure, and each ratio as the median of its
-per-round ratios (the two sides of a round ran minutes apart, not hours).
+per-round ratios (each pairs two processes that ran back to back).
 """
 
 import argparse
@@ -196,7 +198,9 @@ def measure_rounds(args) -> list:
       else:
         done[side] = run_side(args, side, sys.executable if side == "jax" else reference_python)
     results.append((done["jax"], done["torch"]))
-    line = f"round {index + 1} ({' then '.join(order)}): "
+    # The 1-minute load average, so a table says whether it ran on an idle machine: with other
+    # work on the cores, PyTorch's OpenMP threads wait on descheduled peers (10x slower seen).
+    line = f"round {index + 1} ({' then '.join(order)}, load {os.getloadavg()[0]:.1f}): "
     line += f"JAX im2col {brief(done['jax']['im2col'])}"
     if done["torch"] is not None:
       line += f", PyTorch {brief(done['torch'])}"
@@ -246,7 +250,7 @@ def main(argv=None):
     return
   print(f"resnet18, ImageNet stem, {args.image_size} px (last stage "
         f"{args.image_size // 32}x{args.image_size // 32}), batch {args.batch}, float32, "
-        f"CPU ({os.cpu_count()} cores)", flush=True)
+        f"CPU ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}", flush=True)
   print_table(args, measure_rounds(args))
 
 
