@@ -16,9 +16,10 @@ three things such a pass must get right live in one place:
 `collect`, e.g. read back only what is needed, or keep results on the device to reduce them
 there). Both dispatch chunk i + 1 before reading chunk i back, so the host prepares the next
 chunk while the device computes, with at most `ahead + 1` chunks' results held on the device.
-`dispatch` never reads back while it dispatches: every chunk's results stay on the device
+`dispatch` reads nothing back while it dispatches: every chunk's results stay on the device
 (`OnDevice`) until the pass is over and `OnDevice.fetch` reads the rows it is asked for at once.
-It trades device memory (the whole pass's results) for a device that never waits on the host.
+It trades device memory for a device that never waits on the host; a `buffer_bytes` bounds that
+memory by draining the oldest held chunks to the host while later ones compute.
 """
 
 import collections
@@ -129,24 +130,53 @@ def apply_chunked(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], 
 
 
 @dataclasses.dataclass(frozen=True)
+class Drained:
+  """Rows of one result leaf read back while the pass ran: `values[i]` is input `positions[i]`."""
+  positions: np.ndarray  # Ascending input positions (a drain may keep only some rows).
+  values: np.ndarray
+
+
+def drain_rows(chunk: Chunk, outputs):
+  """The default drain: every real row of every result leaf, read back to the host."""
+  positions = chunk.rows[:chunk.valid]
+  # Copies: on XLA:CPU a read back can be a view that keeps the device array alive.
+  return jax.tree.map(lambda x: Drained(positions, np.array(x)), chunk.fetch(outputs))
+
+
+@dataclasses.dataclass(frozen=True)
 class OnDevice:
-  """Every chunk's results of a pass (`dispatch`), still on the device, padding rows included."""
-  parts: list        # fn's result tree of each chunk (zero-row numpy arrays for no rows).
-  rows: np.ndarray   # For each input row, in input order, its row in the concatenated parts.
+  """A pass's results (`dispatch`): chunks still on the device, plus those drained to the host."""
+  parts: list        # fn's result tree of each held chunk (zero-row numpy arrays for no rows).
+  rows: np.ndarray   # For each input row, its row in the concatenated parts (-1: drained).
   sharded: bool
+  drained: Any = None      # A result tree of `Drained` leaves, None when nothing was drained.
+  peak_bytes: int = 0      # The most result bytes held at once (the chunk just dispatched too).
+  drained_chunks: int = 0
 
   def select(self, pick: Callable[[Any], Any]) -> "OnDevice":
     """The same pass with each chunk's result tree reduced by `pick`, e.g. to one leaf."""
-    return dataclasses.replace(self, parts=[pick(part) for part in self.parts])
+    drained = None if self.drained is None else pick(self.drained)
+    return dataclasses.replace(self, parts=[pick(part) for part in self.parts], drained=drained)
 
   def fetch(self, positions=None):
     """The result rows of input `positions` (all by default) as numpy arrays on every process.
 
-    The rows are gathered on the device first, so only they cross to the host, in one transfer
+    Held rows are gathered on the device first, so only they cross to the host, in one transfer
     (from every process with `parallel.to_host` when sharded). The gather's length is rounded
     up to a power of two: a pass compiles it for a few lengths, whatever the number asked for.
+    Drained rows come from the host copies; a row its drain did not keep raises a KeyError.
     """
-    rows = self.rows if positions is None else self.rows[np.asarray(positions, np.int64)]
+    positions = (np.arange(len(self.rows)) if positions is None
+                 else np.asarray(positions, np.int64))
+    rows = self.rows[positions]
+    held = rows >= 0
+    from_device = self._gather(rows[held])
+    if held.all():
+      return from_device
+    return jax.tree.map(lambda got, kept: _combine(positions, held, got, kept),
+                        from_device, self.drained)
+
+  def _gather(self, rows):
     if not len(rows):
       return jax.tree.map(lambda x: np.zeros((0, *x.shape[1:]), x.dtype), self.parts[0])
     taken = _take(self.parts, np.resize(rows, 1 << (len(rows) - 1).bit_length()))
@@ -154,33 +184,80 @@ class OnDevice:
     return jax.tree.map(lambda x: np.asarray(x)[:len(rows)], host)
 
 
+def _combine(positions, held, from_device, kept: Drained) -> np.ndarray:
+  """One leaf's rows at `positions`: the held ones from the device, the others from `kept`."""
+  out = np.empty((len(positions), *from_device.shape[1:]), from_device.dtype)
+  out[held] = from_device
+  wanted = positions[~held]
+  index = np.minimum(np.searchsorted(kept.positions, wanted), max(len(kept.positions) - 1, 0))
+  missing = wanted[kept.positions[index] != wanted] if len(kept.positions) else wanted
+  if len(missing):
+    raise KeyError(f"input rows {missing[:5].tolist()} were drained without this result")
+  out[~held] = kept.values[index]
+  return out
+
+
 @jax.jit
 def _take(parts, index):
   return jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[index], *parts)
 
 
-def dispatch(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], size: int,
+def _nbytes(tree) -> int:
+  # Global sizes: the same on every process, so all of them drain the same chunks (collectives).
+  return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(tree))
+
+
+def dispatch(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], size: int, *,
+             buffer_bytes: int | None = None, drain: Callable[[Chunk, Any], Any] = drain_rows,
              **chunk_options) -> OnDevice:
-  """fn(chunk) for every chunk, all results left on the device: a pass that never waits.
+  """fn(chunk) for every chunk, the results left on the device: a pass that need not wait.
 
   The host only prepares and enqueues chunks (JAX dispatches asynchronously), so the device
   runs the pass back to back. The loop runs under `transfer_guard_device_to_host(
   "disallow_explicit")`, so a read back in it raises on accelerators (not on XLA:CPU, whose
-  arrays are host memory the guard does not watch). Memory: the device holds every chunk's
-  results until they are fetched, padding included (for uint8 proxies and maps of N images of
-  side S, N * S * S * 4 bytes; the fetch's gather may copy them once more), where `map_chunks`
-  holds `ahead + 1` chunks'.
+  arrays are host memory the guard does not watch). Memory: the device holds the results,
+  padding included (for uint8 proxies and maps of N images of side S, N * S * S * 4 bytes; the
+  fetch's gather may copy them once more). With `buffer_bytes`, once the results held exceed it
+  the oldest half of the held chunks is drained: `drain(chunk, results)` reads them back (a tree
+  of `Drained`, e.g. only the rows a caller may ask for), while the chunks dispatched after them
+  keep the device busy. So at most max(buffer_bytes, one chunk) stay held, plus the newest chunk
+  while a drain reads; a pass that fits the buffer reads nothing back until `OnDevice.fetch`.
   """
-  parts, rows, offset = [], [], 0
+  held, drained = collections.deque(), []
+  peak = 0
   with jax.transfer_guard_device_to_host("disallow_explicit"):
     for chunk in chunks(arrays, size, **chunk_options):
-      parts.append(fn(chunk))
-      rows.append(offset + np.arange(chunk.valid))
-      offset += len(chunk.rows)
+      out = fn(chunk)
+      # Without its inputs: a held chunk must not keep its images on the device.
+      held.append((dataclasses.replace(chunk, inputs={}), out, _nbytes(out)))
+      del out, chunk  # A drained chunk's results must not outlive the drain.
+      peak = max(peak, sum(item[2] for item in held))
+      if buffer_bytes is not None:
+        _make_room(held, buffer_bytes, drain, drained)
+  parts, rows, offset = [], np.full(_count(arrays), -1, np.int64), 0
+  for chunk, out, _ in held:
+    parts.append(out)
+    rows[chunk.rows[:chunk.valid]] = offset + np.arange(chunk.valid)
+    offset += len(chunk.rows)
   if not parts:
     parts = [_empty_result(fn, arrays, chunk_options.get("mask", False))]
-  return OnDevice(parts, np.concatenate(rows) if rows else np.zeros(0, np.int64),
-                  chunk_options.get("sharding") is not None)
+  merged = jax.tree.map(_merge_drained, *drained) if drained else None
+  return OnDevice(parts, rows, chunk_options.get("sharding") is not None, merged, peak,
+                  len(drained))
+
+
+def _make_room(held: collections.deque, limit: int, drain, drained: list) -> None:
+  """Drains the oldest half of the chunks before the newest until the held results fit `limit`."""
+  while len(held) > 1 and sum(item[2] for item in held) > limit:
+    with jax.transfer_guard_device_to_host("allow"):
+      for _ in range(len(held) // 2):
+        chunk, out, _ = held.popleft()
+        drained.append(drain(chunk, out))
+
+
+def _merge_drained(*parts: Drained) -> Drained:
+  return Drained(np.concatenate([p.positions for p in parts]),
+                 np.concatenate([p.values for p in parts]))
 
 
 def _empty_result(fn, arrays, mask: bool):

@@ -162,6 +162,9 @@ def _validate_proxy(config):
   _check_choice(config, "proxy.cam_target", proxy.CAM_TARGETS)
   _check_choice(config, "proxy.cam_method", cams.METHODS)
   _check_positive_int(config, "cams.chunk_size")
+  buffer = config.proxy.device_buffer_mb
+  if not isinstance(buffer, (int, float)) or isinstance(buffer, bool) or not buffer > 0:
+    fail_field("proxy.device_buffer_mb", buffer, "must be a number of megabytes > 0")
   if not config.cams.gradcampp_eps >= 0:
     fail_field("cams.gradcampp_eps", config.cams.gradcampp_eps, "must be >= 0 (0 = the paper's "
                "Grad-CAM++, 1e-6 = pytorch-grad-cam's)")

@@ -233,6 +233,9 @@ def _add_proxy(config):
   config.proxy.clear_every_step = False
   config.proxy.class_balanced = False
   config.proxy.num_logged_images = 8
+  # Megabytes of pass results (predictions, proxies, maps) a proxy step may hold on the device;
+  # beyond it the oldest chunks are read back while later ones compute (proxy.dispatch_scan).
+  config.proxy.device_buffer_mb = 1024.0
 
 
 def _add_cams(config):

@@ -175,7 +175,8 @@ def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bo
 #             and differentiates only the small head.
 # Neither path reads anything back while a pass is dispatched (`chunked.dispatch`): the device
 # runs each pass back to back, then the host reads the predictions, and only the chosen rows'
-# proxies and maps cross afterwards (gathered on the device, one transfer).
+# proxies and maps cross afterwards (gathered on the device, one transfer). A pass whose results
+# exceed proxy.device_buffer_mb drains its oldest chunks to the host while later ones compute.
 # A CAM needs the last feature map in memory, which an evaluation pass never materialises (it is
 # pooled on the fly), so c >= 1: measured on XLA:CPU (benchmarks/proxy_step.py) c = 2.0 for the
 # tiny CNN at 32 px and 1.0 for ResNet-18 at 64 px. Since k <= subset * N, two-pass costs at
@@ -193,27 +194,35 @@ def use_fused_scan(method: str, subset: float) -> bool:
   return method in cams.formulas.ACTIVATION_FORMULAS and subset > FUSED_MIN_SUBSET
 
 
-def dispatch_predictions(state, split, batch_size: int, predict_fn,
-                         batch_sharding) -> chunked.OnDevice:
+def buffer_bytes(config) -> int:
+  """The result bytes a pass of the step may hold on the device (`proxy.device_buffer_mb`)."""
+  return int(config.proxy.get("device_buffer_mb", 1024.0) * 1e6)  # Older run configs lack it.
+
+
+def dispatch_predictions(state, split, batch_size: int, predict_fn, batch_sharding,
+                         buffer: int | None = None) -> chunked.OnDevice:
   """Eval-mode, unaugmented predictions of every example of `split`, left on the device."""
   variables = models.variables_of(state)
   return chunked.dispatch(
       lambda chunk: jnp.argmax(predict_fn(state.apply_fn, variables, chunk.inputs["image"]), -1),
-      {"image": split.images}, batch_size, sharding=batch_sharding)
+      {"image": split.images}, batch_size, sharding=batch_sharding, buffer_bytes=buffer)
 
 
-def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) -> np.ndarray:
+def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding,
+                   buffer: int | None = None) -> np.ndarray:
   """Eval-mode, unaugmented predictions for every example of `split`, in split order."""
-  return dispatch_predictions(state, split, batch_size, predict_fn, batch_sharding).fetch()
+  return dispatch_predictions(state, split, batch_size, predict_fn, batch_sharding,
+                              buffer).fetch()
 
 
 def dispatch_scan(state, split, config, batch_sharding) -> chunked.OnDevice:
   """The fused scan, left on the device: (predictions, uint8 proxies, uint8 maps) per example.
 
-  Nothing is read back while the chunks are dispatched; the caller reads the predictions, then
-  only the chosen examples' proxies and maps (`OnDevice.fetch`). The device holds every
-  example's proxy and map meanwhile: N * S * S * 4 bytes for N crops of side S (1,437 digits at
-  224 px: 0.29 GB), where reading each chunk's wrong rows back bounded it to two chunks.
+  The caller reads the predictions, then only the chosen examples' proxies and maps
+  (`OnDevice.fetch`). The device holds every example's proxy and map meanwhile, N * S * S * 4
+  bytes for N crops of side S (1,437 digits at 224 px: 0.29 GB), up to `proxy.device_buffer_mb`:
+  beyond it the oldest chunks are drained while later ones compute, keeping their predictions
+  and the proxies and maps of their wrong rows only (no other row can be chosen).
   """
   settings = config.proxy
   scan = proxy_image.fused_scan_fn(state.apply_fn, settings.cam_method, settings.mode,
@@ -227,7 +236,25 @@ def dispatch_scan(state, split, config, batch_sharding) -> chunked.OnDevice:
   def apply(chunk):
     return scan(variables, chunk.inputs["image"], chunk.inputs.get("label"), threshold, weight)
 
-  return chunked.dispatch(apply, arrays, config.eval_batch_size, sharding=batch_sharding)
+  return chunked.dispatch(apply, arrays, config.eval_batch_size, sharding=batch_sharding,
+                          buffer_bytes=buffer_bytes(config), drain=_drain_wrong(split.labels))
+
+
+def _drain_wrong(labels):
+  """A fused scan's drain: a chunk's predictions, and proxies and maps of its wrong rows."""
+
+  def drain(chunk, outputs):
+    positions = chunk.rows[:chunk.valid]
+    predicted = np.array(chunk.fetch(outputs[0]))  # A copy, not a view of the device array.
+    wrong = predicted != labels[positions]
+    if wrong.any():  # All rows cross (one transfer, no gather queued behind later chunks).
+      out, cam = (x[wrong] for x in chunk.fetch(outputs[1:]))
+    else:
+      out, cam = (np.zeros((0, *x.shape[1:]), x.dtype) for x in outputs[1:])
+    return (chunked.Drained(positions, predicted), chunked.Drained(positions[wrong], out),
+            chunked.Drained(positions[wrong], cam))
+
+  return drain
 
 
 def _cam_options(config) -> tuple:
@@ -265,7 +292,7 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
     candidates = scan.select(lambda out: out[1:])  # (proxies, maps), still on the device.
   else:
     predictions = predict_labels(state, view, config.eval_batch_size, predict_fn,
-                                 batch_sharding)
+                                 batch_sharding, buffer_bytes(config))
     candidates = None
   wrong = np.flatnonzero(predictions != split.labels)
   chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key,
@@ -311,7 +338,8 @@ def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
 
   Each chunk is split over the mesh like a training batch (its size rounded up to a multiple
   of the device count), so every device computes only its share of the CAMs. All chunks are
-  dispatched before the results are read back, once.
+  dispatched before the results are read back, once, unless they exceed
+  `proxy.device_buffer_mb` (the oldest are drained to the host meanwhile).
   """
   settings = config.proxy
   proxy_fn = make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
@@ -324,4 +352,4 @@ def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
 
   return chunked.dispatch(apply, {"image": images, "target": targets.astype(np.int32)},
                           int(config.cams.chunk_size), sharding=batch_sharding,
-                          power_of_two=True).fetch()
+                          power_of_two=True, buffer_bytes=buffer_bytes(config)).fetch()

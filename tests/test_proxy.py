@@ -461,9 +461,17 @@ jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_proces
                            process_id=process_id)
 import numpy as np
 from conftest import make_tiny_config
-from proxy_jax import proxy, train
+from proxy_jax import chunked, proxy, train
 from proxy_reference import assert_identical, reference_step
-fed = []
+fed, drains = [], []
+dispatch = chunked.dispatch
+
+def counting(*args, **kwargs):
+  passed = dispatch(*args, **kwargs)
+  drains.append(passed.drained_chunks)
+  return passed
+
+chunked.dispatch = counting
 make_array = jax.make_array_from_process_local_data
 
 def recording(sharding, local, global_shape=None):
@@ -484,16 +492,19 @@ def finish_and_fuse(setup, state, bank, progress, wall_time_s):
   fused = proxy.ProxyBank()
   fused.store(result.ids, result.proxies)
   # Each pass dispatched whole, then fetched across processes: bit-identical to reading every
-  # chunk back (the step before it stayed on the device), fused, two-pass and reused proxies.
+  # chunk back (the step before it stayed on the device), fused, two-pass and reused proxies;
+  # with a 1-byte buffer too, whose drains read sharded chunks back across processes mid-pass.
   identical = []
-  for subset, reuse in ((1.0, False), (0.2, False), (0.9, True)):
+  for subset, reuse, buffer in ((1.0, False, 1024.0), (0.2, False, 1024.0), (0.9, True, 1024.0),
+                                (1.0, False, 1e-6), (0.2, False, 1e-6)):
     config.proxy.subset, config.proxy.reuse_proxies = subset, reuse
+    config.proxy.device_buffer_mb, drains[:] = buffer, []
     step = proxy.run_proxy_step(state, setup.dataset.train, bank, config, jax.random.key(7),
                                 predict_fn=setup.predict_fn, batch_sharding=setup.batch_sharding)
     assert_identical(step, reference_step(state, setup.dataset.train, bank, config,
                                           jax.random.key(7), setup.predict_fn,
                                           setup.batch_sharding))
-    identical.append([subset, reuse, len(step.ids)])
+    identical.append([subset, reuse, len(step.ids), sum(drains)])
   np.savez(out + ".npz", run_ids=bank.ids(), run_images=bank.to_arrays()["images"],
            fused_ids=fused.ids(), fused_images=fused.to_arrays()["images"])
   with open(out + ".json", "w") as f:
@@ -553,8 +564,10 @@ def test_two_processes_match_one_process(tmp_path, straight_run):
     banks = np.load(out + ".npz")
     assert result["devices"] == 2
     # The proxy step equals the chunk-by-chunk reference bit for bit in both processes.
-    assert [row[:2] for row in result["identical"]] == [[1.0, False], [0.2, False], [0.9, True]]
+    assert [row[:2] for row in result["identical"]] == [[1.0, False], [0.2, False], [0.9, True],
+                                                        [1.0, False], [0.2, False]]
     assert all(row[2] > 0 for row in result["identical"])
+    assert [row[3] > 0 for row in result["identical"]] == [False] * 3 + [True] * 2  # Drained.
     # Each process was given only its half of every global batch (and of every CAM chunk).
     assert result["fed"] and all(local[0] * 2 == total[0] and local[1:] == total[1:]
                                  for local, total in result["fed"])

@@ -1,7 +1,8 @@
 """A proxy step that never waits on the host: its passes are dispatched without a read back.
 
 `proxy.run_proxy_step` dispatches every pass with `chunked.dispatch` and reads back afterwards;
-its results must equal bit for bit the step that read every chunk back (tests/proxy_reference.py).
+its results must equal bit for bit the step that read every chunk back (tests/proxy_reference.py),
+also when a small `proxy.device_buffer_mb` makes `dispatch` drain its oldest chunks mid-pass.
 
 On XLA:CPU, `jax.transfer_guard_device_to_host` watches nothing (the arrays are host memory)
 and NumPy reads a single-device array through the buffer protocol, which no Python patch sees.
@@ -14,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +84,100 @@ def test_dispatch_fetches_the_rows_asked_for_like_apply_chunked():
   assert [(e.shape, e.dtype) for e in empty] == [((0, 2), np.float32), ((0, 2, 3), np.uint8)]
 
 
+def _watched_dispatch(monkeypatch) -> list:
+  """Records each pass `chunked.dispatch` runs: (OnDevice, live result bytes at each chunk).
+
+  The live bytes are measured apart from OnDevice's bookkeeping, by weak references to every
+  result array: a drained chunk whose results stayed referenced still counts.
+  """
+  dispatch, passes = chunked.dispatch, []
+
+  def watched(fn, *args, **kwargs):
+    refs, live = [], []
+
+    def counted(chunk):
+      out = fn(chunk)
+      held = sum(size for ref, size in refs if ref() is not None)
+      refs.extend((weakref.ref(leaf), leaf.nbytes) for leaf in jax.tree.leaves(out))
+      live.append(held + sum(leaf.nbytes for leaf in jax.tree.leaves(out)))
+      return out
+
+    passes.append((dispatch(counted, *args, **kwargs), live))
+    return passes[-1][0]
+
+  monkeypatch.setattr(chunked, "dispatch", watched)
+  return passes
+
+
+def test_dispatch_with_a_buffer_drains_the_oldest_half_and_fetches_the_same_rows(monkeypatch):
+  rng = np.random.default_rng(1)
+  x = rng.uniform(size=(21, 2, 3)).astype(np.float32)
+  fn = lambda chunk: (jnp.sum(chunk.inputs["x"], -1), (chunk.inputs["x"] * 9).astype(jnp.uint8))
+  want = chunked.apply_chunked(fn, {"x": x}, 2)
+  chunk_bytes = 2 * (2 * 4 + 2 * 3)
+  passes = _watched_dispatch(monkeypatch)
+  for buffer in (3 * chunk_bytes + 1, 1):
+    passed = chunked.dispatch(fn, {"x": x}, 2, buffer_bytes=buffer)
+    # 11 chunks, 3 fit: chunk 4 drains 2 of the 3 before it, and so on; 1 byte keeps 1 chunk.
+    assert passed.drained_chunks == (8 if buffer > 1 else 10)
+    assert len(passed.parts) == 11 - passed.drained_chunks
+    live = passes[-1][1]
+    assert max(live) == passed.peak_bytes <= max(buffer, chunk_bytes) + chunk_bytes
+    for positions in (None, [20, 0, 7, 7], [], np.arange(21)[::-1]):
+      index = np.arange(21) if positions is None else np.asarray(positions, int)
+      for got, expected in zip(passed.fetch(positions), want):
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected[index])
+    np.testing.assert_array_equal(passed.select(lambda out: out[1]).fetch([0]), want[1][[0]])
+  unbounded = chunked.dispatch(fn, {"x": x}, 2)
+  assert unbounded.drained_chunks == 0 and unbounded.peak_bytes == 11 * chunk_bytes
+
+  def odd_rows_only(chunk, outputs):  # A drain may keep only the rows a caller can ask for.
+    positions = chunk.rows[:chunk.valid]
+    return jax.tree.map(lambda v: chunked.Drained(positions[positions % 2 == 1],
+                                                  v[positions % 2 == 1]), chunk.fetch(outputs))
+
+  partial = chunked.dispatch(fn, {"x": x}, 2, buffer_bytes=1, drain=odd_rows_only)
+  np.testing.assert_array_equal(partial.fetch([1, 3, 20])[0], want[0][[1, 3, 20]])
+  with pytest.raises(KeyError, match=r"\[2\]"):
+    partial.fetch([1, 2])
+
+
+# Each case's buffer forces several drains (chunks of 16 rows, CAM chunks of 4, a buffer of a
+# few chunks or of 1 byte): (fields, the CASES entry they change, passes that drain). 50 kB
+# holds 3 fused chunks; 10 kB holds 2 CAM chunks but every prediction (64 bytes a chunk).
+SMALL_BUFFERS = {
+    "fused": ({"device_buffer_mb": 0.05}, "fused", 1),
+    "fused_reuse_proxies": ({"device_buffer_mb": 1e-6}, "fused_reuse_proxies", 2),
+    "two_pass": ({"subset": 0.5, "device_buffer_mb": 0.01}, "two_pass", 1),
+    "two_pass_noisy": ({"device_buffer_mb": 1e-6}, "two_pass_noisy", 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMALL_BUFFERS))
+def test_a_small_device_buffer_drains_and_stays_bit_identical(tiny_model, monkeypatch, case):
+  config, split, state, sharding = tiny_model
+  config = config.copy_and_resolve_references()
+  config.eval_batch_size, config.cams.chunk_size = 16, 4
+  fields, base, draining = SMALL_BUFFERS[case]
+  for field, value in {**CASES[base], **fields}.items():
+    config.proxy[field] = value
+  bank = proxy.ProxyBank()
+  if config.proxy.reuse_proxies:
+    bank.update(np.arange(0, len(split), 3), 255 - split.images[::3])
+  predict_fn, key = steps.make_predict_step(), jax.random.key(11)
+  expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
+  passes = _watched_dispatch(monkeypatch)
+  result = proxy.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
+                                batch_sharding=sharding)
+  assert_identical(result, expected)
+  buffer = proxy.buffer_bytes(config)
+  assert sum(passed.drained_chunks >= 2 for passed, _ in passes) == draining
+  for passed, live in passes:
+    chunk = live[0]  # The first chunk is the largest (power-of-two passes shrink the last).
+    assert max(live) == passed.peak_bytes <= max(buffer, chunk) + chunk
+
+
 NO_READS = """
 import contextlib, sys
 sys.path[:0] = [{root!r}, {tests!r}]
@@ -142,8 +238,19 @@ for subset, reuse, count in ((1.0, False, 1), (0.2, False, 2), (0.9, True, 2)):
   finally:
     chunked.dispatch, chunked.map_chunks = dispatch, map_chunks
   assert len(passes) == count and all(p.sharded for p in passes), (subset, len(passes))
+  assert not any(p.drained_chunks for p in passes)  # The default buffer holds these passes.
   assert len(result.ids) > 0
   assert_identical(result, expected)
+# A 1-byte buffer drains every chunk but the last, reading sharded results back as it goes.
+config.proxy.device_buffer_mb, config.eval_batch_size, passes[:] = 1e-6, 32, []
+chunked.dispatch = lambda *args, **kwargs: passes.append(dispatch(*args, **kwargs)) or passes[-1]
+try:
+  result = proxy.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
+                                batch_sharding=sharding)
+finally:
+  chunked.dispatch = dispatch
+assert passes[0].sharded and passes[0].drained_chunks >= 2, passes[0].drained_chunks
+assert_identical(result, reference_step(state, split, bank, config, key, predict_fn, sharding))
 print("ok")
 """
 
