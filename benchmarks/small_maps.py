@@ -1,19 +1,31 @@
-"""XLA:CPU's slow convolutions on tiny feature maps, and the im2col path that avoids them.
+"""XLA:CPU's slow convolutions on tiny feature maps, the im2col path that avoids them, and PyTorch.
 
     python benchmarks/small_maps.py                       # ResNet-18, ImageNet stem, 64 px
-    python benchmarks/small_maps.py --torch-python /tmp/torchvenv/bin/python
+    python benchmarks/small_maps.py --torch-python /work/torchvenv/bin/python --rounds 3
+    python benchmarks/small_maps.py --image-size 224 --batch 16 --skip-plain --gradcam \
+        --torch-python /work/torchvenv/bin/python --rounds 3
 
 At 64 px the ImageNet stem leaves ResNet-18's last stage 2x2 pixels, where XLA:CPU's 3x3
 convolutions (and, worse, their gradients) run far below their usual rate. `models/common.py`
 computes convolutions with outputs of at most 2x2 as im2col + one matmul on CPU. This prints
-forward and train-step images/s with that path off (plain `lax.conv_general_dilated`) and on,
-each the median of `--reps` timed runs after compilation, and their ratio, all in one process;
+forward and train-step images/s with that path off (plain `lax.conv_general_dilated`) and on;
 the path is chosen when a function is traced, so each setting gets freshly jitted functions.
 With PyTorch importable here, or a Python that has it given as --torch-python (torch is no
-project requirement), the same model and step in PyTorch are timed on the same CPU.
+project requirement; torchvision's ResNet-18 when torchvision loads, else the fixtures' copy),
+the same model and step in PyTorch are timed on the same CPU; `--gradcam` adds Grad-CAM
+(`cams.compute` against pytorch-grad-cam's `GradCAM` on `layer4[-1]`, predicted class).
+
+Run it on an idle machine (the load average is printed): on busy cores PyTorch's OpenMP
+threads wait for descheduled peers and its figures collapse far more than JAX's.
+Each round runs the JAX side and the PyTorch side in fresh processes, one after the other,
+their order alternating between rounds (so neither always runs on a cooler or warmer machine);
+each figure in a process is the median of `--reps` timed runs after compilation / warm-up.
+The table gives the median over rounds of each figure, and each ratio as the median of its
+per-round ratios (each pairs two processes that ran back to back).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -29,10 +41,16 @@ def parse_args(argv=None):
   parser.add_argument("--image-size", type=int, default=64)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--num-classes", type=int, default=1000)
-  parser.add_argument("--reps", type=int, default=5)
+  parser.add_argument("--reps", type=int, default=5, help="timed runs per figure per process")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="rounds of (JAX process, PyTorch process), order alternating")
+  parser.add_argument("--skip-plain", action="store_true",
+                      help="time only the im2col setting (plain is slow, and at >= 96 px "
+                           "no map is 2x2 so both settings are the same program)")
+  parser.add_argument("--gradcam", action="store_true", help="also time Grad-CAM")
   parser.add_argument("--torch-python", default="",
                       help="a Python with torch, for the PyTorch comparison")
-  parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--side", choices=("jax", "torch"), default="", help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
 
@@ -54,7 +72,7 @@ def jax_rates(args, im2col: bool) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, ROOT)
-  from proxy_jax import model_state, models, steps  # pylint: disable=g-import-not-at-top
+  from proxy_jax import cams, model_state, models, steps  # pylint: disable=g-import-not-at-top
   from proxy_jax.models import common  # pylint: disable=g-import-not-at-top
 
   common.CPU_IM2COL = im2col
@@ -62,16 +80,17 @@ def jax_rates(args, im2col: bool) -> dict:
   model = models.create("resnet18", args.num_classes, size, "float32", small_stem=False)
   images = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
   labels = jax.random.randint(jax.random.key(1), (batch,), 0, args.num_classes)
+  targets = jax.nn.one_hot(labels, args.num_classes)  # steps.cross_entropy takes soft targets.
   variables = jax.jit(model.init)(jax.random.key(2), images[:1])
   state = model_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
                                   tx=optax.adamw(1e-3), batch_stats=variables["batch_stats"])
   forward = jax.jit(lambda v, x: model.apply(v, x))
 
-  def step(state, images, labels):
+  def step(state, images, targets):
     def loss_fn(params):
       logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
                                        images, train=True, mutable=["batch_stats"])
-      return steps.cross_entropy(logits, labels, jnp.ones(labels.shape)), updates
+      return jnp.mean(steps.cross_entropy(logits, targets)), updates
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"]), loss
 
@@ -79,27 +98,45 @@ def jax_rates(args, im2col: bool) -> dict:
   holder = {"state": state}
 
   def train_once():
-    holder["state"], loss = step(holder["state"], images, labels)
+    holder["state"], loss = step(holder["state"], images, targets)
     jax.block_until_ready(loss)
 
-  forward_s = median_seconds(lambda: jax.block_until_ready(forward(variables, images)),
-                             args.reps)
-  train_s = median_seconds(train_once, args.reps)
-  return {"forward": batch / forward_s, "train": batch / train_s}
+  rates = {"forward": batch / median_seconds(
+      lambda: jax.block_until_ready(forward(variables, images)), args.reps),
+           "train": batch / median_seconds(train_once, args.reps)}
+  if args.gradcam and im2col:  # One model call for the batch, as pytorch-grad-cam makes.
+    rates["gradcam"] = batch / median_seconds(lambda: jax.block_until_ready(cams.compute(
+        "gradcam", model.apply, variables, images, chunk_size=batch)), args.reps)
+  return rates
+
+
+def jax_side(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  return {"plain": None if args.skip_plain else jax_rates(args, im2col=False),
+          "im2col": jax_rates(args, im2col=True),
+          "platform": jax.devices()[0].platform, "version": jax.__version__}
 
 
 # ---------------------------------------------------------------- PyTorch
 
 
-def torch_rates(args) -> dict:
+def torch_model(args):
+  """torchvision's ResNet-18; the pretrained-converter fixtures' plain-torch copy without it."""
+  try:
+    from torchvision.models import resnet18  # pylint: disable=g-import-not-at-top
+    return resnet18(num_classes=args.num_classes), "torchvision"
+  except (ImportError, RuntimeError):  # A torchvision built for another torch: RuntimeError.
+    sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
+    from make_pretrained_fixtures import BasicBlock, ResNet  # pylint: disable=g-import-not-at-top
+    return ResNet(BasicBlock, (2, 2, 2, 2), args.num_classes, 64), "fixture copy"
+
+
+def torch_side(args) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
-  # torchvision's ResNet layout in plain torch (the pretrained-converter fixtures' copy).
-  from make_pretrained_fixtures import BasicBlock, ResNet  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
-  model = ResNet(BasicBlock, (2, 2, 2, 2), args.num_classes, 64)
+  model, source = torch_model(args)
   images = torch.randn(args.batch, 3, args.image_size, args.image_size)
   labels = torch.randint(0, args.num_classes, (args.batch,))
   optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
@@ -116,52 +153,105 @@ def torch_rates(args) -> dict:
     loss_fn(model(images), labels).backward()
     optimizer.step()
 
-  return {"forward": args.batch / median_seconds(forward, args.reps),
-          "train": args.batch / median_seconds(train_once, args.reps),
-          "version": torch.__version__, "threads": torch.get_num_threads()}
+  rates = {"forward": args.batch / median_seconds(forward, args.reps),
+           "train": args.batch / median_seconds(train_once, args.reps),
+           "version": torch.__version__, "threads": torch.get_num_threads(), "model": source}
+  if args.gradcam:
+    from pytorch_grad_cam import GradCAM  # pylint: disable=g-import-not-at-top
+    model.eval()
+    with GradCAM(model=model, target_layers=[model.layer4[-1]]) as gradcam:
+      rates["gradcam"] = args.batch / median_seconds(
+          lambda: gradcam(input_tensor=images, targets=None), args.reps)
+  return rates
 
 
-def torch_rates_anywhere(args):
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-    return torch_rates(args)
-  except ImportError:
-    pass
-  if not args.torch_python:
-    return None
-  command = [args.torch_python, os.path.abspath(__file__), "--torch-only",
+# ---------------------------------------------------------------- rounds and table
+
+
+def run_side(args, side: str, python: str) -> dict:
+  """One fresh process for `side`; its result is the JSON on its last stdout line."""
+  command = [python, os.path.abspath(__file__), f"--side={side}",
              f"--image-size={args.image_size}", f"--batch={args.batch}",
              f"--num-classes={args.num_classes}", f"--reps={args.reps}"]
-  result = subprocess.run(command, capture_output=True, text=True, check=True)
+  command += ["--skip-plain"] * args.skip_plain + ["--gradcam"] * args.gradcam
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  if result.returncode:
+    sys.exit(f"{side} process failed ({result.returncode}):\n{result.stderr[-3000:]}")
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def torch_python(args) -> str:
+  if args.torch_python:
+    return args.torch_python
+  return sys.executable if importlib.util.find_spec("torch") else ""
+
+
+def measure_rounds(args) -> list:
+  """[(jax result, torch result or None)] per round, the two processes' order alternating."""
+  reference_python, results = torch_python(args), []
+  for index in range(max(1, args.rounds)):
+    order = ["jax", "torch"] if index % 2 == 0 else ["torch", "jax"]
+    done = {}
+    for side in order:
+      if side == "torch" and not reference_python:
+        done[side] = None
+      else:
+        done[side] = run_side(args, side, sys.executable if side == "jax" else reference_python)
+    results.append((done["jax"], done["torch"]))
+    # The 1-minute load average, so a table says whether it ran on an idle machine: with other
+    # work on the cores, PyTorch's OpenMP threads wait on descheduled peers (10x slower seen).
+    line = f"round {index + 1} ({' then '.join(order)}, load {os.getloadavg()[0]:.1f}): "
+    line += f"JAX im2col {brief(done['jax']['im2col'])}"
+    if done["torch"] is not None:
+      line += f", PyTorch {brief(done['torch'])}"
+    print(line, flush=True)
+  return results
+
+
+def brief(rates: dict) -> str:
+  return " ".join(f"{k} {rates[k]:.1f}" for k in ("forward", "train", "gradcam") if k in rates)
+
+
+def print_table(args, results):
+  columns = ["forward", "train"] + ["gradcam"] * args.gradcam
+  titles = {"forward": "forward", "train": "train step", "gradcam": "Grad-CAM"}
+  print(f"medians of {len(results)} round(s), {args.reps} timed runs each, images/s")
+  print(f"{'':<32}" + "".join(f"{titles[c]:>12}" for c in columns))
+  settings = [("plain", "JAX, plain conv (before)"), ("im2col", "JAX, im2col on tiny maps")]
+  settings = [(key, name) for key, name in settings if results[0][0][key] is not None]
+  rows = [(name, [r[0][key] for r in results]) for key, name in settings]
+  reference = [r[1] for r in results if r[1] is not None]
+  if reference:
+    rows.append((f"PyTorch {reference[0]['version']} ({reference[0]['threads']} thr)",
+                 reference))
+  for name, per_round in rows:
+    cells = [statistics.median([r[c] for r in per_round]) if c in per_round[0] else float("nan")
+             for c in columns]
+    print(f"{name:<32}" + "".join(f"{cell:>12.1f}" for cell in cells))
+  ratios = []
+  if len(settings) == 2:
+    ratios.append(("im2col / plain", [r[0]["im2col"] for r in results],
+                   [r[0]["plain"] for r in results]))
+  if reference:
+    ratios += [(f"{name.split(',')[1].strip()} / PyTorch", [r[0][key] for r in results],
+                reference) for key, name in settings]
+  for name, tops, bottoms in ratios:
+    cells = [statistics.median([t[c] / b[c] for t, b in zip(tops, bottoms)])
+             if c in tops[0] and c in bottoms[0] else float("nan") for c in columns]
+    print(f"{name:<32}" + "".join(f"{cell:>12.2f}" for cell in cells))
+  if not reference:
+    print("PyTorch: not importable here and no --torch-python given; no comparison")
 
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.torch_only:
-    print(json.dumps(torch_rates(args)))
+  if args.side:
+    print(json.dumps(jax_side(args) if args.side == "jax" else torch_side(args)))
     return
-  import jax  # pylint: disable=g-import-not-at-top
   print(f"resnet18, ImageNet stem, {args.image_size} px (last stage "
         f"{args.image_size // 32}x{args.image_size // 32}), batch {args.batch}, float32, "
-        f"{jax.devices()[0].platform} ({os.cpu_count()} cores)")
-  plain, im2col = jax_rates(args, im2col=False), jax_rates(args, im2col=True)
-  reference = torch_rates_anywhere(args)
-  print(f"{'images/s':<28}{'forward':>10}{'train step':>12}")
-  rows = [("JAX, plain conv (before)", plain), ("JAX, im2col on tiny maps", im2col)]
-  if reference is not None:
-    rows.append((f"PyTorch {reference['version']} ({reference['threads']} thr)", reference))
-  for name, rates in rows:
-    print(f"{name:<28}{rates['forward']:>10.1f}{rates['train']:>12.1f}")
-  print(f"{'im2col / plain':<28}{im2col['forward'] / plain['forward']:>10.2f}"
-        f"{im2col['train'] / plain['train']:>12.2f}")
-  if reference is not None:
-    for name, rates in rows[:2]:
-      print(f"{name.split(',')[1].strip() + ' / PyTorch':<28}"
-            f"{rates['forward'] / reference['forward']:>10.2f}"
-            f"{rates['train'] / reference['train']:>12.2f}")
-  else:
-    print("PyTorch: not importable here and no --torch-python given; no comparison")
+        f"CPU ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}", flush=True)
+  print_table(args, measure_rounds(args))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ three things such a pass must get right live in one place:
 `collect`, e.g. read back only what is needed, or keep results on the device to reduce them
 there). Both dispatch chunk i + 1 before reading chunk i back, so the host prepares the next
 chunk while the device computes, with at most `ahead + 1` chunks' results held on the device.
+`dispatch` never reads back while it dispatches: every chunk's results stay on the device
+(`OnDevice`) until the pass is over and `OnDevice.fetch` reads the rows it is asked for at once.
+It trades device memory (the whole pass's results) for a device that never waits on the host.
 """
 
 import collections
@@ -23,6 +26,7 @@ import dataclasses
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from proxy_jax import parallel
@@ -122,6 +126,61 @@ def apply_chunked(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], 
   if parts:
     return jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
   return _empty_result(fn, arrays, options.get("mask", False))
+
+
+@dataclasses.dataclass(frozen=True)
+class OnDevice:
+  """Every chunk's results of a pass (`dispatch`), still on the device, padding rows included."""
+  parts: list        # fn's result tree of each chunk (zero-row numpy arrays for no rows).
+  rows: np.ndarray   # For each input row, in input order, its row in the concatenated parts.
+  sharded: bool
+
+  def select(self, pick: Callable[[Any], Any]) -> "OnDevice":
+    """The same pass with each chunk's result tree reduced by `pick`, e.g. to one leaf."""
+    return dataclasses.replace(self, parts=[pick(part) for part in self.parts])
+
+  def fetch(self, positions=None):
+    """The result rows of input `positions` (all by default) as numpy arrays on every process.
+
+    The rows are gathered on the device first, so only they cross to the host, in one transfer
+    (from every process with `parallel.to_host` when sharded). The gather's length is rounded
+    up to a power of two: a pass compiles it for a few lengths, whatever the number asked for.
+    """
+    rows = self.rows if positions is None else self.rows[np.asarray(positions, np.int64)]
+    if not len(rows):
+      return jax.tree.map(lambda x: np.zeros((0, *x.shape[1:]), x.dtype), self.parts[0])
+    taken = _take(self.parts, np.resize(rows, 1 << (len(rows) - 1).bit_length()))
+    host = parallel.to_host(taken) if self.sharded else jax.device_get(taken)
+    return jax.tree.map(lambda x: np.asarray(x)[:len(rows)], host)
+
+
+@jax.jit
+def _take(parts, index):
+  return jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[index], *parts)
+
+
+def dispatch(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], size: int,
+             **chunk_options) -> OnDevice:
+  """fn(chunk) for every chunk, all results left on the device: a pass that never waits.
+
+  The host only prepares and enqueues chunks (JAX dispatches asynchronously), so the device
+  runs the pass back to back. The loop runs under `transfer_guard_device_to_host(
+  "disallow_explicit")`, so a read back in it raises on accelerators (not on XLA:CPU, whose
+  arrays are host memory the guard does not watch). Memory: the device holds every chunk's
+  results until they are fetched, padding included (for uint8 proxies and maps of N images of
+  side S, N * S * S * 4 bytes; the fetch's gather may copy them once more), where `map_chunks`
+  holds `ahead + 1` chunks'.
+  """
+  parts, rows, offset = [], [], 0
+  with jax.transfer_guard_device_to_host("disallow_explicit"):
+    for chunk in chunks(arrays, size, **chunk_options):
+      parts.append(fn(chunk))
+      rows.append(offset + np.arange(chunk.valid))
+      offset += len(chunk.rows)
+  if not parts:
+    parts = [_empty_result(fn, arrays, chunk_options.get("mask", False))]
+  return OnDevice(parts, np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                  chunk_options.get("sharding") is not None)
 
 
 def _empty_result(fn, arrays, mask: bool):

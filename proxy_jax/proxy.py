@@ -172,7 +172,10 @@ def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bo
 #             (c * k / N * E, where c is the cost of a CAM pass relative to E);
 #   fused:    predictions, CAMs and proxies of every example in ONE forward pass (c * E); only
 #             for activation-map methods (Grad-CAM family), whose map needs the features once
-#             and differentiates only the small head. Only wrong rows come back to the host.
+#             and differentiates only the small head.
+# Neither path reads anything back while a pass is dispatched (`chunked.dispatch`): the device
+# runs each pass back to back, then the host reads the predictions, and only the chosen rows'
+# proxies and maps cross afterwards (gathered on the device, one transfer).
 # A CAM needs the last feature map in memory, which an evaluation pass never materialises (it is
 # pooled on the fly), so c >= 1: measured on XLA:CPU (benchmarks/proxy_step.py) c = 2.0 for the
 # tiny CNN at 32 px and 1.0 for ResNet-18 at 64 px. Since k <= subset * N, two-pass costs at
@@ -190,24 +193,28 @@ def use_fused_scan(method: str, subset: float) -> bool:
   return method in cams.formulas.ACTIVATION_FORMULAS and subset > FUSED_MIN_SUBSET
 
 
-def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) -> np.ndarray:
-  """Eval-mode, unaugmented predictions for every example of `split`, in split order."""
+def dispatch_predictions(state, split, batch_size: int, predict_fn,
+                         batch_sharding) -> chunked.OnDevice:
+  """Eval-mode, unaugmented predictions of every example of `split`, left on the device."""
   variables = models.variables_of(state)
-  return chunked.apply_chunked(
+  return chunked.dispatch(
       lambda chunk: jnp.argmax(predict_fn(state.apply_fn, variables, chunk.inputs["image"]), -1),
       {"image": split.images}, batch_size, sharding=batch_sharding)
 
 
-@dataclasses.dataclass
-class _Candidates:
-  """Proxies and maps of the wrongly classified training positions, from the fused scan."""
-  positions: np.ndarray
-  proxies: np.ndarray  # uint8 (n, S, S, 3)
-  maps: np.ndarray     # uint8 (n, S, S), the CAM times 255
+def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding) -> np.ndarray:
+  """Eval-mode, unaugmented predictions for every example of `split`, in split order."""
+  return dispatch_predictions(state, split, batch_size, predict_fn, batch_sharding).fetch()
 
 
-def _scan_split(state, split, config, batch_sharding):
-  """One eval-mode pass: predictions of every example plus proxies of the wrong ones."""
+def dispatch_scan(state, split, config, batch_sharding) -> chunked.OnDevice:
+  """The fused scan, left on the device: (predictions, uint8 proxies, uint8 maps) per example.
+
+  Nothing is read back while the chunks are dispatched; the caller reads the predictions, then
+  only the chosen examples' proxies and maps (`OnDevice.fetch`). The device holds every
+  example's proxy and map meanwhile: N * S * S * 4 bytes for N crops of side S (1,437 digits at
+  224 px: 0.29 GB), where reading each chunk's wrong rows back bounded it to two chunks.
+  """
   settings = config.proxy
   scan = proxy_image.fused_scan_fn(state.apply_fn, settings.cam_method, settings.mode,
                                    _cam_options(config))
@@ -220,25 +227,7 @@ def _scan_split(state, split, config, batch_sharding):
   def apply(chunk):
     return scan(variables, chunk.inputs["image"], chunk.inputs.get("label"), threshold, weight)
 
-  def collect(chunk, outputs):
-    """(predictions, (positions, proxies, maps) of the wrong rows or None)."""
-    predicted, out, cam = outputs
-    predicted = chunk.fetch(predicted)
-    rows = np.flatnonzero(predicted != split.labels[chunk.start:chunk.start + chunk.valid])
-    if not len(rows):  # Chunks without a wrong row leave their proxies on the device.
-      return predicted, None
-    out, cam = chunk.fetch((out, cam))
-    return predicted, (chunk.start + rows, out[rows], cam[rows])
-
-  results = chunked.map_chunks(apply, arrays, config.eval_batch_size, sharding=batch_sharding,
-                               collect=collect)
-  wrong = [found for _, found in results if found is not None]
-  shape = split.images.shape[1:]
-  candidates = _Candidates(
-      np.concatenate([w[0] for w in wrong]) if wrong else np.zeros((0,), np.int64),
-      np.concatenate([w[1] for w in wrong]) if wrong else np.zeros((0,) + shape, np.uint8),
-      np.concatenate([w[2] for w in wrong]) if wrong else np.zeros((0,) + shape[:2], np.uint8))
-  return np.concatenate([predicted for predicted, _ in results]), candidates
+  return chunked.dispatch(apply, arrays, config.eval_batch_size, sharding=batch_sharding)
 
 
 def _cam_options(config) -> tuple:
@@ -271,7 +260,9 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
     batch_sharding = parallel.shardings(parallel.make_mesh())[1]
   view = data.eval_view(split, config.image_size)
   if use_fused_scan(settings.cam_method, settings.subset):
-    predictions, candidates = _scan_split(state, view, config, batch_sharding)
+    scan = dispatch_scan(state, view, config, batch_sharding)
+    predictions = scan.select(lambda out: out[0]).fetch()
+    candidates = scan.select(lambda out: out[1:])  # (proxies, maps), still on the device.
   else:
     predictions = predict_labels(state, view, config.eval_batch_size, predict_fn,
                                  batch_sharding)
@@ -290,9 +281,10 @@ def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noi
                 batch_sharding):
   """(source crops, uint8 stored-side proxies, float maps) of the chosen positions, in order.
 
-  Taken from the fused scan where it has them; computed here (in chunks) for multi-pass CAM
-  methods and for banked examples whose CAM must be of the current proxy (reuse_proxies). The
-  proxies of the centre crops are pasted back into their stored images (module docstring).
+  Read back from the fused scan's `candidates` (on the device) where it has them; computed here
+  (in chunks) for multi-pass CAM methods and for banked examples whose CAM must be of the
+  current proxy (reuse_proxies). The proxies of the centre crops are pasted back into their
+  stored images (module docstring).
   """
   settings = config.proxy
   stored = np.asarray(split.images[chosen])
@@ -303,11 +295,8 @@ def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noi
   maps = np.zeros(sources.shape[:3], np.uint8)
   recompute = np.ones(len(chosen), bool)
   if candidates is not None:
-    rows = np.searchsorted(candidates.positions, chosen)
-    banked = bank.holds(chosen)
-    recompute = banked if settings.reuse_proxies else np.zeros(len(chosen), bool)
-    proxy_images[~recompute] = candidates.proxies[rows[~recompute]]
-    maps[~recompute] = candidates.maps[rows[~recompute]]
+    recompute = bank.holds(chosen) if settings.reuse_proxies else np.zeros(len(chosen), bool)
+    proxy_images[~recompute], maps[~recompute] = candidates.fetch(chosen[~recompute])
   if recompute.any():
     targets = predictions if settings.cam_target == "predicted" else split.labels
     out, cam = _chunked_proxies(state, sources[recompute], targets[chosen[recompute]], config,
@@ -321,7 +310,8 @@ def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
   """CAMs and proxies in chunks whose size is a power of two (at most a few compilations).
 
   Each chunk is split over the mesh like a training batch (its size rounded up to a multiple
-  of the device count), so every device computes only its share of the CAMs.
+  of the device count), so every device computes only its share of the CAMs. All chunks are
+  dispatched before the results are read back, once.
   """
   settings = config.proxy
   proxy_fn = make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
@@ -332,6 +322,6 @@ def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
     return proxy_fn(variables, chunk.inputs["image"], chunk.inputs["target"],
                     jax.random.fold_in(noise_key, chunk.start))
 
-  return chunked.apply_chunked(apply, {"image": images, "target": targets.astype(np.int32)},
-                               int(config.cams.chunk_size), sharding=batch_sharding,
-                               power_of_two=True)
+  return chunked.dispatch(apply, {"image": images, "target": targets.astype(np.int32)},
+                          int(config.cams.chunk_size), sharding=batch_sharding,
+                          power_of_two=True).fetch()

@@ -468,6 +468,7 @@ jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_proces
 import numpy as np
 from conftest import make_tiny_config
 from proxy_jax import proxy, train
+from proxy_reference import assert_identical, reference_step
 fed = []
 make_array = jax.make_array_from_process_local_data
 
@@ -488,10 +489,22 @@ def finish_and_fuse(setup, state, bank, progress, wall_time_s):
                                 batch_sharding=setup.batch_sharding)
   fused = proxy.ProxyBank()
   fused.store(result.ids, result.proxies)
+  # Each pass dispatched whole, then fetched across processes: bit-identical to reading every
+  # chunk back (the step before it stayed on the device), fused, two-pass and reused proxies.
+  identical = []
+  for subset, reuse in ((1.0, False), (0.2, False), (0.9, True)):
+    config.proxy.subset, config.proxy.reuse_proxies = subset, reuse
+    step = proxy.run_proxy_step(state, setup.dataset.train, bank, config, jax.random.key(7),
+                                predict_fn=setup.predict_fn, batch_sharding=setup.batch_sharding)
+    assert_identical(step, reference_step(state, setup.dataset.train, bank, config,
+                                          jax.random.key(7), setup.predict_fn,
+                                          setup.batch_sharding))
+    identical.append([subset, reuse, len(step.ids)])
   np.savez(out + ".npz", run_ids=bank.ids(), run_images=bank.to_arrays()["images"],
            fused_ids=fused.ids(), fused_images=fused.to_arrays()["images"])
   with open(out + ".json", "w") as f:
-    json.dump({{"summary": summary.to_json(), "fed": fed, "devices": jax.device_count()}}, f)
+    json.dump({{"summary": summary.to_json(), "fed": fed, "devices": jax.device_count(),
+               "identical": identical}}, f)
   return summary
 
 train._finish = finish_and_fuse
@@ -546,6 +559,9 @@ def test_two_processes_match_one_process(tmp_path, straight_run):
       result = json.load(f)
     banks = np.load(out + ".npz")
     assert result["devices"] == 2
+    # The proxy step equals the chunk-by-chunk reference bit for bit in both processes.
+    assert [row[:2] for row in result["identical"]] == [[1.0, False], [0.2, False], [0.9, True]]
+    assert all(row[2] > 0 for row in result["identical"])
     # Each process was given only its half of every global batch (and of every CAM chunk).
     assert result["fed"] and all(local[0] * 2 == total[0] and local[1:] == total[1:]
                                  for local, total in result["fed"])

@@ -91,6 +91,7 @@ LAYERS = {
     "proxy_jax.convert": TOOLS,
     "proxy_jax.sweep": TOOLS,
     "proxy_jax.sweep.__main__": TOOLS,
+    "proxy_jax.sweep.carry": TOOLS,
     "proxy_jax.sweep.files": TOOLS,
     "proxy_jax.sweep.grid": TOOLS,
     "proxy_jax.sweep.journal": TOOLS,

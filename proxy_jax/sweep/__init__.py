@@ -14,7 +14,8 @@ the command skips finished trials, re-runs an interrupted one (training resumes 
 checkpoint) and retries failed ones only with --retry-failed.
 
 Modules: `grid` (the grid language, trial names, shards), `files` (sweep and config files),
-`journal` (the journal and what to do next), `runner` (the subprocesses), `__main__` (the CLI).
+`journal` (the journal and what to do next), `runner` (the subprocesses), `__main__` (the CLI),
+`carry` (finished trials exported into the checkout and restored in a later session).
 """
 
 from proxy_jax.sweep.files import check_overrides, load_sweep

@@ -1,0 +1,86 @@
+"""The proxy step as it ran before its passes stayed on the device (main at 692443a).
+
+Every chunk is read back to the host before the next one is dispatched (`chunked.apply_chunked`),
+and the fused scan's proxies and maps come back for every row. The same jitted functions on
+the same chunks, so `proxy.run_proxy_step` must give bit-identical results: only where and when
+the results cross to the host changed. Used by tests/test_proxy_device.py and by the two-process
+test in tests/test_proxy.py.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from proxy_jax import chunked, data, models, preprocess, proxy, proxy_image
+
+
+def _predictions_and_candidates(state, view, config, predict_fn, sharding):
+  """(predictions, (proxies, maps) of every row or None), read back chunk by chunk."""
+  settings, variables = config.proxy, models.variables_of(state)
+  if not proxy.use_fused_scan(settings.cam_method, settings.subset):
+    predictions = chunked.apply_chunked(
+        lambda c: jnp.argmax(predict_fn(state.apply_fn, variables, c.inputs["image"]), -1),
+        {"image": view.images}, config.eval_batch_size, sharding=sharding)
+    return predictions, None
+  scan = proxy_image.fused_scan_fn(state.apply_fn, settings.cam_method, settings.mode,
+                                   proxy._cam_options(config))  # pylint: disable=protected-access
+  arrays = {"image": view.images}
+  if settings.cam_target == "label":
+    arrays["label"] = view.labels
+  threshold, weight = jnp.float32(settings.threshold), jnp.float32(settings.weight)
+  predictions, out, cam = chunked.apply_chunked(
+      lambda c: scan(variables, c.inputs["image"], c.inputs.get("label"), threshold, weight),
+      arrays, config.eval_batch_size, sharding=sharding)
+  return predictions, (out, cam)
+
+
+def _recomputed(state, sources, targets, config, noise_key, sharding):
+  settings = config.proxy
+  proxy_fn = proxy.make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
+                                 settings.weight, settings.mode,
+                                 dict(proxy._cam_options(config)))  # pylint: disable=protected-access
+  variables = models.variables_of(state)
+  return chunked.apply_chunked(
+      lambda c: proxy_fn(variables, c.inputs["image"], c.inputs["target"],
+                         jax.random.fold_in(noise_key, c.start)),
+      {"image": sources, "target": targets.astype(np.int32)}, int(config.cams.chunk_size),
+      sharding=sharding, power_of_two=True)
+
+
+def reference_step(state, split, bank, config, key, predict_fn, sharding) -> dict:
+  """{"ids", "originals", "proxies", "maps", "wrong"} as `ProxyStepResult` holds them."""
+  settings = config.proxy
+  view = data.eval_view(split, config.image_size)
+  predictions, candidates = _predictions_and_candidates(state, view, config, predict_fn,
+                                                        sharding)
+  wrong = np.flatnonzero(predictions != split.labels)
+  chosen = proxy.choose_wrong(wrong, split.labels[wrong], settings.subset, key,
+                              settings.class_balanced)
+  stored = np.asarray(split.images[chosen])
+  if settings.reuse_proxies:
+    stored = bank.swap(chosen, stored)
+  sources = np.ascontiguousarray(preprocess.center_crop(stored, config.image_size))
+  out = np.zeros_like(sources)
+  cam = np.zeros(sources.shape[:3], np.uint8)
+  recompute = np.ones(len(chosen), bool)
+  if candidates is not None:
+    recompute = bank.holds(chosen) if settings.reuse_proxies else ~recompute
+    out[~recompute] = candidates[0][chosen[~recompute]]
+    cam[~recompute] = candidates[1][chosen[~recompute]]
+  if recompute.any():
+    targets = predictions if settings.cam_target == "predicted" else split.labels
+    out[recompute], cam[recompute] = _recomputed(
+        state, sources[recompute], targets[chosen[recompute]], config,
+        jax.random.fold_in(key, 1), sharding)
+  return {"ids": chosen.astype(np.int32), "originals": sources,
+          "proxies": preprocess.paste_center(stored, out),
+          "maps": cam.astype(np.float32) / 255.0, "wrong": len(wrong)}
+
+
+def assert_identical(result, expected: dict) -> None:
+  """A `ProxyStepResult` equals `reference_step`'s dict bit for bit."""
+  assert result.wrong == expected["wrong"]
+  for name in ("ids", "originals", "proxies", "maps"):
+    got = getattr(result, name)
+    assert got.dtype == expected[name].dtype, name
+    np.testing.assert_array_equal(got, expected[name], err_msg=name)

@@ -1,0 +1,158 @@
+"""A proxy step that never waits on the host: its passes are dispatched without a read back.
+
+`proxy.run_proxy_step` dispatches every pass with `chunked.dispatch` and reads back afterwards;
+its results must equal bit for bit the step that read every chunk back (tests/proxy_reference.py).
+
+On XLA:CPU, `jax.transfer_guard_device_to_host` watches nothing (the arrays are host memory)
+and NumPy reads a single-device array through the buffer protocol, which no Python patch sees.
+So the guard test runs in a subprocess with two CPU devices, where the step's arrays are sharded
+and every read back (`np.asarray`, `jax.device_get`, `int()`, `block_until_ready`) goes through
+`ArrayImpl._value`, `__array__` or `block_until_ready`, which the test makes raise.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT, make_tiny_config, train_one_epoch
+from proxy_jax import chunked, parallel, proxy, steps
+from tests.proxy_reference import assert_identical, reference_step
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+  """A digits split at 16 px and a tiny CNN trained one epoch (some examples right, some wrong)."""
+  config = make_tiny_config(**{"proxy.enabled": True, "num_epochs": 1, "proxy.schedule": "p,1"})
+  dataset, state, _ = train_one_epoch(config, str(tmp_path_factory.mktemp("device")))
+  return config, dataset.train, state, parallel.shardings(parallel.make_mesh())[1]
+
+
+# Fused at subset > 0.5 (with the label as CAM target too), two-pass at or below it and for
+# noisy methods; reuse_proxies recomputes the banked examples' CAMs on their proxies.
+CASES = {
+    "fused": {"subset": 1.0},
+    "fused_label_target": {"subset": 0.8, "cam_target": "label", "mode": "blended"},
+    "fused_reuse_proxies": {"subset": 0.9, "reuse_proxies": True},
+    "two_pass": {"subset": 0.3},
+    "two_pass_noisy": {"subset": 0.2, "cam_method": "smoothgrad", "threshold": 0.5},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_proxy_step_is_bit_identical_to_reading_every_chunk_back(tiny_model, case):
+  config, split, state, sharding = tiny_model
+  config = config.copy_and_resolve_references()
+  for field, value in CASES[case].items():
+    config.proxy[field] = value
+  bank = proxy.ProxyBank()
+  if config.proxy.reuse_proxies:  # Every third example banked: some chosen ones recompute.
+    ids = np.arange(0, len(split), 3)
+    bank.update(ids, 255 - split.images[ids])
+  predict_fn, key = steps.make_predict_step(), jax.random.key(11)
+  expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
+  result = proxy.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
+                                batch_sharding=sharding)
+  assert 0 < len(result.ids) <= result.wrong < len(split)
+  assert_identical(result, expected)
+  if config.proxy.reuse_proxies:
+    assert 0 < bank.holds(result.ids).sum() < len(result.ids)
+
+
+def test_dispatch_fetches_the_rows_asked_for_like_apply_chunked():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(11, 2, 3)).astype(np.float32)
+  fn = lambda chunk: (jnp.sum(chunk.inputs["x"], -1), (chunk.inputs["x"] * 2).astype(jnp.uint8))
+  want = chunked.apply_chunked(fn, {"x": x}, 4)
+  passed = chunked.dispatch(fn, {"x": x}, 4)
+  assert len(passed.parts) == 3 and all(isinstance(p[0], jax.Array) for p in passed.parts)
+  for positions in (None, [10, 0, 4, 4], [], np.arange(11)[::-1]):
+    got = passed.fetch(positions)
+    index = np.arange(11) if positions is None else np.asarray(positions, int)
+    for got_leaf, want_leaf in zip(got, want):
+      assert got_leaf.dtype == want_leaf.dtype
+      np.testing.assert_array_equal(got_leaf, want_leaf[index])
+  np.testing.assert_array_equal(passed.select(lambda out: out[1]).fetch([3]), want[1][[3]])
+  empty = chunked.dispatch(fn, {"x": x[:0]}, 4).fetch()
+  assert [(e.shape, e.dtype) for e in empty] == [((0, 2), np.float32), ((0, 2, 3), np.uint8)]
+
+
+NO_READS = """
+import contextlib, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import jax, jax.numpy as jnp, numpy as np
+from conftest import make_tiny_config
+from proxy_jax import chunked, data, models, parallel, proxy, steps, train
+from proxy_reference import assert_identical, reference_step
+assert jax.device_count() == 2
+ARRAY = type(jnp.zeros(1))
+
+@contextlib.contextmanager
+def no_reads():
+  def read(self, *args, **kwargs):
+    raise AssertionError("a device-to-host read while the pass was dispatched")
+  saved = {{name: ARRAY.__dict__[name] for name in ("_value", "__array__", "block_until_ready")}}
+  ARRAY._value, ARRAY.__array__, ARRAY.block_until_ready = property(read), read, read
+  try:
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+      yield
+  finally:
+    for name, value in saved.items():
+      setattr(ARRAY, name, value)
+
+config = make_tiny_config(**{{"proxy.enabled": True}})
+split = data.load_dataset(config, sys.argv[1]).train
+state = train.create_train_state(config, train.create_model(config, 10), jax.random.key(0), 1)
+_, sharding = parallel.shardings(parallel.make_mesh())
+predict_fn, key = steps.make_predict_step(), jax.random.key(3)
+# The check can fail: reading each chunk back, as the step did before, is caught.
+with no_reads():
+  try:
+    chunked.apply_chunked(lambda chunk: predict_fn(state.apply_fn, models.variables_of(state),
+                                                   chunk.inputs["image"]),
+                          {{"image": split.images}}, 64, sharding=sharding)
+  except AssertionError:
+    pass
+  else:
+    raise SystemExit("a read back went unnoticed")
+dispatch, map_chunks, passes = chunked.dispatch, chunked.map_chunks, []
+
+def guarded(*args, **kwargs):
+  with no_reads():
+    passes.append(dispatch(*args, **kwargs))
+  return passes[-1]
+
+def refused(*args, **kwargs):
+  raise AssertionError("the proxy step used a pass that reads back chunk by chunk")
+
+bank = proxy.ProxyBank()
+bank.update(np.arange(0, len(split), 3), split.images[::3])
+for subset, reuse, count in ((1.0, False, 1), (0.2, False, 2), (0.9, True, 2)):
+  config.proxy.subset, config.proxy.reuse_proxies = subset, reuse
+  expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
+  chunked.dispatch, chunked.map_chunks, passes[:] = guarded, refused, []
+  try:
+    result = proxy.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
+                                  batch_sharding=sharding)
+  finally:
+    chunked.dispatch, chunked.map_chunks = dispatch, map_chunks
+  assert len(passes) == count and all(p.sharded for p in passes), (subset, len(passes))
+  assert len(result.ids) > 0
+  assert_identical(result, expected)
+print("ok")
+"""
+
+
+def test_the_step_dispatches_its_passes_without_reading_back(tmp_path):
+  script = tmp_path / "no_reads.py"
+  script.write_text(textwrap.dedent(NO_READS.format(root=ROOT, tests=os.path.join(ROOT, "tests"))))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
