@@ -135,6 +135,7 @@ def test_group_query_best(grid):
     aggregate.filter_results(results, "no_such_field == 1")
 
 
+@pytest.mark.slow
 def test_cli_writes_tables_and_plots(grid, tmp_path):
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   root, _ = grid

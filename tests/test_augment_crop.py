@@ -84,6 +84,7 @@ def _photo_like(rng, side):
 PIL_TOLERANCE_LEVELS = 1.0 + 2e-3
 
 
+@pytest.mark.slow
 def test_resized_crop_matches_pil_crop_then_bilinear_resize():
   """Upscaling and downscaling boxes: PIL antialiases when shrinking, and so does this op."""
   rng = np.random.default_rng(0)
@@ -104,6 +105,7 @@ def test_resized_crop_matches_pil_crop_then_bilinear_resize():
   assert worst["down"] > 0  # Both kinds were drawn.
 
 
+@pytest.mark.slow
 def test_random_resized_crop_uses_the_sampled_box():
   images = jax.random.uniform(jax.random.key(0), (5, 19, 19, 3))
   key = jax.random.key(3)
@@ -149,6 +151,7 @@ def test_center_crop_follows_torchvision_offsets():
   np.testing.assert_array_equal(pasted, images)
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(name=st.sampled_from(crop.CROPS), stored=st.integers(4, 14), shrink=st.integers(0, 4),
        batch=st.integers(1, 3), seed=st.integers(0, 2**16))

@@ -65,6 +65,7 @@ def test_selective_cut_is_the_default_with_cutout_and_paste_back_an_option():
   assert augment.selective_cut_from_config(config.augment) is None
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=8, deadline=None)
 @hypothesis.given(seed=st.integers(0, 2**31 - 2), image_seed=st.integers(0, 100),
                   fill=st.sampled_from(erase.FILLS))

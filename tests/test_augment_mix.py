@@ -124,6 +124,7 @@ def test_boxes_at_the_border_are_clipped(centre):
   assert float(mix.pasted_share(mask)) == np.float32((bottom - top) * (right - left)) / (H * W)
 
 
+@pytest.mark.slow
 def test_batch_of_one_and_single_class():
   images, labels = _batch(batch=1, classes=1)
   for name, kwargs in _METHOD_KWARGS.items():
@@ -319,6 +320,7 @@ def _call(name, images, labels, key, **kwargs):
   return _jitted(name, tuple(sorted(kwargs.items())))(images, labels, key, maps)
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=12, deadline=None)
 @hypothesis.given(seed=st.integers(0, 2**31 - 1), batch=st.sampled_from([1, 4]),
                   name=st.sampled_from(sorted(_METHOD_KWARGS)))

@@ -222,6 +222,7 @@ def _augmix_reference_op(name, image, level, negate):
   }[name]()
 
 
+@pytest.mark.slow
 def test_augmix_matches_reference_mixing():
   images, labels = _batch(3)
   key = jax.random.key(23)
@@ -246,6 +247,7 @@ def test_augmix_matches_reference_mixing():
   np.testing.assert_array_equal(out_labels, labels)
 
 
+@pytest.mark.slow
 def test_augmix_jsd_views_are_two_independent_augmix_draws():
   images, _ = _batch(4, (2,) + SHAPE[1:])
   key = jax.random.key(5)
@@ -280,6 +282,7 @@ def test_jensen_shannon_consistency_equals_numpy_reference():
   assert policy.jensen_shannon_consistency(*bf16).dtype == jnp.float32
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(name=st.sampled_from(sorted(policy.POLICIES)), seed=st.integers(0, 2**30),
        image_seed=st.integers(0, 3))

@@ -70,6 +70,7 @@ def test_truncated_255ths_are_opencvs_float_rounding():
     assert table[k] == k - below
 
 
+@pytest.mark.slow
 def test_image_map_names_both_maps_and_refuses_others():
   images = np.random.default_rng(1).uniform(size=(2, 16, 16, 3)).astype(np.float32)
   for name in saliency.IMAGE_MAPS:

@@ -81,6 +81,7 @@ def _attentive_config(config, source="current"):
   return config
 
 
+@pytest.mark.slow
 def test_pipeline_attentive_cutmix_pastes_the_top_cells_of_the_current_models_cam(tiny_state):
   config, state, images, labels = tiny_state
   config = _attentive_config(config)
@@ -93,6 +94,7 @@ def test_pipeline_attentive_cutmix_pastes_the_top_cells_of_the_current_models_ca
   _assert_top_cells_pasted(inputs, soft, images, labels, maps, key)
 
 
+@pytest.mark.slow
 def test_frozen_workdir_gives_attentive_cutmix_its_cam(tiny_state, tmp_path):
   config, state, images, labels = tiny_state
   workdir = str(tmp_path / "frozen")
@@ -118,6 +120,7 @@ def test_frozen_workdir_gives_attentive_cutmix_its_cam(tiny_state, tmp_path):
   assert np.isfinite(metrics.compute()["loss"])
 
 
+@pytest.mark.slow
 def test_pipeline_keepaugment_selective_cut_with_and_without_augmix_views(tiny_state):
   """KeepAugment + Cutout takes the selective-cut path in both the plain and the AugMix-JSD
   pipelines: every erased pixel holds Cutout's paper fill (the normalisation mean colour)."""
@@ -136,6 +139,7 @@ def test_pipeline_keepaugment_selective_cut_with_and_without_augmix_views(tiny_s
   np.testing.assert_allclose(inputs[:len(images)], clean, atol=1e-5)  # The clean view.
 
 
+@pytest.mark.slow
 def test_skip_proxies_exempts_proxied_examples(tiny_state):
   config, state, images, labels = tiny_state
   config = config.copy_and_resolve_references()
@@ -148,6 +152,7 @@ def test_skip_proxies_exempts_proxied_examples(tiny_state):
   assert not np.allclose(inputs[~is_proxy], clean[~is_proxy], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_mix_prob_zero_and_a_switched_list(tiny_state):
   config, state, images, labels = tiny_state
   config = config.copy_and_resolve_references()
@@ -167,6 +172,7 @@ def test_mix_prob_zero_and_a_switched_list(tiny_state):
   assert kinds == {"mixup", "cutmix"}
 
 
+@pytest.mark.slow
 def test_train_accuracy_counts_the_dominant_label(tiny_state):
   config, state, images, labels = tiny_state
   config = config.copy_and_resolve_references()
@@ -198,6 +204,7 @@ RUN_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(RUN_CASES))
 def test_short_run_with_each_family_ends_finite(case, tmp_path):
   overrides = {"num_epochs": 2, "proxy.schedule": "1,p,1", "proxy.subset": 0.5,
@@ -211,6 +218,7 @@ def test_short_run_with_each_family_ends_finite(case, tmp_path):
     assert summary["proxy_steps"] and summary["bank_size"] > 0
 
 
+@pytest.mark.slow
 def test_is_proxy_marks_the_swapped_rows():
   config = make_tiny_config()
   from proxy_jax import proxy  # pylint: disable=g-import-not-at-top
@@ -224,6 +232,7 @@ def test_is_proxy_marks_the_swapped_rows():
   assert not next(data.batches(split, 8))["is_proxy"].any()
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_with_mixing_equals_uninterrupted(tmp_path):
   overrides = {"num_epochs": 3, "augment.mix": "cutmix,mixup", "augment.mix_prob": 0.8,
                "data.max_examples": 200}

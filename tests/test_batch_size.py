@@ -40,6 +40,7 @@ def cpu_search(factory):
   return batch_finder.search(_tiny_config(16), 10, factory)
 
 
+@pytest.mark.slow
 def test_cpu_returns_the_ceiling(cpu_search):
   chosen, probes = cpu_search
   assert chosen == 16
@@ -49,6 +50,7 @@ def test_cpu_returns_the_ceiling(cpu_search):
   assert all(p.measured_bytes and p.measured_bytes > 0 for p in probes)
 
 
+@pytest.mark.slow
 def test_fake_limit_backs_off(cpu_search, factory, monkeypatch):
   _, probes = cpu_search
   small, large = probes[0].predicted_bytes, probes[1].predicted_bytes
@@ -61,6 +63,7 @@ def test_fake_limit_backs_off(cpu_search, factory, monkeypatch):
   assert new_probes[-1].measured_bytes is None  # Rejected on the prediction, never run.
 
 
+@pytest.mark.slow
 def test_out_of_memory_when_run_backs_off(factory, monkeypatch):
   real_run = batch_finder.run_step
 
@@ -77,6 +80,7 @@ def test_out_of_memory_when_run_backs_off(factory, monkeypatch):
   assert "out of memory" in probes[0].reason
 
 
+@pytest.mark.slow
 def test_other_errors_are_not_mistaken_for_memory(factory, monkeypatch):
   def broken(compiled, state, batch, key):
     raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: shapes do not match")

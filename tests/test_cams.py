@@ -192,6 +192,7 @@ def test_gradcampp_eps_matches_pytorch_grad_cam():
   assert np.abs(paper - theirs).max() > 0.05 * np.abs(paper).max()  # eps really matters here
 
 
+@pytest.mark.slow
 def test_gradcampp_eps_option_reaches_the_formula():
   b = bundle("tiny_cnn")
   images, targets = b.images()[:2], jnp.array([1, 3])
@@ -218,6 +219,7 @@ def test_eigencam_uses_both_decomposition_branches_consistently():
 # ---------------------------------------------------------------- against the model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny_cnn", "resnet18"])
 def test_gradcam_equals_classic_cam_for_gap_dense_heads(name):
   b = bundle(name)
@@ -254,6 +256,7 @@ def test_unrectified_gradcam_is_the_signed_class_map():
   assert (got < 0).any()  # Not rectified.
 
 
+@pytest.mark.slow
 def test_batched_equals_per_example_loop():
   b = bundle("tiny_cnn")
   images = b.images()
@@ -270,6 +273,7 @@ def test_batched_equals_per_example_loop():
                              b.compute("layercam", images), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_targets_none_is_the_predicted_class_and_logits_are_the_models():
   b = bundle("resnet18")
   images = b.images()
@@ -292,6 +296,7 @@ def test_compute_inside_jit_matches_eager():
                              b.compute("xgradcam", images, targets, smooth_sigma=1.0), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,steps,baseline_kind", [("resnet18", 64, "zero"),
                                                        ("tiny_cnn", 256, "per-image")])
 def test_integrated_gradients_completeness(name, steps, baseline_kind):
@@ -313,6 +318,7 @@ def test_integrated_gradients_completeness(name, steps, baseline_kind):
   np.testing.assert_allclose(totals, gap, rtol=0.01)
 
 
+@pytest.mark.slow
 def test_smoothgrad_without_noise_is_the_vanilla_gradient():
   b = bundle("tiny_cnn")
   images = b.images()
@@ -328,6 +334,7 @@ def test_smoothgrad_without_noise_is_the_vanilla_gradient():
   np.testing.assert_allclose(saliency[:2], (raw - low) / (high - low), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_noisy_methods_need_a_key_and_are_reproducible_with_one():
   b = bundle("tiny_cnn")
   images = b.images()
@@ -338,6 +345,7 @@ def test_noisy_methods_need_a_key_and_are_reproducible_with_one():
   assert np.abs(np.asarray(run(0)) - np.asarray(run(1))).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_scorecam_is_invariant_to_chunk_sizes():
   b = bundle("tiny_cnn")  # 32 feature channels.
   images = b.images()
@@ -353,6 +361,7 @@ def _check_maps(maps, batch, size):
   assert np.all(np.isfinite(maps)) and maps.min() >= 0.0 and maps.max() <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,methods", [
     ("tiny_cnn", cams.METHODS),
     ("resnet18", ("gradcampp", "eigengradcam", "scorecam")),
@@ -369,6 +378,7 @@ def test_every_family_gives_valid_maps(name, methods):
     assert np.asarray(maps[:2]).max(axis=(1, 2)).min() == pytest.approx(1.0), (name, method)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny_cnn", "resnet18", "vit"])
 def test_bfloat16_models_give_float32_maps_close_to_float32(name):
   b16, b32 = bundle(name, "bfloat16"), bundle(name)

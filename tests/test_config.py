@@ -159,6 +159,7 @@ def _run_main(*args, cwd=ROOT):
   return result.returncode, ours
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,message", [
     ("--config.model.name=resnet9", "error: config.model.name='resnet9' is invalid"),
     ("--config.optimizer.warmup_epochs=nan",
@@ -193,6 +194,7 @@ def test_dotted_fields_in_configs_and_run_json():
                                                                            "b": [1]}
 
 
+@pytest.mark.slow
 def test_main_removes_the_workdir_it_made_when_data_refuses_the_config(tmp_path):
   workdir = tmp_path / "run"
   status, stderr = _run_main(f"--workdir={workdir}", "--config.data.max_examples=5",

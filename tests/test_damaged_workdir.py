@@ -120,6 +120,7 @@ RUN_FILES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", DAMAGES)
 @pytest.mark.parametrize("reader", RUN_FILES)
 def test_a_damaged_run_file_is_one_line_naming_it_and_nothing_is_lost(finished, tmp_path,
@@ -134,6 +135,7 @@ def test_a_damaged_run_file_is_one_line_naming_it_and_nothing_is_lost(finished, 
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_a_damaged_summary_is_rebuilt_from_the_last_checkpoint(finished, tmp_path, caplog):
   workdir = _copy(finished, tmp_path)
   _truncated(os.path.join(workdir, "summary.json"))
@@ -223,6 +225,7 @@ cli.run_plain(main)
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_goes_on_past_a_damaged_trial_and_completes_it_after_the_fix(tmp_path):
   """The study runs its trials through the same runner."""
   program = tmp_path / "trainer.py"
@@ -301,6 +304,7 @@ CHECKPOINT_DAMAGES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", CHECKPOINT_DAMAGES)
 def test_the_newest_intact_checkpoint_is_restored_and_the_damaged_one_kept_aside(
     finished, tmp_path, caplog, damage):
@@ -323,6 +327,7 @@ def test_the_newest_intact_checkpoint_is_restored_and_the_damaged_one_kept_aside
   assert checkpoints.RunCheckpoints(workdir, 3).latest_epoch() == 2
 
 
+@pytest.mark.slow
 def test_no_intact_checkpoint_is_one_error_that_moves_nothing(finished, tmp_path):
   workdir = _copy(finished, tmp_path, without=["summary.json"])
   # A run of another dtype finds only checkpoints it cannot use.
@@ -339,6 +344,7 @@ def test_no_intact_checkpoint_is_one_error_that_moves_nothing(finished, tmp_path
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_resume_past_a_damaged_checkpoint_equals_the_uninterrupted_run(finished, tmp_path):
   workdir = _copy(finished, tmp_path, without=["summary.json"])
   _state_manifest_deleted(os.path.join(workdir, "checkpoints", "3"))

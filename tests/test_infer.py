@@ -58,6 +58,7 @@ def trained(tmp_path_factory):
   return workdir, val, str(root / "images"), paths
 
 
+@pytest.mark.slow
 def test_cli_predictions_match_eval_step(trained, tmp_path):
   workdir, val, image_dir, paths = trained
   out = str(tmp_path / "out")
@@ -94,6 +95,7 @@ def test_cli_predictions_match_eval_step(trained, tmp_path):
   assert Image.open(os.path.join(out, table.overlay[0])).size == (2 * 16 * 4, 16 * 4)
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
   result = _run_cli(f"--workdir={tmp_path / 'empty'}", f"--images={tmp_path}",
                     f"--out={tmp_path / 'out'}")
@@ -113,6 +115,7 @@ def _write_images(folder, count, size=20, seed=0):
   return paths
 
 
+@pytest.mark.slow
 def test_overlays_are_the_cams_of_each_image(trained, tmp_path):
   workdir = trained[0]
   images_dir = tmp_path / "images"
@@ -250,6 +253,7 @@ def test_explanation_scores_ragged_chunk_neither_recompiles_nor_leaks():
   np.testing.assert_allclose(chunked["deletion_curve"], whole["deletion_curve"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_compare_two_workdirs(trained, tmp_path):
   workdir, val, _, _ = trained
   twin = str(tmp_path / "twin")

@@ -81,6 +81,7 @@ def stored_run(tmp_path_factory):
   return config, dataset, state
 
 
+@pytest.mark.slow
 def test_training_keeps_stored_images_and_evaluation_sees_centre_crops(stored_run):
   config, dataset, _ = stored_run
   assert dataset.train.images.shape[1:] == (STORED, STORED, 3)
@@ -95,6 +96,7 @@ def test_training_keeps_stored_images_and_evaluation_sees_centre_crops(stored_ru
   del config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("subset", [0.5, 1.0])  # Two-pass and fused proxy steps.
 def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, subset):
   config, dataset, state = stored_run
@@ -131,6 +133,7 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   np.testing.assert_array_equal(batch["image"][first], result.proxies[0])
 
 
+@pytest.mark.slow
 def test_a_run_with_stored_images_resumes_and_records_its_load_size(tmp_path):
   workdir = str(tmp_path / "run")
   config = make_tiny_config(**{"data.load_size": STORED, "augment.crop": "pad",

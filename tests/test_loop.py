@@ -78,6 +78,7 @@ def _refuse_every_write(monkeypatch):
                       lambda *args: pytest.fail("a finished run loaded its data"))
 
 
+@pytest.mark.slow
 def test_batch_size_is_found_once_recorded_and_reused(tmp_path, monkeypatch, caplog):
   """batch_size=-1: config.json records the finder's choice before training, a resume after a
   kill keeps it although the finder would now choose another, and a finished workdir is a
@@ -118,6 +119,7 @@ def test_batch_size_is_found_once_recorded_and_reused(tmp_path, monkeypatch, cap
   assert again == json.loads(json.dumps(resumed)) and choices == [32]
 
 
+@pytest.mark.slow
 def test_divergence_stops_at_the_end_of_its_epoch_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch):
   # The learning rate is NaN for the optimiser's update number 8 (0-based), so the parameters
@@ -143,6 +145,7 @@ def test_divergence_stops_at_the_end_of_its_epoch_and_keeps_the_last_good_checkp
   assert records.read_summary(workdir) is None
 
 
+@pytest.mark.slow
 def test_divergent_learning_rate_exits_non_zero_with_one_message(tmp_path):
   config_path = tmp_path / "divergent.py"
   config_path.write_text(
@@ -169,6 +172,7 @@ def test_divergent_learning_rate_exits_non_zero_with_one_message(tmp_path):
   assert not (workdir / "proxy_steps").exists()
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_is_one_clear_error_and_resumable(tmp_path, monkeypatch):
   real_save = ocp.CheckpointManager.save
 
@@ -194,6 +198,7 @@ def test_disk_full_during_a_checkpoint_is_one_clear_error_and_resumable(tmp_path
   assert _saved_epochs(workdir) == [1, 2]
 
 
+@pytest.mark.slow
 def test_train_split_is_scored_in_eval_mode_on_every_training_example(tmp_path, monkeypatch):
   """summary.json's train_split: the final model on the un-augmented training split, the same
   numbers as its plain predictions (no padding row counted), and absent when switched off."""

@@ -15,9 +15,13 @@ FULL_SIZE = [
     ("resnet18", 32, 4, 512), ("resnet50", 64, 8, 2048), ("vgg16_bn", 32, 8, 512),
     ("vit_ti16", 32, 8, 192),
 ]
-# Narrow variants that are cheap enough to run for real.
-SMALL = [("tiny_cnn", {"width": 4}), ("resnet18", {"width": 4}), ("resnet50", {"width": 4}),
-         ("vgg16_bn", {"width": 4}), ("vit_ti16", {"dim": 16, "depth": 2, "num_heads": 2})]
+# Narrow variants that are cheap enough to run for real. Only the tiny CNN's compile is quick
+# enough for the fast tier (-m "not slow"); the whole suite runs every architecture.
+_SLOW = pytest.mark.slow
+SMALL = [("tiny_cnn", {"width": 4}), pytest.param("resnet18", {"width": 4}, marks=_SLOW),
+         pytest.param("resnet50", {"width": 4}, marks=_SLOW),
+         pytest.param("vgg16_bn", {"width": 4}, marks=_SLOW),
+         pytest.param("vit_ti16", {"dim": 16, "depth": 2, "num_heads": 2}, marks=_SLOW)]
 
 
 def _init(model, size, batch=2):
@@ -70,6 +74,7 @@ def test_unknown_model_and_dtype_are_refused():
     models.create("resnet18", 10, 32, dtype="float16")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,overrides", SMALL)
 def test_models_name_their_head_classifier_and_stem(name, overrides):
   model = models.create(name, 5, 32, **overrides)
@@ -133,6 +138,7 @@ def test_small_map_conv_equals_plain_conv_with_gradients(size, kernel, stride, p
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_im2col_models_keep_params_logits_and_gradients(monkeypatch):
   """The tiny CNN at 8 px (last conv 4x4 -> 2x2) with im2col on and off: same parameters,
   logits and gradients; ResNet-18 (ImageNet stem, 64 px: last stage 2x2) keeps its tree."""

@@ -113,6 +113,7 @@ def test_read_choice_refuses_a_missing_or_malformed_choice(tmp_path):
     pilot.read_choice(str(bad))
 
 
+@pytest.mark.slow
 def test_pilot_command_line(tmp_path):
   workdir, out = str(tmp_path / "pilot"), str(tmp_path / "results")
   env = {**os.environ, "PYTHONPATH": REPO}

@@ -69,6 +69,7 @@ def _max_diff(a, b):
   return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16_bn", "vit"])
 def test_logits_match_pytorch(name):
   variables, _, apply, _ = _load(name)
@@ -162,6 +163,7 @@ def test_shape_mismatch_is_listed_with_stem_hint(tmp_path):
   assert "small_stem=false" in str(error.value)
 
 
+@pytest.mark.slow
 def test_head_kept_fresh_when_class_count_differs():
   variables, fresh, apply, messages = _load("resnet50", num_classes=7)
   params = variables["params"]
@@ -207,6 +209,7 @@ def test_head_mask():
   assert float(np.abs(updates["fc"]["kernel"]).min()) == 1.0
 
 
+@pytest.mark.slow
 def test_convert_cli_round_trip(tmp_path):
   spec = SPEC["vit"]
   out = str(tmp_path / "converted")

@@ -245,6 +245,7 @@ def proxy_step(tiny_model, bank, key, **overrides):
   return bank, {"wrong": result.wrong, "chosen": len(result.ids)}
 
 
+@pytest.mark.slow
 def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatch):
   config, split, state, _ = tiny_model
   bank, record = proxy_step(tiny_model, proxy.ProxyBank(), 0)
@@ -270,6 +271,7 @@ def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatc
   assert np.max(np.abs(other.to_arrays()["images"].astype(int) - got)) <= 1
 
 
+@pytest.mark.slow
 def test_clear_every_step_true_versus_false(tiny_model):
   kept, _ = proxy_step(tiny_model, proxy.ProxyBank(), 1, clear_every_step=False)
   first = set(kept.ids().tolist())
@@ -281,6 +283,7 @@ def test_clear_every_step_true_versus_false(tiny_model):
   assert set(kept.ids().tolist()) == first | second
 
 
+@pytest.mark.slow
 def test_noisy_cam_methods_draw_from_the_step_key(tiny_model):
   first, record = proxy_step(tiny_model, proxy.ProxyBank(), 4, cam_method="smoothgrad",
                              threshold=0.5)
@@ -294,6 +297,7 @@ def test_noisy_cam_methods_draw_from_the_step_key(tiny_model):
   assert any(not np.array_equal(first.get(i), other.get(i)) for i in same_ids)
 
 
+@pytest.mark.slow
 def test_reuse_proxies_takes_the_cam_of_the_current_proxy(tiny_model):
   config, _, state, _ = tiny_model
   once, _ = proxy_step(tiny_model, proxy.ProxyBank(), 3, subset=1.0)
@@ -357,6 +361,7 @@ def straight_run(tmp_path_factory):
   return workdir, summary, calls
 
 
+@pytest.mark.slow
 def test_training_batches_use_proxies_and_evaluation_never_does(straight_run):
   workdir, summary, calls = straight_run
   config = make_tiny_config(**RESUME_OVERRIDES)
@@ -426,6 +431,7 @@ def comparable(summary):
                           for s in summary["proxy_steps"]]}
 
 
+@pytest.mark.slow
 def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path, straight_run):
   config = make_tiny_config(**RESUME_OVERRIDES)
   straight_dir, straight, _ = straight_run
@@ -540,6 +546,7 @@ def _fused_step_on_final_state(workdir, config):
   return bank
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, straight_run):
   """A real two-process run (localhost coordinator, CPU collectives) against one process."""
   script = tmp_path / "multi_process_run.py"

@@ -46,6 +46,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_proxy_step_is_bit_identical_to_reading_every_chunk_back(tiny_model, case):
   config, split, state, sharding = tiny_model
@@ -255,6 +256,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_the_step_dispatches_its_passes_without_reading_back(tmp_path):
   script = tmp_path / "no_reads.py"
   script.write_text(textwrap.dedent(NO_READS.format(root=ROOT, tests=os.path.join(ROOT, "tests"))))

@@ -285,6 +285,7 @@ def _env(**extra):
   return {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", **extra}
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_and_reports(tmp_path):
   program = tmp_path / "fake_main.py"
   program.write_text(FAKE_TRAINER)
@@ -345,6 +346,7 @@ def test_killed_study_resumes_and_reports(tmp_path):
   assert open(os.path.join(out, "summary.md")).read() == summary
 
 
+@pytest.mark.slow
 def test_shards_split_a_study_and_the_last_one_reports(tmp_path):
   program = tmp_path / "fake_main.py"
   program.write_text(FAKE_TRAINER)
@@ -421,6 +423,7 @@ def get_study():
 """
 
 
+@pytest.mark.slow
 def test_real_tiny_study(tmp_path):
   """main.py trains both arms of two seeds; the report checks them and scores explanations."""
   study_file = _study_file(tmp_path, TINY_STUDY)

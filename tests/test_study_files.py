@@ -115,6 +115,7 @@ def _run(*args, env):
                         timeout=120, env={**os.environ, "PYTHONPATH": REPO, **env})
 
 
+@pytest.mark.slow
 def test_dry_runs_list_the_pilot_and_the_control(tmp_path, results):
   data = [f"--set={k}={v}" for k, v in DATA.items()]
   env = {spec.RESULTS_DIR_ENV: str(results)}

@@ -140,6 +140,7 @@ def _has_checkpoint(trial_dir):
   return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
 
 
+@pytest.mark.slow
 def test_smoke_sweep_killed_and_resumed(tmp_path):
   sweep_file = tmp_path / "tiny_sweep.py"
   sweep_file.write_text(TEST_SWEEP)

@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from proxy_jax import train
@@ -46,6 +47,7 @@ def _without_timings(history):
   return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
 
 
+@pytest.mark.slow
 def test_tfds_dataset_end_to_end_with_proxy_steps(tmp_path):
   config = make_tiny_config(**{
       "data.source": "tfds", "data.name": "cifar100", "data.test_split": "test",
@@ -90,6 +92,7 @@ def killed_and_resumed(tmp_path, overrides):
   return actual, expected, victim_dir
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
   overrides = {"num_epochs": 4}
   actual, expected, victim_dir = killed_and_resumed(tmp_path, overrides)
@@ -99,6 +102,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
   assert again["history"] == actual["history"]
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(tmp_path):
   overrides = {"batch_size": 32, "eval_batch_size": 64}
   config_path = _config_file(tmp_path, **overrides)
@@ -116,6 +120,7 @@ def test_four_devices_match_one_device(tmp_path):
   np.testing.assert_allclose(four["test"]["loss"], single["test"]["loss"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_bfloat16_run_trains_and_its_cams_and_proxies_are_finite(tmp_path):
   workdir = str(tmp_path / "bf16")
   summary = train.train_and_evaluate(make_tiny_config(**{
