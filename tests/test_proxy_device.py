@@ -155,6 +155,7 @@ SMALL_BUFFERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(SMALL_BUFFERS))
 def test_a_small_device_buffer_drains_and_stays_bit_identical(tiny_model, monkeypatch, case):
   config, split, state, sharding = tiny_model
