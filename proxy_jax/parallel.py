@@ -4,6 +4,7 @@ The same code runs on one device (a mesh of one) and on several hosts, where eve
 builds the same host batch (the data order is a function of the seed) and contributes its slice.
 """
 
+import os
 import queue
 import threading
 
@@ -15,6 +16,24 @@ import numpy as np
 
 def make_mesh() -> Mesh:
   return Mesh(np.array(jax.devices()), ("data",))
+
+
+def compute_slice() -> dict:
+  """The compute this process's run uses, as summary.json records it: the backend, the first
+  device's kind, the global device and process counts, and on CPU the cores it may run on.
+
+  XLA:CPU splits reductions by its thread pool, which it sizes from the affinity mask (a sweep's
+  --parallel pins each trial to its share), so the same run on 1 or 2 cores differs in the last
+  bits, and training amplifies that; on GPUs the device kind and count matter likewise.
+  """
+  backend = jax.default_backend()
+  threads = None
+  if backend == "cpu":
+    threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count())
+  return {"platform": backend, "device_kind": jax.devices()[0].device_kind,
+          "devices": jax.device_count(), "processes": jax.process_count(),
+          "cpu_threads": threads}
 
 
 def shardings(mesh: Mesh):

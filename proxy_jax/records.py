@@ -93,6 +93,10 @@ class RunProgress:
   best: Best = dataclasses.field(default_factory=Best)
   bank_size: int = 0
   elapsed_s: float = 0.0  # Wall time of all sessions up to this checkpoint.
+  # The distinct compute slices (`parallel.compute_slice`) of the sessions that trained it, in
+  # order: a run resumed on another slice is itself a mix. Checkpoints of earlier versions lack
+  # it (their sessions' slices are unknown), and an empty list is not written.
+  compute_slices: list = dataclasses.field(default_factory=list)
   extra: dict = dataclasses.field(default_factory=dict)
 
   def add_epoch(self, row: EpochRecord) -> None:
@@ -100,6 +104,17 @@ class RunProgress:
     self.epoch = row.epoch
     if row.val_accuracy > self.best.val_accuracy:
       self.best = Best(row.val_accuracy, row.epoch)
+
+  def add_compute_slice(self, compute: dict) -> None:
+    if compute not in self.compute_slices:
+      self.compute_slices.append(compute)
+
+  def summary_compute(self) -> dict | None:
+    """Summary.compute: the one slice every session used, or {"sessions": [...]} if they
+    differed (a study refuses such a run)."""
+    if len(self.compute_slices) > 1:
+      return {"sessions": list(self.compute_slices)}
+    return self.compute_slices[0] if self.compute_slices else None
 
   def add_proxy_step(self, record: ProxyStepRecord) -> None:
     self.proxy_steps.append(record)
@@ -118,6 +133,8 @@ class RunProgress:
     out = _to_dict(self)
     out.update(history=[r.to_json() for r in self.history],
                proxy_steps=[r.to_json() for r in self.proxy_steps], best=self.best.to_json())
+    if not self.compute_slices:  # Newer than most checkpoints: a read-back meta is unchanged.
+      del out["compute_slices"]
     return out
 
 
@@ -140,6 +157,11 @@ class Summary:
   # {"loss", "accuracy", "top5"} of the final model on the training split in eval mode (no
   # augmentation): how far it fits its training data. Absent from files of runs without it.
   train_split: dict | None = None
+  # Where it computed (`parallel.compute_slice`: platform, device kind, devices, processes, CPU
+  # threads), or {"sessions": [slice, ...]} when resumed on another: on XLA:CPU the thread count
+  # changes the last bits of reductions, so a study checks its runs share one. Absent from files
+  # of runs without it.
+  compute: dict | None = None
   extra: dict = dataclasses.field(default_factory=dict)
 
   @classmethod
@@ -161,11 +183,26 @@ class Summary:
     out.update(final=self.final.to_json() if self.final else None, best=self.best.to_json(),
                history=[r.to_json() for r in self.history],
                proxy_steps=[r.to_json() for r in self.proxy_steps])
-    if self.train_split is None:
-      # Optional and newer than most files: omitted rather than written as null, so a file
-      # read and written back is unchanged.
-      del out["train_split"]
+    for field in ("train_split", "compute"):
+      if out[field] is None:
+        # Optional and newer than most files: omitted rather than written as null, so a file
+        # read and written back is unchanged.
+        del out[field]
     return out
+
+
+def compute_label(compute: dict | None) -> str:
+  """A compute slice in words, e.g. "cpu (cpu) x1, 1 process(es), 2 CPU thread(s)"."""
+  if not compute:
+    return "unrecorded"
+  if "sessions" in compute:
+    return "resumed on another slice: " + " then ".join(
+        compute_label(c) for c in compute["sessions"])
+  label = (f"{compute.get('platform')} ({compute.get('device_kind')}) x{compute.get('devices')}"
+           f", {compute.get('processes')} process(es)")
+  if compute.get("cpu_threads") is not None:
+    label += f", {compute['cpu_threads']} CPU thread(s)"
+  return label
 
 
 def summary_path(workdir: str) -> str:

@@ -31,7 +31,7 @@ from proxy_jax.model_state import create_model, create_train_state, learning_rat
 from proxy_jax import reporting, steps, workdir_lock
 from proxy_jax.step_metrics import NO_STEP, host_values, merge_metrics
 from proxy_jax.io_utils import atomic_write_json
-from proxy_jax.parallel import make_mesh, prefetch, shardings, to_global
+from proxy_jax.parallel import compute_slice, make_mesh, prefetch, shardings, to_global
 
 
 class DivergenceError(errors.UserError, RuntimeError):
@@ -205,6 +205,9 @@ def _prepare(config, workdir: str):
 def _train(setup: Setup, state, started: float) -> records.Summary:
   config, steps_per_epoch = setup.config, setup.steps_per_epoch
   state, progress, bank = _restore_or_start(setup, state)
+  # This session's slice joins those of the sessions before it (a checkpoint of an earlier
+  # version knows none: only the slices from here on are recorded).
+  progress.add_compute_slice(compute_slice())
   total_steps = config.num_epochs * steps_per_epoch
   eta = reporting.Eta(total_steps, progress.epoch * steps_per_epoch)
   report = reporting.EpochProgress(eta, steps_per_epoch, config.batch_size, config.num_epochs,
@@ -338,7 +341,8 @@ def _finish(setup: Setup, state, bank, progress: records.RunProgress,
       skipped_files=dataset.skipped_files,
       num_examples={"train": len(dataset.train), "val": len(dataset.val),
                     "test": len(dataset.test) if dataset.test else 0},
-      init_checksum=setup.init_checksum, train_split=final["train_split"])
+      init_checksum=setup.init_checksum, train_split=final["train_split"],
+      compute=progress.summary_compute())
   if jax.process_index() == 0:
     records.write_summary(setup.workdir, summary)
   logging.info("Done: val accuracy %.4f (best %.4f at epoch %d), test %s.",

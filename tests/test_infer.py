@@ -20,6 +20,7 @@ from proxy_jax import infer
 from proxy_jax import models
 from proxy_jax import parallel
 from proxy_jax import preprocess
+from proxy_jax import records
 from proxy_jax import restore
 from proxy_jax import steps, train
 
@@ -184,6 +185,11 @@ def test_restore_matches_training_state(trained):
   logits = model.apply(variables, preprocess.eval_inputs(val.images))
   accuracy = float(np.mean(np.argmax(logits, -1) == val.labels))
   assert accuracy == pytest.approx(summary["final"]["val_accuracy"])
+  # The run records the compute slice it trained on: on CPU, the cores it may run on.
+  assert summary["compute"] == parallel.compute_slice() == {
+      "platform": "cpu", "device_kind": "cpu", "devices": jax.device_count(), "processes": 1,
+      "cpu_threads": len(os.sched_getaffinity(0))}
+  assert records.read_summary(workdir).compute == summary["compute"]
 
 
 def test_restore_without_a_run_is_a_clear_error(tmp_path):

@@ -61,3 +61,45 @@ def test_train_split_round_trips_and_is_omitted_when_absent(tmp_path):
   summary = records.read_summary(str(tmp_path))
   assert summary.train_split["accuracy"] == 0.97 and summary.extra == {}
   assert json.loads((tmp_path / "summary.json").read_text()) == scored
+
+
+CPU_2 = {"platform": "cpu", "device_kind": "cpu", "devices": 1, "processes": 1, "cpu_threads": 2}
+CPU_1 = {**CPU_2, "cpu_threads": 1}
+
+
+def test_compute_slice_round_trips_and_older_files_lack_it(tmp_path):
+  """summary.json's `compute`: written when known, absent (not null) in older files, which still
+  read back unchanged; the label names every field, or every session's slice of a mix."""
+  raw = {"config": {}, "final": ROW, "best": {"val_accuracy": 0.25, "epoch": 1}, "test": None,
+         "num_epochs": 1, "wall_time_s": 1.0, "history": [ROW], "proxy_steps": [],
+         "bank_size": 0, "skipped_files": [], "num_examples": {}, "init_checksum": None}
+  older = records.Summary.from_json(raw)
+  assert older.compute is None and older.to_json() == raw
+  assert records.compute_label(older.compute) == "unrecorded"
+  for compute in (CPU_2, {"sessions": [CPU_2, CPU_1]}):
+    recorded = {**raw, "compute": compute}
+    records.write_summary(str(tmp_path), records.Summary.from_json(recorded))
+    summary = records.read_summary(str(tmp_path))
+    assert summary.compute == compute and summary.extra == {}
+    assert json.loads((tmp_path / "summary.json").read_text()) == recorded
+  assert records.compute_label(CPU_2) == "cpu (cpu) x1, 1 process(es), 2 CPU thread(s)"
+  assert records.compute_label({**CPU_2, "platform": "gpu", "device_kind": "NVIDIA H100",
+                                "cpu_threads": None}) == "gpu (NVIDIA H100) x1, 1 process(es)"
+  assert records.compute_label({"sessions": [CPU_2, CPU_1]}) == (
+      "resumed on another slice: cpu (cpu) x1, 1 process(es), 2 CPU thread(s) then "
+      "cpu (cpu) x1, 1 process(es), 1 CPU thread(s)")
+
+
+def test_checkpoint_progress_collects_the_slices_of_its_sessions():
+  """A run resumed on the same slice records one; on another, all (the summary says so)."""
+  meta = {"epoch": 1, "proxy_steps_done": 0, "history": [ROW], "proxy_steps": [],
+          "best": {"val_accuracy": 0.25, "epoch": 1}, "bank_size": 0, "elapsed_s": 1.0}
+  older = records.RunProgress.from_json(meta)  # A checkpoint of an earlier version.
+  assert older.to_json() == meta and older.summary_compute() is None
+  older.add_compute_slice(dict(CPU_2))
+  resumed = records.RunProgress.from_json(older.to_json())
+  assert resumed.compute_slices == [CPU_2]
+  resumed.add_compute_slice(dict(CPU_2))
+  assert resumed.summary_compute() == CPU_2
+  resumed.add_compute_slice(dict(CPU_1))
+  assert resumed.summary_compute() == {"sessions": [CPU_2, CPU_1]}

@@ -405,6 +405,63 @@ def test_fairness_checks_refuse_unpaired_arms(changes, message):
   assert "different code versions: abc, def" in runs_lib.fairness_checks(study, runs)[1][-1]
 
 
+CPU_2 = {"platform": "cpu", "device_kind": "cpu", "devices": 1, "processes": 1, "cpu_threads": 2}
+CPU_1 = {**CPU_2, "cpu_threads": 1}
+
+
+def _study_on(slices):
+  """The two-arm, two-seed study with each run's summary.json `compute` from `slices`."""
+  study = spec.Study(name="x", config="configs/default.py", seeds=(0, 1),
+                     arms={"baseline": {"proxy.enabled": False}, "proxy": {"proxy.enabled": True}})
+  runs = {}
+  for (arm, seed), compute in slices.items():
+    runs[arm, seed] = _fake_run(seed, arm)
+    if compute is not None:
+      runs[arm, seed]["summary"]["compute"] = compute
+  return study, runs
+
+
+KEYS = [(arm, seed) for seed in (0, 1) for arm in ("baseline", "proxy")]
+
+
+def test_fairness_checks_refuse_runs_on_different_compute_slices():
+  """Serial (2 cores) and --parallel 2 (1 core) trials differ on XLA:CPU: a mix is refused,
+  naming the slices, the runs on each and the fix; one slice passes; older runs are skipped."""
+  study, runs = _study_on({key: CPU_2 for key in KEYS})
+  rows, failures = runs_lib.fairness_checks(study, runs)
+  assert not failures
+  assert {row["compute"] for row in rows} == {"cpu (cpu) x1, 1 process(es), 2 CPU thread(s)"}
+  study, runs = _study_on({**{key: CPU_2 for key in KEYS}, ("proxy", 1): CPU_1})
+  rows, failures = runs_lib.fairness_checks(study, runs)
+  assert failures == [
+      "the runs used different compute slices: cpu (cpu) x1, 1 process(es), 1 CPU thread(s) "
+      "(proxy seed 1); cpu (cpu) x1, 1 process(es), 2 CPU thread(s) (baseline seed 0, proxy "
+      "seed 0, baseline seed 1). Fix: " + runs_lib.COMPUTE_FIX]
+  assert "same --parallel / --devices_per_trial" in runs_lib.COMPUTE_FIX
+  assert "thread count changes results" in runs_lib.COMPUTE_FIX
+  gpus = {**{key: {**CPU_2, "platform": "gpu", "device_kind": "NVIDIA H100",
+                   "cpu_threads": None} for key in KEYS}}
+  gpus["baseline", 0] = {**gpus["baseline", 0], "device_kind": "NVIDIA H200"}
+  assert "NVIDIA H200" in runs_lib.fairness_checks(*_study_on(gpus))[1][0]
+  # Runs of earlier versions recorded no slice: not compared, with each other or the rest.
+  study, runs = _study_on({**{key: None for key in KEYS}, ("proxy", 1): CPU_1})
+  rows, failures = runs_lib.fairness_checks(study, runs)
+  assert not failures and rows[0]["compute"] == "unrecorded"
+
+
+def test_fairness_checks_refuse_a_run_resumed_on_another_slice():
+  """A trial that trained on 2 cores and was resumed on 1 is a mix by itself."""
+  resumed = {"sessions": [CPU_2, CPU_1]}
+  mix = ("resumed on another slice: cpu (cpu) x1, 1 process(es), 2 CPU thread(s) then cpu (cpu) "
+         "x1, 1 process(es), 1 CPU thread(s)")
+  for slices, names in (({**{key: CPU_2 for key in KEYS}, ("proxy", 0): resumed}, "proxy seed 0"),
+                        ({key: resumed for key in KEYS},
+                         "baseline seed 0, proxy seed 0, baseline seed 1, proxy seed 1")):
+    (failure,) = runs_lib.fairness_checks(*_study_on(slices))[1]
+    assert failure.startswith("the runs used different compute slices: ")
+    assert f"{mix} ({names})" in failure
+
+
 # ---------------------------------------------------------------- a real tiny study
 
 
@@ -440,6 +497,9 @@ def test_real_tiny_study(tmp_path):
     assert checks[seed, "proxy"]["init"] and checks[seed, "proxy"]["split"]
     assert checks[seed, "proxy"]["history"] == "identical for 1 epoch(s)"
   assert study["runs"][0]["init_checksum"] != study["runs"][2]["init_checksum"]  # Seeds differ.
+  # Every run recorded the one compute slice they all trained on (the check compared them).
+  assert len({r["compute"] for r in study["runs"]}) == 1
+  assert study["runs"][0]["compute"].startswith("cpu (cpu) x")
   explained = pd.read_csv(os.path.join(out, "explanations.csv"))
   assert len(explained) == 4 and (explained["images"] == 12).all()  # The whole test split.
   assert explained["deletion_auc"].between(0, 1).all() and explained["insertion_auc"].between(

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from proxy_jax import records
 from proxy_jax.io_utils import atomic_save_figure, atomic_write, atomic_write_text
 from proxy_jax.study import explanations, preregistration, spec, stats
 
@@ -49,7 +50,8 @@ def run_rows(study: spec.Study, runs: dict) -> list[dict]:
           # The median skips the first epoch's compilation without dropping anything.
           "images_per_s": float(np.median(rates)) if rates else float("nan"),
           "proxy_steps": len(steps), "proxy_seconds": sum(s.get("seconds", 0.0) for s in steps),
-          "init_checksum": summary.get("init_checksum"), "commit": run["commit"]})
+          "init_checksum": summary.get("init_checksum"), "commit": run["commit"],
+          "compute": records.compute_label(summary.get("compute"))})
   return rows
 
 
@@ -147,12 +149,13 @@ def fairness_lines(checks: list[dict], failures: list[str]) -> list[str]:
   lines = ["Each arm against the baseline arm of the same seed (see proxy_jax/study/runs.py):",
            "", "| seed | arm | same split | same epochs | seed | same init weights | same data "
            "order | config differs only in the arms' fields | val history before the first "
-           "proxy step |", "|---|---|---|---|---|---|---|---|---|"]
+           "proxy step | compute slice |", "|---|---|---|---|---|---|---|---|---|---|"]
   yes = lambda ok: "yes" if ok else "**NO**"
   for c in checks:
+    # Rows of study.json files from before the compute slice was recorded lack it.
     lines.append(f"| {c['seed']} | {c['arm']} | {yes(c['split'])} | {yes(c['epochs'])} | "
                  f"{yes(c['seed_ok'])} | {yes(c['init'])} | {yes(c['data_order'])} | "
-                 f"{yes(c['config'])} | {c['history']} |")
+                 f"{yes(c['config'])} | {c['history']} | {c.get('compute', 'unrecorded')} |")
   lines += ["", "All checks passed." if not failures else
             "FAILED checks:\n" + "\n".join(f"- {f}" for f in failures)]
   return lines

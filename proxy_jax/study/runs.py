@@ -11,7 +11,8 @@ For every seed, each arm is checked against the baseline arm of that seed:
   history    for arms that differ from the baseline only in proxy.* fields, the validation
              history before the first proxy step is identical (it only can be if the weights,
              data order and augmentation were); other arms change training from step one;
-and every run must come from the same code version (the journal records it).
+and every run must come from the same code version (the journal records it) and the same
+compute slice (summary.json `compute`: on XLA:CPU the thread count alone changes results).
 """
 
 import os
@@ -139,7 +140,7 @@ def check_pair(study: spec.Study, arm: str, seed: int, run: dict, base: dict) ->
   return {"seed": seed, "arm": arm, "split": split_ok, "epochs": epochs_ok, "seed_ok": seed_ok,
           "init": init_ok, "data_order": order_ok, "config": not differing,
           "unexpected_config_fields": differing, "history": history,
-          "commit": run["commit"]}
+          "commit": run["commit"], "compute": records.compute_label(s.get("compute"))}
 
 
 def fairness_checks(study: spec.Study, runs: dict) -> tuple[list, list]:
@@ -167,4 +168,28 @@ def fairness_checks(study: spec.Study, runs: dict) -> tuple[list, list]:
   commits = sorted({r["commit"] for r in runs.values()})
   if len(commits) > 1:
     failures.append(f"the runs used different code versions: {', '.join(commits)}")
-  return rows, failures
+  return rows, failures + compute_failures(runs)
+
+
+COMPUTE_FIX = ("run every trial with the same --parallel / --devices_per_trial on the same kind "
+               "of machine; on XLA:CPU the thread count changes results (delete the odd trials' "
+               "folders and run the study again to retrain them)")
+
+
+def compute_failures(runs: dict) -> list[str]:
+  """One failure if the runs computed on different slices, or one was resumed on another.
+
+  Measured: the digits study's 16 trials run serially (2 cores each) and with --parallel 2 (1
+  core each) differed in all 16 summaries, so arms on different slices differ for a reason
+  that is not the method. Runs of earlier versions recorded no slice: they are not compared.
+  """
+  slices = {}
+  for (arm, seed), run in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
+    compute = run["summary"].get("compute")
+    if compute:
+      slices.setdefault(records.compute_label(compute), []).append(f"{arm} seed {seed}")
+  resumed = [label for label in slices if label.startswith("resumed")]
+  if len(slices) < 2 and not resumed:
+    return []
+  named = "; ".join(f"{label} ({', '.join(names)})" for label, names in sorted(slices.items()))
+  return [f"the runs used different compute slices: {named}. Fix: {COMPUTE_FIX}"]
