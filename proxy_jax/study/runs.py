@@ -183,12 +183,12 @@ def compute_failures(runs: dict) -> list[str]:
   core each) differed in all 16 summaries, so arms on different slices differ for a reason
   that is not the method. Runs of earlier versions recorded no slice: they are not compared.
   """
-  slices = {}
+  slices, resumed = {}, False
   for (arm, seed), run in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
     compute = run["summary"].get("compute")
     if compute:
       slices.setdefault(records.compute_label(compute), []).append(f"{arm} seed {seed}")
-  resumed = [label for label in slices if label.startswith("resumed")]
+      resumed = resumed or "sessions" in compute  # Summary.compute of a mixed run.
   if len(slices) < 2 and not resumed:
     return []
   named = "; ".join(f"{label} ({', '.join(names)})" for label, names in sorted(slices.items()))
