@@ -105,6 +105,7 @@ LAYERS = {
     "proxy_jax.study.preregistration": TOOLS,
     "proxy_jax.study.report": TOOLS,
     "proxy_jax.study.runs": TOOLS,
+    "proxy_jax.study.reuse": TOOLS,
     "proxy_jax.study.settings_table": TOOLS,
     "proxy_jax.study.spec": TOOLS,
     "proxy_jax.study.stats": TOOLS,

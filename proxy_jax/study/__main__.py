@@ -10,7 +10,6 @@ written by whichever invocation finds every trial finished (or by --report=only,
 nothing and marks a partial study as such). A failed fairness check writes no report.
 """
 
-import dataclasses
 import os
 import shlex
 import sys
@@ -19,22 +18,9 @@ import time
 from absl import app
 from absl import flags
 
-from proxy_jax import cli, config_files, sweep
+from proxy_jax import cli, sweep
 from proxy_jax.study import runs as runs_lib
 from proxy_jax.study import spec
-
-
-def common_overrides(study: spec.Study, extra, workdir: str) -> dict:
-  """The study's common overrides, then --set; a study-wide decode cache unless one is set."""
-  common = sweep.add_set_overrides(study.common, extra)
-  if "seed" in common:
-    raise spec.StudyError("--set seed=... would give every arm and seed one seed; list seeds in "
-                          "the study file")
-  config = config_files.load_config(study.config)
-  if "data.cache_dir" not in common and not config.data.cache_dir:
-    # One decode of the images for all trials instead of one per trial.
-    common["data.cache_dir"] = os.path.join(os.path.abspath(workdir), "data_cache")
-  return common
 
 
 def share_compilations(workdir: str) -> None:
@@ -112,7 +98,7 @@ def main(argv):
   # Everything a user can get wrong is refused here (errors.UserError: one line, exit 2),
   # before any trial runs.
   study = spec.load_study(f.study)
-  study = dataclasses.replace(study, common=common_overrides(study, f.set, f.workdir))
+  study = spec.with_common_overrides(study, f.set, f.workdir)
   shard = sweep.parse_shard(f.shard)
   sweep.check_overrides(study.config, spec.trials(study), study.common)
   spec.check_trial_configs(study)

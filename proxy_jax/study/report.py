@@ -34,7 +34,8 @@ def run_rows(study: spec.Study, runs: dict) -> list[dict]:
       run = runs[arm, seed]
       summary = run["summary"]
       test = summary.get("test") or {}
-      rates = [h["images_per_second"] for h in summary["history"] if "images_per_second" in h]
+      rates = [h["images_per_second"] for h in summary["history"]
+               if h.get("images_per_second") is not None]
       steps = summary.get("proxy_steps") or []
       rows.append({
           "arm": arm, "seed": seed, "trial": run["name"],
@@ -51,6 +52,7 @@ def run_rows(study: spec.Study, runs: dict) -> list[dict]:
           "images_per_s": float(np.median(rates)) if rates else float("nan"),
           "proxy_steps": len(steps), "proxy_seconds": sum(s.get("seconds", 0.0) for s in steps),
           "init_checksum": summary.get("init_checksum"), "commit": run["commit"],
+          "reused_from": run.get("reused_from", ""),
           "compute": records.compute_label(summary.get("compute"))})
   return rows
 
@@ -271,6 +273,14 @@ def _setting_lines(study: spec.Study, rows: list, declared: list, commits: list,
             f"{len(rows)} runs. Common overrides: `{json.dumps(study.common, sort_keys=True)}`.",
             "", "Arms (overrides on top of the common ones):", ""]
   lines += [f"- `{arm}`: `{json.dumps(o, sort_keys=True)}`" for arm, o in study.arms.items()]
+  reused = {}
+  for row in rows:
+    if row["reused_from"]:
+      reused.setdefault(row["reused_from"], []).append(row["trial"])
+  for source, names in sorted(reused.items()):
+    lines += ["", f"Reused: {len(names)} run(s) copied from `{source}`, where another study "
+              "ran them with the same resolved config (`python -m proxy_jax.study.reuse`; the "
+              f"fairness checks below cover them as any run): {', '.join(names)}."]
   if missing:
     lines += ["", f"**Incomplete study**: {len(missing)} run(s) missing or failed, so the "
               f"affected arms are compared on fewer seeds: {', '.join(missing)}."]

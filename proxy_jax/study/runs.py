@@ -86,7 +86,9 @@ def load_runs(study: spec.Study, workdir: str) -> tuple[dict, list]:
         "split": _read_split(trial_dir),
         "commit": states[name].get("commit", "unrecorded"),
         "process_seconds": sum(float(r.get("seconds", 0.0)) for r in attempts.get(name, [])),
-        "attempts": len(attempts.get(name, []))}
+        "attempts": len(attempts.get(name, [])),
+        # Copied from another study's workdir by python -m proxy_jax.study.reuse.
+        "reused_from": states[name].get("reused_from", "")}
   return runs, missing
 
 

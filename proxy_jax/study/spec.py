@@ -161,17 +161,41 @@ def _typed(text, reference):
   return ast.literal_eval(text)
 
 
+def with_common_overrides(study: Study, extra, workdir: str) -> Study:
+  """The study with its common overrides, then --set, and a study-wide decode cache in
+  `workdir` unless one is set: what every trial of the study command runs with."""
+  common = sweep.add_set_overrides(study.common, extra)
+  if "seed" in common:
+    raise StudyError("--set seed=... would give every arm and seed one seed; list seeds in "
+                     "the study file")
+  config = config_files.load_config(study.config)
+  if "data.cache_dir" not in common and not config.data.cache_dir:
+    # One decode of the images for all trials instead of one per trial.
+    common["data.cache_dir"] = os.path.join(os.path.abspath(workdir), "data_cache")
+  return dataclasses.replace(study, common=common)
+
+
+def trial_config(study: Study, overrides: dict):
+  """The resolved config of one trial: the base config, the common overrides, then the trial's
+  (with its seed), typed as the trainer's flag parser types them; StudyError if one is bad."""
+  from proxy_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_files.load_config(study.config)
+  flat = {**study.common, **overrides}
+  try:
+    for key, value in flat.items():
+      flat[key] = _typed(value, config_fields.get_field(config, key))
+    config.update_from_flattened_dict(flat)
+    config_lib.validate(config)
+  except (KeyError, TypeError, ValueError, SyntaxError) as error:
+    raise StudyError(f"{study.name}: {error}") from error
+  return config
+
+
 def check_trial_configs(study: Study) -> None:
   """Builds every arm's resolved config and runs config validation on it, before any trial:
   a typo in an arm's value or a missing data folder fails here, not in trial 37 of 80."""
-  from proxy_jax import config_lib  # pylint: disable=g-import-not-at-top
   for arm, overrides in study.arms.items():
-    config = config_files.load_config(study.config)
-    flat = {**study.common, **overrides, "seed": study.seeds[0]}
     try:
-      for key, value in flat.items():
-        flat[key] = _typed(value, config_fields.get_field(config, key))
-      config.update_from_flattened_dict(flat)
-      config_lib.validate(config)
-    except (KeyError, TypeError, ValueError, SyntaxError) as error:
-      raise StudyError(f"{study.name}: arm {arm!r}: {error}") from error
+      trial_config(study, {**overrides, "seed": study.seeds[0]})
+    except StudyError as error:
+      raise StudyError(f"{study.name}: arm {arm!r}: {error.__cause__}") from error.__cause__
