@@ -124,6 +124,8 @@ def test_runs_that_differ_are_not_reused(tmp_path):
   refused = reuse.plan(elsewhere, str(tmp_path / "comparison"), source)["refused"]
   assert not reuse.plan(elsewhere, str(tmp_path / "comparison"), source)["reuse"]
   assert refused["baseline_seed0"] == "its resolved config differs in data.cache_dir"
+  assert not reuse.reuse(elsewhere, str(tmp_path / "comparison"), source)["reuse"]
+  assert not os.path.exists(tmp_path / "comparison")  # Nothing to copy: nothing written.
   smaller_batches = _study("comparison", COMPARISON_ARMS, {**COMMON, "batch_size": 16})
   assert "batch_size" in reuse.plan(smaller_batches, str(tmp_path / "x"), source)["refused"][
       "mixup_seed1"]

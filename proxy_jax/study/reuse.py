@@ -112,7 +112,8 @@ def reuse(study: spec.Study, workdir: str, source: str) -> dict:
   """Copies the reusable runs (see the module doc) into `workdir`; returns plan()'s result
   with "commits": the code versions the reused runs record."""
   result = plan(study, workdir, source)
-  os.makedirs(workdir, exist_ok=True)
+  if result["reuse"]:
+    os.makedirs(workdir, exist_ok=True)
   journal_file = journal.journal_path(workdir, (0, 1))
   marked = os.path.abspath(source)
   for name, kept in result["reuse"].items():
