@@ -96,6 +96,23 @@ def test_fair_fight_studies_resolve_to_valid_trials(results, name):
   spec.check_trial_configs(checked)
 
 
+def test_the_mixup_follow_up_repeats_the_controls_runs(results):
+  """Its baseline and alpha-1 arms are the control's (so python -m proxy_jax.study.reuse takes
+  those runs); the new arm is MixUp at the paper's ImageNet setting, its one hypothesis."""
+  _choose(results, "imagenette_mini_pilot")
+  control = spec.load_study(os.path.join(STUDIES, "imagenette_mini_control.py"))
+  study = spec.load_study(os.path.join(STUDIES, "imagenette_mini_control_mixup.py"))
+  assert (study.config, study.common, study.seeds) == (control.config, control.common,
+                                                       control.seeds)
+  assert {a: study.arms[a] for a in ("baseline", "mixup")} == {
+      a: control.arms[a] for a in ("baseline", "mixup")}
+  assert study.arms["mixup-imagenet"] == {**arms.BASELINE, "augment.mix": "mixup",
+                                          "augment.mix_alpha": 0.2, "augment.mix_prob": 1.0}
+  assert [(h.arm, h.direction) for h in study.hypotheses] == [("mixup-imagenet", "higher")]
+  assert study.family == ("mixup", "mixup-imagenet") and study.gate == control.gate
+  spec.check_trial_configs(dataclasses.replace(study, common={**study.common, **DATA}))
+
+
 def test_the_regime_config_at_both_sizes():
   cpu, gpu = config_files.load_config(REGIME), config_files.load_config(REGIME + ":gpu")
   for config in (cpu, gpu):
