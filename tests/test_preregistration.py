@@ -3,6 +3,7 @@ one-sided with Holm over the declared family only, and the report's section at t
 
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -119,6 +120,26 @@ def test_holm_runs_over_the_declared_family_only():
   assert results["mixup"]["holm_p"] == pytest.approx(min(1.0, 2 * raw["mixup"]))
 
 
+@pytest.mark.parametrize("std, n, alpha", [(0.015, 5, 0.025), (0.01, 3, 0.05), (0.02, 10, 0.0125)])
+def test_detectable_difference_has_the_stated_power(std, n, alpha):
+  """Simulated one-sided paired t-tests at the returned difference reject 80% of the time;
+  the power there is exactly 0.8; more seeds detect smaller differences."""
+  detectable = stats.detectable_difference(std, n, alpha)
+  assert stats.t_power(detectable, std, n, alpha) == pytest.approx(0.8, abs=1e-6)
+  diffs = np.random.default_rng(0).normal(detectable, std, size=(40000, n))
+  t = diffs.mean(1) / (diffs.std(1, ddof=1) / np.sqrt(n))
+  assert np.mean(t > scipy_stats.t.ppf(1 - alpha, n - 1)) == pytest.approx(0.8, abs=0.01)
+  assert stats.detectable_difference(std, n + 5, alpha) < detectable
+  assert stats.detectable_difference(2 * std, n, alpha) == pytest.approx(2 * detectable)
+
+
+def test_detectable_difference_approaches_the_normal_formula():
+  z = scipy_stats.norm.ppf(0.95) + scipy_stats.norm.ppf(0.8)
+  assert stats.detectable_difference(1.0, 400, 0.05) == pytest.approx(z / 20, rel=0.01)
+  assert math.isnan(stats.detectable_difference(0.0, 5, 0.05))
+  assert math.isnan(stats.detectable_difference(0.01, 1, 0.05))
+
+
 def _run(arm, seed, row):
   history = [{"epoch": 1, "val_accuracy": row["val_accuracy"], "val_loss": 1.0,
               "images_per_second": 100.0}]
@@ -148,6 +169,15 @@ def test_report_opens_with_the_declared_gate_and_hypotheses(tmp_path):
                                    "A fake study.", "## Accuracy per arm")]
   assert order == sorted(order)
   assert "| mixup | higher | test_accuracy | 5 |" in text
+  # Beside each hypothesis: what it could detect, at alpha / 3 (two-sided for proxy: / 6).
+  record = json.load(open(os.path.join(out, "study.json")))["preregistration"]
+  tests = {t["arm"]: t for t in record["tests"]}
+  for arm, level in (("mixup", 0.05 / 3), ("proxy", 0.05 / 6)):
+    diffs = [a["test_accuracy"] - b["test_accuracy"] for a, b in zip(
+        [r for r in rows if r["arm"] == arm], [r for r in rows if r["arm"] == "baseline"])]
+    expected = stats.detectable_difference(np.std(diffs, ddof=1), 5, level)
+    assert tests[arm]["detectable"] == pytest.approx(expected)
+    assert f"| {100 * expected:.2f} |" in text
   assert "**Not every expected direction held** (cutmix)" in text
   record = json.load(open(os.path.join(out, "study.json")))["preregistration"]
   tests = {t["arm"]: t for t in record["tests"]}

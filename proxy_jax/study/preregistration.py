@@ -30,6 +30,7 @@ from proxy_jax.study import stats
 DIRECTIONS = ("higher", "lower", "differs")
 METRICS = ("test_accuracy", "val_accuracy")
 ALPHA = 0.05
+POWER = 0.8  # Of the detectable difference the report shows beside each hypothesis.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,17 +154,21 @@ def test_hypotheses(study, rows: list[dict], alpha: float = ALPHA) -> list[dict]
     diffs = [values[hypothesis.arm, s] - values[study.baseline, s] for s in shared]
     row = {"arm": hypothesis.arm, "direction": hypothesis.direction,
            "metric": hypothesis.metric, "n": len(shared), "mean": float("nan"),
-           "ci_low": float("nan"), "ci_high": float("nan"), "p": 1.0}
+           "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p": 1.0}
     if len(shared) >= 2:
       t = stats.paired_t(diffs)
       p = one_sided_p(t, hypothesis.direction)
-      row.update(mean=t["mean"], ci_low=t["ci_low"], ci_high=t["ci_high"],
+      row.update(mean=t["mean"], std=t["std"], ci_low=t["ci_low"], ci_high=t["ci_high"],
                  p=1.0 if math.isnan(p) else p)
     results.append(row)
   adjusted = stats.holm([r["p"] for r in results]) if results else []
   for row, holm_p in zip(results, adjusted):
     row["holm_p"] = float(holm_p)
     row["held"] = bool(row["n"] >= 2 and holm_p < alpha)
+    # What this test could have found: at Holm's strictest level (alpha over the family's
+    # size; a two-sided test spends half of it on each side), given the observed spread.
+    level = alpha / len(results) / (2 if row["direction"] == "differs" else 1)
+    row["detectable"] = stats.detectable_difference(row["std"], row["n"], level, POWER)
   return results
 
 
@@ -214,15 +219,20 @@ def _gate_lines(figures: dict) -> list[str]:
 def _hypothesis_lines(results: list[dict], baseline: str) -> list[str]:
   lines = ["", "### The hypotheses", "", f"Paired by seed (arm - {baseline}, percentage "
            "points); one-sided t-test in the declared direction, Holm over the declared family "
-           "only.", "", "| arm | expected | metric | n | mean diff | 95% CI | p | Holm p | "
-           "held |", "|---|---|---|---|---|---|---|---|---|"]
+           f"only. Detectable: the smallest true difference the test finds with "
+           f"{100 * POWER:.0f}% power at Holm's strictest level (alpha over the family's size), "
+           "were the seed-to-seed spread of the differences what these seeds show.", "",
+           "| arm | expected | metric | n | mean diff | 95% CI | p | Holm p | held | "
+           "detectable |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     interval = ("-" if r["n"] < 2 else
                 f"{100 * r['ci_low']:+.2f} to {100 * r['ci_high']:+.2f}")
     mean = "-" if r["n"] < 2 else f"{100 * r['mean']:+.2f}"
+    detectable = r.get("detectable", float("nan"))
     lines.append(f"| {r['arm']} | {r['direction']} | {r['metric']} | {r['n']} | {mean} | "
                  f"{interval} | {r['p']:.3g} | {r['holm_p']:.3g} | "
-                 f"{'yes' if r['held'] else '**no**'} |")
+                 f"{'yes' if r['held'] else '**no**'} | "
+                 + ("-" if math.isnan(detectable) else f"{100 * detectable:.2f}") + " |")
   directional = [r for r in results if r["direction"] != "differs"]
   failed = [r["arm"] for r in directional if not r["held"]]
   if not directional:

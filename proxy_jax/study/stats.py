@@ -10,6 +10,7 @@ capture seed-to-seed variation, not the sampling of the test set.
 import math
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as scipy_stats
 
 # 2^16 sign patterns: an exact permutation test stays instant up to this many seeds.
@@ -81,6 +82,26 @@ def holm(p_values) -> np.ndarray:
 def smallest_sign_p(n: int) -> float:
   """The smallest p-value a two-sided sign test can reach with n pairs."""
   return min(1.0, 2.0 * 0.5 ** n)
+
+
+def t_power(difference: float, std: float, n: int, alpha: float) -> float:
+  """Power of the one-sided paired t-test at level `alpha` with `n` pairs, when the true mean
+  difference is `difference` and the differences' standard deviation `std` (noncentral t)."""
+  critical = float(scipy_stats.t.ppf(1.0 - alpha, n - 1))
+  return float(scipy_stats.nct.sf(critical, n - 1, difference * math.sqrt(n) / std))
+
+
+def detectable_difference(std: float, n: int, alpha: float, power: float = 0.8) -> float:
+  """The smallest true mean difference that the one-sided paired t-test at level `alpha` with
+  `n` pairs detects with probability `power`, for differences of standard deviation `std`
+  (NaN when undefined: fewer than two pairs, or no spread)."""
+  if n < 2 or not std > 0:
+    return math.nan
+  high = std
+  while t_power(high, std, n, alpha) < power:  # Power grows with the difference.
+    high *= 2.0
+  return float(optimize.brentq(lambda d: t_power(d, std, n, alpha) - power, 0.0, high,
+                               xtol=1e-10 * std))
 
 
 def compare_arms(values: dict, baseline: str, arms: list, seeds: list) -> list[dict]:
