@@ -113,6 +113,19 @@ def test_the_mixup_follow_up_repeats_the_controls_runs(results):
   spec.check_trial_configs(dataclasses.replace(study, common={**study.common, **DATA}))
 
 
+def test_the_budget_follow_up_is_the_control_with_three_times_the_epochs(results):
+  _choose(results, "imagenette_mini_pilot")
+  control = spec.load_study(os.path.join(STUDIES, "imagenette_mini_control.py"))
+  study = spec.load_study(os.path.join(STUDIES, "imagenette_mini_control_budget.py"))
+  assert study.arms == {a: control.arms[a] for a in ("baseline", "mixup", "cutmix")}
+  assert study.common == {**control.common, "num_epochs": 180,
+                          "proxy.schedule": arms.thesis_schedule(180)}
+  assert study.seeds == (0, 1, 2) and study.gate == control.gate
+  assert study.hypotheses == control.hypotheses and study.family == ("mixup", "cutmix")
+  assert "180 epochs" in study.regime and "60 epochs" not in study.regime
+  spec.check_trial_configs(dataclasses.replace(study, common={**study.common, **DATA}))
+
+
 def test_the_regime_config_at_both_sizes():
   cpu, gpu = config_files.load_config(REGIME), config_files.load_config(REGIME + ":gpu")
   for config in (cpu, gpu):
