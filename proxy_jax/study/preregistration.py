@@ -228,11 +228,10 @@ def _hypothesis_lines(results: list[dict], baseline: str) -> list[str]:
     interval = ("-" if r["n"] < 2 else
                 f"{100 * r['ci_low']:+.2f} to {100 * r['ci_high']:+.2f}")
     mean = "-" if r["n"] < 2 else f"{100 * r['mean']:+.2f}"
-    detectable = r.get("detectable", float("nan"))
     lines.append(f"| {r['arm']} | {r['direction']} | {r['metric']} | {r['n']} | {mean} | "
                  f"{interval} | {r['p']:.3g} | {r['holm_p']:.3g} | "
                  f"{'yes' if r['held'] else '**no**'} | "
-                 + ("-" if math.isnan(detectable) else f"{100 * detectable:.2f}") + " |")
+                 + ("-" if math.isnan(r["detectable"]) else f"{100 * r['detectable']:.2f}") + " |")
   directional = [r for r in results if r["direction"] != "differs"]
   failed = [r["arm"] for r in directional if not r["held"]]
   if not directional:

@@ -175,9 +175,10 @@ def with_common_overrides(study: Study, extra, workdir: str) -> Study:
   return dataclasses.replace(study, common=common)
 
 
-def trial_config(study: Study, overrides: dict):
+def trial_config(study: Study, overrides: dict, label: str = ""):
   """The resolved config of one trial: the base config, the common overrides, then the trial's
-  (with its seed), typed as the trainer's flag parser types them; StudyError if one is bad."""
+  (with its seed), typed as the trainer's flag parser types them; StudyError if one is bad
+  (its message names the study, then `label`, e.g. the arm)."""
   from proxy_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = config_files.load_config(study.config)
   flat = {**study.common, **overrides}
@@ -187,7 +188,7 @@ def trial_config(study: Study, overrides: dict):
     config.update_from_flattened_dict(flat)
     config_lib.validate(config)
   except (KeyError, TypeError, ValueError, SyntaxError) as error:
-    raise StudyError(f"{study.name}: {error}") from error
+    raise StudyError(f"{study.name}: {label + ': ' if label else ''}{error}") from error
   return config
 
 
@@ -195,7 +196,4 @@ def check_trial_configs(study: Study) -> None:
   """Builds every arm's resolved config and runs config validation on it, before any trial:
   a typo in an arm's value or a missing data folder fails here, not in trial 37 of 80."""
   for arm, overrides in study.arms.items():
-    try:
-      trial_config(study, {**overrides, "seed": study.seeds[0]})
-    except StudyError as error:
-      raise StudyError(f"{study.name}: arm {arm!r}: {error.__cause__}") from error.__cause__
+    trial_config(study, {**overrides, "seed": study.seeds[0]}, f"arm {arm!r}")
