@@ -23,7 +23,8 @@ OFFSETS = {"baseline": [0.0] * 5, "mixup": [0.03, 0.05, 0.02, 0.04, 0.06],
 
 
 def _study(**fields):
-  return spec.Study(name="x", config="configs/default.py", seeds=SEEDS, arms=ARMS, **fields)
+  return spec.Study(**{"name": "x", "config": "configs/default.py", "seeds": SEEDS,
+                       "arms": ARMS, **fields})
 
 
 def _rows(train_split=(0.99, 0.97, 0.98, 1.0, 0.96), val=(0.7, 0.72, 0.69, 0.71, 0.7)):
@@ -50,6 +51,10 @@ def _rows(train_split=(0.99, 0.97, 0.98, 1.0, 0.96), val=(0.7, 0.72, 0.69, 0.71,
      "outside the declared family"),
     ({"family": ("mixup", "nope")}, "family arm 'nope'"),
     ({"family": ("mixup", "mixup")}, "names an arm twice"),
+    ({"controls": "control"}, "must be a tuple of study names"),
+    ({"controls": ("../control",)}, "control '../control' must be a study's name"),
+    ({"controls": ("x",)}, "control 'x' is this study itself"),
+    ({"controls": ("a", "a")}, "name a study twice"),
 ])
 def test_malformed_preregistrations_are_refused(fields, message):
   with pytest.raises(spec.StudyError, match=message):
@@ -191,3 +196,47 @@ def test_report_opens_with_the_declared_gate_and_hypotheses(tmp_path):
                               explanation_rows=[], panels=[], explain_seconds=0.0,
                               command="c", started=0.0)
   assert "Declared before the runs" not in plain
+
+
+def _write(study, out, rows):
+  runs = {(r["arm"], r["seed"]): _run(r["arm"], r["seed"], r) for r in rows}
+  return report.write_report(spec.validate(study), out, runs=runs, missing=[], checks=[],
+                             failures=[], explanation_rows=[], panels=[], explain_seconds=0.0,
+                             command="c", started=0.0)
+
+
+def test_report_opens_with_its_controls_outcome(tmp_path, monkeypatch):
+  monkeypatch.setenv(spec.RESULTS_DIR_ENV, str(tmp_path))
+  rows = _rows()
+  _write(_study(name="control", regime="R, 60 epochs.", gate=Gate(),
+                hypotheses=(Hypothesis("mixup", "higher"), Hypothesis("cutmix", "higher")),
+                family=("mixup", "cutmix", "proxy")), str(tmp_path / "control"), rows)
+  recorded = json.load(open(tmp_path / "control" / "study.json"))["preregistration"]["tests"]
+  text = _write(_study(name="comparison", regime="R,  60\nepochs.",
+                       controls=("control", "follow_up")), str(tmp_path / "comparison"), rows)
+  order = [text.index(s) for s in (
+      "- Positive control: `control`, `follow_up`", "### The positive control",
+      "| `control` | yes | passed (98.00%, gap +27.60) | `mixup` higher in test accuracy | 5 |",
+      "|  |  |  | `cutmix` higher in test accuracy | 5 |", "| `follow_up` | - | **not reported**",
+      "## Accuracy per arm")]
+  assert order == sorted(order)
+  mixup, cutmix = recorded[0], recorded[1]  # The control's own figures, as it recorded them.
+  assert (f"| {100 * mixup['mean']:+.2f} | {100 * mixup['ci_low']:+.2f} to "
+          f"{100 * mixup['ci_high']:+.2f} | {mixup['holm_p']:.3g} | yes |") in text
+  assert f"| {100 * cutmix['mean']:+.2f} |" in text and cutmix["held"] is False
+  assert ("**The positive control did not fully come out as declared** (control: cutmix; "
+          "follow_up: not reported)") in text
+  record = json.load(open(tmp_path / "comparison" / "study.json"))["preregistration"]
+  assert record["controls"][0]["tests"] == recorded and not record["controls"][1]["reported"]
+
+  # A control whose gate passed and whose one hypothesis held, in another regime.
+  _write(_study(name="held", regime="R, 180 epochs.", gate=Gate(),
+                hypotheses=(Hypothesis("mixup", "higher"),)), str(tmp_path / "held"), rows)
+  text = _write(_study(name="comparison", regime="R, 60 epochs.", controls=("held",)),
+                str(tmp_path / "comparison"), rows)
+  assert "| `held` | no | passed (98.00%, gap +27.60) | `mixup` higher" in text
+  assert "Every control passed its gate and every expected direction held." in text
+
+  (tmp_path / "held" / "study.json").write_text("{not json")
+  with pytest.raises(preregistration.ControlError, match="held.*study.json is not a study"):
+    _write(_study(name="comparison", controls=("held",)), str(tmp_path / "comparison"), rows)

@@ -9,7 +9,8 @@ Run it after the control (configs/studies/imagenette_mini_control.py) has report
 regime, same pilot choice, same gate. Every method takes its small-image (CIFAR-size)
 references' settings (arms.SMALL_IMAGE, from the settings table in experiments/README.md).
 Every comparison here is exploratory (Holm across the 15 arms); the pre-registered test is the
-control's.
+control's, and the report opens with it and its two follow-ups (MixUp at alpha 0.2; MixUp and
+CutMix at three times the epochs) as their own reports recorded them.
 """
 
 import dataclasses
@@ -27,4 +28,6 @@ def get_study():
       arms=arms.thesis_arms(arms.thesis_proxy(arms.thesis_schedule(control.EPOCHS)),
                             arms.SMALL_IMAGE),
       hypotheses=(),
-      family=())
+      family=(),
+      controls=("imagenette_mini_control", "imagenette_mini_control_mixup",
+                "imagenette_mini_control_budget"))

@@ -11,7 +11,11 @@ A study file may declare (all in `spec.Study`):
   hypotheses  an expected direction per arm against the baseline ("higher", "lower", or
               "differs" when none is expected), on a metric of the runs table;
   family      the arms whose comparisons form the Holm family of the hypotheses (default: the
-              hypotheses' arms). Family arms without a hypothesis are tested two-sided.
+              hypotheses' arms). Family arms without a hypothesis are tested two-sided;
+  controls    the studies (their results folders' names) that ran this study's positive
+              control before it: its report opens with their gates and hypotheses as their own
+              reports recorded them (`<results>/<name>/study.json`), so that a reader sees
+              whether the regime let known methods show their known gains before reading on.
 
 The gate is decided on the mean over the baseline's seeds (each seed is shown). A directional
 hypothesis is tested with the one-sided paired t-test in its direction, a "differs" one with the
@@ -21,16 +25,24 @@ way). The report's exploratory comparisons of every arm are a separate, larger f
 """
 
 import dataclasses
+import json
 import math
+import os
+import re
 
 import numpy as np
 
+from proxy_jax import errors
 from proxy_jax.study import stats
 
 DIRECTIONS = ("higher", "lower", "differs")
 METRICS = ("test_accuracy", "val_accuracy")
 ALPHA = 0.05
 POWER = 0.8  # Of the detectable difference the report shows beside each hypothesis.
+
+
+class ControlError(errors.UserError, ValueError):
+  """A control study's report cannot be read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +61,7 @@ class Hypothesis:
 
 
 def declared(study) -> bool:
-  return bool(study.regime or study.gate or study.hypotheses or study.family)
+  return bool(study.regime or study.gate or study.hypotheses or study.family or study.controls)
 
 
 def check(study) -> tuple:
@@ -88,6 +100,15 @@ def check(study) -> tuple:
   outside = [h.arm for h in study.hypotheses if h.arm not in family]
   if outside:
     raise ValueError(f"hypotheses on {outside} are outside the declared family {list(family)}")
+  if isinstance(study.controls, str):
+    raise ValueError(f"controls {study.controls!r} must be a tuple of study names")
+  for name in study.controls:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+      raise ValueError(f"control {name!r} must be a study's name (letters, digits, _ or -)")
+    if name == study.name:
+      raise ValueError(f"control {name!r} is this study itself")
+  if len(set(study.controls)) != len(study.controls):
+    raise ValueError(f"controls {list(study.controls)} name a study twice")
   return family
 
 
@@ -196,6 +217,9 @@ def _declared_lines(study) -> list[str]:
   if study.family:
     lines += [f"- Holm family: {', '.join(f'`{a}`' for a in study.family)} against "
               f"`{study.baseline}` (only these; alpha {ALPHA})."]
+  if study.controls:
+    lines += [f"- Positive control: {', '.join(f'`{c}`' for c in study.controls)}, run and "
+              "reported before this study (outcome below)."]
   return lines
 
 
@@ -216,6 +240,14 @@ def _gate_lines(figures: dict) -> list[str]:
   return lines + ["", verdict]
 
 
+def _difference_cells(test: dict) -> tuple[str, str]:
+  """A hypothesis test's mean difference and 95% interval in points ("-" below two seeds)."""
+  if test["n"] < 2:
+    return "-", "-"
+  return (f"{100 * test['mean']:+.2f}",
+          f"{100 * test['ci_low']:+.2f} to {100 * test['ci_high']:+.2f}")
+
+
 def _hypothesis_lines(results: list[dict], baseline: str) -> list[str]:
   lines = ["", "### The hypotheses", "", f"Paired by seed (arm - {baseline}, percentage "
            "points); one-sided t-test in the declared direction, Holm over the declared family "
@@ -225,9 +257,7 @@ def _hypothesis_lines(results: list[dict], baseline: str) -> list[str]:
            "| arm | expected | metric | n | mean diff | 95% CI | p | Holm p | held | "
            "detectable |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
-    interval = ("-" if r["n"] < 2 else
-                f"{100 * r['ci_low']:+.2f} to {100 * r['ci_high']:+.2f}")
-    mean = "-" if r["n"] < 2 else f"{100 * r['mean']:+.2f}"
+    mean, interval = _difference_cells(r)
     lines.append(f"| {r['arm']} | {r['direction']} | {r['metric']} | {r['n']} | {mean} | "
                  f"{interval} | {r['p']:.3g} | {r['holm_p']:.3g} | "
                  f"{'yes' if r['held'] else '**no**'} | "
@@ -245,9 +275,85 @@ def _hypothesis_lines(results: list[dict], baseline: str) -> list[str]:
   return lines
 
 
-def report_section(study, rows: list[dict]) -> tuple[list[str], dict]:
+# ---------------------------------------------------------------- the positive control
+
+
+def control_outcome(name: str, results: str, regime: str) -> dict:
+  """What control study `name` recorded in its report (`results`/`name`/study.json): its gate,
+  its hypotheses' tests, its missing runs, and whether its regime reads as `regime`."""
+  path = os.path.join(results, name, "study.json")
+  outcome = {"study": name, "path": path, "reported": os.path.isfile(path)}
+  if not outcome["reported"]:
+    return outcome
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    declared_there = record["preregistration"]
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise ControlError(f"control {name!r}: {path} is not a study report's study.json "
+                     f"({type(error).__name__}: {error})") from error
+  outcome.update(
+      gate=declared_there.get("gate"), tests=declared_there.get("tests", []),
+      missing=record.get("missing", []), baseline=record.get("baseline", "baseline"),
+      same_regime=" ".join(declared_there.get("regime", "").split()) == " ".join(regime.split()))
+  return outcome
+
+
+def _control_gate_cell(gate) -> str:
+  if not gate:
+    return "none declared"
+  figures = (f"{100 * gate['train_split_accuracy']:.2f}%, gap {100 * gate['gap']:+.2f}"
+             if not math.isnan(gate["train_split_accuracy"]) else "not checkable")
+  return f"{'passed' if gate['passed'] else '**FAILED**'} ({figures})"
+
+
+def _control_test_cells(t) -> str:
+  if t is None:
+    return "no directional hypothesis | - | - | - | - | -"
+  mean, interval = _difference_cells(t)
+  return (f"`{t['arm']}` {t['direction']} in {t['metric'].replace('_', ' ')} | {t['n']} | "
+          f"{mean} | {interval} | {t['holm_p']:.3g} | {'yes' if t['held'] else '**no**'}")
+
+
+def _control_lines(outcomes: list[dict]) -> list[str]:
+  lines = ["", "### The positive control", "", "As the control's own report recorded it "
+           "(`study.json` of each study; arm - that study's baseline, percentage points, "
+           "one-sided in the declared direction, Holm over that study's family):", "",
+           "| study | same regime | gate (training-split accuracy, gap) | hypothesis | n | "
+           "mean diff | 95% CI | Holm p | held |", "|---|---|---|---|---|---|---|---|---|"]
+  failed = []
+  for outcome in outcomes:
+    name = f"`{outcome['study']}`"
+    if not outcome["reported"]:
+      lines.append(f"| {name} | - | **not reported**: no {outcome['path']} | - | - | - | - | "
+                   "- | - |")
+      failed.append(f"{outcome['study']}: not reported")
+      continue
+    gate = _control_gate_cell(outcome["gate"])
+    if outcome["gate"] and not outcome["gate"]["passed"]:
+      failed.append(f"{outcome['study']}: gate failed")
+    if outcome["missing"]:
+      failed.append(f"{outcome['study']}: {len(outcome['missing'])} run(s) missing")
+    directional = [t for t in outcome["tests"] if t["direction"] != "differs"]
+    failed += [f"{outcome['study']}: {t['arm']}" for t in directional if not t["held"]]
+    # The study's own cells on its first row only.
+    cells = [name, "yes" if outcome["same_regime"] else "no", gate]
+    for t in directional or [None]:
+      lines.append("| " + " | ".join(cells) + " | " + _control_test_cells(t) + " |")
+      cells = ["", "", ""]
+  if failed:
+    lines += ["", f"**The positive control did not fully come out as declared** "
+              f"({'; '.join(failed)}): a method that shows no gain in this study may show none "
+              "for the regime's reasons rather than its own. Read the comparisons below in "
+              "that light."]
+  else:
+    lines += ["", "Every control passed its gate and every expected direction held."]
+  return lines
+
+
+def report_section(study, rows: list[dict], results: str) -> tuple[list[str], dict]:
   """(markdown lines for the top of summary.md, the same figures for study.json); nothing when
-  the study declares nothing."""
+  the study declares nothing. `results`: where the control studies' reports are."""
   if not declared(study):
     return [], {}
   study = dataclasses.replace(study, family=check(study))  # Also for an unvalidated Study.
@@ -257,6 +363,10 @@ def report_section(study, rows: list[dict]) -> tuple[list[str], dict]:
   if study.gate is not None:
     record["gate"] = gate_figures(study.gate, rows, study.baseline)
     lines += _gate_lines(record["gate"])
+  if study.controls:
+    record["controls"] = [control_outcome(name, results, study.regime)
+                          for name in study.controls]
+    lines += _control_lines(record["controls"])
   if study.family:
     record["tests"] = test_hypotheses(study, rows)
     lines += _hypothesis_lines(record["tests"], study.baseline)

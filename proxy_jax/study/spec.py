@@ -46,8 +46,8 @@ class Study:
   common: overrides for every trial (the setting: epochs, data paths, model).
   baseline: the arm the others are compared against.
   explain: explanation scoring of the final models (split, cam, num_images, steps, grid_images).
-  regime, gate, hypotheses, family: what is declared before any arm runs, checked by the
-    report (proxy_jax/study/preregistration.py).
+  regime, gate, hypotheses, family, controls: what is declared before any arm runs, checked
+    by the report (proxy_jax/study/preregistration.py).
   """
   name: str
   config: str
@@ -61,6 +61,7 @@ class Study:
   gate: preregistration.Gate | None = None
   hypotheses: tuple = ()
   family: tuple = ()
+  controls: tuple = ()
 
 
 def resolve_config_path(config: str) -> str:
@@ -118,7 +119,8 @@ def validate(study: Study, source: str = "study") -> Study:
   return dataclasses.replace(study, config=resolve_config_path(study.config), seeds=tuple(seeds),
                              arms={a: dict(o) for a, o in study.arms.items()},
                              common=dict(study.common), explain=explain,
-                             hypotheses=tuple(study.hypotheses), family=family)
+                             hypotheses=tuple(study.hypotheses), family=family,
+                             controls=tuple(study.controls))
 
 
 def load_study(path: str) -> Study:
