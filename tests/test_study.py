@@ -509,6 +509,35 @@ def test_real_tiny_study(tmp_path):
   assert cost["training_s"] > 0 and cost["explanations_s"] > 0
   assert cost["total_s"] == pytest.approx(cost["trial_process_s"] + cost["explanations_s"]
                                           + cost["report_s"])
+  _carried_trials_keep_their_explanation_scores(tmp_path, study_file, explained)
+
+
+def _carried_trials_keep_their_explanation_scores(tmp_path, study_file, explained):
+  """The report wrote each run's scores beside it; carried without checkpoints (another
+  session's machine) the runs' scores read back; for other settings they are refused."""
+  from proxy_jax.study.__main__ import write_study_report  # pylint: disable=g-import-not-at-top
+  from proxy_jax.sweep import carry  # pylint: disable=g-import-not-at-top
+  carry.export(str(tmp_path / "runs"), str(tmp_path / "carried"))
+  restored = str(tmp_path / "restored")
+  carry.restore(str(tmp_path / "carried"), restored)
+  assert not os.path.exists(os.path.join(restored, "baseline_seed0", "checkpoints"))
+  cwd = os.getcwd()
+  os.chdir(REPO)  # The study's config path is relative to the repository root.
+  try:
+    study = spec.load_study(study_file)
+    again = str(tmp_path / "again")
+    text = write_study_report(study, restored, again, "c")
+    reread = pd.read_csv(os.path.join(again, "explanations.csv"))
+    for key in explanations.SCORES + ("accuracy", "images"):
+      assert reread[key].tolist() == explained[key].tolist()
+    assert reread["from_cache"].all() and not explained["from_cache"].any()
+    assert "4 of 4 run(s) read back" in text and not os.path.exists(os.path.join(again,
+                                                                                 "cams.png"))
+    other = dataclasses.replace(study, explain={**study.explain, "steps": 5})
+    with pytest.raises(spec.StudyError, match="no checkpoints/ .* scored for other settings"):
+      write_study_report(other, restored, str(tmp_path / "other"), "c")
+  finally:
+    os.chdir(cwd)
 
 
 @given(st.integers(1, 2000).flatmap(lambda total: st.tuples(st.integers(0, total),

@@ -123,10 +123,14 @@ def explanation_lines(study: spec.Study, rows: list[dict]) -> list[str]:
   if not rows:
     return ["Not computed (--explain=false)."]
   first = rows[0]
+  cached = sum(bool(r.get("from_cache")) for r in rows)
+  scored_at = sorted({str(r.get("scored_at", "unrecorded")) for r in rows})
   lines = [f"{first['cam_method']} maps of each run's final model for its predicted class, on "
            f"the same {first['images']} {study.explain['split']} images, mean +- std over "
            "seeds; in brackets the paired difference against the baseline with its 95% t "
-           "interval (no multiple-testing correction: descriptive).", "",
+           "interval (no multiple-testing correction: descriptive). Scored by code version "
+           f"{', '.join(scored_at)}; {cached} of {len(rows)} run(s) read back from their "
+           "`explanations.json` (scored before for the same settings, images and run).", "",
            "| arm | " + " | ".join(f"{k} ({BETTER[k]} is better)" for k in explanations.SCORES)
            + " | accuracy on these images (%) |", "|---|" + "---|" * (len(BETTER) + 1)]
   for arm in study.arms:

@@ -20,7 +20,8 @@ different code versions or compute slices. So run the study from a snapshot of t
 reused runs record (printed here), with the same --parallel.
 
 Each reused trial folder is copied whole (checkpoints included, which the report's explanation
-scores restore; a carried folder has none: report with --explain=false), then its journal
+scores restore; a carried folder has none, so its scores come from its explanations.json where
+a report wrote one, else report with --explain=false), then its journal
 records, each marked `reused_from` (the report lists the reused runs). Nothing is overwritten:
 a trial the workdir already has (a folder or a journal record) is left as it is and named.
 """

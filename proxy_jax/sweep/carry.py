@@ -12,9 +12,9 @@ their original order (a study's records keep their code version), and each trial
 (its top-level .json, .txt and .log files up to 1 MiB: summary.json, config.json, split.json,
 classes.json, sweep_trial.json, log.txt, train.log). Checkpoints, TensorBoard event files and
 images stay behind, so a report made from carried trials lacks what reads them: a study's
-explanation scores and cams.png (each final checkpoint is restored: report with
---explain=false), aggregate's TensorBoard curves (curves.csv, --plot) and the runs'
-augmented_examples.png. Tables, paired tests, fairness checks, val_curves.png (from
+cams.png, its explanation scores unless a report scored the trials before the export (each
+trial's explanations.json travels and is read back; otherwise report with --explain=false),
+aggregate's TensorBoard curves (curves.csv, --plot) and the runs' augmented_examples.png. Tables, paired tests, fairness checks, val_curves.png (from
 summary.json's history) and the pilot's choice read the same. Unfinished trials are left out:
 they run again from scratch next time. Exporting again mirrors the workdir's finished trials
 (newly finished ones are added); it refuses to drop a trial it exported before.
