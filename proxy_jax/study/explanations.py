@@ -79,12 +79,8 @@ def read_cached(trial_dir: str, key: dict) -> tuple[dict | None, str]:
   return {**row, "from_cache": True}, ""
 
 
-def _restore(run: dict, shared_models: dict, why: str):
+def _restore(run: dict, shared_models: dict):
   from proxy_jax import restore  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(os.path.join(run["workdir"], "checkpoints")):
-    raise spec.StudyError(
-        f"{run['workdir']}: no checkpoints/ to score its explanations from and {why}: report "
-        "with --explain=false, or where the run's checkpoints are")
   model, variables, config, class_names = restore.restore_for_inference(run["workdir"])
   # Equal modules, one object: jit caches on the bound `model.apply`, which compares by
   # object identity, so a fresh module per run would recompile every function per run.
@@ -137,12 +133,16 @@ def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
       run, begin = runs[arm, seed], time.time()
       key = cache_key(run, explain, images_digest)
       row, why = read_cached(run["workdir"], key)
-      in_grid = seed == study.seeds[0] and os.path.isdir(
-          os.path.join(run["workdir"], "checkpoints"))
+      checkpointed = os.path.isdir(os.path.join(run["workdir"], "checkpoints"))
+      in_grid = seed == study.seeds[0] and checkpointed
       if row is not None and not in_grid:
         rows.append({"arm": arm, "seed": seed, **row})
         continue
-      restored = _restore(run, shared_models, why)
+      if not checkpointed:
+        raise spec.StudyError(
+            f"{run['workdir']}: no checkpoints/ to score its explanations from and {why}: "
+            "report with --explain=false, or where the run's checkpoints are")
+      restored = _restore(run, shared_models)
       if row is None:
         row, (predicted, maps) = _score(explain, restored, images, labels)
         row = {**row, "seconds": time.time() - begin}

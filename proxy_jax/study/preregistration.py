@@ -39,6 +39,9 @@ DIRECTIONS = ("higher", "lower", "differs")
 METRICS = ("test_accuracy", "val_accuracy")
 ALPHA = 0.05
 POWER = 0.8  # Of the detectable difference the report shows beside each hypothesis.
+# A study's name, which is its results folder's name: spec checks a study's own, check() the
+# names of its controls.
+STUDY_NAME = r"[A-Za-z0-9_-]+"
 
 
 class ControlError(errors.UserError, ValueError):
@@ -103,7 +106,7 @@ def check(study) -> tuple:
   if isinstance(study.controls, str):
     raise ValueError(f"controls {study.controls!r} must be a tuple of study names")
   for name in study.controls:
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+    if not isinstance(name, str) or not re.fullmatch(STUDY_NAME, name):
       raise ValueError(f"control {name!r} must be a study's name (letters, digits, _ or -)")
     if name == study.name:
       raise ValueError(f"control {name!r} is this study itself")

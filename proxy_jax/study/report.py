@@ -336,8 +336,7 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
     faithfulness.write_figure(panels, os.path.join(out, "cams.png"), study.explain["cam"])
   cost = overhead(rows, explain_seconds, time.time() - started - explain_seconds)
   commits = sorted({r["commit"] for r in rows})
-  declared, preregistered = preregistration.report_section(study, rows,
-                                                                spec.results_dir())
+  declared, preregistered = preregistration.report_section(study, rows, spec.results_dir())
   lines = _setting_lines(study, rows, declared, commits, command, missing)
   lines += _comparison_lines(study, rows, paired)
   lines += ["", "## Explanation quality", ""] + explanation_lines(study, explanation_rows)

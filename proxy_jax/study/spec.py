@@ -80,7 +80,7 @@ def spec_error(source: str, message: str) -> StudyError:
 
 def validate(study: Study, source: str = "study") -> Study:
   """The study with its config path resolved and explain defaults filled; StudyError if bad."""
-  if not re.fullmatch(r"[A-Za-z0-9_-]+", study.name or ""):
+  if not re.fullmatch(preregistration.STUDY_NAME, study.name or ""):
     raise StudyError(f"{source}: name {study.name!r} must be letters, digits, _ or -")
   if len(study.arms) < 2:
     raise StudyError(f"{source}: a study needs at least two arms, got {list(study.arms)}")

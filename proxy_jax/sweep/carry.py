@@ -14,8 +14,8 @@ classes.json, sweep_trial.json, log.txt, train.log). Checkpoints, TensorBoard ev
 images stay behind, so a report made from carried trials lacks what reads them: a study's
 cams.png, its explanation scores unless a report scored the trials before the export (each
 trial's explanations.json travels and is read back; otherwise report with --explain=false),
-aggregate's TensorBoard curves (curves.csv, --plot) and the runs' augmented_examples.png. Tables, paired tests, fairness checks, val_curves.png (from
-summary.json's history) and the pilot's choice read the same. Unfinished trials are left out:
+aggregate's TensorBoard curves (curves.csv, --plot) and the runs' augmented_examples.png.
+Tables, paired tests, fairness checks, val_curves.png (from summary.json's history) and the pilot's choice read the same. Unfinished trials are left out:
 they run again from scratch next time. Exporting again mirrors the workdir's finished trials
 (newly finished ones are added); it refuses to drop a trial it exported before.
 
