@@ -15,8 +15,9 @@ images stay behind, so a report made from carried trials lacks what reads them: 
 cams.png, its explanation scores unless a report scored the trials before the export (each
 trial's explanations.json travels and is read back; otherwise report with --explain=false),
 aggregate's TensorBoard curves (curves.csv, --plot) and the runs' augmented_examples.png.
-Tables, paired tests, fairness checks, val_curves.png (from summary.json's history) and the pilot's choice read the same. Unfinished trials are left out:
-they run again from scratch next time. Exporting again mirrors the workdir's finished trials
+Tables, paired tests, fairness checks, val_curves.png (from summary.json's history) and the
+pilot's choice read the same. Unfinished trials are left out: they run again from scratch next
+time. Exporting again mirrors the workdir's finished trials
 (newly finished ones are added); it refuses to drop a trial it exported before.
 
 `restore` copies them into a workdir (creating it) and appends their journal records, so
