@@ -272,6 +272,28 @@ class ProxyStepResult:
   maps: np.ndarray       # float32 CAMs in [0, 1] of the centre crops, one per id.
   wrong: int             # Wrongly classified training examples.
   seconds: float
+  changes: dict          # How much the transform changed the chosen crops (change_figures).
+
+
+def change_figures(originals, proxies) -> dict:
+  """How much the transform changed the chosen images: the manipulation check of a proxy step.
+
+  originals, proxies: uint8 (k, S, S, C) crops before and after the transform (the proxies'
+  centre crops: the ring outside them is never changed). A pixel is changed when any of its
+  channels is. Returns `records.ProxyStepRecord`'s fields: the changed share of the k * S * S
+  pixels, the mean absolute change of the changed pixels' channel values and of all of them, in
+  0-255 levels (None when nothing was chosen, or nothing changed for the former).
+  """
+  originals, proxies = np.asarray(originals), np.asarray(proxies)
+  if originals.shape != proxies.shape:
+    raise ValueError(f"originals {originals.shape} and proxies {proxies.shape} differ in shape")
+  if not originals.size:
+    return {"changed_pixel_share": None, "changed_mean_abs": None, "mean_abs_change": None}
+  difference = np.abs(originals.astype(np.int16) - proxies.astype(np.int16))
+  changed = difference.max(axis=-1) > 0
+  return {"changed_pixel_share": float(changed.mean()),
+          "changed_mean_abs": float(difference[changed].mean()) if changed.any() else None,
+          "mean_abs_change": float(difference.mean())}
 
 
 def run_proxy_step(state, split, bank, config, key, *, predict_fn,
@@ -300,8 +322,9 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
   originals, proxy_images, maps = _proxies_of(state, split, bank, chosen, predictions,
                                               candidates, config, jax.random.fold_in(key, 1),
                                               batch_sharding)
+  changes = change_figures(originals, preprocess.center_crop(proxy_images, originals.shape[1]))
   return ProxyStepResult(chosen.astype(np.int32), originals, proxy_images, maps,
-                         int(len(wrong)), time.time() - started)
+                         int(len(wrong)), time.time() - started, changes)
 
 
 def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noise_key,

@@ -67,14 +67,29 @@ class EpochRecord(_FlatRecord):
 
 @dataclasses.dataclass
 class ProxyStepRecord(_FlatRecord):
-  """One proxy step: how many training examples were wrong, how many became proxies."""
+  """One proxy step: how many training examples were wrong, how many became proxies, and how
+  much the transform changed the chosen images (the manipulation check, `proxy.change_figures`;
+  None in records of runs from before it was measured, and then left out of the JSON)."""
   index: int = 0
   epoch: int = 0  # Completed epochs when it ran.
   wrong: int = 0
   chosen: int = 0
   bank_size: int = 0
   seconds: float = 0.0
+  changed_pixel_share: float | None = None  # Of the chosen crops' pixels, in [0, 1].
+  changed_mean_abs: float | None = None  # Mean |proxy - original| of those pixels, 0-255 levels.
+  mean_abs_change: float | None = None  # The same over every pixel of the chosen crops.
   extra: dict = dataclasses.field(default_factory=dict)
+
+  def to_json(self) -> dict:
+    out = _to_dict(self)
+    for field in CHANGE_FIELDS:
+      if out[field] is None:
+        del out[field]  # A record read from an older file is written back unchanged.
+    return out
+
+
+CHANGE_FIELDS = ("changed_pixel_share", "changed_mean_abs", "mean_abs_change")
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from proxy_jax import augment, cams, config_lib, data, images_grid, preprocess, restore
+from proxy_jax import augment, cams, config_lib, data, images_grid, preprocess, records, restore
 
 
 def create_writer(workdir: str):
@@ -124,12 +124,17 @@ def log_proxy_step(writer, workdir: str, step: int, record, result, count: int,
                    eta_seconds: float) -> None:
   """One console line, the step's scalars and its example grid (records.ProxyStepRecord and
   proxy.ProxyStepResult)."""
-  writer.write_scalars(step, {"proxy/wrong": record.wrong, "proxy/chosen": record.chosen,
-                              "proxy/bank_size": record.bank_size,
-                              "proxy/seconds": record.seconds})
-  logging.info("proxy step %d after epoch %d: %d wrong, %d chosen, bank %d | %.1fs | ETA %s",
-               record.index, record.epoch, record.wrong, record.chosen, record.bank_size,
-               record.seconds, _clock(eta_seconds))
+  scalars = {"proxy/wrong": record.wrong, "proxy/chosen": record.chosen,
+             "proxy/bank_size": record.bank_size, "proxy/seconds": record.seconds}
+  scalars.update({f"proxy/{field}": getattr(record, field) for field in records.CHANGE_FIELDS
+                  if getattr(record, field) is not None})
+  writer.write_scalars(step, scalars)
+  changed = ("" if record.changed_pixel_share is None else
+             f", {100 * record.changed_pixel_share:.1f}% of their pixels changed by "
+             f"{record.changed_mean_abs or 0.0:.1f} levels")
+  logging.info("proxy step %d after epoch %d: %d wrong, %d chosen%s, bank %d | %.1fs | ETA %s",
+               record.index, record.epoch, record.wrong, record.chosen, changed,
+               record.bank_size, record.seconds, _clock(eta_seconds))
   # The bank's proxies are at the stored side; their centre crops are what the CAMs changed.
   crops = preprocess.center_crop(result.proxies, result.originals.shape[1])
   picture = proxy_examples_grid(result.originals, result.maps, crops, count)

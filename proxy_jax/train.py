@@ -309,7 +309,8 @@ def _run_due_proxy_steps(setup: Setup, state, bank: proxy.ProxyBank,
     bank.store(result.ids, result.proxies, replace_all=config.proxy.clear_every_step)
     record = records.ProxyStepRecord(index=index, epoch=progress.epoch, wrong=result.wrong,
                                      chosen=len(result.ids), bank_size=len(bank),
-                                     seconds=result.seconds)
+                                     seconds=result.seconds,
+                                     **result.changes)
     progress.add_proxy_step(record)
     step = progress.epoch * setup.steps_per_epoch
     reporting.log_proxy_step(setup.writer, setup.workdir, step, record, result,

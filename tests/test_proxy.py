@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_tiny_config, train_one_epoch
-from proxy_jax import checkpoints, chunked, data, models, parallel, proxy, steps, train
+from proxy_jax import checkpoints, chunked, data, models, parallel, preprocess, proxy, steps, train
 
 MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 
@@ -194,6 +194,56 @@ def test_choose_class_balanced_counts():
   assert sorted(counts.tolist()) == [4, 4, 5]  # 13 = 4 + 4 + 4 and one extra.
 
 
+# ---------------------------------------------------------------- the manipulation check
+
+
+def reference_change(originals, proxies):
+  """Pixel by pixel, from the definition: a pixel changed if any channel did."""
+  changed, changed_sum, changed_values, total = 0, 0.0, 0, 0.0
+  batch, height, width, channels = originals.shape
+  for b in range(batch):
+    for y in range(height):
+      for x in range(width):
+        diffs = [abs(int(originals[b, y, x, c]) - int(proxies[b, y, x, c]))
+                 for c in range(channels)]
+        total += sum(diffs)
+        if any(diffs):
+          changed += 1
+          changed_sum += sum(diffs)
+          changed_values += channels
+  pixels = batch * height * width
+  return {"changed_pixel_share": changed / pixels,
+          "changed_mean_abs": changed_sum / changed_values if changed else None,
+          "mean_abs_change": total / (pixels * channels)}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.floats(0.0, 1.0))
+def test_change_figures_match_a_direct_count(seed, batch, share):
+  rng = np.random.default_rng(seed)
+  originals = rng.integers(0, 256, (batch, 4, 5, 3), np.uint8)
+  proxies = originals.copy()
+  hit = rng.random((batch, 4, 5)) < share
+  proxies[hit] = rng.integers(0, 256, (int(hit.sum()), 3), np.uint8)
+  got = proxy.change_figures(originals, proxies)
+  want = reference_change(originals, proxies)
+  assert got.keys() == want.keys()
+  for key, value in want.items():
+    assert got[key] == pytest.approx(value, abs=1e-9) if value is not None else got[key] is None
+  assert 0.0 <= got["changed_pixel_share"] <= 1.0
+  if got["changed_mean_abs"] is not None:  # Unchanged pixels add nothing to the mean.
+    assert got["mean_abs_change"] == pytest.approx(
+        got["changed_mean_abs"] * got["changed_pixel_share"])
+
+
+def test_change_figures_of_no_images_and_mismatched_shapes():
+  empty = np.zeros((0, 4, 4, 3), np.uint8)
+  assert proxy.change_figures(empty, empty) == {
+      "changed_pixel_share": None, "changed_mean_abs": None, "mean_abs_change": None}
+  with pytest.raises(ValueError, match="differ in shape"):
+    proxy.change_figures(np.zeros((1, 4, 4, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8))
+
+
 # ---------------------------------------------------------------- the bank in batches
 
 
@@ -241,6 +291,8 @@ def proxy_step(tiny_model, bank, key, **overrides):
   np.testing.assert_array_equal(before["ids"], after["ids"])
   np.testing.assert_array_equal(before["images"], after["images"])
   assert len(result.ids) == len(result.proxies) == len(result.maps) == len(result.originals)
+  crops = preprocess.center_crop(result.proxies, result.originals.shape[1])
+  assert result.changes == pytest.approx(reference_change(result.originals, crops))
   bank.store(result.ids, result.proxies, replace_all=config.proxy.clear_every_step)
   return bank, {"wrong": result.wrong, "chosen": len(result.ids)}
 
@@ -252,7 +304,7 @@ def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatc
   assert 0 < record["wrong"] < len(split) and record["chosen"] == math.ceil(0.5 * record["wrong"])
   assert len(bank) == record["chosen"]
   # Direct recomputation from the definition: predicted-class Grad-CAM++ on the original.
-  from proxy_jax import cams, preprocess  # pylint: disable=g-import-not-at-top
+  from proxy_jax import cams  # pylint: disable=g-import-not-at-top
   ids = bank.ids()
   unit = preprocess.to_unit_range(split.images[ids])
   variables = models.variables_of(state)
@@ -369,6 +421,10 @@ def test_training_batches_use_proxies_and_evaluation_never_does(straight_run):
   n_train = summary["num_examples"]["train"]
   first, second = summary["proxy_steps"]
   assert len(bank["ids"]) == second["bank_size"] > first["chosen"] > 0
+  for step in (first, second):  # The manipulation check: the transform did change pixels.
+    assert 0.0 < step["changed_pixel_share"] <= 1.0 and step["changed_mean_abs"] > 0
+    assert step["mean_abs_change"] == pytest.approx(
+        step["changed_mean_abs"] * step["changed_pixel_share"])
   # Epochs 2 and 3 swap, on the training split only; every id appears exactly once in each.
   swapped = [c for c in calls if c["swap"]]
   assert len(swapped) == 2 and all(c["n"] == n_train for c in swapped)

@@ -103,3 +103,12 @@ def test_checkpoint_progress_collects_the_slices_of_its_sessions():
   assert resumed.summary_compute() == CPU_2
   resumed.add_compute_slice(dict(CPU_1))
   assert resumed.summary_compute() == {"sessions": [CPU_2, CPU_1]}
+
+
+def test_proxy_step_change_figures_round_trip_and_are_omitted_when_unmeasured():
+  """Records of runs from before the manipulation check read back unchanged (no nulls)."""
+  measured = {**STEP, "changed_pixel_share": 0.25, "changed_mean_abs": 40.0,
+              "mean_abs_change": 10.0}
+  assert records.ProxyStepRecord.from_json(measured).to_json() == measured
+  older = records.ProxyStepRecord.from_json(STEP)
+  assert older.changed_pixel_share is None and older.to_json() == STEP

@@ -103,6 +103,7 @@ LAYERS = {
     "proxy_jax.study.explanations": TOOLS,
     "proxy_jax.study.pilot": TOOLS,
     "proxy_jax.study.preregistration": TOOLS,
+    "proxy_jax.study.power": TOOLS,
     "proxy_jax.study.report": TOOLS,
     "proxy_jax.study.runs": TOOLS,
     "proxy_jax.study.reuse": TOOLS,

@@ -167,3 +167,49 @@ def test_dry_runs_list_the_pilot_and_the_control(tmp_path, results):
   assert "25 trials" in control.stdout and control.stdout.count("  run ") == 25
   assert "proxy+cutmix_seed4" in control.stdout
   assert not os.path.exists(tmp_path / "control")  # A dry run writes nothing.
+
+
+def _paired_std(study_name: str, arm: str, against: str) -> float:
+  """The sample sd of (arm - against) test accuracy over a committed study's seeds."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  runs = pd.read_csv(os.path.join(REPO, "experiments", "results", study_name, "runs.csv"))
+  table = runs.pivot(index="seed", columns="arm", values="test_accuracy")
+  return float((table[arm] - table[against]).std(ddof=1))
+
+
+def test_the_powered_study_declares_what_issue_29_asks(results):
+  """Fresh seeds, the five arms, Holm over three tests (one against mixup), the TOST, the
+  control rule, and power figures that follow from the control studies' committed spreads."""
+  _choose(results, "imagenette_mini_pilot")
+  control = spec.load_study(os.path.join(STUDIES, "imagenette_mini_control.py"))
+  study = spec.load_study(os.path.join(STUDIES, "imagenette_mini_powered.py"))
+  assert study.seeds == tuple(range(5, 21))
+  earlier = set()
+  for name in os.listdir(os.path.join(REPO, "experiments", "results")):
+    trials = os.path.join(REPO, "experiments", "results", name, "trials")
+    if name.startswith("imagenette_mini") and os.path.isdir(trials):
+      earlier |= {int(t.rsplit("seed", 1)[1].lstrip("=")) for t in os.listdir(trials)
+                  if "seed" in t}
+  assert earlier and not earlier & set(study.seeds)  # No seed of it was ever seen.
+  assert (study.config, study.common, study.regime, study.gate) == (
+      control.config, control.common, control.regime, control.gate)
+  assert study.arms["proxy"] == control.arms["proxy"]
+  assert study.arms["mixup"] == {**arms.BASELINE, "augment.mix": "mixup",
+                                 "augment.mix_alpha": 0.2, "augment.mix_prob": 1.0}
+  assert study.arms["proxy+mixup"] == {**study.arms["proxy"], **arms.LARGE_IMAGE["mixup"]}
+  assert study.arms["proxy-all"] == {**study.arms["proxy"], "proxy.subset": 1.0}
+  assert [(h.arm, h.direction, h.against) for h in study.hypotheses] == [
+      ("proxy", "differs", ""), ("mixup", "higher", ""), ("proxy+mixup", "differs", "mixup")]
+  assert study.family == ("proxy", "mixup", "proxy+mixup") and study.control_arms == ("mixup",)
+  (tost,) = study.equivalence
+  assert (tost.arm, tost.margin, tost.alpha, tost.against) == ("proxy", 0.01, 0.05, "")
+  # The declared spreads are the control studies' own, rounded to 0.01 points.
+  observed = {"proxy": _paired_std("imagenette_mini_control", "proxy", "baseline"),
+              "mixup": _paired_std("imagenette_mini_control_mixup", "mixup-imagenet",
+                                   "baseline"),
+              "proxy+mixup": max(_paired_std("imagenette_mini_control", a, "baseline")
+                                 for a in ("mixup", "cutmix", "proxy", "proxy+cutmix"))}
+  assert study.power.std == {arm: round(std, 4) for arm, std in observed.items()}
+  # The primary test detects under 1.5 points (the issue's bar for n).
+  assert study.power.detectable["proxy"] < 0.015
+  spec.check_trial_configs(dataclasses.replace(study, common={**study.common, **DATA}))

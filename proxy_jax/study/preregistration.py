@@ -8,14 +8,19 @@ A study file may declare (all in `spec.Study`):
               accuracy. A baseline that does not fit its training data better than it
               generalises leaves a regulariser nothing to fix, and a study that finds no gain
               there shows nothing about the regulariser;
-  hypotheses  an expected direction per arm against the baseline ("higher", "lower", or
-              "differs" when none is expected), on a metric of the runs table;
+  hypotheses  an expected direction per arm against the baseline, or against another arm
+              (`against`: "proxy+mixup" against "mixup"), "higher", "lower", or "differs"
+              when none is expected, on a metric of the runs table;
   family      the arms whose comparisons form the Holm family of the hypotheses (default: the
               hypotheses' arms). Family arms without a hypothesis are tested two-sided;
   controls    the studies (their results folders' names) that ran this study's positive
               control before it: its report opens with their gates and hypotheses as their own
               reports recorded them (`<results>/<name>/study.json`), so that a reader sees
-              whether the regime let known methods show their known gains before reading on.
+              whether the regime let known methods show their known gains before reading on;
+  control_arms  the arms whose declared hypotheses are this study's own positive control: if
+              one does not hold, the study is declared uninformative and its report says so
+              first;
+  equivalence, power  the equivalence tests and the declared power (proxy_jax/study/power.py).
 
 The gate is decided on the mean over the baseline's seeds (each seed is shown). A directional
 hypothesis is tested with the one-sided paired t-test in its direction, a "differs" one with the
@@ -33,6 +38,7 @@ import re
 import numpy as np
 
 from proxy_jax import errors
+from proxy_jax.study import power as power_lib
 from proxy_jax.study import stats
 
 DIRECTIONS = ("higher", "lower", "differs")
@@ -57,14 +63,20 @@ class Gate:
 
 @dataclasses.dataclass(frozen=True)
 class Hypothesis:
-  """`arm` is `direction` than the baseline in `metric` ("differs": no direction expected)."""
+  """`arm` is `direction` than `against` ("" = the baseline) in `metric` ("differs": no
+  direction expected)."""
   arm: str
   direction: str
   metric: str = "test_accuracy"
+  against: str = ""
+
+  def reference(self, baseline: str) -> str:
+    return self.against or baseline
 
 
 def declared(study) -> bool:
-  return bool(study.regime or study.gate or study.hypotheses or study.family or study.controls)
+  return bool(study.regime or study.gate or study.hypotheses or study.family or study.controls
+              or study.equivalence or study.power or study.control_arms)
 
 
 def check(study) -> tuple:
@@ -84,6 +96,10 @@ def check(study) -> tuple:
     if hypothesis.arm not in study.arms or hypothesis.arm == study.baseline:
       raise ValueError(f"hypothesis on arm {hypothesis.arm!r}: not one of the compared arms "
                        f"{[a for a in study.arms if a != study.baseline]}")
+    against = hypothesis.reference(study.baseline)
+    if against not in study.arms or against == hypothesis.arm:
+      raise ValueError(f"hypothesis on arm {hypothesis.arm!r}: against {against!r} must be "
+                       f"another of the arms {list(study.arms)}")
     if hypothesis.direction not in DIRECTIONS:
       raise ValueError(f"hypothesis on arm {hypothesis.arm!r}: direction "
                        f"{hypothesis.direction!r} must be one of {', '.join(DIRECTIONS)}")
@@ -112,13 +128,23 @@ def check(study) -> tuple:
       raise ValueError(f"control {name!r} is this study itself")
   if len(set(study.controls)) != len(study.controls):
     raise ValueError(f"controls {list(study.controls)} name a study twice")
+  directional = {h.arm for h in study.hypotheses if h.direction != "differs"}
+  if isinstance(study.control_arms, str):
+    raise ValueError(f"control_arms {study.control_arms!r} must be a tuple of arm names")
+  for arm in study.control_arms:
+    if arm not in directional:
+      raise ValueError(f"control arm {arm!r} has no declared direction ('higher' or 'lower' "
+                       "hypothesis): a positive control must say what it should show")
+  power_lib.check_equivalence(study)
+  power_lib.check_power(study, tested(study, family))
   return family
 
 
-def tested(study) -> list[Hypothesis]:
+def tested(study, family: tuple | None = None) -> list[Hypothesis]:
   """The family's hypotheses: the declared ones, then "differs" for family arms without one."""
   with_hypothesis = {h.arm for h in study.hypotheses}
-  return list(study.hypotheses) + [Hypothesis(arm, "differs") for arm in study.family
+  family = study.family if family is None else family
+  return list(study.hypotheses) + [Hypothesis(arm, "differs") for arm in family
                                    if arm not in with_hypothesis]
 
 
@@ -171,12 +197,12 @@ def test_hypotheses(study, rows: list[dict], alpha: float = ALPHA) -> list[dict]
   """
   results = []
   for hypothesis in tested(study):
+    against = hypothesis.reference(study.baseline)
     values = {(r["arm"], r["seed"]): r[hypothesis.metric] for r in rows
               if not math.isnan(r[hypothesis.metric])}
-    shared = [s for s in study.seeds
-              if (hypothesis.arm, s) in values and (study.baseline, s) in values]
-    diffs = [values[hypothesis.arm, s] - values[study.baseline, s] for s in shared]
-    row = {"arm": hypothesis.arm, "direction": hypothesis.direction,
+    shared = [s for s in study.seeds if (hypothesis.arm, s) in values and (against, s) in values]
+    diffs = [values[hypothesis.arm, s] - values[against, s] for s in shared]
+    row = {"arm": hypothesis.arm, "against": against, "direction": hypothesis.direction,
            "metric": hypothesis.metric, "n": len(shared), "mean": float("nan"),
            "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p": 1.0}
     if len(shared) >= 2:
@@ -191,8 +217,8 @@ def test_hypotheses(study, rows: list[dict], alpha: float = ALPHA) -> list[dict]
     row["held"] = bool(row["n"] >= 2 and holm_p < alpha)
     # What this test could have found: at Holm's strictest level (alpha over the family's
     # size; a two-sided test spends half of it on each side), given the observed spread.
-    level = alpha / len(results) / (2 if row["direction"] == "differs" else 1)
-    row["detectable"] = stats.detectable_difference(row["std"], row["n"], level, POWER)
+    row["detectable"] = stats.detectable_difference(
+        row["std"], row["n"], alpha / len(results), POWER, power_lib.sides(row["direction"]))
   return results
 
 
@@ -201,8 +227,8 @@ def test_hypotheses(study, rows: list[dict], alpha: float = ALPHA) -> list[dict]
 
 def _declared_lines(study) -> list[str]:
   lines = ["## Declared before the runs", "",
-           "Fixed in the study file before any arm ran; the figures below are checked "
-           "against these, not chosen after them.", ""]
+           (study.declared_when.strip() or "Fixed in the study file before any arm ran")
+           + "; the figures below are checked against these, not chosen after them.", ""]
   if study.regime:
     lines += [f"- Regime: {study.regime.strip()}"]
   if study.gate is not None:
@@ -212,14 +238,30 @@ def _declared_lines(study) -> list[str]:
               "(means over seeds)."]
   for h in tested(study):
     expected = ("differs from" if h.direction == "differs"
-                else f"is {h.direction} than") + f" `{study.baseline}`"
+                else f"is {h.direction} than") + f" `{h.reference(study.baseline)}`"
     declared_here = h in study.hypotheses
-    lines += [f"- Hypothesis: `{h.arm}` {expected} in {h.metric.replace('_', ' ')}"
+    role = " (the positive control)" if h.arm in study.control_arms else ""
+    lines += [f"- Hypothesis: `{h.arm}` {expected} in {h.metric.replace('_', ' ')}{role}"
               + ("" if declared_here else " (family member without a declared direction: "
                  "two-sided)") + "."]
   if study.family:
-    lines += [f"- Holm family: {', '.join(f'`{a}`' for a in study.family)} against "
-              f"`{study.baseline}` (only these; alpha {ALPHA})."]
+    pairs = [f"`{h.arm}` - `{h.reference(study.baseline)}`" for h in tested(study)]
+    lines += [f"- Holm family: {', '.join(pairs)} (only these; alpha {ALPHA})."]
+  if study.control_arms:
+    lines += [f"- The rule: if {', '.join(f'`{a}`' for a in study.control_arms)} does not "
+              "hold as declared, the positive control has failed and the study is "
+              "uninformative about the other arms; the report says so first."]
+  for e in study.equivalence:
+    lines += [f"- Equivalence: `{e.arm}` within +-{100 * e.margin:g} points of "
+              f"`{e.against or study.baseline}` in {e.metric.replace('_', ' ')} (TOST, alpha "
+              f"{e.alpha:g} each side; outside the Holm family)."]
+  if study.power is not None:
+    figures = [f"`{arm}` {100 * d:.2f} points" for arm, d in study.power.detectable.items()]
+    figures += [f"`{arm}` TOST power {p:.2f}" for arm, p in
+                study.power.equivalence_power.items()]
+    lines += [f"- Power ({len(study.seeds)} seeds, from {study.power.source.strip()}): "
+              f"detectable with {100 * POWER:.0f}% power at Holm's strictest level: "
+              + "; ".join(figures) + "."]
   if study.controls:
     lines += [f"- Positive control: {', '.join(f'`{c}`' for c in study.controls)}, run and "
               "reported before this study (outcome below)."]
@@ -252,8 +294,9 @@ def _difference_cells(test: dict) -> tuple[str, str]:
 
 
 def _hypothesis_lines(results: list[dict], baseline: str) -> list[str]:
-  lines = ["", "### The hypotheses", "", f"Paired by seed (arm - {baseline}, percentage "
-           "points); one-sided t-test in the declared direction, Holm over the declared family "
+  lines = ["", "### The hypotheses", "", f"Paired by seed (arm - {baseline} unless the arm "
+           "names another, percentage points); one-sided t-test in the declared direction "
+           "(two-sided for 'differs'), Holm over the declared family "
            f"only. Detectable: the smallest true difference the test finds with "
            f"{100 * POWER:.0f}% power at Holm's strictest level (alpha over the family's size), "
            "were the seed-to-seed spread of the differences what these seeds show.", "",
@@ -261,7 +304,8 @@ def _hypothesis_lines(results: list[dict], baseline: str) -> list[str]:
            "detectable |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     mean, interval = _difference_cells(r)
-    lines.append(f"| {r['arm']} | {r['direction']} | {r['metric']} | {r['n']} | {mean} | "
+    arm = r["arm"] if r.get("against", baseline) == baseline else f"{r['arm']} - {r['against']}"
+    lines.append(f"| {arm} | {r['direction']} | {r['metric']} | {r['n']} | {mean} | "
                  f"{interval} | {r['p']:.3g} | {r['holm_p']:.3g} | "
                  f"{'yes' if r['held'] else '**no**'} | "
                  + ("-" if math.isnan(r["detectable"]) else f"{100 * r['detectable']:.2f}") + " |")
@@ -373,4 +417,32 @@ def report_section(study, rows: list[dict], results: str) -> tuple[list[str], di
   if study.family:
     record["tests"] = test_hypotheses(study, rows)
     lines += _hypothesis_lines(record["tests"], study.baseline)
+  record.update(power_lib.record(study))
+  if study.equivalence:
+    record["equivalence_tests"] = power_lib.test_equivalence(study, rows)
+    lines += power_lib.equivalence_lines(record["equivalence_tests"])
+  if study.power is not None:
+    lines += power_lib.declared_power_lines(study, record.get("tests", []))
+  if study.control_arms:
+    record["positive_control"] = positive_control(study, record.get("tests", []))
+    lines = _positive_control_lines(record["positive_control"]) + lines
   return lines + [""], record
+
+
+def positive_control(study, tests: list[dict]) -> dict:
+  """Whether the study's own positive control held: every control arm's declared test."""
+  mine = [t for t in tests if t["arm"] in study.control_arms]
+  failed = [t["arm"] for t in mine if not t["held"]]
+  return {"arms": list(study.control_arms), "held": not failed, "failed": failed,
+          "informative": not failed}
+
+
+def _positive_control_lines(outcome: dict) -> list[str]:
+  arms = ", ".join(f"`{a}`" for a in outcome["arms"])
+  if outcome["informative"]:
+    return [f"**The positive control held** ({arms} as declared): the regime let a known "
+            "method show its known effect, so the comparisons below can be read.", ""]
+  return [f"**UNINFORMATIVE: the positive control failed** ({', '.join(outcome['failed'])} did "
+          "not hold as declared). By the rule declared before the runs, this study says "
+          "nothing about the other arms: a method that shows no effect here may show none for "
+          "the regime's reasons. The figures below are reported for completeness.", ""]

@@ -13,6 +13,7 @@ import os
 import re
 
 from proxy_jax import config_fields, config_files, errors, sweep
+from proxy_jax.study import power as power_lib
 from proxy_jax.study import preregistration
 
 # Fields that decide the split, the initial weights, the data order or the epochs of a run.
@@ -46,8 +47,11 @@ class Study:
   common: overrides for every trial (the setting: epochs, data paths, model).
   baseline: the arm the others are compared against.
   explain: explanation scoring of the final models (split, cam, num_images, steps, grid_images).
-  regime, gate, hypotheses, family, controls: what is declared before any arm runs, checked
-    by the report (proxy_jax/study/preregistration.py).
+  regime, gate, hypotheses, family, controls, control_arms, equivalence, power: what is
+    declared before any arm runs, checked by the report (proxy_jax/study/preregistration.py,
+    proxy_jax/study/power.py).
+  declared_when: when the declaration was made, in words, if not before every run of its arms
+    (a follow-up declared after some results were seen is exploratory, and says so).
   """
   name: str
   config: str
@@ -62,6 +66,10 @@ class Study:
   hypotheses: tuple = ()
   family: tuple = ()
   controls: tuple = ()
+  control_arms: tuple = ()
+  equivalence: tuple = ()
+  power: "power_lib.Power | None" = None
+  declared_when: str = ""
 
 
 def resolve_config_path(config: str) -> str:
@@ -120,7 +128,9 @@ def validate(study: Study, source: str = "study") -> Study:
                              arms={a: dict(o) for a, o in study.arms.items()},
                              common=dict(study.common), explain=explain,
                              hypotheses=tuple(study.hypotheses), family=family,
-                             controls=tuple(study.controls))
+                             controls=tuple(study.controls),
+                             control_arms=tuple(study.control_arms),
+                             equivalence=tuple(study.equivalence))
 
 
 def load_study(path: str) -> Study:

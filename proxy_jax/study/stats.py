@@ -10,7 +10,7 @@ capture seed-to-seed variation, not the sampling of the test set.
 import math
 
 import numpy as np
-from scipy import optimize
+from scipy import integrate, optimize
 from scipy import stats as scipy_stats
 
 # 2^16 sign patterns: an exact permutation test stays instant up to this many seeds.
@@ -84,24 +84,99 @@ def smallest_sign_p(n: int) -> float:
   return min(1.0, 2.0 * 0.5 ** n)
 
 
-def t_power(difference: float, std: float, n: int, alpha: float) -> float:
-  """Power of the one-sided paired t-test at level `alpha` with `n` pairs, when the true mean
-  difference is `difference` and the differences' standard deviation `std` (noncentral t)."""
-  critical = float(scipy_stats.t.ppf(1.0 - alpha, n - 1))
-  return float(scipy_stats.nct.sf(critical, n - 1, difference * math.sqrt(n) / std))
+def t_power(difference: float, std: float, n: int, alpha: float, sides: int = 1) -> float:
+  """Power of the paired t-test at level `alpha` with `n` pairs, when the true mean difference
+  is `difference` and the differences' standard deviation `std` (noncentral t). One-sided
+  (`sides=1`): rejecting toward a positive difference; two-sided (`sides=2`): either tail at
+  alpha / 2, both counted."""
+  if sides not in (1, 2):
+    raise ValueError(f"sides={sides!r} must be 1 or 2")
+  critical = float(scipy_stats.t.ppf(1.0 - alpha / sides, n - 1))
+  shift = difference * math.sqrt(n) / std
+  # scipy returns NaN where a tail underflows (a large shift at few degrees): that tail is 0.
+  power = float(np.nan_to_num(scipy_stats.nct.sf(critical, n - 1, shift)))
+  if sides == 2:
+    power += float(np.nan_to_num(scipy_stats.nct.cdf(-critical, n - 1, shift)))
+  return power
 
 
-def detectable_difference(std: float, n: int, alpha: float, power: float = 0.8) -> float:
-  """The smallest true mean difference that the one-sided paired t-test at level `alpha` with
-  `n` pairs detects with probability `power`, for differences of standard deviation `std`
-  (NaN when undefined: fewer than two pairs, or no spread)."""
+def detectable_difference(std: float, n: int, alpha: float, power: float = 0.8,
+                          sides: int = 1) -> float:
+  """The smallest true mean difference that the paired t-test at level `alpha` (one- or
+  two-sided) with `n` pairs detects with probability `power`, for differences of standard
+  deviation `std` (NaN when undefined: fewer than two pairs, or no spread)."""
   if n < 2 or not std > 0:
     return math.nan
   high = std
-  while t_power(high, std, n, alpha) < power:  # Power grows with the difference.
+  while t_power(high, std, n, alpha, sides) < power:  # Power grows with the difference.
     high *= 2.0
-  return float(optimize.brentq(lambda d: t_power(d, std, n, alpha) - power, 0.0, high,
+  return float(optimize.brentq(lambda d: t_power(d, std, n, alpha, sides) - power, 0.0, high,
                                xtol=1e-10 * std))
+
+
+# ---------------------------------------------------------------- equivalence
+
+
+def tost(differences, margin: float, alpha: float = 0.05) -> dict:
+  """Two one-sided paired t-tests (Schuirmann's TOST) of equivalence within +-`margin`.
+
+  p_lower tests "mean <= -margin", p_upper "mean >= +margin"; `p` is the larger. The outcome:
+  "equivalent" when both are rejected at `alpha` (the 1 - 2 alpha interval lies inside the
+  margin), "not equivalent" when the interval lies wholly outside it (the mean differs from
+  zero by more than the margin at that level), "inconclusive" otherwise.
+  """
+  d = np.asarray(differences, np.float64)
+  n = len(d)
+  if n < 2:
+    raise ValueError(f"an equivalence test needs at least 2 differences, got {n}")
+  if not margin > 0:
+    raise ValueError(f"margin {margin!r} must be positive")
+  mean, std = float(d.mean()), float(d.std(ddof=1))
+  row = {"n": n, "mean": mean, "std": std, "margin": margin, "alpha": alpha}
+  if std == 0.0:  # No spread: the mean is known exactly.
+    inside = abs(mean) < margin
+    row.update(p_lower=0.0 if inside or mean > 0 else 1.0,
+               p_upper=0.0 if inside or mean < 0 else 1.0, ci_low=mean, ci_high=mean)
+  else:
+    sem = std / math.sqrt(n)
+    row.update(p_lower=float(scipy_stats.t.sf((mean + margin) / sem, n - 1)),
+               p_upper=float(scipy_stats.t.cdf((mean - margin) / sem, n - 1)))
+    half = float(scipy_stats.t.ppf(1.0 - alpha, n - 1)) * sem
+    row.update(ci_low=mean - half, ci_high=mean + half)
+  row["p"] = max(row["p_lower"], row["p_upper"])
+  if row["p"] < alpha:
+    row["outcome"] = "equivalent"
+  elif row["ci_low"] >= margin or row["ci_high"] <= -margin:
+    row["outcome"] = "not equivalent"
+  else:
+    row["outcome"] = "inconclusive"
+  return row
+
+
+def tost_power(std: float, n: int, margin: float, alpha: float = 0.05,
+               difference: float = 0.0) -> float:
+  """Probability that the paired TOST at `alpha` with `n` pairs declares equivalence within
+  +-`margin` when the true mean difference is `difference` and the differences' standard
+  deviation `std`. Exact: given the sample's standard deviation s, equivalence is declared when
+  the mean lies within +-(margin - t * s / sqrt(n)); integrated over s (chi law, n - 1 degrees)."""
+  if n < 2 or not std > 0:
+    return math.nan
+  df = n - 1
+  critical = float(scipy_stats.t.ppf(1.0 - alpha, df))
+  sem = std / math.sqrt(n)
+
+  def declared(chi2):  # P(equivalent | the sample variance is std^2 * chi2 / df).
+    half = margin - critical * std * math.sqrt(chi2 / df) / math.sqrt(n)
+    if half <= 0:
+      return 0.0
+    return float(scipy_stats.norm.cdf((half - difference) / sem)
+                 - scipy_stats.norm.cdf((-half - difference) / sem))
+
+  # Beyond this chi2 the interval is wider than the margin: nothing is declared.
+  top = df * (margin * math.sqrt(n) / (critical * std)) ** 2
+  value, _ = integrate.quad(lambda c: declared(c) * scipy_stats.chi2.pdf(c, df), 0.0, top,
+                            limit=200)
+  return float(value)
 
 
 def compare_arms(values: dict, baseline: str, arms: list, seeds: list) -> list[dict]:
