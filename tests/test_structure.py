@@ -104,6 +104,8 @@ LAYERS = {
     "proxy_jax.study.pilot": TOOLS,
     "proxy_jax.study.preregistration": TOOLS,
     "proxy_jax.study.power": TOOLS,
+    "proxy_jax.study.manipulation": TOOLS,
+    "proxy_jax.study.backfill": TOOLS,
     "proxy_jax.study.report": TOOLS,
     "proxy_jax.study.runs": TOOLS,
     "proxy_jax.study.reuse": TOOLS,

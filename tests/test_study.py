@@ -500,6 +500,15 @@ def test_real_tiny_study(tmp_path):
   # Every run recorded the one compute slice they all trained on (the check compared them).
   assert len({r["compute"] for r in study["runs"]}) == 1
   assert study["runs"][0]["compute"].startswith("cpu (cpu) x")
+  # The manipulation checks: the proxy arm's one step, from its runs' summaries.
+  (step,) = study["manipulation"]["proxy"]
+  proxy_runs = [r for r in study["runs"] if r["arm"] == "proxy"]
+  assert step["epoch"] == 1 and step["chosen"]["n"] == 2
+  assert step["chosen"]["mean"] == pytest.approx(np.mean([r["proxy_chosen_total"]
+                                                          for r in proxy_runs]))
+  assert 0 < step["changed_pixel_share"]["mean"] <= 1 and step["changed_mean_abs"]["mean"] > 0
+  assert "baseline" not in study["manipulation"]
+  assert os.path.getsize(os.path.join(out, "manipulation.png")) > 1000
   explained = pd.read_csv(os.path.join(out, "explanations.csv"))
   assert len(explained) == 4 and (explained["images"] == 12).all()  # The whole test split.
   assert explained["deletion_auc"].between(0, 1).all() and explained["insertion_auc"].between(
@@ -509,6 +518,13 @@ def test_real_tiny_study(tmp_path):
   assert cost["training_s"] > 0 and cost["explanations_s"] > 0
   assert cost["total_s"] == pytest.approx(cost["trial_process_s"] + cost["explanations_s"]
                                           + cost["report_s"])
+  # --report=explanations: counts only, no report (the runs' scores are already there).
+  scored = subprocess.run(command[:-1] + ["--report=explanations"], env=_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=400)
+  assert scored.returncode == 0, scored.stderr[-3000:]
+  assert ("explanations of 4 finished run(s) in their trial folders (0 scored now, 4 already "
+          "there; 0 run(s) not finished)") in scored.stdout
+  assert "accuracy" not in scored.stdout.lower()
   _carried_trials_keep_their_explanation_scores(tmp_path, study_file, explained)
 
 
@@ -536,6 +552,21 @@ def _carried_trials_keep_their_explanation_scores(tmp_path, study_file, explaine
     other = dataclasses.replace(study, explain={**study.explain, "steps": 5})
     with pytest.raises(spec.StudyError, match="no checkpoints/ .* scored for other settings"):
       write_study_report(other, restored, str(tmp_path / "other"), "c")
+    # Trials carried by a report older than the cache: backfilled from its explanations.csv.
+    from proxy_jax.study import backfill  # pylint: disable=g-import-not-at-top
+    for name in os.listdir(restored):
+      if os.path.exists(os.path.join(restored, name, explanations.CACHE_FILE)):
+        os.remove(os.path.join(restored, name, explanations.CACHE_FILE))
+    done = backfill.backfill(study, restored, os.path.join(again, "explanations.csv"), "old")
+    assert len(done["written"]) == 4 and not done["kept"] and not done["absent"]
+    assert backfill.backfill(study, restored, os.path.join(again, "explanations.csv"),
+                             "old")["kept"] == done["written"]  # Never overwritten.
+    third = str(tmp_path / "third")
+    text = write_study_report(study, restored, third, "c")
+    backfilled = pd.read_csv(os.path.join(third, "explanations.csv"))
+    for key in explanations.SCORES + ("accuracy", "images"):
+      assert backfilled[key].tolist() == explained[key].tolist()
+    assert "Scored by code version old; 4 of 4 run(s) read back" in text
   finally:
     os.chdir(cwd)
 

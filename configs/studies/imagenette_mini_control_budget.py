@@ -24,6 +24,12 @@ from proxy_jax.study.spec import Study
 EPOCHS = 3 * control.EPOCHS
 
 
+DECLARED_WHEN = (
+    "Declared after the control's seeds 0-2 had been seen (MixUp and CutMix not clearly above "
+    "the baseline, and short of fitting their training split) and before any run of this file. "
+    "A follow-up chosen after seeing data: exploratory")
+
+
 def get_study():
   study = control.get_study()
   return Study(
@@ -38,5 +44,6 @@ def get_study():
       regime=control.REGIME.replace(f"{control.EPOCHS} epochs", f"{EPOCHS} epochs"),
       gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
       hypotheses=control.HYPOTHESES,
+      declared_when=DECLARED_WHEN,
       family=("mixup", "cutmix"),
       explain={"num_images": 500})

@@ -23,6 +23,12 @@ from proxy_jax.study.preregistration import Gate, Hypothesis
 from proxy_jax.study.spec import Study
 
 
+DECLARED_WHEN = (
+    "Declared after the control's seed 0 had been seen (MixUp at alpha 1 below the baseline) "
+    "and before this study's new arm ran; its baseline and alpha-1 arms are the control's runs, "
+    "which ran before it was declared. A follow-up chosen after seeing data: exploratory")
+
+
 def get_study():
   study = control.get_study()
   return Study(
@@ -38,4 +44,5 @@ def get_study():
       gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
       hypotheses=(Hypothesis("mixup-imagenet", "higher"),),
       family=("mixup", "mixup-imagenet"),
+      declared_when=DECLARED_WHEN,
       explain={"num_images": 500})

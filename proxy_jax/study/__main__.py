@@ -1,13 +1,17 @@
 """The study command: run a study's trials through the sweep runner, then write its report.
 
   python -m proxy_jax.study --study=configs/studies/digits.py --workdir=runs/study_digits \
-      [--shard=i/n] [--out=experiments/results/<name>] [--report=auto|only|never] \
+      [--shard=i/n] [--out=experiments/results/<name>] \
+      [--report=auto|only|never|explanations] \
       [--set=field=value ...] [--explain=false] [--dry-run] [--retry-failed]
 
 Re-running the same command resumes: finished trials are skipped, an interrupted one resumes
 from its checkpoint. With --shard each machine of a job array runs its part; the report is
 written by whichever invocation finds every trial finished (or by --report=only, which trains
 nothing and marks a partial study as such). A failed fairness check writes no report.
+--report=explanations trains nothing and writes no report: it scores the finished runs'
+explanations into their trial folders (explanations.json, which `sweep.carry` carries), printing
+only how many, so a study that spans sessions keeps them without anyone reading a result early.
 """
 
 import os
@@ -66,6 +70,20 @@ def write_study_report(study: spec.Study, workdir: str, out: str, command: str,
                              explain_seconds=seconds, command=command, started=started)
 
 
+def score_explanations(study: spec.Study, workdir: str) -> None:
+  """Scores every finished run's explanations into its trial folder; prints counts only."""
+  from proxy_jax.study import explanations  # pylint: disable=g-import-not-at-top
+  runs, missing = runs_lib.load_runs(study, workdir)
+  if not runs:
+    print(f"study {study.name}: no finished run to score", flush=True)
+    return
+  rows, _, seconds = explanations.score_runs(study, runs, grid=False)
+  cached = sum(bool(r.get("from_cache")) for r in rows)
+  print(f"study {study.name}: explanations of {len(rows)} finished run(s) in their trial "
+        f"folders ({len(rows) - cached} scored now, {cached} already there; {len(missing)} "
+        f"run(s) not finished), {seconds:.0f} s", flush=True)
+
+
 def complete(study: spec.Study, workdir: str) -> bool:
   states = sweep.trial_states(workdir)
   return all(states.get(t["name"], {}).get("status") == sweep.FINISHED
@@ -81,9 +99,10 @@ def define_flags():
                       required=True)
   flags.DEFINE_string("out", "", "Report folder (default experiments/results/<study name>, "
                       f"or ${spec.RESULTS_DIR_ENV}/<study name>).")
-  flags.DEFINE_enum("report", "auto", ["auto", "only", "never"],
+  flags.DEFINE_enum("report", "auto", ["auto", "only", "never", "explanations"],
                     "auto: write the report once every trial has finished; only: train "
-                    "nothing, report what has finished; never: train only.")
+                    "nothing, report what has finished; never: train only; explanations: "
+                    "train nothing, score the finished runs' explanations, report nothing.")
   flags.DEFINE_bool("explain", True, "Score every final model's explanations in the report.")
   flags.DEFINE_bool("compilation_cache", True, "Share compiled programs between trials "
                     "(JAX persistent cache in <workdir>/jax_cache).")
@@ -103,6 +122,9 @@ def main(argv):
   sweep.check_overrides(study.config, spec.trials(study), study.common)
   spec.check_trial_configs(study)
   counts = {"failed": 0}
+  if f.report == "explanations":
+    score_explanations(study, f.workdir)
+    return
   if f.report != "only":
     counts = run_trials(study, f.workdir, study.common, shard, retry_failed=f.retry_failed,
                         dry_run=f.dry_run, python=f.python, program=f.program,

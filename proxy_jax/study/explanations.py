@@ -53,6 +53,11 @@ def _digest(*arrays) -> str:
   return hashed.hexdigest()
 
 
+def images_digest(run: dict, explain: dict) -> str:
+  """The digest of the images and labels a study explains (any of its runs: they share them)."""
+  return _digest(*_evaluation_images(run, explain["split"], explain["num_images"]))
+
+
 def cache_key(run: dict, explain: dict, images_digest: str) -> dict:
   """What a run's scores depend on: the scoring settings, the explained images and the run
   (its summary.json: config, history and final metrics name one training run)."""
@@ -111,13 +116,14 @@ def _score(explain: dict, restored: tuple, images, labels) -> tuple[dict, tuple]
   return row, (predicted, maps)
 
 
-def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
+def score_runs(study: spec.Study, runs: dict, grid: bool = True) -> tuple[list, list, float]:
   """(rows, grid panels of the first seed, seconds); one row per (arm, seed) run.
 
   A run's row is read back from its explanations.json where that was scored for the same
   settings, images and run (so a report over carried trials, which have no checkpoints, keeps
   them); otherwise it is scored from the final checkpoint and written there. The grid's panels
-  need the checkpoints of the first seed's runs; an arm whose run has none is left out of it.
+  need the checkpoints of the first seed's runs; an arm whose run has none is left out of it
+  (`grid=False`: no panels).
   """
   started = time.time()
   explain = study.explain
@@ -134,7 +140,7 @@ def score_runs(study: spec.Study, runs: dict) -> tuple[list, list, float]:
       key = cache_key(run, explain, images_digest)
       row, why = read_cached(run["workdir"], key)
       checkpointed = os.path.isdir(os.path.join(run["workdir"], "checkpoints"))
-      in_grid = seed == study.seeds[0] and checkpointed
+      in_grid = grid and seed == study.seeds[0] and checkpointed
       if row is not None and not in_grid:
         rows.append({"arm": arm, "seed": seed, **row})
         continue

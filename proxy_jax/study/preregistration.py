@@ -226,8 +226,9 @@ def test_hypotheses(study, rows: list[dict], alpha: float = ALPHA) -> list[dict]
 
 
 def _declared_lines(study) -> list[str]:
-  lines = ["## Declared before the runs", "",
-           (study.declared_when.strip() or "Fixed in the study file before any arm ran")
+  when = study.declared_when.strip()
+  lines = ["## What was declared, and when" if when else "## Declared before the runs", "",
+           (when or "Fixed in the study file before any arm ran")
            + "; the figures below are checked against these, not chosen after them.", ""]
   if study.regime:
     lines += [f"- Regime: {study.regime.strip()}"]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from proxy_jax import records
 from proxy_jax.io_utils import atomic_save_figure, atomic_write, atomic_write_text
-from proxy_jax.study import explanations, preregistration, spec, stats
+from proxy_jax.study import explanations, manipulation, preregistration, spec, stats
 
 METRICS = (("test_accuracy", "test accuracy"), ("val_accuracy", "validation accuracy"))
 # Explanation scores: the direction that is better, for the table header.
@@ -53,7 +53,8 @@ def run_rows(study: spec.Study, runs: dict) -> list[dict]:
           "proxy_steps": len(steps), "proxy_seconds": sum(s.get("seconds", 0.0) for s in steps),
           "init_checksum": summary.get("init_checksum"), "commit": run["commit"],
           "reused_from": run.get("reused_from", ""),
-          "compute": records.compute_label(summary.get("compute"))})
+          "compute": records.compute_label(summary.get("compute")),
+          **manipulation.run_columns(summary)})
   return rows
 
 
@@ -77,6 +78,17 @@ def arm_table(study: spec.Study, rows: list[dict]) -> list[str]:
         f"{_mean_std([100 * r['train_split_accuracy'] for r in mine])} | "
         f"{_mean_std([r['wall_time_s'] for r in mine])} | "
         f"{_mean_std([r['images_per_s'] for r in mine])} |")
+  return lines
+
+
+def seed_lines(study: spec.Study, rows: list[dict]) -> list[str]:
+  """Every seed's final test accuracy per arm (%), the numbers every figure above comes from."""
+  values = {(r["arm"], r["seed"]): r["test_accuracy"] for r in rows}
+  lines = ["| seed | " + " | ".join(study.arms) + " |", "|---|" + "---|" * len(study.arms)]
+  for seed in study.seeds:
+    cells = [f"{100 * values[arm, seed]:.1f}" if (arm, seed) in values else "missing"
+             for arm in study.arms]
+    lines.append(f"| {seed} | " + " | ".join(cells) + " |")
   return lines
 
 
@@ -339,11 +351,17 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
   declared, preregistered = preregistration.report_section(study, rows, spec.results_dir())
   lines = _setting_lines(study, rows, declared, commits, command, missing)
   lines += _comparison_lines(study, rows, paired)
+  steps = manipulation.per_step(study, runs)
+  manipulation.plot(study, steps, out)
+  lines += manipulation.lines(steps)
+  lines += ["", "## Every seed", "", "Final test accuracy (%) of every run:", ""]
+  lines += seed_lines(study, rows)
   lines += ["", "## Explanation quality", ""] + explanation_lines(study, explanation_rows)
   lines += ["", "## Fairness checks", ""] + fairness_lines(checks, failures)
   lines += ["", "## Study overhead", ""] + overhead_lines(cost)
   lines += ["", "Plots: `paired_differences.png`, `accuracy_vs_time.png` (the equal-compute "
-            "view), `val_curves.png`" + (", `cams.png`" if panels else "") + ". Tables: "
+            "view), `val_curves.png`" + (", `manipulation.png`" if steps else "")
+            + (", `cams.png`" if panels else "") + ". Tables: "
             "`runs.csv`, `paired.csv`" + (", `explanations.csv`" if explanation_rows else "")
             + "; all numbers: `study.json`."]
   text = "\n".join(lines) + "\n"
@@ -359,7 +377,7 @@ def write_report(study: spec.Study, out: str, *, runs: dict, missing: list, chec
        "arms": study.arms, "common": study.common, "baseline": study.baseline,
        "missing": missing, "runs": rows, "paired": paired, "explanations": explanation_rows,
        "fairness": checks, "fairness_failures": failures, "overhead": cost,
-       "preregistration": preregistered},
+       "preregistration": preregistered, "manipulation": manipulation.record(steps)},
       indent=1, sort_keys=True, default=str))
   atomic_write_text(os.path.join(out, "summary.md"), text)
   return text
