@@ -3,9 +3,18 @@
 One checkpoint per completed epoch boundary (its step number is the count of completed epochs):
 `state` (params, optimizer state, batch stats, step), `meta` (JSON: epoch, proxy steps done,
 history) and, when non-empty, `bank` (proxy ids and uint8 images). Orbax writes into a temporary
-directory and renames it when complete, so a kill mid-save leaves the previous checkpoint. A
-write that fails (disk full, lost mount) raises `CheckpointWriteError` naming the directory, the
-cause and the last complete checkpoint, which is left intact.
+directory and renames it when complete, so a kill mid-save leaves the previous checkpoint. Saves
+are synchronous: a write that fails (disk full, lost mount, any OSError) stops the run at once
+with `CheckpointWriteError`, one line naming the device, the path, the checkpoint's size and the
+free space and the last complete checkpoint, which is left intact; the partial temporary
+directory is removed.
+
+Every checkpoint is checksummed (`proxy_jax.digests`): once Orbax has finished it, a manifest of
+the SHA-256 of every file in it is written into it, and a restore checks every file against it
+before any value is read. A mismatch is damage like a truncated file (below). A checkpoint of an
+epoch at or after the run's first digested one (`digests.SINCE_FILE`) without a manifest was cut
+off before its manifest was written and is not trusted either; checkpoints written before
+digests existed restore as before (the log says so once).
 
 A checkpoint that cannot be restored (a missing or truncated file, unreadable metadata, arrays
 of another shape or dtype than the run's) raises `DamagedCheckpointError` naming it, the kind of
@@ -16,12 +25,16 @@ being deterministic, ends exactly as an uninterrupted run. If none restores it r
 `CheckpointRestoreError` and leaves every checkpoint where it is.
 """
 
+import asyncio
 import contextlib
 import dataclasses
+import errno
 import gc
 import os
 import re
+import shutil
 import sys
+import threading
 from typing import Any
 
 from absl import logging
@@ -29,7 +42,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from proxy_jax import errors
+from proxy_jax import digests, disk, errors, io_utils
 
 DAMAGED_PREFIX = "damaged-"
 MAX_CAUSE_CHARS = 300
@@ -41,7 +54,8 @@ class CheckpointWriteError(errors.UserError, RuntimeError):
 
 class DamagedCheckpointError(errors.UserError, ValueError):
   """One checkpoint cannot be restored; `kind` is missing, truncated, shape, dtype, metadata,
-  inconsistent or unreadable."""
+  inconsistent, digest (bytes changed since it was written), undigested (cut off before its
+  manifest) or unreadable."""
 
   def __init__(self, directory: str, epoch: int, kind: str, cause: str):
     super().__init__(f"checkpoint {epoch} in {directory} cannot be restored ({cause})")
@@ -159,17 +173,41 @@ def _unused(path: str) -> str:
   return candidate
 
 
+def _tree_bytes(tree) -> int:
+  return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
+
+
+def write_manifest(directory: str) -> None:
+  io_utils.atomic_write_json(os.path.join(directory, digests.MANIFEST),
+                             {"files": digests.manifest_of(directory)})
+
+
+def read_manifest(path: str) -> dict:
+  """{relative path: sha256} of a manifest; digests.Mismatch if the manifest is damaged."""
+  try:
+    listed = io_utils.read_json(path, dict)["files"]
+    if not isinstance(listed, dict):
+      raise TypeError("its files entry is not a JSON object")
+  except (errors.DamagedFileError, KeyError, TypeError) as error:
+    raise digests.Mismatch(path, "the manifest itself is damaged "
+                           f"({getattr(error, 'cause', error)})") from error
+  return listed
+
+
 class RunCheckpoints:
   """Thin wrapper over `ocp.CheckpointManager` for the three items of a run."""
 
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    # Synchronous saves: a failed write surfaces in `save`, before the next epoch trains.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=False)
     # Handlers named up front so that an item's metadata can be read before restoring it.
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
                 "bank": ocp.StandardCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=handlers)
+    self._told_undigested = False
 
   def latest_epoch(self) -> int | None:
     return self.manager.latest_step()
@@ -179,43 +217,122 @@ class RunCheckpoints:
     (a save in flight or one that failed is still a temporary directory, not listed)."""
     return sorted(ocp.utils.checkpoint_steps(self.directory))
 
-  @contextlib.contextmanager
-  def _write_errors(self, what: str):
+  def _epoch_dir(self, epoch: int) -> str:
+    return os.path.join(self.directory, str(epoch))
+
+  def digested_since(self) -> int | None:
+    """The first epoch saved with a manifest (None: every checkpoint predates digests). An
+    unreadable marker counts as 0: then every checkpoint must have a manifest."""
+    path = os.path.join(self.directory, digests.SINCE_FILE)
+    if not os.path.exists(path):
+      return None
     try:
-      yield
-    except OSError as error:
-      try:  # An earlier save may still be finishing in the background.
-        self.manager.wait_until_finished()
-      except Exception:  # pylint: disable=broad-except
-        pass  # It failed too: it is simply not complete.
-      complete = self.complete_epochs()
-      last = (f"epoch {complete[-1]} ({os.path.join(self.directory, str(complete[-1]))})"
-              if complete else "none (no epoch was saved yet)")
-      cause = error.strerror or str(error)
-      raise CheckpointWriteError(
-          f"could not write {what} to {self.directory}: {cause}. The last complete checkpoint "
-          f"is {last}; free space and run the same command to resume from it") from error
+      return int(io_utils.read_json(path, dict)["epoch"])
+    except (errors.DamagedFileError, KeyError, TypeError, ValueError):
+      return 0
 
   def save(self, epoch: int, state, meta: dict, bank_arrays: dict | None) -> None:
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     # Orbax cannot store zero-size arrays, so an empty bank is simply absent.
     if bank_arrays is not None and len(bank_arrays["ids"]):
       items["bank"] = ocp.args.StandardSave(bank_arrays)
-    with self._write_errors(f"the checkpoint of epoch {epoch}"):
-      self.manager.save(epoch, args=ocp.args.Composite(**items))
+    size = _tree_bytes(state) + _tree_bytes(bank_arrays or {})
+    if os.path.isdir(self.directory) and disk.free_bytes(self.directory) < size:
+      # Refused before Orbax writes a byte: nothing to clean up, nothing half-written.
+      raise CheckpointWriteError(self._write_message(
+          epoch, size, OSError(errno.ENOSPC, "No space left on device", self.directory)))
+    cause = self._save_quietly(epoch, items)
+    if cause is not None:
+      self._remove_partial(epoch)
+      raise CheckpointWriteError(self._write_message(epoch, size, cause))
+
+  def _save_quietly(self, epoch: int, items: dict) -> OSError | None:
+    """Saves; returns the OSError of a failed write (any other failure raises). Orbax's writer
+    threads report a failed write on stderr, many times over, and their dropped asyncio tasks
+    again when collected: all of that goes to the log file; the run reports it once."""
+    before = set(threading.enumerate())
+    with disk.stderr_to_log():
+      try:
+        self._save(epoch, items)
+        return None
+      # A writer's failure may surface as asyncio's CancelledError (a BaseException).
+      except (Exception, asyncio.CancelledError) as error:  # pylint: disable=broad-except
+        cause = disk.full_disk_error(error)
+        if cause is None:
+          raise
+        cause = OSError(cause.errno, cause.strerror, cause.filename)  # Holds no frames.
+      # The original error (its frames hold the writer's tasks) is gone here: let the threads
+      # stop and collect their leftovers while their output is still captured.
+      for thread in set(threading.enumerate()) - before:
+        try:
+          thread.join(timeout=60)
+        except BaseException:  # pylint: disable=broad-except
+          pass  # Orbax's threads re-raise their failure on join: it is the one above.
+      gc.collect()
+    disk.silence_dropped_writers()  # The run is ending: what is left reports at exit.
+    return cause
+
+  def _save(self, epoch: int, items: dict) -> None:
+    if jax.process_index() == 0 and self.digested_since() is None:
+      os.makedirs(self.directory, exist_ok=True)  # Before the first manifest-bearing save.
+      io_utils.atomic_write_json(os.path.join(self.directory, digests.SINCE_FILE),
+                                 {"epoch": epoch})
+    self.manager.save(epoch, args=ocp.args.Composite(**items))
+    self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      write_manifest(self._epoch_dir(epoch))
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f"proxy_jax_manifest_{epoch}")
+
+  def space_warning(self, state, keep: int, bank_arrays: dict | None) -> str | None:
+    """One line when the free space is below what `keep` checkpoints of this size need (the
+    proxy bank only grows, so a later checkpoint may need more), else None."""
+    size = _tree_bytes(state) + _tree_bytes(bank_arrays or {})
+    need, free = keep * size, disk.free_bytes(self.directory)
+    if free >= need:
+      return None
+    return (f"{disk.mount_point(self.directory)} has {free / 1e6:.1f} MB free, less than the "
+            f"{keep} checkpoints this run keeps need (about {size / 1e6:.1f} MB each, "
+            f"{need / 1e6:.1f} MB): a save will stop the run when the disk is full")
+
+  def _remove_partial(self, epoch: int) -> None:
+    """The failed save's temporary directory (and a finished one without its manifest)."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if name.startswith(f"{epoch}.orbax-checkpoint-tmp"):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    if (os.path.isdir(self._epoch_dir(epoch))
+        and not digests.has_manifest(self._epoch_dir(epoch))):
+      shutil.rmtree(self._epoch_dir(epoch), ignore_errors=True)
+    self.manager.reload()
+
+  def _write_message(self, epoch: int, size: int, error: OSError) -> str:
+    complete = [e for e in self.complete_epochs() if e != epoch]
+    last = f"epoch {complete[-1]}" if complete else "none (no epoch was saved yet)"
+    if error.errno == errno.ENOSPC:
+      free = disk.free_bytes(self.directory) / 1e6
+      return disk.no_space_message(
+          OSError(error.errno, error.strerror, error.filename or self.directory),
+          f"checkpoint of epoch {epoch} needs about {size / 1e6:.1f} MB, {free:.1f} MB free"
+      ) + f"; the last intact checkpoint is {last}: free space and run the same command to resume"
+    return (f"could not write the checkpoint of epoch {epoch} to "
+            f"{error.filename or self.directory}: {error.strerror or error}; the last intact "
+            f"checkpoint is {last}: fix that and run the same command to resume")
 
   def wait(self) -> None:
-    """Blocks until pending saves are on disk (a failed background write raises here)."""
-    with self._write_errors("a checkpoint"):
-      self.manager.wait_until_finished()
+    """Blocks until pending saves are on disk (saves are synchronous: nothing is pending)."""
+    self.manager.wait_until_finished()
 
   def restore(self, epoch: int, state_template, steps_per_epoch: int | None = None):
     """(state, meta, bank_arrays or None); the state keeps the template's shardings.
 
-    Raises DamagedCheckpointError if the checkpoint cannot be read, its arrays do not match the
-    template's shapes and dtypes, or (given `steps_per_epoch`) its state's step is not the
-    epoch's last.
+    Raises DamagedCheckpointError if a file does not match the checkpoint's manifest (or a
+    checkpoint that should have one has none), the checkpoint cannot be read, its arrays do not
+    match the template's shapes and dtypes, or (given `steps_per_epoch`) its state's step is not
+    the epoch's last.
     """
+    self._verify(epoch)
     try:
       with _quiet_async_leftovers():
         return self._restore(epoch, state_template, steps_per_epoch)
@@ -224,6 +341,27 @@ class RunCheckpoints:
       cause = _cause(error)
       raise DamagedCheckpointError(self.directory, epoch, _damage_kind(error, cause),
                                    cause) from error
+
+  def _verify(self, epoch: int) -> None:
+    """Every file of the checkpoint against its manifest, before any value is read."""
+    directory = self._epoch_dir(epoch)
+    if digests.has_manifest(directory):
+      try:
+        digests.verify_manifest(directory, read_manifest)
+      except digests.Mismatch as error:
+        raise DamagedCheckpointError(self.directory, epoch, error.kind,
+                                     f"{error.path}: {error.cause}") from error
+      return
+    since = self.digested_since()
+    if since is not None and epoch >= since:
+      raise DamagedCheckpointError(
+          self.directory, epoch, "undigested", f"it has no {digests.MANIFEST}: its save was "
+          "cut off before the manifest was written, so its bytes cannot be checked")
+    if not self._told_undigested:
+      logging.warning("checkpoints in %s before epoch %s were written before checkpoint digests "
+                   "existed: restored without checking their bytes.", self.directory,
+                   since if since is not None else "(all)")
+      self._told_undigested = True
 
   def _restore(self, epoch: int, state_template, steps_per_epoch: int | None):
     meta = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))

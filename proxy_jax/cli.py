@@ -1,7 +1,7 @@
 """The command-line convention of every program: user errors as one line, absl flags.
 
-A `errors.UserError` (or a bad flag) ends a program as one line, `error: <message>`, on stderr
-with exit status 2; any other exception keeps its traceback.
+A `errors.UserError` (or a bad flag, or a full disk) ends a program as one line,
+`error: <message>`, on stderr with exit status 2; any other exception keeps its traceback.
 
     if __name__ == "__main__":
       cli.run(main, define_flags)   # python -m proxy_jax.<tool>: absl flags, hyphens allowed
@@ -13,6 +13,7 @@ overrides of ml_collections are passed through untouched. `main.py` keeps absl's
 as flax's examples do.
 """
 
+import errno
 import os
 import re
 import sys
@@ -20,7 +21,7 @@ from typing import Callable
 
 from absl import flags
 
-from proxy_jax import config_fields, config_files, errors
+from proxy_jax import config_fields, config_files, disk, errors
 
 EXIT_USER_ERROR = 2
 
@@ -35,12 +36,21 @@ def exit_with(error) -> None:
   sys.exit(report(error))
 
 
-def run_plain(main, *args):
-  """Calls `main(*args)` and exits with its status; a UserError becomes one line and status 2."""
+def _guard(call):
+  """`call()`; a UserError, or a full disk anywhere, ends the program as one line, status 2."""
   try:
-    status = main(*args)
+    return call()
   except errors.UserError as error:
     exit_with(error)
+  except OSError as error:
+    if error.errno != errno.ENOSPC:
+      raise
+    exit_with(disk.no_space_message(error) + ": free space and run the same command to resume")
+
+
+def run_plain(main, *args):
+  """Calls `main(*args)` and exits with its status; a UserError becomes one line and status 2."""
+  status = _guard(lambda: main(*args))
   sys.exit(status or 0)
 
 
@@ -67,10 +77,7 @@ def run_main(main, flags_parser=None, config_default=None, config_flag="config")
       exit_with(message)
 
   def guarded_main(argv):
-    try:
-      return main(argv)
-    except errors.UserError as error:
-      exit_with(error)
+    return _guard(lambda: main(argv))
 
   app.run(guarded_main, flags_parser=guarded_parser)
 

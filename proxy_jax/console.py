@@ -17,6 +17,7 @@ INFO lines (oneDNN's notice, TPU probing) off stderr unless the user set TF_CPP_
 import contextlib
 import logging as std_logging
 import os
+import sys
 
 from absl import logging
 
@@ -89,11 +90,33 @@ def log_file_name(process_index: int) -> str:
   return LOG_FILE if process_index == 0 else f"log.process{process_index}.txt"
 
 
+class _LogFileHandler(std_logging.FileHandler):
+  """A log file that goes quiet when its disk is full: the run's own error says so once, not
+  a "Logging error" traceback per line."""
+
+  def handleError(self, record):  # noqa: N802 (logging's name)
+    if isinstance(sys.exc_info()[1], OSError):
+      return
+    super().handleError(record)
+
+  def flush(self):
+    try:
+      super().flush()
+    except OSError:
+      pass
+
+  def close(self):
+    try:
+      super().close()
+    except OSError:
+      pass
+
+
 @contextlib.contextmanager
 def log_file(workdir: str, process_index: int = 0):
   """Appends every log line (all loggers, absl's prefix) to the workdir's log while inside."""
-  handler = std_logging.FileHandler(os.path.join(workdir, log_file_name(process_index)),
-                                    encoding="utf-8")
+  handler = _LogFileHandler(os.path.join(workdir, log_file_name(process_index)),
+                            encoding="utf-8")
   handler.setFormatter(logging.PythonFormatter())
   handler.addFilter(not_orbax_info)
   root = std_logging.getLogger()

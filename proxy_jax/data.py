@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from proxy_jax import chunked, io_utils, preprocess, splits, tfds_prepare
+from proxy_jax import chunked, digests, io_utils, preprocess, splits, tfds_prepare
 from proxy_jax.errors import DamagedFileError, DataError, MissingPathError
 from proxy_jax.io_utils import atomic_write_json, atomic_save_npy
 
@@ -309,6 +309,10 @@ def _read_cached_pool(base: str, side: int) -> Pool:
   arrays = {}
   for name in ("images", "labels"):
     path = f"{base}.{name}.npy"
+    written = (meta.get("sha256") or {}).get(name)  # Entries from before digests have none.
+    if written is not None and os.path.exists(path) and digests.of_file(path) != written:
+      raise DamagedFileError(path, "its bytes do not match the digest written with it",
+                             _CACHE_FIX)
     try:  # The images stay on disk (a memmap); a short file fails here, not mid-training.
       arrays[name] = np.load(path, mmap_mode="r" if name == "images" else None)
     except (OSError, ValueError, EOFError) as error:
@@ -343,7 +347,9 @@ def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -
   atomic_save_npy(base + ".labels.npy", pool.labels)
   # The JSON goes last: its presence means the arrays are complete.
   atomic_write_json(meta_path, {"class_names": pool.class_names,
-                                "skipped_files": pool.skipped_files})
+                                "skipped_files": pool.skipped_files,
+                                "sha256": {name: digests.of_file(f"{base}.{name}.npy")
+                                           for name in ("images", "labels")}})
   return pool
 
 

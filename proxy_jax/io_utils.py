@@ -6,8 +6,9 @@ infinities, which `json` would write as bare tokens no other parser accepts, are
 null and named in a top-level "non_finite" entry.
 
 `read_json` is the one reader of the JSON files the project writes and reads back: a file that
-is empty, truncated, garbled or of the wrong JSON type raises `errors.DamagedFileError` naming
-the file and what to do, which every command line prints as one `error:` line.
+is empty, truncated, garbled, of the wrong JSON type or changed since it was written (its digest,
+`proxy_jax.digests`) raises `errors.DamagedFileError` naming the file and what to do, which
+every command line prints as one `error:` line.
 """
 
 import json
@@ -18,7 +19,7 @@ import tempfile
 from absl import logging
 import numpy as np
 
-from proxy_jax import errors
+from proxy_jax import digests, errors
 
 NON_FINITE_KEY = "non_finite"
 
@@ -101,7 +102,12 @@ def strict_json_dumps(obj, name: str = "JSON", indent: int | None = 2, default=N
 
 
 def atomic_write_json(path: str, obj) -> None:
+  """Strict JSON (module docstring); a JSON object also holds the digest of its content
+  (`digests.DIGEST_KEY`), which `read_json` checks."""
   text = strict_json_dumps(obj, path)  # Fails (with nothing written) if obj cannot be encoded.
+  value = json.loads(text)
+  if isinstance(value, dict):
+    text = json.dumps(digests.with_digest(value), indent=2, sort_keys=True, allow_nan=False)
   atomic_write(path, lambda f: f.write(text), "w")
 
 
@@ -145,7 +151,10 @@ def read_json(path: str, expect: type | None = None, fix: str = "delete it or re
   if expect is not None and not isinstance(value, expect):
     raise errors.DamagedFileError(
         path, f"it holds {json_type_name(type(value))}, not {json_type_name(expect)}", fix)
-  return value
+  try:
+    return digests.checked(value, path)
+  except digests.Mismatch as error:
+    raise errors.DamagedFileError(path, error.cause, fix) from error
 
 
 def _jsonable(value):

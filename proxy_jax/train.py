@@ -241,6 +241,10 @@ def _restore_or_start(setup: Setup, state):
   """(state, progress, bank) of the newest intact checkpoint, or fresh ones (header logged)."""
   # Damaged newer checkpoints are set aside; `steps_per_epoch` checks the state's step.
   restored = setup.ckpt.restore_newest(state, setup.steps_per_epoch)
+  warning = setup.ckpt.space_warning(state, setup.config.keep_checkpoints,
+                                     None if restored is None else restored.bank)
+  if warning:
+    logging.warning(warning)
   if restored is None:
     reporting.write_run_header(setup.writer, setup.config, setup.dataset, state,
                                setup.workdir)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from proxy_jax import io_utils
 from proxy_jax import config_fields
 from proxy_jax import config_lib
 from tests.conftest import ROOT, make_tiny_config
@@ -88,7 +89,7 @@ def test_changed_config_in_an_existing_workdir_is_refused(tmp_path):
 def test_fields_added_after_a_run_began_do_not_refuse_it_at_their_default(tmp_path):
   config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))
   path = tmp_path / "config.json"
-  recorded = json.loads(path.read_text())
+  recorded = io_utils.read_json(str(path))  # As an older version wrote it: no digest.
   del recorded["augment"]["erase"], recorded["cams"]["gradcampp_eps"]  # An older version's run.
   path.write_text(json.dumps(recorded))
   config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))  # Resumes.
@@ -102,7 +103,7 @@ def test_fields_added_after_a_run_began_do_not_refuse_it_at_their_default(tmp_pa
 def test_console_and_cache_fields_never_refuse_a_resume(tmp_path):
   config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))
   path = tmp_path / "config.json"
-  recorded = json.loads(path.read_text())
+  recorded = io_utils.read_json(str(path))  # As an older version wrote it: no digest.
   # As an older version recorded it: log_every_steps, no log_every_seconds, another cache.
   del recorded["log_every_seconds"], recorded["compilation_cache_dir"]
   recorded["log_every_steps"] = 50
@@ -137,7 +138,7 @@ def test_resolved_dtype_is_recorded_and_may_differ_on_resume(tmp_path):
   config_lib.write_or_check_resolved(config, str(tmp_path))
   assert config.dtype_resolved == "float32"  # This suite runs on CPU.
   path = tmp_path / "config.json"
-  recorded = json.loads(path.read_text())
+  recorded = io_utils.read_json(str(path))  # As an older version wrote it: no digest.
   assert recorded["dtype"] == "auto" and recorded["dtype_resolved"] == "float32"
   # A run begun on a GPU (bfloat16) resumes here in float32 instead of being refused.
   recorded["dtype_resolved"] = "bfloat16"

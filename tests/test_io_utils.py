@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from proxy_jax import config_lib, data, io_utils
+from proxy_jax import config_lib, data, digests, errors, io_utils
 from tests.conftest import make_tiny_config
 
 
@@ -37,7 +37,9 @@ def test_finite_json_has_no_note_and_round_trips(tmp_path):
   obj = {"a": [1, 2.5, None, "x"], "b": {"c": np.float64(0.1)}}
   io_utils.atomic_write_json(str(tmp_path / "x.json"), obj)
   loaded = _strict_load(tmp_path / "x.json")
+  assert loaded.pop(digests.DIGEST_KEY) == digests.of_value(loaded)
   assert loaded == {"a": [1, 2.5, None, "x"], "b": {"c": 0.1}}
+  assert io_utils.read_json(str(tmp_path / "x.json")) == loaded
   assert math.isclose(loaded["b"]["c"], 0.1)
 
 
@@ -69,3 +71,24 @@ def test_run_files_honour_the_umask(tmp_path, umask_022):
   io_utils.atomic_write_text(str(tmp_path / "private.txt"), "x")
   assert _mode(tmp_path / "private.txt") == 0o600
 
+
+
+@pytest.mark.parametrize("change", [
+    lambda text: text.replace('"c": 0.1', '"c": 0.2'),      # A digit changed, still JSON.
+    lambda text: text.replace('"x"', '"y"'),
+    lambda text: text.replace('"a": [', '"a": [0, '),        # A value added.
+])
+def test_json_changed_after_it_was_written_is_damaged(tmp_path, change):
+  path = tmp_path / "x.json"
+  io_utils.atomic_write_json(str(path), {"a": [1, 2.5, None, "x"], "b": {"c": 0.1}})
+  path.write_text(change(path.read_text()))
+  with pytest.raises(errors.DamagedFileError, match="does not match the digest"):
+    io_utils.read_json(str(path), dict)
+
+
+def test_json_without_a_digest_reads_as_before(tmp_path):
+  """Files written before digests existed, and other JSON types, carry none."""
+  (tmp_path / "old.json").write_text('{"a": 1}')
+  (tmp_path / "list.json").write_text('[1, 2]')
+  assert io_utils.read_json(str(tmp_path / "old.json")) == {"a": 1}
+  assert io_utils.read_json(str(tmp_path / "list.json")) == [1, 2]

@@ -188,9 +188,10 @@ def test_disk_full_during_a_checkpoint_is_one_clear_error_and_resumable(tmp_path
       train.train_and_evaluate(make_tiny_config(), workdir)
   message = str(raised.value)
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  assert f"checkpoint of epoch 2 to {directory}" in message
-  assert os.strerror(errno.ENOSPC) in message
-  assert f"last complete checkpoint is epoch 1 ({os.path.join(directory, '1')})" in message
+  assert message.startswith("no space left on ") and f" writing {directory} (" in message
+  assert "(checkpoint of epoch 2 needs about " in message and " MB free)" in message
+  assert message.endswith("the last intact checkpoint is epoch 1: free space and run the same "
+                          "command to resume")
   assert _saved_epochs(workdir) == [1]
   # Orbax and the writers were shut down: the same workdir resumes and finishes.
   summary = train.train_and_evaluate(make_tiny_config(), workdir)

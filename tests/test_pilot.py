@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from proxy_jax import io_utils
 from proxy_jax import sweep
 from proxy_jax.study import pilot, spec
 
@@ -64,7 +65,7 @@ def test_the_best_mean_validation_setting_is_chosen(tmp_path):
       [0.72, 0.76, 0.76, 0.61])
   assert content["settings"][0]["mean_gap"] == pytest.approx(0.99 - 0.72)
   assert content["common"] == {"num_epochs": 3} and content["commits"] == ["abc"]
-  assert json.load(open(os.path.join(out, "chosen.json"))) == content
+  assert io_utils.read_json(os.path.join(out, "chosen.json")) == content
   report = open(os.path.join(out, "pilot.md")).read()
   assert "| 0.1 | 0.0005 | 2 | 76.00 +- 1.41 **(chosen)** | 99.00 | 23.00 |" in report
   assert "on the chosen setting: met." in report

@@ -2,6 +2,7 @@
 
 import json
 
+from proxy_jax import io_utils
 from proxy_jax import records
 
 ROW = {"epoch": 1, "train_loss": 2.0, "train_accuracy": 0.3, "val_loss": 2.5,
@@ -24,7 +25,7 @@ def test_summary_round_trips_and_keeps_unknown_fields(tmp_path):
   assert summary.extra == {"dtype": "float32"}
   assert summary.to_json() == raw
   records.write_summary(str(tmp_path / "copy"), summary)
-  assert json.loads((tmp_path / "copy" / "summary.json").read_text()) == raw
+  assert io_utils.read_json(str(tmp_path / "copy" / "summary.json")) == raw
 
 
 def test_older_and_partial_files_read_with_defaults(tmp_path):
@@ -60,7 +61,7 @@ def test_train_split_round_trips_and_is_omitted_when_absent(tmp_path):
   records.write_summary(str(tmp_path), records.Summary.from_json(scored))
   summary = records.read_summary(str(tmp_path))
   assert summary.train_split["accuracy"] == 0.97 and summary.extra == {}
-  assert json.loads((tmp_path / "summary.json").read_text()) == scored
+  assert io_utils.read_json(str(tmp_path / "summary.json")) == scored
 
 
 CPU_2 = {"platform": "cpu", "device_kind": "cpu", "devices": 1, "processes": 1, "cpu_threads": 2}
@@ -81,7 +82,7 @@ def test_compute_slice_round_trips_and_older_files_lack_it(tmp_path):
     records.write_summary(str(tmp_path), records.Summary.from_json(recorded))
     summary = records.read_summary(str(tmp_path))
     assert summary.compute == compute and summary.extra == {}
-    assert json.loads((tmp_path / "summary.json").read_text()) == recorded
+    assert io_utils.read_json(str(tmp_path / "summary.json")) == recorded
   assert records.compute_label(CPU_2) == "cpu (cpu) x1, 1 process(es), 2 CPU thread(s)"
   assert records.compute_label({**CPU_2, "platform": "gpu", "device_kind": "NVIDIA H100",
                                 "cpu_threads": None}) == "gpu (NVIDIA H100) x1, 1 process(es)"

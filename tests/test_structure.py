@@ -28,6 +28,8 @@ LAYERS = {
     "proxy_jax": BASE,
     "proxy_jax.errors": BASE,
     "proxy_jax.io_utils": BASE,
+    "proxy_jax.digests": BASE,
+    "proxy_jax.disk": BASE,
     "proxy_jax.config_files": BASE,
     "proxy_jax.config_fields": BASE,
     "proxy_jax.console": BASE,

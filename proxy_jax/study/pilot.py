@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from proxy_jax import cli, records, sweep
+from proxy_jax import cli, io_utils, records, sweep
 from proxy_jax.io_utils import atomic_write_json, atomic_write_text
 from proxy_jax.study import preregistration, spec
 
@@ -43,8 +43,7 @@ def _finished_runs(workdir: str) -> tuple[list[dict], dict]:
   if not os.path.isfile(grid):
     raise spec.StudyError(f"--workdir {workdir}: no {sweep.SWEEP_FILE}; run the pilot sweep "
                           "(python -m proxy_jax.sweep ...) into it first")
-  with open(grid) as f:
-    described = json.load(f)
+  described = io_utils.read_json(grid, dict)
   states = sweep.trial_states(workdir)
   runs, unfinished = [], []
   for trial in described["trials"]:
@@ -164,8 +163,7 @@ def read_choice(path: str) -> dict:
         "pilot sweep, then python -m proxy_jax.study.pilot --workdir=<pilot sweep> "
         f"--out={os.path.dirname(path)} (experiments/README.md, 'A fair fight')")
   try:
-    with open(path) as f:
-      overrides = json.load(f)["overrides"]
+    overrides = io_utils.read_json(path, dict)["overrides"]
   except (ValueError, KeyError, TypeError) as error:
     raise spec.StudyError(f"{path}: not a pilot's chosen.json ({error!r})") from error
   if not isinstance(overrides, dict) or not overrides:

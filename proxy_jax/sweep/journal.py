@@ -1,13 +1,14 @@
 """The sweep journal: one JSON object per line (started / finished / failed), appended with fsync.
 
 One file per shard (`journal*.jsonl`); a torn line from a kill is ignored when read, any other
-damage is an `errors.DamagedFileError` naming the file, the line and what to do.
+damage (a line changed since it was written included: each carries its digest,
+`proxy_jax.digests`) is an `errors.DamagedFileError` naming the file, the line and what to do.
 """
 
 import os
 import json
 
-from proxy_jax import errors, io_utils, records
+from proxy_jax import digests, errors, io_utils, records
 
 STARTED, FINISHED, FAILED = "started", "finished", "failed"
 
@@ -44,7 +45,10 @@ def _journal_record(line: bytes, path: str, number: int) -> dict | None:
           and record.get("status") in (STARTED, FINISHED, FAILED)):
     raise errors.DamagedFileError(path, f"{where} is not a trial record: {text[:80]!r}",
                                   JOURNAL_FIX)
-  return record
+  try:
+    return digests.checked(record, path)
+  except digests.Mismatch as error:
+    raise errors.DamagedFileError(path, f"{where}: {error.cause}", JOURNAL_FIX) from error
 
 
 def read_journal(workdir: str) -> list[dict]:
@@ -73,7 +77,10 @@ def trial_states(workdir: str) -> dict[str, dict]:
 
 def append_record(path: str, record: dict) -> None:
   """Appends one line durably; first ends a torn line a kill may have left."""
-  line = io_utils.strict_json_dumps(record, path, indent=None, default=str).encode() + b"\n"
+  # The digest is of the record as it reads back (strict JSON, numbers as JSON has them).
+  value = json.loads(io_utils.strict_json_dumps(record, path, indent=None, default=str))
+  line = json.dumps(digests.with_digest(value), sort_keys=True,
+                    allow_nan=False).encode() + b"\n"
   fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
   try:
     size = os.fstat(fd).st_size
