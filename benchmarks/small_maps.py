@@ -4,6 +4,13 @@
     python benchmarks/small_maps.py --torch-python /work/torchvenv/bin/python --rounds 3
     python benchmarks/small_maps.py --image-size 224 --batch 16 --skip-plain --gradcam \
         --torch-python /work/torchvenv/bin/python --rounds 3
+    python benchmarks/small_maps.py --model efficientnet_lite0 --image-size 224 --batch 16 \
+        --skip-plain --gradcam --torch-python /work/torchvenv/bin/python --rounds 3
+
+`--model efficientnet_lite0` times EfficientNet-Lite0 instead (depthwise convolutions), against
+`efficientnet-lite-pytorch`'s model (random weights: speed does not depend on them), Grad-CAM
+on both sides on the head's activated output (an identity module after `extract_features` on the
+torch side, as benchmarks/efficientnet_lite_cams.py).
 
 At 64 px the ImageNet stem leaves ResNet-18's last stage 2x2 pixels, where XLA:CPU's 3x3
 convolutions (and, worse, their gradients) run far below their usual rate. `models/common.py`
@@ -38,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="resnet18", choices=("resnet18", "efficientnet_lite0"))
   parser.add_argument("--image-size", type=int, default=64)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--num-classes", type=int, default=1000)
@@ -77,7 +85,7 @@ def jax_rates(args, im2col: bool) -> dict:
 
   common.CPU_IM2COL = im2col
   size, batch = args.image_size, args.batch
-  model = models.create("resnet18", args.num_classes, size, "float32", small_stem=False)
+  model = models.create(args.model, args.num_classes, size, "float32", small_stem=False)
   images = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
   labels = jax.random.randint(jax.random.key(1), (batch,), 0, args.num_classes)
   targets = jax.nn.one_hot(labels, args.num_classes)  # steps.cross_entropy takes soft targets.
@@ -89,7 +97,8 @@ def jax_rates(args, im2col: bool) -> dict:
   def step(state, images, targets):
     def loss_fn(params):
       logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                       images, train=True, mutable=["batch_stats"])
+                                       images, train=True, mutable=["batch_stats"],
+                                       rngs={"dropout": jax.random.key(3)})
       return jnp.mean(steps.cross_entropy(logits, targets)), updates
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"]), loss
@@ -121,7 +130,24 @@ def jax_side(args) -> dict:
 
 
 def torch_model(args):
-  """torchvision's ResNet-18; the pretrained-converter fixtures' plain-torch copy without it."""
+  """torchvision's ResNet-18 (the pretrained-converter fixtures' plain-torch copy without it), or
+  efficientnet-lite-pytorch's Lite0 wrapped so Grad-CAM can hook the head's activated output."""
+  if args.model == "efficientnet_lite0":
+    from torch import nn  # pylint: disable=g-import-not-at-top
+    from efficientnet_lite_pytorch import EfficientNet  # pylint: disable=g-import-not-at-top
+
+    class Wrapped(nn.Module):
+      def __init__(self, net):
+        super().__init__()
+        self.net, self.cam_layer = net, nn.Identity()
+
+      def forward(self, x):
+        features = self.cam_layer(self.net.extract_features(x))
+        return self.net._fc(self.net._dropout(self.net._avg_pooling(features).flatten(1)))  # pylint: disable=protected-access
+
+    net = EfficientNet.from_name("efficientnet-lite0", num_classes=args.num_classes,
+                                 image_size=args.image_size)
+    return Wrapped(net), "efficientnet-lite-pytorch"
   try:
     from torchvision.models import resnet18  # pylint: disable=g-import-not-at-top
     return resnet18(num_classes=args.num_classes), "torchvision"
@@ -159,7 +185,8 @@ def torch_side(args) -> dict:
   if args.gradcam:
     from pytorch_grad_cam import GradCAM  # pylint: disable=g-import-not-at-top
     model.eval()
-    with GradCAM(model=model, target_layers=[model.layer4[-1]]) as gradcam:
+    layer = model.cam_layer if args.model == "efficientnet_lite0" else model.layer4[-1]
+    with GradCAM(model=model, target_layers=[layer]) as gradcam:
       rates["gradcam"] = args.batch / median_seconds(
           lambda: gradcam(input_tensor=images, targets=None), args.reps)
   return rates
@@ -170,7 +197,7 @@ def torch_side(args) -> dict:
 
 def run_side(args, side: str, python: str) -> dict:
   """One fresh process for `side`; its result is the JSON on its last stdout line."""
-  command = [python, os.path.abspath(__file__), f"--side={side}",
+  command = [python, os.path.abspath(__file__), f"--side={side}", f"--model={args.model}",
              f"--image-size={args.image_size}", f"--batch={args.batch}",
              f"--num-classes={args.num_classes}", f"--reps={args.reps}"]
   command += ["--skip-plain"] * args.skip_plain + ["--gradcam"] * args.gradcam
@@ -248,7 +275,7 @@ def main(argv=None):
   if args.side:
     print(json.dumps(jax_side(args) if args.side == "jax" else torch_side(args)))
     return
-  print(f"resnet18, ImageNet stem, {args.image_size} px (last stage "
+  print(f"{args.model}, ImageNet stem, {args.image_size} px (last stage "
         f"{args.image_size // 32}x{args.image_size // 32}), batch {args.batch}, float32, "
         f"CPU ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}", flush=True)
   print_table(args, measure_rounds(args))

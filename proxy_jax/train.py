@@ -317,8 +317,12 @@ def _run_due_proxy_steps(setup: Setup, state, bank: proxy.ProxyBank,
                                      **result.changes)
     progress.add_proxy_step(record)
     step = progress.epoch * setup.steps_per_epoch
+    names = setup.dataset.class_names
+    captions = [f"image {int(i)}, label {names[int(setup.dataset.train.labels[i])]}"
+                for i in result.ids[:config.proxy.num_logged_images]]
     reporting.log_proxy_step(setup.writer, setup.workdir, step, record, result,
-                             config.proxy.num_logged_images, eta.seconds_left(step))
+                             config.proxy.num_logged_images, eta.seconds_left(step), captions,
+                             config.proxy.cam_method)
     ran = True
   return ran
 
@@ -350,7 +354,10 @@ def _finish(setup: Setup, state, bank, progress: records.RunProgress,
       compute=progress.summary_compute())
   if jax.process_index() == 0:
     records.write_summary(setup.workdir, summary)
-  logging.info("Done: val accuracy %.4f (best %.4f at epoch %d), test %s.",
-               summary.final.val_accuracy, summary.best.val_accuracy, summary.best.epoch, test)
+  logging.info("done: val accuracy %.1f%% (best %.1f%% at epoch %d)%s",
+               100 * summary.final.val_accuracy, 100 * summary.best.val_accuracy,
+               summary.best.epoch, "" if not test else
+               f" | test accuracy {100 * test['accuracy']:.1f}%, loss {test['loss']:.3f}, top5 "
+               f"{100 * test['top5']:.1f}%")
   return summary
 

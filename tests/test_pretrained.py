@@ -20,7 +20,7 @@ import optax
 import pytest
 from safetensors.numpy import save_file
 
-from proxy_jax import convert, models, pretrained
+from proxy_jax import convert, models, pretrained, weight_files
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained")
 SPEC = json.load(open(os.path.join(FIXTURES, "spec.json")))
@@ -88,7 +88,7 @@ def test_vit_pos_embed_resized_for_larger_images():
 
 def test_timm_vgg_layout(tmp_path):
   """timm stores VGG's classifier as 7x7/1x1 convolutions (pre_logits.fc1/fc2, head.fc)."""
-  state = pretrained.read_safetensors(_path("vgg16_bn"))
+  state = weight_files.read_safetensors(_path("vgg16_bn"))
   channels = state["features.40.weight"].shape[0]
   renames = {"classifier.0": "pre_logits.fc1", "classifier.3": "pre_logits.fc2",
              "classifier.6": "head.fc"}
@@ -108,7 +108,7 @@ def test_timm_vgg_layout(tmp_path):
 
 
 def test_class_token_vit_maps_norm_to_fc_norm(tmp_path):
-  state = pretrained.read_safetensors(_path("vit"))
+  state = weight_files.read_safetensors(_path("vit"))
   renamed = {("norm" + k[7:] if k.startswith("fc_norm.") else k): v for k, v in state.items()}
   save_file(renamed, str(tmp_path / "token_vit.safetensors"))
   variables, _, _, messages = _load("vit", str(tmp_path / "token_vit.safetensors"))
@@ -117,7 +117,7 @@ def test_class_token_vit_maps_norm_to_fc_norm(tmp_path):
 
 
 def _write_variant(tmp_path, name, edit):
-  state = dict(pretrained.read_safetensors(_path(name)))
+  state = dict(weight_files.read_safetensors(_path(name)))
   edit(state)
   path = str(tmp_path / f"edited_{name}.safetensors")
   save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path)
@@ -130,7 +130,7 @@ def test_data_parallel_prefix_is_stripped(tmp_path):
       state["module." + key] = state.pop(key)
 
   variables, _, _, _ = _load("vit", _write_variant(tmp_path, "vit", edit))
-  state = pretrained.read_safetensors(_path("vit"))
+  state = weight_files.read_safetensors(_path("vit"))
   np.testing.assert_array_equal(variables["params"]["blocks_1"]["qkv"]["kernel"],
                                 state["blocks.1.attn.qkv.weight"].T)
 
@@ -170,7 +170,7 @@ def test_head_kept_fresh_when_class_count_differs():
   np.testing.assert_array_equal(params["fc"]["kernel"], fresh["params"]["fc"]["kernel"])
   np.testing.assert_array_equal(params["fc"]["bias"], fresh["params"]["fc"]["bias"])
   assert any("10 classes" in m and "7" in m and "fresh" in m for m in messages), messages
-  state = pretrained.read_safetensors(_path("resnet50"))
+  state = weight_files.read_safetensors(_path("resnet50"))
   np.testing.assert_array_equal(params["conv1"]["kernel"],
                                 state["conv1.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(variables["batch_stats"]["blocks_15"]["bn3"]["var"],
@@ -236,7 +236,7 @@ def test_convert_cli_round_trip(tmp_path):
 def _assert_offline_message(error, tmp_path):
   message = str(error)
   assert "timm/resnet50.a1_in1k" in message and "model.safetensors" in message
-  assert pretrained.hub_local_path("timm/resnet50.a1_in1k", str(tmp_path)) in message
+  assert weight_files.hub_local_path("timm/resnet50.a1_in1k", str(tmp_path)) in message
   assert "--config.model.pretrained=" in message
 
 
@@ -246,11 +246,11 @@ def test_offline_hub_error(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
   except ImportError:
     pass  # Without the package the same error comes from the missing import.
-  with pytest.raises(pretrained.PretrainedUnavailableError) as error:
+  with pytest.raises(weight_files.PretrainedUnavailableError) as error:
     pretrained.load_pretrained("timm/resnet50.a1_in1k", "resnet50", {}, cache_dir=str(tmp_path))
   _assert_offline_message(error.value, tmp_path)
   monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-  with pytest.raises(pretrained.PretrainedUnavailableError, match="pip install") as error:
+  with pytest.raises(weight_files.PretrainedUnavailableError, match="pip install") as error:
     pretrained.load_pretrained("hf-hub:timm/resnet50.a1_in1k", "resnet50", {},
                                cache_dir=str(tmp_path))
   _assert_offline_message(error.value, tmp_path)
@@ -258,11 +258,11 @@ def test_offline_hub_error(tmp_path, monkeypatch):
 
 def test_hub_name_uses_manually_fetched_file(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-  shutil.copy(_path("vit"), pretrained.hub_local_path("someone/tiny-vit", str(tmp_path)))
+  shutil.copy(_path("vit"), weight_files.hub_local_path("someone/tiny-vit", str(tmp_path)))
   model, _ = _model("vit")
   variables = pretrained.load_pretrained("someone/tiny-vit", "vit_ti16", _fresh(model, 32),
                                          cache_dir=str(tmp_path), log=lambda _: None)
-  state = pretrained.read_safetensors(_path("vit"))
+  state = weight_files.read_safetensors(_path("vit"))
   np.testing.assert_array_equal(variables["params"]["pos_embed"], state["pos_embed"])
 
 
@@ -279,7 +279,7 @@ def test_bfloat16_safetensors_read_without_torch(tmp_path):
   text = json.dumps(header).encode()
   path = tmp_path / "bf16.safetensors"
   path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-  loaded = pretrained.read_safetensors(str(path))
+  loaded = weight_files.read_safetensors(str(path))
   np.testing.assert_array_equal(loaded["a"].astype(np.float32), values["a"].astype(np.float32))
   np.testing.assert_array_equal(loaded["b"], values["b"])
 

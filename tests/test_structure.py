@@ -43,6 +43,7 @@ LAYERS = {
     "proxy_jax.models.tiny": LIBRARY,
     "proxy_jax.models.vgg": LIBRARY,
     "proxy_jax.models.vit": LIBRARY,
+    "proxy_jax.models.efficientnet": LIBRARY,
     "proxy_jax.cams": LIBRARY,
     "proxy_jax.cams.chunking": LIBRARY,
     "proxy_jax.cams.formulas": LIBRARY,
@@ -64,6 +65,8 @@ LAYERS = {
     "proxy_jax.preprocess": LIBRARY,
     "proxy_jax.proxy_image": LIBRARY,
     "proxy_jax.pretrained": LIBRARY,
+    "proxy_jax.weight_files": LIBRARY,
+    "proxy_jax.torch_pickle": LIBRARY,
     # Run: data, state, steps, the loop, checkpoints, records, reporting, validation.
     "proxy_jax.data": RUN,
     "proxy_jax.chunked": RUN,

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from proxy_jax.models.efficientnet import LITE, EfficientNetLite
 from proxy_jax.models.resnet import ResNet
 from proxy_jax.models.tiny import TinyCNN
 from proxy_jax.models.vgg import VGG
@@ -22,7 +23,9 @@ SMALL_IMAGE_MAX = 64
 _RESNETS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
             "resnet50": ((3, 4, 6, 3), True)}
 _VITS = {"vit_ti16": (192, 12, 3), "vit_s16": (384, 12, 6), "vit_b16": (768, 12, 12)}
-MODEL_NAMES = ("tiny_cnn", *_RESNETS, "vgg16_bn", *_VITS)
+MODEL_NAMES = ("tiny_cnn", *_RESNETS, "vgg16_bn", *_VITS, *LITE)
+# The resolution a model family was trained at, where it has its own (else ImageNet's 224).
+_NATIVE = {name: resolution for name, (_, _, resolution, _) in LITE.items()}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # "auto": bfloat16 compute where the hardware has fast bf16 matrix units, float32 elsewhere.
 DTYPE_CHOICES = ("auto", *DTYPES)
@@ -77,7 +80,21 @@ def model_class(name: str) -> type:
     return ResNet
   if name in _VITS:
     return ViT
+  if name in LITE:
+    return EfficientNetLite
   return {"tiny_cnn": TinyCNN, "vgg16_bn": VGG}[name]
+
+
+def native_resolution(name: str) -> int:
+  """The image side model `name`'s ImageNet weights were trained and evaluated at."""
+  check_name(name)
+  return _NATIVE.get(name, 224)
+
+
+def takes_width(name: str) -> bool:
+  """Whether `config.model.width` (a base channel count) applies: not to ViT or EfficientNet,
+  whose widths are their own scaling tables."""
+  return name not in _VITS and name not in LITE
 
 
 def resnet_stage_sizes(name: str) -> tuple[int, ...]:
@@ -111,6 +128,11 @@ def create(name: str, num_classes: int, image_size: int, dtype: str = "float32",
                   **overrides)
   if name == "vgg16_bn":
     return VGG(num_classes, small_stem=small, dtype=compute_dtype, **overrides)
+  if name in LITE:
+    width, depth, _, dropout = LITE[name]
+    fields = dict(width=width, depth=depth, dropout_rate=dropout)
+    fields.update(overrides)
+    return EfficientNetLite(num_classes, dtype=compute_dtype, **fields)
   dim, depth, heads = _VITS[name]
   fields = dict(dim=dim, depth=depth, num_heads=heads,
                 patch_size=vit_patch_size(image_size, small))

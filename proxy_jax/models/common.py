@@ -49,13 +49,51 @@ def _takes_im2col(lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_c
           and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
 
 
+# XLA:CPU runs depthwise convolutions (one filter per channel) 10-40x slower than the same sum
+# written as k * k shifted slices times per-channel weights, forward and backward
+# (benchmarks/small_maps.py --model efficientnet_lite0 shows the train step). Set
+# PROXY_JAX_CPU_DEPTHWISE=conv to compare.
+CPU_DEPTHWISE_SHIFTS = os.environ.get("PROXY_JAX_CPU_DEPTHWISE", "shifts") != "conv"
+
+
+def _takes_shifts(lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count,
+                  dimension_numbers) -> bool:
+  return (CPU_DEPTHWISE_SHIFTS and jax.default_backend() == "cpu" and lhs.ndim == 4
+          and feature_group_count > 1 and feature_group_count == lhs.shape[-1]
+          and rhs.shape[2] == 1 and rhs.shape[3] == lhs.shape[-1] and not isinstance(padding, str)
+          and all(d == 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+          and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+
+
+def depthwise_shifts(lhs, rhs, window_strides, padding, precision=None):
+  """A depthwise NHWC convolution (HWIO kernel (k, k, 1, C)) as a sum of k * k strided slices
+  of the padded input, each times its per-channel weights: elementwise work whose gradients are
+  elementwise too. The same sum as the convolution's."""
+  (top, bottom), (left, right) = padding
+  padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  kh, kw = rhs.shape[:2]
+  (sh, sw) = window_strides
+  oh, ow = (padded.shape[1] - kh) // sh + 1, (padded.shape[2] - kw) // sw + 1
+  total = None
+  for i in range(kh):
+    for j in range(kw):
+      term = padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] * rhs[i, j, 0]
+      total = term if total is None else total + term
+  del precision  # Elementwise products: nothing for a precision setting to choose.
+  return total
+
+
 def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                    dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated` (NHWC/HWIO), as im2col + matmul for tiny maps on XLA:CPU.
+  """`lax.conv_general_dilated` (NHWC/HWIO), as im2col + matmul for tiny maps on XLA:CPU, and
+  depthwise convolutions as shifted sums there (`depthwise_shifts`).
 
   The im2col uses static slices of the padded input, whose gradients are pads and slices, so
   the backward pass avoids the slow convolutions as well. Same parameters, same result.
   """
+  if _takes_shifts(lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count,
+                   dimension_numbers):
+    return depthwise_shifts(lhs, rhs, window_strides, padding, precision)
   kh, kw = rhs.shape[:2]
   if not isinstance(padding, str):
     (top, bottom), (left, right) = padding
