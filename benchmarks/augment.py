@@ -23,7 +23,9 @@ import numpy as np
 # Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax import augment, config_lib, steps, train  # pylint: disable=wrong-import-position
+from proxy_jax import augment  # pylint: disable=wrong-import-position
+from proxy_jax.config import checks as config_lib
+from proxy_jax.run import steps, train
 
 NUM_CLASSES = 10
 CASES = {

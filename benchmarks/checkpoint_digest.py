@@ -24,7 +24,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax import checkpoints, train  # pylint: disable=wrong-import-position
+from proxy_jax.run import checkpoints, train  # pylint: disable=wrong-import-position
 
 CASES = {
     "default": {},

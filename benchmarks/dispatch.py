@@ -32,7 +32,8 @@ import numpy as np
 # Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax import parallel, steps, train  # pylint: disable=wrong-import-position
+from proxy_jax.core import parallel  # pylint: disable=wrong-import-position
+from proxy_jax.run import steps, train
 
 
 def make_batches(config, count: int, sharding) -> list[dict]:

@@ -8,7 +8,7 @@ The reference runs in another interpreter that has torch and `efficientnet-lite-
 not a dependency of this project): this script sends it the decoded images (resized so the
 shorter side is 256, centre-cropped to 224, exactly the pixels our side sees) and gets its logits
 back. Both models take the same weights, the wheel's `.pth` (PyTorch loads it with torch; we
-read it with `proxy_jax.torch_pickle`), and each its own input normalisation: the reference
+read it with `proxy_jax.weights.torch_pickle`), and each its own input normalisation: the reference
 (pixel - 127) / 128 (`--reference-norm`, the Lite builder's), ours ImageNet-standardised images
 that the model maps into its own (models/efficientnet.py). Prints the largest logit difference,
 whether the top-1 classes agree, and the ImageNet top-1 accuracy of both on the photos
@@ -28,7 +28,9 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proxy_jax import data, models, preprocess, pretrained, weight_files  # noqa: E402
+from proxy_jax import data, models  # noqa: E402
+from proxy_jax.images import preprocess
+from proxy_jax.weights import pretrained, weight_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "efficientnet_lite0_logits.npz")

@@ -21,7 +21,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proxy_jax import cli, data, parallel, proxy, steps, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from proxy_jax import cli, data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from proxy_jax.core import parallel
+from proxy_jax.run import proxy_step, steps, train
 
 DEFAULT_CONFIG = "configs/default.py"
 cli.define_config_flag(DEFAULT_CONFIG, "Config to benchmark.")
@@ -56,7 +58,7 @@ def main(_):
     config.data.cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
     dataset = data.load_dataset(config, workdir)
   split = dataset.train
-  bank = proxy.ProxyBank()
+  bank = proxy_step.ProxyBank()
   chosen = np.arange(0, len(split), 5)
   bank.update(chosen, split.images[chosen])
   replicated, batch_sharding = parallel.shardings(parallel.make_mesh())

@@ -23,7 +23,9 @@ import jax
 # Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax import data, parallel, proxy, steps, train
+from proxy_jax import data
+from proxy_jax.core import parallel
+from proxy_jax.run import proxy_step, steps, train
 
 CASES = {
     # name: (model, image size, max training-pool examples (0 = all), small stem)
@@ -71,13 +73,13 @@ def measure(name: str, subset: float, repeats: int) -> dict:
     train.evaluate(state, split, config.eval_batch_size, eval_fn, batch_sharding)
 
   def proxy_step():
-    proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, key, predict_fn=predict_fn,
+    proxy_step.run_proxy_step(state, split, proxy_step.ProxyBank(), config, key, predict_fn=predict_fn,
                          batch_sharding=batch_sharding)
 
-  use_fused_scan = proxy.use_fused_scan
+  use_fused_scan = proxy_step.use_fused_scan
   results = {"case": name, "images": len(split), "subset": subset}
   for path in ("fused", "two-pass"):
-    proxy.use_fused_scan = lambda method, subset, forced=(path == "fused"): forced
+    proxy_step.use_fused_scan = lambda method, subset, forced=(path == "fused"): forced
     try:
       timed(evaluate), timed(proxy_step)  # Compilation, excluded.
       evals, proxy_times = [], []
@@ -85,7 +87,7 @@ def measure(name: str, subset: float, repeats: int) -> dict:
         evals.append(timed(evaluate))
         proxy_times.append(timed(proxy_step))
     finally:
-      proxy.use_fused_scan = use_fused_scan
+      proxy_step.use_fused_scan = use_fused_scan
     results[path] = {
         clock: {"eval_s": statistics.median(e[i] for e in evals),
                 "proxy_s": statistics.median(s[i] for s in proxy_times),
@@ -113,7 +115,7 @@ def main():
           row = result[path][clock]
           print(f"{name:<12} {result['images']:>6} {subset:>6.2f} {path:<8} {clock:<5} "
                 f"{row['eval_s']:>8.3f} {row['proxy_s']:>8.3f} {row['ratio']:>6.2f}", flush=True)
-      chosen = "fused" if proxy.use_fused_scan("gradcampp", subset) else "two-pass"
+      chosen = "fused" if proxy_step.use_fused_scan("gradcampp", subset) else "two-pass"
       print(f"  -> proxy_step.py picks {chosen} for gradcampp at subset {subset}")
       worst = max(worst, result[chosen]["cpu"]["ratio"])
   verdict = "within" if worst <= 1.5 else "OVER"

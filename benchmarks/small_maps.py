@@ -80,7 +80,8 @@ def jax_rates(args, im2col: bool) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, ROOT)
-  from proxy_jax import cams, model_state, models, steps  # pylint: disable=g-import-not-at-top
+  from proxy_jax import cams, models  # pylint: disable=g-import-not-at-top
+  from proxy_jax.run import model_state, steps
   from proxy_jax.models import common  # pylint: disable=g-import-not-at-top
 
   common.CPU_IM2COL = im2col

@@ -25,7 +25,9 @@ import numpy as np
 # Runnable as `python benchmarks/<name>.py` from anywhere: the repository root on the path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax import config_lib, models, steps, train  # pylint: disable=wrong-import-position
+from proxy_jax import models  # pylint: disable=wrong-import-position
+from proxy_jax.config import checks as config_lib
+from proxy_jax.run import steps, train
 
 # Dense bf16 peak of one chip in FLOP/s (vendor figures, no sparsity): the MFU denominator.
 # float32 runs are compared with the same figure (TF32/bf16 tensor cores are the ceiling).

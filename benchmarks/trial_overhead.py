@@ -14,7 +14,7 @@ busy machine slows both alike.
 The phases are measured inside the trial process, by name, so that older code needs no hooks:
 the tool wraps `train._setup_host` or `host.setup` (start-up, with the imports before it), `data.load_dataset`,
 `train._build` and `reporting.write_run_header` (setup), `train._train` (training: what the loop
-spends outside the phases nested in it), `train.evaluate`, `proxy.run_proxy_step`, the methods
+spends outside the phases nested in it), `train.evaluate`, `proxy_step.run_proxy_step`, the methods
 of `checkpoints.RunCheckpoints`, and `train._shut_down` plus the time from the return of
 `train_and_evaluate` to the end of the process (exit). Compile time comes from JAX's own
 duration events (tracing, lowering, backend compile or cache read) and is taken out of the
@@ -44,7 +44,8 @@ sys.path.insert(0, tree)
 import jax
 from jax import monitoring
 import importlib
-from proxy_jax import checkpoints, data, proxy, reporting, train
+from proxy_jax import data
+from proxy_jax.run import checkpoints, proxy_step, reporting, train
 
 seconds = {}
 stack = ["start-up"]
@@ -84,7 +85,7 @@ def optional_module(name):
   except ImportError:
     return None
 
-host = optional_module("proxy_jax.host")  # Newer code: the host setup moved out of train.
+host = optional_module("proxy_jax.run.host")  # Newer code: the host setup moved out of train.
 for module, name, phase in [(train, "_setup_host", "start-up"), (host, "setup", "start-up"),
                             (data, "load_dataset", "data"), (train, "_build", "setup"),
                             (reporting, "write_run_header", "setup"),

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from proxy_jax import cli
-from proxy_jax import config_fields
-from proxy_jax import errors
-from proxy_jax import io_utils
-from proxy_jax import records
+from proxy_jax.config import fields as config_fields
+from proxy_jax.core import errors
+from proxy_jax.core import io_utils
+from proxy_jax.run import records
 from proxy_jax import sweep as sweep_lib
-from proxy_jax.io_utils import atomic_save_figure, atomic_write
+from proxy_jax.core.io_utils import atomic_save_figure, atomic_write
 
 # Config fields that always get a column (so a query on them works even when not swept).
 IDENTITY_FIELDS = ("model.name", "data.name", "seed")

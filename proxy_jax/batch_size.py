@@ -3,7 +3,7 @@
   python -m proxy_jax.batch_size --config=configs/dogs.py [--num_classes=120] [--ceiling=N]
 
 Prints every probe (predicted and measured memory) and the chosen size; the finder itself is
-`proxy_jax.batch_finder`, which training also uses for `batch_size=-1`.
+`proxy_jax.run.batch_finder`, which training also uses for `batch_size=-1`.
 """
 
 import tempfile
@@ -12,7 +12,9 @@ from absl import app
 from absl import flags
 import jax
 
-from proxy_jax import batch_finder, cli, data, default_config, train
+from proxy_jax import cli, data
+from proxy_jax.config import defaults as default_config
+from proxy_jax.run import batch_finder, train
 
 
 def define_flags():

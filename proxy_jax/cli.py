@@ -21,7 +21,8 @@ from typing import Callable
 
 from absl import flags
 
-from proxy_jax import config_fields, config_files, disk, errors
+from proxy_jax.config import fields as config_fields, files as config_files
+from proxy_jax.core import disk, errors
 
 EXIT_USER_ERROR = 2
 

@@ -23,8 +23,10 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from proxy_jax import cli, errors, models, pretrained, weight_files
-from proxy_jax.io_utils import atomic_write_json
+from proxy_jax import cli, models
+from proxy_jax.core import errors
+from proxy_jax.weights import pretrained, weight_files
+from proxy_jax.core.io_utils import atomic_write_json
 
 
 def _parse_override(text: str):

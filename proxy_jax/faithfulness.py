@@ -29,16 +29,16 @@ import numpy as np
 import pandas as pd
 
 from proxy_jax import cams
-from proxy_jax import chunked
+from proxy_jax import proxy
+from proxy_jax.run import dispatch
 from proxy_jax import cli
 from proxy_jax import data
-from proxy_jax import errors
-from proxy_jax import images_grid
+from proxy_jax.core import errors
+from proxy_jax.images import images_grid
 from proxy_jax import infer
-from proxy_jax import preprocess
-from proxy_jax import proxy
-from proxy_jax import restore
-from proxy_jax.io_utils import atomic_save_figure, atomic_write
+from proxy_jax.images import preprocess
+from proxy_jax.run import restore
+from proxy_jax.core.io_utils import atomic_save_figure, atomic_write
 
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "average_drop_pct": "lower",
           "increase_in_confidence_pct": "higher", "accuracy": "higher"}
@@ -99,7 +99,7 @@ def explanation_scores(model, variables, images: np.ndarray, maps: np.ndarray,
     return (*_curves(model.apply, variables, images01, part_maps, part_targets, steps),
             *_confidence(model.apply, variables, images01, part_maps, part_targets))
 
-  deletion, insertion, full, masked = chunked.apply_chunked(
+  deletion, insertion, full, masked = dispatch.apply_chunked(
       apply, {"image": images, "map": np.asarray(maps), "target": np.asarray(targets)},
       min(chunk, len(images)))
   return {"deletion_auc": auc(deletion), "insertion_auc": auc(insertion),

@@ -37,15 +37,15 @@ import numpy as np
 import pandas as pd
 
 from proxy_jax import cams
-from proxy_jax import chunked
+from proxy_jax.run import dispatch
 from proxy_jax import cli
 from proxy_jax import data
-from proxy_jax import errors
-from proxy_jax import images_grid
-from proxy_jax import preprocess
-from proxy_jax import restore
-from proxy_jax import steps
-from proxy_jax.io_utils import atomic_write
+from proxy_jax.core import errors
+from proxy_jax.images import images_grid
+from proxy_jax.images import preprocess
+from proxy_jax.run import restore
+from proxy_jax.run import steps
+from proxy_jax.core.io_utils import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -75,7 +75,7 @@ _predict = steps.make_predict_step()
 
 def predict_logits(model, variables, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
   """Logits (N, classes); every call sees the same batch shape (one compilation)."""
-  return chunked.apply_chunked(
+  return dispatch.apply_chunked(
       lambda chunk: _predict(model.apply, variables, chunk.inputs["image"]),
       {"image": images}, min(batch_size, len(images)))
 
@@ -122,7 +122,7 @@ def cam_maps(method: str, model, variables, images: np.ndarray, targets: np.ndar
                         preprocess.eval_inputs(chunk.inputs["image"]),
                         targets=chunk.inputs["target"], **options)
 
-  return chunked.apply_chunked(apply, {"image": images, "target": np.asarray(targets)},
+  return dispatch.apply_chunked(apply, {"image": images, "target": np.asarray(targets)},
                                min(chunk_size, len(images)))
 
 

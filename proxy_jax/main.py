@@ -10,7 +10,10 @@ import os
 
 from absl import app, flags
 
-from proxy_jax import cli, console, default_config, train
+from proxy_jax import cli
+from proxy_jax.config import defaults as default_config
+from proxy_jax.core import console
+from proxy_jax.run import train
 
 DEFAULT_CONFIG = default_config.PATH
 

@@ -10,7 +10,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from proxy_jax import config_fields  # pylint: disable=g-import-not-at-top,wrong-import-position
+from proxy_jax.config import fields as config_fields  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def make_tiny_config(**overrides):
@@ -45,7 +45,8 @@ def train_one_epoch(config, workdir):
   """
   # Imported here so that tests which only build configs do not pay for JAX and the data layer.
   import jax  # pylint: disable=g-import-not-at-top
-  from proxy_jax import data, steps, train  # pylint: disable=g-import-not-at-top
+  from proxy_jax import data  # pylint: disable=g-import-not-at-top
+  from proxy_jax.run import steps, train
   dataset = data.load_dataset(config, workdir)
   model = train.create_model(config, len(dataset.class_names))
   split = dataset.train

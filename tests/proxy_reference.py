@@ -1,8 +1,8 @@
 """The proxy step as it ran before its passes stayed on the device (main at 692443a).
 
-Every chunk is read back to the host before the next one is dispatched (`chunked.apply_chunked`),
+Every chunk is read back to the host before the next one is dispatched (`dispatch.apply_chunked`),
 and the fused scan's proxies and maps come back for every row. The same jitted functions on
-the same chunks, so `proxy.run_proxy_step` must give bit-identical results: only where and when
+the same chunks, so `proxy_step.run_proxy_step` must give bit-identical results: only where and when
 the results cross to the host changed. Used by tests/test_proxy_device.py and by the two-process
 test in tests/test_proxy.py.
 """
@@ -11,24 +11,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import chunked, data, models, preprocess, proxy, proxy_image
+from proxy_jax import data, models, proxy
+from proxy_jax.images import preprocess
+from proxy_jax.run import dispatch, proxy_step
 
 
 def _predictions_and_candidates(state, view, config, predict_fn, sharding):
   """(predictions, (proxies, maps) of every row or None), read back chunk by chunk."""
   settings, variables = config.proxy, models.variables_of(state)
-  if not proxy.use_fused_scan(settings.cam_method, settings.subset):
-    predictions = chunked.apply_chunked(
+  if not proxy_step.use_fused_scan(settings.cam_method, settings.subset):
+    predictions = dispatch.apply_chunked(
         lambda c: jnp.argmax(predict_fn(state.apply_fn, variables, c.inputs["image"]), -1),
         {"image": view.images}, config.eval_batch_size, sharding=sharding)
     return predictions, None
-  scan = proxy_image.fused_scan_fn(state.apply_fn, settings.cam_method, settings.mode,
-                                   proxy._cam_options(config))  # pylint: disable=protected-access
+  scan = proxy.fused_scan_fn(state.apply_fn, settings.cam_method, settings.mode,
+                                   proxy_step._cam_options(config))  # pylint: disable=protected-access
   arrays = {"image": view.images}
   if settings.cam_target == "label":
     arrays["label"] = view.labels
   threshold, weight = jnp.float32(settings.threshold), jnp.float32(settings.weight)
-  predictions, out, cam = chunked.apply_chunked(
+  predictions, out, cam = dispatch.apply_chunked(
       lambda c: scan(variables, c.inputs["image"], c.inputs.get("label"), threshold, weight),
       arrays, config.eval_batch_size, sharding=sharding)
   return predictions, (out, cam)
@@ -38,9 +40,9 @@ def _recomputed(state, sources, targets, config, noise_key, sharding):
   settings = config.proxy
   proxy_fn = proxy.make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
                                  settings.weight, settings.mode,
-                                 dict(proxy._cam_options(config)))  # pylint: disable=protected-access
+                                 dict(proxy_step._cam_options(config)))  # pylint: disable=protected-access
   variables = models.variables_of(state)
-  return chunked.apply_chunked(
+  return dispatch.apply_chunked(
       lambda c: proxy_fn(variables, c.inputs["image"], c.inputs["target"],
                          jax.random.fold_in(noise_key, c.start)),
       {"image": sources, "target": targets.astype(np.int32)}, int(config.cams.chunk_size),
@@ -54,7 +56,7 @@ def reference_step(state, split, bank, config, key, predict_fn, sharding) -> dic
   predictions, candidates = _predictions_and_candidates(state, view, config, predict_fn,
                                                         sharding)
   wrong = np.flatnonzero(predictions != split.labels)
-  chosen = proxy.choose_wrong(wrong, split.labels[wrong], settings.subset, key,
+  chosen = proxy_step.choose_wrong(wrong, split.labels[wrong], settings.subset, key,
                               settings.class_balanced)
   stored = np.asarray(split.images[chosen])
   if settings.reuse_proxies:

@@ -9,7 +9,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from proxy_jax import augment, errors, preprocess
+from proxy_jax import augment
+from proxy_jax.core import errors
+from proxy_jax.images import preprocess
 from proxy_jax.augment import crop
 from tests.conftest import make_tiny_config
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from configs import default
 from tests.augment_checks import assert_label_preserving
-from proxy_jax import preprocess
+from proxy_jax.images import preprocess
 from proxy_jax.augment import erase
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proxy_jax import config_lib
+from proxy_jax.config import checks as config_lib
 from proxy_jax.augment import geometry, keep, mix
 from tests.augment_checks import np_bilinear
 from tests.conftest import make_tiny_config

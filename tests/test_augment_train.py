@@ -9,7 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proxy_jax import augment, cams, config_lib, data, models, preprocess, restore, steps, train
+from proxy_jax import augment, cams, data, models
+from proxy_jax.config import checks as config_lib
+from proxy_jax.images import preprocess
+from proxy_jax.run import restore, steps, train
 from tests.conftest import make_tiny_config
 from tests.test_train import killed_and_resumed
 
@@ -221,11 +224,11 @@ def test_short_run_with_each_family_ends_finite(case, tmp_path):
 @pytest.mark.slow
 def test_is_proxy_marks_the_swapped_rows():
   config = make_tiny_config()
-  from proxy_jax import proxy  # pylint: disable=g-import-not-at-top
+  from proxy_jax.run import proxy_step  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as workdir:
     split = data.load_dataset(config, workdir).train
-  bank = proxy.ProxyBank()
+  bank = proxy_step.ProxyBank()
   bank.update(np.arange(3), split.images[:3])
   batch = next(data.batches(split, 8, swap=bank.swap, is_proxy=bank.holds))
   np.testing.assert_array_equal(batch["is_proxy"], [True] * 3 + [False] * 5)

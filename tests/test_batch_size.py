@@ -4,8 +4,8 @@ import jax
 import pytest
 
 from configs import default
-from proxy_jax import batch_finder
-from proxy_jax import train
+from proxy_jax.run import batch_finder
+from proxy_jax.run import train
 
 
 def _tiny_config(ceiling):

@@ -9,8 +9,10 @@ import sys
 
 import pytest
 
-from proxy_jax import errors, records, sweep
-from proxy_jax.io_utils import atomic_write_json, atomic_write_text
+from proxy_jax import sweep
+from proxy_jax.core import errors
+from proxy_jax.run import records
+from proxy_jax.core.io_utils import atomic_write_json, atomic_write_text
 from proxy_jax.study import pilot
 from proxy_jax.sweep import carry, journal
 

@@ -10,14 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import chunked, data
+from proxy_jax import data
+from proxy_jax.run import dispatch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @given(st.integers(0, 40), st.integers(1, 9), st.booleans())
 def test_padded_chunks_cover_each_position_once_in_fixed_shapes(count, size, power_of_two):
-  chunks = list(chunked.padded_chunks(count, size, power_of_two))
+  chunks = list(dispatch.padded_chunks(count, size, power_of_two))
   assert len(chunks) == data.num_batches(count, size)
   real = [rows[:valid] for rows, valid in chunks]
   assert np.concatenate(real or [np.zeros(0, int)]).tolist() == list(range(count))
@@ -52,7 +53,7 @@ def test_apply_chunked_equals_the_whole_batch_at_once(count, size, power_of_two,
     assert isinstance(chunk.inputs["image"], np.ndarray)
     return _row_function(chunk.inputs["image"], chunk.inputs["label"])
 
-  got = chunked.apply_chunked(fn, {"image": images, "label": labels}, size,
+  got = dispatch.apply_chunked(fn, {"image": images, "label": labels}, size,
                               power_of_two=power_of_two, ahead=ahead)
   want = jax.device_get(_row_function(images, labels))
   for got_leaf, want_leaf in zip(got, want):
@@ -77,7 +78,7 @@ def test_map_chunks_dispatches_ahead_and_collects_in_order():
     return chunk.fetch(outputs)
 
   x = np.arange(7)
-  parts = chunked.map_chunks(fn, {"x": x}, 3, collect=collect, ahead=1)
+  parts = dispatch.map_chunks(fn, {"x": x}, 3, collect=collect, ahead=1)
   assert events == [("dispatch", 0), ("dispatch", 3), ("collect", 0), ("dispatch", 6),
                     ("collect", 3), ("collect", 6)]
   assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]  # Padding dropped.
@@ -85,18 +86,18 @@ def test_map_chunks_dispatches_ahead_and_collects_in_order():
 
 def test_mask_marks_real_rows_and_a_device_reduction_counts_each_once():
   x = np.arange(1, 11, dtype=np.float32)
-  per_chunk = chunked.map_chunks(
+  per_chunk = dispatch.map_chunks(
       lambda chunk: jnp.sum(chunk.inputs["x"] * chunk.inputs["mask"]), {"x": x}, 4, mask=True,
-      collect=chunked.keep_on_device)
+      collect=dispatch.keep_on_device)
   assert all(isinstance(p, jax.Array) for p in per_chunk)
   assert float(sum(per_chunk)) == x.sum()
-  masks = [c.inputs["mask"] for c in chunked.chunks({"x": x}, 4, mask=True)]
+  masks = [c.inputs["mask"] for c in dispatch.chunks({"x": x}, 4, mask=True)]
   assert [m.tolist() for m in masks][-1] == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_no_rows_give_empty_results_of_the_right_shape_and_dtype():
   images = np.zeros((0, 5, 5, 3), np.uint8)
-  got = chunked.apply_chunked(
+  got = dispatch.apply_chunked(
       lambda chunk: (jnp.mean(chunk.inputs["image"], axis=(1, 2)),
                      jnp.argmax(chunk.inputs["image"].reshape(-1, 75), -1)),
       {"image": images}, 4)
@@ -106,7 +107,7 @@ def test_no_rows_give_empty_results_of_the_right_shape_and_dtype():
 
 def test_arrays_of_different_lengths_are_refused():
   try:
-    list(chunked.chunks({"a": np.zeros(3), "b": np.zeros(4)}, 2))
+    list(dispatch.chunks({"a": np.zeros(3), "b": np.zeros(4)}, 2))
   except ValueError as error:
     assert "one common length" in str(error)
   else:
@@ -117,7 +118,8 @@ SHARDED = """
 import sys
 sys.path.insert(0, {root!r})
 import jax, numpy as np
-from proxy_jax import chunked, parallel
+from proxy_jax.core import parallel
+from proxy_jax.run import dispatch
 assert jax.device_count() == 2
 _, sharding = parallel.shardings(parallel.make_mesh())
 x = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
@@ -126,7 +128,7 @@ def fn(chunk):
   seen.append((chunk.inputs["x"].shape[0], len(chunk.inputs["x"].sharding.device_set)))
   return jax.jit(lambda v: v * 2.0)(chunk.inputs["x"])
 for power_of_two in (False, True):
-  got = chunked.apply_chunked(fn, {{"x": x}}, 3, sharding=sharding, power_of_two=power_of_two)
+  got = dispatch.apply_chunked(fn, {{"x": x}}, 3, sharding=sharding, power_of_two=power_of_two)
   np.testing.assert_array_equal(got, x * 2.0)
 # Chunks of 3 are rounded up to whole shares of the 2 devices and split over both.
 assert set(seen) == {{(4, 2), (2, 2)}}, seen

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from proxy_jax import io_utils
-from proxy_jax import config_fields
-from proxy_jax import config_lib
+from proxy_jax.core import io_utils
+from proxy_jax.config import fields as config_fields
+from proxy_jax.config import checks as config_lib
 from tests.conftest import ROOT, make_tiny_config
 
 BAD_VALUES = [
@@ -166,7 +166,7 @@ def _run_main(*args, cwd=ROOT):
     ("--config.optimizer.warmup_epochs=nan",
      "error: config.optimizer.warmup_epochs=nan is invalid: must be a finite number"),
     ("--config.optimizer.learnin_rate=1", "error: --config.optimizer.learnin_rate: "
-     ".*default_config.py has no such field; closest: config.optimizer.learning_rate"),
+     ".*config/defaults.py has no such field; closest: config.optimizer.learning_rate"),
 ])
 def test_main_user_error_is_one_line_and_status_2(tmp_path, override, message):
   workdir = tmp_path / "run"
@@ -208,7 +208,8 @@ def test_main_removes_the_workdir_it_made_when_data_refuses_the_config(tmp_path)
 
 
 def test_a_workdir_that_cannot_be_created_is_a_user_error(tmp_path):
-  from proxy_jax import errors, train  # pylint: disable=g-import-not-at-top
+  from proxy_jax.core import errors  # pylint: disable=g-import-not-at-top
+  from proxy_jax.run import train
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(errors.WorkdirError, match="a_file/run: cannot create it"):
     train.train_and_evaluate(make_tiny_config(), str(tmp_path / "a_file" / "run"))

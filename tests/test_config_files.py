@@ -5,7 +5,8 @@ import textwrap
 from ml_collections.config_flags import config_flags
 import pytest
 
-from proxy_jax import config_files, errors
+from proxy_jax.config import files as config_files
+from proxy_jax.core import errors
 
 CONFIG = textwrap.dedent('''
     import ml_collections

@@ -12,7 +12,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from proxy_jax import aggregate, console, reporting, summaries
+from proxy_jax import aggregate
+from proxy_jax.core import console
+from proxy_jax.run import reporting, summaries
 from tests.conftest import ROOT
 
 # absl's prefix: level letter, MMDD, time, thread id, file:line].
@@ -46,7 +48,7 @@ def test_main_prints_plain_lines_and_keeps_full_detail_in_the_log_file(tmp_path)
   assert not any(ABSL_PREFIX.match(line) for line in lines), lines
   assert re.fullmatch(r"1 cpu device\(s\); CPU cores [0-9,-]+", lines[0]), lines
   assert [line.split(":")[0] for line in lines[1:]] == [
-      "epoch 1/2", "proxy step 0 after epoch 1", "epoch 2/2", "Done"]
+      "epoch 1/2", "proxy step 0 after epoch 1", "epoch 2/2", "done"]
   logged = (workdir / console.LOG_FILE).read_text().splitlines()
   assert len(logged) >= len(lines) and all(ABSL_PREFIX.match(line) for line in logged)
   assert [ABSL_PREFIX.sub("", line) for line in logged if "reporting.py" in line] == lines[1:4]

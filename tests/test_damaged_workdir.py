@@ -17,7 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from proxy_jax import aggregate, checkpoints, data, digests, errors, records, restore, sweep, train
+from proxy_jax import aggregate, data, sweep
+from proxy_jax.core import digests, errors
+from proxy_jax.run import checkpoints, records, restore, train
 from proxy_jax.study import runs as study_runs
 from proxy_jax.study import spec as study_spec
 from tests.conftest import ROOT, make_tiny_config
@@ -231,7 +233,8 @@ def test_a_damaged_journal_is_named_unless_only_its_last_line_is_torn(tmp_path, 
 TRAINER = """
 import json, os, sys
 sys.path.insert(0, {root!r})
-from proxy_jax import cli, records
+from proxy_jax import cli
+from proxy_jax.run import records
 workdir = [a for a in sys.argv if a.startswith("--workdir=")][0][len("--workdir="):]
 
 def main():
@@ -484,3 +487,19 @@ def test_main_resumes_past_a_truncated_checkpoint_in_one_line_without_traceback(
   lines = [l for l in result.stderr.splitlines() if "cannot be restored" in l]
   assert len(lines) == 1 and "checkpoint 3" in lines[0] and "damaged-3-digest" in lines[0]
   assert _comparable(records.read_summary(workdir).to_json()) == _comparable(finished[1])
+
+
+@pytest.mark.slow
+def test_a_first_checkpoint_cut_off_before_its_manifest_means_a_fresh_start(finished, tmp_path):
+  """A kill between Orbax finishing the run's first checkpoint and its manifest: no older one to
+  fall back on, so the run starts afresh (and, deterministic, ends as if uninterrupted)."""
+  workdir = _copy(finished, tmp_path, without=["summary.json"])
+  directory = os.path.join(workdir, "checkpoints")
+  for epoch in ("2", "3"):
+    shutil.rmtree(os.path.join(directory, epoch))
+  os.remove(os.path.join(directory, "1", digests.MANIFEST))
+  ckpt = checkpoints.RunCheckpoints(workdir, 3)
+  assert ckpt.restore_newest(_template(), _steps_per_epoch(finished[1])) is None
+  ckpt.close()
+  assert sorted(os.listdir(directory)) == ["damaged-1-undigested", digests.SINCE_FILE]
+  assert _comparable(_train_again(workdir)) == _comparable(finished[1])

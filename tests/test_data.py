@@ -9,7 +9,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from proxy_jax import data, errors, splits, tfds_prepare
+from proxy_jax import data
+from proxy_jax.core import errors
+from proxy_jax.data import splits, tfds_prepare
 from tests.conftest import make_tiny_config
 
 

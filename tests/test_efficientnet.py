@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proxy_jax import infer, models, preprocess, pretrained, torch_pickle, weight_files
+from proxy_jax import infer, models
+from proxy_jax.images import preprocess
+from proxy_jax.weights import pretrained, torch_pickle, weight_files
 from proxy_jax.models import efficientnet
 from tests.conftest import ROOT
 
@@ -165,7 +167,7 @@ def test_a_missing_wheel_is_one_line(monkeypatch):
 def test_infer_explains_the_network_as_shipped(tmp_path):
   """`python -m proxy_jax.infer --pretrained=efficientnet_lite0`: ImageNet's classes, no
   workdir, the same top-1 as the reference, and the overlays."""
-  from proxy_jax import images_grid  # pylint: disable=g-import-not-at-top
+  from proxy_jax.images import images_grid  # pylint: disable=g-import-not-at-top
   folder = tmp_path / "images"
   folder.mkdir()
   images = bench.synthetic_images()
@@ -177,7 +179,7 @@ def test_infer_explains_the_network_as_shipped(tmp_path):
                               pretrained_name="efficientnet_lite0")
   reference = np.load(os.path.join(FIXTURES, "efficientnet_lite0_logits.npz"))["logits"]
   assert table["index_1"].tolist() == reference.argmax(1).tolist()
-  names = infer.restore.imagenet_class_names()
+  names = weight_files.imagenet_class_names()
   assert table["class_1"].tolist() == [names[i] for i in reference.argmax(1)]
   written = pd.read_csv(tmp_path / "out" / "predictions.csv")
   assert written["index_1"].tolist() == table["index_1"].tolist()

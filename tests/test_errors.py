@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from proxy_jax import cli, errors
+from proxy_jax import cli
+from proxy_jax.core import errors
 from tests.conftest import ROOT
 
 DEFAULT = os.path.join(ROOT, "configs", "default.py")

@@ -14,7 +14,9 @@ import textwrap
 
 import pytest
 
-from proxy_jax import checkpoints, disk, sweep, train
+from proxy_jax import sweep
+from proxy_jax.core import disk
+from proxy_jax.run import checkpoints, train
 from tests.conftest import ROOT, make_tiny_config
 from tests.test_damaged_workdir import TRAINER, _comparable
 
@@ -161,7 +163,8 @@ def test_main_prints_one_line_and_exits_2_on_a_full_disk(small_disk, tmp_path):
   script.write_text(textwrap.dedent(f"""
       import os, sys
       sys.path.insert(0, {ROOT!r})
-      from proxy_jax import checkpoints, disk
+      from proxy_jax.core import disk
+      from proxy_jax.run import checkpoints
       from tests.test_full_disk import _fill, FREE_AFTER_FILLING
       save = checkpoints.RunCheckpoints.save
       def full_save(self, epoch, *args):

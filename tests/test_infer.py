@@ -18,11 +18,11 @@ from proxy_jax import data
 from proxy_jax import faithfulness
 from proxy_jax import infer
 from proxy_jax import models
-from proxy_jax import parallel
-from proxy_jax import preprocess
-from proxy_jax import records
-from proxy_jax import restore
-from proxy_jax import steps, train
+from proxy_jax.core import parallel
+from proxy_jax.images import preprocess
+from proxy_jax.run import records
+from proxy_jax.run import restore
+from proxy_jax.run import steps, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,9 @@ import stat
 import numpy as np
 import pytest
 
-from proxy_jax import config_lib, data, digests, errors, io_utils
+from proxy_jax import data
+from proxy_jax.config import checks as config_lib
+from proxy_jax.core import digests, errors, io_utils
 from tests.conftest import make_tiny_config
 
 

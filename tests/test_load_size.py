@@ -7,8 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from proxy_jax import config_lib, data, errors, models, parallel, preprocess, proxy, records
-from proxy_jax import steps, train
+from proxy_jax import data, models
+from proxy_jax.config import checks as config_lib
+from proxy_jax.core import errors, parallel
+from proxy_jax.images import preprocess
+from proxy_jax import proxy
+from proxy_jax.run import proxy_step, records
+from proxy_jax.run import steps, train
 from tests.conftest import make_tiny_config, train_one_epoch
 
 STORED, SIZE = 20, 16
@@ -104,7 +109,7 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   config.proxy.subset = subset
   split = dataset.train
   _, sharding = parallel.shardings(parallel.make_mesh())
-  result = proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, jax.random.key(0),
+  result = proxy_step.run_proxy_step(state, split, proxy_step.ProxyBank(), config, jax.random.key(0),
                                 predict_fn=steps.make_predict_step(), batch_sharding=sharding)
   assert len(result.ids) > 0
   stored = split.images[result.ids]
@@ -117,7 +122,7 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   np.testing.assert_array_equal(result.proxies[:, ring], stored[:, ring])
   targets = np.argmax(np.asarray(steps.make_predict_step()(
       state.apply_fn, models.variables_of(state), result.originals)), -1)
-  options = dict(proxy._cam_options(config))  # pylint: disable=protected-access
+  options = dict(proxy_step._cam_options(config))  # pylint: disable=protected-access
   proxy_fn = proxy.make_proxy_fn(state.apply_fn, config.proxy.cam_method,
                                  config.proxy.threshold, config.proxy.weight, config.proxy.mode,
                                  options)
@@ -125,7 +130,7 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   diff = np.abs(preprocess.center_crop(result.proxies, SIZE).astype(int) - np.asarray(want))
   assert diff.max() <= 1  # Chunk shapes differ between the paths: float ties round apart.
   # A banked proxy replaces its original in a training batch at the stored size.
-  bank = proxy.ProxyBank()
+  bank = proxy_step.ProxyBank()
   bank.store(result.ids, result.proxies)
   batch = next(data.batches(split, len(split), swap=bank.swap, is_proxy=bank.holds))
   position = {int(i): p for p, i in enumerate(batch["id"])}

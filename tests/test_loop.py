@@ -16,7 +16,9 @@ import orbax.checkpoint as ocp
 import pytest
 import scipy.special
 
-from proxy_jax import checkpoints, io_utils, models, records, steps, train
+from proxy_jax import models
+from proxy_jax.core import io_utils
+from proxy_jax.run import checkpoints, records, steps, train
 from tests.conftest import ROOT, make_tiny_config
 
 TIMING_KEYS = ("epoch_seconds", "images_per_second")

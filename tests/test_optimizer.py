@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from proxy_jax import config_fields, config_lib, model_state
+from proxy_jax.config import fields as config_fields, checks as config_lib
+from proxy_jax.run import model_state
 from tests.conftest import make_tiny_config
 
 STEPS = 3

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from proxy_jax import config_lib, errors
+from proxy_jax.config import checks as config_lib
+from proxy_jax.core import errors
 from proxy_jax.augment import paper_settings
 from proxy_jax.study import arms, settings_table
 from tests.conftest import make_tiny_config

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from proxy_jax import errors, sweep
+from proxy_jax import sweep
+from proxy_jax.core import errors
 from proxy_jax.sweep import runner, slots
 from tests.test_sweep import REPO, TEST_SWEEP, _env, _journal, _sweep_command
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from proxy_jax import io_utils
+from proxy_jax.core import io_utils
 from proxy_jax import sweep
 from proxy_jax.study import pilot, spec
 
@@ -93,7 +93,7 @@ def test_partial_or_non_baseline_sweeps_are_refused(tmp_path):
     pilot.write_pilot(str(tmp_path), str(tmp_path / "out"))
   runs = [{"overrides": {"optimizer.learning_rate": lr, "seed": seed},
            "summary": None} for lr, seed in ((0.1, 0), (0.1, 1), (0.2, 0), (0.2, 2))]
-  from proxy_jax import records  # pylint: disable=import-outside-toplevel
+  from proxy_jax.run import records  # pylint: disable=import-outside-toplevel
   for run in runs:
     run["summary"] = records.Summary.from_json({"final": {"val_accuracy": 0.5}})
   with pytest.raises(spec.StudyError, match="different seeds"):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from proxy_jax import preprocess
+from proxy_jax.images import preprocess
 
 
 def _images(shape=(3, 12, 12, 3), seed=0):

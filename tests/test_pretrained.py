@@ -20,7 +20,8 @@ import optax
 import pytest
 from safetensors.numpy import save_file
 
-from proxy_jax import convert, models, pretrained, weight_files
+from proxy_jax import convert, models
+from proxy_jax.weights import pretrained, weight_files
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained")
 SPEC = json.load(open(os.path.join(FIXTURES, "spec.json")))

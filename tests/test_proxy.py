@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_tiny_config, train_one_epoch
-from proxy_jax import checkpoints, chunked, data, models, parallel, preprocess, proxy, steps, train
+from proxy_jax import data, models
+from proxy_jax.core import parallel
+from proxy_jax.images import preprocess
+from proxy_jax import proxy
+from proxy_jax.run import checkpoints, dispatch, proxy_step, steps, train
 
 MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 
@@ -140,7 +144,7 @@ def test_transform_invariants(case):
     ("2, P ,p,1", 3, (2, 2)),
 ])
 def test_parse_schedule_good(schedule, epochs, expected):
-  parsed = proxy.parse_schedule(schedule, epochs)
+  parsed = proxy_step.parse_schedule(schedule, epochs)
   assert parsed.epochs == epochs and parsed.proxy_epochs == expected
 
 
@@ -152,11 +156,11 @@ def test_parse_schedule_good(schedule, epochs, expected):
 ])
 def test_parse_schedule_malformed(schedule, epochs, message):
   with pytest.raises(ValueError, match=message):
-    proxy.parse_schedule(schedule, epochs)
+    proxy_step.parse_schedule(schedule, epochs)
 
 
 def test_parse_schedule_ignored_when_disabled():
-  assert proxy.parse_schedule("nonsense", 7, enabled=False) == proxy.Schedule(7, ())
+  assert proxy_step.parse_schedule("nonsense", 7, enabled=False) == proxy_step.Schedule(7, ())
 
 
 # ---------------------------------------------------------------- choosing the wrong ones
@@ -168,7 +172,7 @@ def test_choose_count_and_membership(subset):
   wrong = np.sort(rng.choice(1000, 65, replace=False))
   labels = rng.integers(0, 5, 65)
   for balanced in (False, True):
-    chosen = proxy.choose_wrong(wrong, labels, subset, jax.random.key(3), balanced)
+    chosen = proxy_step.choose_wrong(wrong, labels, subset, jax.random.key(3), balanced)
     assert len(chosen) == math.ceil(subset * 65)
     assert len(set(chosen.tolist())) == len(chosen) and set(chosen) <= set(wrong)
 
@@ -176,7 +180,7 @@ def test_choose_count_and_membership(subset):
 def test_choose_is_seeded():
   wrong, labels = np.arange(100), np.arange(100) % 4
   for balanced in (False, True):
-    draw = lambda seed: proxy.choose_wrong(wrong, labels, 0.3, jax.random.key(seed), balanced)
+    draw = lambda seed: proxy_step.choose_wrong(wrong, labels, 0.3, jax.random.key(seed), balanced)
     np.testing.assert_array_equal(draw(7), draw(7))
     assert not np.array_equal(draw(7), draw(8))
 
@@ -186,10 +190,10 @@ def test_choose_class_balanced_counts():
   # have and the large one takes the rest (water filling), never more than its share.
   labels = np.repeat([0, 1, 2], [50, 10, 5])
   wrong = np.arange(100, 165)
-  chosen = proxy.choose_wrong(wrong, labels, 0.46, jax.random.key(0), class_balanced=True)
+  chosen = proxy_step.choose_wrong(wrong, labels, 0.46, jax.random.key(0), class_balanced=True)
   counts = np.bincount(labels[np.searchsorted(wrong, chosen)], minlength=3)
   assert counts.tolist() == [15, 10, 5]
-  chosen = proxy.choose_wrong(wrong, labels, 0.2, jax.random.key(0), class_balanced=True)
+  chosen = proxy_step.choose_wrong(wrong, labels, 0.2, jax.random.key(0), class_balanced=True)
   counts = np.bincount(labels[np.searchsorted(wrong, chosen)], minlength=3)
   assert sorted(counts.tolist()) == [4, 4, 5]  # 13 = 4 + 4 + 4 and one extra.
 
@@ -225,7 +229,7 @@ def test_change_figures_match_a_direct_count(seed, batch, share):
   proxies = originals.copy()
   hit = rng.random((batch, 4, 5)) < share
   proxies[hit] = rng.integers(0, 256, (int(hit.sum()), 3), np.uint8)
-  got = proxy.change_figures(originals, proxies)
+  got = proxy_step.change_figures(originals, proxies)
   want = reference_change(originals, proxies)
   assert got.keys() == want.keys()
   for key, value in want.items():
@@ -238,10 +242,10 @@ def test_change_figures_match_a_direct_count(seed, batch, share):
 
 def test_change_figures_of_no_images_and_mismatched_shapes():
   empty = np.zeros((0, 4, 4, 3), np.uint8)
-  assert proxy.change_figures(empty, empty) == {
+  assert proxy_step.change_figures(empty, empty) == {
       "changed_pixel_share": None, "changed_mean_abs": None, "mean_abs_change": None}
   with pytest.raises(ValueError, match="differ in shape"):
-    proxy.change_figures(np.zeros((1, 4, 4, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8))
+    proxy_step.change_figures(np.zeros((1, 4, 4, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8))
 
 
 # ---------------------------------------------------------------- the bank in batches
@@ -252,7 +256,7 @@ def test_bank_replaces_never_adds_in_batches():
   images = np.repeat(ids.astype(np.uint8)[:, None, None, None], 2, axis=1)
   images = np.repeat(np.repeat(images, 2, axis=2), 3, axis=3)
   split = data.Split(images.copy(), ids % 3, ids)
-  bank = proxy.ProxyBank()
+  bank = proxy_step.ProxyBank()
   proxied = [1, 4, 9]
   bank.update(proxied, np.full((3, 2, 2, 3), 200, np.uint8) + np.array(proxied,
                                                                        np.uint8)[:, None, None,
@@ -279,13 +283,13 @@ def tiny_model(tmp_path_factory):
   return config, split, state, sharding
 
 
-def proxy_step(tiny_model, bank, key, **overrides):
+def run_step(tiny_model, bank, key, **overrides):
   config, split, state, sharding = tiny_model
   config = config.copy_and_resolve_references()
   for field, value in overrides.items():
     config.proxy[field] = value
   before = bank.to_arrays()
-  result = proxy.run_proxy_step(state, split, bank, config, jax.random.key(key),
+  result = proxy_step.run_proxy_step(state, split, bank, config, jax.random.key(key),
                                 predict_fn=steps.make_predict_step(), batch_sharding=sharding)
   after = bank.to_arrays()  # The step only reads the bank; storing is the caller's job.
   np.testing.assert_array_equal(before["ids"], after["ids"])
@@ -300,7 +304,7 @@ def proxy_step(tiny_model, bank, key, **overrides):
 @pytest.mark.slow
 def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatch):
   config, split, state, _ = tiny_model
-  bank, record = proxy_step(tiny_model, proxy.ProxyBank(), 0)
+  bank, record = run_step(tiny_model, proxy_step.ProxyBank(), 0)
   assert 0 < record["wrong"] < len(split) and record["chosen"] == math.ceil(0.5 * record["wrong"])
   assert len(bank) == record["chosen"]
   # Direct recomputation from the definition: predicted-class Grad-CAM++ on the original.
@@ -315,21 +319,21 @@ def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatc
   got = np.stack([bank.get(i) for i in ids]).astype(np.float32)
   assert np.max(np.abs(got - expected)) <= 1  # uint8 rounding only.
   # At subset 0.5 the step runs two-pass; the fused scan must give the same bank.
-  picks = proxy.use_fused_scan
+  picks = proxy_step.use_fused_scan
   assert not picks("gradcampp", 0.5) and picks("gradcampp", 0.6) and not picks("scorecam", 1.0)
-  monkeypatch.setattr(proxy, "use_fused_scan", lambda method, subset: not picks(method, subset))
-  other, _ = proxy_step(tiny_model, proxy.ProxyBank(), 0)
+  monkeypatch.setattr(proxy_step, "use_fused_scan", lambda method, subset: not picks(method, subset))
+  other, _ = run_step(tiny_model, proxy_step.ProxyBank(), 0)
   np.testing.assert_array_equal(other.ids(), ids)
   assert np.max(np.abs(other.to_arrays()["images"].astype(int) - got)) <= 1
 
 
 @pytest.mark.slow
 def test_clear_every_step_true_versus_false(tiny_model):
-  kept, _ = proxy_step(tiny_model, proxy.ProxyBank(), 1, clear_every_step=False)
+  kept, _ = run_step(tiny_model, proxy_step.ProxyBank(), 1, clear_every_step=False)
   first = set(kept.ids().tolist())
-  kept, _ = proxy_step(tiny_model, kept, 2, clear_every_step=False)
-  cleared, _ = proxy_step(tiny_model, proxy.ProxyBank(), 1, clear_every_step=True)
-  cleared, record = proxy_step(tiny_model, cleared, 2, clear_every_step=True)
+  kept, _ = run_step(tiny_model, kept, 2, clear_every_step=False)
+  cleared, _ = run_step(tiny_model, proxy_step.ProxyBank(), 1, clear_every_step=True)
+  cleared, record = run_step(tiny_model, cleared, 2, clear_every_step=True)
   second = set(cleared.ids().tolist())
   assert len(second) == record["chosen"] and second != first
   assert set(kept.ids().tolist()) == first | second
@@ -337,11 +341,11 @@ def test_clear_every_step_true_versus_false(tiny_model):
 
 @pytest.mark.slow
 def test_noisy_cam_methods_draw_from_the_step_key(tiny_model):
-  first, record = proxy_step(tiny_model, proxy.ProxyBank(), 4, cam_method="smoothgrad",
+  first, record = run_step(tiny_model, proxy_step.ProxyBank(), 4, cam_method="smoothgrad",
                              threshold=0.5)
-  again, _ = proxy_step(tiny_model, proxy.ProxyBank(), 4, cam_method="smoothgrad",
+  again, _ = run_step(tiny_model, proxy_step.ProxyBank(), 4, cam_method="smoothgrad",
                         threshold=0.5)
-  other, _ = proxy_step(tiny_model, proxy.ProxyBank(), 5, cam_method="smoothgrad",
+  other, _ = run_step(tiny_model, proxy_step.ProxyBank(), 5, cam_method="smoothgrad",
                         threshold=0.5)
   assert len(first) == record["chosen"] > 0
   np.testing.assert_array_equal(first.to_arrays()["images"], again.to_arrays()["images"])
@@ -352,12 +356,12 @@ def test_noisy_cam_methods_draw_from_the_step_key(tiny_model):
 @pytest.mark.slow
 def test_reuse_proxies_takes_the_cam_of_the_current_proxy(tiny_model):
   config, _, state, _ = tiny_model
-  once, _ = proxy_step(tiny_model, proxy.ProxyBank(), 3, subset=1.0)
+  once, _ = run_step(tiny_model, proxy_step.ProxyBank(), 3, subset=1.0)
   first = once.to_arrays()
-  again, _ = proxy_step(tiny_model, proxy.ProxyBank.from_arrays(first), 3, subset=1.0,
+  again, _ = run_step(tiny_model, proxy_step.ProxyBank.from_arrays(first), 3, subset=1.0,
                         reuse_proxies=False)
   np.testing.assert_array_equal(again.to_arrays()["images"], first["images"])
-  twice, _ = proxy_step(tiny_model, proxy.ProxyBank.from_arrays(first), 3, subset=1.0,
+  twice, _ = run_step(tiny_model, proxy_step.ProxyBank.from_arrays(first), 3, subset=1.0,
                         reuse_proxies=True)
   proxy_fn = proxy.make_proxy_fn(state.apply_fn, "gradcampp", 0.85, 0.2, "seed",
                                  {"chunk_size": 256, "smooth_sigma": 0.0})
@@ -393,7 +397,7 @@ def straight_run(tmp_path_factory):
           call["images"][int(example_id)] = image.copy()
       yield batch
 
-  original_chunks = chunked.chunks
+  original_chunks = dispatch.chunks
 
   def recording_chunks(arrays, size, **options):
     """Evaluation and the proxy step's passes (no swap: they read the split as it is)."""
@@ -405,11 +409,11 @@ def straight_run(tmp_path_factory):
         call["images"][int(row)] = arrays["image"][row].copy()
       yield chunk
 
-  data.batches, chunked.chunks = recording_batches, recording_chunks
+  data.batches, dispatch.chunks = recording_batches, recording_chunks
   try:
     summary = train.train_and_evaluate(make_tiny_config(**RESUME_OVERRIDES), workdir)
   finally:
-    data.batches, chunked.chunks = original_batches, original_chunks
+    data.batches, dispatch.chunks = original_batches, original_chunks
   return workdir, summary, calls
 
 
@@ -453,7 +457,7 @@ KILLED_RUN = """
 import os, signal, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 from conftest import make_tiny_config
-from proxy_jax import train
+from proxy_jax.run import train
 overrides = {overrides!r}
 original = train.train_epoch
 
@@ -523,17 +527,17 @@ jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_proces
                            process_id=process_id)
 import numpy as np
 from conftest import make_tiny_config
-from proxy_jax import chunked, proxy, train
+from proxy_jax.run import dispatch, proxy_step, train
 from proxy_reference import assert_identical, reference_step
 fed, drains = [], []
-dispatch = chunked.dispatch
+original = dispatch.dispatch
 
 def counting(*args, **kwargs):
-  passed = dispatch(*args, **kwargs)
+  passed = original(*args, **kwargs)
   drains.append(passed.drained_chunks)
   return passed
 
-chunked.dispatch = counting
+dispatch.dispatch = counting
 make_array = jax.make_array_from_process_local_data
 
 def recording(sharding, local, global_shape=None):
@@ -548,10 +552,10 @@ def finish_and_fuse(setup, state, bank, progress, wall_time_s):
   # The run's steps took the two-pass path; a fused step on the final state covers the other.
   config = setup.config.copy_and_resolve_references()
   config.proxy.subset = 1.0
-  result = proxy.run_proxy_step(state, setup.dataset.train, proxy.ProxyBank(), config,
-                                jax.random.key(7), predict_fn=setup.predict_fn,
-                                batch_sharding=setup.batch_sharding)
-  fused = proxy.ProxyBank()
+  result = proxy_step.run_proxy_step(state, setup.dataset.train, proxy_step.ProxyBank(),
+                                     config, jax.random.key(7), predict_fn=setup.predict_fn,
+                                     batch_sharding=setup.batch_sharding)
+  fused = proxy_step.ProxyBank()
   fused.store(result.ids, result.proxies)
   # Each pass dispatched whole, then fetched across processes: bit-identical to reading every
   # chunk back (the step before it stayed on the device), fused, two-pass and reused proxies;
@@ -561,8 +565,9 @@ def finish_and_fuse(setup, state, bank, progress, wall_time_s):
                                 (1.0, False, 1e-6), (0.2, False, 1e-6)):
     config.proxy.subset, config.proxy.reuse_proxies = subset, reuse
     config.proxy.device_buffer_mb, drains[:] = buffer, []
-    step = proxy.run_proxy_step(state, setup.dataset.train, bank, config, jax.random.key(7),
-                                predict_fn=setup.predict_fn, batch_sharding=setup.batch_sharding)
+    step = proxy_step.run_proxy_step(state, setup.dataset.train, bank, config,
+                                     jax.random.key(7), predict_fn=setup.predict_fn,
+                                     batch_sharding=setup.batch_sharding)
     assert_identical(step, reference_step(state, setup.dataset.train, bank, config,
                                           jax.random.key(7), setup.predict_fn,
                                           setup.batch_sharding))
@@ -595,9 +600,9 @@ def _fused_step_on_final_state(workdir, config):
   finally:
     ckpt.close()
   split = data.load_dataset(config, workdir).train
-  result = proxy.run_proxy_step(state, split, proxy.ProxyBank(), config, jax.random.key(7),
+  result = proxy_step.run_proxy_step(state, split, proxy_step.ProxyBank(), config, jax.random.key(7),
                                 predict_fn=steps.make_predict_step())
-  bank = proxy.ProxyBank()
+  bank = proxy_step.ProxyBank()
   bank.store(result.ids, result.proxies)
   return bank
 

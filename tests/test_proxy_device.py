@@ -1,6 +1,6 @@
 """A proxy step that never waits on the host: its passes are dispatched without a read back.
 
-`proxy.run_proxy_step` dispatches every pass with `chunked.dispatch` and reads back afterwards;
+`proxy_step.run_proxy_step` dispatches every pass with `dispatch.dispatch` and reads back afterwards;
 its results must equal bit for bit the step that read every chunk back (tests/proxy_reference.py),
 also when a small `proxy.device_buffer_mb` makes `dispatch` drain its oldest chunks mid-pass.
 
@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_tiny_config, train_one_epoch
-from proxy_jax import chunked, parallel, proxy, steps
+from proxy_jax.core import parallel
+from proxy_jax.run import dispatch, proxy_step, steps
 from tests.proxy_reference import assert_identical, reference_step
 
 
@@ -53,13 +54,13 @@ def test_proxy_step_is_bit_identical_to_reading_every_chunk_back(tiny_model, cas
   config = config.copy_and_resolve_references()
   for field, value in CASES[case].items():
     config.proxy[field] = value
-  bank = proxy.ProxyBank()
+  bank = proxy_step.ProxyBank()
   if config.proxy.reuse_proxies:  # Every third example banked: some chosen ones recompute.
     ids = np.arange(0, len(split), 3)
     bank.update(ids, 255 - split.images[ids])
   predict_fn, key = steps.make_predict_step(), jax.random.key(11)
   expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
-  result = proxy.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
+  result = proxy_step.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
                                 batch_sharding=sharding)
   assert 0 < len(result.ids) <= result.wrong < len(split)
   assert_identical(result, expected)
@@ -71,8 +72,8 @@ def test_dispatch_fetches_the_rows_asked_for_like_apply_chunked():
   rng = np.random.default_rng(0)
   x = rng.uniform(size=(11, 2, 3)).astype(np.float32)
   fn = lambda chunk: (jnp.sum(chunk.inputs["x"], -1), (chunk.inputs["x"] * 2).astype(jnp.uint8))
-  want = chunked.apply_chunked(fn, {"x": x}, 4)
-  passed = chunked.dispatch(fn, {"x": x}, 4)
+  want = dispatch.apply_chunked(fn, {"x": x}, 4)
+  passed = dispatch.dispatch(fn, {"x": x}, 4)
   assert len(passed.parts) == 3 and all(isinstance(p[0], jax.Array) for p in passed.parts)
   for positions in (None, [10, 0, 4, 4], [], np.arange(11)[::-1]):
     got = passed.fetch(positions)
@@ -81,17 +82,17 @@ def test_dispatch_fetches_the_rows_asked_for_like_apply_chunked():
       assert got_leaf.dtype == want_leaf.dtype
       np.testing.assert_array_equal(got_leaf, want_leaf[index])
   np.testing.assert_array_equal(passed.select(lambda out: out[1]).fetch([3]), want[1][[3]])
-  empty = chunked.dispatch(fn, {"x": x[:0]}, 4).fetch()
+  empty = dispatch.dispatch(fn, {"x": x[:0]}, 4).fetch()
   assert [(e.shape, e.dtype) for e in empty] == [((0, 2), np.float32), ((0, 2, 3), np.uint8)]
 
 
 def _watched_dispatch(monkeypatch) -> list:
-  """Records each pass `chunked.dispatch` runs: (OnDevice, live result bytes at each chunk).
+  """Records each pass `dispatch.dispatch` runs: (OnDevice, live result bytes at each chunk).
 
   The live bytes are measured apart from OnDevice's bookkeeping, by weak references to every
   result array: a drained chunk whose results stayed referenced still counts.
   """
-  dispatch, passes = chunked.dispatch, []
+  original, passes = dispatch.dispatch, []
 
   def watched(fn, *args, **kwargs):
     refs, live = [], []
@@ -103,10 +104,10 @@ def _watched_dispatch(monkeypatch) -> list:
       live.append(held + sum(leaf.nbytes for leaf in jax.tree.leaves(out)))
       return out
 
-    passes.append((dispatch(counted, *args, **kwargs), live))
+    passes.append((original(counted, *args, **kwargs), live))
     return passes[-1][0]
 
-  monkeypatch.setattr(chunked, "dispatch", watched)
+  monkeypatch.setattr(dispatch, "dispatch", watched)
   return passes
 
 
@@ -114,11 +115,11 @@ def test_dispatch_with_a_buffer_drains_the_oldest_half_and_fetches_the_same_rows
   rng = np.random.default_rng(1)
   x = rng.uniform(size=(21, 2, 3)).astype(np.float32)
   fn = lambda chunk: (jnp.sum(chunk.inputs["x"], -1), (chunk.inputs["x"] * 9).astype(jnp.uint8))
-  want = chunked.apply_chunked(fn, {"x": x}, 2)
+  want = dispatch.apply_chunked(fn, {"x": x}, 2)
   chunk_bytes = 2 * (2 * 4 + 2 * 3)
   passes = _watched_dispatch(monkeypatch)
   for buffer in (3 * chunk_bytes + 1, 1):
-    passed = chunked.dispatch(fn, {"x": x}, 2, buffer_bytes=buffer)
+    passed = dispatch.dispatch(fn, {"x": x}, 2, buffer_bytes=buffer)
     # 11 chunks, 3 fit: chunk 4 drains 2 of the 3 before it, and so on; 1 byte keeps 1 chunk.
     assert passed.drained_chunks == (8 if buffer > 1 else 10)
     assert len(passed.parts) == 11 - passed.drained_chunks
@@ -130,15 +131,15 @@ def test_dispatch_with_a_buffer_drains_the_oldest_half_and_fetches_the_same_rows
         assert got.dtype == expected.dtype
         np.testing.assert_array_equal(got, expected[index])
     np.testing.assert_array_equal(passed.select(lambda out: out[1]).fetch([0]), want[1][[0]])
-  unbounded = chunked.dispatch(fn, {"x": x}, 2)
+  unbounded = dispatch.dispatch(fn, {"x": x}, 2)
   assert unbounded.drained_chunks == 0 and unbounded.peak_bytes == 11 * chunk_bytes
 
   def odd_rows_only(chunk, outputs):  # A drain may keep only the rows a caller can ask for.
     positions = chunk.rows[:chunk.valid]
-    return jax.tree.map(lambda v: chunked.Drained(positions[positions % 2 == 1],
+    return jax.tree.map(lambda v: dispatch.Drained(positions[positions % 2 == 1],
                                                   v[positions % 2 == 1]), chunk.fetch(outputs))
 
-  partial = chunked.dispatch(fn, {"x": x}, 2, buffer_bytes=1, drain=odd_rows_only)
+  partial = dispatch.dispatch(fn, {"x": x}, 2, buffer_bytes=1, drain=odd_rows_only)
   np.testing.assert_array_equal(partial.fetch([1, 3, 20])[0], want[0][[1, 3, 20]])
   with pytest.raises(KeyError, match=r"\[2\]"):
     partial.fetch([1, 2])
@@ -164,16 +165,16 @@ def test_a_small_device_buffer_drains_and_stays_bit_identical(tiny_model, monkey
   fields, base, draining = SMALL_BUFFERS[case]
   for field, value in {**CASES[base], **fields}.items():
     config.proxy[field] = value
-  bank = proxy.ProxyBank()
+  bank = proxy_step.ProxyBank()
   if config.proxy.reuse_proxies:
     bank.update(np.arange(0, len(split), 3), 255 - split.images[::3])
   predict_fn, key = steps.make_predict_step(), jax.random.key(11)
   expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
   passes = _watched_dispatch(monkeypatch)
-  result = proxy.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
+  result = proxy_step.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
                                 batch_sharding=sharding)
   assert_identical(result, expected)
-  buffer = proxy.buffer_bytes(config)
+  buffer = proxy_step.buffer_bytes(config)
   assert sum(passed.drained_chunks >= 2 for passed, _ in passes) == draining
   for passed, live in passes:
     chunk = live[0]  # The first chunk is the largest (power-of-two passes shrink the last).
@@ -185,7 +186,9 @@ import contextlib, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import jax, jax.numpy as jnp, numpy as np
 from conftest import make_tiny_config
-from proxy_jax import chunked, data, models, parallel, proxy, steps, train
+from proxy_jax import data, models
+from proxy_jax.core import parallel
+from proxy_jax.run import dispatch, proxy_step, steps, train
 from proxy_reference import assert_identical, reference_step
 assert jax.device_count() == 2
 ARRAY = type(jnp.zeros(1))
@@ -211,46 +214,46 @@ predict_fn, key = steps.make_predict_step(), jax.random.key(3)
 # The check can fail: reading each chunk back, as the step did before, is caught.
 with no_reads():
   try:
-    chunked.apply_chunked(lambda chunk: predict_fn(state.apply_fn, models.variables_of(state),
+    dispatch.apply_chunked(lambda chunk: predict_fn(state.apply_fn, models.variables_of(state),
                                                    chunk.inputs["image"]),
                           {{"image": split.images}}, 64, sharding=sharding)
   except AssertionError:
     pass
   else:
     raise SystemExit("a read back went unnoticed")
-dispatch, map_chunks, passes = chunked.dispatch, chunked.map_chunks, []
+original, map_chunks, passes = dispatch.dispatch, dispatch.map_chunks, []
 
 def guarded(*args, **kwargs):
   with no_reads():
-    passes.append(dispatch(*args, **kwargs))
+    passes.append(original(*args, **kwargs))
   return passes[-1]
 
 def refused(*args, **kwargs):
   raise AssertionError("the proxy step used a pass that reads back chunk by chunk")
 
-bank = proxy.ProxyBank()
+bank = proxy_step.ProxyBank()
 bank.update(np.arange(0, len(split), 3), split.images[::3])
 for subset, reuse, count in ((1.0, False, 1), (0.2, False, 2), (0.9, True, 2)):
   config.proxy.subset, config.proxy.reuse_proxies = subset, reuse
   expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
-  chunked.dispatch, chunked.map_chunks, passes[:] = guarded, refused, []
+  dispatch.dispatch, dispatch.map_chunks, passes[:] = guarded, refused, []
   try:
-    result = proxy.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
-                                  batch_sharding=sharding)
+    result = proxy_step.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
+                                       batch_sharding=sharding)
   finally:
-    chunked.dispatch, chunked.map_chunks = dispatch, map_chunks
+    dispatch.dispatch, dispatch.map_chunks = original, map_chunks
   assert len(passes) == count and all(p.sharded for p in passes), (subset, len(passes))
   assert not any(p.drained_chunks for p in passes)  # The default buffer holds these passes.
   assert len(result.ids) > 0
   assert_identical(result, expected)
 # A 1-byte buffer drains every chunk but the last, reading sharded results back as it goes.
 config.proxy.device_buffer_mb, config.eval_batch_size, passes[:] = 1e-6, 32, []
-chunked.dispatch = lambda *args, **kwargs: passes.append(dispatch(*args, **kwargs)) or passes[-1]
+dispatch.dispatch = lambda *args, **kwargs: passes.append(original(*args, **kwargs)) or passes[-1]
 try:
-  result = proxy.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
-                                batch_sharding=sharding)
+  result = proxy_step.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
+                                     batch_sharding=sharding)
 finally:
-  chunked.dispatch = dispatch
+  dispatch.dispatch = original
 assert passes[0].sharded and passes[0].drained_chunks >= 2, passes[0].drained_chunks
 assert_identical(result, reference_step(state, split, bank, config, key, predict_fn, sharding))
 print("ok")

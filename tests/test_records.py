@@ -2,8 +2,8 @@
 
 import json
 
-from proxy_jax import io_utils
-from proxy_jax import records
+from proxy_jax.core import io_utils
+from proxy_jax.run import records
 
 ROW = {"epoch": 1, "train_loss": 2.0, "train_accuracy": 0.3, "val_loss": 2.5,
        "val_accuracy": 0.25, "val_top5": 0.6, "learning_rate": 1e-3, "epoch_seconds": 4.0,

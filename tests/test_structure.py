@@ -23,101 +23,38 @@ MAX_FUNCTION_LINES = 60
 BASE, LIBRARY, RUN, TOOLS = "base", "library", "run", "tools"
 # A module may import modules of its own layer or of the layers before it in this order.
 ORDER = (BASE, LIBRARY, RUN, TOOLS)
-LAYERS = {
-    # Base: errors, files, field paths and device plumbing that every layer uses.
-    "proxy_jax": BASE,
-    "proxy_jax.errors": BASE,
-    "proxy_jax.io_utils": BASE,
-    "proxy_jax.digests": BASE,
-    "proxy_jax.disk": BASE,
-    "proxy_jax.config_files": BASE,
-    "proxy_jax.config_fields": BASE,
-    "proxy_jax.console": BASE,
-    "proxy_jax.default_config": BASE,
-    "proxy_jax.parallel": BASE,
-    "proxy_jax.images_grid": BASE,
-    # Library: models, CAMs, augmentation, the proxy transform, preprocessing, weights.
-    "proxy_jax.models": LIBRARY,
-    "proxy_jax.models.common": LIBRARY,
-    "proxy_jax.models.resnet": LIBRARY,
-    "proxy_jax.models.tiny": LIBRARY,
-    "proxy_jax.models.vgg": LIBRARY,
-    "proxy_jax.models.vit": LIBRARY,
-    "proxy_jax.models.efficientnet": LIBRARY,
-    "proxy_jax.cams": LIBRARY,
-    "proxy_jax.cams.chunking": LIBRARY,
-    "proxy_jax.cams.formulas": LIBRARY,
-    "proxy_jax.cams.pixel": LIBRARY,
-    "proxy_jax.cams.postprocess": LIBRARY,
-    "proxy_jax.cams.render": LIBRARY,
-    "proxy_jax.augment": LIBRARY,
-    "proxy_jax.augment.crop": LIBRARY,
-    "proxy_jax.augment.erase": LIBRARY,
-    "proxy_jax.augment.fields": LIBRARY,
-    "proxy_jax.augment.fine_grained": LIBRARY,
-    "proxy_jax.augment.geometry": LIBRARY,
-    "proxy_jax.augment.keep": LIBRARY,
-    "proxy_jax.augment.mix": LIBRARY,
-    "proxy_jax.augment.ops": LIBRARY,
-    "proxy_jax.augment.paper_settings": LIBRARY,
-    "proxy_jax.augment.policy": LIBRARY,
-    "proxy_jax.augment.saliency": LIBRARY,
-    "proxy_jax.preprocess": LIBRARY,
-    "proxy_jax.proxy_image": LIBRARY,
-    "proxy_jax.pretrained": LIBRARY,
-    "proxy_jax.weight_files": LIBRARY,
-    "proxy_jax.torch_pickle": LIBRARY,
-    # Run: data, state, steps, the loop, checkpoints, records, reporting, validation.
-    "proxy_jax.data": RUN,
-    "proxy_jax.chunked": RUN,
-    "proxy_jax.proxy": RUN,
-    "proxy_jax.splits": RUN,
-    "proxy_jax.tfds_prepare": RUN,
-    "proxy_jax.model_state": RUN,
-    "proxy_jax.restore": RUN,
-    "proxy_jax.step_metrics": RUN,
-    "proxy_jax.host": RUN,
-    "proxy_jax.summaries": RUN,
-    "proxy_jax.checkpoints": RUN,
-    "proxy_jax.records": RUN,
-    "proxy_jax.reporting": RUN,
-    "proxy_jax.config_lib": RUN,
-    "proxy_jax.batch_finder": RUN,
-    "proxy_jax.steps": RUN,
-    "proxy_jax.train": RUN,
-    "proxy_jax.workdir_lock": RUN,
-    # Tools: the command lines and what only they use.
-    "proxy_jax.cli": TOOLS,
-    "proxy_jax.main": TOOLS,
-    "proxy_jax.infer": TOOLS,
-    "proxy_jax.faithfulness": TOOLS,
-    "proxy_jax.aggregate": TOOLS,
-    "proxy_jax.batch_size": TOOLS,
-    "proxy_jax.convert": TOOLS,
-    "proxy_jax.sweep": TOOLS,
-    "proxy_jax.sweep.__main__": TOOLS,
-    "proxy_jax.sweep.carry": TOOLS,
-    "proxy_jax.sweep.files": TOOLS,
-    "proxy_jax.sweep.grid": TOOLS,
-    "proxy_jax.sweep.journal": TOOLS,
-    "proxy_jax.sweep.runner": TOOLS,
-    "proxy_jax.sweep.slots": TOOLS,
-    "proxy_jax.study": TOOLS,
-    "proxy_jax.study.__main__": TOOLS,
-    "proxy_jax.study.arms": TOOLS,
-    "proxy_jax.study.explanations": TOOLS,
-    "proxy_jax.study.pilot": TOOLS,
-    "proxy_jax.study.preregistration": TOOLS,
-    "proxy_jax.study.power": TOOLS,
-    "proxy_jax.study.manipulation": TOOLS,
-    "proxy_jax.study.backfill": TOOLS,
-    "proxy_jax.study.report": TOOLS,
-    "proxy_jax.study.runs": TOOLS,
-    "proxy_jax.study.reuse": TOOLS,
-    "proxy_jax.study.settings_table": TOOLS,
-    "proxy_jax.study.spec": TOOLS,
-    "proxy_jax.study.stats": TOOLS,
+# A module's layer is its folder's (the first folder below proxy_jax/); a new file is placed by
+# where it lives. Modules directly in proxy_jax/ are the command-line tools.
+FOLDER_LAYERS = {
+    # Base: errors, atomic files and digests, the disk, the console, device plumbing.
+    "core": BASE,
+    # Library: models, CAMs, augmentation, the proxy transform, images, pretrained weights.
+    "models": LIBRARY, "cams": LIBRARY, "augment": LIBRARY, "proxy": LIBRARY,
+    "images": LIBRARY, "weights": LIBRARY,
+    # Run: the config boundary, data, and a training run (state, steps, loop, checkpoints...).
+    "config": RUN, "data": RUN, "run": RUN,
+    # Tools: sweeps and studies (and the command lines beside them).
+    "sweep": TOOLS, "study": TOOLS,
 }
+MAX_TOP_LEVEL_MODULES = 10
+
+
+def layer_of(name: str) -> str:
+  """The layer of module `name` ("proxy_jax.run.train" -> run), from its folder."""
+  parts = name.split(".")
+  if len(parts) == 1:
+    return BASE  # The package's own __init__.
+  if len(parts) == 2 and parts[1] not in FOLDER_LAYERS:
+    return TOOLS  # A module directly in proxy_jax/: a command line.
+  if parts[1] not in FOLDER_LAYERS:
+    raise KeyError(f"folder proxy_jax/{parts[1]}/ has no layer in FOLDER_LAYERS")
+  return FOLDER_LAYERS[parts[1]]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+  return [f"{name} ({layer_of(name)}) imports {target} ({layer_of(target)})"
+          for name, targets in sorted(graph.items()) for target in sorted(targets)
+          if ORDER.index(layer_of(target)) > ORDER.index(layer_of(name))]
 
 
 def module_files(package: pathlib.Path = PACKAGE) -> dict[str, pathlib.Path]:
@@ -190,22 +127,37 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
   return None
 
 
-def test_every_module_is_classified_in_a_layer():
-  modules = set(module_files())
-  missing = sorted(modules - set(LAYERS))
-  assert not missing, (f"classify {missing} in tests/test_structure.py LAYERS (base, library, "
-                       "run or tools) so the layer contract covers them")
-  stale = sorted(set(LAYERS) - modules)
-  assert not stale, f"LAYERS names modules that no longer exist: {stale}"
+def test_every_folder_has_a_layer_and_the_top_level_is_small():
+  folders = {path.parent.name for path in PACKAGE.rglob("*.py") if path.parent != PACKAGE}
+  folders = {f for f in folders if (PACKAGE / f).is_dir()}
+  assert folders <= set(FOLDER_LAYERS), (
+      f"give {sorted(folders - set(FOLDER_LAYERS))} a layer in FOLDER_LAYERS")
+  top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+  assert len(top) <= MAX_TOP_LEVEL_MODULES, f"{len(top)} modules directly in proxy_jax/: {top}"
+  for name in module_files():
+    layer_of(name)
 
 
 def test_layers_import_downwards_only():
-  graph = import_graph()
-  upward = [f"{name} ({LAYERS[name]}) imports {target} ({LAYERS[target]})"
-            for name, targets in sorted(graph.items()) if name in LAYERS
-            for target in sorted(targets) if target in LAYERS
-            if ORDER.index(LAYERS[target]) > ORDER.index(LAYERS[name])]
+  upward = upward_imports(import_graph())
   assert not upward, "layers import downwards only:\n  " + "\n  ".join(upward)
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path):
+  """A library module importing the run layer, in a package laid out as ours, is reported."""
+  package = tmp_path / "proxy_jax"
+  for folder in ("models", "run", "core"):
+    (package / folder).mkdir(parents=True)
+    (package / folder / "__init__.py").write_text("")
+  (package / "__init__.py").write_text("")
+  (package / "models" / "net.py").write_text("def f():\n  from proxy_jax.run import loop\n")
+  (package / "run" / "loop.py").write_text("from proxy_jax.core import files\n")
+  (package / "core" / "files.py").write_text("")
+  (package / "main.py").write_text("from proxy_jax.run import loop\n")
+  graph = import_graph(package)
+  assert upward_imports(graph) == [
+      "proxy_jax.models.net (library) imports proxy_jax.run.loop (run)"]
+  assert layer_of("proxy_jax.main") == TOOLS and layer_of("proxy_jax") == BASE
 
 
 def test_no_import_circle():
@@ -260,7 +212,7 @@ def test_files_and_functions_are_short():
 
 _OUTSIDE = """
 import json, os, sys
-from proxy_jax import default_config
+from proxy_jax.config import defaults as default_config
 from proxy_jax.study import spec
 from proxy_jax.sweep import runner
 config = default_config.get_config()
@@ -288,15 +240,15 @@ def test_an_installed_copy_works_outside_the_checkout(tmp_path):
   site, work = tmp_path / "site", tmp_path / "work"
   shutil.copytree(PACKAGE, site / "proxy_jax", ignore=shutil.ignore_patterns("__pycache__"))
   work.mkdir()
-  (work / "base.py").write_text("from proxy_jax.default_config import get_config\n")
+  (work / "base.py").write_text("from proxy_jax.config.defaults import get_config\n")
   (work / "study.py").write_text(_STUDY)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   result = subprocess.run([sys.executable, "-c", _OUTSIDE], cwd=work, capture_output=True,
                           text=True, timeout=120, env={**env, "PYTHONPATH": str(site)})
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
-  assert report["module"] == str(site / "proxy_jax")
-  assert report["default_path"] == str(site / "proxy_jax" / "default_config.py")
+  assert report["module"] == str(site / "proxy_jax" / "config")
+  assert report["default_path"] == str(site / "proxy_jax" / "config" / "defaults.py")
   assert report["epochs"] > 0
   assert report["study_config"] == str(work / "base.py")
   assert report["command"] == ["-m", "proxy_jax.main"]

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from proxy_jax import config_files
+from proxy_jax.config import files as config_files
 from proxy_jax import sweep
 from proxy_jax.study import explanations
 from proxy_jax.study import runs as runs_lib
@@ -157,7 +157,7 @@ PENDING_FIELDS = {"augment.mix", "augment.mix_alpha", "augment.keep_salient",
 
 
 def test_study_files_name_existing_config_fields():
-  from proxy_jax import config_fields  # pylint: disable=import-outside-toplevel
+  from proxy_jax.config import fields as config_fields  # pylint: disable=import-outside-toplevel
   data = {"data.path": os.path.join(REPO, "tests"), "data.test_path": ""}
   for name in ("digits", "imagenette_mini"):
     study = spec.load_study(os.path.join(STUDIES, f"{name}.py"))
@@ -215,7 +215,7 @@ def test_every_arm_config_is_validated_before_running():
 
 
 def test_init_checksum_sees_every_value_name_and_dtype():
-  from proxy_jax import train  # pylint: disable=import-outside-toplevel
+  from proxy_jax.run import train  # pylint: disable=import-outside-toplevel
   tree = {"params": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2)}}
   same = {"params": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2)}}
   assert train.tree_checksum(tree) == train.tree_checksum(same)

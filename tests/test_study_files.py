@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from proxy_jax import config_files, config_lib, proxy, sweep
+from proxy_jax import sweep
+from proxy_jax.config import files as config_files, checks as config_lib
+from proxy_jax.run import proxy_step
 from proxy_jax.study import arms, spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +35,7 @@ def test_thesis_schedule_scales_the_proxy_steps(epochs, schedule):
   """The schedules the existing studies wrote by hand, and the 60-epoch one; each proxy step
   sits after the nearest epoch to the thesis's share (5, 14, 23 and 32 of 36)."""
   assert arms.thesis_schedule(epochs) == schedule
-  due = proxy.parse_schedule(schedule, epochs, True).proxy_epochs
+  due = proxy_step.parse_schedule(schedule, epochs, True).proxy_epochs
   assert [abs(d - s * epochs / 36) <= 0.5 for d, s in zip(due, (5, 14, 23, 32))] == [True] * 4
 
 

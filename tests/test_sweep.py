@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from proxy_jax import errors, sweep
+from proxy_jax import sweep
+from proxy_jax.core import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = os.path.join(REPO, "configs", "sweeps", "proxy_grid.py")

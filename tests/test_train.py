@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from proxy_jax import train
+from proxy_jax import proxy
+from proxy_jax.run import train
 from tests.conftest import ROOT, make_tiny_config
 
 TIMING_KEYS = ("epoch_seconds", "images_per_second")
@@ -131,7 +132,9 @@ def test_bfloat16_run_trains_and_its_cams_and_proxies_are_finite(tmp_path):
     assert np.isfinite([row["train_loss"], row["val_loss"]]).all()
   assert summary["history"][1]["train_loss"] < summary["history"][0]["train_loss"]
   assert summary["proxy_steps"][0]["chosen"] > 0 and summary["bank_size"] > 0
-  from proxy_jax import cams, data, infer, preprocess, proxy, restore  # pylint: disable=g-import-not-at-top
+  from proxy_jax import cams, data  # pylint: disable=g-import-not-at-top
+  from proxy_jax.images import preprocess
+  from proxy_jax.run import restore
   model, variables, config, _ = restore.restore_for_inference(workdir)
   assert model.dtype == jax.numpy.bfloat16
   unit = preprocess.to_unit_range(data.load_dataset(config, workdir).train.images[:16])
@@ -151,7 +154,8 @@ def test_steps_import_without_tensorflow():
           "    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
           "      raise ImportError('blocked ' + name)\n"
           "sys.meta_path.insert(0, Block())\n"
-          "from proxy_jax import steps, train, proxy, cams, data, models\n"
+          "from proxy_jax import cams, data, models, proxy\n"
+          "from proxy_jax.run import proxy_step, steps, train\n"
           "assert not [m for m in sys.modules if m.startswith('tensorflow')]\n"
           "print('ok')\n")
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

@@ -10,13 +10,15 @@ import time
 
 import pytest
 
-from proxy_jax import errors, records, sweep, workdir_lock
+from proxy_jax import sweep
+from proxy_jax.core import errors
+from proxy_jax.run import records, workdir_lock
 from tests.conftest import ROOT
 
 HOLDER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from proxy_jax import workdir_lock
+from proxy_jax.run import workdir_lock
 with workdir_lock.hold(sys.argv[1]):
   print("holding", flush=True)
   time.sleep(120)
@@ -73,7 +75,7 @@ def test_a_second_run_on_a_busy_workdir_refuses_at_once_and_the_first_is_unharme
   # second meets a run in progress however fast the machine is.
   config.write_text(f"import os, sys, time\nsys.path.insert(0, {ROOT!r})\n"
                     "from tests.conftest import make_tiny_config\n"
-                    "from proxy_jax import train\n"
+                    "from proxy_jax.run import train\n"
                     "original = train.train_epoch\n"
                     "def gated(*args):\n"
                     f"  while not os.path.exists({str(gate)!r}):\n"

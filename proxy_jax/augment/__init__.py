@@ -25,8 +25,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from proxy_jax import preprocess
-from proxy_jax.errors import fail_field
+from proxy_jax.images import preprocess
+from proxy_jax.core.errors import fail_field
 from proxy_jax.augment import crop, erase, geometry, keep, mix, policy, saliency
 
 FAMILIES = {

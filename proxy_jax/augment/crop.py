@@ -26,9 +26,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from proxy_jax import preprocess
+from proxy_jax.images import preprocess
 from proxy_jax.augment import fields
-from proxy_jax.errors import fail_field
+from proxy_jax.core.errors import fail_field
 
 center_crop = preprocess.center_crop
 

@@ -22,9 +22,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from proxy_jax import preprocess
+from proxy_jax.images import preprocess
 from proxy_jax.augment import fields, geometry
-from proxy_jax.errors import fail_field
+from proxy_jax.core.errors import fail_field
 
 FILLS = ("dataset_mean", "zero", "mean", "noise")
 PAPER = "paper"

@@ -5,7 +5,7 @@ ConfigError is a ValueError that every command line reports as a one-line user e
 
 import math
 
-from proxy_jax import errors
+from proxy_jax.core import errors
 
 
 def is_number(value) -> bool:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from proxy_jax.augment import geometry
-from proxy_jax.errors import fail_field
+from proxy_jax.core.errors import fail_field
 
 
 class Draws:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proxy_jax.augment import fields, ops
-from proxy_jax.errors import fail_field
+from proxy_jax.core.errors import fail_field
 
 POLICY_CHOICES = ("none", "randaugment", "trivialaugment", "augmix")
 NUM_MAGNITUDE_BINS = 31  # torchvision's; RandAugment's magnitude M indexes these bins (0..30).

@@ -9,7 +9,7 @@
     reference).
   * `cam`: a CAM of the label class from `proxy_jax.cams` (Grad-CAM by default: features once,
     only the head differentiated), for Attentive CutMix and SnapMix, of the model being trained
-    or of a frozen one (built by the run layer, `proxy_jax.restore`, and passed in).
+    or of a frozen one (built by the run layer, `proxy_jax.run.restore`, and passed in).
   * `gradient`: vanilla-gradient saliency (max over channels of |d logit_y / d input|) of the
     current model, through `proxy_jax.cams`' "saliency" method, for KeepAugment.
 
@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import cams, models, preprocess
+from proxy_jax import cams, models
+from proxy_jax.images import preprocess
 from proxy_jax.augment import fine_grained as fine_grained_lib
 from proxy_jax.augment import mix
 

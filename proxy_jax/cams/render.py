@@ -5,7 +5,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from proxy_jax import images_grid
+from proxy_jax.images import images_grid
 
 
 def _jet(values):

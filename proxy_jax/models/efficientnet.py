@@ -10,7 +10,7 @@ momentum 0.99 and epsilon 1e-3, and training drops whole residual branches per e
 ("drop connect", rate 0.2 scaled by the block's position) and 20-30% of the pooled features
 before the classifier. Submodule names follow the PyTorch port (`efficientnet-lite-pytorch`:
 `_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`, ...) without the underscores, so its state
-dicts convert by name (`proxy_jax.pretrained`).
+dicts convert by name (`proxy_jax.weights.pretrained`).
 
 The CAM layer is the head's output (`features`): the last convolutional map, 7 x 7 at 224 px.
 
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import preprocess
+from proxy_jax.images import preprocess
 from proxy_jax.models.common import small_map_conv
 
 # name -> (width coefficient, depth coefficient, resolution, dropout rate): the builder's table.

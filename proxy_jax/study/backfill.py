@@ -25,7 +25,7 @@ from absl import flags
 import pandas as pd
 
 from proxy_jax import cli
-from proxy_jax.io_utils import atomic_write_text
+from proxy_jax.core.io_utils import atomic_write_text
 from proxy_jax.study import explanations
 from proxy_jax.study import runs as runs_lib
 from proxy_jax.study import spec

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from proxy_jax.io_utils import atomic_write_text
+from proxy_jax.core.io_utils import atomic_write_text
 from proxy_jax.study import runs as runs_lib
 from proxy_jax.study import spec
 
@@ -85,7 +85,7 @@ def read_cached(trial_dir: str, key: dict) -> tuple[dict | None, str]:
 
 
 def _restore(run: dict, shared_models: dict):
-  from proxy_jax import restore  # pylint: disable=g-import-not-at-top
+  from proxy_jax.run import restore  # pylint: disable=g-import-not-at-top
   model, variables, config, class_names = restore.restore_for_inference(run["workdir"])
   # Equal modules, one object: jit caches on the bound `model.apply`, which compares by
   # object identity, so a fresh module per run would recompile every function per run.

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from proxy_jax.io_utils import atomic_save_figure
+from proxy_jax.core.io_utils import atomic_save_figure
 
 STEP_FIELDS = (("wrong", "judged wrong"), ("chosen", "chosen"), ("bank_share", "bank (% of train)"),
                ("changed_pixel_share", "pixels changed (%)"),

@@ -23,8 +23,10 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from proxy_jax import cli, io_utils, records, sweep
-from proxy_jax.io_utils import atomic_write_json, atomic_write_text
+from proxy_jax import cli, sweep
+from proxy_jax.core import io_utils
+from proxy_jax.run import records
+from proxy_jax.core.io_utils import atomic_write_json, atomic_write_text
 from proxy_jax.study import preregistration, spec
 
 CHOICE_FILE = "chosen.json"

@@ -37,7 +37,7 @@ import re
 
 import numpy as np
 
-from proxy_jax import errors
+from proxy_jax.core import errors
 from proxy_jax.study import power as power_lib
 from proxy_jax.study import stats
 

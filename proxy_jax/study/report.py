@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from proxy_jax import records
-from proxy_jax.io_utils import atomic_save_figure, atomic_write, atomic_write_text
+from proxy_jax.run import records
+from proxy_jax.core.io_utils import atomic_save_figure, atomic_write, atomic_write_text
 from proxy_jax.study import explanations, manipulation, preregistration, spec, stats
 
 METRICS = (("test_accuracy", "test accuracy"), ("val_accuracy", "validation accuracy"))

@@ -33,7 +33,9 @@ import shutil
 from absl import app
 from absl import flags
 
-from proxy_jax import cli, errors, records, sweep
+from proxy_jax import cli, sweep
+from proxy_jax.core import errors
+from proxy_jax.run import records
 from proxy_jax.study import runs as runs_lib
 from proxy_jax.study import spec
 from proxy_jax.sweep import carry, journal

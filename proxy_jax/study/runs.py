@@ -18,7 +18,10 @@ compute slice (summary.json `compute`: on XLA:CPU the thread count alone changes
 import os
 import subprocess
 
-from proxy_jax import errors, records, splits, sweep
+from proxy_jax import sweep
+from proxy_jax.core import errors
+from proxy_jax.data import splits
+from proxy_jax.run import records
 from proxy_jax.study import spec
 
 # The code being versioned is this package: git finds its checkout from the package's folder.

@@ -12,7 +12,9 @@ import dataclasses
 import os
 import re
 
-from proxy_jax import config_fields, config_files, errors, sweep
+from proxy_jax import sweep
+from proxy_jax.config import fields as config_fields, files as config_files
+from proxy_jax.core import errors
 from proxy_jax.study import power as power_lib
 from proxy_jax.study import preregistration
 
@@ -191,7 +193,7 @@ def trial_config(study: Study, overrides: dict, label: str = ""):
   """The resolved config of one trial: the base config, the common overrides, then the trial's
   (with its seed), typed as the trainer's flag parser types them; StudyError if one is bad
   (its message names the study, then `label`, e.g. the arm)."""
-  from proxy_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from proxy_jax.config import checks as config_lib  # pylint: disable=g-import-not-at-top
   config = config_files.load_config(study.config)
   flat = {**study.common, **overrides}
   try:

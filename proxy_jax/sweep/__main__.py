@@ -11,7 +11,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from proxy_jax import cli, default_config
+from proxy_jax import cli
+from proxy_jax.config import defaults as default_config
 from proxy_jax.sweep import grid, runner
 
 

@@ -32,7 +32,9 @@ import os
 from absl import app
 from absl import flags
 
-from proxy_jax import cli, errors, io_utils, records
+from proxy_jax import cli
+from proxy_jax.core import errors, io_utils
+from proxy_jax.run import records
 from proxy_jax.sweep import journal
 from proxy_jax.sweep.runner import SWEEP_FILE
 

@@ -1,7 +1,8 @@
 """Sweep files (`get_sweep()`, optional `get_common()`) and the check of their overrides against
 the config file (both read by `config_files`)."""
 
-from proxy_jax import config_fields, config_files, errors
+from proxy_jax.config import fields as config_fields, files as config_files
+from proxy_jax.core import errors
 from proxy_jax.sweep import grid
 
 

@@ -11,7 +11,7 @@ import itertools
 import json
 import re
 
-from proxy_jax import errors
+from proxy_jax.core import errors
 
 MAX_NAME_CHARS = 150
 

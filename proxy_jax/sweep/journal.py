@@ -2,13 +2,14 @@
 
 One file per shard (`journal*.jsonl`); a torn line from a kill is ignored when read, any other
 damage (a line changed since it was written included: each carries its digest,
-`proxy_jax.digests`) is an `errors.DamagedFileError` naming the file, the line and what to do.
+`proxy_jax.core.digests`) is an `errors.DamagedFileError` naming the file, the line and what to do.
 """
 
 import os
 import json
 
-from proxy_jax import digests, errors, io_utils, records
+from proxy_jax.core import digests, errors, io_utils
+from proxy_jax.run import records
 
 STARTED, FINISHED, FAILED = "started", "finished", "failed"
 

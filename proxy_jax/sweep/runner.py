@@ -26,8 +26,8 @@ import time
 
 from absl import flags
 
-from proxy_jax import workdir_lock
-from proxy_jax.io_utils import atomic_write_json
+from proxy_jax.run import workdir_lock
+from proxy_jax.core.io_utils import atomic_write_json
 from proxy_jax.sweep import files, grid, journal, slots
 
 TRIAL_FILE = "sweep_trial.json"  # In each trial workdir: its name and overrides.

@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 
-from proxy_jax import console, errors
+from proxy_jax.core import console, errors
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # Share of a GPU's memory all the trials on it may take together (JAX's own default is 0.75).

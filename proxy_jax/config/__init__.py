@@ -1,0 +1,1 @@
+"""The config boundary: fields, files, defaults, checks."""

@@ -1,0 +1,1 @@
+"""Base layer: errors, atomic files and digests, the disk, the console, device plumbing."""

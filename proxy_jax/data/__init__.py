@@ -1,0 +1,263 @@
+"""Datasets: TFDS by name, image folders, and scikit-learn's bundled digits.
+
+Every source is decoded once into uint8 arrays at the stored side `stored_size(config)`
+(`data.load_size`: shorter side resized, centre square), cached under the cache dir keyed by
+that side, and split into train/val(/test) by a seeded, label-stratified draw (`splits.py`) that
+is written to `<workdir>/split.json` and never redrawn. The training split keeps the stored
+images, which the train step crops to `config.image_size` (`augment.crop`); validation and test
+hold their centre crops (`eval_view`), the only view evaluation uses. Training examples carry a
+stable id, their position in that fixed training split, so a proxy image can stand in for its
+original by id. Augmentation and normalisation live in `preprocess.py` and `augment/`.
+"""
+
+import dataclasses
+import hashlib
+import os
+from typing import Callable, Iterator
+
+from absl import logging
+import jax
+import numpy as np
+
+from proxy_jax.core import digests, io_utils
+from proxy_jax.data import splits
+# The package's decoding API (decode.py): what readers of a dataset's files call.
+from proxy_jax.data.decode import (Pool, decode_image_file, fit_image, list_files,  # noqa: F401
+                                   load_digits_pool, load_folder_pool, load_image_file,
+                                   load_image_files, load_tfds_pool)
+from proxy_jax.images import preprocess
+from proxy_jax.run import dispatch
+from proxy_jax.core.errors import DamagedFileError
+from proxy_jax.core.io_utils import atomic_write_json, atomic_save_npy
+
+normalize = preprocess.normalize
+denormalize = preprocess.denormalize
+MAX_REPORTED_FILES = 20
+# `config.data.source` values `load_dataset` reads.
+SOURCES = ("digits", "tfds", "folder")
+
+# Part of the cache key: bump it when decoding changes, so no stale pixels are reused.
+DECODER_VERSION = 2
+# data.load_size = AUTO_LOAD_SIZE stores folder and TFDS images at image_size / CROP_FRACTION
+# (torchvision's ImageNet evaluation: Resize(256) then CenterCrop(224)).
+AUTO_LOAD_SIZE = -1
+CROP_FRACTION = 0.875
+
+
+def stored_size(config) -> int:
+  """The side images are stored at: `config.data.load_size` resolved.
+
+  AUTO_LOAD_SIZE: round(image_size / 0.875) for folders and TFDS, image_size for the digits
+  (8 x 8 originals: there is nothing to crop). A config without the field (the config.json of
+  a run older than it) stored its images at image_size.
+  """
+  value = config.data.get("load_size", None)
+  if value is None:
+    return int(config.image_size)
+  if value == AUTO_LOAD_SIZE:
+    if config.data.source == "digits":
+      return int(config.image_size)
+    return int(round(config.image_size / CROP_FRACTION))
+  return int(value)
+
+
+@dataclasses.dataclass
+class Split:
+  """One split's examples, addressed two ways.
+
+  By position, 0..N-1 in this split: the proxy bank keys a training example by its position in
+  the fixed training split (`batches` yields it as "id"). By `source_indices`: each example's
+  index in the data it was drawn from, the pool (the indices split.json records) for train,
+  validation and a carved test split, the test set itself for a separate test folder or TFDS
+  test split; the same source index is the same example in every workdir of the same data.
+  """
+  images: np.ndarray          # uint8 (N, L, L, 3) stored (train) or (N, S, S, 3) centre crops
+                              # (val, test); may be a read-only memmap.
+  labels: np.ndarray          # int32 (N,)
+  source_indices: np.ndarray  # int32 (N,)
+
+  def __len__(self):
+    return len(self.labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+  train: Split
+  val: Split
+  test: Split | None
+  class_names: list[str]
+  skipped_files: list[dict]  # {"path": ..., "reason": ...} per file that was not used.
+
+
+# ---------------------------------------------------------------- decoding
+
+
+# ---------------------------------------------------------------- caching
+
+
+def _cache_key(config, which: str) -> str:
+  data = config.data
+  absolute = lambda path: os.path.abspath(path) if path else ""
+  parts = [data.source, data.name, absolute(data.path), data.label_regex,
+           absolute(data.tfds_data_dir), which, str(stored_size(config)),
+           f"decoder {DECODER_VERSION}"]
+  if data.source == "folder":
+    root = absolute(data.path if which == "pool" else data.test_path)
+    # File names, sizes and mtimes: a changed folder is decoded again.
+    for path in list_files(root):
+      # A broken link has no target to stat; it is keyed (and later skipped) as itself.
+      stat = os.stat(path) if os.path.exists(path) else os.lstat(path)
+      parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+  return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+_CACHE_FIX = "the decoded image cache is decoded again"
+
+
+def _read_cached_pool(base: str, side: int) -> Pool:
+  """The pool a cache entry holds; DamagedFileError naming the file that is not intact."""
+  meta_path = base + ".json"
+  meta = io_utils.read_json(meta_path, dict, _CACHE_FIX)
+  if not (isinstance(meta.get("class_names"), list) and isinstance(meta.get("skipped_files"),
+                                                                   list)):
+    raise DamagedFileError(meta_path, "no class_names or skipped_files list", _CACHE_FIX)
+  arrays = {}
+  for name in ("images", "labels"):
+    path = f"{base}.{name}.npy"
+    written = (meta.get("sha256") or {}).get(name)  # Entries from before digests have none.
+    if written is not None and os.path.exists(path) and digests.of_file(path) != written:
+      raise DamagedFileError(path, "its bytes do not match the digest written with it",
+                             _CACHE_FIX)
+    try:  # The images stay on disk (a memmap); a short file fails here, not mid-training.
+      arrays[name] = np.load(path, mmap_mode="r" if name == "images" else None)
+    except (OSError, ValueError, EOFError) as error:
+      raise DamagedFileError(path, f"not a readable .npy file: {error}", _CACHE_FIX) from error
+  images, labels = arrays["images"], arrays["labels"]
+  if images.dtype != np.uint8 or images.shape[1:] != (side, side, 3):
+    raise DamagedFileError(f"{base}.images.npy", f"{images.dtype} {images.shape}, not uint8 "
+                           f"(N, {side}, {side}, 3)", _CACHE_FIX)
+  if (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)
+      or (len(labels) and not 0 <= labels.min() <= labels.max() < len(meta["class_names"]))):
+    raise DamagedFileError(f"{base}.labels.npy", f"{labels.dtype} {labels.shape} does not label "
+                           f"the {len(images)} images", _CACHE_FIX)
+  return Pool(images, labels, meta["class_names"], meta["skipped_files"])
+
+
+def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -> Pool:
+  """Loads a decoded pool from the cache, or builds it and writes it atomically.
+
+  A damaged cache entry is a cache miss: it is decoded again, and the log says so.
+  """
+  base = os.path.join(cache_dir, f"{config.data.name}-{which}-{_cache_key(config, which)}")
+  meta_path = base + ".json"
+  side = stored_size(config)
+  if os.path.exists(meta_path):
+    try:  # The key holds the side: a file of another side was not written by this code.
+      return _read_cached_pool(base, side)
+    except DamagedFileError as error:
+      logging.warning("%s is damaged (%s): decoding the images again.", error.path, error.cause)
+  pool = build()
+  os.makedirs(cache_dir, exist_ok=True)
+  atomic_save_npy(base + ".images.npy", pool.images)
+  atomic_save_npy(base + ".labels.npy", pool.labels)
+  # The JSON goes last: its presence means the arrays are complete.
+  atomic_write_json(meta_path, {"class_names": pool.class_names,
+                                "skipped_files": pool.skipped_files,
+                                "sha256": {name: digests.of_file(f"{base}.{name}.npy")
+                                           for name in ("images", "labels")}})
+  return pool
+
+
+def _take(pool: Pool, indices: np.ndarray) -> Split:
+  # Fancy indexing copies: the splits live in RAM, not in the memmap.
+  return Split(np.asarray(pool.images[indices]), pool.labels[indices],
+               indices.astype(np.int32))
+
+
+def eval_view(split: Split, image_size: int) -> Split:
+  """`split` as evaluation sees it: the centre image_size crop of every stored image.
+
+  A view, not a copy (`batches` copies only the rows it takes); the split itself when its
+  images already have that side (validation and test always do).
+  """
+  if split.images.shape[1] == image_size:
+    return split
+  return Split(preprocess.center_crop(split.images, image_size), split.labels,
+               split.source_indices)
+
+
+def load_dataset(config, workdir: str) -> Dataset:
+  data = config.data
+  cache_dir = os.path.expanduser(data.cache_dir) or os.path.join(workdir, "cache")
+  size, workers = stored_size(config), data.decode_workers
+  test_pool = None
+  if data.source == "digits":  # Cached too: each trial would import scikit-learn and resize.
+    pool = cached_pool(config, cache_dir, "pool", lambda: load_digits_pool(size))
+  elif data.source == "folder":
+    pool = cached_pool(config, cache_dir, "pool", lambda: load_folder_pool(
+        data.path, size, data.label_regex, workers))
+    if data.test_path:
+      test_pool = cached_pool(config, cache_dir, "test", lambda: load_folder_pool(
+          data.test_path, size, data.label_regex, workers, class_names=pool.class_names))
+  else:
+    pool = cached_pool(config, cache_dir, "pool", lambda: load_tfds_pool(
+        data.name, data.train_split, size, data.tfds_data_dir, workers))
+    if data.test_split:
+      test_pool = cached_pool(config, cache_dir, "test", lambda: load_tfds_pool(
+          data.name, data.test_split, size, data.tfds_data_dir, workers))
+  skipped = pool.skipped_files + (test_pool.skipped_files if test_pool else [])
+  if skipped:
+    shown = "\n  ".join(f"{s['path']}: {s['reason']}" for s in skipped[:MAX_REPORTED_FILES])
+    logging.warning("Skipped %d unreadable or unlabelled file(s) (all in summary.json); "
+                    "first %d:\n  %s", len(skipped), min(len(skipped), MAX_REPORTED_FILES), shown)
+  indices = splits.fixed_split(pool, config, workdir, carve_test=test_pool is None)
+  train = _take(pool, indices["train"])
+  val = eval_view(_take(pool, indices["val"]), config.image_size)
+  if test_pool is not None:
+    test = Split(np.asarray(test_pool.images), test_pool.labels,
+                 np.arange(len(test_pool.labels), dtype=np.int32))
+  else:
+    test = _take(pool, indices["test"]) if len(indices["test"]) else None
+  test = eval_view(test, config.image_size) if test is not None else None
+  return Dataset(train, val, test, pool.class_names, skipped)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0xDA7A), epoch)
+  return np.asarray(jax.random.permutation(key, num_examples))
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+  return -(-num_examples // batch_size)
+
+
+def batches(split: Split, batch_size: int, order: np.ndarray | None = None, start: int = 0,
+            swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+            is_proxy: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[dict]:
+  """Yields host batches {image uint8, label, id, mask, is_proxy} of exactly `batch_size`; "id"
+  is the example's position in `split` (the proxy bank's key for training examples).
+
+  Every example appears exactly once; the last batch is padded by repeating its own examples
+  (`dispatch.padded_chunks`) with mask 0, so shapes never change and padded rows count for
+  nothing.
+  `swap(ids, images)` replaces images by id (the proxy bank) before augmentation, and
+  `is_proxy(ids)` says which were replaced (bool per row; all False without it). `start` skips
+  batches (resume).
+  """
+  order = np.arange(len(split)) if order is None else order
+  for index, (rows, valid) in enumerate(dispatch.padded_chunks(len(order), batch_size)):
+    if index < start:
+      continue
+    chosen = order[rows]
+    images = split.images[chosen]
+    if swap is not None:
+      images = swap(chosen, images)
+    mask = np.zeros(batch_size, np.float32)
+    mask[:valid] = 1.0
+    proxied = (np.asarray(is_proxy(chosen), bool) if is_proxy is not None
+               else np.zeros(batch_size, bool))
+    yield {"image": images, "label": split.labels[chosen], "id": chosen.astype(np.int32),
+           "mask": mask, "is_proxy": proxied}

@@ -1,0 +1,1 @@
+"""Library: images as model inputs (preprocessing) and as pictures (grids)."""

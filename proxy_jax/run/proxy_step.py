@@ -1,0 +1,378 @@
+"""Proxy Attention in training: the schedule, the proxy bank and the proxy step.
+
+A proxy step evaluates the training split, picks a seeded share of the wrongly classified
+examples, computes a CAM for each, down-weights the attended pixels (`proxy_transform`, from the library module
+`proxy_image`) and
+stores the result in the `ProxyBank` under the example's id. From then on training batches use
+the proxy *instead of* the original (replaced, never added): the epoch length is unchanged and
+validation/test data never pass through the bank.
+
+Sizes: the step predicts and takes its CAMs on the centre crop (side `image_size`) of each
+stored training image (side `data.load_size`), as evaluation does. The bank keeps proxies in
+the stored space, so a proxy goes through the train step's crop like the original it replaces:
+a proxy is its stored image with the centre crop replaced by the transformed crop, and the ring
+outside the crop, which the CAM never saw, left as it is (as if its CAM were 0). With
+load_size == image_size there is no ring and this is the plain proxy image.
+"""
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from proxy_jax import cams, data, models, proxy
+from proxy_jax.core import parallel
+from proxy_jax.images import preprocess
+from proxy_jax.run import dispatch
+
+# ---------------------------------------------------------------- the schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  epochs: int
+  # Completed-epoch counts at which each proxy step runs, in order (repeats allowed).
+  proxy_epochs: tuple[int, ...]
+
+
+def parse_schedule(schedule: str, num_epochs: int, enabled: bool = True) -> Schedule:
+  """'5,p,9,p,4' -> proxy steps after epochs 5 and 14 of 18.
+
+  The epochs must add up to num_epochs, so the baseline (proxy disabled) trains exactly as
+  long as the proxy arm; with proxy disabled the schedule is ignored.
+  """
+  if not enabled:
+    return Schedule(num_epochs, ())
+  tokens = [t.strip().lower() for t in str(schedule).split(",")]
+  if not schedule or not str(schedule).strip() or any(not t for t in tokens):
+    raise ValueError(f"config.proxy.schedule={schedule!r} is malformed: expected epochs and "
+                     "'p' separated by commas, e.g. '5,p,9,p,4'")
+  done, proxy_epochs = 0, []
+  for token in tokens:
+    if token == "p":
+      proxy_epochs.append(done)
+    elif token.isdigit() and int(token) > 0:
+      done += int(token)
+    else:
+      raise ValueError(f"config.proxy.schedule={schedule!r} is malformed: {token!r} is "
+                       "neither a positive number of epochs nor 'p'")
+  if not proxy_epochs:
+    raise ValueError(f"config.proxy.schedule={schedule!r} has no proxy step 'p'; set "
+                     "config.proxy.enabled=False for a baseline")
+  if proxy_epochs[-1] == done:
+    raise ValueError(f"config.proxy.schedule={schedule!r} ends with a proxy step, which no "
+                     "training epoch would use")
+  if done != num_epochs:
+    raise ValueError(f"config.proxy.schedule={schedule!r} trains {done} epochs but "
+                     f"config.num_epochs={num_epochs}; make them agree")
+  return Schedule(done, tuple(proxy_epochs))
+
+
+# ---------------------------------------------------------------- the bank
+
+
+class ProxyBank:
+  """Proxy images (uint8, at the stored side L) by training-example id, on the host.
+
+  Lives on the host so its size is bounded by host RAM, not device memory: at most
+  n_train * L * L * 3 bytes. Batches swap proxies in before they go to the device.
+  """
+
+  def __init__(self):
+    self._images: dict[int, np.ndarray] = {}
+
+  def __len__(self):
+    return len(self._images)
+
+  def __contains__(self, example_id):
+    return int(example_id) in self._images
+
+  def ids(self) -> np.ndarray:
+    return np.array(sorted(self._images), np.int32)
+
+  def get(self, example_id) -> np.ndarray:
+    return self._images[int(example_id)]
+
+  def update(self, ids, images) -> None:
+    for example_id, image in zip(np.asarray(ids), np.asarray(images, np.uint8)):
+      self._images[int(example_id)] = image.copy()
+
+  def clear(self) -> None:
+    self._images.clear()
+
+  def store(self, ids, images, replace_all: bool = False) -> None:
+    """Adds (or overwrites) proxies by id; `replace_all` first drops every other proxy."""
+    if replace_all:
+      self.clear()
+    self.update(ids, images)
+
+  def swap(self, ids, images) -> np.ndarray:
+    """Returns `images` with every banked id replaced by its proxy (modifies in place)."""
+    for row, example_id in enumerate(np.asarray(ids)):
+      banked = self._images.get(int(example_id))
+      if banked is not None:
+        images[row] = banked
+    return images
+
+  def holds(self, ids) -> np.ndarray:
+    """Bool per id: whether the bank has a proxy for it (what `swap` replaces)."""
+    return np.array([int(i) in self._images for i in np.asarray(ids)], bool)
+
+  def to_arrays(self) -> dict:
+    ids = self.ids()
+    if not len(ids):
+      return {"ids": ids, "images": np.zeros((0,), np.uint8)}
+    return {"ids": ids, "images": np.stack([self._images[int(i)] for i in ids])}
+
+  @classmethod
+  def from_arrays(cls, arrays) -> "ProxyBank":
+    bank = cls()
+    if arrays is not None:
+      bank.update(arrays["ids"], arrays["images"])
+    return bank
+
+
+# ---------------------------------------------------------------- choosing examples
+
+
+def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bool = False):
+  """Seeded draw of ceil(subset * n_wrong) of the wrongly classified ids (sorted).
+
+  Class-balanced draws interleave per-class random orders (first pick of every class, then
+  second, ...), so no class takes more than its share while others still have examples.
+  """
+  wrong_ids, wrong_labels = np.asarray(wrong_ids), np.asarray(wrong_labels)
+  count = math.ceil(subset * len(wrong_ids))
+  if count == 0:
+    return wrong_ids[:0]
+  if not class_balanced:
+    order = np.asarray(jax.random.permutation(key, len(wrong_ids)))
+    return np.sort(wrong_ids[order[:count]])
+  classes = np.unique(wrong_labels)
+  # Separate keys: folding a sentinel such as -1 into `key` overflows uint32 in current JAX.
+  class_key, member_key = jax.random.split(key)
+  class_order = np.asarray(jax.random.permutation(class_key, len(classes)))
+  ranked = []
+  for position, cls in enumerate(classes[class_order]):
+    members = np.flatnonzero(wrong_labels == cls)
+    members = members[np.asarray(jax.random.permutation(
+        jax.random.fold_in(member_key, int(cls)), len(members)))]
+    ranked += [(rank, position, index) for rank, index in enumerate(members)]
+  ranked.sort()
+  return np.sort(wrong_ids[[index for _, _, index in ranked[:count]]])
+
+
+# ---------------------------------------------------------------- the proxy step
+#
+# Cost, in units of one evaluation pass E over the training split. Two ways to run a step:
+#   two-pass: predict everything (E), then CAMs and proxies of the k chosen examples only
+#             (c * k / N * E, where c is the cost of a CAM pass relative to E);
+#   fused:    predictions, CAMs and proxies of every example in ONE forward pass (c * E); only
+#             for activation-map methods (Grad-CAM family), whose map needs the features once
+#             and differentiates only the small head.
+# Neither path reads anything back while a pass is dispatched (`dispatch.dispatch`): the device
+# runs each pass back to back, then the host reads the predictions, and only the chosen rows'
+# proxies and maps cross afterwards (gathered on the device, one transfer). A pass whose results
+# exceed proxy.device_buffer_mb drains its oldest chunks to the host while later ones compute.
+# A CAM needs the last feature map in memory, which an evaluation pass never materialises (it is
+# pooled on the fly), so c >= 1: measured on XLA:CPU (benchmarks/proxy_step.py) c = 2.0 for the
+# tiny CNN at 32 px and 1.0 for ResNet-18 at 64 px. Since k <= subset * N, two-pass costs at
+# most 1 + c * subset: the cheaper bound whenever subset <= 1/2 (the thesis uses 0.2, measured
+# 1.25-1.31 E), while fused bounds the cost by c whatever the subset.
+# The choice depends on the config only, so an interrupted and resumed run takes the same path.
+# Multi-pass methods (Score-CAM, SmoothGrad, IG) always use two-pass, as do banked examples whose
+# CAM must be of their current proxy (reuse_proxies). Jitted functions are cached by their static
+# settings and chunk shapes are bucketed to powers of two, so later steps never recompile.
+FUSED_MIN_SUBSET = 0.5
+
+
+def use_fused_scan(method: str, subset: float) -> bool:
+  """Whether the step runs as one fused scan (see the cost note above)."""
+  return method in cams.formulas.ACTIVATION_FORMULAS and subset > FUSED_MIN_SUBSET
+
+
+def buffer_bytes(config) -> int:
+  """The result bytes a pass of the step may hold on the device (`proxy.device_buffer_mb`)."""
+  return int(config.proxy.get("device_buffer_mb", 1024.0) * 1e6)  # Older run configs lack it.
+
+
+def dispatch_predictions(state, split, batch_size: int, predict_fn, batch_sharding,
+                         buffer: int | None = None) -> dispatch.OnDevice:
+  """Eval-mode, unaugmented predictions of every example of `split`, left on the device."""
+  variables = models.variables_of(state)
+  return dispatch.dispatch(
+      lambda chunk: jnp.argmax(predict_fn(state.apply_fn, variables, chunk.inputs["image"]), -1),
+      {"image": split.images}, batch_size, sharding=batch_sharding, buffer_bytes=buffer)
+
+
+def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding,
+                   buffer: int | None = None) -> np.ndarray:
+  """Eval-mode, unaugmented predictions for every example of `split`, in split order."""
+  return dispatch_predictions(state, split, batch_size, predict_fn, batch_sharding,
+                              buffer).fetch()
+
+
+def dispatch_scan(state, split, config, batch_sharding) -> dispatch.OnDevice:
+  """The fused scan, left on the device: (predictions, uint8 proxies, uint8 maps) per example.
+
+  The caller reads the predictions, then only the chosen examples' proxies and maps
+  (`OnDevice.fetch`). The device holds every example's proxy and map meanwhile, N * S * S * 4
+  bytes for N crops of side S (1,437 digits at 224 px: 0.29 GB), up to `proxy.device_buffer_mb`:
+  beyond it the oldest chunks are drained while later ones compute, keeping their predictions
+  and the proxies and maps of their wrong rows only (no other row can be chosen).
+  """
+  settings = config.proxy
+  scan = proxy.fused_scan_fn(state.apply_fn, settings.cam_method, settings.mode,
+                             _cam_options(config))
+  variables = models.variables_of(state)
+  threshold, weight = jnp.float32(settings.threshold), jnp.float32(settings.weight)
+  arrays = {"image": split.images}
+  if settings.cam_target == "label":
+    arrays["label"] = split.labels
+
+  def apply(chunk):
+    return scan(variables, chunk.inputs["image"], chunk.inputs.get("label"), threshold, weight)
+
+  return dispatch.dispatch(apply, arrays, config.eval_batch_size, sharding=batch_sharding,
+                          buffer_bytes=buffer_bytes(config), drain=_drain_wrong(split.labels))
+
+
+def _drain_wrong(labels):
+  """A fused scan's drain: a chunk's predictions, and proxies and maps of its wrong rows."""
+
+  def drain(chunk, outputs):
+    positions = chunk.rows[:chunk.valid]
+    predicted = np.array(chunk.fetch(outputs[0]))  # A copy, not a view of the device array.
+    wrong = predicted != labels[positions]
+    if wrong.any():  # All rows cross (one transfer, no gather queued behind later chunks).
+      out, cam = (x[wrong] for x in chunk.fetch(outputs[1:]))
+    else:
+      out, cam = (np.zeros((0, *x.shape[1:]), x.dtype) for x in outputs[1:])
+    return (dispatch.Drained(positions, predicted), dispatch.Drained(positions[wrong], out),
+            dispatch.Drained(positions[wrong], cam))
+
+  return drain
+
+
+def _cam_options(config) -> tuple:
+  return (("chunk_size", int(config.cams.chunk_size)),
+          ("smooth_sigma", float(config.cams.smooth_sigma)),
+          ("gradcampp_eps", float(config.cams.get("gradcampp_eps", 0.0))))
+
+
+@dataclasses.dataclass
+class ProxyStepResult:
+  """What one proxy step computed; the caller stores the proxies and logs the rest."""
+  ids: np.ndarray        # Ids (training-split positions) of the chosen examples, sorted.
+  originals: np.ndarray  # uint8 centre crops the CAMs were taken on (current proxies if reused).
+  proxies: np.ndarray    # uint8 proxies at the stored side, what the bank keeps, one per id.
+  maps: np.ndarray       # float32 CAMs in [0, 1] of the centre crops, one per id.
+  wrong: int             # Wrongly classified training examples.
+  seconds: float
+  changes: dict          # How much the transform changed the chosen crops (change_figures).
+
+
+def change_figures(originals, proxies) -> dict:
+  """How much the transform changed the chosen images: the manipulation check of a proxy step.
+
+  originals, proxies: uint8 (k, S, S, C) crops before and after the transform (the proxies'
+  centre crops: the ring outside them is never changed). A pixel is changed when any of its
+  channels is. Returns `records.ProxyStepRecord`'s fields: the changed share of the k * S * S
+  pixels, the mean absolute change of the changed pixels' channel values and of all of them, in
+  0-255 levels (None when nothing was chosen, or nothing changed for the former).
+  """
+  originals, proxies = np.asarray(originals), np.asarray(proxies)
+  if originals.shape != proxies.shape:
+    raise ValueError(f"originals {originals.shape} and proxies {proxies.shape} differ in shape")
+  if not originals.size:
+    return {"changed_pixel_share": None, "changed_mean_abs": None, "mean_abs_change": None}
+  difference = np.abs(originals.astype(np.int16) - proxies.astype(np.int16))
+  changed = difference.max(axis=-1) > 0
+  return {"changed_pixel_share": float(changed.mean()),
+          "changed_mean_abs": float(difference[changed].mean()) if changed.any() else None,
+          "mean_abs_change": float(difference.mean())}
+
+
+def run_proxy_step(state, split, bank, config, key, *, predict_fn,
+                   batch_sharding=None) -> ProxyStepResult:
+  """One proxy step over the training split; reads `bank` (for reuse_proxies), never changes it.
+
+  With reuse_proxies the CAM of a banked example is taken on its current proxy, so the caller
+  must store the result (`ProxyBank.store`) after this returns, even with clear_every_step.
+  """
+  started = time.time()
+  settings = config.proxy
+  if batch_sharding is None:
+    batch_sharding = parallel.shardings(parallel.make_mesh())[1]
+  view = data.eval_view(split, config.image_size)
+  if use_fused_scan(settings.cam_method, settings.subset):
+    scan = dispatch_scan(state, view, config, batch_sharding)
+    predictions = scan.select(lambda out: out[0]).fetch()
+    candidates = scan.select(lambda out: out[1:])  # (proxies, maps), still on the device.
+  else:
+    predictions = predict_labels(state, view, config.eval_batch_size, predict_fn,
+                                 batch_sharding, buffer_bytes(config))
+    candidates = None
+  wrong = np.flatnonzero(predictions != split.labels)
+  chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key,
+                        settings.class_balanced)
+  originals, proxy_images, maps = _proxies_of(state, split, bank, chosen, predictions,
+                                              candidates, config, jax.random.fold_in(key, 1),
+                                              batch_sharding)
+  changes = change_figures(originals, preprocess.center_crop(proxy_images, originals.shape[1]))
+  return ProxyStepResult(chosen.astype(np.int32), originals, proxy_images, maps,
+                         int(len(wrong)), time.time() - started, changes)
+
+
+def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noise_key,
+                batch_sharding):
+  """(source crops, uint8 stored-side proxies, float maps) of the chosen positions, in order.
+
+  Read back from the fused scan's `candidates` (on the device) where it has them; computed here
+  (in chunks) for multi-pass CAM methods and for banked examples whose CAM must be of the
+  current proxy (reuse_proxies). The proxies of the centre crops are pasted back into their
+  stored images (module docstring).
+  """
+  settings = config.proxy
+  stored = np.asarray(split.images[chosen])
+  if settings.reuse_proxies:
+    stored = bank.swap(chosen, stored)
+  sources = np.ascontiguousarray(preprocess.center_crop(stored, config.image_size))
+  proxy_images = np.zeros_like(sources)
+  maps = np.zeros(sources.shape[:3], np.uint8)
+  recompute = np.ones(len(chosen), bool)
+  if candidates is not None:
+    recompute = bank.holds(chosen) if settings.reuse_proxies else np.zeros(len(chosen), bool)
+    proxy_images[~recompute], maps[~recompute] = candidates.fetch(chosen[~recompute])
+  if recompute.any():
+    targets = predictions if settings.cam_target == "predicted" else split.labels
+    out, cam = _chunked_proxies(state, sources[recompute], targets[chosen[recompute]], config,
+                                noise_key, batch_sharding)
+    proxy_images[recompute], maps[recompute] = out, cam
+  return (sources, preprocess.paste_center(stored, proxy_images),
+          maps.astype(np.float32) / 255.0)
+
+
+def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
+  """CAMs and proxies in chunks whose size is a power of two (at most a few compilations).
+
+  Each chunk is split over the mesh like a training batch (its size rounded up to a multiple
+  of the device count), so every device computes only its share of the CAMs. All chunks are
+  dispatched before the results are read back, once, unless they exceed
+  `proxy.device_buffer_mb` (the oldest are drained to the host meanwhile).
+  """
+  settings = config.proxy
+  proxy_fn = proxy.make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
+                           settings.weight, settings.mode, dict(_cam_options(config)))
+  variables = models.variables_of(state)
+
+  def apply(chunk):
+    return proxy_fn(variables, chunk.inputs["image"], chunk.inputs["target"],
+                    jax.random.fold_in(noise_key, chunk.start))
+
+  return dispatch.dispatch(apply, {"image": images, "target": targets.astype(np.int32)},
+                          int(config.cams.chunk_size), sharding=batch_sharding,
+                          power_of_two=True, buffer_bytes=buffer_bytes(config)).fetch()

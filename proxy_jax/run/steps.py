@@ -1,0 +1,129 @@
+"""The pure, jitted steps of training: train (augmentation, loss, update), evaluation and
+prediction, each a module-level function jitted once (the train step donates the state).
+
+The loop (`train`) runs them; the batch-size finder probes the train step
+(`train.finder_step_factory`).
+A frozen saliency model, when the config names one, is loaded by the run layer (`restore`) and
+passed into the step as an argument, not baked in as a constant.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from proxy_jax import augment, models
+from proxy_jax.images import preprocess
+from proxy_jax.run import restore
+from proxy_jax.run.step_metrics import EvalMetrics, TrainMetrics
+
+
+def cross_entropy(logits, targets, label_smoothing: float = 0.0):
+  """Per-example cross-entropy against soft targets (B, K), always in float32.
+
+  Label smoothing composes with mixing: the (mixed) soft targets are smoothed, as timm does.
+  """
+  logits = logits.astype(jnp.float32)
+  targets = optax.smooth_labels(targets.astype(jnp.float32), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def masked_mean(values, mask):
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def num_classes_of(state, images):
+  """The model's class count, read from its output shape at trace time (no compute)."""
+  return jax.eval_shape(state.apply_fn, models.variables_of(state), images[:1]).shape[-1]
+
+
+def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothing: float,
+               frozen_apply_fn=None, image_size: int | None = None):
+  """One optimiser step on an augmented batch (proxy_jax.augment: crop of the stored images to
+  `image_size` (None: their own side), flip/rotation, policy, erasing, mixing, normalisation).
+  `key` is the run's step key: the step number is folded in here, on the device, so the host
+  never reads the step back. `frozen`: variables of the frozen saliency model when
+  `augment.saliency_source` names one.
+
+  Train accuracy counts each example's dominant label (the argmax of its soft target: the
+  class that gave the larger share of a mixed image).
+  """
+  key = jax.random.fold_in(key, state.step)
+  augment_key, dropout_key = jax.random.split(key)
+  size = image_size or batch["image"].shape[1]
+  augment_fn = augment.make_augment_fn(
+      augment_config, num_classes_of(state, batch["image"][:, :size, :size]), size)
+  inputs, targets = augment_fn(batch["image"], batch["label"], augment_key,
+                               is_proxy=batch.get("is_proxy"),
+                               models=augment.models_of(state, frozen_apply_fn, frozen))
+  jsd_weight = augment.jsd_weight(augment_config)
+
+  def loss_fn(params):
+    # With AugMix's JSD loss, `inputs` stacks the clean batch and two views: one forward pass.
+    logits, updates = state.apply_fn(
+        models.variables_of(state, params), inputs, train=True,
+        mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    if jsd_weight:
+      logits, logits_aug1, logits_aug2 = jnp.split(logits, 3)
+    per_example = cross_entropy(logits, targets, label_smoothing)
+    loss = masked_mean(per_example, batch["mask"])
+    if jsd_weight:
+      consistency = augment.jensen_shannon_per_example(logits, logits_aug1, logits_aug2)
+      loss += jsd_weight * masked_mean(consistency, batch["mask"])
+    return loss, (logits, per_example, updates)
+
+  (loss, (logits, per_example, updates)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads,
+                                batch_stats=updates.get("batch_stats", state.batch_stats))
+  finite = jnp.isfinite(loss) & all_finite(state.params)
+  return state, TrainMetrics.single_from_model_output(
+      logits=logits.astype(jnp.float32), labels=jnp.argmax(targets, axis=-1),
+      mask=batch["mask"], loss=per_example, step=state.step, finite=finite)
+
+
+def eval_step(state, batch):
+  """No augmentation: validation and test see the plain, normalised images."""
+  logits = state.apply_fn(models.variables_of(state), preprocess.eval_inputs(batch["image"]))
+  logits = logits.astype(jnp.float32)
+  targets = jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=jnp.float32)
+  return EvalMetrics.single_from_model_output(
+      logits=logits, labels=batch["label"], mask=batch["mask"],
+      loss=cross_entropy(logits, targets))
+
+
+def predict_step(apply_fn, variables, images_uint8):
+  """Eval-mode logits of uint8 images (inference and the proxy step's predictions)."""
+  return apply_fn(variables, preprocess.eval_inputs(images_uint8))
+
+
+def make_train_step(config, replicated=None, num_classes: int | None = None):
+  """The jitted train step `(state, batch, step_key) -> (state, metrics)`, state donated.
+
+  A frozen saliency model (`augment.saliency_source` other than "current") is loaded here,
+  which needs `num_classes`; its variables go into the step as an argument, not a constant.
+  """
+  frozen_apply_fn, frozen = restore.load_frozen(config, num_classes)
+  step = functools.partial(train_step, augment_config=config.augment,
+                           label_smoothing=config.label_smoothing,
+                           frozen_apply_fn=frozen_apply_fn, image_size=config.image_size)
+  jitted = jax.jit(step, donate_argnums=0,
+                   out_shardings=replicated if replicated is not None else None)
+  if frozen is None:
+    return jitted
+  frozen = jax.device_put(frozen, replicated) if replicated is not None else frozen
+  return functools.partial(jitted, frozen=frozen)
+
+
+def make_eval_step():
+  return jax.jit(eval_step)
+
+
+def make_predict_step():
+  """The jitted `predict_step(apply_fn, variables, images_uint8)`, `apply_fn` static."""
+  return jax.jit(predict_step, static_argnums=0)

@@ -1,0 +1,366 @@
+"""Training and evaluation: the run's setup and the epoch/proxy-step loop (the steps: `steps`).
+
+`train_and_evaluate(config, workdir)` is the only entry point `main.py` calls. It validates the
+config before any compute, loads the fixed split, resolves the batch size once (recorded in
+config.json), builds a sharded train state, resumes from the latest checkpoint if there is one,
+and alternates training epochs with proxy steps as `config.proxy.schedule` says. Steps are
+module-level pure functions jitted once with the state donated; data parallelism is a
+`jax.sharding.Mesh` over all devices with the batch split on its "data" axis (one device is
+just a mesh of one). Within an epoch the host only dispatches: the step number lives on the
+host, the step folds it into its key on the device, and metrics (clu.metrics) accumulate on the
+device until the epoch ends, when they are fetched once and checked for divergence.
+"""
+
+import dataclasses
+import functools
+import hashlib
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from proxy_jax.run import batch_finder
+from proxy_jax import data, models
+from proxy_jax.config import checks as config_lib
+from proxy_jax.core import console, errors
+from proxy_jax.run import checkpoints, dispatch, host
+from proxy_jax.run import proxy_step, records
+from proxy_jax.run.model_state import create_model, create_train_state, learning_rate_schedule
+from proxy_jax.run import reporting, steps, workdir_lock
+from proxy_jax.run.step_metrics import NO_STEP, host_values, merge_metrics
+from proxy_jax.core.io_utils import atomic_write_json
+from proxy_jax.core.parallel import compute_slice, make_mesh, prefetch, shardings, to_global
+
+
+class DivergenceError(errors.UserError, RuntimeError):
+  """Training produced a non-finite loss or parameter; nothing of that epoch was saved."""
+
+
+# ---------------------------------------------------------------- the batch-size finder's probe
+
+
+def finder_step_factory(config, num_classes: int) -> batch_finder.StepFactory:
+  """What the batch-size finder probes: this trainer's step and a host copy of a fresh state."""
+  model = create_model(config, num_classes)
+  state = create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
+  return batch_finder.StepFactory(steps.make_train_step(config, num_classes=num_classes),
+                                  jax.device_get(state))
+
+
+def tree_checksum(tree) -> str:
+  """sha256 (16 hex digits) of every leaf's path, dtype, shape and bytes: equal iff identical.
+
+  Recorded for the initial weights in summary.json, so a study can check that its arms started
+  from the same initialisation instead of assuming it.
+  """
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    array = np.ascontiguousarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding) -> dict:
+  """{"loss", "accuracy", "top5"} over `split`: metrics merged on the device, fetched once."""
+  per_chunk = dispatch.map_chunks(lambda chunk: eval_fn(state, chunk.inputs),
+                                 {"image": split.images, "label": split.labels}, batch_size,
+                                 sharding=batch_sharding, mask=True,
+                                 collect=dispatch.keep_on_device)
+  return host_values(functools.reduce(merge_metrics, per_chunk))
+
+
+# ---------------------------------------------------------------- setup
+
+
+def _finished_summary(config, workdir: str) -> records.Summary | None:
+  """The summary of a workdir that already trained this config to the end (read only); None
+  for a damaged one, which the run rebuilds by resuming from its last checkpoint."""
+  try:
+    summary = records.read_summary(workdir)
+  except errors.DamagedFileError as error:
+    logging.warning("%s is damaged (%s): rebuilding it from the last checkpoint.", error.path,
+                    error.cause)
+    return None
+  if summary is not None and summary.num_epochs == config.num_epochs and summary.history:
+    return summary
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything the loop reads and nothing it changes, built once before the first epoch."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  dataset: data.Dataset
+  steps_per_epoch: int
+  lr_fn: Callable
+  batch_sharding: Any
+  train_fn: Callable
+  eval_fn: Callable
+  predict_fn: Callable
+  step_key: jax.Array
+  proxy_key: jax.Array
+  schedule: proxy_step.Schedule
+  writer: Any
+  ckpt: checkpoints.RunCheckpoints
+  init_checksum: str  # tree_checksum of the initial variables, for summary.json.
+
+
+def _build(config, workdir: str, dataset: data.Dataset):
+  """(Setup, initial train state placed on the mesh)."""
+  devices = jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] % devices:
+      raise errors.ConfigError(f"config.{field}={config[field]} is not divisible by the "
+                               f"{devices} devices")
+  replicated, batch_sharding = shardings(make_mesh())
+  steps_per_epoch = data.num_batches(len(dataset.train), config.batch_size)
+  lr_fn = learning_rate_schedule(config, steps_per_epoch)
+  root = jax.random.key(config.seed)
+  model = create_model(config, len(dataset.class_names))
+  state = create_train_state(config, model, jax.random.fold_in(root, 0), steps_per_epoch, lr_fn)
+  setup = Setup(
+      config=config, workdir=workdir, dataset=dataset, steps_per_epoch=steps_per_epoch,
+      lr_fn=lr_fn, batch_sharding=batch_sharding,
+      train_fn=steps.make_train_step(config, replicated, len(dataset.class_names)),
+      eval_fn=steps.make_eval_step(),
+      predict_fn=steps.make_predict_step(), step_key=jax.random.fold_in(root, 1),
+      proxy_key=jax.random.fold_in(root, 2),
+      schedule=proxy_step.parse_schedule(config.proxy.schedule, config.num_epochs,
+                                    config.proxy.enabled),
+      writer=reporting.create_writer(workdir),
+      ckpt=checkpoints.RunCheckpoints(workdir, config.keep_checkpoints),
+      init_checksum=tree_checksum(models.variables_of(state)))
+  return setup, jax.device_put(state, replicated)
+
+
+def _shut_down(setup: Setup, quiet: bool) -> None:
+  """Waits for Orbax and flushes the summaries; `quiet` while another error propagates."""
+  try:
+    setup.ckpt.close()
+  except Exception as error:  # pylint: disable=broad-except
+    if not quiet:
+      raise
+    logging.warning("while stopping: %s", error)
+  finally:
+    setup.writer.flush()
+    setup.writer.close()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run of `config` in `workdir`; returns summary.json's content."""
+  started = time.time()
+  config_lib.validate(config)
+  config_lib.resolve_load_size(config, workdir)
+  host.setup(config)
+  config = batch_finder.with_recorded_batch_size(config, workdir)
+  if config.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
+    config_lib.write_or_check_resolved(config, workdir)  # The file exists: this only checks.
+    finished = _finished_summary(config, workdir)
+    if finished is not None:  # A finished workdir is read, never written.
+      logging.info("%s is already complete; nothing to do.", workdir)
+      return finished.to_json()
+  # One run per workdir; in a multi-process run, process 0 holds the lock for all.
+  with (workdir_lock.hold(workdir, enabled=jax.process_index() == 0) as fresh,
+        console.log_file(workdir, jax.process_index())):
+    console.log_machine(jax.local_devices())
+    try:
+      setup, state = _prepare(config, workdir)
+    except errors.UserError:
+      # Refused before training (e.g. an empty split): leave no config.json behind that would
+      # refuse the corrected config in the same workdir.
+      if fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+      raise
+    try:
+      summary = _train(setup, state, started)
+    except BaseException:
+      _shut_down(setup, quiet=True)
+      raise
+    _shut_down(setup, quiet=False)
+  return summary.to_json()
+
+
+def _prepare(config, workdir: str):
+  """Records the resolved config (the batch size chosen once), loads the data, builds Setup."""
+  if config.batch_size != -1:  # Refuse a changed config before loading any data.
+    config_lib.write_or_check_resolved(config, workdir)
+  dataset = data.load_dataset(config, workdir)
+  if config.batch_size == -1:
+    num_classes = len(dataset.class_names)
+    config = batch_finder.with_found_batch_size(
+        config, num_classes, finder_step_factory(config, num_classes))
+    config_lib.write_or_check_resolved(config, workdir)
+  if jax.process_index() == 0:
+    atomic_write_json(os.path.join(workdir, "classes.json"), dataset.class_names)
+  return _build(config, workdir, dataset)
+
+
+def _train(setup: Setup, state, started: float) -> records.Summary:
+  config, steps_per_epoch = setup.config, setup.steps_per_epoch
+  state, progress, bank = _restore_or_start(setup, state)
+  # This session's slice joins those of the sessions before it (a checkpoint of an earlier
+  # version knows none: only the slices from here on are recorded).
+  progress.add_compute_slice(compute_slice())
+  total_steps = config.num_epochs * steps_per_epoch
+  eta = reporting.Eta(total_steps, progress.epoch * steps_per_epoch)
+  report = reporting.EpochProgress(eta, steps_per_epoch, config.batch_size, config.num_epochs,
+                                   config.log_every_seconds)
+  elapsed_before = progress.elapsed_s
+  # Proxy steps due before the first epoch of this session (schedule starting with "p").
+  _run_due_proxy_steps(setup, state, bank, progress, eta)
+  for epoch in range(progress.epoch, config.num_epochs):
+    epoch_started = time.time()
+    state, totals = train_epoch(setup, state, bank, epoch, report)
+    train_metrics = jax.device_get(totals)  # The epoch's one wait on the device.
+    seconds = time.time() - epoch_started
+    _stop_if_diverged(setup, train_metrics, epoch)
+    val = evaluate(state, setup.dataset.val, config.eval_batch_size, setup.eval_fn,
+                   setup.batch_sharding)
+    progress.add_epoch(_epoch_record(setup, epoch, train_metrics.compute(), val, seconds))
+    step = (epoch + 1) * steps_per_epoch
+    reporting.log_epoch(setup.writer, step, progress.history[-1], config.num_epochs,
+                        eta.seconds_left(step))
+    # The proxy steps at this boundary run before the save, so a checkpoint never sits
+    # between an epoch and the proxy step that follows it.
+    proxied = _run_due_proxy_steps(setup, state, bank, progress, eta)
+    progress.elapsed_s = elapsed_before + time.time() - started
+    if ((epoch + 1) % config.checkpoint_every_epochs == 0 or proxied
+        or epoch + 1 == config.num_epochs):
+      setup.ckpt.save(progress.epoch, state, progress.to_json(), bank.to_arrays())
+  return _finish(setup, state, bank, progress, elapsed_before + time.time() - started)
+
+
+def _restore_or_start(setup: Setup, state):
+  """(state, progress, bank) of the newest intact checkpoint, or fresh ones (header logged)."""
+  # Damaged newer checkpoints are set aside; `steps_per_epoch` checks the state's step.
+  restored = setup.ckpt.restore_newest(state, setup.steps_per_epoch)
+  warning = setup.ckpt.space_warning(state, setup.config.keep_checkpoints,
+                                     None if restored is None else restored.bank)
+  if warning:
+    logging.warning(warning)
+  if restored is None:
+    reporting.write_run_header(setup.writer, setup.config, setup.dataset, state,
+                               setup.workdir)
+    return state, records.RunProgress(), proxy_step.ProxyBank()
+  state = restored.state
+  progress = records.RunProgress.from_json(restored.meta)
+  bank = proxy_step.ProxyBank.from_arrays(restored.bank)
+  logging.info("Resumed from %s at epoch %d (%d proxy steps done, bank of %d).",
+               setup.ckpt.directory, progress.epoch, progress.proxy_steps_done, len(bank))
+  return state, progress, bank
+
+
+def train_epoch(setup: Setup, state, bank: proxy_step.ProxyBank, epoch: int, report):
+  """Dispatches the epoch's steps without waiting on any; returns (state, metrics on device)."""
+  config, split = setup.config, setup.dataset.train
+  order = data.epoch_order(len(split), config.seed, epoch)
+  swap, is_proxy = (bank.swap, bank.holds) if len(bank) else (None, None)
+  step, totals = epoch * setup.steps_per_epoch, None
+  report.start_epoch()
+  for batch in prefetch(data.batches(split, config.batch_size, order, swap=swap,
+                                     is_proxy=is_proxy)):
+    state, batch_metrics = setup.train_fn(state, to_global(batch, setup.batch_sharding),
+                                          setup.step_key)
+    totals = batch_metrics if totals is None else merge_metrics(totals, batch_metrics)
+    step += 1
+    report(step)
+  return state, totals
+
+
+def _stop_if_diverged(setup: Setup, train_metrics, epoch: int) -> None:
+  bad_step = int(train_metrics.first_nonfinite_step.step)
+  if bad_step == NO_STEP:
+    return
+  setup.ckpt.wait()
+  complete = setup.ckpt.complete_epochs()
+  last = (f"epoch {complete[-1]} in {setup.ckpt.directory}" if complete
+          else "none (no epoch finished before it)")
+  raise DivergenceError(
+      f"training diverged in epoch {epoch + 1} at step {bad_step} (step "
+      f"{bad_step - epoch * setup.steps_per_epoch} of {setup.steps_per_epoch} in the epoch): "
+      f"the loss or a parameter is not finite. Nothing of this epoch was saved; the last good "
+      f"checkpoint is {last}. Lower config.optimizer.learning_rate (now "
+      f"{setup.config.optimizer.learning_rate:g}) and train again in a new --workdir")
+
+
+def _epoch_record(setup: Setup, epoch: int, train: dict, val: dict,
+                  seconds: float) -> records.EpochRecord:
+  step = (epoch + 1) * setup.steps_per_epoch
+  return records.EpochRecord(
+      epoch=epoch + 1, train_loss=train["loss"], train_accuracy=train["accuracy"],
+      val_loss=val["loss"], val_accuracy=val["accuracy"], val_top5=val["top5"],
+      learning_rate=float(setup.lr_fn(step - 1)), epoch_seconds=seconds,
+      images_per_second=len(setup.dataset.train) / seconds)
+
+
+def _run_due_proxy_steps(setup: Setup, state, bank: proxy_step.ProxyBank,
+                         progress: records.RunProgress, eta: reporting.Eta) -> bool:
+  """Runs the proxy steps due after `progress.epoch` epochs, storing their proxies in `bank`."""
+  config, due = setup.config, setup.schedule.proxy_epochs
+  ran = False
+  while progress.proxy_steps_done < len(due) and due[progress.proxy_steps_done] == progress.epoch:
+    index = progress.proxy_steps_done
+    result = proxy_step.run_proxy_step(
+        state, setup.dataset.train, bank, config, jax.random.fold_in(setup.proxy_key, index),
+        predict_fn=setup.predict_fn, batch_sharding=setup.batch_sharding)
+    bank.store(result.ids, result.proxies, replace_all=config.proxy.clear_every_step)
+    record = records.ProxyStepRecord(index=index, epoch=progress.epoch, wrong=result.wrong,
+                                     chosen=len(result.ids), bank_size=len(bank),
+                                     seconds=result.seconds,
+                                     **result.changes)
+    progress.add_proxy_step(record)
+    step = progress.epoch * setup.steps_per_epoch
+    names = setup.dataset.class_names
+    captions = [f"image {int(i)}, label {names[int(setup.dataset.train.labels[i])]}"
+                for i in result.ids[:config.proxy.num_logged_images]]
+    reporting.log_proxy_step(setup.writer, setup.workdir, step, record, result,
+                             config.proxy.num_logged_images, eta.seconds_left(step), captions,
+                             config.proxy.cam_method)
+    ran = True
+  return ran
+
+
+def _finish(setup: Setup, state, bank, progress: records.RunProgress,
+            wall_time_s: float) -> records.Summary:
+  setup.ckpt.wait()
+  dataset, config = setup.dataset, setup.config
+  # The training split in eval mode (no augmentation, no proxies) measures how far the model
+  # fits its training data, which a study's gate asks of its baseline.
+  # Training images are stored larger: evaluation takes their centre crops (a view).
+  final = {"test": dataset.test, "train_split": data.eval_view(dataset.train, config.image_size)
+           if config.evaluate_train_split else None}
+  for name, split in final.items():
+    if split is not None:
+      final[name] = evaluate(state, split, config.eval_batch_size, setup.eval_fn,
+                             setup.batch_sharding)
+      setup.writer.write_scalars(config.num_epochs * setup.steps_per_epoch,
+                                 {f"{name}/{k}": v for k, v in final[name].items()})
+  test = final["test"]
+  summary = records.Summary(
+      config=config.to_dict(), final=progress.history[-1], best=progress.best, test=test,
+      num_epochs=config.num_epochs, wall_time_s=wall_time_s, history=progress.history,
+      proxy_steps=progress.proxy_steps, bank_size=len(bank),
+      skipped_files=dataset.skipped_files,
+      num_examples={"train": len(dataset.train), "val": len(dataset.val),
+                    "test": len(dataset.test) if dataset.test else 0},
+      init_checksum=setup.init_checksum, train_split=final["train_split"],
+      compute=progress.summary_compute())
+  if jax.process_index() == 0:
+    records.write_summary(setup.workdir, summary)
+  logging.info("done: val accuracy %.1f%% (best %.1f%% at epoch %d)%s",
+               100 * summary.final.val_accuracy, 100 * summary.best.val_accuracy,
+               summary.best.epoch, "" if not test else
+               f" | test accuracy {100 * test['accuracy']:.1f}%, loss {test['loss']:.3f}, top5 "
+               f"{100 * test['top5']:.1f}%")
+  return summary
+

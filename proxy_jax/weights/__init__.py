@@ -1,0 +1,1 @@
+"""Library: pretrained weights: files, conversion onto the models."""
