@@ -29,12 +29,12 @@ from proxy_jax.run import steps, train
 
 NUM_CLASSES = 10
 CASES = {
-    # name: (model, image size, batch, small stem)
-    "tiny_32": ("tiny_cnn", 32, 64, "auto"),
-    # The ImageNet stem (7x7/2 + max pool) keeps a CPU step to about a second.
-    "resnet18_64": ("resnet18", 64, 64, "false"),
-    # An accelerator-sized step (seconds per step on a CPU; pass --cases to run it).
-    "resnet18_128": ("resnet18", 128, 128, "false"),
+  # name: (model, image size, batch, small stem)
+  "tiny_32": ("tiny_cnn", 32, 64, "auto"),
+  # The ImageNet stem (7x7/2 + max pool) keeps a CPU step to about a second.
+  "resnet18_64": ("resnet18", 64, 64, "false"),
+  # An accelerator-sized step (seconds per step on a CPU; pass --cases to run it).
+  "resnet18_128": ("resnet18", 128, 128, "false"),
 }
 CPU_CASES = ("tiny_32", "resnet18_64")
 GUIDED = ("attentive_cutmix", "snapmix", "keep_salient")
@@ -50,8 +50,10 @@ def method_overrides() -> dict:
   for name in augment.FAMILIES["mix"]:
     methods[name] = {"mix": name}
   first_eraser = next(iter(augment.FAMILIES["erase"]), None)
-  methods["keep_salient"] = {"keep_salient": True, **({"erase": first_eraser}
-                                                      if first_eraser else {})}
+  methods["keep_salient"] = {
+    "keep_salient": True,
+    **({"erase": first_eraser} if first_eraser else {}),
+  }
   return methods
 
 
@@ -80,10 +82,12 @@ def measure(case: str, methods: dict, repeats: int, num_steps: int) -> dict:
   state = train.create_train_state(config, model, jax.random.key(0), steps_per_epoch=100)
   rng = np.random.default_rng(0)
   size, batch_size = config.image_size, config.batch_size
-  batch = {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-           "label": (np.arange(batch_size) % NUM_CLASSES).astype(np.int32),
-           "mask": np.ones(batch_size, np.float32),
-           "is_proxy": np.zeros(batch_size, bool)}
+  batch = {
+    "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+    "label": (np.arange(batch_size) % NUM_CLASSES).astype(np.int32),
+    "mask": np.ones(batch_size, np.float32),
+    "is_proxy": np.zeros(batch_size, bool),
+  }
   batch = jax.device_put(batch)
   step_fns = {"plain": steps.make_train_step(config)}
   for name, overrides in methods.items():
@@ -109,8 +113,10 @@ def main():
   if args.methods:
     methods = {name: methods[name] for name in args.methods.split(",")}
   device = jax.devices()[0]
-  print(f"{jax.device_count()} {device.platform} device(s) ({device.device_kind}); "
-        f"{args.repeats} repeats of {args.steps} steps, medians")
+  print(
+    f"{jax.device_count()} {device.platform} device(s) ({device.device_kind}); "
+    f"{args.repeats} repeats of {args.steps} steps, medians"
+  )
   for case in args.cases.split(","):
     model, size, batch, _ = CASES[case]
     medians = measure(case, methods, args.repeats, args.steps)

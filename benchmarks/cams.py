@@ -28,15 +28,17 @@ def parse_args(argv=None):
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--dtype", default="float32", choices=models.DTYPE_CHOICES)
-  parser.add_argument("--methods", default=",".join(cams.METHODS),
-                      help="comma-separated subset of: " + ", ".join(cams.METHODS))
+  parser.add_argument(
+    "--methods",
+    default=",".join(cams.METHODS),
+    help="comma-separated subset of: " + ", ".join(cams.METHODS),
+  )
   parser.add_argument("--reps", type=int, default=7, help="timed runs per cheap method")
   parser.add_argument("--slow-reps", type=int, default=1, help="timed runs per multi-pass method")
   # Defaults keep every model call at the forward pass's batch size: a like-for-like
   # comparison, and multi-pass methods stay within the forward pass's memory.
   parser.add_argument("--chunk-size", type=int, default=0, help="0 = --batch")
-  parser.add_argument("--inner-chunk-size", type=int, default=0,
-                      help="0 = min(--batch, 32)")
+  parser.add_argument("--inner-chunk-size", type=int, default=0, help="0 = min(--batch, 32)")
   parser.add_argument("--num-samples", type=int, default=16, help="SmoothGrad/VarGrad samples")
   parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps")
   args = parser.parse_args(argv)
@@ -72,23 +74,37 @@ def main(argv=None):
   variables = jax.jit(model.init)(jax.random.key(1), images[:1])
   # Perturbed parameters so gradients are not trivially zero (ViT's head starts at zero).
   variables = jax.tree_util.tree_map(
-      lambda p: p + 0.01 * jax.random.normal(jax.random.key(2), p.shape, p.dtype), variables)
+    lambda p: p + 0.01 * jax.random.normal(jax.random.key(2), p.shape, p.dtype), variables
+  )
 
   forward = jax.jit(model.apply)
-  print(f"model={args.model} image_size={args.image_size} batch={args.batch} dtype={args.dtype} "
-        f"device={jax.devices()[0].platform} ({jax.device_count()} device(s))")
-  print(f"chunk_size={args.chunk_size} inner_chunk_size={args.inner_chunk_size} "
-        f"smoothgrad samples={args.num_samples} ig steps={args.steps}")
+  print(
+    f"model={args.model} image_size={args.image_size} batch={args.batch} dtype={args.dtype} "
+    f"device={jax.devices()[0].platform} ({jax.device_count()} device(s))"
+  )
+  print(
+    f"chunk_size={args.chunk_size} inner_chunk_size={args.inner_chunk_size} "
+    f"smoothgrad samples={args.num_samples} ig steps={args.steps}"
+  )
   print(f"{'method':<22}{'images/s':>10}{'ms/batch':>12}{'forward ms':>12}{'x forward':>11}")
-  options = dict(chunk_size=args.chunk_size, inner_chunk_size=args.inner_chunk_size,
-                 num_samples=args.num_samples, steps=args.steps, key=jax.random.key(3))
+  options = dict(
+    chunk_size=args.chunk_size,
+    inner_chunk_size=args.inner_chunk_size,
+    num_samples=args.num_samples,
+    steps=args.steps,
+    key=jax.random.key(3),
+  )
   for method in args.methods:
     reps = args.slow_reps if method in cams.MULTI_PASS else args.reps
     run = jax.jit(lambda v, x, m=method: cams.compute(m, model.apply, v, x, **options))
-    forward_s, cam_s = paired_medians(lambda: forward(variables, images),
-                                      lambda: run(variables, images), reps)
-    print(f"{method:<22}{args.batch / cam_s:>10.1f}{cam_s * 1e3:>12.1f}{forward_s * 1e3:>12.1f}"
-          f"{cam_s / forward_s:>11.2f}", flush=True)
+    forward_s, cam_s = paired_medians(
+      lambda: forward(variables, images), lambda: run(variables, images), reps
+    )
+    print(
+      f"{method:<22}{args.batch / cam_s:>10.1f}{cam_s * 1e3:>12.1f}{forward_s * 1e3:>12.1f}"
+      f"{cam_s / forward_s:>11.2f}",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,16 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
-from proxy_jax.run import checkpoints, train  # pylint: disable=wrong-import-position
+from proxy_jax.run import checkpoint_files, checkpoints, train  # noqa: E402
 
 CASES = {
-    "default": {},
-    "resnet50": {"model.name": "resnet50", "image_size": 224, "optimizer.name": "adamw",
-                 "num_classes": 1000},
+  "default": {},
+  "resnet50": {
+    "model.name": "resnet50",
+    "image_size": 224,
+    "optimizer.name": "adamw",
+    "num_classes": 1000,
+  },
 }
 
 
@@ -46,30 +50,45 @@ def build_state(overrides: dict):
   # A trained run's optimizer moments are not zeros (which would compress to nothing): every
   # float array gets random values, as incompressible as trained weights.
   keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state))))
-  return jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape, x.dtype)
-                      if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.floating)
-                      else x, state)
+  return jax.tree.map(
+    lambda x: (
+      jax.random.normal(next(keys), x.shape, x.dtype)
+      if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.floating)
+      else x
+    ),
+    state,
+  )
 
 
 def one_round(state, directory: str, epoch: int) -> dict:
   ckpt = checkpoints.RunCheckpoints(directory, keep=2)
-  items = {"state": checkpoints.ocp.args.StandardSave(state),
-           "meta": checkpoints.ocp.args.JsonSave({"epoch": epoch})}
+  items = {
+    "state": checkpoints.ocp.args.StandardSave(state),
+    "meta": checkpoints.ocp.args.JsonSave({"epoch": epoch}),
+  }
   began = time.perf_counter()
   ckpt.manager.save(epoch, args=checkpoints.ocp.args.Composite(**items))
   ckpt.manager.wait_until_finished()
   saved = time.perf_counter()
-  checkpoints.write_manifest(ckpt._epoch_dir(epoch))  # pylint: disable=protected-access
+  checkpoint_files.write_manifest(ckpt._epoch_dir(epoch))  # pylint: disable=protected-access
   manifested = time.perf_counter()
   ckpt._verify(epoch)  # pylint: disable=protected-access
   verified = time.perf_counter()
   ckpt._restore(epoch, state, None)  # pylint: disable=protected-access
   restored = time.perf_counter()
   ckpt.close()
-  size = sum(os.path.getsize(os.path.join(root, name))
-             for root, _, names in os.walk(ckpt._epoch_dir(epoch)) for name in names)  # pylint: disable=protected-access
-  return {"save": saved - began, "manifest": manifested - saved, "verify": verified - manifested,
-          "restore": restored - verified, "mb": size / 1e6}
+  size = sum(
+    os.path.getsize(os.path.join(root, name))
+    for root, _, names in os.walk(ckpt._epoch_dir(epoch))
+    for name in names
+  )  # pylint: disable=protected-access
+  return {
+    "save": saved - began,
+    "manifest": manifested - saved,
+    "verify": verified - manifested,
+    "restore": restored - verified,
+    "mb": size / 1e6,
+  }
 
 
 def main(argv=None):
@@ -92,13 +111,17 @@ def main(argv=None):
   finally:
     shutil.rmtree(base, ignore_errors=True)
   print(f"medians of {args.rounds} rounds (seconds; share = digest work / the operation)")
-  print(f"{'case':10} {'MB':>8} {'save':>8} {'manifest':>9} {'share':>7} {'restore':>8} "
-        f"{'verify':>8} {'share':>7}")
+  print(
+    f"{'case':10} {'MB':>8} {'save':>8} {'manifest':>9} {'share':>7} {'restore':>8} "
+    f"{'verify':>8} {'share':>7}"
+  )
   for name in names:
     med = {k: statistics.median(r[k] for r in timings[name]) for k in timings[name][0]}
-    print(f"{name:10} {med['mb']:8.1f} {med['save']:8.3f} {med['manifest']:9.3f} "
-          f"{100 * med['manifest'] / med['save']:6.1f}% {med['restore']:8.3f} "
-          f"{med['verify']:8.3f} {100 * med['verify'] / med['restore']:6.1f}%")
+    print(
+      f"{name:10} {med['mb']:8.1f} {med['save']:8.3f} {med['manifest']:9.3f} "
+      f"{100 * med['manifest'] / med['save']:6.1f}% {med['restore']:8.3f} "
+      f"{med['verify']:8.3f} {100 * med['verify'] / med['restore']:6.1f}%"
+    )
 
 
 if __name__ == "__main__":

@@ -31,11 +31,16 @@ def photo_like(rng, side: int) -> np.ndarray:
   """uint8 (side, side, 3): shading, a few hard-edged discs and bars, texture and noise."""
   yy, xx = np.mgrid[:side, :side] / side
   phases = rng.uniform(0, 2 * np.pi, 3)
-  image = np.stack([0.5 + 0.25 * np.sin(rng.uniform(2, 8) * xx + p)
-                    * np.cos(rng.uniform(2, 8) * yy - p) for p in phases], -1)
+  image = np.stack(
+    [
+      0.5 + 0.25 * np.sin(rng.uniform(2, 8) * xx + p) * np.cos(rng.uniform(2, 8) * yy - p)
+      for p in phases
+    ],
+    -1,
+  )
   for _ in range(4):
     cy, cx, radius = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.25)
-    disc = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius ** 2
+    disc = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius**2
     image[disc] = rng.uniform(0, 1, 3)
   stripes = (np.sin(60 * xx) > 0.7)[..., None] * 0.15
   image = image + stripes + rng.normal(0, 0.04, image.shape)
@@ -45,11 +50,13 @@ def photo_like(rng, side: int) -> np.ndarray:
 def real_photos(folder: str, count: int, side: int) -> list[np.ndarray]:
   if not folder or not os.path.isdir(folder) or count <= 0:
     return []
-  paths = [p for p in data.list_files(folder)
-           if p.lower().endswith((".jpg", ".jpeg", ".png"))]
+  paths = [p for p in data.list_files(folder) if p.lower().endswith((".jpg", ".jpeg", ".png"))]
   step = max(1, len(paths) // count)
-  return [image for image in (data.load_image_file(p, side) for p in paths[::step][:count])
-          if image is not None]
+  return [
+    image
+    for image in (data.load_image_file(p, side) for p in paths[::step][:count])
+    if image is not None
+  ]
 
 
 def compare(images, boxes_per_image: int, size: int, seed: int) -> dict:
@@ -62,10 +69,12 @@ def compare(images, boxes_per_image: int, size: int, seed: int) -> dict:
     side = image.shape[0]
     unit = jnp.asarray(image, jnp.float32) / 255.0
     for box_index in range(boxes_per_image):
-      uniforms = jax.random.uniform(jax.random.fold_in(key, index * 1000 + box_index),
-                                    (4, crop.TRIES))
-      top, left, h, w = (int(v) for v in crop.box_from_uniforms(
-          uniforms, side, side, (0.08, 1.0), (3 / 4, 4 / 3)))
+      uniforms = jax.random.uniform(
+        jax.random.fold_in(key, index * 1000 + box_index), (4, crop.TRIES)
+      )
+      top, left, h, w = (
+        int(v) for v in crop.box_from_uniforms(uniforms, side, side, (0.08, 1.0), (3 / 4, 4 / 3))
+      )
       pil = Image.fromarray(image).crop((left, top, left + w, top + h))
       want = np.asarray(pil.resize((size, size), Image.BILINEAR), np.float64)
       got = np.asarray(resize(unit, jnp.array([top, left, h, w]), size), np.float64) * 255
@@ -91,13 +100,17 @@ def main():
   photos = real_photos(args.folder, args.images, args.stored)
   if photos:
     sets[f"real photos ({args.folder})"] = photos
-  print(f"stored {args.stored} px -> {args.size} px, RandomResizedCrop boxes "
-        "(scale 0.08-1, ratio 3/4-4/3); |ours - PIL| in 8-bit levels, max (mean):")
+  print(
+    f"stored {args.stored} px -> {args.size} px, RandomResizedCrop boxes "
+    "(scale 0.08-1, ratio 3/4-4/3); |ours - PIL| in 8-bit levels, max (mean):"
+  )
   for name, images in sets.items():
     result = compare(images, args.boxes, args.size, args.seed)
     up, down = (f"{result['worst'][k]:.4f} ({result['means'][k]:.4f})" for k in ("up", "down"))
-    print(f"  {name}: {len(images)} images; upscaled boxes ({result['counts']['up']}): {up}; "
-          f"downscaled boxes, antialiased ({result['counts']['down']}): {down}")
+    print(
+      f"  {name}: {len(images)} images; upscaled boxes ({result['counts']['up']}): {up}; "
+      f"downscaled boxes, antialiased ({result['counts']['down']}): {down}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,14 +24,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from proxy_jax.models import common, efficientnet  # noqa: E402  pylint: disable=wrong-import-position
 
 # (input side, channels, kernel, stride): Lite0's depthwise layers at 128 px, one per stage.
-SHAPES = ((64, 96, 3, 2), (32, 144, 5, 2), (16, 240, 3, 2), (8, 480, 5, 1), (8, 672, 5, 2),
-          (4, 1152, 3, 1))
+SHAPES = (
+  (64, 96, 3, 2),
+  (32, 144, 5, 2),
+  (16, 240, 3, 2),
+  (8, 480, 5, 1),
+  (8, 672, 5, 2),
+  (4, 1152, 3, 1),
+)
 
 
 def xla_conv(x, w, stride, pads):
-  return lax.conv_general_dilated(x, w, (stride, stride), pads,
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                  feature_group_count=x.shape[-1])
+  return lax.conv_general_dilated(
+    x,
+    w,
+    (stride, stride),
+    pads,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=x.shape[-1],
+  )
 
 
 def shifts(x, w, stride, pads):
@@ -55,8 +66,10 @@ def main(argv=None):
   parser.add_argument("--reps", type=int, default=5)
   args = parser.parse_args(argv)
   print(f"load average {os.getloadavg()[0]:.1f}; milliseconds, median of {args.reps}")
-  print(f"{'shape (B,H,W,C) k/s':<28}{'conv fwd':>10}{'shift fwd':>10}{'ratio':>7}"
-        f"{'conv grad':>11}{'shift grad':>11}{'ratio':>7}{'max diff':>10}")
+  print(
+    f"{'shape (B,H,W,C) k/s':<28}{'conv fwd':>10}{'shift fwd':>10}{'ratio':>7}"
+    f"{'conv grad':>11}{'shift grad':>11}{'ratio':>7}{'max diff':>10}"
+  )
   for side, channels, kernel, stride in SHAPES:
     x = jax.random.normal(jax.random.key(0), (args.batch, side, side, channels))
     w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, channels))
@@ -65,13 +78,14 @@ def main(argv=None):
     for fn in (xla_conv, shifts):
       forward = lambda x, w, fn=fn: fn(x, w, stride, pads)
       grads = jax.grad(lambda x, w, fn=fn: jnp.sum(fn(x, w, stride, pads) ** 2), (0, 1))
-      row.append((milliseconds(forward, (x, w), args.reps),
-                  milliseconds(grads, (x, w), args.reps)))
+      row.append((milliseconds(forward, (x, w), args.reps), milliseconds(grads, (x, w), args.reps)))
     difference = float(jnp.abs(xla_conv(x, w, stride, pads) - shifts(x, w, stride, pads)).max())
     (conv_f, conv_g), (shift_f, shift_g) = row
-    print(f"{str((args.batch, side, side, channels)) + f' {kernel}/{stride}':<28}"
-          f"{conv_f:>10.2f}{shift_f:>10.2f}{conv_f / shift_f:>7.1f}"
-          f"{conv_g:>11.2f}{shift_g:>11.2f}{conv_g / shift_g:>7.1f}{difference:>10.1e}")
+    print(
+      f"{str((args.batch, side, side, channels)) + f' {kernel}/{stride}':<28}"
+      f"{conv_f:>10.2f}{shift_f:>10.2f}{conv_f / shift_f:>7.1f}"
+      f"{conv_g:>11.2f}{shift_g:>11.2f}{conv_g / shift_g:>7.1f}{difference:>10.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -39,11 +39,18 @@ from proxy_jax.run import steps, train
 def make_batches(config, count: int, sharding) -> list[dict]:
   rng = np.random.default_rng(0)
   size, batch = config.image_size, config.batch_size
-  return [parallel.to_global({
-      "image": rng.integers(0, 256, (batch, size, size, 3), np.uint8),
-      "label": rng.integers(0, 10, batch).astype(np.int32),
-      "id": np.arange(batch, dtype=np.int32),
-      "mask": np.ones(batch, np.float32)}, sharding) for _ in range(count)]
+  return [
+    parallel.to_global(
+      {
+        "image": rng.integers(0, 256, (batch, size, size, 3), np.uint8),
+        "label": rng.integers(0, 10, batch).astype(np.int32),
+        "id": np.arange(batch, dtype=np.int32),
+        "mask": np.ones(batch, np.float32),
+      },
+      sharding,
+    )
+    for _ in range(count)
+  ]
 
 
 def run_async(train_fn, state, batches, key):
@@ -78,12 +85,16 @@ def main():
   parser.add_argument("--batch_size", type=int, default=64)
   args = parser.parse_args()
   config = default.get_config()
-  config.model.name, config.image_size, config.batch_size = (args.model, args.image_size,
-                                                             args.batch_size)
+  config.model.name, config.image_size, config.batch_size = (
+    args.model,
+    args.image_size,
+    args.batch_size,
+  )
   replicated, sharding = parallel.shardings(parallel.make_mesh())
   model = train.create_model(config, 10)
-  state = jax.device_put(train.create_train_state(config, model, jax.random.key(0),
-                                                  args.steps), replicated)
+  state = jax.device_put(
+    train.create_train_state(config, model, jax.random.key(0), args.steps), replicated
+  )
   train_fn = steps.make_train_step(config, replicated)
   batches = make_batches(config, args.steps, sharding)
   key = jax.random.key(1)
@@ -94,15 +105,20 @@ def main():
     for name, run in (("async", run_async), ("synced", run_synced)):
       state, dispatch, total = run(train_fn, state, batches, key)
       rows[name].append((dispatch, total))
-  print(f"devices: {jax.devices()}; {args.model} at {args.image_size} px, batch "
-        f"{args.batch_size}, {args.steps} steps; medians of {args.repeats} alternated runs")
-  median = {name: [statistics.median(r[i] for r in runs) for i in (0, 1)]
-            for name, runs in rows.items()}
+  print(
+    f"devices: {jax.devices()}; {args.model} at {args.image_size} px, batch "
+    f"{args.batch_size}, {args.steps} steps; medians of {args.repeats} alternated runs"
+  )
+  median = {
+    name: [statistics.median(r[i] for r in runs) for i in (0, 1)] for name, runs in rows.items()
+  }
   for name, (dispatch, total) in median.items():
-    print(f"{name:>7}: dispatch {dispatch * 1e3:8.1f} ms, total {total * 1e3:8.1f} ms, "
-          f"{total / args.steps * 1e3:6.2f} ms/step, "
-          f"{args.steps * args.batch_size / total:7.0f} img/s, dispatch/total "
-          f"{dispatch / total:.3f}, ahead {(total - dispatch) / (total / args.steps):4.1f} steps")
+    print(
+      f"{name:>7}: dispatch {dispatch * 1e3:8.1f} ms, total {total * 1e3:8.1f} ms, "
+      f"{total / args.steps * 1e3:6.2f} ms/step, "
+      f"{args.steps * args.batch_size / total:7.0f} img/s, dispatch/total "
+      f"{dispatch / total:.3f}, ahead {(total - dispatch) / (total / args.steps):4.1f} steps"
+    )
   ratio = statistics.median(s[1] / a[1] for a, s in zip(rows["async"], rows["synced"]))
   print(f"synced / async total time (median of per-repeat ratios): {ratio:.3f}")
 

@@ -35,9 +35,18 @@ from proxy_jax.weights import pretrained, weight_files
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "efficientnet_lite0_logits.npz")
 # imagenette's folders -> ImageNet class indices.
-IMAGENETTE = {"tench": 0, "english_springer": 217, "cassette_player": 482, "chain_saw": 491,
-              "church": 497, "french_horn": 566, "garbage_truck": 569, "gas_pump": 571,
-              "golf_ball": 574, "parachute": 701}
+IMAGENETTE = {
+  "tench": 0,
+  "english_springer": 217,
+  "cassette_player": 482,
+  "chain_saw": 491,
+  "church": 497,
+  "french_horn": 566,
+  "garbage_truck": 569,
+  "gas_pump": 571,
+  "golf_ball": 574,
+  "parachute": 701,
+}
 
 REFERENCE = r"""
 import sys, numpy as np, torch
@@ -56,8 +65,7 @@ np.save(sys.argv[3] + ".logits.npy", logits)
 def photos(folder: str, size: int = 224, load: int = 256):
   """(uint8 images, ImageNet labels or -1, paths): resized and centre-cropped as evaluation."""
   paths = sorted(glob.glob(os.path.join(folder, "*", "*")))
-  images = np.stack([preprocess.center_crop(data.load_image_file(p, load), size)
-                     for p in paths])
+  images = np.stack([preprocess.center_crop(data.load_image_file(p, load), size) for p in paths])
   labels = np.array([IMAGENETTE.get(os.path.basename(os.path.dirname(p)), -1) for p in paths])
   return images, labels, paths
 
@@ -70,20 +78,22 @@ def reference_logits(torch_python: str, name: str, images: np.ndarray, threads: 
     with open(script, "w") as f:
       f.write(REFERENCE)
     weights = weight_files.wheel_weights_path(name)
-    subprocess.run([torch_python, script, name, weights, inputs, str(threads)], check=True,
-                   capture_output=True)
+    subprocess.run(
+      [torch_python, script, name, weights, inputs, str(threads)], check=True, capture_output=True
+    )
     return np.load(inputs + ".logits.npy")
 
 
 def flax_logits(name: str, images: np.ndarray) -> np.ndarray:
   import jax  # pylint: disable=g-import-not-at-top
+
   model = models.create(name, 1000, images.shape[1], dtype="float32")
-  variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, *images.shape[1:]),
-                                                              np.float32))
+  variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, *images.shape[1:]), np.float32))
   variables = pretrained.load_pretrained(name, name, variables, log=lambda _: None)
   apply = jax.jit(lambda v, x: model.apply(v, preprocess.eval_inputs(x)))
-  return np.concatenate([np.asarray(apply(variables, images[i:i + 50]))
-                         for i in range(0, len(images), 50)])
+  return np.concatenate(
+    [np.asarray(apply(variables, images[i : i + 50])) for i in range(0, len(images), 50)]
+  )
 
 
 def synthetic_images(count: int = 4, size: int = 224) -> np.ndarray:
@@ -93,10 +103,11 @@ def synthetic_images(count: int = 4, size: int = 224) -> np.ndarray:
   images = []
   for _ in range(count):
     phase = rng.uniform(0, 2 * np.pi, (3, 3))
-    channels = [0.5 + 0.5 * np.sin(phase[c, 0] + 6 * x * phase[c, 1] + 4 * y * phase[c, 2])
-                for c in range(3)]
+    channels = [
+      0.5 + 0.5 * np.sin(phase[c, 0] + 6 * x * phase[c, 1] + 4 * y * phase[c, 2]) for c in range(3)
+    ]
     image = np.stack(channels, -1)
-    image[size // 3:size // 2, size // 4:size // 2] = rng.uniform(0, 1, 3)  # a patch
+    image[size // 3 : size // 2, size // 4 : size // 2] = rng.uniform(0, 1, 3)  # a patch
     images.append(np.round(255 * image))
   return np.stack(images).astype(np.uint8)
 
@@ -105,13 +116,17 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--torch-python", required=True)
   parser.add_argument("--model", default="efficientnet_lite0")
-  parser.add_argument("--images", default=os.path.join(ROOT, "..", "shared", "data",
-                                                       "imagenette-mini", "val"))
+  parser.add_argument(
+    "--images", default=os.path.join(ROOT, "..", "shared", "data", "imagenette-mini", "val")
+  )
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--write-fixture", action="store_true")
-  parser.add_argument("--infer-csv", default="",
-                      help="also compare the top-1 of `python -m proxy_jax.infer "
-                           "--pretrained=... --images=<--images>`'s predictions.csv")
+  parser.add_argument(
+    "--infer-csv",
+    default="",
+    help="also compare the top-1 of `python -m proxy_jax.infer "
+    "--pretrained=... --images=<--images>`'s predictions.csv",
+  )
   args = parser.parse_args(argv)
   if args.write_fixture:
     images = synthetic_images()
@@ -125,22 +140,33 @@ def main(argv=None):
   known = labels >= 0
   if args.infer_csv:
     import pandas as pd  # pylint: disable=g-import-not-at-top
+
     table = pd.read_csv(args.infer_csv).set_index("file")
-    inferred = table.loc[[os.path.abspath(p) if os.path.abspath(p) in table.index else p
-                          for p in paths], "index_1"].to_numpy()
-    print(f"infer's top-1 equals the reference's on {int((inferred == theirs.argmax(1)).sum())} "
-          f"of {len(paths)} photos")
+    inferred = table.loc[
+      [os.path.abspath(p) if os.path.abspath(p) in table.index else p for p in paths], "index_1"
+    ].to_numpy()
+    print(
+      f"infer's top-1 equals the reference's on {int((inferred == theirs.argmax(1)).sum())} "
+      f"of {len(paths)} photos"
+    )
   ten = np.array(sorted(IMAGENETTE.values()))
   among_ten = lambda logits: float((ten[logits[:, ten].argmax(1)] == labels)[known].mean())
-  print(json.dumps({
-      "model": args.model, "photos": len(paths), "folder": os.path.abspath(args.images),
-      "largest logit difference": float(np.abs(ours - theirs).max()),
-      "top-1 agree": f"{int((ours.argmax(1) == theirs.argmax(1)).sum())} of {len(paths)}",
-      "ImageNet top-1, flax": float((ours.argmax(1) == labels)[known].mean()),
-      "ImageNet top-1, pytorch": float((theirs.argmax(1) == labels)[known].mean()),
-      "top-1 among imagenette's ten classes, flax": among_ten(ours),
-      "top-1 among imagenette's ten classes, pytorch": among_ten(theirs),
-  }, indent=1))
+  print(
+    json.dumps(
+      {
+        "model": args.model,
+        "photos": len(paths),
+        "folder": os.path.abspath(args.images),
+        "largest logit difference": float(np.abs(ours - theirs).max()),
+        "top-1 agree": f"{int((ours.argmax(1) == theirs.argmax(1)).sum())} of {len(paths)}",
+        "ImageNet top-1, flax": float((ours.argmax(1) == labels)[known].mean()),
+        "ImageNet top-1, pytorch": float((theirs.argmax(1) == labels)[known].mean()),
+        "top-1 among imagenette's ten classes, flax": among_ten(ours),
+        "top-1 among imagenette's ten classes, pytorch": among_ten(theirs),
+      },
+      indent=1,
+    )
+  )
 
 
 if __name__ == "__main__":

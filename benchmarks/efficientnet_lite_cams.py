@@ -37,8 +37,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efficientnet_lite as lite  # noqa: E402  pylint: disable=wrong-import-position
 
 METHODS = ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "eigencam")
-TORCH_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
-                 "hirescam": "HiResCAM", "layercam": "LayerCAM", "eigencam": "EigenCAM"}
+TORCH_METHODS = {
+  "gradcam": "GradCAM",
+  "gradcampp": "GradCAMPlusPlus",
+  "xgradcam": "XGradCAM",
+  "hirescam": "HiResCAM",
+  "layercam": "LayerCAM",
+  "eigencam": "EigenCAM",
+}
 
 REFERENCE = r"""
 import json, sys, numpy as np, torch
@@ -74,14 +80,25 @@ def torch_maps(torch_python: str, name: str, images: np.ndarray, threads: int) -
     np.save(inputs, images)
     with open(script, "w") as f:
       f.write(REFERENCE)
-    subprocess.run([torch_python, script, name, lite.weight_files.wheel_weights_path(name),
-                    inputs, json.dumps(TORCH_METHODS), str(threads)], check=True,
-                   capture_output=True)
+    subprocess.run(
+      [
+        torch_python,
+        script,
+        name,
+        lite.weight_files.wheel_weights_path(name),
+        inputs,
+        json.dumps(TORCH_METHODS),
+        str(threads),
+      ],
+      check=True,
+      capture_output=True,
+    )
     return dict(np.load(inputs + ".maps.npz"))
 
 
 def flax_model(name: str, pretrained: bool, size: int = 224):
   import jax  # pylint: disable=g-import-not-at-top
+
   model = lite.models.create(name, 1000, size, dtype="float32")
   variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
   if pretrained:
@@ -91,10 +108,15 @@ def flax_model(name: str, pretrained: bool, size: int = 224):
 
 def our_maps(model, variables, images: np.ndarray, method: str) -> np.ndarray:
   from proxy_jax import cams  # pylint: disable=g-import-not-at-top
+
   options = {"gradcampp_eps": 1e-6} if method == "gradcampp" else {}
   inputs = lite.preprocess.eval_inputs(images)
-  return np.concatenate([np.asarray(cams.compute(method, model.apply, variables, inputs[i:i + 8],
-                                                 **options)) for i in range(0, len(images), 8)])
+  return np.concatenate(
+    [
+      np.asarray(cams.compute(method, model.apply, variables, inputs[i : i + 8], **options))
+      for i in range(0, len(images), 8)
+    ]
+  )
 
 
 def compare(ours: np.ndarray, theirs: np.ndarray, signless: bool) -> dict:
@@ -116,19 +138,32 @@ def compare(ours: np.ndarray, theirs: np.ndarray, signless: bool) -> dict:
 def sanity(name: str, images: np.ndarray, steps: int = 16) -> dict:
   """Pretrained maps against random-weights maps, both scored on the pretrained network."""
   from proxy_jax import faithfulness, infer  # pylint: disable=g-import-not-at-top
+
   trained, trained_vars = flax_model(name, True)
   random, random_vars = flax_model(name, False)
   predicted = infer.predict_logits(trained, trained_vars, images, 16).argmax(-1)
   out = {}
   for method in ("gradcam", "gradcampp"):
-    maps = {"pretrained": our_maps(trained, trained_vars, images, method),
-            "random weights": our_maps(random, random_vars, images, method)}
-    rho = np.mean([scipy_stats.spearmanr(a.ravel(), b.ravel())[0]
-                   for a, b in zip(maps["pretrained"], maps["random weights"])])
-    scores = {source: {k: float(np.mean(v)) for k, v in faithfulness.explanation_scores(
-        trained, trained_vars, images, m, predicted, steps).items()
-                       if k in ("deletion_auc", "insertion_auc")}
-              for source, m in maps.items()}
+    maps = {
+      "pretrained": our_maps(trained, trained_vars, images, method),
+      "random weights": our_maps(random, random_vars, images, method),
+    }
+    rho = np.mean(
+      [
+        scipy_stats.spearmanr(a.ravel(), b.ravel())[0]
+        for a, b in zip(maps["pretrained"], maps["random weights"])
+      ]
+    )
+    scores = {
+      source: {
+        k: float(np.mean(v))
+        for k, v in faithfulness.explanation_scores(
+          trained, trained_vars, images, m, predicted, steps
+        ).items()
+        if k in ("deletion_auc", "insertion_auc")
+      }
+      for source, m in maps.items()
+    }
     out[method] = {"spearman_pretrained_vs_random": round(float(rho), 4), **scores}
   return out
 
@@ -137,8 +172,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--torch-python", default="")
   parser.add_argument("--model", default="efficientnet_lite0")
-  parser.add_argument("--images", default=os.path.join(lite.ROOT, "..", "shared", "data",
-                                                       "imagenette-mini", "val"))
+  parser.add_argument(
+    "--images", default=os.path.join(lite.ROOT, "..", "shared", "data", "imagenette-mini", "val")
+  )
   parser.add_argument("--count", type=int, default=40, help="photos, spread over the folder")
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--sanity-only", action="store_true")
@@ -151,8 +187,11 @@ def main(argv=None):
     model, variables = flax_model(args.model, True)
     theirs = torch_maps(args.torch_python, args.model, images, args.threads)
     report["against pytorch-grad-cam"] = {
-        method: compare(our_maps(model, variables, images, method), theirs[method],
-                        method == "eigencam") for method in METHODS}
+      method: compare(
+        our_maps(model, variables, images, method), theirs[method], method == "eigencam"
+      )
+      for method in METHODS
+    }
   report["model randomisation"] = sanity(args.model, images)
   print(json.dumps(report, indent=1))
 

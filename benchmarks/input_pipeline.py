@@ -64,12 +64,15 @@ def main(_):
   replicated, batch_sharding = parallel.shardings(parallel.make_mesh())
   model = train.create_model(config, len(dataset.class_names))
   steps_per_epoch = data.num_batches(len(split), config.batch_size)
-  state = jax.device_put(train.create_train_state(config, model, jax.random.key(0),
-                                                  steps_per_epoch), replicated)
+  state = jax.device_put(
+    train.create_train_state(config, model, jax.random.key(0), steps_per_epoch), replicated
+  )
   step_fn = steps.make_train_step(config, replicated)
   count = min(FLAGS.batches, steps_per_epoch)
-  device_batches = [parallel.to_global(b, batch_sharding) for _, b in
-                    zip(range(count), data.batches(split, config.batch_size))]
+  device_batches = [
+    parallel.to_global(b, batch_sharding)
+    for _, b in zip(range(count), data.batches(split, config.batch_size))
+  ]
   state, _ = time_train_steps(state, step_fn, device_batches[:1])  # compile
   loader, step_rates = [], []
   for _ in range(FLAGS.repeats):
@@ -77,10 +80,14 @@ def main(_):
     state, rate = time_train_steps(state, step_fn, device_batches)
     step_rates.append(rate)
   loader_rate, step_rate = statistics.median(loader), statistics.median(step_rates)
-  print(f"dataset {config.data.name}, model {config.model.name}, {config.image_size}px, "
-        f"batch {config.batch_size}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
-  print(f"loader (gather + bank swap + transfer): {loader_rate:10.0f} images/s (median of "
-        f"{FLAGS.repeats})")
+  print(
+    f"dataset {config.data.name}, model {config.model.name}, {config.image_size}px, "
+    f"batch {config.batch_size}, {jax.device_count()} {jax.devices()[0].platform} device(s)"
+  )
+  print(
+    f"loader (gather + bank swap + transfer): {loader_rate:10.0f} images/s (median of "
+    f"{FLAGS.repeats})"
+  )
   print(f"train step:                             {step_rate:10.0f} images/s")
   print(f"loader / train-step ratio:              {loader_rate / step_rate:10.1f}x")
 

@@ -32,8 +32,12 @@ EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 def load_photos(folder: str, count: int, size: int) -> np.ndarray:
   """(N, size, size, 3) uint8 RGB: the first `count` photos under `folder`, centre crops."""
-  paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                 for name in names if name.lower().endswith(EXTENSIONS))[:count]
+  paths = sorted(
+    os.path.join(root, name)
+    for root, _, names in os.walk(folder)
+    for name in names
+    if name.lower().endswith(EXTENSIONS)
+  )[:count]
   if not paths:
     raise SystemExit(f"error: no photos (.jpeg/.jpg/.png) under {folder}")
   photos = []
@@ -50,8 +54,7 @@ def load_photos(folder: str, count: int, size: int) -> np.ndarray:
 
 def opencv_maps(photos: np.ndarray) -> np.ndarray:
   detector = cv2.saliency.StaticSaliencyFineGrained_create()
-  return np.stack([detector.computeSaliency(np.ascontiguousarray(p[..., ::-1]))[1]
-                   for p in photos])
+  return np.stack([detector.computeSaliency(np.ascontiguousarray(p[..., ::-1]))[1] for p in photos])
 
 
 def main(argv=None) -> None:
@@ -79,14 +82,20 @@ def main(argv=None) -> None:
   reference_levels = np.round(reference * 255).astype(int)
   flat = lambda m: m.reshape(len(m), -1).argmax(1)  # pylint: disable=unnecessary-lambda-assignment
   same_peak = int(np.sum(flat(ours_levels) == flat(reference_levels)))
-  print(f"{len(photos)} photos from {args.folder}, {args.size} x {args.size} px, "
-        f"JAX on {jax.devices()[0].platform}")
-  print(f"identical 8-bit levels: {np.mean(ours_levels == reference_levels):.6%} of pixels; "
-        f"largest difference {np.abs(ours_levels - reference_levels).max()} level(s); "
-        f"same peak pixel in {same_peak} of {len(photos)} maps")
-  print(f"time per image: OpenCV {1e3 * statistics.median(cv_times) / len(photos):.2f} ms "
-        f"(Python loop), JAX {1e3 * statistics.median(jax_times) / len(photos):.2f} ms "
-        f"(jitted batch of {len(photos)}); medians of {args.repeats}")
+  print(
+    f"{len(photos)} photos from {args.folder}, {args.size} x {args.size} px, "
+    f"JAX on {jax.devices()[0].platform}"
+  )
+  print(
+    f"identical 8-bit levels: {np.mean(ours_levels == reference_levels):.6%} of pixels; "
+    f"largest difference {np.abs(ours_levels - reference_levels).max()} level(s); "
+    f"same peak pixel in {same_peak} of {len(photos)} maps"
+  )
+  print(
+    f"time per image: OpenCV {1e3 * statistics.median(cv_times) / len(photos):.2f} ms "
+    f"(Python loop), JAX {1e3 * statistics.median(jax_times) / len(photos):.2f} ms "
+    f"(jitted batch of {len(photos)}); medians of {args.repeats}"
+  )
 
 
 if __name__ == "__main__":

@@ -50,14 +50,22 @@ def parse_args(argv=None):
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--num-classes", type=int, default=1000)
   parser.add_argument("--reps", type=int, default=5, help="timed runs per figure per process")
-  parser.add_argument("--rounds", type=int, default=1,
-                      help="rounds of (JAX process, PyTorch process), order alternating")
-  parser.add_argument("--skip-plain", action="store_true",
-                      help="time only the im2col setting (plain is slow, and at >= 96 px "
-                           "no map is 2x2 so both settings are the same program)")
+  parser.add_argument(
+    "--rounds",
+    type=int,
+    default=1,
+    help="rounds of (JAX process, PyTorch process), order alternating",
+  )
+  parser.add_argument(
+    "--skip-plain",
+    action="store_true",
+    help="time only the im2col setting (plain is slow, and at >= 96 px "
+    "no map is 2x2 so both settings are the same program)",
+  )
   parser.add_argument("--gradcam", action="store_true", help="also time Grad-CAM")
-  parser.add_argument("--torch-python", default="",
-                      help="a Python with torch, for the PyTorch comparison")
+  parser.add_argument(
+    "--torch-python", default="", help="a Python with torch, for the PyTorch comparison"
+  )
   parser.add_argument("--side", choices=("jax", "torch"), default="", help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
@@ -79,6 +87,7 @@ def jax_rates(args, im2col: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   sys.path.insert(0, ROOT)
   from proxy_jax import cams, models  # pylint: disable=g-import-not-at-top
   from proxy_jax.run import model_state, steps
@@ -91,16 +100,25 @@ def jax_rates(args, im2col: bool) -> dict:
   labels = jax.random.randint(jax.random.key(1), (batch,), 0, args.num_classes)
   targets = jax.nn.one_hot(labels, args.num_classes)  # steps.cross_entropy takes soft targets.
   variables = jax.jit(model.init)(jax.random.key(2), images[:1])
-  state = model_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                  tx=optax.adamw(1e-3), batch_stats=variables["batch_stats"])
+  state = model_state.TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    tx=optax.adamw(1e-3),
+    batch_stats=variables["batch_stats"],
+  )
   forward = jax.jit(lambda v, x: model.apply(v, x))
 
   def step(state, images, targets):
     def loss_fn(params):
-      logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                       images, train=True, mutable=["batch_stats"],
-                                       rngs={"dropout": jax.random.key(3)})
+      logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats},
+        images,
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": jax.random.key(3)},
+      )
       return jnp.mean(steps.cross_entropy(logits, targets)), updates
+
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"]), loss
 
@@ -111,20 +129,30 @@ def jax_rates(args, im2col: bool) -> dict:
     holder["state"], loss = step(holder["state"], images, targets)
     jax.block_until_ready(loss)
 
-  rates = {"forward": batch / median_seconds(
-      lambda: jax.block_until_ready(forward(variables, images)), args.reps),
-           "train": batch / median_seconds(train_once, args.reps)}
+  rates = {
+    "forward": batch
+    / median_seconds(lambda: jax.block_until_ready(forward(variables, images)), args.reps),
+    "train": batch / median_seconds(train_once, args.reps),
+  }
   if args.gradcam and im2col:  # One model call for the batch, as pytorch-grad-cam makes.
-    rates["gradcam"] = batch / median_seconds(lambda: jax.block_until_ready(cams.compute(
-        "gradcam", model.apply, variables, images, chunk_size=batch)), args.reps)
+    rates["gradcam"] = batch / median_seconds(
+      lambda: jax.block_until_ready(
+        cams.compute("gradcam", model.apply, variables, images, chunk_size=batch)
+      ),
+      args.reps,
+    )
   return rates
 
 
 def jax_side(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  return {"plain": None if args.skip_plain else jax_rates(args, im2col=False),
-          "im2col": jax_rates(args, im2col=True),
-          "platform": jax.devices()[0].platform, "version": jax.__version__}
+
+  return {
+    "plain": None if args.skip_plain else jax_rates(args, im2col=False),
+    "im2col": jax_rates(args, im2col=True),
+    "platform": jax.devices()[0].platform,
+    "version": jax.__version__,
+  }
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -146,15 +174,18 @@ def torch_model(args):
         features = self.cam_layer(self.net.extract_features(x))
         return self.net._fc(self.net._dropout(self.net._avg_pooling(features).flatten(1)))  # pylint: disable=protected-access
 
-    net = EfficientNet.from_name("efficientnet-lite0", num_classes=args.num_classes,
-                                 image_size=args.image_size)
+    net = EfficientNet.from_name(
+      "efficientnet-lite0", num_classes=args.num_classes, image_size=args.image_size
+    )
     return Wrapped(net), "efficientnet-lite-pytorch"
   try:
     from torchvision.models import resnet18  # pylint: disable=g-import-not-at-top
+
     return resnet18(num_classes=args.num_classes), "torchvision"
   except (ImportError, RuntimeError):  # A torchvision built for another torch: RuntimeError.
     sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
     from make_pretrained_fixtures import BasicBlock, ResNet  # pylint: disable=g-import-not-at-top
+
     return ResNet(BasicBlock, (2, 2, 2, 2), args.num_classes, 64), "fixture copy"
 
 
@@ -180,16 +211,22 @@ def torch_side(args) -> dict:
     loss_fn(model(images), labels).backward()
     optimizer.step()
 
-  rates = {"forward": args.batch / median_seconds(forward, args.reps),
-           "train": args.batch / median_seconds(train_once, args.reps),
-           "version": torch.__version__, "threads": torch.get_num_threads(), "model": source}
+  rates = {
+    "forward": args.batch / median_seconds(forward, args.reps),
+    "train": args.batch / median_seconds(train_once, args.reps),
+    "version": torch.__version__,
+    "threads": torch.get_num_threads(),
+    "model": source,
+  }
   if args.gradcam:
     from pytorch_grad_cam import GradCAM  # pylint: disable=g-import-not-at-top
+
     model.eval()
     layer = model.cam_layer if args.model == "efficientnet_lite0" else model.layer4[-1]
     with GradCAM(model=model, target_layers=[layer]) as gradcam:
       rates["gradcam"] = args.batch / median_seconds(
-          lambda: gradcam(input_tensor=images, targets=None), args.reps)
+        lambda: gradcam(input_tensor=images, targets=None), args.reps
+      )
   return rates
 
 
@@ -198,9 +235,16 @@ def torch_side(args) -> dict:
 
 def run_side(args, side: str, python: str) -> dict:
   """One fresh process for `side`; its result is the JSON on its last stdout line."""
-  command = [python, os.path.abspath(__file__), f"--side={side}", f"--model={args.model}",
-             f"--image-size={args.image_size}", f"--batch={args.batch}",
-             f"--num-classes={args.num_classes}", f"--reps={args.reps}"]
+  command = [
+    python,
+    os.path.abspath(__file__),
+    f"--side={side}",
+    f"--model={args.model}",
+    f"--image-size={args.image_size}",
+    f"--batch={args.batch}",
+    f"--num-classes={args.num_classes}",
+    f"--reps={args.reps}",
+  ]
   command += ["--skip-plain"] * args.skip_plain + ["--gradcam"] * args.gradcam
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode:
@@ -250,22 +294,30 @@ def print_table(args, results):
   rows = [(name, [r[0][key] for r in results]) for key, name in settings]
   reference = [r[1] for r in results if r[1] is not None]
   if reference:
-    rows.append((f"PyTorch {reference[0]['version']} ({reference[0]['threads']} thr)",
-                 reference))
+    rows.append((f"PyTorch {reference[0]['version']} ({reference[0]['threads']} thr)", reference))
   for name, per_round in rows:
-    cells = [statistics.median([r[c] for r in per_round]) if c in per_round[0] else float("nan")
-             for c in columns]
+    cells = [
+      statistics.median([r[c] for r in per_round]) if c in per_round[0] else float("nan")
+      for c in columns
+    ]
     print(f"{name:<32}" + "".join(f"{cell:>12.1f}" for cell in cells))
   ratios = []
   if len(settings) == 2:
-    ratios.append(("im2col / plain", [r[0]["im2col"] for r in results],
-                   [r[0]["plain"] for r in results]))
+    ratios.append(
+      ("im2col / plain", [r[0]["im2col"] for r in results], [r[0]["plain"] for r in results])
+    )
   if reference:
-    ratios += [(f"{name.split(',')[1].strip()} / PyTorch", [r[0][key] for r in results],
-                reference) for key, name in settings]
+    ratios += [
+      (f"{name.split(',')[1].strip()} / PyTorch", [r[0][key] for r in results], reference)
+      for key, name in settings
+    ]
   for name, tops, bottoms in ratios:
-    cells = [statistics.median([t[c] / b[c] for t, b in zip(tops, bottoms)])
-             if c in tops[0] and c in bottoms[0] else float("nan") for c in columns]
+    cells = [
+      statistics.median([t[c] / b[c] for t, b in zip(tops, bottoms)])
+      if c in tops[0] and c in bottoms[0]
+      else float("nan")
+      for c in columns
+    ]
     print(f"{name:<32}" + "".join(f"{cell:>12.2f}" for cell in cells))
   if not reference:
     print("PyTorch: not importable here and no --torch-python given; no comparison")
@@ -276,9 +328,12 @@ def main(argv=None):
   if args.side:
     print(json.dumps(jax_side(args) if args.side == "jax" else torch_side(args)))
     return
-  print(f"{args.model}, ImageNet stem, {args.image_size} px (last stage "
-        f"{args.image_size // 32}x{args.image_size // 32}), batch {args.batch}, float32, "
-        f"CPU ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}", flush=True)
+  print(
+    f"{args.model}, ImageNet stem, {args.image_size} px (last stage "
+    f"{args.image_size // 32}x{args.image_size // 32}), batch {args.batch}, float32, "
+    f"CPU ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}",
+    flush=True,
+  )
   print_table(args, measure_rounds(args))
 
 

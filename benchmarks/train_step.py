@@ -31,9 +31,17 @@ from proxy_jax.run import steps, train
 
 # Dense bf16 peak of one chip in FLOP/s (vendor figures, no sparsity): the MFU denominator.
 # float32 runs are compared with the same figure (TF32/bf16 tensor cores are the ceiling).
-PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12,
-                   "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
-                   "TPU v5p": 459e12, "TPU v6": 918e12}
+PEAK_BF16_FLOPS = {
+  "H100": 989.4e12,
+  "H200": 989.4e12,
+  "A100": 312e12,
+  "L4": 121e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v6": 918e12,
+}
 
 
 def peak_flops(device) -> float | None:
@@ -53,8 +61,12 @@ def parse_args(argv=None):
   parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
   parser.add_argument("--steps", type=int, default=10, help="steps dispatched per window")
   parser.add_argument("--windows", type=int, default=5, help="timed windows (median)")
-  parser.add_argument("--peak-tflops", type=float, default=0.0,
-                      help="override the device's dense bf16 peak (TFLOP/s) for MFU")
+  parser.add_argument(
+    "--peak-tflops",
+    type=float,
+    default=0.0,
+    help="override the device's dense bf16 peak (TFLOP/s) for MFU",
+  )
   return parser.parse_args(argv)
 
 
@@ -75,6 +87,7 @@ def counted_flops(jitted, *example_args) -> float | None:
   backend's lowering reports no count (seen on GPU), the same program lowered for the CPU is
   counted instead.
   """
+
   def flops_of(lower):
     try:
       analysis = lower().cost_analysis()
@@ -86,10 +99,12 @@ def counted_flops(jitted, *example_args) -> float | None:
 
   # Shapes only, so the CPU lowering is not tied to the devices the arguments live on.
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", None) or np.result_type(x)),
-      example_args)
-  return (flops_of(lambda: jitted.lower(*example_args)) or
-          flops_of(lambda: jitted.trace(*abstract).lower(lowering_platforms=("cpu",))))
+    lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", None) or np.result_type(x)),
+    example_args,
+  )
+  return flops_of(lambda: jitted.lower(*example_args)) or flops_of(
+    lambda: jitted.trace(*abstract).lower(lowering_platforms=("cpu",))
+  )
 
 
 def time_windows(run_window, windows: int) -> float:
@@ -106,9 +121,11 @@ def time_windows(run_window, windows: int) -> float:
 def synthetic_batch(args):
   rng = np.random.default_rng(0)
   shape = (args.batch, args.image_size, args.image_size, 3)
-  return {"image": jnp.asarray(rng.integers(0, 256, shape, dtype=np.uint8)),
-          "label": jnp.asarray(rng.integers(0, args.num_classes, args.batch, dtype=np.int32)),
-          "mask": jnp.ones((args.batch,), jnp.float32)}
+  return {
+    "image": jnp.asarray(rng.integers(0, 256, shape, dtype=np.uint8)),
+    "label": jnp.asarray(rng.integers(0, args.num_classes, args.batch, dtype=np.int32)),
+    "mask": jnp.ones((args.batch,), jnp.float32),
+  }
 
 
 def main(argv=None):
@@ -122,10 +139,12 @@ def main(argv=None):
   step_args = (batch, jax.random.key(1))
   device = jax.devices()[0]
   peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device)
-  print(f"model={args.model} image_size={args.image_size} batch={args.batch} dtype={resolved} "
-        f"device={device.platform}:{getattr(device, 'device_kind', '?')} "
-        f"({jax.device_count()} device(s)) peak={peak / 1e12 if peak else float('nan'):.0f} "
-        "TFLOP/s bf16 dense")
+  print(
+    f"model={args.model} image_size={args.image_size} batch={args.batch} dtype={resolved} "
+    f"device={device.platform}:{getattr(device, 'device_kind', '?')} "
+    f"({jax.device_count()} device(s)) peak={peak / 1e12 if peak else float('nan'):.0f} "
+    "TFLOP/s bf16 dense"
+  )
   train_flops = counted_flops(train_fn, state, *step_args)
   eval_flops = counted_flops(eval_fn, state, batch)
 
@@ -144,14 +163,19 @@ def main(argv=None):
     jax.block_until_ready(metrics)
 
   print(f"{'step':<6}{'images/s':>11}{'ms/step':>10}{'GFLOP/img':>11}{'TFLOP/s':>9}{'MFU':>7}")
-  for name, window, flops in (("train", train_window, train_flops),
-                              ("eval", eval_window, eval_flops)):
+  for name, window, flops in (
+    ("train", train_window, train_flops),
+    ("eval", eval_window, eval_flops),
+  ):
     seconds = time_windows(window, args.windows) / args.steps
     achieved = flops / seconds if flops else float("nan")
     mfu = f"{achieved / peak:.1%}" if (peak and flops) else "n/a"
     per_image = flops / args.batch / 1e9 if flops else float("nan")
-    print(f"{name:<6}{args.batch / seconds:>11.1f}{seconds * 1e3:>10.2f}{per_image:>11.2f}"
-          f"{achieved / 1e12:>9.1f}{mfu:>7}", flush=True)
+    print(
+      f"{name:<6}{args.batch / seconds:>11.1f}{seconds * 1e3:>10.2f}{per_image:>11.2f}"
+      f"{achieved / 1e12:>9.1f}{mfu:>7}",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

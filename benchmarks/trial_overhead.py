@@ -31,8 +31,18 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHASES = ("start-up", "data", "setup", "compile", "training", "evaluation", "proxy steps",
-          "checkpoints", "exit", "other")
+PHASES = (
+  "start-up",
+  "data",
+  "setup",
+  "compile",
+  "training",
+  "evaluation",
+  "proxy steps",
+  "checkpoints",
+  "exit",
+  "other",
+)
 VARIABLE = ("training", "evaluation", "proxy steps")
 
 # Runs inside the trial process: argv = [tree, result path, spawn time, main.py arguments...].
@@ -117,22 +127,34 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def trial_args(dataset: str, imagenette: str, epochs: int, cache_dir: str) -> list[str]:
   """main.py arguments of a short trial: two epochs with a proxy step between them."""
-  common = [f"--config.num_epochs={epochs}", f"--config.proxy.schedule=1,p,{epochs - 1}",
-            f"--config.data.cache_dir={cache_dir}"]
+  common = [
+    f"--config.num_epochs={epochs}",
+    f"--config.proxy.schedule=1,p,{epochs - 1}",
+    f"--config.data.cache_dir={cache_dir}",
+  ]
   if dataset == "digits":
     return ["--config=configs/default.py"] + common
-  return ["--config=configs/folder.py", f"--config.data.path={imagenette}/train",
-          f"--config.data.test_path={imagenette}/val", "--config.data.name=imagenette_mini",
-          "--config.image_size=32", "--config.batch_size=64"] + common
+  return [
+    "--config=configs/folder.py",
+    f"--config.data.path={imagenette}/train",
+    f"--config.data.test_path={imagenette}/val",
+    "--config.data.name=imagenette_mini",
+    "--config.image_size=32",
+    "--config.batch_size=64",
+  ] + common
 
 
 def run_trial(tree: str, args: list[str], workdir: str) -> dict:
   """{phase: seconds} of one trial of the code in `tree`."""
   result_path = workdir + ".json"
   spawned = time.time()
-  process = subprocess.run([sys.executable, "-c", DRIVER, tree, result_path, repr(spawned),
-                            *args, f"--workdir={workdir}"],
-                           cwd=tree, capture_output=True, text=True, check=False)
+  process = subprocess.run(
+    [sys.executable, "-c", DRIVER, tree, result_path, repr(spawned), *args, f"--workdir={workdir}"],
+    cwd=tree,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   ended = time.time()
   if process.returncode:
     raise RuntimeError(f"trial in {tree} failed:\n{process.stderr[-3000:]}")
@@ -147,16 +169,16 @@ def run_trial(tree: str, args: list[str], workdir: str) -> dict:
 
 def extract(revision: str, folder: str) -> str:
   """The tracked files of `revision` in `folder` (git archive), for timing old code."""
-  archive = subprocess.run(["git", "-C", ROOT, "archive", revision], capture_output=True,
-                           check=True).stdout
+  archive = subprocess.run(
+    ["git", "-C", ROOT, "archive", revision], capture_output=True, check=True
+  ).stdout
   subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
   return folder
 
 
 def table(results: dict[str, list[dict]]) -> str:
   names = list(results)
-  lines = ["| phase (s, median) | " + " | ".join(names) + " |",
-           "|---|" + "---:|" * len(names)]
+  lines = ["| phase (s, median) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
   for phase in PHASES + ("fixed", "total"):
     cells = [statistics.median(r.get(phase, 0.0) for r in results[n]) for n in names]
     lines.append(f"| {phase} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
@@ -166,12 +188,16 @@ def table(results: dict[str, list[dict]]) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--data", choices=("digits", "imagenette-mini"), default="digits")
-  parser.add_argument("--imagenette", default=os.path.join(ROOT, "..", "shared", "data",
-                                                          "imagenette-mini"))
+  parser.add_argument(
+    "--imagenette", default=os.path.join(ROOT, "..", "shared", "data", "imagenette-mini")
+  )
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--epochs", type=int, default=2)
-  parser.add_argument("--compare", default="",
-                      help="git revision (or folder of a checkout) to time beside this checkout")
+  parser.add_argument(
+    "--compare",
+    default="",
+    help="git revision (or folder of a checkout) to time beside this checkout",
+  )
   options = parser.parse_args()
   with tempfile.TemporaryDirectory() as scratch:
     trees = {"this checkout": ROOT}
@@ -180,8 +206,12 @@ def main() -> None:
     elif options.compare:
       os.makedirs(os.path.join(scratch, "before"))
       trees[options.compare] = extract(options.compare, os.path.join(scratch, "before"))
-    args = trial_args(options.data, os.path.abspath(options.imagenette), options.epochs,
-                      os.path.join(scratch, "cache"))
+    args = trial_args(
+      options.data,
+      os.path.abspath(options.imagenette),
+      options.epochs,
+      os.path.join(scratch, "cache"),
+    )
     results = {name: [] for name in trees}
     for round_index in range(-1, options.rounds):  # Round -1 warms the caches, untimed.
       for name, tree in trees.items():
@@ -189,8 +219,12 @@ def main() -> None:
         seconds = run_trial(tree, args, workdir)
         if round_index >= 0:
           results[name].append(seconds)
-        print(f"round {round_index} {name}: total {seconds['total']:.1f} s, "
-              f"fixed {seconds['fixed']:.1f} s", file=sys.stderr, flush=True)
+        print(
+          f"round {round_index} {name}: total {seconds['total']:.1f} s, "
+          f"fixed {seconds['fixed']:.1f} s",
+          file=sys.stderr,
+          flush=True,
+        )
   print(f"{options.data}, {options.epochs} epochs, {options.rounds} rounds")
   print(table(results))
 

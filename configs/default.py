@@ -4,4 +4,4 @@ It lives in the package (proxy_jax/config/defaults.py) so an installed proxy_jax
 keeps `--config=configs/default.py` and `from configs import default` working.
 """
 
-from proxy_jax.config.defaults import get_config  # pylint: disable=unused-import
+from proxy_jax.config.defaults import get_config  # noqa: F401 (this file is its re-export)

@@ -30,8 +30,9 @@ EPOCHS = 6
 
 def get_config(variant: str = "proxy"):
   if variant not in VARIANTS:
-    raise ValueError(f"configs/imagenette_mini_pretrained.py:{variant}: choose one of "
-                     f"{', '.join(VARIANTS)}")
+    raise ValueError(
+      f"configs/imagenette_mini_pretrained.py:{variant}: choose one of {', '.join(VARIANTS)}"
+    )
   config = default.get_config()
   config.data.source = "folder"
   config.data.name = "imagenette_mini"

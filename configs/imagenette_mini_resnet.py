@@ -31,8 +31,7 @@ SIZES = ("cpu", "gpu")
 
 def get_config(size: str = "cpu"):
   if size not in SIZES:
-    raise ValueError(f"configs/imagenette_mini_resnet.py:{size}: choose one of "
-                     f"{', '.join(SIZES)}")
+    raise ValueError(f"configs/imagenette_mini_resnet.py:{size}: choose one of {', '.join(SIZES)}")
   config = default.get_config()
   config.data.source = "folder"
   config.data.name = "imagenette_mini"

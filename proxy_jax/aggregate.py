@@ -34,7 +34,7 @@ CURVE_PLOT_TAGS = ("val/accuracy", "train/loss")
 
 
 def column_name(key: str, all_keys) -> str:
-  """"proxy.threshold" -> "threshold"; the full key (dots as _) when the short one is ambiguous."""
+  """ "proxy.threshold" -> "threshold"; the full key (dots as _) when the short one is ambiguous."""
   if key in COLUMN_ALIASES:
     return COLUMN_ALIASES[key]
   short = key.rsplit(".", 1)[-1]
@@ -42,8 +42,10 @@ def column_name(key: str, all_keys) -> str:
   return short if len(clashes) <= 1 else key.replace(".", "_")
 
 
-TRIAL_FILE_FIX = ("restore it from a backup, or copy the trial's entry of the sweep's "
-                  f"{sweep_lib.SWEEP_FILE} into it")
+TRIAL_FILE_FIX = (
+  "restore it from a backup, or copy the trial's entry of the sweep's "
+  f"{sweep_lib.SWEEP_FILE} into it"
+)
 
 
 def _read_json(path: str, fix: str):
@@ -67,17 +69,23 @@ def read_scalars(workdir: str) -> pd.DataFrame:
   # pylint: disable=g-import-not-at-top
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
+
   # pylint: enable=g-import-not-at-top
   columns = ["tag", "step", "value", "wall_time"]
   if not any(".tfevents." in name for name in os.listdir(workdir)):
     return pd.DataFrame(columns=columns)
   accumulator = event_accumulator.EventAccumulator(
-      workdir, size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0},
-      purge_orphaned_data=False)
+    workdir,
+    size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0},
+    purge_orphaned_data=False,
+  )
   accumulator.Reload()
   tags = accumulator.Tags()
-  rows = [(tag, e.step, float(e.value), e.wall_time)
-          for tag in tags[event_accumulator.SCALARS] for e in accumulator.Scalars(tag)]
+  rows = [
+    (tag, e.step, float(e.value), e.wall_time)
+    for tag in tags[event_accumulator.SCALARS]
+    for e in accumulator.Scalars(tag)
+  ]
   for tag in tags[event_accumulator.TENSORS]:
     if accumulator.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
       continue
@@ -86,8 +94,9 @@ def read_scalars(workdir: str) -> pd.DataFrame:
       if value.size == 1:
         rows.append((tag, event.step, float(value.reshape(())), event.wall_time))
   frame = pd.DataFrame(rows, columns=columns)
-  frame = frame.sort_values("wall_time", kind="stable").drop_duplicates(["tag", "step"],
-                                                                         keep="last")
+  frame = frame.sort_values("wall_time", kind="stable").drop_duplicates(
+    ["tag", "step"], keep="last"
+  )
   return frame.sort_values(["tag", "step"]).reset_index(drop=True)
 
 
@@ -96,15 +105,22 @@ def read_scalars(workdir: str) -> pd.DataFrame:
 
 def find_trials(root: str) -> list[str]:
   """The run directories under `root`: root itself for a single run, else its subdirectories."""
+
   def is_run(path):
-    return any(os.path.exists(os.path.join(path, f))
-               for f in (records.SUMMARY_FILE, records.CONFIG_FILE, sweep_lib.TRIAL_FILE))
+    return any(
+      os.path.exists(os.path.join(path, f))
+      for f in (records.SUMMARY_FILE, records.CONFIG_FILE, sweep_lib.TRIAL_FILE)
+    )
+
   if not os.path.isdir(root):
     raise errors.MissingPathError(f"{root!r} is not a directory")
   if is_run(root):
     return [root]
-  return [os.path.join(root, d) for d in sorted(os.listdir(root))
-          if os.path.isdir(os.path.join(root, d)) and is_run(os.path.join(root, d))]
+  return [
+    os.path.join(root, d)
+    for d in sorted(os.listdir(root))
+    if os.path.isdir(os.path.join(root, d)) and is_run(os.path.join(root, d))
+  ]
 
 
 def summary_metrics(summary: records.Summary | None) -> dict:
@@ -113,33 +129,35 @@ def summary_metrics(summary: records.Summary | None) -> dict:
   final = summary.final or records.EpochRecord()
   test, steps, sizes = summary.test or {}, summary.proxy_steps, summary.num_examples or {}
   fit = summary.train_split or {}  # The final model on the un-augmented training split.
+
   def total(field):
     return float(sum(getattr(step, field) or 0 for step in steps))
+
   return {
-      "final_epoch": final.epoch if summary.final else None,
-      "final_train_loss": final.train_loss,
-      "final_train_accuracy": final.train_accuracy,
-      "final_val_loss": final.val_loss,
-      "final_val_accuracy": final.val_accuracy,
-      "final_val_top5": final.val_top5,
-      "train_split_loss": fit.get("loss"),
-      "train_split_accuracy": fit.get("accuracy"),
-      "best_val_accuracy": summary.best.val_accuracy if summary.best.epoch >= 0 else None,
-      "best_epoch": summary.best.epoch if summary.best.epoch >= 0 else None,
-      "test_loss": test.get("loss"),
-      "test_accuracy": test.get("accuracy"),
-      "test_top5": test.get("top5"),
-      "num_epochs": summary.num_epochs,
-      "wall_time_s": summary.wall_time_s,
-      "proxy_steps": len(steps),
-      "proxy_wrong": total("wrong"),
-      "proxy_chosen": total("chosen"),
-      "proxy_bank_size": steps[-1].bank_size if steps else 0,
-      "proxy_seconds": total("seconds"),
-      "num_train": sizes.get("train"),
-      "num_val": sizes.get("val"),
-      "num_test": sizes.get("test"),
-      "skipped_files": len(summary.skipped_files or []),
+    "final_epoch": final.epoch if summary.final else None,
+    "final_train_loss": final.train_loss,
+    "final_train_accuracy": final.train_accuracy,
+    "final_val_loss": final.val_loss,
+    "final_val_accuracy": final.val_accuracy,
+    "final_val_top5": final.val_top5,
+    "train_split_loss": fit.get("loss"),
+    "train_split_accuracy": fit.get("accuracy"),
+    "best_val_accuracy": summary.best.val_accuracy if summary.best.epoch >= 0 else None,
+    "best_epoch": summary.best.epoch if summary.best.epoch >= 0 else None,
+    "test_loss": test.get("loss"),
+    "test_accuracy": test.get("accuracy"),
+    "test_top5": test.get("top5"),
+    "num_epochs": summary.num_epochs,
+    "wall_time_s": summary.wall_time_s,
+    "proxy_steps": len(steps),
+    "proxy_wrong": total("wrong"),
+    "proxy_chosen": total("chosen"),
+    "proxy_bank_size": steps[-1].bank_size if steps else 0,
+    "proxy_seconds": total("seconds"),
+    "num_train": sizes.get("train"),
+    "num_val": sizes.get("val"),
+    "num_test": sizes.get("test"),
+    "skipped_files": len(summary.skipped_files or []),
   }
 
 
@@ -150,8 +168,11 @@ def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.
   for path in find_trials(root):
     trial = _read_json(os.path.join(path, sweep_lib.TRIAL_FILE), TRIAL_FILE_FIX) or {}
     summary = records.read_summary(path)
-    config = (summary.config if summary else None) or _read_json(
-        os.path.join(path, records.CONFIG_FILE), records.CONFIG_FIX) or {}
+    config = (
+      (summary.config if summary else None)
+      or _read_json(os.path.join(path, records.CONFIG_FILE), records.CONFIG_FIX)
+      or {}
+    )
     trials.append((path, trial.get("overrides", {}), summary, config))
   swept = sorted({k for _, overrides, _, _ in trials for k in overrides})
   fields = list(dict.fromkeys([*swept, *IDENTITY_FIELDS]))
@@ -160,9 +181,11 @@ def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.
   for path, overrides, summary, config in trials:
     name = os.path.basename(os.path.normpath(path))
     state = states.get(name, {}).get("status")
-    row = {"trial": name,
-           "status": "finished" if summary else (state or "incomplete"),
-           "workdir": path}
+    row = {
+      "trial": name,
+      "status": "finished" if summary else (state or "incomplete"),
+      "workdir": path,
+    }
     for key in fields:
       value = config_fields.get_field(config, key, None)
       row[names[key]] = overrides.get(key) if value is None else value
@@ -175,8 +198,11 @@ def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.
         curves.append(scalars.assign(trial=name))
     rows.append(row)
   results = pd.DataFrame(rows)
-  curve_frame = (pd.concat(curves, ignore_index=True) if curves else
-                 pd.DataFrame(columns=["tag", "step", "value", "wall_time", "trial"]))
+  curve_frame = (
+    pd.concat(curves, ignore_index=True)
+    if curves
+    else pd.DataFrame(columns=["tag", "step", "value", "wall_time", "trial"])
+  )
   return results, curve_frame, [names[k] for k in swept]
 
 
@@ -184,7 +210,7 @@ def load_results(root: str, with_curves: bool = True) -> tuple[pd.DataFrame, pd.
 
 
 def metric_column(results: pd.DataFrame, name: str) -> str:
-  """"val_accuracy" means the final value; "best_val_accuracy" must be asked for by name."""
+  """ "val_accuracy" means the final value; "best_val_accuracy" must be asked for by name."""
   for candidate in (name, f"final_{name}", f"test_{name}"):
     if candidate in results.columns:
       return candidate
@@ -236,16 +262,22 @@ def _arm_label(row, fields):
   return ", ".join(f"{f}={row[f]}" for f in fields) or "all"
 
 
-def plot_results(results: pd.DataFrame, curves: pd.DataFrame, swept: list[str],
-                 out_dir: str) -> list[str]:
+def plot_results(
+  results: pd.DataFrame, curves: pd.DataFrame, swept: list[str], out_dir: str
+) -> list[str]:
   """Accuracy versus each swept field (mean and std over the rest), and curves per arm."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   os.makedirs(out_dir, exist_ok=True)
   written = []
-  metrics = [m for m in ("final_val_accuracy", "best_val_accuracy", "test_accuracy")
-             if m in results.columns and results[m].notna().any()]
+  metrics = [
+    m
+    for m in ("final_val_accuracy", "best_val_accuracy", "test_accuracy")
+    if m in results.columns and results[m].notna().any()
+  ]
   for field in swept:
     if field not in results.columns or not metrics:
       continue
@@ -253,8 +285,14 @@ def plot_results(results: pd.DataFrame, curves: pd.DataFrame, swept: list[str],
     figure, axis = plt.subplots(figsize=(6, 4))
     positions = np.arange(len(stats))
     for offset, metric in enumerate(metrics):
-      axis.errorbar(positions + 0.08 * (offset - 1), stats[(metric, "mean")],
-                    yerr=stats[(metric, "std")].fillna(0), marker="o", capsize=3, label=metric)
+      axis.errorbar(
+        positions + 0.08 * (offset - 1),
+        stats[(metric, "mean")],
+        yerr=stats[(metric, "std")].fillna(0),
+        marker="o",
+        capsize=3,
+        label=metric,
+      )
     axis.set_xticks(positions, stats.index)
     axis.set(xlabel=field, ylabel="accuracy", title=f"accuracy vs {field} (mean ± std)")
     axis.legend()
@@ -315,8 +353,7 @@ def main(argv):
   if len(curves):
     written += write_table(curves, os.path.join(out, "curves.csv"))
   shown = ["trial", "status", *swept] + [m for m in DEFAULT_METRICS if m in results.columns]
-  with pd.option_context("display.width", 200, "display.max_columns", 30,
-                         "display.max_rows", 200):
+  with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 200):
     print(results[shown].to_string(index=False))
     if f.group_by:
       grouped = group_results(results, f.group_by)

@@ -20,8 +20,9 @@ from proxy_jax.run import batch_finder, train
 def define_flags():
   cli.define_config_flag(default_config.PATH, "Training config file.")
   flags.DEFINE_integer("num_classes", 0, "Classes of the dataset; 0 = load it to count them.")
-  flags.DEFINE_integer("ceiling", 0, "Largest batch size tried; 0 = config.batch_size_ceiling "
-                       "or its default.")
+  flags.DEFINE_integer(
+    "ceiling", 0, "Largest batch size tried; 0 = config.batch_size_ceiling or its default."
+  )
 
 
 def count_classes(config) -> int:
@@ -39,15 +40,20 @@ def main(argv):
   num_classes = flags.FLAGS.num_classes or count_classes(config)
   device = jax.devices()[0]
   limit = batch_finder.device_memory_limit(device)
-  print(f"device: {device.device_kind} ({device.platform}); memory limit: "
-        f"{batch_finder.mib(limit)}; ceiling: {batch_finder.resolve_ceiling(config, limit)}")
+  print(
+    f"device: {device.device_kind} ({device.platform}); memory limit: "
+    f"{batch_finder.mib(limit)}; ceiling: {batch_finder.resolve_ceiling(config, limit)}"
+  )
   # The command line composes the finder with the trainer (the finder never imports it).
-  chosen, probes = batch_finder.search(config, num_classes,
-                                       train.finder_step_factory(config, num_classes))
+  chosen, probes = batch_finder.search(
+    config, num_classes, train.finder_step_factory(config, num_classes)
+  )
   print(f"{'batch':>6} {'fits':>5} {'predicted':>12} {'measured':>12}  note")
   for p in probes:
-    print(f"{p.batch_size:>6} {str(p.fits):>5} {batch_finder.mib(p.predicted_bytes):>12} "
-          f"{batch_finder.mib(p.measured_bytes):>12}  {p.measured_source or p.reason}")
+    print(
+      f"{p.batch_size:>6} {str(p.fits):>5} {batch_finder.mib(p.predicted_bytes):>12} "
+      f"{batch_finder.mib(p.measured_bytes):>12}  {p.measured_source or p.reason}"
+    )
   print(f"chosen batch size: {chosen}")
 
 

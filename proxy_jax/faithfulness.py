@@ -40,8 +40,13 @@ from proxy_jax.images import preprocess
 from proxy_jax.run import restore
 from proxy_jax.core.io_utils import atomic_save_figure, atomic_write
 
-BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "average_drop_pct": "lower",
-          "increase_in_confidence_pct": "higher", "accuracy": "higher"}
+BETTER = {
+  "deletion_auc": "lower",
+  "insertion_auc": "higher",
+  "average_drop_pct": "lower",
+  "increase_in_confidence_pct": "higher",
+  "accuracy": "higher",
+}
 
 
 def pixel_ranks(maps):
@@ -77,9 +82,11 @@ def _curves(apply_fn, variables, images01, maps, targets, steps):
 @functools.partial(jax.jit, static_argnums=0)
 def _confidence(apply_fn, variables, images01, maps, targets):
   """(probability on the image, probability on image * CAM) for `targets`."""
+
   def probability(images):
     logits = apply_fn(variables, preprocess.normalize(images))
     return jnp.take_along_axis(jax.nn.softmax(logits), targets[:, None], axis=-1)[:, 0]
+
   return probability(images01), probability(images01 * maps[..., None])
 
 
@@ -89,31 +96,50 @@ def auc(curves: np.ndarray) -> np.ndarray:
   return (curves[:, 1:] + curves[:, :-1]).sum(-1) / (2.0 * steps)
 
 
-def explanation_scores(model, variables, images: np.ndarray, maps: np.ndarray,
-                       targets: np.ndarray, steps: int = 16, chunk: int = 16) -> dict:
+def explanation_scores(
+  model,
+  variables,
+  images: np.ndarray,
+  maps: np.ndarray,
+  targets: np.ndarray,
+  steps: int = 16,
+  chunk: int = 16,
+) -> dict:
   """Per-image deletion/insertion AUC and confidence drop/increase; see the module docstring."""
+
   def apply(part):
     images01 = np.asarray(part.inputs["image"], np.float32) / 255.0
     part_maps = np.asarray(part.inputs["map"], np.float32)
     part_targets = np.asarray(part.inputs["target"], np.int32)
-    return (*_curves(model.apply, variables, images01, part_maps, part_targets, steps),
-            *_confidence(model.apply, variables, images01, part_maps, part_targets))
+    return (
+      *_curves(model.apply, variables, images01, part_maps, part_targets, steps),
+      *_confidence(model.apply, variables, images01, part_maps, part_targets),
+    )
 
   deletion, insertion, full, masked = dispatch.apply_chunked(
-      apply, {"image": images, "map": np.asarray(maps), "target": np.asarray(targets)},
-      min(chunk, len(images)))
-  return {"deletion_auc": auc(deletion), "insertion_auc": auc(insertion),
-          "drop": np.maximum(0.0, full - masked) / np.maximum(full, 1e-12),
-          "increase": (masked > full).astype(np.float32),
-          "deletion_curve": deletion.mean(0), "insertion_curve": insertion.mean(0)}
+    apply,
+    {"image": images, "map": np.asarray(maps), "target": np.asarray(targets)},
+    min(chunk, len(images)),
+  )
+  return {
+    "deletion_auc": auc(deletion),
+    "insertion_auc": auc(insertion),
+    "drop": np.maximum(0.0, full - masked) / np.maximum(full, 1e-12),
+    "increase": (masked > full).astype(np.float32),
+    "deletion_curve": deletion.mean(0),
+    "insertion_curve": insertion.mean(0),
+  }
 
 
 def common_source_indices(splits) -> np.ndarray:
   """The source indices (`data.Split`) of the examples every split holds, sorted."""
   shared = None
   for split in splits:
-    shared = (np.asarray(split.source_indices) if shared is None
-              else np.intersect1d(shared, split.source_indices))
+    shared = (
+      np.asarray(split.source_indices)
+      if shared is None
+      else np.intersect1d(shared, split.source_indices)
+    )
   return np.sort(shared)
 
 
@@ -132,30 +158,57 @@ def load_models(workdirs: list[str], split_name: str):
     if split is None:
       raise errors.DataError(f"{workdir}: the dataset has no {split_name} split")
     split = data.eval_view(split, config.image_size)  # Training images are stored larger.
-    models.append({"workdir": workdir, "model": model, "variables": variables,
-                   "config": config, "class_names": class_names, "split": split})
+    models.append(
+      {
+        "workdir": workdir,
+        "model": model,
+        "variables": variables,
+        "config": config,
+        "class_names": class_names,
+        "split": split,
+      }
+    )
   return models
 
 
-def compare_workdirs(workdirs: list[str], split_name: str = "val", cam: str = "gradcampp",
-                     num_images: int = 256, steps: int = 16, target: str = "predicted",
-                     names: list[str] | None = None, out: str = "faithfulness",
-                     grid_images: int = 8):
-  """Scores every model's CAMs on the same images; writes the CSV and PNG; returns the table."""
-  models = load_models(workdirs, split_name)
+def _shared_examples(models: list[dict], split_name: str) -> np.ndarray:
+  """Source indices every workdir's split holds, labelled alike by all; DataError otherwise."""
   shared = common_source_indices([m["split"] for m in models])
   if not len(shared):
     raise errors.DataError("the workdirs share no evaluation example (different data or split)")
   smallest = min(len(m["split"]) for m in models)
   if len(shared) < smallest:
-    logging.warning("only %d of %d %s examples are shared by all workdirs (splits drawn with "
-                    "different data.split_seed or data?); comparing those", len(shared), smallest,
-                    split_name)
+    logging.warning(
+      "only %d of %d %s examples are shared by all workdirs (splits drawn with "
+      "different data.split_seed or data?); comparing those",
+      len(shared),
+      smallest,
+      split_name,
+    )
   reference = select(models[0]["split"], shared)[1]
   for entry in models[1:]:
     if not np.array_equal(select(entry["split"], shared)[1], reference):
-      raise errors.DataError(f"{entry['workdir']} labels the shared examples differently "
-                             f"from {models[0]['workdir']}: the runs use different data")
+      raise errors.DataError(
+        f"{entry['workdir']} labels the shared examples differently from "
+        f"{models[0]['workdir']}: the runs use different data"
+      )
+  return shared
+
+
+def compare_workdirs(
+  workdirs: list[str],
+  split_name: str = "val",
+  cam: str = "gradcampp",
+  num_images: int = 256,
+  steps: int = 16,
+  target: str = "predicted",
+  names: list[str] | None = None,
+  out: str = "faithfulness",
+  grid_images: int = 8,
+):
+  """Scores every model's CAMs on the same images; writes the CSV and PNG; returns the table."""
+  models = load_models(workdirs, split_name)
+  shared = _shared_examples(models, split_name)
   shared = shared[:num_images] if num_images > 0 else shared
   names = names or [os.path.basename(os.path.normpath(w)) for w in workdirs]
   rows, panels = [], []
@@ -166,20 +219,34 @@ def compare_workdirs(workdirs: list[str], split_name: str = "val", cam: str = "g
     targets = predicted if target == "predicted" else labels
     maps = infer.cam_maps(cam, entry["model"], entry["variables"], images, targets)
     scores = explanation_scores(entry["model"], entry["variables"], images, maps, targets, steps)
-    rows.append({"model": name, "workdir": entry["workdir"], "cam_method": cam,
-                 "target": target, "images": len(shared),
-                 "accuracy": float((predicted == labels).mean()),
-                 "deletion_auc": float(scores["deletion_auc"].mean()),
-                 "insertion_auc": float(scores["insertion_auc"].mean()),
-                 "average_drop_pct": float(100 * scores["drop"].mean()),
-                 "increase_in_confidence_pct": float(100 * scores["increase"].mean())})
-    panels.append((name, images[:grid_images], maps[:grid_images],
-                   [entry["class_names"][i] for i in predicted[:grid_images]],
-                   [entry["class_names"][i] for i in labels[:grid_images]]))
+    rows.append(
+      {
+        "model": name,
+        "workdir": entry["workdir"],
+        "cam_method": cam,
+        "target": target,
+        "images": len(shared),
+        "accuracy": float((predicted == labels).mean()),
+        "deletion_auc": float(scores["deletion_auc"].mean()),
+        "insertion_auc": float(scores["insertion_auc"].mean()),
+        "average_drop_pct": float(100 * scores["drop"].mean()),
+        "increase_in_confidence_pct": float(100 * scores["increase"].mean()),
+      }
+    )
+    panels.append(
+      (
+        name,
+        images[:grid_images],
+        maps[:grid_images],
+        [entry["class_names"][i] for i in predicted[:grid_images]],
+        [entry["class_names"][i] for i in labels[:grid_images]],
+      )
+    )
   table = pd.DataFrame(rows)
   os.makedirs(out, exist_ok=True)
-  atomic_write(os.path.join(out, f"faithfulness_{split_name}.csv"),
-               lambda f: table.to_csv(f, index=False), "w")
+  atomic_write(
+    os.path.join(out, f"faithfulness_{split_name}.csv"), lambda f: table.to_csv(f, index=False), "w"
+  )
   write_figure(panels, os.path.join(out, f"faithfulness_{split_name}.png"), cam)
   return table
 
@@ -187,8 +254,10 @@ def compare_workdirs(workdirs: list[str], split_name: str = "val", cam: str = "g
 def write_figure(panels, path: str, cam: str) -> None:
   """Row 0: the images, titled with their labels; then one row of CAM overlays per model."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   columns, pad = len(panels[0][1]), 2
   cells = [images_grid.as_uint8(panels[0][1])]
   cells += [cams.overlay(images, maps) for _, images, maps, _, _ in panels]
@@ -196,15 +265,28 @@ def write_figure(panels, path: str, cam: str) -> None:
   height, width = cells[0].shape[1] + pad, cells[0].shape[2] + pad
   figure, axis = plt.subplots(figsize=(1.6 * columns, 1.7 * (len(panels) + 1)))
   axis.imshow(picture, interpolation="nearest")
-  axis.set_xticks([pad + (c + 0.5) * width for c in range(columns)],
-                  [f"label {label}" for label in panels[0][4]], fontsize=7)
+  axis.set_xticks(
+    [pad + (c + 0.5) * width for c in range(columns)],
+    [f"label {label}" for label in panels[0][4]],
+    fontsize=7,
+  )
   axis.xaxis.tick_top()
-  axis.set_yticks([pad + (r + 0.5) * height for r in range(len(panels) + 1)],
-                  ["images", *(name for name, *_ in panels)], fontsize=8)
+  axis.set_yticks(
+    [pad + (r + 0.5) * height for r in range(len(panels) + 1)],
+    ["images", *(name for name, *_ in panels)],
+    fontsize=8,
+  )
   for row, (_, _, _, predicted, _) in enumerate(panels, start=1):
     for column, label in enumerate(predicted):
-      axis.text(pad + column * width + 1, pad + row * height + 1, f"pred {label}", fontsize=6,
-                va="top", color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1})
+      axis.text(
+        pad + column * width + 1,
+        pad + row * height + 1,
+        f"pred {label}",
+        fontsize=6,
+        va="top",
+        color="white",
+        bbox={"facecolor": "black", "alpha": 0.5, "pad": 1},
+      )
   axis.set_title(f"{cam} on the same images, one row per model", fontsize=9)
   figure.tight_layout()
   atomic_save_figure(path, figure, dpi=110, bbox_inches="tight")
@@ -230,13 +312,24 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  table = compare_workdirs(f.workdirs, f.split, f.cam, f.num_images, f.steps, f.target,
-                           f.names or None, f.out, f.grid_images)
+  table = compare_workdirs(
+    f.workdirs,
+    f.split,
+    f.cam,
+    f.num_images,
+    f.steps,
+    f.target,
+    f.names or None,
+    f.out,
+    f.grid_images,
+  )
   shown = table.drop(columns=["workdir"]).set_index("model").T
   shown.insert(0, "better", [BETTER.get(i, "") for i in shown.index])
   print(shown.to_string())
-  print(f"\nwrote {os.path.join(f.out, f'faithfulness_{f.split}.csv')} and "
-        f"{os.path.join(f.out, f'faithfulness_{f.split}.png')}")
+  print(
+    f"\nwrote {os.path.join(f.out, f'faithfulness_{f.split}.csv')} and "
+    f"{os.path.join(f.out, f'faithfulness_{f.split}.png')}"
+  )
 
 
 if __name__ == "__main__":

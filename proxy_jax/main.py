@@ -20,7 +20,8 @@ DEFAULT_CONFIG = default_config.PATH
 
 def define_flags():
   cli.define_config_flag(
-      DEFAULT_CONFIG, "Training configuration file; override fields with --config.field=value.")
+    DEFAULT_CONFIG, "Training configuration file; override fields with --config.field=value."
+  )
   flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
   flags.DEFINE_bool("verbose", False, "Show every library's log lines with absl's prefix.")
 

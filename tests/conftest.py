@@ -9,8 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from proxy_jax.config import fields as config_fields  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import default  # noqa: E402 (after the repository root is on the path)
+from proxy_jax.config import fields as config_fields  # noqa: E402
 
 
 def make_tiny_config(**overrides):
@@ -47,11 +47,13 @@ def train_one_epoch(config, workdir):
   import jax  # pylint: disable=g-import-not-at-top
   from proxy_jax import data  # pylint: disable=g-import-not-at-top
   from proxy_jax.run import steps, train
+
   dataset = data.load_dataset(config, workdir)
   model = train.create_model(config, len(dataset.class_names))
   split = dataset.train
-  state = train.create_train_state(config, model, jax.random.key(0),
-                                   data.num_batches(len(split), config.batch_size))
+  state = train.create_train_state(
+    config, model, jax.random.key(0), data.num_batches(len(split), config.batch_size)
+  )
   step = steps.make_train_step(config)
   for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
     state, metrics = step(state, batch, jax.random.key(1))

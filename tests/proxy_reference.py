@@ -21,43 +21,59 @@ def _predictions_and_candidates(state, view, config, predict_fn, sharding):
   settings, variables = config.proxy, models.variables_of(state)
   if not proxy_step.use_fused_scan(settings.cam_method, settings.subset):
     predictions = dispatch.apply_chunked(
-        lambda c: jnp.argmax(predict_fn(state.apply_fn, variables, c.inputs["image"]), -1),
-        {"image": view.images}, config.eval_batch_size, sharding=sharding)
+      lambda c: jnp.argmax(predict_fn(state.apply_fn, variables, c.inputs["image"]), -1),
+      {"image": view.images},
+      config.eval_batch_size,
+      sharding=sharding,
+    )
     return predictions, None
-  scan = proxy.fused_scan_fn(state.apply_fn, settings.cam_method, settings.mode,
-                                   proxy_step._cam_options(config))  # pylint: disable=protected-access
+  scan = proxy.fused_scan_fn(
+    state.apply_fn, settings.cam_method, settings.mode, proxy_step._cam_options(config)
+  )  # pylint: disable=protected-access
   arrays = {"image": view.images}
   if settings.cam_target == "label":
     arrays["label"] = view.labels
   threshold, weight = jnp.float32(settings.threshold), jnp.float32(settings.weight)
   predictions, out, cam = dispatch.apply_chunked(
-      lambda c: scan(variables, c.inputs["image"], c.inputs.get("label"), threshold, weight),
-      arrays, config.eval_batch_size, sharding=sharding)
+    lambda c: scan(variables, c.inputs["image"], c.inputs.get("label"), threshold, weight),
+    arrays,
+    config.eval_batch_size,
+    sharding=sharding,
+  )
   return predictions, (out, cam)
 
 
 def _recomputed(state, sources, targets, config, noise_key, sharding):
   settings = config.proxy
-  proxy_fn = proxy.make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
-                                 settings.weight, settings.mode,
-                                 dict(proxy_step._cam_options(config)))  # pylint: disable=protected-access
+  proxy_fn = proxy.make_proxy_fn(
+    state.apply_fn,
+    settings.cam_method,
+    settings.threshold,
+    settings.weight,
+    settings.mode,
+    dict(proxy_step._cam_options(config)),
+  )  # pylint: disable=protected-access
   variables = models.variables_of(state)
   return dispatch.apply_chunked(
-      lambda c: proxy_fn(variables, c.inputs["image"], c.inputs["target"],
-                         jax.random.fold_in(noise_key, c.start)),
-      {"image": sources, "target": targets.astype(np.int32)}, int(config.cams.chunk_size),
-      sharding=sharding, power_of_two=True)
+    lambda c: proxy_fn(
+      variables, c.inputs["image"], c.inputs["target"], jax.random.fold_in(noise_key, c.start)
+    ),
+    {"image": sources, "target": targets.astype(np.int32)},
+    int(config.cams.chunk_size),
+    sharding=sharding,
+    power_of_two=True,
+  )
 
 
 def reference_step(state, split, bank, config, key, predict_fn, sharding) -> dict:
   """{"ids", "originals", "proxies", "maps", "wrong"} as `ProxyStepResult` holds them."""
   settings = config.proxy
   view = data.eval_view(split, config.image_size)
-  predictions, candidates = _predictions_and_candidates(state, view, config, predict_fn,
-                                                        sharding)
+  predictions, candidates = _predictions_and_candidates(state, view, config, predict_fn, sharding)
   wrong = np.flatnonzero(predictions != split.labels)
-  chosen = proxy_step.choose_wrong(wrong, split.labels[wrong], settings.subset, key,
-                              settings.class_balanced)
+  chosen = proxy_step.choose_wrong(
+    wrong, split.labels[wrong], settings.subset, key, settings.class_balanced
+  )
   stored = np.asarray(split.images[chosen])
   if settings.reuse_proxies:
     stored = bank.swap(chosen, stored)
@@ -72,11 +88,20 @@ def reference_step(state, split, bank, config, key, predict_fn, sharding) -> dic
   if recompute.any():
     targets = predictions if settings.cam_target == "predicted" else split.labels
     out[recompute], cam[recompute] = _recomputed(
-        state, sources[recompute], targets[chosen[recompute]], config,
-        jax.random.fold_in(key, 1), sharding)
-  return {"ids": chosen.astype(np.int32), "originals": sources,
-          "proxies": preprocess.paste_center(stored, out),
-          "maps": cam.astype(np.float32) / 255.0, "wrong": len(wrong)}
+      state,
+      sources[recompute],
+      targets[chosen[recompute]],
+      config,
+      jax.random.fold_in(key, 1),
+      sharding,
+    )
+  return {
+    "ids": chosen.astype(np.int32),
+    "originals": sources,
+    "proxies": preprocess.paste_center(stored, out),
+    "maps": cam.astype(np.float32) / 255.0,
+    "wrong": len(wrong),
+  }
 
 
 def assert_identical(result, expected: dict) -> None:

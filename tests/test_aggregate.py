@@ -13,24 +13,48 @@ from proxy_jax import sweep
 
 
 def _summary(val_accuracies, test_accuracy, wall_time, proxy_steps):
-  history = [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "train_accuracy": 0.5,
-              "val_loss": 2.0 - a, "val_accuracy": a, "learning_rate": 1e-3,
-              "epoch_seconds": 1.0} for e, a in enumerate(val_accuracies)]
+  history = [
+    {
+      "epoch": e + 1,
+      "train_loss": 1.0 / (e + 1),
+      "train_accuracy": 0.5,
+      "val_loss": 2.0 - a,
+      "val_accuracy": a,
+      "learning_rate": 1e-3,
+      "epoch_seconds": 1.0,
+    }
+    for e, a in enumerate(val_accuracies)
+  ]
   best = int(np.argmax(val_accuracies))
-  final = {"epoch": len(val_accuracies), "train_loss": history[-1]["train_loss"],
-           "train_accuracy": 0.5, "val_loss": 2.0 - val_accuracies[-1],
-           "val_accuracy": val_accuracies[-1], "val_top5": 1.0}
-  return {"config": {}, "final": final,
-          "best": {"val_accuracy": val_accuracies[best], "epoch": best + 1},
-          "test": {"loss": 0.3, "accuracy": test_accuracy, "top5": 1.0},
-          "wall_time_s": wall_time, "num_epochs": len(val_accuracies),
-          "proxy_steps": proxy_steps, "skipped_files": [],
-          "num_examples": {"train": 100, "val": 20, "test": 20}, "history": history}
+  final = {
+    "epoch": len(val_accuracies),
+    "train_loss": history[-1]["train_loss"],
+    "train_accuracy": 0.5,
+    "val_loss": 2.0 - val_accuracies[-1],
+    "val_accuracy": val_accuracies[-1],
+    "val_top5": 1.0,
+  }
+  return {
+    "config": {},
+    "final": final,
+    "best": {"val_accuracy": val_accuracies[best], "epoch": best + 1},
+    "test": {"loss": 0.3, "accuracy": test_accuracy, "top5": 1.0},
+    "wall_time_s": wall_time,
+    "num_epochs": len(val_accuracies),
+    "proxy_steps": proxy_steps,
+    "skipped_files": [],
+    "num_examples": {"train": 100, "val": 20, "test": 20},
+    "history": history,
+  }
 
 
 def _config(threshold, seed, model="tiny_cnn"):
-  return {"seed": seed, "model": {"name": model}, "data": {"name": "digits"},
-          "proxy": {"threshold": threshold, "weight": 0.2}}
+  return {
+    "seed": seed,
+    "model": {"name": model},
+    "data": {"name": "digits"},
+    "proxy": {"threshold": threshold, "weight": 0.2},
+  }
 
 
 def _write_trial(root, overrides, config, summary, curve, resumed_curve=None):
@@ -60,12 +84,16 @@ def _write_trial(root, overrides, config, summary, curve, resumed_curve=None):
 def grid(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("grid"))
   names = {}
-  for threshold, seed, vals, test in [(0.5, 0, [0.4, 0.8, 0.7], 0.75),
-                                      (0.5, 1, [0.5, 0.6, 0.9], 0.85),
-                                      (0.9, 0, [0.3, 0.5, 0.6], 0.55)]:
+  for threshold, seed, vals, test in [
+    (0.5, 0, [0.4, 0.8, 0.7], 0.75),
+    (0.5, 1, [0.5, 0.6, 0.9], 0.85),
+    (0.9, 0, [0.3, 0.5, 0.6], 0.55),
+  ]:
     overrides = {"proxy.threshold": threshold, "seed": seed}
-    proxy_steps = [{"epoch": 1, "wrong": 10, "chosen": 5, "bank_size": 5, "seconds": 0.5},
-                   {"epoch": 2, "wrong": 6, "chosen": 3, "bank_size": 8, "seconds": 0.25}]
+    proxy_steps = [
+      {"epoch": 1, "wrong": 10, "chosen": 5, "bank_size": 5, "seconds": 0.5},
+      {"epoch": 2, "wrong": 6, "chosen": 3, "bank_size": 8, "seconds": 0.25},
+    ]
     curve = [(10, vals[0]), (20, vals[1]), (30, 0.0)]
     # The first event file ran past its last checkpoint (step 30, a stale 0.0); the resumed run
     # logs step 30 again with the real value.
@@ -74,12 +102,16 @@ def grid(tmp_path_factory):
     if seed == 1:  # Scored on its training split; the others predate that score.
       summary["train_split"] = {"loss": 0.05, "accuracy": 0.99, "top5": 1.0}
     names[(threshold, seed)] = _write_trial(
-        root, overrides, _config(threshold, seed), summary, curve, resumed)
+      root, overrides, _config(threshold, seed), summary, curve, resumed
+    )
   # A trial that crashed before writing a summary.
-  names["crashed"] = _write_trial(root, {"proxy.threshold": 0.9, "seed": 1}, _config(0.9, 1),
-                                  None, None)
-  sweep.append_record(os.path.join(root, "journal.jsonl"),
-                      {"trial": names["crashed"], "status": sweep.FAILED, "time": 1.0})
+  names["crashed"] = _write_trial(
+    root, {"proxy.threshold": 0.9, "seed": 1}, _config(0.9, 1), None, None
+  )
+  sweep.append_record(
+    os.path.join(root, "journal.jsonl"),
+    {"trial": names["crashed"], "status": sweep.FAILED, "time": 1.0},
+  )
   return root, names
 
 
@@ -129,22 +161,37 @@ def test_group_query_best(grid):
   assert len(subset) == 2
   best = aggregate.best_trials(results, "val_accuracy", top=1)
   assert best.iloc[0].final_val_accuracy == pytest.approx(0.9)
-  assert aggregate.best_trials(results, "final_val_loss", top=1).iloc[0].final_val_loss == \
-      pytest.approx(1.1)
+  assert aggregate.best_trials(results, "final_val_loss", top=1).iloc[
+    0
+  ].final_val_loss == pytest.approx(1.1)
   with pytest.raises(KeyError):
     aggregate.filter_results(results, "no_such_field == 1")
 
 
 @pytest.mark.slow
 def test_cli_writes_tables_and_plots(grid, tmp_path):
-  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  import subprocess
+  import sys  # pylint: disable=g-import-not-at-top,multiple-imports
+
   root, _ = grid
   out = str(tmp_path / "out")
   result = subprocess.run(
-      [sys.executable, "-m", "proxy_jax.aggregate", root, f"--out={out}", "--group-by=threshold",
-       "--best=val_accuracy", "--query=status == 'finished'", "--plot"],
-      capture_output=True, text=True, timeout=120,
-      env={**os.environ, "PYTHONPATH": os.getcwd()})
+    [
+      sys.executable,
+      "-m",
+      "proxy_jax.aggregate",
+      root,
+      f"--out={out}",
+      "--group-by=threshold",
+      "--best=val_accuracy",
+      "--query=status == 'finished'",
+      "--plot",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "PYTHONPATH": os.getcwd()},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "best by final_val_accuracy" in result.stdout
   table = pd.read_csv(os.path.join(out, "results.csv"))

@@ -48,9 +48,15 @@ def _draw(draw_fn, key, shape, **params):
   return jax.tree.map(np.asarray, draw_fn(draw_key, shape, **params)), fill_key
 
 
-@pytest.mark.parametrize("shape,fill", [((16, 8, 8, 3), "zero"), ((3, 16, 12, 3), "mean"),
-                                        ((4, 8, 8, 3), "dataset_mean"),
-                                        ((1, 8, 8, 1), "noise")])
+@pytest.mark.parametrize(
+  "shape,fill",
+  [
+    ((16, 8, 8, 3), "zero"),
+    ((3, 16, 12, 3), "mean"),
+    ((4, 8, 8, 3), "dataset_mean"),
+    ((1, 8, 8, 1), "noise"),
+  ],
+)
 def test_cutout_matches_numpy_box(shape, fill):
   images, key = _images(shape), jax.random.key(3)
   out, labels = erase.cutout(images, _labels(shape[0]), key, size=0.5, prob=0.8, fill=fill)
@@ -65,7 +71,7 @@ def test_cutout_matches_numpy_box(shape, fill):
     left = draw["centre_x"][b] - box_w // 2
     clipped |= top < 0 or left < 0 or top + box_h > height or left + box_w > width
     if draw["apply"][b]:
-      mask[max(top, 0):max(top + box_h, 0), max(left, 0):max(left + box_w, 0)] = True
+      mask[max(top, 0) : max(top + box_h, 0), max(left, 0) : max(left + box_w, 0)] = True
     masks.append(mask)
   np.testing.assert_allclose(out, _numpy_erase(images, fill_key, fill, masks), atol=1e-6)
   np.testing.assert_array_equal(labels, _labels(shape[0]))
@@ -76,10 +82,10 @@ def test_cutout_matches_numpy_box(shape, fill):
 def test_random_erasing_matches_numpy_reference():
   shape, key, area, aspect = (12, 16, 16, 3), jax.random.key(7), (0.02, 0.4), (0.3, 1 / 0.3)
   images = _images(shape)
-  out, _ = erase.random_erasing(images, _labels(12), key, prob=0.7, area=area, aspect=aspect,
-                                fill="noise")
-  draw, fill_key = _draw(erase._draw_random_erasing, key, shape, prob=0.7, area=area,
-                         aspect=aspect)
+  out, _ = erase.random_erasing(
+    images, _labels(12), key, prob=0.7, area=area, aspect=aspect, fill="noise"
+  )
+  draw, fill_key = _draw(erase._draw_random_erasing, key, shape, prob=0.7, area=area, aspect=aspect)
   # Replay Zhong et al.'s retry loop in NumPy from the same uniform draws.
   keys = jax.random.split(jax.random.split(key)[0], 5)
   n = erase.RANDOM_ERASING_ATTEMPTS
@@ -98,7 +104,7 @@ def test_random_erasing_matches_numpy_reference():
         top, left = draw["top"][b], draw["left"][b]
         assert 0 <= top <= 16 - h and 0 <= left <= 16 - w
         if coins[b]:
-          mask[top:top + h, left:left + w] = True
+          mask[top : top + h, left : left + w] = True
         break
     masks.append(mask)
   assert sum(m.any() for m in masks) >= 4
@@ -108,8 +114,9 @@ def test_random_erasing_matches_numpy_reference():
 def test_random_erasing_skips_images_when_no_box_fits():
   # An area share of 1 never fits strictly inside (h < H and w < W): nothing is erased.
   images = _images((2, 8, 8, 3))
-  out, _ = erase.random_erasing(images, _labels(2), jax.random.key(0), prob=1.0,
-                                area=(1.0, 1.0), aspect=(1.0, 1.0), fill="zero")
+  out, _ = erase.random_erasing(
+    images, _labels(2), jax.random.key(0), prob=1.0, area=(1.0, 1.0), aspect=(1.0, 1.0), fill="zero"
+  )
   np.testing.assert_array_equal(out, images)
 
 
@@ -124,18 +131,19 @@ def test_gridmask_matches_numpy_grid():
     unit, side = draw["unit"][b], draw["erased"][b]
     assert 7 <= unit <= 16 and side == int(np.ceil(unit * 0.6))
     assert 0 <= draw["offset_y"][b] < unit and 0 <= draw["offset_x"][b] < unit
-    masks.append(((rows - draw["offset_y"][b]) % unit < side)
-                 & ((cols - draw["offset_x"][b]) % unit < side))
+    masks.append(
+      ((rows - draw["offset_y"][b]) % unit < side) & ((cols - draw["offset_x"][b]) % unit < side)
+    )
   np.testing.assert_allclose(out, _numpy_erase(images, fill_key, "mean", masks), atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,grid", [((5, 12, 12, 3), 4), ((1, 10, 7, 1), 3)])
 def test_hide_and_seek_matches_numpy_cells(shape, grid):
   images, key = _images(shape), jax.random.key(5)
-  out, _ = erase.hide_and_seek(images, _labels(shape[0]), key, prob=1.0, grid=grid,
-                               hide_prob=0.5, fill="zero")
-  draw, fill_key = _draw(erase._draw_hide_and_seek, key, shape, prob=1.0, grid=grid,
-                         hide_prob=0.5)
+  out, _ = erase.hide_and_seek(
+    images, _labels(shape[0]), key, prob=1.0, grid=grid, hide_prob=0.5, fill="zero"
+  )
+  draw, fill_key = _draw(erase._draw_hide_and_seek, key, shape, prob=1.0, grid=grid, hide_prob=0.5)
   _, height, width, _ = shape
   masks = []
   for b in range(shape[0]):
@@ -143,8 +151,10 @@ def test_hide_and_seek_matches_numpy_cells(shape, grid):
     for i in range(grid):
       for j in range(grid):
         if draw["hidden"][b, i, j]:  # cell rows [ceil(i H / g), ceil((i+1) H / g))
-          mask[-(-i * height // grid):-(-(i + 1) * height // grid),
-               -(-j * width // grid):-(-(j + 1) * width // grid)] = True
+          mask[
+            -(-i * height // grid) : -(-(i + 1) * height // grid),
+            -(-j * width // grid) : -(-(j + 1) * width // grid),
+          ] = True
     masks.append(mask)
   np.testing.assert_allclose(out, _numpy_erase(images, fill_key, "zero", masks), atol=1e-6)
 
@@ -163,8 +173,12 @@ _INVARIANT_SHAPE = (4, 16, 16, 3)
 
 
 @settings(max_examples=20, deadline=None)
-@given(name=st.sampled_from(sorted(erase.ERASERS)), fill=st.sampled_from(erase.FILLS),
-       seed=st.integers(0, 2**30), image_seed=st.integers(0, 3))
+@given(
+  name=st.sampled_from(sorted(erase.ERASERS)),
+  fill=st.sampled_from(erase.FILLS),
+  seed=st.integers(0, 2**30),
+  image_seed=st.integers(0, 3),
+)
 def test_invariants(name, fill, seed, image_seed):
   images, labels = _images(_INVARIANT_SHAPE, image_seed), _labels(4)
   # Eager: after the first example every primitive is compiled, so examples cost milliseconds.
@@ -176,8 +190,12 @@ def test_paper_fill_is_each_references_and_the_default():
   """Cutout's reference cuts the normalised tensor: its hole normalises to exactly 0."""
   assert default.get_config().augment.erase_fill == "paper"
   images = _images((4, 8, 8, 3), 3)
-  for name, expected in (("cutout", "dataset_mean"), ("gridmask", "dataset_mean"),
-                         ("hide_and_seek", "dataset_mean"), ("random_erasing", "noise")):
+  for name, expected in (
+    ("cutout", "dataset_mean"),
+    ("gridmask", "dataset_mean"),
+    ("hide_and_seek", "dataset_mean"),
+    ("random_erasing", "noise"),
+  ):
     assert erase.resolve_fill(name, "paper") == expected
   fn = erase.from_config(_config(erase="cutout", erase_prob=1.0, erase_size=0.5))
   out, _ = fn(images, _labels(4), jax.random.key(0))
@@ -194,11 +212,24 @@ def _config(**fields):
   return config
 
 
-@pytest.mark.parametrize("field,value", [
-    ("erase", "cutmix"), ("erase_fill", "gray"), ("erase_prob", 1.5),
-    ("erase_prob", float("nan")), ("erase_size", 0.0), ("erase_area", (0.4, 0.1)),
-    ("erase_area", (0.1,)), ("erase_aspect", (0.0, 2.0)), ("erase_aspect", (1.0, float("inf"))),
-    ("gridmask_ratio", 1.0), ("hide_grid", 0), ("hide_grid", 2.5), ("hide_prob", -0.1)])
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("erase", "cutmix"),
+    ("erase_fill", "gray"),
+    ("erase_prob", 1.5),
+    ("erase_prob", float("nan")),
+    ("erase_size", 0.0),
+    ("erase_area", (0.4, 0.1)),
+    ("erase_area", (0.1,)),
+    ("erase_aspect", (0.0, 2.0)),
+    ("erase_aspect", (1.0, float("inf"))),
+    ("gridmask_ratio", 1.0),
+    ("hide_grid", 0),
+    ("hide_grid", 2.5),
+    ("hide_prob", -0.1),
+  ],
+)
 def test_check_config_names_the_field(field, value):
   # Not type-safe: a sweep or a JSON file can hand any type to the checks.
   config = ml_collections.ConfigDict(_config().to_dict(), type_safe=False)
@@ -210,8 +241,10 @@ def test_check_config_names_the_field(field, value):
 def test_from_config():
   assert erase.from_config(_config()) is None  # the defaults switch erasing off
   images, labels, key = _images((2, 8, 8, 3)), _labels(2), jax.random.key(4)
-  fn = jax.jit(erase.from_config(_config(erase="random_erasing", erase_prob=1.0,
-                                         erase_fill="mean")))
-  expected = erase.random_erasing(images, labels, key, prob=1.0, area=(0.02, 0.4),
-                                  aspect=(0.3, 3.3), fill="mean")
+  fn = jax.jit(
+    erase.from_config(_config(erase="random_erasing", erase_prob=1.0, erase_fill="mean"))
+  )
+  expected = erase.random_erasing(
+    images, labels, key, prob=1.0, area=(0.02, 0.4), aspect=(0.3, 3.3), fill="mean"
+  )
   np.testing.assert_array_equal(fn(images, labels, key)[0], expected[0])

@@ -38,15 +38,21 @@ def _replay(key, batch, alpha=1.0):
 
 def _centre(box_key, height=H, width=W):
   y_key, x_key = jax.random.split(box_key)
-  return (int(jax.random.randint(y_key, (), 0, height)),
-          int(jax.random.randint(x_key, (), 0, width)))
+  return (
+    int(jax.random.randint(y_key, (), 0, height)),
+    int(jax.random.randint(x_key, (), 0, width)),
+  )
 
 
 def _np_box(lam, cy, cx, height=H, width=W):
   cut = np.sqrt(np.float32(1.0) - np.float32(lam), dtype=np.float32)
   cut_h, cut_w = int(np.floor(np.float32(height) * cut)), int(np.floor(np.float32(width) * cut))
-  return (int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cx - cut_w // 2, 0, width)),
-          int(np.clip(cy + cut_h // 2, 0, height)), int(np.clip(cx + cut_w // 2, 0, width)))
+  return (
+    int(np.clip(cy - cut_h // 2, 0, height)),
+    int(np.clip(cx - cut_w // 2, 0, width)),
+    int(np.clip(cy + cut_h // 2, 0, height)),
+    int(np.clip(cx + cut_w // 2, 0, width)),
+  )
 
 
 def _np_mask(box, height=H, width=W):
@@ -107,19 +113,31 @@ def test_cutmix_lambda_edges(lam, pasted):
   else:
     # lambda 0: a full-size box around a random centre, clipped at the border.
     cy, cx = _centre(box_key)
-    assert box == (max(cy - H // 2, 0), max(cx - W // 2, 0), min(cy + H // 2, H),
-                   min(cx + W // 2, W))
+    assert box == (
+      max(cy - H // 2, 0),
+      max(cx - W // 2, 0),
+      min(cy + H // 2, H),
+      min(cx + W // 2, W),
+    )
     share = count / (H * W)
     np.testing.assert_allclose(soft, (1 - share) * labels + share * labels[perm], atol=1e-7)
 
 
 @pytest.mark.parametrize("centre", [(0, 0), (H - 1, W - 1), (0, W - 1), (H // 2, 0)])
 def test_boxes_at_the_border_are_clipped(centre):
-  top, left, bottom, right = (int(v) for v in mix.centred_box(
-      jnp.int32(centre[0]), jnp.int32(centre[1]), jnp.int32(10), jnp.int32(6), H, W))
+  top, left, bottom, right = (
+    int(v)
+    for v in mix.centred_box(
+      jnp.int32(centre[0]), jnp.int32(centre[1]), jnp.int32(10), jnp.int32(6), H, W
+    )
+  )
   cy, cx = centre
-  assert (top, left, bottom, right) == (max(cy - 5, 0), max(cx - 3, 0), min(cy + 5, H),
-                                        min(cx + 3, W))
+  assert (top, left, bottom, right) == (
+    max(cy - 5, 0),
+    max(cx - 3, 0),
+    min(cy + 5, H),
+    min(cx + 3, W),
+  )
   mask = geometry.box_mask(top, left, bottom, right, H, W)
   assert float(mix.pasted_share(mask)) == np.float32((bottom - top) * (right - left)) / (H * W)
 
@@ -149,8 +167,9 @@ def test_resizemix_matches_numpy():
   box_w = int(np.clip(np.round(tau * W), 1, W))
   top = int(jax.random.randint(y_key, (), 0, H - box_h + 1))
   left = int(jax.random.randint(x_key, (), 0, W - box_w + 1))
-  rows, cols = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32),
-                           indexing="ij")
+  rows, cols = np.meshgrid(
+    np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij"
+  )
   src_y = (rows - top + 0.5) * (H / box_h) - 0.5
   src_x = (cols - left + 0.5) * (W / box_w) - 0.5
   mask = _np_mask((top, left, top + box_h, left + box_w))
@@ -176,8 +195,9 @@ def test_saliencymix_box_is_centred_on_each_partners_peak():
     mask = _np_mask(_np_box(lam, cy, cx))
     np.testing.assert_array_equal(out[i], np.where(mask[..., None], images[perm[i]], images[i]))
     share = mask.sum() / (H * W)
-    np.testing.assert_allclose(soft[i], (1 - share) * labels[i] + share * labels[perm[i]],
-                               atol=1e-7)
+    np.testing.assert_allclose(
+      soft[i], (1 - share) * labels[i] + share * labels[perm[i]], atol=1e-7
+    )
 
 
 def test_attentive_cutmix_pastes_the_top_k_cells_of_the_partners_map():
@@ -195,11 +215,12 @@ def test_attentive_cutmix_pastes_the_top_k_cells_of_the_partners_map():
     mask = np.zeros((H, W), bool)
     for c in chosen:
       r, q = divmod(int(c), grid)
-      mask[r * cell:(r + 1) * cell, q * cell:(q + 1) * cell] = True
+      mask[r * cell : (r + 1) * cell, q * cell : (q + 1) * cell] = True
     np.testing.assert_array_equal(out[i], np.where(mask[..., None], images[perm[i]], images[i]))
     share = top_k / grid**2
-    np.testing.assert_allclose(soft[i], (1 - share) * labels[i] + share * labels[perm[i]],
-                               atol=1e-7)
+    np.testing.assert_allclose(
+      soft[i], (1 - share) * labels[i] + share * labels[perm[i]], atol=1e-7
+    )
   _, chosen_jax = jax.lax.top_k(mix.grid_cell_scores(jnp.asarray(maps), grid), top_k)
   assert chosen_jax.shape == (4, top_k)
 
@@ -230,19 +251,21 @@ def test_snapmix_matches_numpy_transcription_of_the_reference(normalize):
   maps[1] = -0.5
   key = jax.random.key(8)
   lam = (np.float32(0.55), np.float32(0.7))
-  out, soft = mix.snapmix(images, labels, key, alpha=1.0, saliency=maps,
-                          normalize_labels=normalize, lam=lam)
+  out, soft = mix.snapmix(
+    images, labels, key, alpha=1.0, saliency=maps, normalize_labels=normalize, lam=lam
+  )
   perm, _, box_key, _ = _replay(key, 4)
   crop_key, target_key = jax.random.split(box_key)
   target = _np_box(lam[0], *_centre(target_key))
   crop = _np_box(lam[1], *_centre(crop_key))
-  (t, l, b, r), (ct, cl, cb, cr) = target, crop
-  assert b > t and r > l and cb > ct and cr > cl
-  rows, cols = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32),
-                           indexing="ij")
+  (t, left, b, r), (ct, cl, cb, cr) = target, crop
+  assert b > t and r > left and cb > ct and cr > cl
+  rows, cols = np.meshgrid(
+    np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij"
+  )
   # align_corners: the first and last pasted pixels sample the crop's first and last pixels.
   src_y = ct + (rows - t) * ((cb - ct - 1) / max(b - t - 1, 1) if b - t > 1 else 0.0)
-  src_x = cl + (cols - l) * ((cr - cl - 1) / max(r - l - 1, 1) if r - l > 1 else 0.0)
+  src_x = cl + (cols - left) * ((cr - cl - 1) / max(r - left - 1, 1) if r - left > 1 else 0.0)
   src_y, src_x = np.clip(src_y, ct, cb - 1), np.clip(src_x, cl, cr - 1)
   mask = _np_mask(target)
   own, partner = _reference_snapmix_weights(maps, perm, mask, _np_mask(crop))
@@ -252,23 +275,44 @@ def test_snapmix_matches_numpy_transcription_of_the_reference(normalize):
   for i in range(4):
     pasted = np_bilinear(images[perm[i]], src_y, src_x)
     np.testing.assert_allclose(out[i], np.where(mask[..., None], pasted, images[i]), atol=1e-5)
-    np.testing.assert_allclose(soft[i], own[i] * labels[i] + partner[i] * labels[perm[i]],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      soft[i], own[i] * labels[i] + partner[i] * labels[perm[i]], atol=1e-5
+    )
 
 
 def test_snapmix_raw_weights_need_not_sum_to_one():
   images, labels = _batch()
   maps = np.zeros((4, H, W), np.float32)
   maps[:, :4, :4] = 1.0  # All CAM mass in the top-left corner.
-  _, soft = mix.snapmix(images, labels, jax.random.key(8), alpha=1.0, saliency=maps,
-                        normalize_labels=False, lam=(np.float32(0.55), np.float32(0.7)))
+  _, soft = mix.snapmix(
+    images,
+    labels,
+    jax.random.key(8),
+    alpha=1.0,
+    saliency=maps,
+    normalize_labels=False,
+    lam=(np.float32(0.55), np.float32(0.7)),
+  )
   sums = np.asarray(soft).sum(-1)
   assert not np.allclose(sums, 1.0)
-  _, default_soft = mix.snapmix(images, labels, jax.random.key(8), alpha=1.0, saliency=maps,
-                                lam=(np.float32(0.55), np.float32(0.7)))
+  _, default_soft = mix.snapmix(
+    images,
+    labels,
+    jax.random.key(8),
+    alpha=1.0,
+    saliency=maps,
+    lam=(np.float32(0.55), np.float32(0.7)),
+  )
   np.testing.assert_array_equal(default_soft, soft)  # The reference's weights by default.
-  _, soft = mix.snapmix(images, labels, jax.random.key(8), alpha=1.0, saliency=maps,
-                        normalize_labels=True, lam=(np.float32(0.55), np.float32(0.7)))
+  _, soft = mix.snapmix(
+    images,
+    labels,
+    jax.random.key(8),
+    alpha=1.0,
+    saliency=maps,
+    normalize_labels=True,
+    lam=(np.float32(0.55), np.float32(0.7)),
+  )
   np.testing.assert_allclose(np.asarray(soft).sum(-1), 1.0, atol=1e-6)
 
 
@@ -297,12 +341,12 @@ def test_keep_salient_pastes_the_box_back_from_the_original():
 # ---------------------------------------------------------------- invariants
 
 _METHOD_KWARGS = {
-    "mixup": {"alpha": 1.0},
-    "cutmix": {"alpha": 1.0},
-    "resizemix": {"scale_min": 0.1, "scale_max": 0.8},
-    "saliencymix": {"alpha": 1.0},
-    "attentive_cutmix": {"grid": 4, "top_k": 3},
-    "snapmix": {"alpha": 1.0},
+  "mixup": {"alpha": 1.0},
+  "cutmix": {"alpha": 1.0},
+  "resizemix": {"scale_min": 0.1, "scale_max": 0.8},
+  "saliencymix": {"alpha": 1.0},
+  "attentive_cutmix": {"grid": 4, "top_k": 3},
+  "snapmix": {"alpha": 1.0},
 }
 
 
@@ -322,8 +366,11 @@ def _call(name, images, labels, key, **kwargs):
 
 @pytest.mark.slow
 @hypothesis.settings(max_examples=12, deadline=None)
-@hypothesis.given(seed=st.integers(0, 2**31 - 1), batch=st.sampled_from([1, 4]),
-                  name=st.sampled_from(sorted(_METHOD_KWARGS)))
+@hypothesis.given(
+  seed=st.integers(0, 2**31 - 1),
+  batch=st.sampled_from([1, 4]),
+  name=st.sampled_from(sorted(_METHOD_KWARGS)),
+)
 def test_invariants(seed, batch, name):
   images, labels = _batch(batch=batch, classes=4, seed=seed % 1000)
   key = jax.random.key(seed)
@@ -347,8 +394,9 @@ def test_invariants(seed, batch, name):
 def test_cutmix_label_weight_is_exactly_the_pasted_share(seed):
   batch = 4
   # Image i is constant i / 8 and has class i, so pasted pixels and their share are visible.
-  images = np.broadcast_to((np.arange(batch, dtype=np.float32) / 8)[:, None, None, None],
-                           (batch, H, W, 3)).copy()
+  images = np.broadcast_to(
+    (np.arange(batch, dtype=np.float32) / 8)[:, None, None, None], (batch, H, W, 3)
+  ).copy()
   labels = np.eye(batch, dtype=np.float32)
   out, soft = _call("cutmix", images, labels, jax.random.key(seed), alpha=1.0)
   perm = _replay(jax.random.key(seed), batch)[0]
@@ -362,7 +410,9 @@ def test_cutmix_label_weight_is_exactly_the_pasted_share(seed):
 # ---------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     ("mix", "cutmix,mixupp", "augment.mix='cutmix,mixupp'"),
     ("mix", "cutmix,cutmix", "twice"),
     ("mix_alpha", 0.0, "augment.mix_alpha"),
@@ -378,17 +428,21 @@ def test_cutmix_label_weight_is_exactly_the_pasted_share(seed):
     ("saliencymix_map", "itti", "augment.saliencymix_map"),
     ("rotation_degrees", 200.0, "augment.rotation_degrees"),
     ("saliency_cam", "scorecam", "augment.saliency_cam"),
-])
+  ],
+)
 def test_config_errors_name_the_field(field, value, message):
   config = make_tiny_config(**{f"augment.{field}": value})
-  with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")
-                     .replace("(", r"\(").replace("[", r"\[")):
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=message.replace(".", r"\.").replace("(", r"\(").replace("[", r"\["),
+  ):
     config_lib.validate(config)
 
 
 def test_frozen_pretrained_source_needs_a_class_agnostic_cam(tmp_path):
-  config = make_tiny_config(**{"augment.mix": "snapmix",
-                               "augment.saliency_source": "timm/resnet18.a1_in1k"})
+  config = make_tiny_config(
+    **{"augment.mix": "snapmix", "augment.saliency_source": "timm/resnet18.a1_in1k"}
+  )
   with pytest.raises(config_lib.ConfigError, match="augment.saliency_cam"):
     config_lib.validate(config)
   config.augment.saliency_source = str(tmp_path / "missing.safetensors")

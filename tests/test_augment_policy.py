@@ -34,36 +34,41 @@ def _pil(op, uint8_image, *args):
 @pytest.mark.parametrize("low,high", [(0, 256), (40, 90), (100, 101), (0, 2)])
 def test_equalize_equals_pil(low, high):
   image = _uint8_image(1, low=low, high=high)  # full range, narrow, constant, two levels
-  np.testing.assert_allclose(ops.equalize(_unit(image)), _pil(ImageOps.equalize, image),
-                             atol=1e-6)
+  np.testing.assert_allclose(ops.equalize(_unit(image)), _pil(ImageOps.equalize, image), atol=1e-6)
 
 
 def test_equalize_batched_equals_per_image():
   batch = jnp.stack([_unit(_uint8_image(seed, low=seed * 20, high=200)) for seed in range(3)])
-  np.testing.assert_array_equal(jax.vmap(ops.equalize)(batch),
-                                jnp.stack([ops.equalize(image) for image in batch]))
+  np.testing.assert_array_equal(
+    jax.vmap(ops.equalize)(batch), jnp.stack([ops.equalize(image) for image in batch])
+  )
 
 
 @pytest.mark.parametrize("low,high", [(0, 256), (30, 120), (77, 78)])
 def test_autocontrast_within_one_level_of_pil(low, high):
   # PIL truncates its uint8 lookup table; the op stretches the continuous values.
   image = _uint8_image(2, low=low, high=high)
-  np.testing.assert_allclose(ops.autocontrast(_unit(image)),
-                             _pil(ImageOps.autocontrast, image), atol=LEVEL + 1e-6)
+  np.testing.assert_allclose(
+    ops.autocontrast(_unit(image)), _pil(ImageOps.autocontrast, image), atol=LEVEL + 1e-6
+  )
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_posterize_equals_pil(bits):
   image = _uint8_image(3)
-  np.testing.assert_allclose(ops.posterize(_unit(image), bits),
-                             _pil(ImageOps.posterize, image, bits), atol=1e-6)
+  np.testing.assert_allclose(
+    ops.posterize(_unit(image), bits), _pil(ImageOps.posterize, image, bits), atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("threshold", [0, 64, 128, 200, 256])
 def test_solarize_and_invert_equal_pil(threshold):
   image = _uint8_image(4)
-  np.testing.assert_allclose(ops.solarize(_unit(image), threshold / 255.0),
-                             _pil(ImageOps.solarize, image, threshold), atol=1e-6)
+  np.testing.assert_allclose(
+    ops.solarize(_unit(image), threshold / 255.0),
+    _pil(ImageOps.solarize, image, threshold),
+    atol=1e-6,
+  )
   np.testing.assert_allclose(ops.invert(_unit(image)), _pil(ImageOps.invert, image), atol=1e-6)
 
 
@@ -72,8 +77,10 @@ def test_solarize_and_invert_equal_pil(threshold):
 def test_enhance_ops_within_one_level_of_pil(name, factor):
   # PIL rounds its degenerate image (luma, mean, SMOOTH filter) and the blend to uint8.
   image = _uint8_image(5)
-  expected = np.asarray(getattr(ImageEnhance, name)(Image.fromarray(image)).enhance(factor),
-                        np.float32) / 255.0
+  expected = (
+    np.asarray(getattr(ImageEnhance, name)(Image.fromarray(image)).enhance(factor), np.float32)
+    / 255.0
+  )
   got = getattr(ops, name.lower())(_unit(image), factor)
   np.testing.assert_allclose(got, expected, atol=1.5 * LEVEL)
 
@@ -89,8 +96,9 @@ def _scipy_warp(image, inverse_yx, offset_yx):
   matrix = np.eye(3)
   matrix[:2, :2] = inverse_yx
   offset = np.array([*offset_yx, 0.0])
-  return scipy.ndimage.affine_transform(np.asarray(image, np.float64), matrix, offset, order=1,
-                                        mode="constant", cval=0.0)
+  return scipy.ndimage.affine_transform(
+    np.asarray(image, np.float64), matrix, offset, order=1, mode="constant", cval=0.0
+  )
 
 
 def test_rotate_and_shear_match_scipy_resampling():
@@ -100,13 +108,21 @@ def test_rotate_and_shear_match_scipy_resampling():
   centre = np.array([4.0, 5.0])
   # Interior pixels only: the two libraries treat samples within a pixel of the edge differently.
   inner = (slice(2, -2), slice(2, -2))
-  np.testing.assert_allclose(ops.rotate(image, 23.0)[inner],
-                             _scipy_warp(image, inverse, centre - inverse @ centre)[inner],
-                             atol=1e-4)
-  np.testing.assert_allclose(ops.shear_x(image, 0.25)[inner],
-                             _scipy_warp(image, [[1, 0], [0.25, 1]], [0, 0])[inner], atol=1e-4)
-  np.testing.assert_allclose(ops.shear_y(image, -0.3)[inner],
-                             _scipy_warp(image, [[1, -0.3], [0, 1]], [0, 0])[inner], atol=1e-4)
+  np.testing.assert_allclose(
+    ops.rotate(image, 23.0)[inner],
+    _scipy_warp(image, inverse, centre - inverse @ centre)[inner],
+    atol=1e-4,
+  )
+  np.testing.assert_allclose(
+    ops.shear_x(image, 0.25)[inner],
+    _scipy_warp(image, [[1, 0], [0.25, 1]], [0, 0])[inner],
+    atol=1e-4,
+  )
+  np.testing.assert_allclose(
+    ops.shear_y(image, -0.3)[inner],
+    _scipy_warp(image, [[1, -0.3], [0, 1]], [0, 0])[inner],
+    atol=1e-4,
+  )
 
 
 def test_integer_shear_and_translate_equal_numpy_indexing():
@@ -128,41 +144,66 @@ def test_integer_shear_and_translate_equal_numpy_indexing():
 def test_magnitude_tables_are_torchvisions():
   names = [name for name, _, _ in policy.RANDAUGMENT_OPS]
   table = dict(zip(names, policy.magnitude_table(40, 30, wide=False)))
-  np.testing.assert_allclose([table[n][9] for n in ("shear_x", "rotate", "brightness",
-                                                    "solarize")], [0.09, 9.0, 0.27, 0.7],
-                             rtol=1e-6)
-  np.testing.assert_allclose([table["translate_x"][30], table["translate_y"][30]],
-                             [150 / 331 * 30, 150 / 331 * 40], rtol=1e-6)
+  np.testing.assert_allclose(
+    [table[n][9] for n in ("shear_x", "rotate", "brightness", "solarize")],
+    [0.09, 9.0, 0.27, 0.7],
+    rtol=1e-6,
+  )
+  np.testing.assert_allclose(
+    [table["translate_x"][30], table["translate_y"][30]],
+    [150 / 331 * 30, 150 / 331 * 40],
+    rtol=1e-6,
+  )
   assert list(table["posterize"][[0, 3, 4, 30]]) == [8, 8, 7, 4]
   wide = dict(zip(names, policy.magnitude_table(40, 30, wide=True)))
-  np.testing.assert_allclose([wide[n][30] for n in ("shear_y", "translate_x", "rotate",
-                                                    "contrast", "posterize", "solarize")],
-                             [0.99, 32.0, 135.0, 0.99, 2.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(
+    [
+      wide[n][30] for n in ("shear_y", "translate_x", "rotate", "contrast", "posterize", "solarize")
+    ],
+    [0.99, 32.0, 135.0, 0.99, 2.0, 0.0],
+    rtol=1e-6,
+  )
   assert not any(table["identity"]) and not any(wide["equalize"])
 
 
 # The test's own wiring of names to ops (torchvision's _apply_op), independent of the module's.
 _REFERENCE_OPS = {
-    "identity": lambda im, v: im, "shear_x": ops.shear_x, "shear_y": ops.shear_y,
-    "translate_x": ops.translate_x, "translate_y": ops.translate_y, "rotate": ops.rotate,
-    "brightness": lambda im, v: ops.brightness(im, 1 + v),
-    "color": lambda im, v: ops.color(im, 1 + v),
-    "contrast": lambda im, v: ops.contrast(im, 1 + v),
-    "sharpness": lambda im, v: ops.sharpness(im, 1 + v),
-    "posterize": lambda im, v: ops.posterize(im, int(v)),
-    "solarize": ops.solarize, "autocontrast": lambda im, v: ops.autocontrast(im),
-    "equalize": lambda im, v: ops.equalize(im),
+  "identity": lambda im, v: im,
+  "shear_x": ops.shear_x,
+  "shear_y": ops.shear_y,
+  "translate_x": ops.translate_x,
+  "translate_y": ops.translate_y,
+  "rotate": ops.rotate,
+  "brightness": lambda im, v: ops.brightness(im, 1 + v),
+  "color": lambda im, v: ops.color(im, 1 + v),
+  "contrast": lambda im, v: ops.contrast(im, 1 + v),
+  "sharpness": lambda im, v: ops.sharpness(im, 1 + v),
+  "posterize": lambda im, v: ops.posterize(im, int(v)),
+  "solarize": ops.solarize,
+  "autocontrast": lambda im, v: ops.autocontrast(im),
+  "equalize": lambda im, v: ops.equalize(im),
 }
-_SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
-           "contrast", "sharpness"}
+_SIGNED = {
+  "shear_x",
+  "shear_y",
+  "translate_x",
+  "translate_y",
+  "rotate",
+  "brightness",
+  "color",
+  "contrast",
+  "sharpness",
+}
 SHAPE = (4, 16, 16, 3)
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted(name):
   """One compile per policy for the whole file (fixed shape), reused by every test."""
-  params = {"randaugment": dict(num_ops=2, magnitude=9),
-            "augmix": dict(width=3, depth=-1, severity=3, alpha=1.0)}.get(name, {})
+  params = {
+    "randaugment": dict(num_ops=2, magnitude=9),
+    "augmix": dict(width=3, depth=-1, severity=3, alpha=1.0),
+  }.get(name, {})
   return jax.jit(functools.partial(policy.POLICIES[name], **params))
 
 
@@ -199,7 +240,8 @@ def test_trivialaugment_replays_op_by_op(shape):
   images, labels = _batch(2, shape)
   key = jax.random.key(22)
   out = (_jitted("trivialaugment") if shape == SHAPE else policy.trivialaugment)(
-      images, labels, key)[0]
+    images, labels, key
+  )[0]
   draw = policy._draw_trivialaugment(key, shape)
   assert np.all((np.asarray(draw["bins"]) >= 0) & (np.asarray(draw["bins"]) <= 30))
   np.testing.assert_allclose(out, _replay(images, draw, True), atol=1e-5)
@@ -210,15 +252,15 @@ def _augmix_reference_op(name, image, level, negate):
   sign = -1 if negate else 1
   height, width = image.shape[:2]
   return {
-      "autocontrast": lambda: ops.autocontrast(image),
-      "equalize": lambda: ops.equalize(image),
-      "posterize": lambda: ops.posterize(image, 4 - int(level * 4 / 10)),
-      "rotate": lambda: ops.rotate(image, sign * int(level * 30 / 10)),
-      "solarize": lambda: ops.solarize(image, (256 - int(level * 256 / 10)) / 255),
-      "shear_x": lambda: ops.shear_x(image, sign * level * 0.3 / 10),
-      "shear_y": lambda: ops.shear_y(image, sign * level * 0.3 / 10),
-      "translate_x": lambda: ops.translate_x(image, sign * int(level * width / 3 / 10)),
-      "translate_y": lambda: ops.translate_y(image, sign * int(level * height / 3 / 10)),
+    "autocontrast": lambda: ops.autocontrast(image),
+    "equalize": lambda: ops.equalize(image),
+    "posterize": lambda: ops.posterize(image, 4 - int(level * 4 / 10)),
+    "rotate": lambda: ops.rotate(image, sign * int(level * 30 / 10)),
+    "solarize": lambda: ops.solarize(image, (256 - int(level * 256 / 10)) / 255),
+    "shear_x": lambda: ops.shear_x(image, sign * level * 0.3 / 10),
+    "shear_y": lambda: ops.shear_y(image, sign * level * 0.3 / 10),
+    "translate_x": lambda: ops.translate_x(image, sign * int(level * width / 3 / 10)),
+    "translate_y": lambda: ops.translate_y(image, sign * int(level * height / 3 / 10)),
   }[name]()
 
 
@@ -227,8 +269,9 @@ def test_augmix_matches_reference_mixing():
   images, labels = _batch(3)
   key = jax.random.key(23)
   out, out_labels = _jitted("augmix")(images, labels, key)
-  draw = jax.tree.map(np.asarray, policy._draw_augmix(key, SHAPE, width=3, depth=-1,
-                                                      severity=3, alpha=1.0))
+  draw = jax.tree.map(
+    np.asarray, policy._draw_augmix(key, SHAPE, width=3, depth=-1, severity=3, alpha=1.0)
+  )
   np.testing.assert_allclose(draw["chain_weights"].sum(axis=1), 1.0, rtol=1e-5)
   assert np.all((draw["depths"] >= 1) & (draw["depths"] <= 3))
   assert np.all((draw["levels"] >= 0.1) & (draw["levels"] <= 3))
@@ -238,9 +281,12 @@ def test_augmix_matches_reference_mixing():
     for chain in range(3):
       augmented = images[b]
       for step in range(draw["depths"][b, chain]):
-        augmented = _augmix_reference_op(names[draw["ops"][b, chain, step]], augmented,
-                                         float(draw["levels"][b, chain, step]),
-                                         bool(draw["negate"][b, chain, step]))
+        augmented = _augmix_reference_op(
+          names[draw["ops"][b, chain, step]],
+          augmented,
+          float(draw["levels"][b, chain, step]),
+          bool(draw["negate"][b, chain, step]),
+        )
       mixed += draw["chain_weights"][b, chain] * np.asarray(augmented, np.float64)
     m = draw["mix_weight"][b]
     np.testing.assert_allclose(out[b], (1 - m) * np.asarray(images[b]) + m * mixed, atol=1e-5)
@@ -261,11 +307,13 @@ def test_augmix_jsd_views_are_two_independent_augmix_draws():
 
 def _numpy_jsd(*logits):
   """AugMix reference (PyTorch): 12 * (kl_div(log M, p_i) batchmean) / 3, without the 12."""
-  probs = [np.exp(l - l.max(1, keepdims=True)) for l in map(np.float64, logits)]
+  probs = [np.exp(x - x.max(1, keepdims=True)) for x in map(np.float64, logits)]
   probs = [p / p.sum(1, keepdims=True) for p in probs]
   log_m = np.log(np.clip(sum(probs) / 3, 1e-7, 1))
-  kls = [np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0) - p * log_m) / len(p)
-         for p in probs]
+  kls = [
+    np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0) - p * log_m) / len(p)
+    for p in probs
+  ]
   return sum(kls) / 3
 
 
@@ -278,14 +326,17 @@ def test_jensen_shannon_consistency_equals_numpy_reference():
   np.testing.assert_allclose(got, _numpy_jsd(*logits), rtol=1e-5)
   same = policy.jensen_shannon_consistency(logits[0], logits[0], logits[0])
   assert abs(float(same)) < 1e-6
-  bf16 = [jnp.asarray(l, jnp.bfloat16) for l in logits]  # bf16 logits are lifted to float32
+  bf16 = [jnp.asarray(x, jnp.bfloat16) for x in logits]  # bf16 logits are lifted to float32
   assert policy.jensen_shannon_consistency(*bf16).dtype == jnp.float32
 
 
 @pytest.mark.slow
 @settings(max_examples=12, deadline=None)
-@given(name=st.sampled_from(sorted(policy.POLICIES)), seed=st.integers(0, 2**30),
-       image_seed=st.integers(0, 3))
+@given(
+  name=st.sampled_from(sorted(policy.POLICIES)),
+  seed=st.integers(0, 2**30),
+  image_seed=st.integers(0, 3),
+)
 def test_invariants(name, seed, image_seed):
   images, labels = _batch(image_seed)
   assert_label_preserving(_jitted(name), images, labels, seed)
@@ -298,12 +349,24 @@ def _config(**fields):
   return config
 
 
-@pytest.mark.parametrize("field,value", [
-    ("policy", "autoaugment"), ("randaugment_num_ops", 0), ("randaugment_num_ops", 1.5),
-    ("randaugment_magnitude", 31), ("randaugment_magnitude", True), ("augmix_width", 0),
-    ("augmix_depth", 0), ("augmix_severity", 11), ("augmix_severity", float("nan")),
-    ("augmix_alpha", 0.0), ("augmix_jsd", "yes"), ("augmix_jsd_weight", -1.0),
-    ("augmix_jsd", True)])  # the last: JSD without policy="augmix"
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("policy", "autoaugment"),
+    ("randaugment_num_ops", 0),
+    ("randaugment_num_ops", 1.5),
+    ("randaugment_magnitude", 31),
+    ("randaugment_magnitude", True),
+    ("augmix_width", 0),
+    ("augmix_depth", 0),
+    ("augmix_severity", 11),
+    ("augmix_severity", float("nan")),
+    ("augmix_alpha", 0.0),
+    ("augmix_jsd", "yes"),
+    ("augmix_jsd_weight", -1.0),
+    ("augmix_jsd", True),
+  ],
+)  # the last: JSD without policy="augmix"
 def test_check_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=f"config.augment.{field}="):
     policy.check_config(_config(**{field: value}))
@@ -312,8 +375,9 @@ def test_check_config_names_the_field(field, value):
 def test_from_config():
   assert policy.from_config(_config()) is None  # the defaults switch the policy off
   assert policy.jsd_views_from_config(_config()) is None
-  fn = policy.from_config(_config(policy="randaugment", randaugment_num_ops=3,
-                                  randaugment_magnitude=12))
+  fn = policy.from_config(
+    _config(policy="randaugment", randaugment_num_ops=3, randaugment_magnitude=12)
+  )
   assert fn.func is policy.randaugment and fn.keywords == dict(num_ops=3, magnitude=12)
   assert policy.from_config(_config(policy="trivialaugment")) is policy.trivialaugment
   augmix_params = dict(width=2, depth=1, severity=5, alpha=0.5)

@@ -38,9 +38,14 @@ def _smooth(height, width, seed):
 
 def _cases():
   rng = np.random.default_rng(0)
-  return [rng.integers(0, 256, (32, 32, 3), np.uint8), rng.integers(0, 256, (45, 61, 3), np.uint8),
-          _smooth(48, 40, 1), _smooth(64, 64, 2), _smooth(130, 97, 3),
-          np.full((20, 24, 3), 77, np.uint8)]  # Flat: OpenCV's 0 / 0 gives an all-zero map.
+  return [
+    rng.integers(0, 256, (32, 32, 3), np.uint8),
+    rng.integers(0, 256, (45, 61, 3), np.uint8),
+    _smooth(48, 40, 1),
+    _smooth(64, 64, 2),
+    _smooth(130, 97, 3),
+    np.full((20, 24, 3), 77, np.uint8),
+  ]  # Flat: OpenCV's 0 / 0 gives an all-zero map.
 
 
 @pytest.mark.parametrize("index", range(6))
@@ -87,8 +92,12 @@ def test_divide_is_exact_floor_division():
   denominators = np.concatenate([rng.integers(1, 50176, 20000), rng.integers(1, 40, 3000)])
   # Exact multiples, where a float quotient just below the integer would floor one too low.
   numerators[:500] = denominators[:500] * rng.integers(0, 255, 500)
-  got = np.asarray(fine_grained._divide(numerators.astype(np.int32),  # pylint: disable=protected-access
-                                        denominators.astype(np.int32)))
+  got = np.asarray(
+    fine_grained._divide(
+      numerators.astype(np.int32),  # pylint: disable=protected-access
+      denominators.astype(np.int32),
+    )
+  )
   np.testing.assert_array_equal(got, numerators // denominators)
 
 
@@ -108,8 +117,8 @@ def _np_filter_reflect101(plane, kernel):
   radius = len(kernel) // 2
   padded = np.pad(plane, radius, mode="reflect")
   h, w = plane.shape
-  rows = sum(k * padded[i:i + h, :] for i, k in enumerate(kernel))
-  return sum(k * rows[:, i:i + w] for i, k in enumerate(kernel))
+  rows = sum(k * padded[i : i + h, :] for i, k in enumerate(kernel))
+  return sum(k * rows[:, i : i + w] for i, k in enumerate(kernel))
 
 
 def _np_spectral_residual(image):
@@ -121,7 +130,7 @@ def _np_spectral_residual(image):
   residual = log_amplitude - _np_filter_reflect101(log_amplitude, np.full(3, 1 / 3))
   back = np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))
   offsets = np.arange(5) - 2.0
-  gauss = np.exp(-offsets**2 / (2 * 8.0**2))
+  gauss = np.exp(-(offsets**2) / (2 * 8.0**2))
   magnitude = _np_filter_reflect101(np.abs(back), gauss / gauss.sum())
   saliency_map = magnitude**2
   saliency_map /= saliency_map.max()

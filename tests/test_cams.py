@@ -49,8 +49,10 @@ class Bundle:
     elif name == "resnet18":
       self.size, self.model = 32, models.create("resnet18", 5, 32, dtype=dtype, width=8)
     elif name == "vit":
-      self.size, self.model = 32, models.create("vit_ti16", 5, 32, dtype=dtype, dim=32, depth=2,
-                                                num_heads=2)
+      self.size, self.model = (
+        32,
+        models.create("vit_ti16", 5, 32, dtype=dtype, dim=32, depth=2, num_heads=2),
+      )
     else:
       self.size, self.model = 32, models.create("vgg16_bn", 5, 32, dtype=dtype)
     # Same weights for the float32 and bfloat16 builds (params are float32 in both).
@@ -63,8 +65,7 @@ class Bundle:
     """`batch - 1` random normalised images and a constant (all-zero) one last."""
     rng = np.random.default_rng(seed)
     random = rng.normal(size=(batch - 1, self.size, self.size, 3)).astype(np.float32)
-    return jnp.asarray(np.concatenate([random, np.zeros((1, self.size, self.size, 3),
-                                                        np.float32)]))
+    return jnp.asarray(np.concatenate([random, np.zeros((1, self.size, self.size, 3), np.float32)]))
 
   def compute(self, method, images, targets=None, **options):
     # One set of options for every test, so compiled computations are shared between tests.
@@ -114,14 +115,19 @@ def ref_xgradcam(acts, grads):
 
 def ref_hirescam(acts, grads):
   h, w, c = acts.shape
-  return np.array([[sum(grads[i, j, k] * acts[i, j, k] for k in range(c)) for j in range(w)]
-                   for i in range(h)])
+  return np.array(
+    [[sum(grads[i, j, k] * acts[i, j, k] for k in range(c)) for j in range(w)] for i in range(h)]
+  )
 
 
 def ref_layercam(acts, grads):
   h, w, c = acts.shape
-  return np.array([[sum(max(grads[i, j, k], 0.0) * acts[i, j, k] for k in range(c))
-                    for j in range(w)] for i in range(h)])
+  return np.array(
+    [
+      [sum(max(grads[i, j, k], 0.0) * acts[i, j, k] for k in range(c)) for j in range(w)]
+      for i in range(h)
+    ]
+  )
 
 
 def ref_eigen(matrix):
@@ -138,7 +144,7 @@ def random_pair(h, w, c, seed):
   acts = rng.uniform(0, 2, (h, w, c)) * (rng.uniform(size=(h, w, c)) > 0.3)  # ReLU-like zeros
   grads = rng.normal(0, 1, (h, w, c))
   grads[:, :, 0] = 0.0  # A channel without gradient: alphas must be 0, not NaN.
-  acts[:, :, 1] = 0.0   # A dead channel: XGrad-CAM's normaliser is 0.
+  acts[:, :, 1] = 0.0  # A dead channel: XGrad-CAM's normaliser is 0.
   return acts.astype(np.float32), grads.astype(np.float32)
 
 
@@ -147,18 +153,19 @@ def test_formulas_match_numpy_references(shape):
   acts, grads = random_pair(*shape, seed=sum(shape))
   acts64, grads64 = acts.astype(np.float64), grads.astype(np.float64)
   expected = {
-      "gradcam": ref_weighted(acts64, grads64.mean(axis=(0, 1))),
-      "gradcampp": ref_gradcampp(acts64, grads64),
-      "xgradcam": ref_xgradcam(acts64, grads64),
-      "hirescam": ref_hirescam(acts64, grads64),
-      "layercam": ref_layercam(acts64, grads64),
-      "eigencam": ref_eigen(acts64),
-      "eigengradcam": ref_eigen(acts64 * grads64),
+    "gradcam": ref_weighted(acts64, grads64.mean(axis=(0, 1))),
+    "gradcampp": ref_gradcampp(acts64, grads64),
+    "xgradcam": ref_xgradcam(acts64, grads64),
+    "hirescam": ref_hirescam(acts64, grads64),
+    "layercam": ref_layercam(acts64, grads64),
+    "eigencam": ref_eigen(acts64),
+    "eigengradcam": ref_eigen(acts64 * grads64),
   }
   for method, reference in expected.items():
     got = np.asarray(formulas.ACTIVATION_FORMULAS[method](jnp.asarray(acts), jnp.asarray(grads)))
-    np.testing.assert_allclose(got, reference, rtol=2e-4, atol=2e-4 * np.abs(reference).max(),
-                               err_msg=method)
+    np.testing.assert_allclose(
+      got, reference, rtol=2e-4, atol=2e-4 * np.abs(reference).max(), err_msg=method
+    )
 
 
 def ref_pytorch_grad_cam_gradcampp_weights(activations, grads):
@@ -167,8 +174,9 @@ def ref_pytorch_grad_cam_gradcampp_weights(activations, grads):
   grads_power_3 = grads_power_2 * grads
   sum_activations = np.sum(activations, axis=(2, 3))
   eps = 0.000001
-  aij = grads_power_2 / (2 * grads_power_2 + sum_activations[:, :, None, None] * grads_power_3
-                         + eps)
+  aij = grads_power_2 / (
+    2 * grads_power_2 + sum_activations[:, :, None, None] * grads_power_3 + eps
+  )
   aij = np.where(grads != 0, aij, 0)
   weights = np.maximum(grads, 0) * aij
   return np.sum(weights, axis=(2, 3))
@@ -198,8 +206,9 @@ def test_gradcampp_eps_option_reaches_the_formula():
   images, targets = b.images()[:2], jnp.array([1, 3])
   acts = np.asarray(b.features(b.variables, images), np.float32)
   head = lambda a: b.apply(b.variables, a, method="head")
-  grads = np.asarray(jax.grad(lambda a: jnp.sum(head(a)[jnp.arange(2), targets]))(
-      jnp.asarray(acts)))
+  grads = np.asarray(
+    jax.grad(lambda a: jnp.sum(head(a)[jnp.arange(2), targets]))(jnp.asarray(acts))
+  )
   got = b.compute("gradcampp", images, targets, gradcampp_eps=1e-6)
   for i in range(2):
     raw = ref_pytorch_grad_cam_gradcampp(acts[i], grads[i]).astype(np.float32)
@@ -262,15 +271,15 @@ def test_batched_equals_per_example_loop():
   images = b.images()
   targets = jnp.array([0, 3, 1])
   # Eigen-CAM's batched and single eigensolvers differ by float32 rounding only.
-  tolerance = {"gradcampp": 1e-5, "eigencam": 1e-4, "scorecam": 1e-5,
-               "integrated_gradients": 1e-5}
+  tolerance = {"gradcampp": 1e-5, "eigencam": 1e-4, "scorecam": 1e-5, "integrated_gradients": 1e-5}
   for method, atol in tolerance.items():
     batch = b.compute(method, images, targets)
-    loop = [b.compute(method, images[i:i + 1], targets[i:i + 1])[0] for i in range(3)]
+    loop = [b.compute(method, images[i : i + 1], targets[i : i + 1])[0] for i in range(3)]
     np.testing.assert_allclose(batch, np.stack(loop), atol=atol, err_msg=method)
   # Chunked (lax.map over chunks with a remainder) equals one vmapped batch.
-  np.testing.assert_allclose(b.compute("layercam", images, chunk_size=2),
-                             b.compute("layercam", images), atol=1e-6)
+  np.testing.assert_allclose(
+    b.compute("layercam", images, chunk_size=2), b.compute("layercam", images), atol=1e-6
+  )
 
 
 @pytest.mark.slow
@@ -284,21 +293,26 @@ def test_targets_none_is_the_predicted_class_and_logits_are_the_models():
   other = b.compute("gradcam", images, (predicted + 1) % 5)
   assert np.abs(np.asarray(maps) - np.asarray(other)).max() > 0.1
   # A single int applies to every image.
-  np.testing.assert_allclose(b.compute("gradcam", images, 2),
-                             b.compute("gradcam", images, jnp.array([2, 2, 2])), atol=1e-6)
+  np.testing.assert_allclose(
+    b.compute("gradcam", images, 2), b.compute("gradcam", images, jnp.array([2, 2, 2])), atol=1e-6
+  )
 
 
 def test_compute_inside_jit_matches_eager():
   b = bundle("tiny_cnn")
   images, targets = b.images(), jnp.array([1, 2, 3])
   jitted = jax.jit(lambda v, x, t: cams.compute("xgradcam", b.apply, v, x, t, smooth_sigma=1.0))
-  np.testing.assert_allclose(jitted(b.variables, images, targets),
-                             b.compute("xgradcam", images, targets, smooth_sigma=1.0), atol=1e-6)
+  np.testing.assert_allclose(
+    jitted(b.variables, images, targets),
+    b.compute("xgradcam", images, targets, smooth_sigma=1.0),
+    atol=1e-6,
+  )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,steps,baseline_kind", [("resnet18", 64, "zero"),
-                                                       ("tiny_cnn", 256, "per-image")])
+@pytest.mark.parametrize(
+  "name,steps,baseline_kind", [("resnet18", 64, "zero"), ("tiny_cnn", 256, "per-image")]
+)
 def test_integrated_gradients_completeness(name, steps, baseline_kind):
   # ReLU networks make the path integrand piecewise constant, so the quadrature error is set by
   # its jumps relative to f(x) - f(baseline). The 8-channel tiny CNN moves its logits so little
@@ -306,8 +320,9 @@ def test_integrated_gradients_completeness(name, steps, baseline_kind):
   b = bundle(name)
   images = b.images(seed=5)[:2]
   baseline = 0.0 if baseline_kind == "zero" else 0.3 * b.images(batch=3, seed=6)[:2]
-  attributions = cams.integrated_gradients(b.apply, b.variables, images, baseline=baseline,
-                                           steps=steps)
+  attributions = cams.integrated_gradients(
+    b.apply, b.variables, images, baseline=baseline, steps=steps
+  )
   assert attributions.shape == images.shape and attributions.dtype == jnp.float32
   logits = b.logits(b.variables, images)
   base_logits = b.logits(b.variables, jnp.broadcast_to(baseline, images.shape))
@@ -323,12 +338,14 @@ def test_smoothgrad_without_noise_is_the_vanilla_gradient():
   b = bundle("tiny_cnn")
   images = b.images()
   saliency = b.compute("saliency", images)
-  np.testing.assert_allclose(b.compute("smoothgrad", images, noise_level=0.0), saliency,
-                             atol=1e-5)
+  np.testing.assert_allclose(b.compute("smoothgrad", images, noise_level=0.0), saliency, atol=1e-5)
   # Saliency itself: max |d logit_c / d x| over colour channels, min-max normalised.
   target = jnp.argmax(b.logits(b.variables, images), axis=-1)
-  grads = jax.jit(jax.grad(lambda x: jnp.sum(jnp.take_along_axis(
-      b.model.apply(b.variables, x), target[:, None], 1))))(images)
+  grads = jax.jit(
+    jax.grad(
+      lambda x: jnp.sum(jnp.take_along_axis(b.model.apply(b.variables, x), target[:, None], 1))
+    )
+  )(images)
   raw = np.abs(np.asarray(grads)).max(axis=-1)[:2]
   low, high = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
   np.testing.assert_allclose(saliency[:2], (raw - low) / (high - low), atol=1e-5)
@@ -351,8 +368,9 @@ def test_scorecam_is_invariant_to_chunk_sizes():
   images = b.images()
   reference = b.compute("scorecam", images, inner_chunk_size=32)
   for chunk, inner in ((256, 5), (2, 1)):
-    np.testing.assert_allclose(b.compute("scorecam", images, chunk_size=chunk,
-                                         inner_chunk_size=inner), reference, atol=1e-5)
+    np.testing.assert_allclose(
+      b.compute("scorecam", images, chunk_size=chunk, inner_chunk_size=inner), reference, atol=1e-5
+    )
 
 
 def _check_maps(maps, batch, size):
@@ -362,12 +380,15 @@ def _check_maps(maps, batch, size):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,methods", [
+@pytest.mark.parametrize(
+  "name,methods",
+  [
     ("tiny_cnn", cams.METHODS),
     ("resnet18", ("gradcampp", "eigengradcam", "scorecam")),
     ("vit", ("gradcam", "hirescam", "eigencam", "scorecam", "integrated_gradients")),
     ("vgg", ("gradcam", "saliency")),
-])
+  ],
+)
 def test_every_family_gives_valid_maps(name, methods):
   b = bundle(name)
   images = b.images()  # The last image is constant.
@@ -405,8 +426,9 @@ def test_normalize_constant_tiny_and_ordinary_maps():
   np.testing.assert_array_equal(postprocess.normalize(jnp.full((4, 4), 3.0)), np.zeros((4, 4)))
   np.testing.assert_array_equal(postprocess.normalize(jnp.zeros((4, 4))), np.zeros((4, 4)))
   tiny = jnp.arange(16.0).reshape(4, 4) * 1e-12  # Real but tiny gradients still normalise.
-  np.testing.assert_allclose(postprocess.normalize(tiny), np.arange(16).reshape(4, 4) / 15,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    postprocess.normalize(tiny), np.arange(16).reshape(4, 4) / 15, atol=1e-6
+  )
   ramp = jnp.asarray(RNG.normal(size=(5, 6)), jnp.bfloat16)
   out = postprocess.normalize(ramp)
   assert out.dtype == jnp.float32 and float(out.min()) == 0.0 and float(out.max()) == 1.0
@@ -416,15 +438,17 @@ def test_gaussian_smoothing():
   cam = jnp.asarray(RNG.uniform(size=(12, 9)), jnp.float32)
   np.testing.assert_array_equal(postprocess.gaussian_smooth(cam, 0.0), cam)
   # Row-stochastic blur: constants survive (no dark edges) and total variation drops.
-  np.testing.assert_allclose(postprocess.gaussian_smooth(jnp.full((12, 9), 0.7), 2.0),
-                             np.full((12, 9), 0.7), rtol=1e-6)
+  np.testing.assert_allclose(
+    postprocess.gaussian_smooth(jnp.full((12, 9), 0.7), 2.0), np.full((12, 9), 0.7), rtol=1e-6
+  )
   smoothed = np.asarray(postprocess.gaussian_smooth(cam, 1.5))
   assert np.abs(np.diff(smoothed, axis=0)).sum() < 0.5 * np.abs(np.diff(cam, axis=0)).sum()
   # Interior points are exactly a normalised truncated Gaussian average (radius ceil(3 sigma)).
   weights = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
   weights /= weights.sum()
-  expected = np.einsum("i,j,ij->", weights, weights[1:-1] / weights[1:-1].sum(),
-                       np.asarray(cam)[0:11, 0:9])
+  expected = np.einsum(
+    "i,j,ij->", weights, weights[1:-1] / weights[1:-1].sum(), np.asarray(cam)[0:11, 0:9]
+  )
   np.testing.assert_allclose(smoothed[5, 4], expected, rtol=1e-5)
 
 
@@ -459,11 +483,12 @@ def test_write_grid_writes_png_and_metric_writer(tmp_path):
   maps = RNG.uniform(size=(3, 6, 5)).astype(np.float32)
   writer = RecordingWriter()
   path = tmp_path / "grid" / "cams.png"
-  canvas = cams.write_grid(images, maps, str(path), writer=writer, step=7, name="val/cams",
-                           columns=2)
+  canvas = cams.write_grid(
+    images, maps, str(path), writer=writer, step=7, name="val/cams", columns=2
+  )
   assert canvas.shape == (12, 20, 3) and canvas.dtype == np.uint8
   np.testing.assert_array_equal(np.asarray(Image.open(path)), canvas)
   np.testing.assert_array_equal(canvas[6:12, 0:5], np.round(images[2] * 255).astype(np.uint8))
   np.testing.assert_array_equal(canvas[0:6, 15:20], cams.overlay(images[1], maps[1]))
-  (step, logged), = writer.calls
+  ((step, logged),) = writer.calls
   assert step == 7 and logged["val/cams"].shape == (1, 12, 20, 3)

@@ -17,23 +17,38 @@ from proxy_jax.study import pilot
 from proxy_jax.sweep import carry, journal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL_FILES = ["classes.json", "config.json", "log.txt", "split.json", "summary.json",
-               "sweep_trial.json", "train.log"]
+SMALL_FILES = [
+  "classes.json",
+  "config.json",
+  "log.txt",
+  "split.json",
+  "summary.json",
+  "sweep_trial.json",
+  "train.log",
+]
 LEFT_BEHIND = ["checkpoints", "events.out.tfevents.1.vm.1.0.v2", "augmented_examples.png"]
 
 
 def _trials(count=5):
-  overrides = [{"optimizer.learning_rate": lr, "seed": seed}
-               for lr in (0.05, 0.1, 0.2) for seed in (0, 1)][:count]
+  overrides = [
+    {"optimizer.learning_rate": lr, "seed": seed} for lr in (0.05, 0.1, 0.2) for seed in (0, 1)
+  ][:count]
   return [{"name": sweep.trial_name(o), "overrides": o} for o in overrides]
 
 
 def _summary(seed, accuracy):
   row = records.EpochRecord(epoch=2, val_accuracy=accuracy, val_loss=1.0 - accuracy)
-  return records.Summary(config={"seed": seed, "proxy": {"enabled": False}}, final=row,
-                         best=records.Best(accuracy, 2), test={"accuracy": accuracy},
-                         num_epochs=2, wall_time_s=3.0, history=[row], proxy_steps=[],
-                         train_split={"accuracy": 0.99, "loss": 0.1})
+  return records.Summary(
+    config={"seed": seed, "proxy": {"enabled": False}},
+    final=row,
+    best=records.Best(accuracy, 2),
+    test={"accuracy": accuracy},
+    num_epochs=2,
+    wall_time_s=3.0,
+    history=[row],
+    proxy_steps=[],
+    train_split={"accuracy": 0.99, "loss": 0.1},
+  )
 
 
 def _fake_workdir(workdir, states, trials=None):
@@ -42,9 +57,15 @@ def _fake_workdir(workdir, states, trials=None):
   `states` maps trial index -> "finished" | "failed" | "started"; others never started."""
   trials = trials or _trials()
   os.makedirs(workdir)
-  atomic_write_json(os.path.join(workdir, sweep.SWEEP_FILE),
-                    {"config": "configs/x.py", "sweep": "configs/sweeps/x.py",
-                     "common": {"num_epochs": 2}, "trials": trials})
+  atomic_write_json(
+    os.path.join(workdir, sweep.SWEEP_FILE),
+    {
+      "config": "configs/x.py",
+      "sweep": "configs/sweeps/x.py",
+      "common": {"num_epochs": 2},
+      "trials": trials,
+    },
+  )
   path = journal.journal_path(workdir, (0, 1))
   for index, state in states.items():
     trial = trials[index]
@@ -57,34 +78,53 @@ def _fake_workdir(workdir, states, trials=None):
     atomic_write_json(os.path.join(trial_dir, "sweep_trial.json"), trial)
     atomic_write_json(os.path.join(trial_dir, "config.json"), {"seed": index})
     atomic_write_json(os.path.join(trial_dir, "classes.json"), ["a", "b"])
-    atomic_write_json(os.path.join(trial_dir, "split.json"),
-                      {"pool_fingerprint": "f", "parameters": {},
-                       "indices": {"train": [0, 1], "val": [2]}})
+    atomic_write_json(
+      os.path.join(trial_dir, "split.json"),
+      {"pool_fingerprint": "f", "parameters": {}, "indices": {"train": [0, 1], "val": [2]}},
+    )
     atomic_write_text(os.path.join(trial_dir, "log.txt"), f"log of {trial['name']}\n")
     atomic_write_text(os.path.join(trial_dir, "train.log"), "==== run\n")
     # Every trial first starts (interleaved with the others, as a parallel sweep writes).
-    journal.append_record(path, {"trial": trial["name"], "status": sweep.STARTED,
-                                 "time": 10.0 + index, "commit": "abc"})
+    journal.append_record(
+      path, {"trial": trial["name"], "status": sweep.STARTED, "time": 10.0 + index, "commit": "abc"}
+    )
   for index, state in states.items():
     trial = trials[index]
     if state == sweep.STARTED:
       continue
     if state == sweep.FINISHED:
-      records.write_summary(os.path.join(workdir, trial["name"]),
-                            _summary(index % 2, 0.5 + index / 100))
-    journal.append_record(path, {"trial": trial["name"], "status": state,
-                                 "time": 20.0 + index, "seconds": 5.0, "commit": "abc"})
+      records.write_summary(
+        os.path.join(workdir, trial["name"]), _summary(index % 2, 0.5 + index / 100)
+      )
+    journal.append_record(
+      path,
+      {
+        "trial": trial["name"],
+        "status": state,
+        "time": 20.0 + index,
+        "seconds": 5.0,
+        "commit": "abc",
+      },
+    )
   return trials
 
 
 def _listing(folder):
-  return sorted(os.path.relpath(os.path.join(root, name), folder)
-                for root, _, names in os.walk(folder) for name in names)
+  return sorted(
+    os.path.relpath(os.path.join(root, name), folder)
+    for root, _, names in os.walk(folder)
+    for name in names
+  )
 
 
 def _snapshot(folder):
-  return {name: (open(os.path.join(folder, name), "rb").read(),
-                 os.stat(os.path.join(folder, name)).st_mtime_ns) for name in _listing(folder)}
+  return {
+    name: (
+      open(os.path.join(folder, name), "rb").read(),
+      os.stat(os.path.join(folder, name)).st_mtime_ns,
+    )
+    for name in _listing(folder)
+  }
 
 
 # Trial 0 failed, 1 and 3 finished, 2 was interrupted, 4 never started.
@@ -97,20 +137,26 @@ def test_export_keeps_only_finished_trials_and_their_small_files(tmp_path):
   names = [t["name"] for t in trials]
   result = carry.export(workdir, out)
   assert result["exported"] == [names[1], names[3]]
-  assert result["left_out"] == {names[0]: "failed", names[2]: "started",
-                                names[4]: "not started"}
-  assert _listing(out) == sorted(["journal.jsonl", "sweep.json"]
-                                 + [f"{names[i]}/{f}" for i in (1, 3) for f in SMALL_FILES])
+  assert result["left_out"] == {names[0]: "failed", names[2]: "started", names[4]: "not started"}
+  assert _listing(out) == sorted(
+    ["journal.jsonl", "sweep.json"] + [f"{names[i]}/{f}" for i in (1, 3) for f in SMALL_FILES]
+  )
   for name in (names[1], names[3]):
     for file_name in SMALL_FILES:
-      assert (open(os.path.join(out, name, file_name), "rb").read()
-              == open(os.path.join(workdir, name, file_name), "rb").read())
+      assert (
+        open(os.path.join(out, name, file_name), "rb").read()
+        == open(os.path.join(workdir, name, file_name), "rb").read()
+      )
   # Every record of the finished trials (their start too), in the journal's order.
-  assert sweep.read_journal(out) == [r for r in sweep.read_journal(workdir)
-                                     if r["trial"] in (names[1], names[3])]
+  assert sweep.read_journal(out) == [
+    r for r in sweep.read_journal(workdir) if r["trial"] in (names[1], names[3])
+  ]
   assert [(r["trial"], r["status"]) for r in sweep.read_journal(out)] == [
-      (names[1], "started"), (names[3], "started"), (names[1], "finished"),
-      (names[3], "finished")]
+    (names[1], "started"),
+    (names[3], "started"),
+    (names[1], "finished"),
+    (names[3], "finished"),
+  ]
 
 
 def test_a_finished_trial_without_its_summary_is_left_out(tmp_path):
@@ -127,17 +173,22 @@ def test_restore_makes_the_sweep_skip_exactly_the_carried_trials(tmp_path):
   trials = _fake_workdir(workdir, STATES)
   carry.export(workdir, out)
   result = carry.restore(out, fresh)
-  assert result == {"restored": [trials[1]["name"], trials[3]["name"]], "present": [],
-                    "kept_sweep_file": False}
+  assert result == {
+    "restored": [trials[1]["name"], trials[3]["name"]],
+    "present": [],
+    "kept_sweep_file": False,
+  }
   states = journal.recheck_finished(trials, journal.trial_states(fresh), fresh)
   actions = {t["name"]: a for t, a in journal.plan(trials, states, retry_failed=False)}
-  assert actions == {t["name"]: "skip-finished" if i in (1, 3) else "run"
-                     for i, t in enumerate(trials)}
+  assert actions == {
+    t["name"]: "skip-finished" if i in (1, 3) else "run" for i, t in enumerate(trials)
+  }
   for index in (1, 3):
     trial_dir = os.path.join(fresh, trials[index]["name"])
     assert sorted(os.listdir(trial_dir)) == SMALL_FILES
-    assert records.read_summary(trial_dir).to_json() == _summary(index % 2,
-                                                                 0.5 + index / 100).to_json()
+    assert (
+      records.read_summary(trial_dir).to_json() == _summary(index % 2, 0.5 + index / 100).to_json()
+    )
   # Restoring again, or into the workdir the trials came from, changes nothing.
   before = _snapshot(fresh)
   assert carry.restore(out, fresh)["present"] == [trials[1]["name"], trials[3]["name"]]
@@ -155,14 +206,27 @@ def test_restore_refuses_to_overwrite_a_differing_trial(tmp_path):
   _fake_workdir(other, {3: sweep.FINISHED})
   records.write_summary(os.path.join(other, trials[3]["name"]), _summary(1, 0.9))
   before = _snapshot(other)
-  with pytest.raises(errors.WorkdirError, match=f"{trials[3]['name']} .summary.json missing "
-                     "or different.*Nothing was restored"):
+  with pytest.raises(
+    errors.WorkdirError,
+    match=f"{trials[3]['name']} .summary.json missing or different.*Nothing was restored",
+  ):
     carry.restore(out, other)
   assert _snapshot(other) == before  # Not even trial 1 was copied.
   # The same through the command line: one error line, exit status 2.
-  process = subprocess.run([sys.executable, "-m", "proxy_jax.sweep.carry", "restore",
-                            f"--from={out}", f"--workdir={other}"], cwd=REPO,
-                           capture_output=True, text=True, timeout=120)
+  process = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "proxy_jax.sweep.carry",
+      "restore",
+      f"--from={out}",
+      f"--workdir={other}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert process.returncode == 2, process.stderr
   assert process.stderr.startswith("error: --workdir=") and process.stderr.count("\n") == 1
   assert _snapshot(other) == before
@@ -173,8 +237,10 @@ def test_restore_refuses_a_trial_the_workdir_journal_knows_otherwise(tmp_path):
   trials = _fake_workdir(workdir, STATES)
   carry.export(workdir, out)
   os.makedirs(other)
-  journal.append_record(journal.journal_path(other, (0, 1)),
-                        {"trial": trials[1]["name"], "status": sweep.FAILED, "time": 99.0})
+  journal.append_record(
+    journal.journal_path(other, (0, 1)),
+    {"trial": trials[1]["name"], "status": sweep.FAILED, "time": 99.0},
+  )
   with pytest.raises(errors.WorkdirError, match="records of its own"):
     carry.restore(out, other)
   assert os.listdir(other) == ["journal.jsonl"]
@@ -189,14 +255,18 @@ def test_export_twice_is_idempotent_and_adds_newly_finished_trials(tmp_path):
   assert _snapshot(out) == before  # Nothing rewritten, not even touched.
   # Trial 2 finishes (resumed): the next export adds it and its records.
   records.write_summary(os.path.join(workdir, trials[2]["name"]), _summary(0, 0.6))
-  journal.append_record(journal.journal_path(workdir, (0, 1)),
-                        {"trial": trials[2]["name"], "status": sweep.FINISHED, "time": 30.0})
+  journal.append_record(
+    journal.journal_path(workdir, (0, 1)),
+    {"trial": trials[2]["name"], "status": sweep.FINISHED, "time": 30.0},
+  )
   result = carry.export(workdir, out)
   assert result["exported"] == [trials[i]["name"] for i in (1, 2, 3)]
   assert os.path.isfile(os.path.join(out, trials[2]["name"], "summary.json"))
-  assert {k: v for k, v in _snapshot(out).items()
-          if not k.startswith(trials[2]["name"]) and k != "journal.jsonl"} == {
-              k: v for k, v in before.items() if k != "journal.jsonl"}
+  assert {
+    k: v
+    for k, v in _snapshot(out).items()
+    if not k.startswith(trials[2]["name"]) and k != "journal.jsonl"
+  } == {k: v for k, v in before.items() if k != "journal.jsonl"}
   assert [r["trial"] for r in sweep.read_journal(out)].count(trials[2]["name"]) == 2
 
 
@@ -262,25 +332,34 @@ def test_smoke_sweep_carried_across_sessions(tmp_path):
   """configs/sweeps/smoke.py for real: half trained, carried, restored, finished."""
   env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
   workdir, out, fresh = (str(tmp_path / n) for n in ("runs", "trials", "next"))
-  command = [sys.executable, "-m", "proxy_jax.sweep", f"--config={REPO}/configs/default.py",
-             f"--sweep={REPO}/configs/sweeps/smoke.py"]
+  command = [
+    sys.executable,
+    "-m",
+    "proxy_jax.sweep",
+    f"--config={REPO}/configs/default.py",
+    f"--sweep={REPO}/configs/sweeps/smoke.py",
+  ]
 
   def run(*args):
-    process = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
-                             timeout=600)
+    process = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     return process.stdout
 
   run(*command, f"--workdir={workdir}", "--shard=0/2")  # Trials 0 and 2 of 3.
-  exported = run(sys.executable, "-m", "proxy_jax.sweep.carry", "export",
-                 f"--workdir={workdir}", f"--to={out}")
+  exported = run(
+    sys.executable, "-m", "proxy_jax.sweep.carry", "export", f"--workdir={workdir}", f"--to={out}"
+  )
   assert "exported 2 finished trial(s)" in exported and "1 unfinished left out" in exported
-  run(sys.executable, "-m", "proxy_jax.sweep.carry", "restore", f"--from={out}",
-      f"--workdir={fresh}")
+  run(
+    sys.executable, "-m", "proxy_jax.sweep.carry", "restore", f"--from={out}", f"--workdir={fresh}"
+  )
   rerun = run(*command, f"--workdir={fresh}")
   assert "(2 finished, 0 failed and skipped, 1 to run)" in rerun and "3/3 finished" in rerun
-  summaries = [records.read_summary(os.path.join(fresh, n)) for n in sorted(os.listdir(out))
-               if os.path.isdir(os.path.join(out, n))]
+  summaries = [
+    records.read_summary(os.path.join(fresh, n))
+    for n in sorted(os.listdir(out))
+    if os.path.isdir(os.path.join(out, n))
+  ]
   assert all(s is not None and len(s.history) == 2 for s in summaries)
   assert not any(os.path.exists(os.path.join(out, n, "checkpoints")) for n in os.listdir(out))
   assert json.load(open(os.path.join(out, "sweep.json")))["trials"]

@@ -53,8 +53,9 @@ def test_apply_chunked_equals_the_whole_batch_at_once(count, size, power_of_two,
     assert isinstance(chunk.inputs["image"], np.ndarray)
     return _row_function(chunk.inputs["image"], chunk.inputs["label"])
 
-  got = dispatch.apply_chunked(fn, {"image": images, "label": labels}, size,
-                              power_of_two=power_of_two, ahead=ahead)
+  got = dispatch.apply_chunked(
+    fn, {"image": images, "label": labels}, size, power_of_two=power_of_two, ahead=ahead
+  )
   want = jax.device_get(_row_function(images, labels))
   for got_leaf, want_leaf in zip(got, want):
     assert isinstance(got_leaf, np.ndarray) and got_leaf.dtype == want_leaf.dtype
@@ -79,16 +80,26 @@ def test_map_chunks_dispatches_ahead_and_collects_in_order():
 
   x = np.arange(7)
   parts = dispatch.map_chunks(fn, {"x": x}, 3, collect=collect, ahead=1)
-  assert events == [("dispatch", 0), ("dispatch", 3), ("collect", 0), ("dispatch", 6),
-                    ("collect", 3), ("collect", 6)]
+  assert events == [
+    ("dispatch", 0),
+    ("dispatch", 3),
+    ("collect", 0),
+    ("dispatch", 6),
+    ("collect", 3),
+    ("collect", 6),
+  ]
   assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]  # Padding dropped.
 
 
 def test_mask_marks_real_rows_and_a_device_reduction_counts_each_once():
   x = np.arange(1, 11, dtype=np.float32)
   per_chunk = dispatch.map_chunks(
-      lambda chunk: jnp.sum(chunk.inputs["x"] * chunk.inputs["mask"]), {"x": x}, 4, mask=True,
-      collect=dispatch.keep_on_device)
+    lambda chunk: jnp.sum(chunk.inputs["x"] * chunk.inputs["mask"]),
+    {"x": x},
+    4,
+    mask=True,
+    collect=dispatch.keep_on_device,
+  )
   assert all(isinstance(p, jax.Array) for p in per_chunk)
   assert float(sum(per_chunk)) == x.sum()
   masks = [c.inputs["mask"] for c in dispatch.chunks({"x": x}, 4, mask=True)]
@@ -98,9 +109,13 @@ def test_mask_marks_real_rows_and_a_device_reduction_counts_each_once():
 def test_no_rows_give_empty_results_of_the_right_shape_and_dtype():
   images = np.zeros((0, 5, 5, 3), np.uint8)
   got = dispatch.apply_chunked(
-      lambda chunk: (jnp.mean(chunk.inputs["image"], axis=(1, 2)),
-                     jnp.argmax(chunk.inputs["image"].reshape(-1, 75), -1)),
-      {"image": images}, 4)
+    lambda chunk: (
+      jnp.mean(chunk.inputs["image"], axis=(1, 2)),
+      jnp.argmax(chunk.inputs["image"].reshape(-1, 75), -1),
+    ),
+    {"image": images},
+    4,
+  )
   assert got[0].shape == (0, 3) and got[0].dtype == np.float32
   assert got[1].shape == (0,) and got[1].dtype == np.int32
 
@@ -139,8 +154,8 @@ print("ok")
 def test_sharded_chunks_round_to_whole_device_shares_and_gather_back(tmp_path):
   script = tmp_path / "sharded.py"
   script.write_text(textwrap.dedent(SHARDED.format(root=ROOT)))
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                          timeout=120)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run(
+    [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

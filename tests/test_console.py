@@ -19,22 +19,40 @@ from tests.conftest import ROOT
 
 # absl's prefix: level letter, MMDD, time, thread id, file:line].
 ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
-LIBRARY_CHATTER = ("Setting work unit notes", "oneDNN", "absl::InitializeLog", "cpu_feature_guard",
-                   "libtpu", "Unable to initialize backend", "orbax")
+LIBRARY_CHATTER = (
+  "Setting work unit notes",
+  "oneDNN",
+  "absl::InitializeLog",
+  "cpu_feature_guard",
+  "libtpu",
+  "Unable to initialize backend",
+  "orbax",
+)
 
 
 def _main(tmp_path, workdir, *flags):
   config_path = tmp_path / "tiny.py"
   config_path.write_text(
-      "import sys\n"
-      f"sys.path.insert(0, {ROOT!r})\n"
-      "from tests.conftest import make_tiny_config\n\n"
-      "def get_config():\n"
-      # No in-epoch line even on a slow machine: the lines below are exactly these.
-      "  return make_tiny_config(**{'proxy.enabled': True, 'log_every_seconds': 1e4})\n")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
-                         f"--config={config_path}", f"--workdir={workdir}", *flags],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    "import sys\n"
+    f"sys.path.insert(0, {ROOT!r})\n"
+    "from tests.conftest import make_tiny_config\n\n"
+    "def get_config():\n"
+    # No in-epoch line even on a slow machine: the lines below are exactly these.
+    "  return make_tiny_config(**{'proxy.enabled': True, 'log_every_seconds': 1e4})\n"
+  )
+  return subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "main.py"),
+      f"--config={config_path}",
+      f"--workdir={workdir}",
+      *flags,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 @pytest.mark.slow
@@ -48,7 +66,11 @@ def test_main_prints_plain_lines_and_keeps_full_detail_in_the_log_file(tmp_path)
   assert not any(ABSL_PREFIX.match(line) for line in lines), lines
   assert re.fullmatch(r"1 cpu device\(s\); CPU cores [0-9,-]+", lines[0]), lines
   assert [line.split(":")[0] for line in lines[1:]] == [
-      "epoch 1/2", "proxy step 0 after epoch 1", "epoch 2/2", "done"]
+    "epoch 1/2",
+    "proxy step 0 after epoch 1",
+    "epoch 2/2",
+    "done",
+  ]
   logged = (workdir / console.LOG_FILE).read_text().splitlines()
   assert len(logged) >= len(lines) and all(ABSL_PREFIX.match(line) for line in logged)
   assert [ABSL_PREFIX.sub("", line) for line in logged if "reporting.py" in line] == lines[1:4]
@@ -75,8 +97,9 @@ def test_console_shows_project_info_and_everyones_warnings_without_prefix():
   assert plain.format(_record(theirs, std_logging.WARNING)) == "warning: hello 3"
   assert plain.format(_record(theirs, std_logging.ERROR)) == "error: hello 3"
   assert not console.not_orbax_info(_record("/site-packages/orbax/checkpoint/x.py"))
-  assert console.not_orbax_info(_record("/site-packages/orbax/checkpoint/x.py",
-                                        std_logging.WARNING))
+  assert console.not_orbax_info(
+    _record("/site-packages/orbax/checkpoint/x.py", std_logging.WARNING)
+  )
 
 
 class FakeClock:
@@ -91,8 +114,9 @@ def test_epoch_progress_line_every_interval_with_rate_and_time_left():
   clock = FakeClock()
   # 4 epochs of 10 steps of 32 images; this session starts at epoch 2 (step 20).
   eta = reporting.Eta(total=40, done=20, clock=clock)
-  progress = reporting.EpochProgress(eta, steps_per_epoch=10, batch_size=32, num_epochs=4,
-                                     every_seconds=20.0, clock=clock)
+  progress = reporting.EpochProgress(
+    eta, steps_per_epoch=10, batch_size=32, num_epochs=4, every_seconds=20.0, clock=clock
+  )
   progress.start_epoch()
   lines = []
   for step in range(21, 31):  # Epoch 3, one step every 7 s.
@@ -101,8 +125,7 @@ def test_epoch_progress_line_every_interval_with_rate_and_time_left():
   # Due at 21 s (step 3) and 42 s (step 6), 63 s (step 9), each 21 s after the last.
   assert [i + 1 for i, line in enumerate(lines) if line] == [3, 6, 9]
   # Step 3: 96 images in 21 s; 7 steps left at 7 s each; the run: 17 steps left at 7 s.
-  assert lines[2] == ("epoch 3/4 step 3/10: 5 img/s | epoch ends in 00:00:49 | "
-                      "ETA 00:01:59")
+  assert lines[2] == ("epoch 3/4 step 3/10: 5 img/s | epoch ends in 00:00:49 | ETA 00:01:59")
   assert lines[5].startswith("epoch 3/4 step 6/10: 5 img/s | epoch ends in 00:00:28")
   progress.start_epoch()
   clock.now += 19.0
@@ -122,11 +145,16 @@ def test_event_writer_round_trips_scalars_images_and_hparams(tmp_path):
   assert len([n for n in os.listdir(tmp_path) if ".tfevents." in n]) == 2
   frame = aggregate.read_scalars(str(tmp_path))
   assert list(zip(frame.tag, frame.step, frame.value)) == [
-      ("train/loss", 10, 2.0), ("val/accuracy", 10, 0.25), ("val/accuracy", 20, 0.75)]
+    ("train/loss", 10, 2.0),
+    ("val/accuracy", 10, 0.25),
+    ("val/accuracy", 20, 0.75),
+  ]
   # Imported here: the accumulator imports TensorFlow (as aggregate.read_scalars does).
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  accumulator = event_accumulator.EventAccumulator(str(tmp_path),
-                                                   size_guidance={event_accumulator.TENSORS: 0})
+
+  accumulator = event_accumulator.EventAccumulator(
+    str(tmp_path), size_guidance={event_accumulator.TENSORS: 0}
+  )
   accumulator.Reload()
   assert "_hparams_/session_start_info" in accumulator.Tags()["tensors"]
   (event,) = accumulator.Tensors("train/examples")

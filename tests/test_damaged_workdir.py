@@ -30,9 +30,13 @@ TIMINGS = ("epoch_seconds", "images_per_second", "seconds")
 
 def _comparable(summary: dict) -> dict:
   strip = lambda row: {k: v for k, v in row.items() if k not in TIMINGS}
-  return {"history": [strip(r) for r in summary["history"]], "test": summary["test"],
-          "best": summary["best"], "proxy_steps": [strip(s) for s in summary["proxy_steps"]],
-          "bank_size": summary["bank_size"]}
+  return {
+    "history": [strip(r) for r in summary["history"]],
+    "test": summary["test"],
+    "best": summary["best"],
+    "proxy_steps": [strip(s) for s in summary["proxy_steps"]],
+    "bank_size": summary["bank_size"],
+  }
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +105,13 @@ def _bytes_changed_in_place(path):
     f.write(bytes(raw))
 
 
-DAMAGES = {"truncated": _truncated, "zero bytes": _zero_bytes, "random bytes": _random_bytes,
-           "wrong JSON type": _wrong_json_type, "bytes changed in place": _bytes_changed_in_place}
+DAMAGES = {
+  "truncated": _truncated,
+  "zero bytes": _zero_bytes,
+  "random bytes": _random_bytes,
+  "wrong JSON type": _wrong_json_type,
+  "bytes changed in place": _bytes_changed_in_place,
+}
 
 
 def _assert_names(error: Exception, path: str) -> None:
@@ -127,22 +136,27 @@ def _study_summary(workdir):
 # (damaged file, the path the message names, files removed first so that the reader reaches
 # the damaged one, reader)
 RUN_FILES = {
-    "config.json (training)": ("config.json", "config.json", (), _train_again),
-    "config.json (infer)": ("config.json", "config.json", (), restore.restore_for_inference),
-    "split.json": ("split.json", "split.json", ("summary.json",), _train_again),
-    "classes.json": ("classes.json", "classes.json", (), restore.restore_for_inference),
-    "summary.json (aggregate)": ("summary.json", "summary.json", (), aggregate.load_results),
-    "summary.json (study)": ("summary.json", "summary.json", (), _study_summary),
-    "final checkpoint (infer)": ("checkpoints/3/meta/metadata", "checkpoints/3", (),
-                                 restore.restore_for_inference),
+  "config.json (training)": ("config.json", "config.json", (), _train_again),
+  "config.json (infer)": ("config.json", "config.json", (), restore.restore_for_inference),
+  "split.json": ("split.json", "split.json", ("summary.json",), _train_again),
+  "classes.json": ("classes.json", "classes.json", (), restore.restore_for_inference),
+  "summary.json (aggregate)": ("summary.json", "summary.json", (), aggregate.load_results),
+  "summary.json (study)": ("summary.json", "summary.json", (), _study_summary),
+  "final checkpoint (infer)": (
+    "checkpoints/3/meta/metadata",
+    "checkpoints/3",
+    (),
+    restore.restore_for_inference,
+  ),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", DAMAGES)
 @pytest.mark.parametrize("reader", RUN_FILES)
-def test_a_damaged_run_file_is_one_line_naming_it_and_nothing_is_lost(finished, tmp_path,
-                                                                      reader, damage):
+def test_a_damaged_run_file_is_one_line_naming_it_and_nothing_is_lost(
+  finished, tmp_path, reader, damage
+):
   name, named, removed, read = RUN_FILES[reader]
   if damage == "bytes changed in place" and name == "classes.json":
     pytest.skip("a JSON list carries no digest (only JSON objects do)")
@@ -163,21 +177,32 @@ def test_a_damaged_summary_is_rebuilt_from_the_last_checkpoint(finished, tmp_pat
     rebuilt = _train_again(workdir)
   assert _comparable(rebuilt) == _comparable(finished[1])
   assert _comparable(records.read_summary(workdir).to_json()) == _comparable(finished[1])
-  assert any("summary.json is damaged" in r.getMessage() and "rebuilding" in r.getMessage()
-             for r in caplog.records)
+  assert any(
+    "summary.json is damaged" in r.getMessage() and "rebuilding" in r.getMessage()
+    for r in caplog.records
+  )
 
 
 # ---------------------------------------------------------------- the decoded image cache
 
 
-@pytest.mark.parametrize("part,damage", [
-    (part, damage) for part in (".json", ".images.npy", ".labels.npy") for damage in DAMAGES
-    if part == ".json" or damage != "wrong JSON type"])
+@pytest.mark.parametrize(
+  "part,damage",
+  [
+    (part, damage)
+    for part in (".json", ".images.npy", ".labels.npy")
+    for damage in DAMAGES
+    if part == ".json" or damage != "wrong JSON type"
+  ],
+)
 def test_a_damaged_decode_cache_is_decoded_again(tmp_path, caplog, part, damage):
   config = make_tiny_config()
   rng = np.random.default_rng(1)
-  pool = data.Pool(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8),
-                   np.array([0, 1, 0, 1, 1, 0], np.int32), ["a", "b"])
+  pool = data.Pool(
+    rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8),
+    np.array([0, 1, 0, 1, 1, 0], np.int32),
+    ["a", "b"],
+  )
   builds = []
 
   def build():
@@ -191,8 +216,9 @@ def test_a_damaged_decode_cache_is_decoded_again(tmp_path, caplog, part, damage)
     again = data.cached_pool(config, str(tmp_path), "pool", build)
   assert len(builds) == 2  # Decoded again...
   np.testing.assert_array_equal(again.images, pool.images)
-  assert any(path in r.getMessage() and "decoding the images again" in r.getMessage()
-             for r in caplog.records)
+  assert any(
+    path in r.getMessage() and "decoding the images again" in r.getMessage() for r in caplog.records
+  )
   cached = data.cached_pool(config, str(tmp_path), "pool", build)  # ...and cached again.
   assert len(builds) == 2 and cached.class_names == ["a", "b"]
   np.testing.assert_array_equal(cached.images, pool.images)
@@ -206,8 +232,15 @@ def test_a_damaged_decode_cache_is_decoded_again(tmp_path, caplog, part, damage)
 def test_a_damaged_journal_is_named_unless_only_its_last_line_is_torn(tmp_path, damage):
   path = str(tmp_path / "journal.jsonl")
   for index, status in enumerate((sweep.STARTED, sweep.FINISHED, sweep.STARTED)):
-    sweep.append_record(path, {"trial": f"t{index}", "status": status, "time": float(index),
-                               "overrides": {"proxy.threshold": 0.5}})
+    sweep.append_record(
+      path,
+      {
+        "trial": f"t{index}",
+        "status": status,
+        "time": float(index),
+        "overrides": {"proxy.threshold": 0.5},
+      },
+    )
   if damage == "wrong JSON type":  # One record of another JSON type.
     with open(path) as f:
       lines = f.readlines()
@@ -264,8 +297,9 @@ def test_a_sweep_goes_on_past_a_damaged_trial_and_completes_it_after_the_fix(tmp
   assert counts["finished"] == 2 and counts["failed"] == 1
   record = sweep.trial_states(workdir)["b"]
   assert record["status"] == sweep.FAILED
-  assert record["reason"].startswith(f"error: {damaged} is damaged (") and "\n" not in (
-      record["reason"])
+  assert (
+    record["reason"].startswith(f"error: {damaged} is damaged (") and "\n" not in (record["reason"])
+  )
   os.remove(damaged)  # The fix (here: the trial never ran, so its config can be recorded anew).
   assert run()["failed_skipped"] == 1  # Failed trials wait for --retry-failed...
   counts = run(retry_failed=True)
@@ -321,11 +355,11 @@ def _state_of_a_wider_model(ckpt):
 
 # damage -> (how, the kind its digests name, the kind a checkpoint without digests gets).
 CHECKPOINT_DAMAGES = {
-    "bank file truncated": (_bank_file_truncated, "digest", "truncated"),
-    "state manifest deleted": (_state_manifest_deleted, "missing", "missing"),
-    "meta garbled": (_meta_garbled, "digest", "metadata"),
-    "meta of another epoch": (_meta_of_another_epoch, "digest", "metadata"),
-    "state of a wider model": (_state_of_a_wider_model, "missing", "shape"),
+  "bank file truncated": (_bank_file_truncated, "digest", "truncated"),
+  "state manifest deleted": (_state_manifest_deleted, "missing", "missing"),
+  "meta garbled": (_meta_garbled, "digest", "metadata"),
+  "meta of another epoch": (_meta_of_another_epoch, "digest", "metadata"),
+  "state of a wider model": (_state_of_a_wider_model, "missing", "shape"),
 }
 
 
@@ -341,7 +375,8 @@ def _without_digests(workdir: str) -> None:
 @pytest.mark.parametrize("digested", [True, False], ids=["digested", "written before digests"])
 @pytest.mark.parametrize("damage", CHECKPOINT_DAMAGES)
 def test_the_newest_intact_checkpoint_is_restored_and_the_damaged_one_kept_aside(
-    finished, tmp_path, caplog, damage, digested):
+  finished, tmp_path, caplog, damage, digested
+):
   workdir = _copy(finished, tmp_path, without=["summary.json"])
   directory = os.path.join(workdir, "checkpoints")
   damage_fn, digest_kind, legacy_kind = CHECKPOINT_DAMAGES[damage]
@@ -357,7 +392,8 @@ def test_the_newest_intact_checkpoint_is_restored_and_the_damaged_one_kept_aside
   assert restored.epoch == 2 and restored.meta["epoch"] == 2 and len(restored.bank["ids"])
   aside = os.path.join(directory, f"damaged-3-{kind}")
   assert sorted(os.listdir(directory)) == ["1", "2", f"damaged-3-{kind}"] + (
-      [digests.SINCE_FILE] if digested else [])
+    [digests.SINCE_FILE] if digested else []
+  )
   assert _snapshot(aside) == damaged_files  # Kept, byte for byte.
   lines = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
   assert len(lines) == 1 and "checkpoint 3" in lines[0] and aside in lines[0]
@@ -370,21 +406,43 @@ def test_the_newest_intact_checkpoint_is_restored_and_the_damaged_one_kept_aside
 def _files_of_a_checkpoint():
   """Every file an epoch's checkpoint of the `finished` run holds (the table of the test
   below), computed where the test collects so that each file is a case of its own."""
-  items = [f"{item}/{name}" for item in ("state", "bank") for name in (
-      "_METADATA", "commit_success.txt", "manifest.ocdbt", "d/*", "ocdbt.process_0/manifest.ocdbt",
-      "ocdbt.process_0/d/*")]
-  return ["_CHECKPOINT_METADATA", "commit_success.txt", "meta/metadata",
-          "meta/commit_success.txt", "state/_sharding", "state/array_metadatas/process_0",
-          *items, digests.MANIFEST]
+  items = [
+    f"{item}/{name}"
+    for item in ("state", "bank")
+    for name in (
+      "_METADATA",
+      "commit_success.txt",
+      "manifest.ocdbt",
+      "d/*",
+      "ocdbt.process_0/manifest.ocdbt",
+      "ocdbt.process_0/d/*",
+    )
+  ]
+  return [
+    "_CHECKPOINT_METADATA",
+    "commit_success.txt",
+    "meta/metadata",
+    "meta/commit_success.txt",
+    "state/_sharding",
+    "state/array_metadatas/process_0",
+    *items,
+    digests.MANIFEST,
+  ]
 
 
 @pytest.mark.slow
 def test_the_table_holds_every_file_of_a_checkpoint(finished):
   checkpoint = os.path.join(finished[0], "checkpoints", "3")
-  files = {os.path.relpath(p, checkpoint) for p in glob.glob(f"{checkpoint}/**", recursive=True)
-           if os.path.isfile(p)}
-  covered = {os.path.relpath(p, checkpoint) for pattern in _files_of_a_checkpoint()
-             for p in glob.glob(os.path.join(checkpoint, pattern))}
+  files = {
+    os.path.relpath(p, checkpoint)
+    for p in glob.glob(f"{checkpoint}/**", recursive=True)
+    if os.path.isfile(p)
+  }
+  covered = {
+    os.path.relpath(p, checkpoint)
+    for pattern in _files_of_a_checkpoint()
+    for p in glob.glob(os.path.join(checkpoint, pattern))
+  }
   assert files == covered
 
 
@@ -401,8 +459,7 @@ def _bytes_flipped_in_the_middle(path: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pattern", _files_of_a_checkpoint())
-def test_random_bytes_inside_any_checkpoint_file_are_detected(finished, tmp_path, caplog,
-                                                              pattern):
+def test_random_bytes_inside_any_checkpoint_file_are_detected(finished, tmp_path, caplog, pattern):
   workdir = _copy(finished, tmp_path, without=["summary.json"])
   directory = os.path.join(workdir, "checkpoints")
   matches = sorted(glob.glob(os.path.join(directory, "3", pattern)), key=os.path.getsize)
@@ -445,8 +502,12 @@ def test_a_checkpoint_cut_off_before_its_manifest_is_not_trusted(finished, tmp_p
 def test_no_intact_checkpoint_is_one_error_that_moves_nothing(finished, tmp_path):
   workdir = _copy(finished, tmp_path, without=["summary.json"])
   # A run of another dtype finds only checkpoints it cannot use.
-  half = jax.tree.map(lambda x: x.astype(jnp.float16) if hasattr(x, "dtype") and jnp.issubdtype(
-      x.dtype, jnp.floating) else x, _template())
+  half = jax.tree.map(
+    lambda x: (
+      x.astype(jnp.float16) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
+    ),
+    _template(),
+  )
   before = _snapshot(workdir)
   ckpt = checkpoints.RunCheckpoints(workdir, 3)
   with pytest.raises(checkpoints.CheckpointRestoreError) as caught:
@@ -466,25 +527,35 @@ def test_resume_past_a_damaged_checkpoint_equals_the_uninterrupted_run(finished,
   assert _comparable(resumed) == _comparable(finished[1])
   # The damaged checkpoint stays aside next to the good one that replaced it.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
-      "1", "2", "3", "damaged-3-missing", digests.SINCE_FILE]
+    "1",
+    "2",
+    "3",
+    "damaged-3-missing",
+    digests.SINCE_FILE,
+  ]
 
 
 @pytest.mark.slow
-def test_main_resumes_past_a_truncated_checkpoint_in_one_line_without_traceback(finished,
-                                                                                 tmp_path):
+def test_main_resumes_past_a_truncated_checkpoint_in_one_line_without_traceback(finished, tmp_path):
   workdir = _copy(finished, tmp_path, without=["summary.json"])
   _bank_file_truncated(os.path.join(workdir, "checkpoints", "3"))
   config = tmp_path / "tiny.py"
-  config.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\n"
-                    "from tests.conftest import make_tiny_config\n"
-                    f"def get_config():\n  return make_tiny_config(**{OVERRIDES!r})\n")
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), f"--config={config}",
-                           f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+  config.write_text(
+    f"import sys\nsys.path.insert(0, {ROOT!r})\n"
+    "from tests.conftest import make_tiny_config\n"
+    f"def get_config():\n  return make_tiny_config(**{OVERRIDES!r})\n"
+  )
+  result = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "main.py"), f"--config={config}", f"--workdir={workdir}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   for noise in ("Traceback", "Exception ignored", "Event loop is closed"):
     assert noise not in result.stderr, result.stderr[-3000:]
-  lines = [l for l in result.stderr.splitlines() if "cannot be restored" in l]
+  lines = [line for line in result.stderr.splitlines() if "cannot be restored" in line]
   assert len(lines) == 1 and "checkpoint 3" in lines[0] and "damaged-3-digest" in lines[0]
   assert _comparable(records.read_summary(workdir).to_json()) == _comparable(finished[1])
 

@@ -32,10 +32,12 @@ def _make_folder(root):
   _photo(os.path.join(root, "cat", "rgba.png"), "RGBA")
   _photo(os.path.join(root, "dog", "palette.png"), "P")
   _photo(os.path.join(root, "dog", "cmyk.jpg"), "CMYK", fmt="JPEG")
-  bad = {"corrupt": os.path.join(root, "cat", "corrupt.jpg"),
-         "empty": os.path.join(root, "dog", "empty.png"),
-         "text": os.path.join(root, "dog", "notes.txt"),
-         "truncated": os.path.join(root, "cat", "truncated.jpg")}
+  bad = {
+    "corrupt": os.path.join(root, "cat", "corrupt.jpg"),
+    "empty": os.path.join(root, "dog", "empty.png"),
+    "text": os.path.join(root, "dog", "notes.txt"),
+    "truncated": os.path.join(root, "cat", "truncated.jpg"),
+  }
   with open(bad["corrupt"], "wb") as f:
     f.write(os.urandom(300))
   open(bad["empty"], "wb").close()
@@ -45,7 +47,7 @@ def _make_folder(root):
   with open(bad["truncated"], "rb") as f:
     head = f.read()
   with open(bad["truncated"], "wb") as f:
-    f.write(head[:len(head) // 2])
+    f.write(head[: len(head) // 2])
   return bad
 
 
@@ -56,8 +58,12 @@ def test_folder_keeps_good_images_and_reports_bad_ones(tmp_path):
   assert pool.images.shape == (12, 16, 16, 3) and pool.images.dtype == np.uint8
   assert np.bincount(pool.labels).tolist() == [6, 6]
   reasons = {entry["path"]: entry["reason"] for entry in pool.skipped_files}
-  assert reasons == {bad["corrupt"]: "not an image", bad["empty"]: "zero bytes",
-                     bad["text"]: "not an image", bad["truncated"]: "truncated"}
+  assert reasons == {
+    bad["corrupt"]: "not an image",
+    bad["empty"]: "zero bytes",
+    bad["text"]: "not an image",
+    bad["truncated"]: "truncated",
+  }
 
 
 def test_class_folder_without_readable_image_is_named(tmp_path):
@@ -70,9 +76,16 @@ def test_class_folder_without_readable_image_is_named(tmp_path):
 
 
 def _folder_config(root, **overrides):
-  return make_tiny_config(**{"data.source": "folder", "data.path": str(root),
-                             "data.val_fraction": 0.25, "data.test_fraction": 0.25,
-                             "data.max_examples": 0, **overrides})
+  return make_tiny_config(
+    **{
+      "data.source": "folder",
+      "data.path": str(root),
+      "data.val_fraction": 0.25,
+      "data.test_fraction": 0.25,
+      "data.max_examples": 0,
+      **overrides,
+    }
+  )
 
 
 def test_broken_symlink_is_skipped_with_its_reason(tmp_path):
@@ -112,17 +125,27 @@ def test_exif_orientation_is_applied(tmp_path):
   Image.fromarray(pixels).save(tmp_path / "phone.png", exif=exif)
   upright = Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_270)
   assert upright.size == (8, 12)
-  np.testing.assert_array_equal(data.load_image_file(str(tmp_path / "phone.png"), 8),
-                                data.fit_image(upright, 8))
+  np.testing.assert_array_equal(
+    data.load_image_file(str(tmp_path / "phone.png"), 8), data.fit_image(upright, 8)
+  )
 
 
-@pytest.mark.parametrize("overrides,split,fields", [
-    ({"data.max_examples": 5, "data.val_fraction": 0.1}, "val",
-     "data.val_fraction or data.max_examples"),
+@pytest.mark.parametrize(
+  "overrides,split,fields",
+  [
+    (
+      {"data.max_examples": 5, "data.val_fraction": 0.1},
+      "val",
+      "data.val_fraction or data.max_examples",
+    ),
     ({"data.val_fraction": 0.0001}, "val", "data.val_fraction or data.max_examples"),
-    ({"data.val_fraction": 0.5, "data.test_fraction": 0.49, "data.max_examples": 30},
-     "train", "lower data.val_fraction / data.test_fraction"),
-])
+    (
+      {"data.val_fraction": 0.5, "data.test_fraction": 0.49, "data.max_examples": 30},
+      "train",
+      "lower data.val_fraction / data.test_fraction",
+    ),
+  ],
+)
 def test_empty_split_is_refused_before_training(tmp_path, overrides, split, fields):
   with pytest.raises(errors.DataError, match=f"the {split} split is empty.*{fields}"):
     data.load_dataset(make_tiny_config(**overrides), str(tmp_path))
@@ -130,8 +153,9 @@ def test_empty_split_is_refused_before_training(tmp_path, overrides, split, fiel
 
 
 def test_class_without_validation_example_is_a_warning(tmp_path, caplog):
-  dataset = data.load_dataset(make_tiny_config(**{"data.max_examples": 40,
-                                                  "data.val_fraction": 0.1}), str(tmp_path))
+  dataset = data.load_dataset(
+    make_tiny_config(**{"data.max_examples": 40, "data.val_fraction": 0.1}), str(tmp_path)
+  )
   assert len(dataset.val) == 4
   assert "classes have no validation example" in caplog.text
 
@@ -142,8 +166,9 @@ def test_flat_folder_labels_from_file_name_regex(tmp_path):
   pool = data.load_folder_pool(str(tmp_path), 8, r"^([A-Za-z]+)\d+\.", workers=1)
   assert pool.class_names == ["A", "B", "del"]
   assert sorted(pool.labels.tolist()) == [0, 0, 1, 2]
-  assert pool.skipped_files == [{"path": str(tmp_path / "readme.md"),
-                                 "reason": "name does not match data.label_regex"}]
+  assert pool.skipped_files == [
+    {"path": str(tmp_path / "readme.md"), "reason": "name does not match data.label_regex"}
+  ]
 
 
 def test_test_folder_with_unknown_class_is_refused(tmp_path):
@@ -210,9 +235,15 @@ def test_folder_pool_is_cached(tmp_path):
   root = tmp_path / "photos"
   os.makedirs(root)
   _make_folder(str(root))
-  config = make_tiny_config(**{"data.source": "folder", "data.path": str(root),
-                               "data.val_fraction": 0.25, "data.test_fraction": 0.25,
-                               "data.max_examples": 0})
+  config = make_tiny_config(
+    **{
+      "data.source": "folder",
+      "data.path": str(root),
+      "data.val_fraction": 0.25,
+      "data.test_fraction": 0.25,
+      "data.max_examples": 0,
+    }
+  )
   first = data.load_dataset(config, str(tmp_path / "run"))
   cache = tmp_path / "run" / "cache"
   assert any(name.endswith(".images.npy") for name in os.listdir(cache))
@@ -222,8 +253,11 @@ def test_folder_pool_is_cached(tmp_path):
 
 
 def test_batches_cover_every_example_once_with_padding():
-  split = data.Split(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(3, -1),
-                     np.arange(10, dtype=np.int32) % 3, np.arange(10, dtype=np.int32))
+  split = data.Split(
+    np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(3, -1),
+    np.arange(10, dtype=np.int32) % 3,
+    np.arange(10, dtype=np.int32),
+  )
   order = data.epoch_order(10, seed=0, epoch=1)
   seen = []
   for batch in data.batches(split, 4, order):
@@ -235,8 +269,9 @@ def test_batches_cover_every_example_once_with_padding():
 
 
 def test_batches_swap_by_id_and_resume_from_a_step():
-  split = data.Split(np.zeros((6, 2, 2, 3), np.uint8), np.zeros(6, np.int32),
-                     np.arange(6, dtype=np.int32))
+  split = data.Split(
+    np.zeros((6, 2, 2, 3), np.uint8), np.zeros(6, np.int32), np.arange(6, dtype=np.int32)
+  )
 
   def swap(ids, images):
     images[ids == 4] = 255
@@ -282,6 +317,7 @@ def test_tfds_offline_fails_in_seconds_with_what_to_do(tmp_path, monkeypatch):
 def test_tfds_failed_download_is_one_clear_error(tmp_path, monkeypatch):
   import requests  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(tfds_prepare, "_unreachable_hosts", lambda urls: [])  # The probe passes...
 
   def connection_error(url, **kwargs):  # ...but the download itself fails.
@@ -289,8 +325,7 @@ def test_tfds_failed_download_is_one_clear_error(tmp_path, monkeypatch):
 
   monkeypatch.setattr(downloader, "_open_url", connection_error)
   started = time.time()
-  with pytest.raises(tfds_prepare.DatasetUnavailableError,
-                     match="ConnectionError") as raised:
+  with pytest.raises(tfds_prepare.DatasetUnavailableError, match="ConnectionError") as raised:
     data.load_tfds_pool("cifar100", "train", 16, str(tmp_path), 1)
   assert time.time() - started < 15
   _assert_explains(raised.value, "cifar100", tmp_path)
@@ -298,14 +333,16 @@ def test_tfds_failed_download_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_tfds_manual_download_missing_is_named(tmp_path, monkeypatch):
   _no_network(monkeypatch)
-  with pytest.raises(tfds_prepare.DatasetUnavailableError,
-                     match="needs a manual download") as raised:
+  with pytest.raises(
+    tfds_prepare.DatasetUnavailableError, match="needs a manual download"
+  ) as raised:
     data.load_tfds_pool("imagenet2012", "train", 16, str(tmp_path), 1)
   _assert_explains(raised.value, "imagenet2012", tmp_path)
 
 
 def test_prepared_tfds_dataset_needs_no_network(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   tfds.testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare()  # Local, no download.
   _no_network(monkeypatch)
   builder = tfds.builder("dummy_mnist", data_dir=str(tmp_path))

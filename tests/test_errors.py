@@ -15,13 +15,16 @@ def test_user_errors_are_still_the_builtins_callers_catch():
   assert issubclass(errors.ConfigError, ValueError)
   assert issubclass(errors.DataError, ValueError)
   assert issubclass(errors.MissingPathError, FileNotFoundError)
-  assert all(issubclass(e, errors.UserError) for e in (
-      errors.ConfigError, errors.DataError, errors.WorkdirError, errors.MissingPathError))
+  assert all(
+    issubclass(e, errors.UserError)
+    for e in (errors.ConfigError, errors.DataError, errors.WorkdirError, errors.MissingPathError)
+  )
 
 
 def test_run_plain_prints_one_line_and_exits_2_for_a_user_error(capsys):
   def main():
     raise errors.DataError("data.path: 'x' has no class subfolders")
+
   with pytest.raises(SystemExit) as exit_info:
     cli.run_plain(main)
   assert exit_info.value.code == 2
@@ -31,6 +34,7 @@ def test_run_plain_prints_one_line_and_exits_2_for_a_user_error(capsys):
 def test_run_plain_keeps_the_traceback_of_a_bug():
   def main():
     raise KeyError("a bug")
+
   with pytest.raises(KeyError):
     cli.run_plain(main)
 
@@ -39,15 +43,17 @@ def test_unknown_override_names_the_closest_fields():
   argv = ["main.py", "--config.num_epochs=3", "--config.proxy.treshold=0.5"]
   message = cli.unknown_override(argv, DEFAULT)
   assert message.startswith("--config.proxy.treshold: ")
-  assert message.endswith("closest: config.proxy.threshold, config.proxy.mode, "
-                          "config.proxy.enabled")
+  assert message.endswith(
+    "closest: config.proxy.threshold, config.proxy.mode, config.proxy.enabled"
+  )
 
 
 def test_unknown_override_reads_the_config_named_on_the_command_line(tmp_path):
   other = tmp_path / "other.py"
-  other.write_text("import ml_collections\n\ndef get_config():\n"
-                   "  return ml_collections.ConfigDict({'alpha': 1, 'beta': 2})\n")
+  other.write_text(
+    "import ml_collections\n\ndef get_config():\n"
+    "  return ml_collections.ConfigDict({'alpha': 1, 'beta': 2})\n"
+  )
   argv = ["main.py", f"--config={other}", "--config.alpah=3"]
   assert cli.unknown_override(argv, DEFAULT).endswith("closest: config.alpha, config.beta")
-  assert cli.unknown_override(["main.py", f"--config={other}", "--config.beta=1"],
-                                 DEFAULT) is None
+  assert cli.unknown_override(["main.py", f"--config={other}", "--config.beta=1"], DEFAULT) is None

@@ -21,15 +21,20 @@ from tests.conftest import ROOT, make_tiny_config
 from tests.test_damaged_workdir import TRAINER, _comparable
 
 # A proxy step after epoch 2 grows the bank: checkpoint 2 is the one the full disk refuses.
-OVERRIDES = {"num_epochs": 3, "proxy.enabled": True, "proxy.schedule": "2,p,1",
-             "keep_checkpoints": 3}
+OVERRIDES = {
+  "num_epochs": 3,
+  "proxy.enabled": True,
+  "proxy.schedule": "2,p,1",
+  "keep_checkpoints": 3,
+}
 FREE_AFTER_FILLING = 64 * 1024  # Bytes left free before checkpoint 2: less than it needs.
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-  return train.train_and_evaluate(make_tiny_config(**OVERRIDES),
-                                  str(tmp_path_factory.mktemp("whole") / "run"))
+  return train.train_and_evaluate(
+    make_tiny_config(**OVERRIDES), str(tmp_path_factory.mktemp("whole") / "run")
+  )
 
 
 @pytest.fixture
@@ -37,8 +42,11 @@ def small_disk(tmp_path):
   """A 32 MB tmpfs (unmounted afterwards), or None where mounting is not allowed."""
   mount = tmp_path / "disk"
   mount.mkdir()
-  made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
-                        capture_output=True, check=False)
+  made = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
+    capture_output=True,
+    check=False,
+  )
   if made.returncode:
     yield None
     return
@@ -84,10 +92,12 @@ def _full_at_epoch_2(monkeypatch, workdir: str, real_disk: bool, mid_write: bool
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mid_write", [False, True], ids=["refused before writing",
-                                                          "failed while writing"])
+@pytest.mark.parametrize(
+  "mid_write", [False, True], ids=["refused before writing", "failed while writing"]
+)
 def test_a_full_disk_stops_in_one_line_and_the_same_run_resumes_equal(
-    uninterrupted, small_disk, tmp_path, monkeypatch, capfd, mid_write):
+  uninterrupted, small_disk, tmp_path, monkeypatch, capfd, mid_write
+):
   real_disk = small_disk is not None
   workdir = os.path.join(small_disk or str(tmp_path), "run")
   filled = _full_at_epoch_2(monkeypatch, workdir, real_disk, mid_write)
@@ -97,8 +107,9 @@ def test_a_full_disk_stops_in_one_line_and_the_same_run_resumes_equal(
   message = str(caught.value)
   assert "\n" not in message and message.startswith("no space left on ")
   assert "checkpoint of epoch 2 needs about" in message and "MB free)" in message
-  assert message.endswith("the last intact checkpoint is epoch 1: free space and run the "
-                          "same command to resume")
+  assert message.endswith(
+    "the last intact checkpoint is epoch 1: free space and run the same command to resume"
+  )
   if real_disk:
     assert f"no space left on {small_disk} writing {workdir}/checkpoints" in message
   directory = os.path.join(workdir, "checkpoints")
@@ -120,16 +131,21 @@ def test_too_little_space_for_the_kept_checkpoints_is_one_warning(tmp_path, monk
   state = {"w": __import__("numpy").zeros((1000, 1000), "float32")}  # 4 MB
   monkeypatch.setattr(disk, "free_bytes", lambda path: 10_000_000)
   warning = ckpt.space_warning(state, 3, None)
-  assert warning == (f"{disk.mount_point(str(tmp_path))} has 10.0 MB free, less than the 3 "
-                     "checkpoints this run keeps need (about 4.0 MB each, 12.0 MB): a save will "
-                     "stop the run when the disk is full")
+  assert warning == (
+    f"{disk.mount_point(str(tmp_path))} has 10.0 MB free, less than the 3 "
+    "checkpoints this run keeps need (about 4.0 MB each, 12.0 MB): a save will "
+    "stop the run when the disk is full"
+  )
   assert ckpt.space_warning(state, 2, None) is None
   ckpt.close()
 
 
-FULL_TRAINER = TRAINER.replace("""  with open(os.path.join(workdir, "summary.json"), "w") as f:""", """  if os.path.exists(os.path.join(workdir, "..", "disk_full")):
+FULL_TRAINER = TRAINER.replace(
+  """  with open(os.path.join(workdir, "summary.json"), "w") as f:""",
+  """  if os.path.exists(os.path.join(workdir, "..", "disk_full")):
     raise OSError(28, "No space left on device", os.path.join(workdir, "checkpoints", "x"))
-  with open(os.path.join(workdir, "summary.json"), "w") as f:""")
+  with open(os.path.join(workdir, "summary.json"), "w") as f:""",
+)
 
 
 @pytest.mark.slow
@@ -145,8 +161,10 @@ def test_a_sweep_records_a_full_disk_as_failed_and_retries_it(tmp_path):
   assert counts["failed"] == 2
   record = sweep.trial_states(workdir)["a"]
   assert record["status"] == sweep.FAILED and "\n" not in record["reason"]
-  assert record["reason"].startswith(f"error: no space left on {disk.mount_point(workdir)} "
-                                     f"writing {workdir}/a/checkpoints/x: free space and run")
+  assert record["reason"].startswith(
+    f"error: no space left on {disk.mount_point(workdir)} "
+    f"writing {workdir}/a/checkpoints/x: free space and run"
+  )
   os.remove(tmp_path / "grid" / "disk_full")
   assert run()["failed_skipped"] == 2  # Failed trials wait for --retry-failed.
   assert run(retry_failed=True)["finished"] == 2
@@ -160,7 +178,8 @@ def test_main_prints_one_line_and_exits_2_on_a_full_disk(small_disk, tmp_path):
     pytest.skip("this machine does not let the tests mount a tmpfs")
   workdir = os.path.join(small_disk, "run")
   script = tmp_path / "run.py"
-  script.write_text(textwrap.dedent(f"""
+  script.write_text(
+    textwrap.dedent(f"""
       import os, sys
       sys.path.insert(0, {ROOT!r})
       from proxy_jax.core import disk
@@ -178,9 +197,11 @@ def test_main_prints_one_line_and_exits_2_on_a_full_disk(small_disk, tmp_path):
                   "--config.data.max_examples=300", "--config.image_size=16"]
       import runpy
       runpy.run_path({os.path.join(ROOT, "main.py")!r}, run_name="__main__")
-      """))
-  result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+      """)
+  )
+  result = subprocess.run(
+    [sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 2, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and errors[0].startswith(f"error: no space left on {small_disk}")

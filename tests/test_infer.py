@@ -28,8 +28,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "proxy_jax.infer", *args], capture_output=True,
-                        text=True, timeout=180, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+  return subprocess.run(
+    [sys.executable, "-m", "proxy_jax.infer", *args],
+    capture_output=True,
+    text=True,
+    timeout=180,
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": REPO},
+  )
 
 
 @pytest.fixture(scope="module")
@@ -63,33 +69,39 @@ def trained(tmp_path_factory):
 def test_cli_predictions_match_eval_step(trained, tmp_path):
   workdir, val, image_dir, paths = trained
   out = str(tmp_path / "out")
-  result = _run_cli(f"--workdir={workdir}", f"--images={image_dir}", "--top-k=3",
-                    "--cam=gradcampp", f"--out={out}")
+  result = _run_cli(
+    f"--workdir={workdir}", f"--images={image_dir}", "--top-k=3", "--cam=gradcampp", f"--out={out}"
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  table = pd.read_csv(os.path.join(out, "predictions.csv"),
-                      dtype={f"class_{rank}": str for rank in (1, 2, 3)})
+  table = pd.read_csv(
+    os.path.join(out, "predictions.csv"), dtype={f"class_{rank}": str for rank in (1, 2, 3)}
+  )
   # Sorted recursive listing; the broken PNG is reported, the text file is not an image at all.
   assert table.file.tolist() == paths
   assert pd.read_csv(os.path.join(out, "skipped.csv")).file.tolist() == [
-      os.path.join(image_dir, "broken.png")]
+    os.path.join(image_dir, "broken.png")
+  ]
   assert "broken.png" in result.stderr
   assert (np.diff(table[["prob_1", "prob_2", "prob_3"]].to_numpy(), axis=1) <= 0).all()
   assert set(table.class_1) <= {str(d) for d in range(10)}  # Digits' label names.
 
   model, variables, config, _ = restore.restore_for_inference(workdir)
   state = train.create_train_state(config, model, jax.random.key(0), 1).replace(
-      params=variables["params"], batch_stats=variables["batch_stats"])
-  reference = np.asarray(steps.make_predict_step()(state.apply_fn, models.variables_of(state),
-                                                      val.images))
+    params=variables["params"], batch_stats=variables["batch_stats"]
+  )
+  reference = np.asarray(
+    steps.make_predict_step()(state.apply_fn, models.variables_of(state), val.images)
+  )
   np.testing.assert_array_equal(table.index_1.to_numpy(), reference.argmax(-1))
   probabilities = np.asarray(jax.nn.softmax(reference))
   np.testing.assert_allclose(table.prob_1, probabilities.max(-1), rtol=1e-5, atol=1e-6)
   # The accuracy eval_step's metrics give agrees with the CSV's top-1 on the same images.
   _, batch_sharding = parallel.shardings(parallel.make_mesh())
-  accuracy = train.evaluate(state, val, config.eval_batch_size, steps.make_eval_step(),
-                            batch_sharding)["accuracy"]
+  accuracy = train.evaluate(
+    state, val, config.eval_batch_size, steps.make_eval_step(), batch_sharding
+  )["accuracy"]
   labels = [str(label) for label in val.labels]
-  correct = sum(c == l for c, l in zip(table.class_1, labels))
+  correct = sum(c == label for c, label in zip(table.class_1, labels))
   assert abs(accuracy * len(labels) - correct) < 1e-6
   overlays = sorted(os.listdir(os.path.join(out, "cams")))
   assert len(overlays) == len(paths) and table.overlay[0] == "cams/nested__val_000_gradcampp.png"
@@ -98,8 +110,9 @@ def test_cli_predictions_match_eval_step(trained, tmp_path):
 
 @pytest.mark.slow
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
-  result = _run_cli(f"--workdir={tmp_path / 'empty'}", f"--images={tmp_path}",
-                    f"--out={tmp_path / 'out'}")
+  result = _run_cli(
+    f"--workdir={tmp_path / 'empty'}", f"--images={tmp_path}", f"--out={tmp_path / 'out'}"
+  )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: --workdir")
   assert "no trained run" in result.stderr and "Traceback" not in result.stderr
@@ -124,8 +137,9 @@ def test_overlays_are_the_cams_of_each_image(trained, tmp_path):
   paths = _write_images(images_dir, 2) + _write_images(images_dir / "nested", 1, seed=1)
   out = tmp_path / "out"
   # Three images in chunks of two: the ragged last chunk is padded, then dropped.
-  table = infer.run_inference(workdir, str(images_dir), k=2, cam="layercam", out=str(out),
-                              batch_size=2, scale=2)
+  table = infer.run_inference(
+    workdir, str(images_dir), k=2, cam="layercam", out=str(out), batch_size=2, scale=2
+  )
   assert sorted(table.file) == sorted(paths)
   assert "cams/nested__img_0_layercam.png" in set(table.overlay)
 
@@ -140,14 +154,16 @@ def test_overlays_are_the_cams_of_each_image(trained, tmp_path):
   for name, image, overlay in zip(table.overlay, decoded, expected):
     written = np.asarray(Image.open(out / name))
     assert written.shape == (2 * size, 2 * 2 * size, 3)
-    np.testing.assert_array_equal(written[::2, :2 * size:2], image)
-    np.testing.assert_allclose(written[::2, 2 * size::2].astype(int), overlay.astype(int), atol=1)
+    np.testing.assert_array_equal(written[::2, : 2 * size : 2], image)
+    np.testing.assert_allclose(written[::2, 2 * size :: 2].astype(int), overlay.astype(int), atol=1)
 
   # --target explains that class for every image, whatever was predicted.
-  targeted = infer.run_inference(workdir, str(images_dir), cam="layercam", out=str(out / "t"),
-                                 batch_size=2, scale=1, target=3)
-  expected = cams.overlay(decoded, cams.compute("layercam", model.apply, variables, inputs,
-                                                targets=3))
+  targeted = infer.run_inference(
+    workdir, str(images_dir), cam="layercam", out=str(out / "t"), batch_size=2, scale=1, target=3
+  )
+  expected = cams.overlay(
+    decoded, cams.compute("layercam", model.apply, variables, inputs, targets=3)
+  )
   for name, overlay in zip(targeted.overlay, expected):
     written = np.asarray(Image.open(out / "t" / name))
     np.testing.assert_allclose(written[:, size:].astype(int), overlay.astype(int), atol=1)
@@ -186,9 +202,17 @@ def test_restore_matches_training_state(trained):
   accuracy = float(np.mean(np.argmax(logits, -1) == val.labels))
   assert accuracy == pytest.approx(summary["final"]["val_accuracy"])
   # The run records the compute slice it trained on: on CPU, the cores it may run on.
-  assert summary["compute"] == parallel.compute_slice() == {
-      "platform": "cpu", "device_kind": "cpu", "devices": jax.device_count(), "processes": 1,
-      "cpu_threads": len(os.sched_getaffinity(0))}
+  assert (
+    summary["compute"]
+    == parallel.compute_slice()
+    == {
+      "platform": "cpu",
+      "device_kind": "cpu",
+      "devices": jax.device_count(),
+      "processes": 1,
+      "cpu_threads": len(os.sched_getaffinity(0)),
+    }
+  )
   assert records.read_summary(workdir).compute == summary["compute"]
 
 
@@ -210,10 +234,12 @@ def test_ragged_last_chunk_neither_recompiles_nor_leaks(trained):
   maps = infer.cam_maps("gradcam", model, variables, images, targets, chunk_size=2)
   assert (infer._predict._cache_size(), cams._compute_jitted._cache_size()) == compiled
   assert logits.shape[0] == 5 and maps.shape[0] == 5
-  np.testing.assert_allclose(logits, infer.predict_logits(model, variables, images, 5),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(maps, infer.cam_maps("gradcam", model, variables, images, targets,
-                                                  chunk_size=5), atol=1e-5)
+  np.testing.assert_allclose(
+    logits, infer.predict_logits(model, variables, images, 5), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    maps, infer.cam_maps("gradcam", model, variables, images, targets, chunk_size=5), atol=1e-5
+  )
 
 
 class _OnePixelModel:
@@ -265,16 +291,35 @@ def test_compare_two_workdirs(trained, tmp_path):
   twin = str(tmp_path / "twin")
   shutil.copytree(workdir, twin)
   out = str(tmp_path / "faithfulness")
-  table = faithfulness.compare_workdirs([workdir, twin], "val", cam="gradcam", num_images=12,
-                                        steps=4, names=["base", "twin"], out=out,
-                                        grid_images=4)
+  table = faithfulness.compare_workdirs(
+    [workdir, twin],
+    "val",
+    cam="gradcam",
+    num_images=12,
+    steps=4,
+    names=["base", "twin"],
+    out=out,
+    grid_images=4,
+  )
   assert table.model.tolist() == ["base", "twin"] and (table.images == min(12, len(val))).all()
-  metrics = ["accuracy", "deletion_auc", "insertion_auc", "average_drop_pct",
-             "increase_in_confidence_pct"]
+  metrics = [
+    "accuracy",
+    "deletion_auc",
+    "insertion_auc",
+    "average_drop_pct",
+    "increase_in_confidence_pct",
+  ]
   # The same weights on the same images give the same scores.
-  np.testing.assert_allclose(table.loc[0, metrics].astype(float),
-                             table.loc[1, metrics].astype(float), rtol=1e-5)
-  assert ((table[["deletion_auc", "insertion_auc"]] >= 0) &
-          (table[["deletion_auc", "insertion_auc"]] <= 1)).all().all()
+  np.testing.assert_allclose(
+    table.loc[0, metrics].astype(float), table.loc[1, metrics].astype(float), rtol=1e-5
+  )
+  assert (
+    (
+      (table[["deletion_auc", "insertion_auc"]] >= 0)
+      & (table[["deletion_auc", "insertion_auc"]] <= 1)
+    )
+    .all()
+    .all()
+  )
   assert os.path.getsize(os.path.join(out, "faithfulness_val.png")) > 1000
   assert len(pd.read_csv(os.path.join(out, "faithfulness_val.csv"))) == 2

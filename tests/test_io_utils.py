@@ -17,22 +17,29 @@ from tests.conftest import make_tiny_config
 def _strict_load(path):
   def refuse(token):
     raise ValueError(f"non-standard JSON token {token}")
+
   with open(path) as f:
     return json.load(f, parse_constant=refuse)
 
 
 def test_non_finite_values_become_null_and_are_named(tmp_path):
-  summary = {"final": {"val_loss": float("nan"), "val_accuracy": 0.5},
-             "history": [{"train_loss": np.float32(np.inf)}, {"train_loss": 1.25}],
-             "grid": np.array([1.0, -np.inf]), "count": np.int64(3)}
+  summary = {
+    "final": {"val_loss": float("nan"), "val_accuracy": 0.5},
+    "history": [{"train_loss": np.float32(np.inf)}, {"train_loss": 1.25}],
+    "grid": np.array([1.0, -np.inf]),
+    "count": np.int64(3),
+  }
   path = tmp_path / "summary.json"
   io_utils.atomic_write_json(str(path), summary)
   loaded = _strict_load(path)
   assert loaded["final"] == {"val_loss": None, "val_accuracy": 0.5}
   assert loaded["history"] == [{"train_loss": None}, {"train_loss": 1.25}]
   assert loaded["grid"] == [1.0, None] and loaded["count"] == 3
-  assert loaded["non_finite"] == {"final.val_loss": "NaN", "history[0].train_loss": "Infinity",
-                                  "grid[1]": "-Infinity"}
+  assert loaded["non_finite"] == {
+    "final.val_loss": "NaN",
+    "history[0].train_loss": "Infinity",
+    "grid[1]": "-Infinity",
+  }
 
 
 def test_finite_json_has_no_note_and_round_trips(tmp_path):
@@ -74,12 +81,14 @@ def test_run_files_honour_the_umask(tmp_path, umask_022):
   assert _mode(tmp_path / "private.txt") == 0o600
 
 
-
-@pytest.mark.parametrize("change", [
-    lambda text: text.replace('"c": 0.1', '"c": 0.2'),      # A digit changed, still JSON.
+@pytest.mark.parametrize(
+  "change",
+  [
+    lambda text: text.replace('"c": 0.1', '"c": 0.2'),  # A digit changed, still JSON.
     lambda text: text.replace('"x"', '"y"'),
-    lambda text: text.replace('"a": [', '"a": [0, '),        # A value added.
-])
+    lambda text: text.replace('"a": [', '"a": [0, '),  # A value added.
+  ],
+)
 def test_json_changed_after_it_was_written_is_damaged(tmp_path, change):
   path = tmp_path / "x.json"
   io_utils.atomic_write_json(str(path), {"a": [1, 2.5, None, "x"], "b": {"c": 0.1}})

@@ -22,13 +22,14 @@ STORED, SIZE = 20, 16
 def test_auto_load_size_per_source_and_for_runs_older_than_the_field(tmp_path):
   assert data.stored_size(make_tiny_config()) == 16  # Digits: nothing to crop.
   folder = make_tiny_config(**{"data.source": "folder", "data.path": str(tmp_path)})
-  assert data.stored_size(folder) == 18               # round(16 / 0.875)
+  assert data.stored_size(folder) == 18  # round(16 / 0.875)
   folder.image_size = 224
   assert data.stored_size(folder) == 256
   assert data.stored_size(make_tiny_config(**{"data.load_size": 40})) == 40
   old = folder.to_dict()
-  del old["data"]["load_size"]                       # A config.json from before the field.
+  del old["data"]["load_size"]  # A config.json from before the field.
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   assert data.stored_size(ml_collections.ConfigDict(old)) == 224
 
 
@@ -69,9 +70,11 @@ def test_a_run_older_than_load_size_resumes_at_its_stored_size(tmp_path):
 
 def test_cache_key_is_the_stored_side():
   """A cache written when image_size was the stored side is the one a new run reuses."""
+
   def key(**overrides):
     config = make_tiny_config(**overrides)
     return data._cache_key(config, "pool")  # pylint: disable=protected-access
+
   assert key(**{"data.load_size": 20}) == key(**{"image_size": 20})
   assert key(**{"data.load_size": 20}) != key(**{"data.load_size": 24})
 
@@ -79,8 +82,9 @@ def test_cache_key_is_the_stored_side():
 @pytest.fixture(scope="module")
 def stored_run(tmp_path_factory):
   """Digits stored at 20 px, trained one epoch at 16 px with random resized crops."""
-  config = make_tiny_config(**{"data.load_size": STORED, "augment.crop": "random_resized",
-                               "proxy.subset": 0.5})
+  config = make_tiny_config(
+    **{"data.load_size": STORED, "augment.crop": "random_resized", "proxy.subset": 0.5}
+  )
   dataset, state, metrics = train_one_epoch(config, str(tmp_path_factory.mktemp("stored")))
   assert np.isfinite(float(metrics.compute()["loss"]))
   return config, dataset, state
@@ -94,7 +98,8 @@ def test_training_keeps_stored_images_and_evaluation_sees_centre_crops(stored_ru
   assert dataset.test.images.shape[1:] == (SIZE, SIZE, 3)
   pool = data.load_digits_pool(STORED)
   np.testing.assert_array_equal(
-      dataset.val.images, preprocess.center_crop(pool.images[dataset.val.source_indices], SIZE))
+    dataset.val.images, preprocess.center_crop(pool.images[dataset.val.source_indices], SIZE)
+  )
   view = data.eval_view(dataset.train, SIZE)
   np.testing.assert_array_equal(view.images, dataset.train.images[:, 2:18, 2:18])
   assert data.eval_view(dataset.val, SIZE) is dataset.val
@@ -109,8 +114,15 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   config.proxy.subset = subset
   split = dataset.train
   _, sharding = parallel.shardings(parallel.make_mesh())
-  result = proxy_step.run_proxy_step(state, split, proxy_step.ProxyBank(), config, jax.random.key(0),
-                                predict_fn=steps.make_predict_step(), batch_sharding=sharding)
+  result = proxy_step.run_proxy_step(
+    state,
+    split,
+    proxy_step.ProxyBank(),
+    config,
+    jax.random.key(0),
+    predict_fn=steps.make_predict_step(),
+    batch_sharding=sharding,
+  )
   assert len(result.ids) > 0
   stored = split.images[result.ids]
   assert result.proxies.shape[1:] == (STORED, STORED, 3)
@@ -120,12 +132,21 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   ring = np.ones((STORED, STORED), bool)
   ring[2:18, 2:18] = False
   np.testing.assert_array_equal(result.proxies[:, ring], stored[:, ring])
-  targets = np.argmax(np.asarray(steps.make_predict_step()(
-      state.apply_fn, models.variables_of(state), result.originals)), -1)
+  targets = np.argmax(
+    np.asarray(
+      steps.make_predict_step()(state.apply_fn, models.variables_of(state), result.originals)
+    ),
+    -1,
+  )
   options = dict(proxy_step._cam_options(config))  # pylint: disable=protected-access
-  proxy_fn = proxy.make_proxy_fn(state.apply_fn, config.proxy.cam_method,
-                                 config.proxy.threshold, config.proxy.weight, config.proxy.mode,
-                                 options)
+  proxy_fn = proxy.make_proxy_fn(
+    state.apply_fn,
+    config.proxy.cam_method,
+    config.proxy.threshold,
+    config.proxy.weight,
+    config.proxy.mode,
+    options,
+  )
   want, _ = proxy_fn(models.variables_of(state), result.originals, targets)
   diff = np.abs(preprocess.center_crop(result.proxies, SIZE).astype(int) - np.asarray(want))
   assert diff.max() <= 1  # Chunk shapes differ between the paths: float ties round apart.
@@ -141,16 +162,32 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
 @pytest.mark.slow
 def test_a_run_with_stored_images_resumes_and_records_its_load_size(tmp_path):
   workdir = str(tmp_path / "run")
-  config = make_tiny_config(**{"data.load_size": STORED, "augment.crop": "pad",
-                               "augment.crop_pad_mode": "reflect", "proxy.enabled": True,
-                               "optimizer.name": "sgd", "optimizer.learning_rate": 0.05})
+  config = make_tiny_config(
+    **{
+      "data.load_size": STORED,
+      "augment.crop": "pad",
+      "augment.crop_pad_mode": "reflect",
+      "proxy.enabled": True,
+      "optimizer.name": "sgd",
+      "optimizer.learning_rate": 0.05,
+    }
+  )
   summary = train.train_and_evaluate(config, workdir)
   assert np.isfinite(summary["final"]["val_loss"]) and summary["bank_size"] > 0
   assert 0 <= summary["train_split"]["accuracy"] <= 1  # Evaluated on the centre crops.
   recorded = records.read_recorded_config(workdir)
   assert recorded["data"]["load_size"] == STORED
   again = train.train_and_evaluate(
-      make_tiny_config(**{"data.load_size": STORED, "augment.crop": "pad",
-                          "augment.crop_pad_mode": "reflect", "proxy.enabled": True,
-                          "optimizer.name": "sgd", "optimizer.learning_rate": 0.05}), workdir)
+    make_tiny_config(
+      **{
+        "data.load_size": STORED,
+        "augment.crop": "pad",
+        "augment.crop_pad_mode": "reflect",
+        "proxy.enabled": True,
+        "optimizer.name": "sgd",
+        "optimizer.learning_rate": 0.05,
+      }
+    ),
+    workdir,
+  )
   assert again["final"] == summary["final"]

@@ -51,8 +51,9 @@ def _saved_epochs(workdir):
 def _restored_params(workdir, config, epoch):
   ckpt = checkpoints.RunCheckpoints(workdir, 3)
   try:
-    template = train.create_train_state(config, train.create_model(config, 10),
-                                        jax.random.key(0), 1)
+    template = train.create_train_state(
+      config, train.create_model(config, 10), jax.random.key(0), 1
+    )
     state, _, _ = ckpt.restore(epoch, template)
   finally:
     ckpt.close()
@@ -62,6 +63,7 @@ def _restored_params(workdir, config, epoch):
 def _refuse_every_write(monkeypatch):
   """Any file write or directory creation raises, as on read-only storage (tests run as root,
   so permissions would not stop them)."""
+
   def refuse(*args, **kwargs):
     raise PermissionError(errno.EROFS, "read-only file system (test)")
 
@@ -72,12 +74,19 @@ def _refuse_every_write(monkeypatch):
       refuse()
     return real_open(file, mode, *args, **kwargs)
 
-  for module, name in ((io_utils, "atomic_write"), (os, "mkdir"), (os, "replace"),
-                       (os, "rename"), (os, "remove"), (builtins, "open")):
+  for module, name in (
+    (io_utils, "atomic_write"),
+    (os, "mkdir"),
+    (os, "replace"),
+    (os, "rename"),
+    (os, "remove"),
+    (builtins, "open"),
+  ):
     monkeypatch.setattr(module, name, read_only_open if name == "open" else refuse)
   monkeypatch.setattr(train, "_build", lambda *args: pytest.fail("a finished run was set up"))
-  monkeypatch.setattr(train.data, "load_dataset",
-                      lambda *args: pytest.fail("a finished run loaded its data"))
+  monkeypatch.setattr(
+    train.data, "load_dataset", lambda *args: pytest.fail("a finished run loaded its data")
+  )
 
 
 @pytest.mark.slow
@@ -123,7 +132,8 @@ def test_batch_size_is_found_once_recorded_and_reused(tmp_path, monkeypatch, cap
 
 @pytest.mark.slow
 def test_divergence_stops_at_the_end_of_its_epoch_and_keeps_the_last_good_checkpoint(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   # The learning rate is NaN for the optimiser's update number 8 (0-based), so the parameters
   # become NaN at step 9: step 3 of epoch 2 (180 training examples, 6 steps per epoch).
   real_schedule = train.learning_rate_schedule
@@ -133,8 +143,7 @@ def test_divergence_stops_at_the_end_of_its_epoch_and_keeps_the_last_good_checkp
     return lambda count: jnp.where(count == 8, jnp.nan, 1.0) * schedule(count)
 
   monkeypatch.setattr(train, "learning_rate_schedule", poisoned)
-  config = make_tiny_config(**{"num_epochs": 3, "proxy.enabled": True,
-                               "proxy.schedule": "2,p,1"})
+  config = make_tiny_config(**{"num_epochs": 3, "proxy.enabled": True, "proxy.schedule": "2,p,1"})
   workdir = str(tmp_path / "run")
   with pytest.raises(train.DivergenceError) as raised:
     train.train_and_evaluate(config, workdir)
@@ -151,16 +160,26 @@ def test_divergence_stops_at_the_end_of_its_epoch_and_keeps_the_last_good_checkp
 def test_divergent_learning_rate_exits_non_zero_with_one_message(tmp_path):
   config_path = tmp_path / "divergent.py"
   config_path.write_text(
-      "import sys\n"
-      f"sys.path.insert(0, {ROOT!r})\n"
-      "from tests.conftest import make_tiny_config\n\n"
-      "def get_config():\n"
-      "  return make_tiny_config(**{'optimizer.learning_rate': 1e6, 'num_epochs': 3,\n"
-      "                             'proxy.enabled': True, 'proxy.schedule': '2,p,1'})\n")
+    "import sys\n"
+    f"sys.path.insert(0, {ROOT!r})\n"
+    "from tests.conftest import make_tiny_config\n\n"
+    "def get_config():\n"
+    "  return make_tiny_config(**{'optimizer.learning_rate': 1e6, 'num_epochs': 3,\n"
+    "                             'proxy.enabled': True, 'proxy.schedule': '2,p,1'})\n"
+  )
   workdir = tmp_path / "run"
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
-                           f"--config={config_path}", f"--workdir={workdir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "main.py"),
+      f"--config={config_path}",
+      f"--workdir={workdir}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 2  # A user error: one line, no traceback.
   assert "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith("error: training diverged in epoch")
@@ -192,8 +211,9 @@ def test_disk_full_during_a_checkpoint_is_one_clear_error_and_resumable(tmp_path
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   assert message.startswith("no space left on ") and f" writing {directory} (" in message
   assert "(checkpoint of epoch 2 needs about " in message and " MB free)" in message
-  assert message.endswith("the last intact checkpoint is epoch 1: free space and run the same "
-                          "command to resume")
+  assert message.endswith(
+    "the last intact checkpoint is epoch 1: free space and run the same command to resume"
+  )
   assert _saved_epochs(workdir) == [1]
   # Orbax and the writers were shut down: the same workdir resumes and finishes.
   summary = train.train_and_evaluate(make_tiny_config(), workdir)
@@ -215,20 +235,23 @@ def test_train_split_is_scored_in_eval_mode_on_every_training_example(tmp_path, 
   monkeypatch.setattr(train, "_finish", finish)
   # Rotation on: a score computed on augmented images would differ from the plain predictions.
   workdir = str(tmp_path / "run")
-  summary = train.train_and_evaluate(make_tiny_config(**{"augment.rotation_degrees": 30.0}),
-                                     workdir)
+  summary = train.train_and_evaluate(
+    make_tiny_config(**{"augment.rotation_degrees": 30.0}), workdir
+  )
   split = captured["setup"].dataset.train
   assert len(split) % 64  # The last eval batch is padded.
   state = captured["state"]
-  logits = np.asarray(steps.predict_step(state.apply_fn, models.variables_of(state),
-                                         split.images), np.float64)
+  logits = np.asarray(
+    steps.predict_step(state.apply_fn, models.variables_of(state), split.images), np.float64
+  )
   log_probs = scipy.special.log_softmax(logits, axis=-1)
   expected_loss = -np.mean(log_probs[np.arange(len(split)), split.labels])
   scored = summary["train_split"]
   assert scored["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == split.labels), abs=1e-6)
   assert scored["loss"] == pytest.approx(expected_loss, rel=1e-4)
   assert records.read_summary(workdir).train_split == scored
-  off = train.train_and_evaluate(make_tiny_config(evaluate_train_split=False),
-                                 str(tmp_path / "off"))
+  off = train.train_and_evaluate(
+    make_tiny_config(evaluate_train_split=False), str(tmp_path / "off")
+  )
   assert "train_split" not in off
   assert "train_split" not in json.loads((tmp_path / "off" / "summary.json").read_text())

@@ -9,19 +9,29 @@ from proxy_jax import models
 
 # (name, image size, expected feature grid, channels) for the full-size architectures.
 FULL_SIZE = [
-    ("tiny_cnn", 32, 8, 128), ("resnet18", 224, 7, 512), ("resnet34", 224, 7, 512),
-    ("resnet50", 224, 7, 2048), ("vgg16_bn", 224, 14, 512), ("vit_ti16", 224, 14, 192),
-    ("vit_s16", 224, 14, 384), ("vit_b16", 224, 14, 768),
-    ("resnet18", 32, 4, 512), ("resnet50", 64, 8, 2048), ("vgg16_bn", 32, 8, 512),
-    ("vit_ti16", 32, 8, 192),
+  ("tiny_cnn", 32, 8, 128),
+  ("resnet18", 224, 7, 512),
+  ("resnet34", 224, 7, 512),
+  ("resnet50", 224, 7, 2048),
+  ("vgg16_bn", 224, 14, 512),
+  ("vit_ti16", 224, 14, 192),
+  ("vit_s16", 224, 14, 384),
+  ("vit_b16", 224, 14, 768),
+  ("resnet18", 32, 4, 512),
+  ("resnet50", 64, 8, 2048),
+  ("vgg16_bn", 32, 8, 512),
+  ("vit_ti16", 32, 8, 192),
 ]
 # Narrow variants that are cheap enough to run for real. Only the tiny CNN's compile is quick
 # enough for the fast tier (-m "not slow"); the whole suite runs every architecture.
 _SLOW = pytest.mark.slow
-SMALL = [("tiny_cnn", {"width": 4}), pytest.param("resnet18", {"width": 4}, marks=_SLOW),
-         pytest.param("resnet50", {"width": 4}, marks=_SLOW),
-         pytest.param("vgg16_bn", {"width": 4}, marks=_SLOW),
-         pytest.param("vit_ti16", {"dim": 16, "depth": 2, "num_heads": 2}, marks=_SLOW)]
+SMALL = [
+  ("tiny_cnn", {"width": 4}),
+  pytest.param("resnet18", {"width": 4}, marks=_SLOW),
+  pytest.param("resnet50", {"width": 4}, marks=_SLOW),
+  pytest.param("vgg16_bn", {"width": 4}, marks=_SLOW),
+  pytest.param("vit_ti16", {"dim": 16, "depth": 2, "num_heads": 2}, marks=_SLOW),
+]
 
 
 def _init(model, size, batch=2):
@@ -47,8 +57,9 @@ def test_call_equals_head_of_features(name, overrides):
   x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
   features = model.apply(variables, x, method="features")
   assert features.ndim == 4 and features.shape[0] == 2
-  np.testing.assert_allclose(model.apply(variables, features, method="head"),
-                             model.apply(variables, x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    model.apply(variables, features, method="head"), model.apply(variables, x), rtol=1e-6, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("name,overrides", SMALL)
@@ -87,10 +98,14 @@ def test_models_name_their_head_classifier_and_stem(name, overrides):
   params = jax.tree.unflatten(tree, [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)])
   features = model.apply(variables, jnp.ones((2, 32, 32, 3)), method="features")
   weights = jax.random.normal(jax.random.key(4), (2, 5))
-  grads = jax.grad(lambda p: jnp.sum(weights * model.apply(
-      {**variables, "params": p}, features, method="head")))(params)
-  used = {module for module, subtree in grads.items()
-          if any(np.any(leaf != 0) for leaf in jax.tree.leaves(subtree))}
+  grads = jax.grad(
+    lambda p: jnp.sum(weights * model.apply({**variables, "params": p}, features, method="head"))
+  )(params)
+  used = {
+    module
+    for module, subtree in grads.items()
+    if any(np.any(leaf != 0) for leaf in jax.tree.leaves(subtree))
+  }
   assert used == set(spec.HEAD_MODULES)
   assert spec.CLASSIFIER in spec.HEAD_MODULES
   assert params[spec.CLASSIFIER]["kernel"].shape[-1] == 5
@@ -111,20 +126,24 @@ def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
 
 
 def _plain_conv(lhs, rhs, strides, padding):
-  return jax.lax.conv_general_dilated(lhs, rhs, strides, padding,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(
+    lhs, rhs, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
-@pytest.mark.parametrize("size,kernel,stride,pad", [(2, 3, 1, 1), (4, 3, 2, 1), (1, 3, 1, 1),
-                                                    (3, 3, 2, 1), (8, 3, 1, 1)])
+@pytest.mark.parametrize(
+  "size,kernel,stride,pad", [(2, 3, 1, 1), (4, 3, 2, 1), (1, 3, 1, 1), (3, 3, 2, 1), (8, 3, 1, 1)]
+)
 def test_small_map_conv_equals_plain_conv_with_gradients(size, kernel, stride, pad):
   from proxy_jax.models import common  # pylint: disable=g-import-not-at-top
+
   x = jax.random.normal(jax.random.key(0), (3, size, size, 5))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 5, 4))
   padding = ((pad, pad), (pad, pad))
   numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-  fast = lambda x, w: common.small_map_conv(x, w, (stride, stride), padding,
-                                            dimension_numbers=numbers)
+  fast = lambda x, w: common.small_map_conv(
+    x, w, (stride, stride), padding, dimension_numbers=numbers
+  )
   plain = lambda x, w: _plain_conv(x, w, (stride, stride), padding)
   out_size = (size + 2 * pad - kernel) // stride + 1
   # Only outputs of at most 2x2 take the im2col path; the 8x8 case checks the fall-through.
@@ -143,6 +162,7 @@ def test_im2col_models_keep_params_logits_and_gradients(monkeypatch):
   """The tiny CNN at 8 px (last conv 4x4 -> 2x2) with im2col on and off: same parameters,
   logits and gradients; ResNet-18 (ImageNet stem, 64 px: last stage 2x2) keeps its tree."""
   from proxy_jax.models import common  # pylint: disable=g-import-not-at-top
+
   model = models.create("tiny_cnn", 5, 8, width=4)
   resnet = models.create("resnet18", 5, 64, small_stem=False, width=4)
   x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
@@ -152,8 +172,13 @@ def test_im2col_models_keep_params_logits_and_gradients(monkeypatch):
     loss = lambda params: jnp.sum(jnp.sin(model.apply({**variables, "params": params}, x)))
     value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
     traced = str(jax.make_jaxpr(lambda v: model.apply(v, x))(variables))
-    return (variables, value, grads, traced.count("conv_general_dilated"),
-            jax.eval_shape(lambda: _init(resnet, 64)))
+    return (
+      variables,
+      value,
+      grads,
+      traced.count("conv_general_dilated"),
+      jax.eval_shape(lambda: _init(resnet, 64)),
+    )
 
   variables, value, grads, convs, resnet_shapes = run()
   monkeypatch.setattr(common, "CPU_IM2COL", False)
@@ -162,5 +187,6 @@ def test_im2col_models_keep_params_logits_and_gradients(monkeypatch):
   assert resnet_shapes == plain_resnet_shapes
   jax.tree.map(np.testing.assert_array_equal, variables, plain_variables)
   np.testing.assert_allclose(value, plain_value, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grads,
-               plain_grads)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grads, plain_grads
+  )

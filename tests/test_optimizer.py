@@ -14,9 +14,13 @@ STEPS = 3
 def _tree():
   """A dense kernel (decayed), its bias and a norm scale (1-D: decayed only if asked)."""
   rng = np.random.default_rng(0)
-  return {"dense": {"kernel": rng.normal(size=(2, 3)).astype(np.float32),
-                    "bias": rng.normal(size=(3,)).astype(np.float32)},
-          "norm": {"scale": rng.normal(size=(3,)).astype(np.float32)}}
+  return {
+    "dense": {
+      "kernel": rng.normal(size=(2, 3)).astype(np.float32),
+      "bias": rng.normal(size=(3,)).astype(np.float32),
+    },
+    "norm": {"scale": rng.normal(size=(3,)).astype(np.float32)},
+  }
 
 
 def _grads(step):
@@ -81,10 +85,17 @@ def _config(**overrides):
 @pytest.mark.parametrize("nesterov", [True, False])
 @pytest.mark.parametrize("decay", ["auto", "true"])
 def test_sgd_matches_torch_sgd_transcribed(nesterov, decay):
-  config = _config(**{"optimizer.name": "sgd", "optimizer.nesterov": nesterov,
-                      "optimizer.decay_norm_and_bias": decay, "optimizer.momentum": 0.9,
-                      "optimizer.schedule": "warmup_cosine", "optimizer.warmup_epochs": 1.0,
-                      "num_epochs": 2})
+  config = _config(
+    **{
+      "optimizer.name": "sgd",
+      "optimizer.nesterov": nesterov,
+      "optimizer.decay_norm_and_bias": decay,
+      "optimizer.momentum": 0.9,
+      "optimizer.schedule": "warmup_cosine",
+      "optimizer.warmup_epochs": 1.0,
+      "num_epochs": 2,
+    }
+  )
   lr_fn = model_state.learning_rate_schedule(config, steps_per_epoch=2)
   got = _flat(_optax_run(config, lr_fn))
   want = _numpy_sgd(lambda s: float(lr_fn(s)), 0.1, 0.9, nesterov, decay_all=decay == "true")
@@ -98,8 +109,13 @@ def test_sgd_matches_torch_sgd_transcribed(nesterov, decay):
 
 @pytest.mark.parametrize("decay,decay_all", [("auto", True), ("false", False), ("TRUE", True)])
 def test_adamw_matches_transcription_with_its_mask(decay, decay_all):
-  config = _config(**{"optimizer.decay_norm_and_bias": decay,
-                      "optimizer.schedule": "constant", "optimizer.learning_rate": 0.01})
+  config = _config(
+    **{
+      "optimizer.decay_norm_and_bias": decay,
+      "optimizer.schedule": "constant",
+      "optimizer.learning_rate": 0.01,
+    }
+  )
   lr_fn = model_state.learning_rate_schedule(config, steps_per_epoch=1)
   got = _flat(_optax_run(config, lr_fn))
   want = _numpy_adamw(lambda s: 0.01, 0.1, 0.9, 0.999, decay_all)
@@ -110,11 +126,19 @@ def test_adamw_matches_transcription_with_its_mask(decay, decay_all):
 def test_sgd_mask_holds_under_a_backbone_learning_rate_multiplier():
   """With multi_transform each group's optimiser sees only its own leaves; the mask still
   spares the 1-D ones and the backbone moves at the multiplied rate."""
-  config = _config(**{"optimizer.name": "sgd", "optimizer.schedule": "constant",
-                      "optimizer.learning_rate": 0.5, "optimizer.backbone_lr_multiplier": 0.5,
-                      "optimizer.momentum": 0.0})
-  params = {"conv": {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)},
-            "fc": {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)}}
+  config = _config(
+    **{
+      "optimizer.name": "sgd",
+      "optimizer.schedule": "constant",
+      "optimizer.learning_rate": 0.5,
+      "optimizer.backbone_lr_multiplier": 0.5,
+      "optimizer.momentum": 0.0,
+    }
+  )
+  params = {
+    "conv": {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)},
+    "fc": {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)},
+  }
   tx = model_state.create_optimizer(config, params, lambda step: 0.5)
   zeros = jax.tree.map(np.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
@@ -125,12 +149,19 @@ def test_sgd_mask_holds_under_a_backbone_learning_rate_multiplier():
   assert float(np.abs(updates["conv"]["bias"]).max()) == 0.0
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("optimizer.name", "adam", "optimizer.name='adam'.*adamw, sgd"),
     ("optimizer.momentum", 1.0, r"optimizer.momentum=1.0.*\[0, 1\)"),
     ("optimizer.nesterov", "yes", "optimizer.nesterov='yes'.*True or False"),
-    ("optimizer.decay_norm_and_bias", "maybe",
-     "optimizer.decay_norm_and_bias='maybe'.*auto, true, false")])
+    (
+      "optimizer.decay_norm_and_bias",
+      "maybe",
+      "optimizer.decay_norm_and_bias='maybe'.*auto, true, false",
+    ),
+  ],
+)
 def test_bad_optimizer_fields_are_refused(field, value, message):
   config = make_tiny_config()
   with config.ignore_type():  # A sweep or a config.json may hold any type.

@@ -11,16 +11,18 @@ from proxy_jax.augment import paper_settings
 from proxy_jax.study import arms, settings_table
 from tests.conftest import make_tiny_config
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "experiments", "README.md")
+README = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "README.md"
+)
 
 
 def test_committed_table_is_the_generated_one():
   with open(README, encoding="utf-8") as f:
     text = f.read()
   assert settings_table.with_table(text, settings_table.generated_table()) == text, (
-      "experiments/README.md's settings table is stale: run "
-      "python -m proxy_jax.study.settings_table --write")
+    "experiments/README.md's settings table is stale: run "
+    "python -m proxy_jax.study.settings_table --write"
+  )
 
 
 @pytest.mark.parametrize("regime", paper_settings.REGIMES)
@@ -32,7 +34,10 @@ def test_every_paper_setting_is_a_valid_config(regime):
 
 def test_arm_overrides_follow_the_references():
   assert paper_settings.arm_overrides("cutmix", "small") == {
-      "augment.mix": "cutmix", "augment.mix_alpha": 1.0, "augment.mix_prob": 0.5}
+    "augment.mix": "cutmix",
+    "augment.mix_alpha": 1.0,
+    "augment.mix_prob": 0.5,
+  }
   assert paper_settings.arm_overrides("mixup", "large")["augment.mix_alpha"] == 0.2
   # No ImageNet Cutout setting: the arm keeps the library default for it.
   assert paper_settings.arm_overrides("cutout", "large") == {"augment.erase": "cutout"}
@@ -51,4 +56,5 @@ def test_a_readme_without_markers_is_refused():
     settings_table.with_table("no table here\n", "| a |\n")
   text = f"x\n{settings_table.BEGIN}\nold\n{settings_table.END}\ny\n"
   assert settings_table.with_table(text, "new\n") == (
-      f"x\n{settings_table.BEGIN}\nnew\n{settings_table.END}\ny\n")
+    f"x\n{settings_table.BEGIN}\nnew\n{settings_table.END}\ny\n"
+  )

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -33,8 +32,7 @@ def test_cpu_slots_are_disjoint_shares_of_the_cores_with_matching_thread_counts(
 
 def test_gpu_slots_own_devices_or_share_them_with_a_memory_share():
   own = slots.plan_slots(2, 2, gpus=["0", "1", "2", "3"])
-  assert [s.env for s in own] == [{"CUDA_VISIBLE_DEVICES": "0,1"},
-                                  {"CUDA_VISIBLE_DEVICES": "2,3"}]
+  assert [s.env for s in own] == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
   shared = slots.plan_slots(3, 0, gpus=["4", "7"])  # 0: one GPU each where there are GPUs.
   assert [s.env["CUDA_VISIBLE_DEVICES"] for s in shared] == ["4", "7", "4"]
   assert {s.env["XLA_PYTHON_CLIENT_MEM_FRACTION"] for s in shared} == {"0.450"}
@@ -54,11 +52,14 @@ def _trial_cores(trial_dir):
 
 
 def _comparable(summary):
-  return {"history": [{k: v for k, v in row.items() if k not in TIMING_KEYS}
-                      for row in summary["history"]],
-          "test": summary["test"], "bank_size": summary["bank_size"],
-          "proxy_steps": [{k: v for k, v in s.items() if k != "seconds"}
-                          for s in summary["proxy_steps"]]}
+  return {
+    "history": [
+      {k: v for k, v in row.items() if k not in TIMING_KEYS} for row in summary["history"]
+    ],
+    "test": summary["test"],
+    "bank_size": summary["bank_size"],
+    "proxy_steps": [{k: v for k, v in s.items() if k != "seconds"} for s in summary["proxy_steps"]],
+  }
 
 
 def _alive(workdir):
@@ -82,11 +83,18 @@ def test_two_trials_at_once_on_their_own_cores_killed_resumed_and_equal_alone(tm
   workdir = str(tmp_path / "grid")
   names = [t["name"] for t in sweep.load_sweep(str(sweep_file))[0]]
   command = _sweep_command(workdir, "--parallel=2", sweep_file=str(sweep_file))
-  process = subprocess.Popen(command, env=_env(), cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
+  process = subprocess.Popen(
+    command, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+  )
   deadline = time.time() + 240
-  while len({r["trial"] for r in _journal(workdir) if r["status"] == "started"}
-             if os.path.isdir(workdir) else ()) < 2:  # Both started: they run at once.
+  while (
+    len(
+      {r["trial"] for r in _journal(workdir) if r["status"] == "started"}
+      if os.path.isdir(workdir)
+      else ()
+    )
+    < 2
+  ):  # Both started: they run at once.
     assert process.poll() is None, process.stdout.read().decode()[-3000:]
     assert time.time() < deadline, "the two trials never ran at once"
     time.sleep(0.2)
@@ -100,8 +108,7 @@ def test_two_trials_at_once_on_their_own_cores_killed_resumed_and_equal_alone(tm
     time.sleep(0.1)
   assert not _alive(workdir), "a trial outlived its killed runner"
 
-  rerun = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True,
-                         timeout=400)
+  rerun = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=400)
   assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
   records = _journal(workdir)
   finished = [r["trial"] for r in records if r["status"] == "finished"]
@@ -131,17 +138,24 @@ def test_two_trials_at_once_on_their_own_cores_killed_resumed_and_equal_alone(tm
 def test_one_failing_trial_does_not_stop_the_other(tmp_path):
   fake = tmp_path / "fake_trainer.py"
   fake.write_text(
-      "import json, os, sys\n"
-      "args = dict(a[2:].split('=', 1) for a in sys.argv[1:])\n"
-      "os.makedirs(args['workdir'], exist_ok=True)\n"
-      "if args.get('config.seed') == '1':\n"
-      "  sys.exit(3)\n"
-      "with open(os.path.join(args['workdir'], 'summary.json'), 'w') as f:\n"
-      "  json.dump({'cores': sorted(os.sched_getaffinity(0))}, f)\n")
+    "import json, os, sys\n"
+    "args = dict(a[2:].split('=', 1) for a in sys.argv[1:])\n"
+    "os.makedirs(args['workdir'], exist_ok=True)\n"
+    "if args.get('config.seed') == '1':\n"
+    "  sys.exit(3)\n"
+    "with open(os.path.join(args['workdir'], 'summary.json'), 'w') as f:\n"
+    "  json.dump({'cores': sorted(os.sched_getaffinity(0))}, f)\n"
+  )
   trials = [{"name": f"seed{s}", "overrides": {"seed": s}} for s in (0, 1, 2)]
   cores = sorted(os.sched_getaffinity(0))
-  counts = runner.run_trials(f"{REPO}/configs/default.py", trials, {}, str(tmp_path / "w"),
-                             program=str(fake), parallel=min(2, len(cores)))
+  counts = runner.run_trials(
+    f"{REPO}/configs/default.py",
+    trials,
+    {},
+    str(tmp_path / "w"),
+    program=str(fake),
+    parallel=min(2, len(cores)),
+  )
   assert (counts["finished"], counts["failed"]) == (2, 1)
   states = {r["trial"]: r["status"] for r in _journal(str(tmp_path / "w"))}
   assert states == {"seed0": "finished", "seed1": "failed", "seed2": "finished"}

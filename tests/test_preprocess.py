@@ -11,8 +11,9 @@ def _images(shape=(3, 12, 12, 3), seed=0):
 
 def test_denormalize_inverts_normalize():
   images = _images()
-  np.testing.assert_allclose(preprocess.denormalize(preprocess.normalize(images)), images,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    preprocess.denormalize(preprocess.normalize(images)), images, atol=1e-6
+  )
 
 
 def test_normalize_uses_imagenet_statistics():

@@ -40,20 +40,23 @@ def _reference(name):
 def _model(name, num_classes=None, image_size=None, small_stem=None):
   """(model, jitted apply) for fixture `name`; cached so each shape compiles once."""
   spec = SPEC[name]
-  model = models.create(spec["model"], num_classes or spec["num_classes"],
-                        image_size or spec["image_size"],
-                        small_stem=spec["small_stem"] if small_stem is None else small_stem,
-                        **spec["overrides"])
+  model = models.create(
+    spec["model"],
+    num_classes or spec["num_classes"],
+    image_size or spec["image_size"],
+    small_stem=spec["small_stem"] if small_stem is None else small_stem,
+    **spec["overrides"],
+  )
   return model, jax.jit(model.apply)
 
 
 def _fresh(model, image_size, seed=0):
   """Stand-in for `model.init` without compiling the threefry initialisers (slow on CPU)."""
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jnp.zeros((1, image_size, image_size, 3)))
+  shapes = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3))
+  )
   rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map(
-      lambda s: (rng.normal(size=s.shape) * 0.02).astype(s.dtype), shapes)
+  return jax.tree_util.tree_map(lambda s: (rng.normal(size=s.shape) * 0.02).astype(s.dtype), shapes)
 
 
 def _load(name, source=None, log=None, **model_kw):
@@ -61,8 +64,9 @@ def _load(name, source=None, log=None, **model_kw):
   size = model_kw.get("image_size") or SPEC[name]["image_size"]
   fresh = _fresh(model, size)
   messages = []
-  variables = pretrained.load_pretrained(source or _path(name), SPEC[name]["model"], fresh,
-                                         log=log or messages.append)
+  variables = pretrained.load_pretrained(
+    source or _path(name), SPEC[name]["model"], fresh, log=log or messages.append
+  )
   return variables, fresh, apply, messages
 
 
@@ -91,8 +95,11 @@ def test_timm_vgg_layout(tmp_path):
   """timm stores VGG's classifier as 7x7/1x1 convolutions (pre_logits.fc1/fc2, head.fc)."""
   state = weight_files.read_safetensors(_path("vgg16_bn"))
   channels = state["features.40.weight"].shape[0]
-  renames = {"classifier.0": "pre_logits.fc1", "classifier.3": "pre_logits.fc2",
-             "classifier.6": "head.fc"}
+  renames = {
+    "classifier.0": "pre_logits.fc1",
+    "classifier.3": "pre_logits.fc2",
+    "classifier.6": "head.fc",
+  }
   timm = {}
   for key, value in state.items():
     prefix, _, leaf = key.rpartition(".")
@@ -132,8 +139,9 @@ def test_data_parallel_prefix_is_stripped(tmp_path):
 
   variables, _, _, _ = _load("vit", _write_variant(tmp_path, "vit", edit))
   state = weight_files.read_safetensors(_path("vit"))
-  np.testing.assert_array_equal(variables["params"]["blocks_1"]["qkv"]["kernel"],
-                                state["blocks.1.attn.qkv.weight"].T)
+  np.testing.assert_array_equal(
+    variables["params"]["blocks_1"]["qkv"]["kernel"], state["blocks.1.attn.qkv.weight"].T
+  )
 
 
 def test_unknown_and_missing_keys_are_listed(tmp_path):
@@ -154,13 +162,17 @@ def test_shape_mismatch_is_listed_with_stem_hint(tmp_path):
 
   with pytest.raises(pretrained.CheckpointMismatchError) as error:
     _load("resnet18", _write_variant(tmp_path, "resnet18", edit))
-  assert "layer2.0.bn1.weight (-> params/blocks_2/bn1/scale): checkpoint (3,), model " \
-         "expects (16,)" in str(error.value)
+  assert (
+    "layer2.0.bn1.weight (-> params/blocks_2/bn1/scale): checkpoint (3,), model "
+    "expects (16,)" in str(error.value)
+  )
   # ImageNet's 7x7 stem does not fit the small-image 3x3 stem: a pointed message.
   with pytest.raises(pretrained.CheckpointMismatchError) as error:
     _load("resnet18", small_stem=True)
-  assert "conv1.weight (-> params/conv1/kernel): checkpoint (8, 3, 7, 7), model expects " \
-         "(8, 3, 3, 3)" in str(error.value)
+  assert (
+    "conv1.weight (-> params/conv1/kernel): checkpoint (8, 3, 7, 7), model expects "
+    "(8, 3, 3, 3)" in str(error.value)
+  )
   assert "small_stem=false" in str(error.value)
 
 
@@ -172,10 +184,12 @@ def test_head_kept_fresh_when_class_count_differs():
   np.testing.assert_array_equal(params["fc"]["bias"], fresh["params"]["fc"]["bias"])
   assert any("10 classes" in m and "7" in m and "fresh" in m for m in messages), messages
   state = weight_files.read_safetensors(_path("resnet50"))
-  np.testing.assert_array_equal(params["conv1"]["kernel"],
-                                state["conv1.weight"].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(variables["batch_stats"]["blocks_15"]["bn3"]["var"],
-                                state["layer4.2.bn3.running_var"])
+  np.testing.assert_array_equal(
+    params["conv1"]["kernel"], state["conv1.weight"].transpose(2, 3, 1, 0)
+  )
+  np.testing.assert_array_equal(
+    variables["batch_stats"]["blocks_15"]["bn3"]["var"], state["layer4.2.bn3.running_var"]
+  )
   assert apply(variables, _reference("resnet50")["x"]).shape == (2, 7)
 
 
@@ -184,8 +198,9 @@ def test_headless_checkpoint_keeps_fresh_head(tmp_path):
     del state["head.weight"], state["head.bias"]
 
   variables, fresh, _, messages = _load("vit", _write_variant(tmp_path, "vit", edit))
-  np.testing.assert_array_equal(variables["params"]["fc"]["kernel"],
-                                fresh["params"]["fc"]["kernel"])
+  np.testing.assert_array_equal(
+    variables["params"]["fc"]["kernel"], fresh["params"]["fc"]["kernel"]
+  )
   assert any("no classifier" in m for m in messages), messages
 
 
@@ -202,8 +217,9 @@ def test_head_mask():
     pretrained.head_mask({"params": params}, "vit_ti16")
   # The intended use: freeze the backbone with optax.multi_transform.
   labels = jax.tree_util.tree_map(lambda h: "head" if h else "backbone", mask)
-  optimizer = optax.multi_transform({"head": optax.sgd(1.0), "backbone": optax.set_to_zero()},
-                                    labels)
+  optimizer = optax.multi_transform(
+    {"head": optax.sgd(1.0), "backbone": optax.set_to_zero()}, labels
+  )
   grads = jax.tree_util.tree_map(np.ones_like, params)
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   assert float(np.abs(updates["blocks_0"]["qkv"]["kernel"]).max()) == 0.0
@@ -214,10 +230,22 @@ def test_head_mask():
 def test_convert_cli_round_trip(tmp_path):
   spec = SPEC["vit"]
   out = str(tmp_path / "converted")
-  overrides = [arg for key, value in spec["overrides"].items()
-               for arg in ("--set", f"{key}={value}")]
-  convert.main([_path("vit"), out, "--model", spec["model"], "--image-size",
-                str(spec["image_size"]), "--small-stem", "true", *overrides])
+  overrides = [
+    arg for key, value in spec["overrides"].items() for arg in ("--set", f"{key}={value}")
+  ]
+  convert.main(
+    [
+      _path("vit"),
+      out,
+      "--model",
+      spec["model"],
+      "--image-size",
+      str(spec["image_size"]),
+      "--small-stem",
+      "true",
+      *overrides,
+    ]
+  )
   assert os.path.isdir(os.path.join(out, "variables"))
   meta = json.load(open(os.path.join(out, "pretrained.json")))
   assert meta["model"] == "vit_ti16" and meta["num_classes"] == 10
@@ -244,6 +272,7 @@ def _assert_offline_message(error, tmp_path):
 def test_offline_hub_error(tmp_path, monkeypatch):
   try:
     import huggingface_hub.constants  # pylint: disable=import-outside-toplevel
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
   except ImportError:
     pass  # Without the package the same error comes from the missing import.
@@ -252,8 +281,9 @@ def test_offline_hub_error(tmp_path, monkeypatch):
   _assert_offline_message(error.value, tmp_path)
   monkeypatch.setitem(sys.modules, "huggingface_hub", None)
   with pytest.raises(weight_files.PretrainedUnavailableError, match="pip install") as error:
-    pretrained.load_pretrained("hf-hub:timm/resnet50.a1_in1k", "resnet50", {},
-                               cache_dir=str(tmp_path))
+    pretrained.load_pretrained(
+      "hf-hub:timm/resnet50.a1_in1k", "resnet50", {}, cache_dir=str(tmp_path)
+    )
   _assert_offline_message(error.value, tmp_path)
 
 
@@ -261,20 +291,26 @@ def test_hub_name_uses_manually_fetched_file(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "huggingface_hub", None)
   shutil.copy(_path("vit"), weight_files.hub_local_path("someone/tiny-vit", str(tmp_path)))
   model, _ = _model("vit")
-  variables = pretrained.load_pretrained("someone/tiny-vit", "vit_ti16", _fresh(model, 32),
-                                         cache_dir=str(tmp_path), log=lambda _: None)
+  variables = pretrained.load_pretrained(
+    "someone/tiny-vit", "vit_ti16", _fresh(model, 32), cache_dir=str(tmp_path), log=lambda _: None
+  )
   state = weight_files.read_safetensors(_path("vit"))
   np.testing.assert_array_equal(variables["params"]["pos_embed"], state["pos_embed"])
 
 
 def test_bfloat16_safetensors_read_without_torch(tmp_path):
-  values = {"a": np.arange(6, dtype=np.float32).reshape(2, 3).astype(ml_dtypes.bfloat16),
-            "b": np.linspace(0, 1, 4, dtype=np.float32)}
+  values = {
+    "a": np.arange(6, dtype=np.float32).reshape(2, 3).astype(ml_dtypes.bfloat16),
+    "b": np.linspace(0, 1, 4, dtype=np.float32),
+  }
   header, offset, blobs = {}, 0, []
   for name, value in values.items():
     blob = value.tobytes()
-    header[name] = {"dtype": "BF16" if value.dtype == ml_dtypes.bfloat16 else "F32",
-                    "shape": list(value.shape), "data_offsets": [offset, offset + len(blob)]}
+    header[name] = {
+      "dtype": "BF16" if value.dtype == ml_dtypes.bfloat16 else "F32",
+      "shape": list(value.shape),
+      "data_offsets": [offset, offset + len(blob)],
+    }
     offset += len(blob)
     blobs.append(blob)
   text = json.dumps(header).encode()

@@ -46,10 +46,15 @@ def reference_transform(images, maps, threshold, weight, mode):
         for c in range(channels):
           pixel = images[b, y, x, c]
           plane = images[b, :, :, c]
-          out[b, y, x, c] = {"seed": (1 - weight) * cam * pixel,
-                             "blended": (1 - weight * cam) * pixel,
-                             "mean": plane.mean(), "max": plane.max(), "min": plane.min(),
-                             "zero": 0.0, "one": 1.0}[mode]
+          out[b, y, x, c] = {
+            "seed": (1 - weight) * cam * pixel,
+            "blended": (1 - weight * cam) * pixel,
+            "mean": plane.mean(),
+            "max": plane.max(),
+            "min": plane.min(),
+            "zero": 0.0,
+            "one": 1.0,
+          }[mode]
   return np.clip(out, 0.0, 1.0)
 
 
@@ -66,8 +71,7 @@ def random_inputs(seed, shape=(3, 6, 5, 3)):
 def test_transform_matches_numpy_reference(mode):
   images, maps = random_inputs(0)
   got = np.asarray(proxy.proxy_transform(images, maps, 0.5, 0.3, mode))
-  np.testing.assert_allclose(got, reference_transform(images, maps, 0.5, 0.3, mode),
-                             atol=1e-6)
+  np.testing.assert_allclose(got, reference_transform(images, maps, 0.5, 0.3, mode), atol=1e-6)
 
 
 def test_transform_threshold_edge_differs_between_seed_and_blended():
@@ -75,7 +79,8 @@ def test_transform_threshold_edge_differs_between_seed_and_blended():
   at_threshold = np.full((1, 1, 1), 0.5, np.float32)
   assert not np.allclose(proxy.proxy_transform(images, at_threshold, 0.5, 0.2, "seed"), images)
   np.testing.assert_array_equal(
-      proxy.proxy_transform(images, at_threshold, 0.5, 0.2, "blended"), images)
+    proxy.proxy_transform(images, at_threshold, 0.5, 0.2, "blended"), images
+  )
 
 
 def test_transform_non_finite_cams_count_as_zero():
@@ -89,7 +94,8 @@ def test_transform_non_finite_cams_count_as_zero():
       got = np.asarray(proxy.proxy_transform(images, dirty, threshold, 0.2, mode))
       assert np.all(np.isfinite(got))
       np.testing.assert_array_equal(
-          got, np.asarray(proxy.proxy_transform(images, clean, threshold, 0.2, mode)))
+        got, np.asarray(proxy.proxy_transform(images, clean, threshold, 0.2, mode))
+      )
 
 
 def test_transform_refuses_integer_images_and_unknown_modes():
@@ -103,14 +109,23 @@ def test_transform_is_jittable():
   images, maps = random_inputs(2)
   jitted = jax.jit(proxy.proxy_transform, static_argnames="mode")
   for mode in MODES:
-    np.testing.assert_allclose(jitted(images, maps, 0.6, 0.2, mode=mode),
-                               proxy.proxy_transform(images, maps, 0.6, 0.2, mode), atol=1e-7)
+    np.testing.assert_allclose(
+      jitted(images, maps, 0.6, 0.2, mode=mode),
+      proxy.proxy_transform(images, maps, 0.6, 0.2, mode),
+      atol=1e-7,
+    )
 
 
-transform_cases = st.fixed_dictionaries({
-    "seed": st.integers(0, 2**31 - 1), "mode": st.sampled_from(MODES),
-    "low": st.floats(0.0, 1.0), "high": st.floats(0.0, 1.0), "weight": st.floats(0.0, 1.0),
-    "dtype": st.sampled_from(["float32", "bfloat16", "float16"])})
+transform_cases = st.fixed_dictionaries(
+  {
+    "seed": st.integers(0, 2**31 - 1),
+    "mode": st.sampled_from(MODES),
+    "low": st.floats(0.0, 1.0),
+    "high": st.floats(0.0, 1.0),
+    "weight": st.floats(0.0, 1.0),
+    "dtype": st.sampled_from(["float32", "bfloat16", "float16"]),
+  }
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -137,23 +152,35 @@ def test_transform_invariants(case):
 # ---------------------------------------------------------------- parse_schedule
 
 
-@pytest.mark.parametrize("schedule, epochs, expected", [
+@pytest.mark.parametrize(
+  "schedule, epochs, expected",
+  [
     ("5,p,9,p,9,p,9,p,4", 36, (5, 14, 23, 32)),
     ("8,p,6,p,6", 20, (8, 14)),
     ("p,3", 3, (0,)),
     ("2, P ,p,1", 3, (2, 2)),
-])
+  ],
+)
 def test_parse_schedule_good(schedule, epochs, expected):
   parsed = proxy_step.parse_schedule(schedule, epochs)
   assert parsed.epochs == epochs and parsed.proxy_epochs == expected
 
 
-@pytest.mark.parametrize("schedule, epochs, message", [
-    ("5,q,3", 8, "neither"), ("", 3, "malformed"), ("  ", 3, "malformed"),
-    ("-2,p,3", 1, "neither"), ("0,p,3", 3, "neither"), ("3,,p,1", 4, "malformed"),
-    ("3,p", 3, "ends with a proxy step"), ("2,p,2", 5, "trains 4 epochs"),
-    ("3", 3, "no proxy step"), ("1.5,p,1.5", 3, "neither"),
-])
+@pytest.mark.parametrize(
+  "schedule, epochs, message",
+  [
+    ("5,q,3", 8, "neither"),
+    ("", 3, "malformed"),
+    ("  ", 3, "malformed"),
+    ("-2,p,3", 1, "neither"),
+    ("0,p,3", 3, "neither"),
+    ("3,,p,1", 4, "malformed"),
+    ("3,p", 3, "ends with a proxy step"),
+    ("2,p,2", 5, "trains 4 epochs"),
+    ("3", 3, "no proxy step"),
+    ("1.5,p,1.5", 3, "neither"),
+  ],
+)
 def test_parse_schedule_malformed(schedule, epochs, message):
   with pytest.raises(ValueError, match=message):
     proxy_step.parse_schedule(schedule, epochs)
@@ -208,17 +235,20 @@ def reference_change(originals, proxies):
   for b in range(batch):
     for y in range(height):
       for x in range(width):
-        diffs = [abs(int(originals[b, y, x, c]) - int(proxies[b, y, x, c]))
-                 for c in range(channels)]
+        diffs = [
+          abs(int(originals[b, y, x, c]) - int(proxies[b, y, x, c])) for c in range(channels)
+        ]
         total += sum(diffs)
         if any(diffs):
           changed += 1
           changed_sum += sum(diffs)
           changed_values += channels
   pixels = batch * height * width
-  return {"changed_pixel_share": changed / pixels,
-          "changed_mean_abs": changed_sum / changed_values if changed else None,
-          "mean_abs_change": total / (pixels * channels)}
+  return {
+    "changed_pixel_share": changed / pixels,
+    "changed_mean_abs": changed_sum / changed_values if changed else None,
+    "mean_abs_change": total / (pixels * channels),
+  }
 
 
 @settings(max_examples=30, deadline=None)
@@ -237,13 +267,17 @@ def test_change_figures_match_a_direct_count(seed, batch, share):
   assert 0.0 <= got["changed_pixel_share"] <= 1.0
   if got["changed_mean_abs"] is not None:  # Unchanged pixels add nothing to the mean.
     assert got["mean_abs_change"] == pytest.approx(
-        got["changed_mean_abs"] * got["changed_pixel_share"])
+      got["changed_mean_abs"] * got["changed_pixel_share"]
+    )
 
 
 def test_change_figures_of_no_images_and_mismatched_shapes():
   empty = np.zeros((0, 4, 4, 3), np.uint8)
   assert proxy_step.change_figures(empty, empty) == {
-      "changed_pixel_share": None, "changed_mean_abs": None, "mean_abs_change": None}
+    "changed_pixel_share": None,
+    "changed_mean_abs": None,
+    "mean_abs_change": None,
+  }
   with pytest.raises(ValueError, match="differ in shape"):
     proxy_step.change_figures(np.zeros((1, 4, 4, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8))
 
@@ -258,9 +292,9 @@ def test_bank_replaces_never_adds_in_batches():
   split = data.Split(images.copy(), ids % 3, ids)
   bank = proxy_step.ProxyBank()
   proxied = [1, 4, 9]
-  bank.update(proxied, np.full((3, 2, 2, 3), 200, np.uint8) + np.array(proxied,
-                                                                       np.uint8)[:, None, None,
-                                                                                 None])
+  bank.update(
+    proxied, np.full((3, 2, 2, 3), 200, np.uint8) + np.array(proxied, np.uint8)[:, None, None, None]
+  )
   seen = []
   for batch in data.batches(split, 4, data.epoch_order(10, 0, 0), swap=bank.swap):
     for image, example_id, mask in zip(batch["image"], batch["id"], batch["mask"]):
@@ -275,8 +309,9 @@ def test_bank_replaces_never_adds_in_batches():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
   """A digits split at 16 px and a briefly trained tiny CNN (some examples right, some wrong)."""
-  config = make_tiny_config(**{"proxy.enabled": True, "proxy.subset": 0.5, "num_epochs": 1,
-                               "proxy.schedule": "p,1"})
+  config = make_tiny_config(
+    **{"proxy.enabled": True, "proxy.subset": 0.5, "num_epochs": 1, "proxy.schedule": "p,1"}
+  )
   dataset, state, _ = train_one_epoch(config, str(tmp_path_factory.mktemp("tiny_model")))
   split = dataset.train
   _, sharding = parallel.shardings(parallel.make_mesh())
@@ -289,8 +324,15 @@ def run_step(tiny_model, bank, key, **overrides):
   for field, value in overrides.items():
     config.proxy[field] = value
   before = bank.to_arrays()
-  result = proxy_step.run_proxy_step(state, split, bank, config, jax.random.key(key),
-                                predict_fn=steps.make_predict_step(), batch_sharding=sharding)
+  result = proxy_step.run_proxy_step(
+    state,
+    split,
+    bank,
+    config,
+    jax.random.key(key),
+    predict_fn=steps.make_predict_step(),
+    batch_sharding=sharding,
+  )
   after = bank.to_arrays()  # The step only reads the bank; storing is the caller's job.
   np.testing.assert_array_equal(before["ids"], after["ids"])
   np.testing.assert_array_equal(before["images"], after["images"])
@@ -309,6 +351,7 @@ def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatc
   assert len(bank) == record["chosen"]
   # Direct recomputation from the definition: predicted-class Grad-CAM++ on the original.
   from proxy_jax import cams  # pylint: disable=g-import-not-at-top
+
   ids = bank.ids()
   unit = preprocess.to_unit_range(split.images[ids])
   variables = models.variables_of(state)
@@ -321,7 +364,9 @@ def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatc
   # At subset 0.5 the step runs two-pass; the fused scan must give the same bank.
   picks = proxy_step.use_fused_scan
   assert not picks("gradcampp", 0.5) and picks("gradcampp", 0.6) and not picks("scorecam", 1.0)
-  monkeypatch.setattr(proxy_step, "use_fused_scan", lambda method, subset: not picks(method, subset))
+  monkeypatch.setattr(
+    proxy_step, "use_fused_scan", lambda method, subset: not picks(method, subset)
+  )
   other, _ = run_step(tiny_model, proxy_step.ProxyBank(), 0)
   np.testing.assert_array_equal(other.ids(), ids)
   assert np.max(np.abs(other.to_arrays()["images"].astype(int) - got)) <= 1
@@ -341,12 +386,11 @@ def test_clear_every_step_true_versus_false(tiny_model):
 
 @pytest.mark.slow
 def test_noisy_cam_methods_draw_from_the_step_key(tiny_model):
-  first, record = run_step(tiny_model, proxy_step.ProxyBank(), 4, cam_method="smoothgrad",
-                             threshold=0.5)
-  again, _ = run_step(tiny_model, proxy_step.ProxyBank(), 4, cam_method="smoothgrad",
-                        threshold=0.5)
-  other, _ = run_step(tiny_model, proxy_step.ProxyBank(), 5, cam_method="smoothgrad",
-                        threshold=0.5)
+  first, record = run_step(
+    tiny_model, proxy_step.ProxyBank(), 4, cam_method="smoothgrad", threshold=0.5
+  )
+  again, _ = run_step(tiny_model, proxy_step.ProxyBank(), 4, cam_method="smoothgrad", threshold=0.5)
+  other, _ = run_step(tiny_model, proxy_step.ProxyBank(), 5, cam_method="smoothgrad", threshold=0.5)
   assert len(first) == record["chosen"] > 0
   np.testing.assert_array_equal(first.to_arrays()["images"], again.to_arrays()["images"])
   same_ids = np.intersect1d(first.ids(), other.ids())
@@ -358,15 +402,19 @@ def test_reuse_proxies_takes_the_cam_of_the_current_proxy(tiny_model):
   config, _, state, _ = tiny_model
   once, _ = run_step(tiny_model, proxy_step.ProxyBank(), 3, subset=1.0)
   first = once.to_arrays()
-  again, _ = run_step(tiny_model, proxy_step.ProxyBank.from_arrays(first), 3, subset=1.0,
-                        reuse_proxies=False)
+  again, _ = run_step(
+    tiny_model, proxy_step.ProxyBank.from_arrays(first), 3, subset=1.0, reuse_proxies=False
+  )
   np.testing.assert_array_equal(again.to_arrays()["images"], first["images"])
-  twice, _ = run_step(tiny_model, proxy_step.ProxyBank.from_arrays(first), 3, subset=1.0,
-                        reuse_proxies=True)
-  proxy_fn = proxy.make_proxy_fn(state.apply_fn, "gradcampp", 0.85, 0.2, "seed",
-                                 {"chunk_size": 256, "smooth_sigma": 0.0})
-  predictions = np.argmax(state.apply_fn(models.variables_of(state), data.normalize(
-      first["images"] / 255.0)), -1)
+  twice, _ = run_step(
+    tiny_model, proxy_step.ProxyBank.from_arrays(first), 3, subset=1.0, reuse_proxies=True
+  )
+  proxy_fn = proxy.make_proxy_fn(
+    state.apply_fn, "gradcampp", 0.85, 0.2, "seed", {"chunk_size": 256, "smooth_sigma": 0.0}
+  )
+  predictions = np.argmax(
+    state.apply_fn(models.variables_of(state), data.normalize(first["images"] / 255.0)), -1
+  )
   expected, _ = proxy_fn(models.variables_of(state), first["images"], predictions)
   got = twice.to_arrays()["images"].astype(int)
   assert np.max(np.abs(got - np.asarray(expected, int))) <= 1
@@ -376,8 +424,14 @@ def test_reuse_proxies_takes_the_cam_of_the_current_proxy(tiny_model):
 # ---------------------------------------------------------------- runs
 
 
-RESUME_OVERRIDES = {"proxy.enabled": True, "proxy.schedule": "1,p,1,p,1", "num_epochs": 3,
-                    "proxy.subset": 0.5, "data.max_examples": 300, "image_size": 16}
+RESUME_OVERRIDES = {
+  "proxy.enabled": True,
+  "proxy.schedule": "1,p,1,p,1",
+  "num_epochs": 3,
+  "proxy.subset": 0.5,
+  "data.max_examples": 300,
+  "image_size": 16,
+}
 
 
 @pytest.fixture(scope="module")
@@ -401,11 +455,16 @@ def straight_run(tmp_path_factory):
 
   def recording_chunks(arrays, size, **options):
     """Evaluation and the proxy step's passes (no swap: they read the split as it is)."""
-    call = {"n": len(arrays["image"]), "swap": False, "ids": [], "images": {},
-            "evaluation": options.get("mask", False)}
+    call = {
+      "n": len(arrays["image"]),
+      "swap": False,
+      "ids": [],
+      "images": {},
+      "evaluation": options.get("mask", False),
+    }
     calls.append(call)
     for chunk in original_chunks(arrays, size, **options):
-      for row in chunk.rows[:chunk.valid]:
+      for row in chunk.rows[: chunk.valid]:
         call["images"][int(row)] = arrays["image"][row].copy()
       yield chunk
 
@@ -428,7 +487,8 @@ def test_training_batches_use_proxies_and_evaluation_never_does(straight_run):
   for step in (first, second):  # The manipulation check: the transform did change pixels.
     assert 0.0 < step["changed_pixel_share"] <= 1.0 and step["changed_mean_abs"] > 0
     assert step["mean_abs_change"] == pytest.approx(
-        step["changed_mean_abs"] * step["changed_pixel_share"])
+      step["changed_mean_abs"] * step["changed_pixel_share"]
+    )
   # Epochs 2 and 3 swap, on the training split only; every id appears exactly once in each.
   swapped = [c for c in calls if c["swap"]]
   assert len(swapped) == 2 and all(c["n"] == n_train for c in swapped)
@@ -438,8 +498,9 @@ def test_training_batches_use_proxies_and_evaluation_never_does(straight_run):
   originals = data.load_dataset(config, workdir).train.images
   for example_id, image in zip(bank["ids"], bank["images"]):
     np.testing.assert_array_equal(swapped[-1]["images"][int(example_id)], image)
-  assert any(not np.array_equal(image, originals[i])
-             for i, image in zip(bank["ids"], bank["images"]))
+  assert any(
+    not np.array_equal(image, originals[i]) for i, image in zip(bank["ids"], bank["images"])
+  )
   unbanked = sorted(set(range(n_train)) - set(bank["ids"].tolist()))
   for example_id in unbanked:
     np.testing.assert_array_equal(swapped[-1]["images"][example_id], originals[example_id])
@@ -475,8 +536,10 @@ train.train_and_evaluate(make_tiny_config(**overrides), sys.argv[1])
 def final_bank(workdir, config):
   ckpt = checkpoints.RunCheckpoints(workdir, 3)
   try:
-    _, meta, bank = ckpt.restore(ckpt.latest_epoch(), train.create_train_state(
-        config, train.create_model(config, 10), jax.random.key(0), 1))
+    _, meta, bank = ckpt.restore(
+      ckpt.latest_epoch(),
+      train.create_train_state(config, train.create_model(config, 10), jax.random.key(0), 1),
+    )
   finally:
     ckpt.close()
   return meta, bank
@@ -485,10 +548,13 @@ def final_bank(workdir, config):
 def comparable(summary):
   timing = ("epoch_seconds", "images_per_second")
   strip = lambda row: {k: v for k, v in row.items() if k not in timing}
-  return {"final": strip(summary["final"]), "test": summary["test"], "best": summary["best"],
-          "history": [strip(r) for r in summary["history"]],
-          "proxy_steps": [{k: v for k, v in s.items() if k != "seconds"}
-                          for s in summary["proxy_steps"]]}
+  return {
+    "final": strip(summary["final"]),
+    "test": summary["test"],
+    "best": summary["best"],
+    "history": [strip(r) for r in summary["history"]],
+    "proxy_steps": [{k: v for k, v in s.items() if k != "seconds"} for s in summary["proxy_steps"]],
+  }
 
 
 @pytest.mark.slow
@@ -496,11 +562,13 @@ def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path, straight_run):
   config = make_tiny_config(**RESUME_OVERRIDES)
   straight_dir, straight, _ = straight_run
   script = tmp_path / "killed_run.py"
-  script.write_text(KILLED_RUN.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
-                                      overrides=RESUME_OVERRIDES))
+  script.write_text(
+    KILLED_RUN.format(root=ROOT, tests=os.path.join(ROOT, "tests"), overrides=RESUME_OVERRIDES)
+  )
   resumed_dir = str(tmp_path / "b")
-  result = subprocess.run([sys.executable, str(script), resumed_dir], capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, str(script), resumed_dir], capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
   assert not os.path.exists(os.path.join(resumed_dir, "summary.json"))
   meta, bank = final_bank(resumed_dir, config)
@@ -508,8 +576,10 @@ def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path, straight_run):
   resumed = train.train_and_evaluate(make_tiny_config(**RESUME_OVERRIDES), resumed_dir)
   assert len(resumed["proxy_steps"]) == 2
   assert comparable(resumed) == comparable(straight)
-  with open(os.path.join(resumed_dir, "split.json")) as f, \
-       open(os.path.join(straight_dir, "split.json")) as g:
+  with (
+    open(os.path.join(resumed_dir, "split.json")) as f,
+    open(os.path.join(straight_dir, "split.json")) as g,
+  ):
     assert json.load(f) == json.load(g)
   (_, bank_a), (_, bank_b) = final_bank(straight_dir, config), final_bank(resumed_dir, config)
   np.testing.assert_array_equal(bank_a["ids"], bank_b["ids"])
@@ -582,8 +652,11 @@ def finish_and_fuse(setup, state, bank, progress, wall_time_s):
 train._finish = finish_and_fuse
 train.train_and_evaluate(make_tiny_config(**{overrides!r}), workdir)
 """
+
+
 def _free_port():
   import socket  # pylint: disable=g-import-not-at-top
+
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
@@ -595,13 +668,21 @@ def _fused_step_on_final_state(workdir, config):
   config.proxy.subset = 1.0
   ckpt = checkpoints.RunCheckpoints(workdir, 3)
   try:
-    state, _, _ = ckpt.restore(ckpt.latest_epoch(), train.create_train_state(
-        config, train.create_model(config, 10), jax.random.key(0), 1))
+    state, _, _ = ckpt.restore(
+      ckpt.latest_epoch(),
+      train.create_train_state(config, train.create_model(config, 10), jax.random.key(0), 1),
+    )
   finally:
     ckpt.close()
   split = data.load_dataset(config, workdir).train
-  result = proxy_step.run_proxy_step(state, split, proxy_step.ProxyBank(), config, jax.random.key(7),
-                                predict_fn=steps.make_predict_step())
+  result = proxy_step.run_proxy_step(
+    state,
+    split,
+    proxy_step.ProxyBank(),
+    config,
+    jax.random.key(7),
+    predict_fn=steps.make_predict_step(),
+  )
   bank = proxy_step.ProxyBank()
   bank.store(result.ids, result.proxies)
   return bank
@@ -611,15 +692,24 @@ def _fused_step_on_final_state(workdir, config):
 def test_two_processes_match_one_process(tmp_path, straight_run):
   """A real two-process run (localhost coordinator, CPU collectives) against one process."""
   script = tmp_path / "multi_process_run.py"
-  script.write_text(MULTI_PROCESS_RUN.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
-                                             overrides=RESUME_OVERRIDES))
+  script.write_text(
+    MULTI_PROCESS_RUN.format(
+      root=ROOT, tests=os.path.join(ROOT, "tests"), overrides=RESUME_OVERRIDES
+    )
+  )
   port, outs = str(_free_port()), [str(tmp_path / f"process{i}") for i in range(2)]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  workers = [subprocess.Popen([sys.executable, str(script), str(i), port,
-                               str(tmp_path / "two"), outs[i]], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+  workers = [
+    subprocess.Popen(
+      [sys.executable, str(script), str(i), port, str(tmp_path / "two"), outs[i]],
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   config = make_tiny_config(**RESUME_OVERRIDES)
   straight_dir, reference, _ = straight_run  # The same run in this single-device process.
   _, run_bank = final_bank(straight_dir, config)
@@ -632,20 +722,28 @@ def test_two_processes_match_one_process(tmp_path, straight_run):
     banks = np.load(out + ".npz")
     assert result["devices"] == 2
     # The proxy step equals the chunk-by-chunk reference bit for bit in both processes.
-    assert [row[:2] for row in result["identical"]] == [[1.0, False], [0.2, False], [0.9, True],
-                                                        [1.0, False], [0.2, False]]
+    assert [row[:2] for row in result["identical"]] == [
+      [1.0, False],
+      [0.2, False],
+      [0.9, True],
+      [1.0, False],
+      [0.2, False],
+    ]
     assert all(row[2] > 0 for row in result["identical"])
     assert [row[3] > 0 for row in result["identical"]] == [False] * 3 + [True] * 2  # Drained.
     # Each process was given only its half of every global batch (and of every CAM chunk).
-    assert result["fed"] and all(local[0] * 2 == total[0] and local[1:] == total[1:]
-                                 for local, total in result["fed"])
+    assert result["fed"] and all(
+      local[0] * 2 == total[0] and local[1:] == total[1:] for local, total in result["fed"]
+    )
     got, want = comparable(result["summary"]), comparable(reference)
     assert got["proxy_steps"] == want["proxy_steps"]
     for got_row, want_row in zip(got["history"] + [got["test"]], want["history"] + [want["test"]]):
       assert got_row.keys() == want_row.keys()
       for key in got_row:
         np.testing.assert_allclose(got_row[key], want_row[key], rtol=1e-4, atol=1e-6)
-    for name, (ids, images) in {"run": (run_bank["ids"], run_bank["images"]),
-                                "fused": (fused.ids(), fused.to_arrays()["images"])}.items():
+    for name, (ids, images) in {
+      "run": (run_bank["ids"], run_bank["images"]),
+      "fused": (fused.ids(), fused.to_arrays()["images"]),
+    }.items():
       np.testing.assert_array_equal(banks[f"{name}_ids"], ids)
       assert len(ids) and np.max(np.abs(banks[f"{name}_images"].astype(int) - images)) <= 1

@@ -39,11 +39,11 @@ def tiny_model(tmp_path_factory):
 # Fused at subset > 0.5 (with the label as CAM target too), two-pass at or below it and for
 # noisy methods; reuse_proxies recomputes the banked examples' CAMs on their proxies.
 CASES = {
-    "fused": {"subset": 1.0},
-    "fused_label_target": {"subset": 0.8, "cam_target": "label", "mode": "blended"},
-    "fused_reuse_proxies": {"subset": 0.9, "reuse_proxies": True},
-    "two_pass": {"subset": 0.3},
-    "two_pass_noisy": {"subset": 0.2, "cam_method": "smoothgrad", "threshold": 0.5},
+  "fused": {"subset": 1.0},
+  "fused_label_target": {"subset": 0.8, "cam_target": "label", "mode": "blended"},
+  "fused_reuse_proxies": {"subset": 0.9, "reuse_proxies": True},
+  "two_pass": {"subset": 0.3},
+  "two_pass_noisy": {"subset": 0.2, "cam_method": "smoothgrad", "threshold": 0.5},
 }
 
 
@@ -60,8 +60,9 @@ def test_proxy_step_is_bit_identical_to_reading_every_chunk_back(tiny_model, cas
     bank.update(ids, 255 - split.images[ids])
   predict_fn, key = steps.make_predict_step(), jax.random.key(11)
   expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
-  result = proxy_step.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
-                                batch_sharding=sharding)
+  result = proxy_step.run_proxy_step(
+    state, split, bank, config, key, predict_fn=predict_fn, batch_sharding=sharding
+  )
   assert 0 < len(result.ids) <= result.wrong < len(split)
   assert_identical(result, expected)
   if config.proxy.reuse_proxies:
@@ -135,9 +136,11 @@ def test_dispatch_with_a_buffer_drains_the_oldest_half_and_fetches_the_same_rows
   assert unbounded.drained_chunks == 0 and unbounded.peak_bytes == 11 * chunk_bytes
 
   def odd_rows_only(chunk, outputs):  # A drain may keep only the rows a caller can ask for.
-    positions = chunk.rows[:chunk.valid]
-    return jax.tree.map(lambda v: dispatch.Drained(positions[positions % 2 == 1],
-                                                  v[positions % 2 == 1]), chunk.fetch(outputs))
+    positions = chunk.rows[: chunk.valid]
+    return jax.tree.map(
+      lambda v: dispatch.Drained(positions[positions % 2 == 1], v[positions % 2 == 1]),
+      chunk.fetch(outputs),
+    )
 
   partial = dispatch.dispatch(fn, {"x": x}, 2, buffer_bytes=1, drain=odd_rows_only)
   np.testing.assert_array_equal(partial.fetch([1, 3, 20])[0], want[0][[1, 3, 20]])
@@ -149,10 +152,10 @@ def test_dispatch_with_a_buffer_drains_the_oldest_half_and_fetches_the_same_rows
 # few chunks or of 1 byte): (fields, the CASES entry they change, passes that drain). 50 kB
 # holds 3 fused chunks; 10 kB holds 2 CAM chunks but every prediction (64 bytes a chunk).
 SMALL_BUFFERS = {
-    "fused": ({"device_buffer_mb": 0.05}, "fused", 1),
-    "fused_reuse_proxies": ({"device_buffer_mb": 1e-6}, "fused_reuse_proxies", 2),
-    "two_pass": ({"subset": 0.5, "device_buffer_mb": 0.01}, "two_pass", 1),
-    "two_pass_noisy": ({"device_buffer_mb": 1e-6}, "two_pass_noisy", 2),
+  "fused": ({"device_buffer_mb": 0.05}, "fused", 1),
+  "fused_reuse_proxies": ({"device_buffer_mb": 1e-6}, "fused_reuse_proxies", 2),
+  "two_pass": ({"subset": 0.5, "device_buffer_mb": 0.01}, "two_pass", 1),
+  "two_pass_noisy": ({"device_buffer_mb": 1e-6}, "two_pass_noisy", 2),
 }
 
 
@@ -171,8 +174,9 @@ def test_a_small_device_buffer_drains_and_stays_bit_identical(tiny_model, monkey
   predict_fn, key = steps.make_predict_step(), jax.random.key(11)
   expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
   passes = _watched_dispatch(monkeypatch)
-  result = proxy_step.run_proxy_step(state, split, bank, config, key, predict_fn=predict_fn,
-                                batch_sharding=sharding)
+  result = proxy_step.run_proxy_step(
+    state, split, bank, config, key, predict_fn=predict_fn, batch_sharding=sharding
+  )
   assert_identical(result, expected)
   buffer = proxy_step.buffer_bytes(config)
   assert sum(passed.drained_chunks >= 2 for passed, _ in passes) == draining
@@ -264,8 +268,12 @@ print("ok")
 def test_the_step_dispatches_its_passes_without_reading_back(tmp_path):
   script = tmp_path / "no_reads.py"
   script.write_text(textwrap.dedent(NO_READS.format(root=ROOT, tests=os.path.join(ROOT, "tests"))))
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  result = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run(
+    [sys.executable, str(script), str(tmp_path)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

@@ -19,11 +19,16 @@ from tests.conftest import ROOT
 
 README = os.path.join(ROOT, "README.md")
 # Programs whose flags are absl flags defined by `define_flags()` (main.py's are the trainer's).
-ABSL = {"main.py": "proxy_jax.main", "proxy_jax.main": "proxy_jax.main",
-        "proxy_jax.infer": "proxy_jax.infer", "proxy_jax.faithfulness": "proxy_jax.faithfulness",
-        "proxy_jax.sweep": "proxy_jax.sweep.__main__", "proxy_jax.study": "proxy_jax.study.__main__",
-        "proxy_jax.batch_size": "proxy_jax.batch_size",
-        "proxy_jax.aggregate": "proxy_jax.aggregate"}
+ABSL = {
+  "main.py": "proxy_jax.main",
+  "proxy_jax.main": "proxy_jax.main",
+  "proxy_jax.infer": "proxy_jax.infer",
+  "proxy_jax.faithfulness": "proxy_jax.faithfulness",
+  "proxy_jax.sweep": "proxy_jax.sweep.__main__",
+  "proxy_jax.study": "proxy_jax.study.__main__",
+  "proxy_jax.batch_size": "proxy_jax.batch_size",
+  "proxy_jax.aggregate": "proxy_jax.aggregate",
+}
 ARGPARSE = {"proxy_jax.convert"}
 PARSE = """
 import sys
@@ -74,19 +79,29 @@ def test_a_readme_command_names_files_that_exist(argv):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("argv", [a for a in readme_commands() if program(a) in ABSL],
-                         ids=lambda argv: " ".join(argv[1:4]))
+@pytest.mark.parametrize(
+  "argv", [a for a in readme_commands() if program(a) in ABSL], ids=lambda argv: " ".join(argv[1:4])
+)
 def test_a_readme_command_parses_with_its_programs_flags(argv):
-  result = subprocess.run([sys.executable, "-c", PARSE, ABSL[program(argv)], *flags_of(argv)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+  result = subprocess.run(
+    [sys.executable, "-c", PARSE, ABSL[program(argv)], *flags_of(argv)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
   assert result.returncode == 0 and result.stdout.strip() == "parsed", result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("argv", [a for a in readme_commands() if program(a) in ARGPARSE],
-                         ids=lambda argv: " ".join(argv[1:4]))
+@pytest.mark.parametrize(
+  "argv",
+  [a for a in readme_commands() if program(a) in ARGPARSE],
+  ids=lambda argv: " ".join(argv[1:4]),
+)
 def test_a_readme_command_parses_with_its_argparse_parser(argv):
   import importlib  # pylint: disable=g-import-not-at-top
+
   module = importlib.import_module(program(argv))
   args = module.parse_args(flags_of(argv))
   assert args is not None
@@ -98,10 +113,17 @@ def test_the_cheap_readme_commands_run(tmp_path):
   cheap = [a for a in readme_commands() if program(a) in ("proxy_jax.study", "proxy_jax.sweep")]
   assert cheap
   for argv in cheap:
-    args = [f"--workdir={tmp_path / program(argv)}" if a.startswith("--workdir=") else a
-            for a in flags_of(argv)]
-    result = subprocess.run([sys.executable, "-m", program(argv), *args, "--dry-run"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": ROOT})
+    args = [
+      f"--workdir={tmp_path / program(argv)}" if a.startswith("--workdir=") else a
+      for a in flags_of(argv)
+    ]
+    result = subprocess.run(
+      [sys.executable, "-m", program(argv), *args, "--dry-run"],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert " trials" in result.stdout and "  run " in result.stdout

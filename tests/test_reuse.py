@@ -24,8 +24,15 @@ COMPARISON_ARMS = {**CONTROL_ARMS, "cutmix": {"augment.mix": "cutmix"}}
 
 
 def _study(name, arms, common=None, seeds=(0, 1)):
-  return spec.validate(spec.Study(name=name, config=os.path.join(REPO, "configs", "default.py"),
-                                  arms=arms, seeds=seeds, common=dict(common or COMMON)))
+  return spec.validate(
+    spec.Study(
+      name=name,
+      config=os.path.join(REPO, "configs", "default.py"),
+      arms=arms,
+      seeds=seeds,
+      common=dict(common or COMMON),
+    )
+  )
 
 
 def _finished_run(study, trial, trial_dir, changes=None):
@@ -44,10 +51,20 @@ def _finished_run(study, trial, trial_dir, changes=None):
   atomic_write_text(os.path.join(trial_dir, ".sweep.lock"), "")
   atomic_write_json(os.path.join(trial_dir, "sweep_trial.json"), trial)
   row = records.EpochRecord(epoch=2, val_accuracy=0.5, val_loss=1.0)
-  records.write_summary(trial_dir, records.Summary(
-      config=json.loads(json.dumps(config)), final=row, best=records.Best(0.5, 2),
-      test={"accuracy": 0.6, "loss": 1.0}, num_epochs=2, wall_time_s=3.0, history=[row, row],
-      proxy_steps=[], train_split={"accuracy": 0.99, "loss": 0.1}))
+  records.write_summary(
+    trial_dir,
+    records.Summary(
+      config=json.loads(json.dumps(config)),
+      final=row,
+      best=records.Best(0.5, 2),
+      test={"accuracy": 0.6, "loss": 1.0},
+      num_epochs=2,
+      wall_time_s=3.0,
+      history=[row, row],
+      proxy_steps=[],
+      train_split={"accuracy": 0.99, "loss": 0.1},
+    ),
+  )
 
 
 def _ran_study(workdir, study, changes=None, unfinished=()):
@@ -55,9 +72,15 @@ def _ran_study(workdir, study, changes=None, unfinished=()):
   a trial's run recorded, `unfinished` trials only started."""
   trials = spec.trials(study)
   os.makedirs(workdir)
-  atomic_write_json(os.path.join(workdir, sweep.SWEEP_FILE),
-                    {"config": study.config, "sweep": f"study {study.name}",
-                     "common": study.common, "trials": trials})
+  atomic_write_json(
+    os.path.join(workdir, sweep.SWEEP_FILE),
+    {
+      "config": study.config,
+      "sweep": f"study {study.name}",
+      "common": study.common,
+      "trials": trials,
+    },
+  )
   path = journal.journal_path(workdir, (0, 1))
   for index, trial in enumerate(trials):
     name = trial["name"]
@@ -66,8 +89,9 @@ def _ran_study(workdir, study, changes=None, unfinished=()):
     if name in unfinished:
       continue
     _finished_run(study, trial, os.path.join(workdir, name), (changes or {}).get(name))
-    journal.append_record(path, {**base, "status": sweep.FINISHED, "time": 20.0 + index,
-                                 "seconds": 500.0 + index})
+    journal.append_record(
+      path, {**base, "status": sweep.FINISHED, "time": 20.0 + index, "seconds": 500.0 + index}
+    )
   return trials
 
 
@@ -87,11 +111,13 @@ def test_identical_runs_are_copied_and_the_study_skips_them(tmp_path):
   reused = journal.read_journal(target)
   assert len(reused) == 8 and {r["reused_from"] for r in reused} == {os.path.abspath(source)}
   strip = lambda r: {k: v for k, v in r.items() if k != "reused_from"}
-  assert [strip(r) for r in reused] == [r for r in journal.read_journal(source)
-                                        if r["trial"] in shared]
+  assert [strip(r) for r in reused] == [
+    r for r in journal.read_journal(source) if r["trial"] in shared
+  ]
   # The study runs only what is left: the new arm.
-  counts = sweep.run_trials(comparison.config, spec.trials(comparison), comparison.common,
-                            target, dry_run=True)
+  counts = sweep.run_trials(
+    comparison.config, spec.trials(comparison), comparison.common, target, dry_run=True
+  )
   assert counts["finished_before"] == 4 and counts["total"] == 6
 
   # Its runs keep their code version and time, and the report names where they came from.
@@ -115,13 +141,18 @@ def test_runs_that_differ_are_not_reused(tmp_path):
   unfinished run: none is copied; the reasons name the fields."""
   control = _study("control", CONTROL_ARMS)
   source = str(tmp_path / "control")
-  _ran_study(source, control, changes={"mixup_seed0": {"optimizer.learning_rate": 0.5}},
-             unfinished=("baseline_seed1",))
+  _ran_study(
+    source,
+    control,
+    changes={"mixup_seed0": {"optimizer.learning_rate": 0.5}},
+    unfinished=("baseline_seed1",),
+  )
   comparison = _study("comparison", COMPARISON_ARMS)
   result = reuse.plan(comparison, str(tmp_path / "comparison"), source)
   assert list(result["reuse"]) == ["baseline_seed0", "mixup_seed1"]
-  assert result["refused"] == {"mixup_seed0": "its resolved config differs in "
-                                               "optimizer.learning_rate"}
+  assert result["refused"] == {
+    "mixup_seed0": "its resolved config differs in optimizer.learning_rate"
+  }
   elsewhere = _study("comparison", COMPARISON_ARMS, {**COMMON, "data.cache_dir": "/tmp/other"})
   refused = reuse.plan(elsewhere, str(tmp_path / "comparison"), source)["refused"]
   assert not reuse.plan(elsewhere, str(tmp_path / "comparison"), source)["reuse"]
@@ -129,8 +160,10 @@ def test_runs_that_differ_are_not_reused(tmp_path):
   assert not reuse.reuse(elsewhere, str(tmp_path / "comparison"), source)["reuse"]
   assert not os.path.exists(tmp_path / "comparison")  # Nothing to copy: nothing written.
   smaller_batches = _study("comparison", COMPARISON_ARMS, {**COMMON, "batch_size": 16})
-  assert "batch_size" in reuse.plan(smaller_batches, str(tmp_path / "x"), source)["refused"][
-      "mixup_seed1"]
+  assert (
+    "batch_size"
+    in reuse.plan(smaller_batches, str(tmp_path / "x"), source)["refused"]["mixup_seed1"]
+  )
 
 
 def test_nothing_the_workdir_has_is_touched(tmp_path):
@@ -139,8 +172,10 @@ def test_nothing_the_workdir_has_is_touched(tmp_path):
   _ran_study(source, control)
   os.makedirs(os.path.join(target, "baseline_seed0"))  # An interrupted run of its own.
   atomic_write_text(os.path.join(target, "baseline_seed0", "train.log"), "own")
-  journal.append_record(journal.journal_path(target, (0, 1)),
-                        {"trial": "mixup_seed1", "status": sweep.STARTED, "time": 1.0})
+  journal.append_record(
+    journal.journal_path(target, (0, 1)),
+    {"trial": "mixup_seed1", "status": sweep.STARTED, "time": 1.0},
+  )
   # A copy killed midway left a partial folder: it is replaced, never renamed into place.
   os.makedirs(os.path.join(target, "mixup_seed0" + reuse.PARTIAL_SUFFIX, "junk"))
   result = reuse.reuse(comparison, target, source)
@@ -167,8 +202,10 @@ def test_carried_trials_are_reused_too(tmp_path):
   assert list(result["reuse"]) == ["baseline_seed0", "mixup_seed0", "baseline_seed1"]
   assert not os.path.exists(os.path.join(target, "baseline_seed0", "checkpoints"))
   runs, _ = runs_lib.load_runs(comparison, target)
-  assert runs["baseline", 1]["summary"] == runs_lib.load_runs(control, source)[0][
-      "baseline", 1]["summary"]
+  assert (
+    runs["baseline", 1]["summary"]
+    == runs_lib.load_runs(control, source)[0]["baseline", 1]["summary"]
+  )
 
 
 def test_command_line(tmp_path):
@@ -177,21 +214,35 @@ def test_command_line(tmp_path):
   _ran_study(source, control, changes={"mixup_seed1": {"optimizer.learning_rate": 0.5}})
   study_file = tmp_path / "comparison.py"
   study_file.write_text(
-      "from proxy_jax.study.spec import Study\n"
-      "def get_study():\n"
-      f"  return Study(name='comparison', config={control.config!r}, seeds=(0, 1),\n"
-      f"               common={{'num_epochs': 2, 'proxy.schedule': '1,p,1'}}, arms={COMPARISON_ARMS!r})\n")
-  command = [sys.executable, "-m", "proxy_jax.study.reuse", f"--study={study_file}",
-             f"--workdir={tmp_path / 'comparison'}", f"--from={source}",
-             "--set=data.cache_dir=/tmp/shared_cache"]
+    "from proxy_jax.study.spec import Study\n"
+    "def get_study():\n"
+    f"  return Study(name='comparison', config={control.config!r}, seeds=(0, 1),\n"
+    f"               common={{'num_epochs': 2, 'proxy.schedule': '1,p,1'}}, arms={COMPARISON_ARMS!r})\n"
+  )
+  command = [
+    sys.executable,
+    "-m",
+    "proxy_jax.study.reuse",
+    f"--study={study_file}",
+    f"--workdir={tmp_path / 'comparison'}",
+    f"--from={source}",
+    "--set=data.cache_dir=/tmp/shared_cache",
+  ]
   env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
   done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "reused 3 finished run(s)" in done.stdout
   assert "not reused: mixup_seed1: its resolved config differs in optimizer.learning_rate" in (
-      done.stdout)
+    done.stdout
+  )
   assert "record code version abc123: run the study from a snapshot of it" in done.stdout
-  bad = subprocess.run(command[:-2] + [f"--from={tmp_path / 'nowhere'}"], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+  bad = subprocess.run(
+    command[:-2] + [f"--from={tmp_path / 'nowhere'}"],
+    env=env,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
   assert bad.stderr.startswith("error: --from=") and "no sweep.json" in bad.stderr

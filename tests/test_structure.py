@@ -26,15 +26,22 @@ ORDER = (BASE, LIBRARY, RUN, TOOLS)
 # A module's layer is its folder's (the first folder below proxy_jax/); a new file is placed by
 # where it lives. Modules directly in proxy_jax/ are the command-line tools.
 FOLDER_LAYERS = {
-    # Base: errors, atomic files and digests, the disk, the console, device plumbing.
-    "core": BASE,
-    # Library: models, CAMs, augmentation, the proxy transform, images, pretrained weights.
-    "models": LIBRARY, "cams": LIBRARY, "augment": LIBRARY, "proxy": LIBRARY,
-    "images": LIBRARY, "weights": LIBRARY,
-    # Run: the config boundary, data, and a training run (state, steps, loop, checkpoints...).
-    "config": RUN, "data": RUN, "run": RUN,
-    # Tools: sweeps and studies (and the command lines beside them).
-    "sweep": TOOLS, "study": TOOLS,
+  # Base: errors, atomic files and digests, the disk, the console, device plumbing.
+  "core": BASE,
+  # Library: models, CAMs, augmentation, the proxy transform, images, pretrained weights.
+  "models": LIBRARY,
+  "cams": LIBRARY,
+  "augment": LIBRARY,
+  "proxy": LIBRARY,
+  "images": LIBRARY,
+  "weights": LIBRARY,
+  # Run: the config boundary, data, and a training run (state, steps, loop, checkpoints...).
+  "config": RUN,
+  "data": RUN,
+  "run": RUN,
+  # Tools: sweeps and studies (and the command lines beside them).
+  "sweep": TOOLS,
+  "study": TOOLS,
 }
 MAX_TOP_LEVEL_MODULES = 10
 
@@ -52,9 +59,12 @@ def layer_of(name: str) -> str:
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-  return [f"{name} ({layer_of(name)}) imports {target} ({layer_of(target)})"
-          for name, targets in sorted(graph.items()) for target in sorted(targets)
-          if ORDER.index(layer_of(target)) > ORDER.index(layer_of(name))]
+  return [
+    f"{name} ({layer_of(name)}) imports {target} ({layer_of(target)})"
+    for name, targets in sorted(graph.items())
+    for target in sorted(targets)
+    if ORDER.index(layer_of(target)) > ORDER.index(layer_of(name))
+  ]
 
 
 def module_files(package: pathlib.Path = PACKAGE) -> dict[str, pathlib.Path]:
@@ -83,7 +93,7 @@ def imported_modules(name: str, path: pathlib.Path, known) -> set[str]:
       base = node.module or ""
       if node.level:
         package = name.split(".") if is_package else name.split(".")[:-1]
-        package = package[:len(package) - node.level + 1]
+        package = package[: len(package) - node.level + 1]
         base = ".".join(package + ([node.module] if node.module else []))
       candidates = [[f"{base}.{alias.name}", base] for alias in node.names]
     else:
@@ -119,7 +129,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[path.pop()] = 2
         stack.pop()
       elif state.get(child) == 1:
-        return path[path.index(child):] + [child]
+        return path[path.index(child) :] + [child]
       elif not state.get(child):
         state[child] = 1
         path.append(child)
@@ -131,7 +141,8 @@ def test_every_folder_has_a_layer_and_the_top_level_is_small():
   folders = {path.parent.name for path in PACKAGE.rglob("*.py") if path.parent != PACKAGE}
   folders = {f for f in folders if (PACKAGE / f).is_dir()}
   assert folders <= set(FOLDER_LAYERS), (
-      f"give {sorted(folders - set(FOLDER_LAYERS))} a layer in FOLDER_LAYERS")
+    f"give {sorted(folders - set(FOLDER_LAYERS))} a layer in FOLDER_LAYERS"
+  )
   top = sorted(p.stem for p in PACKAGE.glob("*.py"))
   assert len(top) <= MAX_TOP_LEVEL_MODULES, f"{len(top)} modules directly in proxy_jax/: {top}"
   for name in module_files():
@@ -156,7 +167,8 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
   (package / "main.py").write_text("from proxy_jax.run import loop\n")
   graph = import_graph(package)
   assert upward_imports(graph) == [
-      "proxy_jax.models.net (library) imports proxy_jax.run.loop (run)"]
+    "proxy_jax.models.net (library) imports proxy_jax.run.loop (run)"
+  ]
   assert layer_of("proxy_jax.main") == TOOLS and layer_of("proxy_jax") == BASE
 
 
@@ -169,8 +181,13 @@ def test_the_package_never_imports_the_checkout():
   # configs/, tests/ and benchmarks/ exist only in a checkout; the package must not need them.
   for name, path in module_files().items():
     for node in ast.walk(ast.parse(path.read_text())):
-      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-               [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+      names = (
+        [a.name for a in node.names]
+        if isinstance(node, ast.Import)
+        else [node.module or ""]
+        if isinstance(node, ast.ImportFrom) and not node.level
+        else []
+      )
       roots = {n.split(".")[0] for n in names}
       assert not roots & {"configs", "tests", "benchmarks", "main"}, (name, names)
 
@@ -185,11 +202,14 @@ def test_the_checks_catch_what_they_guard(tmp_path):
   (package / "sub" / "__init__.py").write_text("from . import b\n")
   (package / "sub" / "b.py").write_text("from pkg import sub\nimport pkg.a\n")
   graph = import_graph(package)
-  assert graph == {"pkg": set(), "pkg.a": {"pkg.sub.b"}, "pkg.sub": {"pkg.sub.b"},
-                   "pkg.sub.b": {"pkg.sub", "pkg.a"}}
+  assert graph == {
+    "pkg": set(),
+    "pkg.a": {"pkg.sub.b"},
+    "pkg.sub": {"pkg.sub.b"},
+    "pkg.sub.b": {"pkg.sub", "pkg.a"},
+  }
   cycle = find_cycle(graph)
-  assert cycle[0] == cycle[-1] and set(cycle) in ({"pkg.a", "pkg.sub.b"},
-                                                  {"pkg.sub", "pkg.sub.b"})
+  assert cycle[0] == cycle[-1] and set(cycle) in ({"pkg.a", "pkg.sub.b"}, {"pkg.sub", "pkg.sub.b"})
   assert find_cycle({"x": {"y"}, "y": set()}) is None
 
 
@@ -243,8 +263,14 @@ def test_an_installed_copy_works_outside_the_checkout(tmp_path):
   (work / "base.py").write_text("from proxy_jax.config.defaults import get_config\n")
   (work / "study.py").write_text(_STUDY)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = subprocess.run([sys.executable, "-c", _OUTSIDE], cwd=work, capture_output=True,
-                          text=True, timeout=120, env={**env, "PYTHONPATH": str(site)})
+  result = subprocess.run(
+    [sys.executable, "-c", _OUTSIDE],
+    cwd=work,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**env, "PYTHONPATH": str(site)},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["module"] == str(site / "proxy_jax" / "config")
@@ -259,6 +285,7 @@ def test_pyproject_installs_every_package():
   """`pip install .` ships every subpackage: setuptools' package search over pyproject's
   include patterns finds each folder of proxy_jax that holds modules."""
   import setuptools  # pylint: disable=g-import-not-at-top
+
   with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
     project = tomllib.load(f)
   include = project["tool"]["setuptools"]["packages"]["find"]["include"]

@@ -31,8 +31,9 @@ STUDIES = os.path.join(REPO, "configs", "studies")
 # ---------------------------------------------------------------- statistics
 
 
-@pytest.mark.parametrize("diffs", [[0.01, 0.03, -0.005, 0.02, 0.012], [0.4, -0.1],
-                                   [-0.02, -0.01, -0.015]])
+@pytest.mark.parametrize(
+  "diffs", [[0.01, 0.03, -0.005, 0.02, 0.012], [0.4, -0.1], [-0.02, -0.01, -0.015]]
+)
 def test_paired_t_matches_scipy(diffs):
   rng = np.random.default_rng(len(diffs))
   base = rng.uniform(0.5, 0.9, len(diffs))
@@ -41,8 +42,7 @@ def test_paired_t_matches_scipy(diffs):
   result = scipy_stats.ttest_rel(arm, base)
   interval = result.confidence_interval(0.95)
   assert ours["t_p"] == pytest.approx(result.pvalue, rel=1e-9)
-  assert (ours["ci_low"], ours["ci_high"]) == pytest.approx((interval.low, interval.high),
-                                                            rel=1e-9)
+  assert (ours["ci_low"], ours["ci_high"]) == pytest.approx((interval.low, interval.high), rel=1e-9)
   assert ours["mean"] == pytest.approx(np.mean(diffs))
 
 
@@ -64,7 +64,7 @@ def test_sign_flip_p_enumerates_every_flip(diffs):
   extreme = 0
   for signs in itertools.product([1.0, -1.0], repeat=len(d)):
     extreme += abs(np.mean(np.asarray(signs) * d)) >= abs(d.mean()) - 1e-12
-  assert stats.sign_flip_p(d) == pytest.approx(extreme / 2**len(d))
+  assert stats.sign_flip_p(d) == pytest.approx(extreme / 2 ** len(d))
   assert stats.sign_flip_p([0.05] * 4) == pytest.approx(stats.smallest_sign_p(4))
 
 
@@ -78,8 +78,9 @@ def test_identical_differences_are_not_called_significant():
   assert "CI undefined" in stats.verdict(row)
 
 
-@pytest.mark.parametrize("diffs", [[1, 1, 1, 1, 1], [1, -1, 1, 1, 0, 1, -1], [-1, -2, -3],
-                                   [0.5, -0.5], [1] * 9 + [-1] * 2])
+@pytest.mark.parametrize(
+  "diffs", [[1, 1, 1, 1, 1], [1, -1, 1, 1, 0, 1, -1], [-1, -2, -3], [0.5, -0.5], [1] * 9 + [-1] * 2]
+)
 def test_sign_test_is_exact_binomial(diffs):
   d = np.asarray(diffs)
   wins, n = int(np.sum(d > 0)), int(np.sum(d != 0))
@@ -108,13 +109,13 @@ def test_compare_arms_and_verdicts():
   values.update({("better", s): 0.85 + 0.01 * s + 0.001 * (s % 2) for s in seeds})
   values.update({("same", s): 0.8 + 0.01 * s + (0.002 if s % 2 else -0.002) for s in seeds})
   values.update({("short", 0): 0.9})
-  rows = {r["arm"]: r for r in stats.compare_arms(values, "baseline",
-                                                  ["baseline", "better", "same", "short"],
-                                                  seeds)}
+  rows = {
+    r["arm"]: r
+    for r in stats.compare_arms(values, "baseline", ["baseline", "better", "same", "short"], seeds)
+  }
   assert set(rows) == {"better", "same", "short"}
   t_ps = [rows["better"]["t_p"], rows["same"]["t_p"]]
-  assert [rows["better"]["holm_t_p"], rows["same"]["holm_t_p"]] == pytest.approx(
-      stats.holm(t_ps))
+  assert [rows["better"]["holm_t_p"], rows["same"]["holm_t_p"]] == pytest.approx(stats.holm(t_ps))
   assert stats.verdict(rows["better"]).startswith("better by 5.")
   assert stats.verdict(rows["same"]).startswith("no measurable difference")
   assert rows["short"]["n"] == 1 and math.isnan(rows["short"]["t_p"])
@@ -123,9 +124,19 @@ def test_compare_arms_and_verdicts():
 
 def test_verdict_explains_an_interval_that_excludes_zero():
   """Unadjusted interval above 0, Holm-adjusted p above 0.05: the sentence says why."""
-  row = {"n": 5, "mean": 0.01, "ci_low": 0.001, "ci_high": 0.019, "t_p": 0.03,
-         "holm_t_p": 0.3, "holm_sign_p": 0.6, "wins": 4, "losses": 1, "family": 10,
-         "p_method": "t"}
+  row = {
+    "n": 5,
+    "mean": 0.01,
+    "ci_low": 0.001,
+    "ci_high": 0.019,
+    "t_p": 0.03,
+    "holm_t_p": 0.3,
+    "holm_sign_p": 0.6,
+    "wins": 4,
+    "losses": 1,
+    "family": 10,
+    "p_method": "t",
+  }
   sentence = stats.verdict(row)
   assert sentence.startswith("not significant after Holm's correction for the 10 compared arms")
   assert "unadjusted 95% CI +0.10 to +1.90" in sentence
@@ -145,19 +156,25 @@ def test_study_files_expand_to_named_trials():
     assert len(study.seeds) == seeds and len(trials) == seeds * len(study.arms)
     assert list(study.arms)[:2] == ["baseline", "proxy"] and len(study.arms) == 16
     # Seed by seed: every arm of seed 0 before any of seed 1.
-    assert [t["overrides"]["seed"] for t in trials[:len(study.arms)]] == [study.seeds[0]] * len(
-        study.arms)
+    assert [t["overrides"]["seed"] for t in trials[: len(study.arms)]] == [study.seeds[0]] * len(
+      study.arms
+    )
     assert trials[1]["name"] == f"proxy_seed{study.seeds[0]}"
     assert all("skip_proxies" in "".join(o) for a, o in study.arms.items() if a.endswith("-skip"))
 
 
 # Fields of the mixing half of proxy_jax/augment, checked once it has landed.
-PENDING_FIELDS = {"augment.mix", "augment.mix_alpha", "augment.keep_salient",
-                  "augment.skip_proxies"}
+PENDING_FIELDS = {
+  "augment.mix",
+  "augment.mix_alpha",
+  "augment.keep_salient",
+  "augment.skip_proxies",
+}
 
 
 def test_study_files_name_existing_config_fields():
   from proxy_jax.config import fields as config_fields  # pylint: disable=import-outside-toplevel
+
   data = {"data.path": os.path.join(REPO, "tests"), "data.test_path": ""}
   for name in ("digits", "imagenette_mini"):
     study = spec.load_study(os.path.join(STUDIES, f"{name}.py"))
@@ -182,30 +199,47 @@ def _study_file(tmp_path, body):
   return str(path)
 
 
-@pytest.mark.parametrize("arms,message", [
+@pytest.mark.parametrize(
+  "arms,message",
+  [
     ({"baseline": {}, "proxy": {"data.split_seed": 1}}, "data.split_seed"),
     ({"baseline": {}, "proxy": {"num_epochs": 3}}, "num_epochs"),
     ({"baseline": {}, "proxy": {"seed": 3}}, "'seed'"),
     ({"control": {}, "proxy": {}}, "baseline arm"),
     ({"baseline": {}, "a b": {}}, "plain directory name"),
-])
+  ],
+)
 def test_bad_studies_are_refused(tmp_path, arms, message):
-  path = _study_file(tmp_path, f"def get_study():\n  return Study(name='x', "
-                               f"config='configs/default.py', seeds=(0, 1), arms={arms!r})\n")
+  path = _study_file(
+    tmp_path,
+    f"def get_study():\n  return Study(name='x', "
+    f"config='configs/default.py', seeds=(0, 1), arms={arms!r})\n",
+  )
   with pytest.raises(spec.StudyError, match=message):
     spec.load_study(path)
-  one_seed = _study_file(tmp_path, "def get_study():\n  return Study(name='x', config="
-                                   "'configs/default.py', seeds=(0,), arms={'baseline': {}, "
-                                   "'p': {}})\n")
+  one_seed = _study_file(
+    tmp_path,
+    "def get_study():\n  return Study(name='x', config="
+    "'configs/default.py', seeds=(0,), arms={'baseline': {}, "
+    "'p': {}})\n",
+  )
   with pytest.raises(spec.StudyError, match="at least two"):
     spec.load_study(one_seed)
 
 
 def test_every_arm_config_is_validated_before_running():
-  study = spec.validate(spec.Study(
-      name="x", config="configs/default.py", seeds=(0, 1), common={"num_epochs": "2"},
-      arms={"baseline": {"proxy.enabled": False},
-            "proxy": {"proxy.schedule": "1,p,1", "proxy.mode": "bogus"}}))
+  study = spec.validate(
+    spec.Study(
+      name="x",
+      config="configs/default.py",
+      seeds=(0, 1),
+      common={"num_epochs": "2"},
+      arms={
+        "baseline": {"proxy.enabled": False},
+        "proxy": {"proxy.schedule": "1,p,1", "proxy.mode": "bogus"},
+      },
+    )
+  )
   with pytest.raises(spec.StudyError, match="arm 'proxy': config.proxy.mode='bogus'"):
     spec.check_trial_configs(study)
   fixed = dataclasses.replace(study, arms={**study.arms, "proxy": {"proxy.schedule": "1,p,1"}})
@@ -215,15 +249,16 @@ def test_every_arm_config_is_validated_before_running():
 
 
 def test_init_checksum_sees_every_value_name_and_dtype():
-  from proxy_jax.run import train  # pylint: disable=import-outside-toplevel
+  from proxy_jax.run import records  # pylint: disable=import-outside-toplevel
+
   tree = {"params": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2)}}
   same = {"params": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2)}}
-  assert train.tree_checksum(tree) == train.tree_checksum(same)
+  assert records.tree_checksum(tree) == records.tree_checksum(same)
   changed = {"params": {**tree["params"], "b": np.array([1.0, 1.0 + 1e-12])}}
   renamed = {"params": {"a": tree["params"]["a"], "c": tree["params"]["b"]}}
   retyped = {"params": {**tree["params"], "a": tree["params"]["a"].astype(np.float64)}}
   reshaped = {"params": {**tree["params"], "a": tree["params"]["a"].reshape(3, 2)}}
-  checksums = {train.tree_checksum(t) for t in (tree, changed, renamed, retyped, reshaped)}
+  checksums = {records.tree_checksum(t) for t in (tree, changed, renamed, retyped, reshaped)}
   assert len(checksums) == 5
 
 
@@ -276,9 +311,17 @@ def get_study():
 
 
 def _study_command(study_file, workdir, out, program, *extra):
-  return [sys.executable, "-m", "proxy_jax.study", f"--study={study_file}",
-          f"--workdir={workdir}", f"--out={out}", f"--program={program}", "--explain=false",
-          *extra]
+  return [
+    sys.executable,
+    "-m",
+    "proxy_jax.study",
+    f"--study={study_file}",
+    f"--workdir={workdir}",
+    f"--out={out}",
+    f"--program={program}",
+    "--explain=false",
+    *extra,
+  ]
 
 
 def _env(**extra):
@@ -292,8 +335,13 @@ def test_killed_study_resumes_and_reports(tmp_path):
   study_file = _study_file(tmp_path, FAKE_STUDY)
   workdir, out = str(tmp_path / "runs"), str(tmp_path / "report")
   command = _study_command(study_file, workdir, out, program)
-  process = subprocess.Popen(command, env=_env(SLOW_TRIAL="proxy_seed0"), cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    command,
+    env=_env(SLOW_TRIAL="proxy_seed0"),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   slow = os.path.join(workdir, "proxy_seed0", "attempts")
   deadline = time.time() + 60
   while not os.path.exists(slow):  # Kill the study while its second trial runs.
@@ -304,8 +352,7 @@ def test_killed_study_resumes_and_reports(tmp_path):
   assert sweep.trial_states(workdir)["proxy_seed0"]["status"] == "started"
   assert not os.path.exists(out)
 
-  rerun = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
+  rerun = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
   assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
   assert "resume proxy_seed0" in rerun.stdout and "run baseline_seed0" not in rerun.stdout
   finished = [r["trial"] for r in sweep.read_journal(workdir) if r["status"] == "finished"]
@@ -338,9 +385,14 @@ def test_killed_study_resumes_and_reports(tmp_path):
 
   # A different split in one arm of one seed: the report is refused, the old one kept.
   bad = str(tmp_path / "bad_runs")
-  refused = subprocess.run(_study_command(study_file, bad, out, program), cwd=REPO,
-                           env=_env(BAD_SPLIT="proxy_seed1"), capture_output=True, text=True,
-                           timeout=120)
+  refused = subprocess.run(
+    _study_command(study_file, bad, out, program),
+    cwd=REPO,
+    env=_env(BAD_SPLIT="proxy_seed1"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert refused.returncode == 2
   assert "seed 1, arm proxy vs baseline: split.json differs" in refused.stderr
   assert open(os.path.join(out, "summary.md")).read() == summary
@@ -352,13 +404,25 @@ def test_shards_split_a_study_and_the_last_one_reports(tmp_path):
   program.write_text(FAKE_TRAINER)
   study_file = _study_file(tmp_path, FAKE_STUDY.replace("seeds=(0, 1, 2)", "seeds=(0, 1)"))
   workdir, out = str(tmp_path / "runs"), str(tmp_path / "report")
-  first = subprocess.run(_study_command(study_file, workdir, out, program, "--shard=0/2"),
-                         env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+  first = subprocess.run(
+    _study_command(study_file, workdir, out, program, "--shard=0/2"),
+    env=_env(),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert first.returncode == 0, first.stderr[-2000:]
   assert "no report yet" in first.stdout and not os.path.exists(out)
   assert len(sweep.read_journal(workdir)) == 4  # Two trials, started and finished.
-  second = subprocess.run(_study_command(study_file, workdir, out, program, "--shard=1/2"),
-                          env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+  second = subprocess.run(
+    _study_command(study_file, workdir, out, program, "--shard=1/2"),
+    env=_env(),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert second.returncode == 0, second.stderr[-2000:]
   shards = {r["trial"]: r["shard"] for r in sweep.read_journal(workdir)}
   assert sorted(set(shards.values())) == ["0/2", "1/2"] and len(shards) == 4
@@ -366,10 +430,14 @@ def test_shards_split_a_study_and_the_last_one_reports(tmp_path):
 
 
 def _fake_run(seed, arm, **changes):
-  summary = {"config": {"seed": seed, "batch_size": 32, "proxy": {"enabled": arm == "proxy"}},
-             "num_epochs": 2, "init_checksum": f"c{seed}", "proxy_steps": [],
-             "num_examples": {"train": 10}, "history": [
-                 {"val_accuracy": 0.5, "val_loss": 1.0}, {"val_accuracy": 0.6, "val_loss": 0.9}]}
+  summary = {
+    "config": {"seed": seed, "batch_size": 32, "proxy": {"enabled": arm == "proxy"}},
+    "num_epochs": 2,
+    "init_checksum": f"c{seed}",
+    "proxy_steps": [],
+    "num_examples": {"train": 10},
+    "history": [{"val_accuracy": 0.5, "val_loss": 1.0}, {"val_accuracy": 0.6, "val_loss": 0.9}],
+  }
   split = {"pool_fingerprint": "f", "indices": {"train": [0, 1], "val": [2]}}
   for key, value in changes.items():
     target = split if key in ("indices", "pool_fingerprint") else summary
@@ -377,21 +445,32 @@ def _fake_run(seed, arm, **changes):
   return {"summary": summary, "split": split, "commit": "abc"}
 
 
-@pytest.mark.parametrize("changes,message", [
+@pytest.mark.parametrize(
+  "changes,message",
+  [
     ({}, None),
     ({"pool_fingerprint": "g"}, "split.json differs"),
     ({"init_checksum": "other"}, "initial weights differ"),
     ({"init_checksum": None}, "initial weights differ"),
     ({"num_epochs": 3}, "epochs differ"),
     ({"num_examples": {"train": 11}}, "data order"),
-    ({"config": {"seed": 0, "batch_size": 32, "label_smoothing": 0.1,
-                 "proxy": {"enabled": True}}}, "config differs in \\['label_smoothing'\\]"),
-    ({"history": [{"val_accuracy": 0.4, "val_loss": 1.0},
-                  {"val_accuracy": 0.6, "val_loss": 0.9}]}, "history before the first proxy"),
-])
+    (
+      {"config": {"seed": 0, "batch_size": 32, "label_smoothing": 0.1, "proxy": {"enabled": True}}},
+      "config differs in \\['label_smoothing'\\]",
+    ),
+    (
+      {"history": [{"val_accuracy": 0.4, "val_loss": 1.0}, {"val_accuracy": 0.6, "val_loss": 0.9}]},
+      "history before the first proxy",
+    ),
+  ],
+)
 def test_fairness_checks_refuse_unpaired_arms(changes, message):
-  study = spec.Study(name="x", config="configs/default.py", seeds=(0, 1),
-                     arms={"baseline": {"proxy.enabled": False}, "proxy": {"proxy.enabled": True}})
+  study = spec.Study(
+    name="x",
+    config="configs/default.py",
+    seeds=(0, 1),
+    arms={"baseline": {"proxy.enabled": False}, "proxy": {"proxy.enabled": True}},
+  )
   runs = {(arm, seed): _fake_run(seed, arm) for arm in ("baseline", "proxy") for seed in (0, 1)}
   runs["proxy", 0] = _fake_run(0, "proxy", **changes)
   rows, failures = runs_lib.fairness_checks(study, runs)
@@ -411,8 +490,12 @@ CPU_1 = {**CPU_2, "cpu_threads": 1}
 
 def _study_on(slices):
   """The two-arm, two-seed study with each run's summary.json `compute` from `slices`."""
-  study = spec.Study(name="x", config="configs/default.py", seeds=(0, 1),
-                     arms={"baseline": {"proxy.enabled": False}, "proxy": {"proxy.enabled": True}})
+  study = spec.Study(
+    name="x",
+    config="configs/default.py",
+    seeds=(0, 1),
+    arms={"baseline": {"proxy.enabled": False}, "proxy": {"proxy.enabled": True}},
+  )
   runs = {}
   for (arm, seed), compute in slices.items():
     runs[arm, seed] = _fake_run(seed, arm)
@@ -434,13 +517,18 @@ def test_fairness_checks_refuse_runs_on_different_compute_slices():
   study, runs = _study_on({**{key: CPU_2 for key in KEYS}, ("proxy", 1): CPU_1})
   rows, failures = runs_lib.fairness_checks(study, runs)
   assert failures == [
-      "the runs used different compute slices: cpu (cpu) x1, 1 process(es), 1 CPU thread(s) "
-      "(proxy seed 1); cpu (cpu) x1, 1 process(es), 2 CPU thread(s) (baseline seed 0, proxy "
-      "seed 0, baseline seed 1). Fix: " + runs_lib.COMPUTE_FIX]
+    "the runs used different compute slices: cpu (cpu) x1, 1 process(es), 1 CPU thread(s) "
+    "(proxy seed 1); cpu (cpu) x1, 1 process(es), 2 CPU thread(s) (baseline seed 0, proxy "
+    "seed 0, baseline seed 1). Fix: " + runs_lib.COMPUTE_FIX
+  ]
   assert "same --parallel / --devices_per_trial" in runs_lib.COMPUTE_FIX
   assert "thread count changes results" in runs_lib.COMPUTE_FIX
-  gpus = {**{key: {**CPU_2, "platform": "gpu", "device_kind": "NVIDIA H100",
-                   "cpu_threads": None} for key in KEYS}}
+  gpus = {
+    **{
+      key: {**CPU_2, "platform": "gpu", "device_kind": "NVIDIA H100", "cpu_threads": None}
+      for key in KEYS
+    }
+  }
   gpus["baseline", 0] = {**gpus["baseline", 0], "device_kind": "NVIDIA H200"}
   assert "NVIDIA H200" in runs_lib.fairness_checks(*_study_on(gpus))[1][0]
   # Runs of earlier versions recorded no slice: not compared, with each other or the rest.
@@ -452,11 +540,17 @@ def test_fairness_checks_refuse_runs_on_different_compute_slices():
 def test_fairness_checks_refuse_a_run_resumed_on_another_slice():
   """A trial that trained on 2 cores and was resumed on 1 is a mix by itself."""
   resumed = {"sessions": [CPU_2, CPU_1]}
-  mix = ("resumed on another slice: cpu (cpu) x1, 1 process(es), 2 CPU thread(s) then cpu (cpu) "
-         "x1, 1 process(es), 1 CPU thread(s)")
-  for slices, names in (({**{key: CPU_2 for key in KEYS}, ("proxy", 0): resumed}, "proxy seed 0"),
-                        ({key: resumed for key in KEYS},
-                         "baseline seed 0, proxy seed 0, baseline seed 1, proxy seed 1")):
+  mix = (
+    "resumed on another slice: cpu (cpu) x1, 1 process(es), 2 CPU thread(s) then cpu (cpu) "
+    "x1, 1 process(es), 1 CPU thread(s)"
+  )
+  for slices, names in (
+    ({**{key: CPU_2 for key in KEYS}, ("proxy", 0): resumed}, "proxy seed 0"),
+    (
+      {key: resumed for key in KEYS},
+      "baseline seed 0, proxy seed 0, baseline seed 1, proxy seed 1",
+    ),
+  ):
     (failure,) = runs_lib.fairness_checks(*_study_on(slices))[1]
     assert failure.startswith("the runs used different compute slices: ")
     assert f"{mix} ({names})" in failure
@@ -485,10 +579,17 @@ def test_real_tiny_study(tmp_path):
   """main.py trains both arms of two seeds; the report checks them and scores explanations."""
   study_file = _study_file(tmp_path, TINY_STUDY)
   out = str(tmp_path / "report")
-  command = [sys.executable, "-m", "proxy_jax.study", f"--study={study_file}",
-             f"--workdir={tmp_path / 'runs'}", f"--out={out}"]
-  result = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=400)
+  command = [
+    sys.executable,
+    "-m",
+    "proxy_jax.study",
+    f"--study={study_file}",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--out={out}",
+  ]
+  result = subprocess.run(
+    command, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=400
+  )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   study = json.load(open(os.path.join(out, "study.json")))
   assert not study["fairness_failures"] and len(study["runs"]) == 4
@@ -504,26 +605,37 @@ def test_real_tiny_study(tmp_path):
   (step,) = study["manipulation"]["proxy"]
   proxy_runs = [r for r in study["runs"] if r["arm"] == "proxy"]
   assert step["epoch"] == 1 and step["chosen"]["n"] == 2
-  assert step["chosen"]["mean"] == pytest.approx(np.mean([r["proxy_chosen_total"]
-                                                          for r in proxy_runs]))
+  assert step["chosen"]["mean"] == pytest.approx(
+    np.mean([r["proxy_chosen_total"] for r in proxy_runs])
+  )
   assert 0 < step["changed_pixel_share"]["mean"] <= 1 and step["changed_mean_abs"]["mean"] > 0
   assert "baseline" not in study["manipulation"]
   assert os.path.getsize(os.path.join(out, "manipulation.png")) > 1000
   explained = pd.read_csv(os.path.join(out, "explanations.csv"))
   assert len(explained) == 4 and (explained["images"] == 12).all()  # The whole test split.
-  assert explained["deletion_auc"].between(0, 1).all() and explained["insertion_auc"].between(
-      0, 1).all()
+  assert (
+    explained["deletion_auc"].between(0, 1).all() and explained["insertion_auc"].between(0, 1).all()
+  )
   assert os.path.getsize(os.path.join(out, "cams.png")) > 1000
   cost = study["overhead"]
   assert cost["training_s"] > 0 and cost["explanations_s"] > 0
-  assert cost["total_s"] == pytest.approx(cost["trial_process_s"] + cost["explanations_s"]
-                                          + cost["report_s"])
+  assert cost["total_s"] == pytest.approx(
+    cost["trial_process_s"] + cost["explanations_s"] + cost["report_s"]
+  )
   # --report=explanations: counts only, no report (the runs' scores are already there).
-  scored = subprocess.run(command[:-1] + ["--report=explanations"], env=_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=400)
+  scored = subprocess.run(
+    command[:-1] + ["--report=explanations"],
+    env=_env(),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=400,
+  )
   assert scored.returncode == 0, scored.stderr[-3000:]
-  assert ("explanations of 4 finished run(s) in their trial folders (0 scored now, 4 already "
-          "there; 0 run(s) not finished)") in scored.stdout
+  assert (
+    "explanations of 4 finished run(s) in their trial folders (0 scored now, 4 already "
+    "there; 0 run(s) not finished)"
+  ) in scored.stdout
   assert "accuracy" not in scored.stdout.lower()
   _carried_trials_keep_their_explanation_scores(tmp_path, study_file, explained)
 
@@ -533,6 +645,7 @@ def _carried_trials_keep_their_explanation_scores(tmp_path, study_file, explaine
   session's machine) the runs' scores read back; for other settings they are refused."""
   from proxy_jax.study.__main__ import write_study_report  # pylint: disable=g-import-not-at-top
   from proxy_jax.sweep import carry  # pylint: disable=g-import-not-at-top
+
   carry.export(str(tmp_path / "runs"), str(tmp_path / "carried"))
   restored = str(tmp_path / "restored")
   carry.restore(str(tmp_path / "carried"), restored)
@@ -547,20 +660,22 @@ def _carried_trials_keep_their_explanation_scores(tmp_path, study_file, explaine
     for key in explanations.SCORES + ("accuracy", "images"):
       assert reread[key].tolist() == explained[key].tolist()
     assert reread["from_cache"].all() and not explained["from_cache"].any()
-    assert "4 of 4 run(s) read back" in text and not os.path.exists(os.path.join(again,
-                                                                                 "cams.png"))
+    assert "4 of 4 run(s) read back" in text and not os.path.exists(os.path.join(again, "cams.png"))
     other = dataclasses.replace(study, explain={**study.explain, "steps": 5})
     with pytest.raises(spec.StudyError, match="no checkpoints/ .* scored for other settings"):
       write_study_report(other, restored, str(tmp_path / "other"), "c")
     # Trials carried by a report older than the cache: backfilled from its explanations.csv.
     from proxy_jax.study import backfill  # pylint: disable=g-import-not-at-top
+
     for name in os.listdir(restored):
       if os.path.exists(os.path.join(restored, name, explanations.CACHE_FILE)):
         os.remove(os.path.join(restored, name, explanations.CACHE_FILE))
     done = backfill.backfill(study, restored, os.path.join(again, "explanations.csv"), "old")
     assert len(done["written"]) == 4 and not done["kept"] and not done["absent"]
-    assert backfill.backfill(study, restored, os.path.join(again, "explanations.csv"),
-                             "old")["kept"] == done["written"]  # Never overwritten.
+    assert (
+      backfill.backfill(study, restored, os.path.join(again, "explanations.csv"), "old")["kept"]
+      == done["written"]
+    )  # Never overwritten.
     third = str(tmp_path / "third")
     text = write_study_report(study, restored, third, "c")
     backfilled = pd.read_csv(os.path.join(third, "explanations.csv"))
@@ -571,8 +686,7 @@ def _carried_trials_keep_their_explanation_scores(tmp_path, study_file, explaine
     os.chdir(cwd)
 
 
-@given(st.integers(1, 2000).flatmap(lambda total: st.tuples(st.integers(0, total),
-                                                            st.just(total))))
+@given(st.integers(1, 2000).flatmap(lambda total: st.tuples(st.integers(0, total), st.just(total))))
 def test_explained_images_are_distinct_and_spread_over_the_split(count_and_total):
   count, total = count_and_total
   chosen = explanations.spread_indices(count, total)

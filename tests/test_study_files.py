@@ -20,17 +20,24 @@ STUDIES = os.path.join(REPO, "configs", "studies")
 REGIME = os.path.join(REPO, "configs", "imagenette_mini_resnet.py")
 CHOICE = {"optimizer.learning_rate": 0.1, "optimizer.weight_decay": 5e-4}
 # Study file -> (its pilot's results folder, arms, seeds).
-FAIR_FIGHT = {"imagenette_mini_control": ("imagenette_mini_pilot", 5, 5),
-              "imagenette_mini_resnet": ("imagenette_mini_pilot", 16, 3),
-              "imagenette_mini_gpu": ("imagenette_mini_gpu_pilot", 16, 5)}
+FAIR_FIGHT = {
+  "imagenette_mini_control": ("imagenette_mini_pilot", 5, 5),
+  "imagenette_mini_resnet": ("imagenette_mini_pilot", 16, 3),
+  "imagenette_mini_gpu": ("imagenette_mini_gpu_pilot", 16, 5),
+}
 # Any existing folder stands in for the photos: validation only checks that it is one.
 DATA = {"data.path": os.path.join(REPO, "tests"), "data.test_path": os.path.join(REPO, "tests")}
 
 
-@pytest.mark.parametrize("epochs,schedule", [(10, "1,p,3,p,2,p,3,p,1"),
-                                             (20, "3,p,5,p,5,p,5,p,2"),
-                                             (36, "5,p,9,p,9,p,9,p,4"),
-                                             (60, "8,p,15,p,15,p,15,p,7")])
+@pytest.mark.parametrize(
+  "epochs,schedule",
+  [
+    (10, "1,p,3,p,2,p,3,p,1"),
+    (20, "3,p,5,p,5,p,5,p,2"),
+    (36, "5,p,9,p,9,p,9,p,4"),
+    (60, "8,p,15,p,15,p,15,p,7"),
+  ],
+)
 def test_thesis_schedule_scales_the_proxy_steps(epochs, schedule):
   """The schedules the existing studies wrote by hand, and the 60-epoch one; each proxy step
   sits after the nearest epoch to the thesis's share (5, 14, 23 and 32 of 36)."""
@@ -54,7 +61,9 @@ def test_small_image_settings_replace_the_default_ones_everywhere():
     assert small[name]["augment.mix_prob"] == 0.5 and small[name]["proxy.enabled"]
   # Every method's small-image values come from the settings table.
   assert small["saliencymix"]["augment.mix_prob"] == 0.5
-  assert small["cutout"]["augment.erase_size"] == 0.5 and small["snapmix"]["augment.mix_prob"] == 0.5
+  assert (
+    small["cutout"]["augment.erase_size"] == 0.5 and small["snapmix"]["augment.mix_prob"] == 0.5
+  )
 
 
 @pytest.fixture
@@ -71,8 +80,11 @@ def _choose(results, pilot_name):
 
 @pytest.mark.parametrize("name", sorted(FAIR_FIGHT))
 def test_fair_fight_studies_refuse_to_load_before_their_pilot(results, name):
-  with pytest.raises(spec.StudyError, match=f"{FAIR_FIGHT[name][0]}/chosen.json does not "
-                                            "exist: this study takes its baseline's setting"):
+  with pytest.raises(
+    spec.StudyError,
+    match=f"{FAIR_FIGHT[name][0]}/chosen.json does not "
+    "exist: this study takes its baseline's setting",
+  ):
     spec.load_study(os.path.join(STUDIES, f"{name}.py"))
 
 
@@ -85,8 +97,10 @@ def test_fair_fight_studies_resolve_to_valid_trials(results, name):
   assert {**study.common, **CHOICE} == study.common and study.common["num_epochs"] == 60
   assert study.gate.min_train_accuracy == 0.95 and study.gate.min_gap == 0.15 and study.regime
   if name != "imagenette_mini_resnet":  # The comparison is exploratory: no family.
-    assert [(h.arm, h.direction) for h in study.hypotheses] == [("mixup", "higher"),
-                                                                 ("cutmix", "higher")]
+    assert [(h.arm, h.direction) for h in study.hypotheses] == [
+      ("mixup", "higher"),
+      ("cutmix", "higher"),
+    ]
     assert study.family == ("mixup", "cutmix", "proxy", "proxy+cutmix")
   proxy_arm = study.arms["proxy"]
   assert proxy_arm["proxy.schedule"] == "8,p,15,p,15,p,15,p,7" and proxy_arm["proxy.enabled"]
@@ -104,12 +118,20 @@ def test_the_mixup_follow_up_repeats_the_controls_runs(results):
   _choose(results, "imagenette_mini_pilot")
   control = spec.load_study(os.path.join(STUDIES, "imagenette_mini_control.py"))
   study = spec.load_study(os.path.join(STUDIES, "imagenette_mini_control_mixup.py"))
-  assert (study.config, study.common, study.seeds) == (control.config, control.common,
-                                                       control.seeds)
+  assert (study.config, study.common, study.seeds) == (
+    control.config,
+    control.common,
+    control.seeds,
+  )
   assert {a: study.arms[a] for a in ("baseline", "mixup")} == {
-      a: control.arms[a] for a in ("baseline", "mixup")}
-  assert study.arms["mixup-imagenet"] == {**arms.BASELINE, "augment.mix": "mixup",
-                                          "augment.mix_alpha": 0.2, "augment.mix_prob": 1.0}
+    a: control.arms[a] for a in ("baseline", "mixup")
+  }
+  assert study.arms["mixup-imagenet"] == {
+    **arms.BASELINE,
+    "augment.mix": "mixup",
+    "augment.mix_alpha": 0.2,
+    "augment.mix_prob": 1.0,
+  }
   assert [(h.arm, h.direction) for h in study.hypotheses] == [("mixup-imagenet", "higher")]
   assert study.family == ("mixup", "mixup-imagenet") and study.gate == control.gate
   spec.check_trial_configs(dataclasses.replace(study, common={**study.common, **DATA}))
@@ -120,8 +142,11 @@ def test_the_budget_follow_up_is_the_control_with_three_times_the_epochs(results
   control = spec.load_study(os.path.join(STUDIES, "imagenette_mini_control.py"))
   study = spec.load_study(os.path.join(STUDIES, "imagenette_mini_control_budget.py"))
   assert study.arms == {a: control.arms[a] for a in ("baseline", "mixup", "cutmix")}
-  assert study.common == {**control.common, "num_epochs": 180,
-                          "proxy.schedule": arms.thesis_schedule(180)}
+  assert study.common == {
+    **control.common,
+    "num_epochs": 180,
+    "proxy.schedule": arms.thesis_schedule(180),
+  }
   assert study.seeds == (0, 1, 2) and study.gate == control.gate
   assert study.hypotheses == control.hypotheses and study.family == ("mixup", "cutmix")
   assert "180 epochs" in study.regime and "60 epochs" not in study.regime
@@ -136,35 +161,65 @@ def test_the_regime_config_at_both_sizes():
     assert config.optimizer.name == "sgd" and config.optimizer.nesterov
     assert config.num_epochs == 60 and not config.proxy.enabled and config.augment.flip
   assert (cpu.image_size, cpu.data.load_size, cpu.augment.crop, cpu.model.width) == (
-      32, 32, "pad", 16)
+    32,
+    32,
+    "pad",
+    16,
+  )
   assert (gpu.image_size, gpu.augment.crop, gpu.dtype) == (128, "random_resized", "bfloat16")
   with pytest.raises(ValueError, match="choose one of cpu, gpu"):
     config_files.load_config(REGIME + ":tpu")
 
 
 def _run(*args, env):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=120, env={**os.environ, "PYTHONPATH": REPO, **env})
+  return subprocess.run(
+    [sys.executable, "-m", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "PYTHONPATH": REPO, **env},
+  )
 
 
 @pytest.mark.slow
 def test_dry_runs_list_the_pilot_and_the_control(tmp_path, results):
   data = [f"--set={k}={v}" for k, v in DATA.items()]
   env = {spec.RESULTS_DIR_ENV: str(results)}
-  refused = _run("proxy_jax.study", "--study=configs/studies/imagenette_mini_control.py",
-                 f"--workdir={tmp_path / 'control'}", "--dry-run", *data, env=env)
+  refused = _run(
+    "proxy_jax.study",
+    "--study=configs/studies/imagenette_mini_control.py",
+    f"--workdir={tmp_path / 'control'}",
+    "--dry-run",
+    *data,
+    env=env,
+  )
   assert refused.returncode == 2 and refused.stderr.strip().startswith("error: ")
   assert "chosen.json does not exist" in refused.stderr
-  pilot = _run("proxy_jax.sweep", f"--config={REGIME}",
-               "--sweep=configs/sweeps/imagenette_mini_pilot.py",
-               f"--workdir={tmp_path / 'pilot'}", "--dry-run", *data, env=env)
+  pilot = _run(
+    "proxy_jax.sweep",
+    f"--config={REGIME}",
+    "--sweep=configs/sweeps/imagenette_mini_pilot.py",
+    f"--workdir={tmp_path / 'pilot'}",
+    "--dry-run",
+    *data,
+    env=env,
+  )
   assert pilot.returncode == 0, pilot.stderr[-2000:]
   assert "16 trials" in pilot.stdout and pilot.stdout.count("  run ") == 16
-  assert "--config.optimizer.learning_rate=0.025 --config.optimizer.weight_decay=0.0005 " \
-         "--config.seed=0" in pilot.stdout
+  assert (
+    "--config.optimizer.learning_rate=0.025 --config.optimizer.weight_decay=0.0005 "
+    "--config.seed=0" in pilot.stdout
+  )
   _choose(results, "imagenette_mini_pilot")
-  control = _run("proxy_jax.study", "--study=configs/studies/imagenette_mini_control.py",
-                 f"--workdir={tmp_path / 'control'}", "--dry-run", *data, env=env)
+  control = _run(
+    "proxy_jax.study",
+    "--study=configs/studies/imagenette_mini_control.py",
+    f"--workdir={tmp_path / 'control'}",
+    "--dry-run",
+    *data,
+    env=env,
+  )
   assert control.returncode == 0, control.stderr[-2000:]
   assert "25 trials" in control.stdout and control.stdout.count("  run ") == 25
   assert "proxy+cutmix_seed4" in control.stdout
@@ -174,6 +229,7 @@ def test_dry_runs_list_the_pilot_and_the_control(tmp_path, results):
 def _paired_std(study_name: str, arm: str, against: str) -> float:
   """The sample sd of (arm - against) test accuracy over a committed study's seeds."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
+
   runs = pd.read_csv(os.path.join(REPO, "experiments", "results", study_name, "runs.csv"))
   table = runs.pivot(index="seed", columns="arm", values="test_accuracy")
   return float((table[arm] - table[against]).std(ddof=1))
@@ -190,27 +246,42 @@ def test_the_powered_study_declares_what_issue_29_asks(results):
   for name in os.listdir(os.path.join(REPO, "experiments", "results")):
     trials = os.path.join(REPO, "experiments", "results", name, "trials")
     if name.startswith("imagenette_mini") and os.path.isdir(trials):
-      earlier |= {int(t.rsplit("seed", 1)[1].lstrip("=")) for t in os.listdir(trials)
-                  if "seed" in t}
+      earlier |= {
+        int(t.rsplit("seed", 1)[1].lstrip("=")) for t in os.listdir(trials) if "seed" in t
+      }
   assert earlier and not earlier & set(study.seeds)  # No seed of it was ever seen.
   assert (study.config, study.common, study.regime, study.gate) == (
-      control.config, control.common, control.regime, control.gate)
+    control.config,
+    control.common,
+    control.regime,
+    control.gate,
+  )
   assert study.arms["proxy"] == control.arms["proxy"]
-  assert study.arms["mixup"] == {**arms.BASELINE, "augment.mix": "mixup",
-                                 "augment.mix_alpha": 0.2, "augment.mix_prob": 1.0}
+  assert study.arms["mixup"] == {
+    **arms.BASELINE,
+    "augment.mix": "mixup",
+    "augment.mix_alpha": 0.2,
+    "augment.mix_prob": 1.0,
+  }
   assert study.arms["proxy+mixup"] == {**study.arms["proxy"], **arms.LARGE_IMAGE["mixup"]}
   assert study.arms["proxy-all"] == {**study.arms["proxy"], "proxy.subset": 1.0}
   assert [(h.arm, h.direction, h.against) for h in study.hypotheses] == [
-      ("proxy", "differs", ""), ("mixup", "higher", ""), ("proxy+mixup", "differs", "mixup")]
+    ("proxy", "differs", ""),
+    ("mixup", "higher", ""),
+    ("proxy+mixup", "differs", "mixup"),
+  ]
   assert study.family == ("proxy", "mixup", "proxy+mixup") and study.control_arms == ("mixup",)
   (tost,) = study.equivalence
   assert (tost.arm, tost.margin, tost.alpha, tost.against) == ("proxy", 0.01, 0.05, "")
   # The declared spreads are the control studies' own, rounded to 0.01 points.
-  observed = {"proxy": _paired_std("imagenette_mini_control", "proxy", "baseline"),
-              "mixup": _paired_std("imagenette_mini_control_mixup", "mixup-imagenet",
-                                   "baseline"),
-              "proxy+mixup": max(_paired_std("imagenette_mini_control", a, "baseline")
-                                 for a in ("mixup", "cutmix", "proxy", "proxy+cutmix"))}
+  observed = {
+    "proxy": _paired_std("imagenette_mini_control", "proxy", "baseline"),
+    "mixup": _paired_std("imagenette_mini_control_mixup", "mixup-imagenet", "baseline"),
+    "proxy+mixup": max(
+      _paired_std("imagenette_mini_control", a, "baseline")
+      for a in ("mixup", "cutmix", "proxy", "proxy+cutmix")
+    ),
+  }
   assert study.power.std == {arm: round(std, 4) for arm, std in observed.items()}
   # The primary test detects under 1.5 points (the issue's bar for n).
   assert study.power.detectable["proxy"] < 0.015

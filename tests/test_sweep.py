@@ -19,7 +19,9 @@ GRID = os.path.join(REPO, "configs", "sweeps", "proxy_grid.py")
 def test_grid_helpers():
   assert sweep.product(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
   assert sweep.product(sweep.zip_fields(a=[1, 2], b=[3, 4]), c=[0]) == [
-      {"a": 1, "b": 3, "c": 0}, {"a": 2, "b": 4, "c": 0}]
+    {"a": 1, "b": 3, "c": 0},
+    {"a": 2, "b": 4, "c": 0},
+  ]
   assert sweep.concat([{"a": 1}], [{"b": 2}]) == [{"a": 1}, {"b": 2}]
   with pytest.raises(ValueError):
     sweep.zip_fields(a=[1], b=[1, 2])
@@ -32,11 +34,15 @@ def test_names_are_stable_safe_and_unique():
   assert len(set(names)) == len(names)
   assert all(n == os.path.basename(n) and not n.startswith(".") and len(n) < 200 for n in names)
   # Key order does not matter; the name depends on this trial's overrides only.
-  assert (sweep.trial_name({"proxy.threshold": 0.6, "seed": 1}) ==
-          sweep.trial_name({"seed": 1, "proxy.threshold": 0.6}) == "threshold=0.6,seed=1")
+  assert (
+    sweep.trial_name({"proxy.threshold": 0.6, "seed": 1})
+    == sweep.trial_name({"seed": 1, "proxy.threshold": 0.6})
+    == "threshold=0.6,seed=1"
+  )
   # Keys sharing a last component keep their full path.
   assert sweep.trial_name({"model.name": "vit_ti16", "data.name": "dogs"}) == (
-      "data.name=dogs,model.name=vit_ti16")
+    "data.name=dogs,model.name=vit_ti16"
+  )
   # Lossy sanitising appends a hash, so "a/b" and "a_b" cannot collide.
   slash, underscore = sweep.trial_name({"x": "a/b"}), sweep.trial_name({"x": "a_b"})
   assert "/" not in slash and slash != underscore
@@ -76,14 +82,17 @@ def test_journal_survives_a_torn_line(tmp_path):
   with open(path, "ab") as f:
     f.write(b'{"trial": "b", "status": "sta')  # A kill in the middle of a write.
   assert sweep.trial_states(str(tmp_path)) == {
-      "a": {"trial": "a", "status": sweep.FINISHED, "time": 2.0}}
+    "a": {"trial": "a", "status": sweep.FINISHED, "time": 2.0}
+  }
   # The next append starts on a fresh line, so it is not glued to the torn one.
   sweep.append_record(path, {"trial": "b", "status": sweep.FAILED, "time": 3.0})
   states = sweep.trial_states(str(tmp_path))
   assert states["b"]["status"] == sweep.FAILED and states["a"]["status"] == sweep.FINISHED
   # Shard journals are merged by time.
-  sweep.append_record(os.path.join(tmp_path, "journal-shard1of2.jsonl"),
-                      {"trial": "b", "status": sweep.FINISHED, "time": 4.0})
+  sweep.append_record(
+    os.path.join(tmp_path, "journal-shard1of2.jsonl"),
+    {"trial": "b", "status": sweep.FINISHED, "time": 4.0},
+  )
   assert sweep.trial_states(str(tmp_path))["b"]["status"] == sweep.FINISHED
 
 
@@ -91,7 +100,11 @@ def test_plan_skips_finished_and_failed_unless_asked():
   trials = [{"name": n, "overrides": {}} for n in ("a", "b", "c", "d")]
   states = {"a": {"status": "finished"}, "b": {"status": "failed"}, "c": {"status": "started"}}
   assert [a for _, a in sweep.plan(trials, states, False)] == [
-      "skip-finished", "skip-failed", "resume", "run"]
+    "skip-finished",
+    "skip-failed",
+    "resume",
+    "run",
+  ]
   assert [a for _, a in sweep.plan(trials, states, True)][1] == "retry"
 
 
@@ -119,8 +132,15 @@ def get_sweep():
 
 
 def _sweep_command(workdir, *extra, sweep_file=SMOKE):
-  return [sys.executable, "-m", "proxy_jax.sweep", f"--config={REPO}/configs/default.py",
-          f"--sweep={sweep_file}", f"--workdir={workdir}", *extra]
+  return [
+    sys.executable,
+    "-m",
+    "proxy_jax.sweep",
+    f"--config={REPO}/configs/default.py",
+    f"--sweep={sweep_file}",
+    f"--workdir={workdir}",
+    *extra,
+  ]
 
 
 def _env():
@@ -150,8 +170,9 @@ def test_smoke_sweep_killed_and_resumed(tmp_path):
   names = [t["name"] for t in trials]
   victim = os.path.join(workdir, names[1])
   command = _sweep_command(workdir, sweep_file=str(sweep_file))
-  process = subprocess.Popen(command, env=_env(), cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
+  process = subprocess.Popen(
+    command, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+  )
   deadline = time.time() + 240
   # Kill the sweep while the second trial trains, after its first checkpoint.
   while not _has_checkpoint(victim):
@@ -167,8 +188,7 @@ def test_smoke_sweep_killed_and_resumed(tmp_path):
   states = {r["trial"]: r["status"] for r in _journal(workdir)}
   assert states[names[0]] == "finished"
 
-  rerun = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+  rerun = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
   if states[names[1]] == "started":  # Killed mid-trial (the usual case): resumed, not redone.
     assert f"resume {names[1]}" in rerun.stdout
@@ -187,8 +207,9 @@ def test_smoke_sweep_killed_and_resumed(tmp_path):
   assert summary["config"]["data"]["max_examples"] == 120
   assert len(summary["proxy_steps"]) == 1
 
-  again = subprocess.run(command + ["--dry-run"], env=_env(), cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+  again = subprocess.run(
+    command + ["--dry-run"], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120
+  )
   assert "2 finished" in again.stdout and "0 to run" in again.stdout
 
 
@@ -246,8 +267,9 @@ def test_failures_retries_and_no_orphans(tmp_path):
   second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
   assert second.returncode == 0 and "0 to run" in second.stdout
   (tmp_path / "fixed").write_text("")
-  third = subprocess.run(command + ["--retry-failed"], env=env, capture_output=True, text=True,
-                         timeout=120)
+  third = subprocess.run(
+    command + ["--retry-failed"], env=env, capture_output=True, text=True, timeout=120
+  )
   assert third.returncode == 0, third.stdout
   assert sweep.trial_states(workdir)[failed]["status"] == "finished"
   for name, attempts in [("enabled=false", 1), ("threshold=0.5", 1), (failed, 2)]:
@@ -255,8 +277,11 @@ def test_failures_retries_and_no_orphans(tmp_path):
 
   # A sweep killed with SIGKILL takes its running trial down with it.
   hung = str(tmp_path / "hung")
-  process = subprocess.Popen(_sweep_command(hung, f"--program={program}"),
-                             env={**env, "HANG": "1"}, stdout=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    _sweep_command(hung, f"--program={program}"),
+    env={**env, "HANG": "1"},
+    stdout=subprocess.DEVNULL,
+  )
   pid_file = os.path.join(hung, "threshold=0.5", "pid")
   deadline = time.time() + 60
   while not os.path.exists(pid_file) or not open(pid_file).read():

@@ -24,19 +24,29 @@ def _config_file(tmp_path, **overrides) -> str:
   """A config file that main.py can load in a subprocess: the tiny config plus overrides."""
   path = tmp_path / "tiny_config.py"
   path.write_text(
-      "import sys\n"
-      f"sys.path.insert(0, {ROOT!r})\n"
-      "from tests.conftest import make_tiny_config\n\n"
-      "def get_config():\n"
-      f"  return make_tiny_config(**{overrides!r})\n")
+    "import sys\n"
+    f"sys.path.insert(0, {ROOT!r})\n"
+    "from tests.conftest import make_tiny_config\n\n"
+    "def get_config():\n"
+    f"  return make_tiny_config(**{overrides!r})\n"
+  )
   return str(path)
 
 
 def _main(config_path, workdir, env=None):
-  return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"),
-                           f"--config={config_path}", f"--workdir={workdir}"],
-                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [
+      sys.executable,
+      os.path.join(ROOT, "main.py"),
+      f"--config={config_path}",
+      f"--workdir={workdir}",
+    ],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _summary(workdir):
@@ -50,10 +60,19 @@ def _without_timings(history):
 
 @pytest.mark.slow
 def test_tfds_dataset_end_to_end_with_proxy_steps(tmp_path):
-  config = make_tiny_config(**{
-      "data.source": "tfds", "data.name": "cifar100", "data.test_split": "test",
-      "data.max_examples": 0, "data.val_fraction": 0.25, "proxy.enabled": True,
-      "proxy.schedule": "1,p,1", "proxy.subset": 0.5, "proxy.threshold": 0.5})
+  config = make_tiny_config(
+    **{
+      "data.source": "tfds",
+      "data.name": "cifar100",
+      "data.test_split": "test",
+      "data.max_examples": 0,
+      "data.val_fraction": 0.25,
+      "proxy.enabled": True,
+      "proxy.schedule": "1,p,1",
+      "proxy.subset": 0.5,
+      "proxy.threshold": 0.5,
+    }
+  )
   workdir = str(tmp_path / "run")
   with tfds.testing.mock_data(num_examples=48):
     summary = train.train_and_evaluate(config, workdir)
@@ -124,9 +143,18 @@ def test_four_devices_match_one_device(tmp_path):
 @pytest.mark.slow
 def test_bfloat16_run_trains_and_its_cams_and_proxies_are_finite(tmp_path):
   workdir = str(tmp_path / "bf16")
-  summary = train.train_and_evaluate(make_tiny_config(**{
-      "dtype": "bfloat16", "proxy.enabled": True, "proxy.schedule": "1,p,1",
-      "proxy.subset": 1.0, "proxy.threshold": 0.5}), workdir)
+  summary = train.train_and_evaluate(
+    make_tiny_config(
+      **{
+        "dtype": "bfloat16",
+        "proxy.enabled": True,
+        "proxy.schedule": "1,p,1",
+        "proxy.subset": 1.0,
+        "proxy.threshold": 0.5,
+      }
+    ),
+    workdir,
+  )
   assert summary["config"]["dtype_resolved"] == "bfloat16"
   for row in summary["history"]:
     assert np.isfinite([row["train_loss"], row["val_loss"]]).all()
@@ -135,6 +163,7 @@ def test_bfloat16_run_trains_and_its_cams_and_proxies_are_finite(tmp_path):
   from proxy_jax import cams, data  # pylint: disable=g-import-not-at-top
   from proxy_jax.images import preprocess
   from proxy_jax.run import restore
+
   model, variables, config, _ = restore.restore_for_inference(workdir)
   assert model.dtype == jax.numpy.bfloat16
   unit = preprocess.to_unit_range(data.load_dataset(config, workdir).train.images[:16])
@@ -148,17 +177,20 @@ def test_bfloat16_run_trains_and_its_cams_and_proxies_are_finite(tmp_path):
 def test_steps_import_without_tensorflow():
   # Accelerator images often ship JAX alone: the steps, models, CAMs and proxy step must not
   # need TensorFlow, which only feeds TFDS and writes summaries once a run starts.
-  code = ("import importlib.abc, sys\n"
-          "class Block(importlib.abc.MetaPathFinder):\n"
-          "  def find_spec(self, name, path, target=None):\n"
-          "    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
-          "      raise ImportError('blocked ' + name)\n"
-          "sys.meta_path.insert(0, Block())\n"
-          "from proxy_jax import cams, data, models, proxy\n"
-          "from proxy_jax.run import proxy_step, steps, train\n"
-          "assert not [m for m in sys.modules if m.startswith('tensorflow')]\n"
-          "print('ok')\n")
-  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+  code = (
+    "import importlib.abc, sys\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "  def find_spec(self, name, path, target=None):\n"
+    "    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
+    "      raise ImportError('blocked ' + name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "from proxy_jax import cams, data, models, proxy\n"
+    "from proxy_jax.run import proxy_step, steps, train\n"
+    "assert not [m for m in sys.modules if m.startswith('tensorflow')]\n"
+    "print('ok')\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == "ok"

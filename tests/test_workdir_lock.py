@@ -29,8 +29,9 @@ def _holder(tmp_path, workdir):
   """A process that holds the lock of `workdir` until killed; returns once it holds it."""
   script = tmp_path / "holder.py"
   script.write_text(HOLDER.format(root=ROOT))
-  process = subprocess.Popen([sys.executable, str(script), workdir], stdout=subprocess.PIPE,
-                             text=True)
+  process = subprocess.Popen(
+    [sys.executable, str(script), workdir], stdout=subprocess.PIPE, text=True
+  )
   assert process.stdout.readline().strip() == "holding"
   return process
 
@@ -73,18 +74,24 @@ def test_a_second_run_on_a_busy_workdir_refuses_at_once_and_the_first_is_unharme
   config = tmp_path / "tiny.py"
   # The first run waits at its first epoch until the second has been refused, so that the
   # second meets a run in progress however fast the machine is.
-  config.write_text(f"import os, sys, time\nsys.path.insert(0, {ROOT!r})\n"
-                    "from tests.conftest import make_tiny_config\n"
-                    "from proxy_jax.run import train\n"
-                    "original = train.train_epoch\n"
-                    "def gated(*args):\n"
-                    f"  while not os.path.exists({str(gate)!r}):\n"
-                    "    time.sleep(0.05)\n"
-                    "  return original(*args)\n"
-                    "train.train_epoch = gated\n"
-                    "def get_config():\n  return make_tiny_config(num_epochs=3)\n")
-  command = [sys.executable, os.path.join(ROOT, "main.py"), f"--config={config}",
-             f"--workdir={workdir}"]
+  config.write_text(
+    f"import os, sys, time\nsys.path.insert(0, {ROOT!r})\n"
+    "from tests.conftest import make_tiny_config\n"
+    "from proxy_jax.run import train\n"
+    "original = train.train_epoch\n"
+    "def gated(*args):\n"
+    f"  while not os.path.exists({str(gate)!r}):\n"
+    "    time.sleep(0.05)\n"
+    "  return original(*args)\n"
+    "train.train_epoch = gated\n"
+    "def get_config():\n  return make_tiny_config(num_epochs=3)\n"
+  )
+  command = [
+    sys.executable,
+    os.path.join(ROOT, "main.py"),
+    f"--config={config}",
+    f"--workdir={workdir}",
+  ]
   with open(tmp_path / "first.log", "w") as log:
     first = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
   lock_file = os.path.join(workdir, workdir_lock.LOCK_FILE)
@@ -96,7 +103,7 @@ def test_a_second_run_on_a_busy_workdir_refuses_at_once_and_the_first_is_unharme
   gate.write_text("")
   assert second.returncode == 2
   assert "Traceback" not in second.stderr
-  errors_printed = [l for l in second.stderr.splitlines() if l.startswith("error: ")]
+  errors_printed = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors_printed) == 1, second.stderr[-2000:]
   assert f"in use by process {first.pid} on host {socket.gethostname()}" in errors_printed[0]
   assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-2000:]

@@ -15,17 +15,23 @@ epochs (proxy steps after epochs 1, 4, 6 and 9).
 from proxy_jax.study.arms import thesis_arms, thesis_proxy, thesis_schedule
 from proxy_jax.study.spec import Study
 
+
 def get_study():
   return Study(
-      name="imagenette_mini",
-      description="imagenette-mini (2,700 train, 300 val carved from train/, 1,000 test from "
-                  "val/), tiny CNN at 32 px, batch 64, 10 epochs, flips and rotation 20 "
-                  "degrees in every arm.",
-      config="configs/folder.py",
-      common={"data.name": "imagenette_mini",
-              "data.path": "../shared/data/imagenette-mini/train",
-              "data.test_path": "../shared/data/imagenette-mini/val",
-              "model.name": "tiny_cnn", "image_size": 32, "num_epochs": 10,
-              "batch_size": 64},
-      seeds=(0, 1, 2),
-      arms=thesis_arms(thesis_proxy(thesis_schedule(10))))
+    name="imagenette_mini",
+    description="imagenette-mini (2,700 train, 300 val carved from train/, 1,000 test from "
+    "val/), tiny CNN at 32 px, batch 64, 10 epochs, flips and rotation 20 "
+    "degrees in every arm.",
+    config="configs/folder.py",
+    common={
+      "data.name": "imagenette_mini",
+      "data.path": "../shared/data/imagenette-mini/train",
+      "data.test_path": "../shared/data/imagenette-mini/val",
+      "model.name": "tiny_cnn",
+      "image_size": 32,
+      "num_epochs": 10,
+      "batch_size": 64,
+    },
+    seeds=(0, 1, 2),
+    arms=thesis_arms(thesis_proxy(thesis_schedule(10))),
+  )

@@ -25,25 +25,26 @@ EPOCHS = 3 * control.EPOCHS
 
 
 DECLARED_WHEN = (
-    "Declared after the control's seeds 0-2 had been seen (MixUp and CutMix not clearly above "
-    "the baseline, and short of fitting their training split) and before any run of this file. "
-    "A follow-up chosen after seeing data: exploratory")
+  "Declared after the control's seeds 0-2 had been seen (MixUp and CutMix not clearly above "
+  "the baseline, and short of fitting their training split) and before any run of this file. "
+  "A follow-up chosen after seeing data: exploratory"
+)
 
 
 def get_study():
   study = control.get_study()
   return Study(
-      name="imagenette_mini_control_budget",
-      description=control.REGIME.replace(f"{control.EPOCHS} epochs", f"{EPOCHS} epochs"),
-      config=study.config,
-      # The proxy schedule is not used here (no proxy arm) but must span the epochs.
-      common={**study.common, "num_epochs": EPOCHS,
-              "proxy.schedule": arms.thesis_schedule(EPOCHS)},
-      seeds=(0, 1, 2),
-      arms={arm: study.arms[arm] for arm in ("baseline", "mixup", "cutmix")},
-      regime=control.REGIME.replace(f"{control.EPOCHS} epochs", f"{EPOCHS} epochs"),
-      gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
-      hypotheses=control.HYPOTHESES,
-      declared_when=DECLARED_WHEN,
-      family=("mixup", "cutmix"),
-      explain={"num_images": 500})
+    name="imagenette_mini_control_budget",
+    description=control.REGIME.replace(f"{control.EPOCHS} epochs", f"{EPOCHS} epochs"),
+    config=study.config,
+    # The proxy schedule is not used here (no proxy arm) but must span the epochs.
+    common={**study.common, "num_epochs": EPOCHS, "proxy.schedule": arms.thesis_schedule(EPOCHS)},
+    seeds=(0, 1, 2),
+    arms={arm: study.arms[arm] for arm in ("baseline", "mixup", "cutmix")},
+    regime=control.REGIME.replace(f"{control.EPOCHS} epochs", f"{EPOCHS} epochs"),
+    gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
+    hypotheses=control.HYPOTHESES,
+    declared_when=DECLARED_WHEN,
+    family=("mixup", "cutmix"),
+    explain={"num_images": 500},
+  )

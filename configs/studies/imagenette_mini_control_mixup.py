@@ -24,25 +24,29 @@ from proxy_jax.study.spec import Study
 
 
 DECLARED_WHEN = (
-    "Declared after the control's seed 0 had been seen (MixUp at alpha 1 below the baseline) "
-    "and before this study's new arm ran; its baseline and alpha-1 arms are the control's runs, "
-    "which ran before it was declared. A follow-up chosen after seeing data: exploratory")
+  "Declared after the control's seed 0 had been seen (MixUp at alpha 1 below the baseline) "
+  "and before this study's new arm ran; its baseline and alpha-1 arms are the control's runs, "
+  "which ran before it was declared. A follow-up chosen after seeing data: exploratory"
+)
 
 
 def get_study():
   study = control.get_study()
   return Study(
-      name="imagenette_mini_control_mixup",
-      description=control.REGIME,
-      config=study.config,
-      common=study.common,
-      seeds=study.seeds,
-      arms={"baseline": dict(arms.BASELINE),
-            "mixup": {**arms.BASELINE, **arms.SMALL_IMAGE["mixup"]},
-            "mixup-imagenet": {**arms.BASELINE, **arms.LARGE_IMAGE["mixup"]}},
-      regime=control.REGIME,
-      gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
-      hypotheses=(Hypothesis("mixup-imagenet", "higher"),),
-      family=("mixup", "mixup-imagenet"),
-      declared_when=DECLARED_WHEN,
-      explain={"num_images": 500})
+    name="imagenette_mini_control_mixup",
+    description=control.REGIME,
+    config=study.config,
+    common=study.common,
+    seeds=study.seeds,
+    arms={
+      "baseline": dict(arms.BASELINE),
+      "mixup": {**arms.BASELINE, **arms.SMALL_IMAGE["mixup"]},
+      "mixup-imagenet": {**arms.BASELINE, **arms.LARGE_IMAGE["mixup"]},
+    },
+    regime=control.REGIME,
+    gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
+    hypotheses=(Hypothesis("mixup-imagenet", "higher"),),
+    family=("mixup", "mixup-imagenet"),
+    declared_when=DECLARED_WHEN,
+    explain={"num_images": 500},
+  )

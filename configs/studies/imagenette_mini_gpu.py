@@ -29,20 +29,22 @@ EPOCHS = 60
 
 def get_study():
   return Study(
-      name="imagenette_mini_gpu",
-      description="imagenette-mini (2,700 train, 300 val carved from train/, 1,000 test from "
-                  "val/), ResNet-18 at 128 px from scratch, RandomResizedCrop + flip, SGD "
-                  f"(Nesterov), batch 64, {EPOCHS} epochs, bfloat16.",
-      config="configs/imagenette_mini_resnet.py:gpu",
-      common={"num_epochs": EPOCHS, **read_choice(choice_path("imagenette_mini_gpu_pilot"))},
-      seeds=(0, 1, 2, 3, 4),
-      arms=arms.thesis_arms(arms.thesis_proxy(arms.thesis_schedule(EPOCHS)),
-                            arms.LARGE_IMAGE),
-      regime=("The fair-fight regime of configs/studies/imagenette_mini_control.py at 128 px "
-              "on a GPU: ResNet-18 (width 64), RandomResizedCrop + flip, the methods at "
-              "their ImageNet papers' settings, learning rate and weight decay from the GPU "
-              "pilot's validation accuracy."),
-      gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
-      hypotheses=control.HYPOTHESES,
-      family=control.FAMILY,
-      explain={"num_images": 500})
+    name="imagenette_mini_gpu",
+    description="imagenette-mini (2,700 train, 300 val carved from train/, 1,000 test from "
+    "val/), ResNet-18 at 128 px from scratch, RandomResizedCrop + flip, SGD "
+    f"(Nesterov), batch 64, {EPOCHS} epochs, bfloat16.",
+    config="configs/imagenette_mini_resnet.py:gpu",
+    common={"num_epochs": EPOCHS, **read_choice(choice_path("imagenette_mini_gpu_pilot"))},
+    seeds=(0, 1, 2, 3, 4),
+    arms=arms.thesis_arms(arms.thesis_proxy(arms.thesis_schedule(EPOCHS)), arms.LARGE_IMAGE),
+    regime=(
+      "The fair-fight regime of configs/studies/imagenette_mini_control.py at 128 px "
+      "on a GPU: ResNet-18 (width 64), RandomResizedCrop + flip, the methods at "
+      "their ImageNet papers' settings, learning rate and weight decay from the GPU "
+      "pilot's validation accuracy."
+    ),
+    gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
+    hypotheses=control.HYPOTHESES,
+    family=control.FAMILY,
+    explain={"num_images": 500},
+  )

@@ -50,39 +50,48 @@ from proxy_jax.study.spec import Study
 
 SEEDS = tuple(range(5, 21))
 MIXUP = arms.LARGE_IMAGE["mixup"]  # alpha 0.2 on every batch: the control's follow-up setting.
-SPREADS_FROM = ("the control studies' paired test-accuracy differences over seeds 0-4 "
-                "(imagenette_mini_control: proxy; imagenette_mini_control_mixup: mixup at alpha "
-                "0.2; proxy+mixup - mixup never ran: the control's largest sd, MixUp alpha 1)")
+SPREADS_FROM = (
+  "the control studies' paired test-accuracy differences over seeds 0-4 "
+  "(imagenette_mini_control: proxy; imagenette_mini_control_mixup: mixup at alpha "
+  "0.2; proxy+mixup - mixup never ran: the control's largest sd, MixUp alpha 1)"
+)
 
 
 def powered_arms() -> dict:
   proxy_on = {**arms.thesis_proxy(arms.thesis_schedule(control.EPOCHS)), "proxy.enabled": True}
-  return {"baseline": dict(arms.BASELINE),
-          "proxy": proxy_on,
-          "mixup": {**arms.BASELINE, **MIXUP},
-          "proxy+mixup": {**proxy_on, **MIXUP},
-          "proxy-all": {**proxy_on, "proxy.subset": 1.0}}
+  return {
+    "baseline": dict(arms.BASELINE),
+    "proxy": proxy_on,
+    "mixup": {**arms.BASELINE, **MIXUP},
+    "proxy+mixup": {**proxy_on, **MIXUP},
+    "proxy-all": {**proxy_on, "proxy.subset": 1.0},
+  }
 
 
 def get_study():
   study = control.get_study()
   return Study(
-      name="imagenette_mini_powered",
-      description=control.REGIME,
-      config=study.config,
-      common=study.common,
-      seeds=SEEDS,
-      arms=powered_arms(),
-      regime=control.REGIME,
-      gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
-      hypotheses=(Hypothesis("proxy", "differs"),
-                  Hypothesis("mixup", "higher"),
-                  Hypothesis("proxy+mixup", "differs", against="mixup")),
-      family=("proxy", "mixup", "proxy+mixup"),
-      control_arms=("mixup",),
-      equivalence=(Equivalence("proxy", margin=0.01, alpha=0.05),),
-      power=Power(source=SPREADS_FROM,
-                  std={"proxy": 0.0094, "mixup": 0.0149, "proxy+mixup": 0.0228},
-                  detectable={"proxy": 0.0084, "mixup": 0.0120, "proxy+mixup": 0.0204},
-                  equivalence_power={"proxy": 0.98}),
-      explain={"num_images": 500})
+    name="imagenette_mini_powered",
+    description=control.REGIME,
+    config=study.config,
+    common=study.common,
+    seeds=SEEDS,
+    arms=powered_arms(),
+    regime=control.REGIME,
+    gate=Gate(min_train_accuracy=0.95, min_gap=0.15),
+    hypotheses=(
+      Hypothesis("proxy", "differs"),
+      Hypothesis("mixup", "higher"),
+      Hypothesis("proxy+mixup", "differs", against="mixup"),
+    ),
+    family=("proxy", "mixup", "proxy+mixup"),
+    control_arms=("mixup",),
+    equivalence=(Equivalence("proxy", margin=0.01, alpha=0.05),),
+    power=Power(
+      source=SPREADS_FROM,
+      std={"proxy": 0.0094, "mixup": 0.0149, "proxy+mixup": 0.0228},
+      detectable={"proxy": 0.0084, "mixup": 0.0120, "proxy+mixup": 0.0204},
+      equivalence_power={"proxy": 0.98},
+    ),
+    explain={"num_images": 500},
+  )

@@ -22,12 +22,17 @@ from proxy_jax.study import arms
 def get_study():
   study = control.get_study()
   return dataclasses.replace(
-      study,
-      name="imagenette_mini_resnet",
-      seeds=(0, 1, 2),
-      arms=arms.thesis_arms(arms.thesis_proxy(arms.thesis_schedule(control.EPOCHS)),
-                            arms.SMALL_IMAGE),
-      hypotheses=(),
-      family=(),
-      controls=("imagenette_mini_control", "imagenette_mini_control_mixup",
-                "imagenette_mini_control_budget"))
+    study,
+    name="imagenette_mini_resnet",
+    seeds=(0, 1, 2),
+    arms=arms.thesis_arms(
+      arms.thesis_proxy(arms.thesis_schedule(control.EPOCHS)), arms.SMALL_IMAGE
+    ),
+    hypotheses=(),
+    family=(),
+    controls=(
+      "imagenette_mini_control",
+      "imagenette_mini_control_mixup",
+      "imagenette_mini_control_budget",
+    ),
+  )

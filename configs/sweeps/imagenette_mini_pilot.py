@@ -21,6 +21,10 @@ SEEDS = [0, 1]
 
 
 def get_sweep():
-  return product(**{"optimizer.learning_rate": LEARNING_RATES,
-                    "optimizer.weight_decay": WEIGHT_DECAYS,
-                    "seed": SEEDS})
+  return product(
+    **{
+      "optimizer.learning_rate": LEARNING_RATES,
+      "optimizer.weight_decay": WEIGHT_DECAYS,
+      "seed": SEEDS,
+    }
+  )

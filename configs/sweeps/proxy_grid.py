@@ -14,12 +14,14 @@ SEEDS = [0, 1, 2]
 
 def get_sweep():
   baseline = product(**{"proxy.enabled": [False], "seed": SEEDS})
-  proxy = product(**{
+  proxy = product(
+    **{
       "proxy.threshold": [0.6, 0.75, 0.85, 0.95],
       "proxy.weight": [0.2, 0.5, 0.8],
       "proxy.subset": [0.2, 0.5, 1.0],
       "proxy.cam_method": ["gradcam", "gradcampp", "eigencam"],
       "proxy.clear_every_step": [True, False],
       "seed": SEEDS,
-  })
+    }
+  )
   return concat(baseline, proxy)

@@ -30,10 +30,10 @@ from proxy_jax.core.errors import fail_field
 from proxy_jax.augment import crop, erase, geometry, keep, mix, policy, saliency
 
 FAMILIES = {
-    "policy": tuple(policy.POLICIES),
-    "erase": tuple(erase.ERASERS),
-    "mix": tuple(mix.METHODS),
-    "keep": ("keep_salient",),
+  "policy": tuple(policy.POLICIES),
+  "erase": tuple(erase.ERASERS),
+  "mix": tuple(mix.METHODS),
+  "keep": ("keep_salient",),
 }
 NONE = "none"
 # KeepAugment with Cutout: its paper's selective-cut, or the selective-paste used for policies.
@@ -72,6 +72,7 @@ def _mix_kwargs(name: str, cfg) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Models:
   """The models maps may come from in one step: the current one and an optional frozen one."""
+
   current: saliency.SaliencyModel | None = None
   frozen: saliency.SaliencyModel | None = None
 
@@ -193,14 +194,12 @@ def make_augment_fn(augment_config, num_classes: int, image_size: int | None = N
   def augment(images_uint8, labels, key, *, is_proxy=None, models=Models()):
     geometry_key, preserve_key, mix_key = jax.random.split(key, 3)
     crop_fn = crop.from_config(cfg, image_size or images_uint8.shape[1])
-    cropped = crop_fn(preprocess.to_unit_range(images_uint8),
-                      jax.random.fold_in(key, CROP_STREAM))
+    cropped = crop_fn(preprocess.to_unit_range(images_uint8), jax.random.fold_in(key, CROP_STREAM))
     clean = geometry.flip_rotate(cropped, geometry_key, cfg.flip, cfg.rotation_degrees)
     soft = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     maps = saliency.gradient(models.current, clean, labels) if cfg.keep_salient else None
     if jsd_views_fn is not None:
-      views = _jsd_views(cfg, jsd_views_fn, erase_fn, cut_fn, clean, soft, preserve_key,
-                         maps)
+      views = _jsd_views(cfg, jsd_views_fn, erase_fn, cut_fn, clean, soft, preserve_key, maps)
       views = [_exempt_proxies(cfg, v, clean, is_proxy) for v in views]
       return preprocess.normalize(jnp.concatenate([clean, *views])), soft
     images, targets = clean, soft
@@ -224,15 +223,23 @@ def selective_cut_from_config(cfg):
   labels)` when KeepAugment meets Cutout with `keep_cutout="selective_cut"`; else None."""
   if not (cfg.keep_salient and cfg.erase == "cutout" and cfg.keep_cutout == "selective_cut"):
     return None
-  return functools.partial(keep.selective_cutout, size=cfg.erase_size, prob=cfg.erase_prob,
-                           fill=erase.resolve_fill("cutout", cfg.erase_fill),
-                           threshold=cfg.keep_threshold, tries=cfg.keep_tries)
+  return functools.partial(
+    keep.selective_cutout,
+    size=cfg.erase_size,
+    prob=cfg.erase_prob,
+    fill=erase.resolve_fill("cutout", cfg.erase_fill),
+    threshold=cfg.keep_threshold,
+    tries=cfg.keep_tries,
+  )
 
 
 def models_of(state, frozen_apply_fn=None, frozen=None) -> Models:
   """The step's models: the train state's (frozen for the step) and the optional frozen one."""
-  frozen_model = (None if frozen is None
-                  else saliency.SaliencyModel(frozen_apply_fn, jax.lax.stop_gradient(frozen)))
+  frozen_model = (
+    None
+    if frozen is None
+    else saliency.SaliencyModel(frozen_apply_fn, jax.lax.stop_gradient(frozen))
+  )
   return Models(current=saliency.current_model(state), frozen=frozen_model)
 
 
@@ -245,8 +252,13 @@ def preview(state, batch, config, num_classes: int, frozen_apply_fn=None, frozen
 
   def run(state, images, labels, is_proxy, frozen):
     augment_fn = make_augment_fn(config.augment, num_classes, config.image_size)
-    return augment_fn(images, labels, jax.random.key(0), is_proxy=is_proxy,
-                      models=models_of(state, frozen_apply_fn, frozen))
+    return augment_fn(
+      images,
+      labels,
+      jax.random.key(0),
+      is_proxy=is_proxy,
+      models=models_of(state, frozen_apply_fn, frozen),
+    )
 
   return jax.jit(run)(state, batch["image"], batch["label"], batch["is_proxy"], frozen)
 
@@ -269,43 +281,70 @@ def check_config(augment_config, image_size: int | None = None) -> None:
   for field in ("flip", "keep_salient", "skip_proxies"):
     if not isinstance(cfg[field], bool):
       fail_field(f"augment.{field}", cfg[field], "must be True or False")
-  if isinstance(cfg.rotation_degrees, bool) or not isinstance(cfg.rotation_degrees, (int, float)) \
-      or not 0 <= cfg.rotation_degrees <= 180:
+  if (
+    isinstance(cfg.rotation_degrees, bool)
+    or not isinstance(cfg.rotation_degrees, (int, float))
+    or not 0 <= cfg.rotation_degrees <= 180
+  ):
     fail_field("augment.rotation_degrees", cfg.rotation_degrees, "must be a number in [0, 180]")
-  if isinstance(cfg.keep_size, bool) or not isinstance(cfg.keep_size, (int, float)) \
-      or not 0 < cfg.keep_size <= 1:
-    fail_field("augment.keep_size", cfg.keep_size,
-               "must be in (0, 1] (a fraction of the image side)")
+  if (
+    isinstance(cfg.keep_size, bool)
+    or not isinstance(cfg.keep_size, (int, float))
+    or not 0 < cfg.keep_size <= 1
+  ):
+    fail_field(
+      "augment.keep_size", cfg.keep_size, "must be in (0, 1] (a fraction of the image side)"
+    )
   if cfg.keep_cutout not in KEEP_CUTOUTS:
     fail_field("augment.keep_cutout", cfg.keep_cutout, "choose one of " + ", ".join(KEEP_CUTOUTS))
-  if isinstance(cfg.keep_threshold, bool) or not isinstance(cfg.keep_threshold, (int, float)) \
-      or not 0 < cfg.keep_threshold <= 1:
-    fail_field("augment.keep_threshold", cfg.keep_threshold,
-               "must be in (0, 1] (mean saliency of a box, maps in [0, 1])")
-  if isinstance(cfg.keep_tries, bool) or not isinstance(cfg.keep_tries, int) \
-      or not 1 <= cfg.keep_tries <= 1000:
+  if (
+    isinstance(cfg.keep_threshold, bool)
+    or not isinstance(cfg.keep_threshold, (int, float))
+    or not 0 < cfg.keep_threshold <= 1
+  ):
+    fail_field(
+      "augment.keep_threshold",
+      cfg.keep_threshold,
+      "must be in (0, 1] (mean saliency of a box, maps in [0, 1])",
+    )
+  if (
+    isinstance(cfg.keep_tries, bool)
+    or not isinstance(cfg.keep_tries, int)
+    or not 1 <= cfg.keep_tries <= 1000
+  ):
     fail_field("augment.keep_tries", cfg.keep_tries, "must be an integer in [1, 1000]")
   for family in (crop, policy, erase, mix):  # Each raises ConfigError naming its field.
     family.check_config(cfg)
   if cfg.augmix_jsd and mix_names(cfg):
-    fail_field("augment.augmix_jsd", cfg.augmix_jsd,
-               "cannot combine with mixing (mix must be 'none'): the AugMix "
-               "consistency loss compares views of the same image with one label")
+    fail_field(
+      "augment.augmix_jsd",
+      cfg.augmix_jsd,
+      "cannot combine with mixing (mix must be 'none'): the AugMix "
+      "consistency loss compares views of the same image with one label",
+    )
   if image_size is not None and cfg.attentive_grid > image_size:
-    fail_field("augment.attentive_grid", cfg.attentive_grid,
-               f"must be at most the image size ({image_size})")
+    fail_field(
+      "augment.attentive_grid", cfg.attentive_grid, f"must be at most the image size ({image_size})"
+    )
   _check_saliency_source(cfg)
 
 
 def _check_saliency_source(cfg):
   from proxy_jax import cams  # pylint: disable=g-import-not-at-top
+
   if cfg.saliency_cam not in cams.formulas.ACTIVATION_FORMULAS:
-    fail_field("augment.saliency_cam", cfg.saliency_cam, "choose an activation-map method: "
-               + ", ".join(cams.formulas.ACTIVATION_FORMULAS))
+    fail_field(
+      "augment.saliency_cam",
+      cfg.saliency_cam,
+      "choose an activation-map method: " + ", ".join(cams.formulas.ACTIVATION_FORMULAS),
+    )
   source = cfg.saliency_source
   if not isinstance(source, str) or not source:
-    fail_field("augment.saliency_source", cfg.saliency_source,
-               "must be 'current', a trained workdir or pretrained weights")
+    fail_field(
+      "augment.saliency_source",
+      cfg.saliency_source,
+      "must be 'current', a trained workdir or pretrained weights",
+    )
   if not needs_frozen_model(cfg):
     return
   if saliency.is_trained_workdir(source):
@@ -313,10 +352,16 @@ def _check_saliency_source(cfg):
   # Hub names ("timm/resnet18.a1_in1k") contain a slash too; paths are told by their start.
   looks_like_path = source.startswith(("/", ".", "~")) or source.endswith(".safetensors")
   if looks_like_path and not os.path.exists(source):
-    fail_field("augment.saliency_source", cfg.saliency_source,
-               "no such trained workdir or pretrained weights file")
+    fail_field(
+      "augment.saliency_source",
+      cfg.saliency_source,
+      "no such trained workdir or pretrained weights file",
+    )
   if cfg.saliency_cam not in CLASS_AGNOSTIC_CAMS:
-    fail_field("augment.saliency_cam", cfg.saliency_cam,
-               f"saliency_source={source!r} is not a trained workdir, so it is "
-               "taken for pretrained weights whose classifier is not this run's: use a "
-               "class-agnostic method (" + ", ".join(CLASS_AGNOSTIC_CAMS) + ")")
+    fail_field(
+      "augment.saliency_cam",
+      cfg.saliency_cam,
+      f"saliency_source={source!r} is not a trained workdir, so it is "
+      "taken for pretrained weights whose classifier is not this run's: use a "
+      "class-agnostic method (" + ", ".join(CLASS_AGNOSTIC_CAMS) + ")",
+    )

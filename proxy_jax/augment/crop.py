@@ -123,9 +123,9 @@ def pad_crop(images, key, size: int, padding: int, mode: str = "zero"):
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
   padded = jnp.pad(images, pad, mode="constant" if mode == "zero" else "reflect")
   _, height, width, channels = padded.shape
-  offsets = jax.vmap(lambda k: jax.random.randint(
-      k, (2,), 0, jnp.array([height - size + 1, width - size + 1])))(
-          jax.random.split(key, images.shape[0]))
+  offsets = jax.vmap(
+    lambda k: jax.random.randint(k, (2,), 0, jnp.array([height - size + 1, width - size + 1]))
+  )(jax.random.split(key, images.shape[0]))
 
   def one(image, offset):
     return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (size, size, channels))
@@ -140,8 +140,9 @@ def from_config(cfg, image_size: int):
     scale, ratio = tuple(cfg.crop_scale), tuple(cfg.crop_ratio)
     return lambda images, key: random_resized_crop(images, key, image_size, scale, ratio)
   if name == "pad":
-    return lambda images, key: pad_crop(images, key, image_size, cfg.crop_padding,
-                                        cfg.crop_pad_mode)
+    return lambda images, key: pad_crop(
+      images, key, image_size, cfg.crop_padding, cfg.crop_pad_mode
+    )
   if name == "center":
     return lambda images, key: center_crop(images, image_size)
   raise ValueError(f"unknown crop {name!r}; choose one of {', '.join(CROPS)}")
@@ -154,11 +155,15 @@ def check_config(cfg) -> None:
   for field, upper in (("crop_scale", 1.0), ("crop_ratio", math.inf)):
     value = cfg[field]
     pair = tuple(value) if isinstance(value, (list, tuple)) else ()
-    if (len(pair) != 2 or not all(fields.is_number(v) for v in pair)
-        or not 0 < pair[0] <= pair[1] <= upper):
+    if (
+      len(pair) != 2
+      or not all(fields.is_number(v) for v in pair)
+      or not 0 < pair[0] <= pair[1] <= upper
+    ):
       bound = "1" if upper == 1.0 else "inf"
-      fail_field(f"augment.{field}", value,
-                 f"must be a pair (low, high) with 0 < low <= high <= {bound}")
+      fail_field(
+        f"augment.{field}", value, f"must be a pair (low, high) with 0 < low <= high <= {bound}"
+      )
   padding = cfg.crop_padding
   if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
     fail_field("augment.crop_padding", padding, "must be an integer >= 0 (pixels on each side)")

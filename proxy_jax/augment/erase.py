@@ -28,8 +28,12 @@ from proxy_jax.core.errors import fail_field
 
 FILLS = ("dataset_mean", "zero", "mean", "noise")
 PAPER = "paper"
-PAPER_FILLS = {"cutout": "dataset_mean", "random_erasing": "noise", "gridmask": "dataset_mean",
-               "hide_and_seek": "dataset_mean"}
+PAPER_FILLS = {
+  "cutout": "dataset_mean",
+  "random_erasing": "noise",
+  "gridmask": "dataset_mean",
+  "hide_and_seek": "dataset_mean",
+}
 ERASE_CHOICES = ("none", "cutout", "random_erasing", "gridmask", "hide_and_seek")
 # RandomErasing's reference code retries a box up to 100 times until it fits the image.
 RANDOM_ERASING_ATTEMPTS = 100
@@ -66,11 +70,11 @@ def _draw_cutout(key, shape, *, size, prob):
   batch, height, width, _ = shape
   apply_key, y_key, x_key = jax.random.split(key, 3)
   return {
-      "apply": jax.random.bernoulli(apply_key, prob, (batch,)),
-      "centre_y": jax.random.randint(y_key, (batch,), 0, height),
-      "centre_x": jax.random.randint(x_key, (batch,), 0, width),
-      "box_height": jnp.full((batch,), max(1, round(size * height)), jnp.int32),
-      "box_width": jnp.full((batch,), max(1, round(size * width)), jnp.int32),
+    "apply": jax.random.bernoulli(apply_key, prob, (batch,)),
+    "centre_y": jax.random.randint(y_key, (batch,), 0, height),
+    "centre_x": jax.random.randint(x_key, (batch,), 0, width),
+    "box_height": jnp.full((batch,), max(1, round(size * height)), jnp.int32),
+    "box_width": jnp.full((batch,), max(1, round(size * width)), jnp.int32),
   }
 
 
@@ -109,20 +113,22 @@ def _draw_random_erasing(key, shape, *, prob, area, aspect):
   top = jnp.floor(jax.random.uniform(y_key, (batch,)) * (height - box_height + 1))
   left = jnp.floor(jax.random.uniform(x_key, (batch,)) * (width - box_width + 1))
   return {
-      "apply": jax.random.bernoulli(apply_key, prob, (batch,)) & jnp.any(fits, axis=1),
-      "top": top.astype(jnp.int32), "left": left.astype(jnp.int32),
-      "box_height": box_height, "box_width": box_width,
+    "apply": jax.random.bernoulli(apply_key, prob, (batch,)) & jnp.any(fits, axis=1),
+    "top": top.astype(jnp.int32),
+    "left": left.astype(jnp.int32),
+    "box_height": box_height,
+    "box_width": box_width,
   }
 
 
-def random_erasing(images, labels, key, *, prob=0.5, area=(0.02, 0.4), aspect=(0.3, 1 / 0.3),
-                   fill="noise"):
+def random_erasing(
+  images, labels, key, *, prob=0.5, area=(0.02, 0.4), aspect=(0.3, 1 / 0.3), fill="noise"
+):
   """RandomErasing (Zhong et al. 2020): with probability `prob` erase one random rectangle."""
   draw_key, fill_key = jax.random.split(key)
   _, height, width, _ = images.shape
   draw = _draw_random_erasing(draw_key, images.shape, prob=prob, area=area, aspect=aspect)
-  mask = _box_mask(draw["top"], draw["left"], draw["box_height"], draw["box_width"],
-                   height, width)
+  mask = _box_mask(draw["top"], draw["left"], draw["box_height"], draw["box_width"], height, width)
   return _apply_mask(images, fill_key, mask & draw["apply"][:, None, None], fill), labels
 
 
@@ -135,12 +141,12 @@ def _draw_gridmask(key, shape, *, prob, ratio):
   apply_key, unit_key, y_key, x_key = jax.random.split(key, 4)
   unit = jax.random.randint(unit_key, (batch,), low, high)
   return {
-      "apply": jax.random.bernoulli(apply_key, prob, (batch,)),
-      "unit": unit,
-      "erased": jnp.ceil(unit * ratio).astype(jnp.int32),
-      # The reference draws offsets in [0, d) on a padded canvas; modulo d that is uniform too.
-      "offset_y": jnp.floor(jax.random.uniform(y_key, (batch,)) * unit).astype(jnp.int32),
-      "offset_x": jnp.floor(jax.random.uniform(x_key, (batch,)) * unit).astype(jnp.int32),
+    "apply": jax.random.bernoulli(apply_key, prob, (batch,)),
+    "unit": unit,
+    "erased": jnp.ceil(unit * ratio).astype(jnp.int32),
+    # The reference draws offsets in [0, d) on a padded canvas; modulo d that is uniform too.
+    "offset_y": jnp.floor(jax.random.uniform(y_key, (batch,)) * unit).astype(jnp.int32),
+    "offset_x": jnp.floor(jax.random.uniform(x_key, (batch,)) * unit).astype(jnp.int32),
   }
 
 
@@ -163,8 +169,8 @@ def _draw_hide_and_seek(key, shape, *, prob, grid, hide_prob):
   batch = shape[0]
   apply_key, cell_key = jax.random.split(key)
   return {
-      "apply": jax.random.bernoulli(apply_key, prob, (batch,)),
-      "hidden": jax.random.bernoulli(cell_key, hide_prob, (batch, grid, grid)),
+    "apply": jax.random.bernoulli(apply_key, prob, (batch,)),
+    "hidden": jax.random.bernoulli(cell_key, hide_prob, (batch, grid, grid)),
   }
 
 
@@ -182,21 +188,27 @@ def hide_and_seek(images, labels, key, *, prob=1.0, grid=4, hide_prob=0.5, fill=
 
 
 ERASERS = {
-    "cutout": cutout,
-    "random_erasing": random_erasing,
-    "gridmask": gridmask,
-    "hide_and_seek": hide_and_seek,
+  "cutout": cutout,
+  "random_erasing": random_erasing,
+  "gridmask": gridmask,
+  "hide_and_seek": hide_and_seek,
 }
 
 
 def _check_pair(config, field, low, high):
   """A (min, max) pair with low < min <= max <= high."""
   value = config[field]
-  if (not isinstance(value, (tuple, list)) or len(value) != 2
-      or not all(fields.is_number(v) for v in value)
-      or not low < value[0] <= value[1] <= high):
-    fail_field(f"augment.{field}", value,
-               f"must be two finite numbers (min, max) with {low} < min <= max <= {high}")
+  if (
+    not isinstance(value, (tuple, list))
+    or len(value) != 2
+    or not all(fields.is_number(v) for v in value)
+    or not low < value[0] <= value[1] <= high
+  ):
+    fail_field(
+      f"augment.{field}",
+      value,
+      f"must be two finite numbers (min, max) with {low} < min <= max <= {high}",
+    )
 
 
 def check_config(augment_config):
@@ -204,14 +216,14 @@ def check_config(augment_config):
   if augment_config.erase not in ERASE_CHOICES:
     fail_field("augment.erase", augment_config.erase, "choose one of " + ", ".join(ERASE_CHOICES))
   if augment_config.erase_fill not in (PAPER, *FILLS):
-    fail_field("augment.erase_fill", augment_config.erase_fill,
-               "choose one of " + ", ".join((PAPER, *FILLS)))
+    fail_field(
+      "augment.erase_fill", augment_config.erase_fill, "choose one of " + ", ".join((PAPER, *FILLS))
+    )
   fields.check_number(augment_config, "erase_prob", 0.0, 1.0)
   fields.check_number(augment_config, "erase_size", 0.0, 1.0, low_open=True)
   _check_pair(augment_config, "erase_area", 0.0, 1.0)
   _check_pair(augment_config, "erase_aspect", 0.0, math.inf)
-  fields.check_number(augment_config, "gridmask_ratio", 0.0, 1.0, low_open=True,
-                      high_open=True)
+  fields.check_number(augment_config, "gridmask_ratio", 0.0, 1.0, low_open=True, high_open=True)
   fields.check_number(augment_config, "hide_prob", 0.0, 1.0)
   grid = augment_config.hide_grid
   if not isinstance(grid, int) or isinstance(grid, bool) or grid <= 0:
@@ -225,11 +237,12 @@ def from_config(augment_config):
   if name == "none":
     return None
   params = {
-      "cutout": dict(size=c.erase_size, prob=c.erase_prob),
-      "random_erasing": dict(prob=c.erase_prob, area=tuple(c.erase_area),
-                             aspect=tuple(c.erase_aspect)),
-      "gridmask": dict(prob=c.erase_prob, ratio=c.gridmask_ratio),
-      "hide_and_seek": dict(prob=c.erase_prob, grid=c.hide_grid, hide_prob=c.hide_prob),
+    "cutout": dict(size=c.erase_size, prob=c.erase_prob),
+    "random_erasing": dict(
+      prob=c.erase_prob, area=tuple(c.erase_area), aspect=tuple(c.erase_aspect)
+    ),
+    "gridmask": dict(prob=c.erase_prob, ratio=c.gridmask_ratio),
+    "hide_and_seek": dict(prob=c.erase_prob, grid=c.hide_grid, hide_prob=c.hide_prob),
   }[name]
   return functools.partial(ERASERS[name], fill=resolve_fill(name, c.erase_fill), **params)
 

@@ -80,8 +80,10 @@ def _divide(numerator, denominator):
 def _window_bounds(size: int, neighborhood: int):
   """Integral-image indices P1, P2 of every position along one axis, clipped to [0, size]."""
   positions = np.arange(size)
-  return (np.clip(positions - neighborhood + 1, 0, size),
-          np.clip(positions + neighborhood + 1, 0, size))
+  return (
+    np.clip(positions - neighborhood + 1, 0, size),
+    np.clip(positions + neighborhood + 1, 0, size),
+  )
 
 
 def _center_surround(grey, integral, neighborhood: int):
@@ -99,10 +101,16 @@ def _center_surround(grey, integral, neighborhood: int):
   x1, x2 = _window_bounds(width, neighborhood)
   # The integral at the clipped corners, as static slices of the edge-padded integral image
   # (padded row j is row clip(j - n, 0, H)): XLA:CPU's gather was 10x slower.
-  padded = jnp.pad(integral, ((0, 0), (neighborhood, neighborhood),
-                              (neighborhood, neighborhood)), mode="edge")
-  at = lambda dy, dx: padded[:, neighborhood + dy:neighborhood + dy + height,  # pylint: disable=unnecessary-lambda-assignment
-                             neighborhood + dx:neighborhood + dx + width]
+  padded = jnp.pad(
+    integral, ((0, 0), (neighborhood, neighborhood), (neighborhood, neighborhood)), mode="edge"
+  )
+  at = (
+    lambda dy, dx: padded[
+      :,
+      neighborhood + dy : neighborhood + dy + height,  # pylint: disable=unnecessary-lambda-assignment
+      neighborhood + dx : neighborhood + dx + width,
+    ]
+  )
   near, far = 1 - neighborhood, neighborhood + 1  # P1 = position + near, P2 = position + far
   window = at(far, far) + at(near, near) - at(far, near) - at(near, far)
   area = jnp.asarray((y2 - y1)[:, None] * (x2 - x1)[None, :] - 1, jnp.int32)

@@ -1,18 +1,18 @@
 """Geometry shared by the augmentations: one bilinear resampler, one rotation, one box mask.
 
-  * `sample` / `warp` / `rotate`: bilinear resampling of an (H, W, C) image at the source
-    point of every output pixel. `edges` names what a source point outside the image gives:
-      - "black" (`BLACK`): the whole pixel is 0 (scipy.ndimage's mode="constant"); PIL's
-        rotate/affine and so torchvision's RandAugment / TrivialAugment and the AugMix
-        reference, which the policy ops follow (`ops.py`);
-      - "extend" (`EXTEND`): the nearest edge pixel (mode="nearest"); the train-time random
-        rotation (`flip_rotate`) uses it so that rotation adds no dark wedges a CAM could latch
-        on to, and resizing a box (`mix.resize_into_box`) never reads outside its box anyway.
-    That is the only difference between the two: inside the image both interpolate the same
-    4 taps.
-  * `box_mask`: the half-open box [top, bottom) x [left, right) as a boolean mask, for the box
-    methods (CutMix family, Cutout, RandomErasing, KeepAugment); bounds of any batch shape.
-  * `flip_rotate`: the random horizontal flip and rotation applied before everything else.
+* `sample` / `warp` / `rotate`: bilinear resampling of an (H, W, C) image at the source
+  point of every output pixel. `edges` names what a source point outside the image gives:
+    - "black" (`BLACK`): the whole pixel is 0 (scipy.ndimage's mode="constant"); PIL's
+      rotate/affine and so torchvision's RandAugment / TrivialAugment and the AugMix
+      reference, which the policy ops follow (`ops.py`);
+    - "extend" (`EXTEND`): the nearest edge pixel (mode="nearest"); the train-time random
+      rotation (`flip_rotate`) uses it so that rotation adds no dark wedges a CAM could latch
+      on to, and resizing a box (`mix.resize_into_box`) never reads outside its box anyway.
+  That is the only difference between the two: inside the image both interpolate the same
+  4 taps.
+* `box_mask`: the half-open box [top, bottom) x [left, right) as a boolean mask, for the box
+  methods (CutMix family, Cutout, RandomErasing, KeepAugment); bounds of any batch shape.
+* `flip_rotate`: the random horizontal flip and rotation applied before everything else.
 """
 
 import jax
@@ -36,11 +36,13 @@ def sample(image, src_y, src_x, edges: str):
   wy, wx = (src_y - y0)[..., None], (src_x - x0)[..., None]
 
   def tap(y, x):  # Clipped: past the edge this is the edge pixel ("extend"), or has weight 0.
-    return image[jnp.clip(y, 0, height - 1).astype(jnp.int32),
-                 jnp.clip(x, 0, width - 1).astype(jnp.int32)]
+    return image[
+      jnp.clip(y, 0, height - 1).astype(jnp.int32), jnp.clip(x, 0, width - 1).astype(jnp.int32)
+    ]
 
-  out = ((1 - wy) * ((1 - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1))
-         + wy * ((1 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)))
+  out = (1 - wy) * ((1 - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1)) + wy * (
+    (1 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)
+  )
   if edges == BLACK:
     inside = (src_y >= 0) & (src_y <= height - 1) & (src_x >= 0) & (src_x <= width - 1)
     out = jnp.where(inside[..., None], out, jnp.zeros((), out.dtype))
@@ -54,8 +56,9 @@ def warp(image, inverse_yx, offset_yx, edges: str):
   and quarter turns are exact permutations.
   """
   height, width, _ = image.shape
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                            jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  rows, cols = jnp.meshgrid(
+    jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
+  )
   inverse_yx = jnp.asarray(inverse_yx, jnp.float32)
   offset_yx = jnp.asarray(offset_yx, jnp.float32)
   src_y = inverse_yx[0, 0] * rows + inverse_yx[0, 1] * cols + offset_yx[0]

@@ -54,9 +54,11 @@ def keep_salient(augment_fn, size: float):
   The wrapper takes the saliency of the un-augmented images as an extra argument:
   `wrapped(images, labels, key, saliency) -> (images, labels)`.
   """
+
   def wrapped(images, labels, key, saliency):
     augmented, labels_out = augment_fn(images, labels, key)
     return paste_back(augmented, images, keep_masks(saliency, size)), labels_out
+
   return wrapped
 
 
@@ -78,8 +80,18 @@ def _draw_selective_cut(key, saliency, *, size: float, tries: int, threshold: fl
   return choose(top), choose(left), choose(top) + box_h, choose(left) + box_w
 
 
-def selective_cutout(images, labels, key, saliency, *, size: float, prob: float, fill: str,
-                     threshold: float, tries: int):
+def selective_cutout(
+  images,
+  labels,
+  key,
+  saliency,
+  *,
+  size: float,
+  prob: float,
+  fill: str,
+  threshold: float,
+  tries: int,
+):
   """KeepAugment's selective-cut Cutout: a box of side `size` x image side, cut (filled with
   `fill`) with probability `prob`, where the saliency map (B, H, W) in [0, 1] is low."""
   apply_key, draw_key, fill_key = jax.random.split(key, 3)

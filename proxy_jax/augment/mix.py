@@ -119,7 +119,8 @@ def resize_into_box(partner_images, dst_box, src_box, align_corners: bool = Fals
   src_y, src_x = _box_coordinates(dst_box, src_box, height, width, align_corners)
   # The coordinates never leave src_box, so the edge rule never matters; "extend" is exact.
   return jax.vmap(lambda image: geometry.sample(image, src_y, src_x, geometry.EXTEND))(
-      partner_images)
+    partner_images
+  )
 
 
 # ---------------------------------------------------------------- the methods
@@ -142,8 +143,9 @@ def cutmix(images, labels, key, *, alpha: float, lam=None, saliency=None):
   del saliency
   _, height, width, _ = images.shape
   draws = Draws(key, images.shape[0], alpha, lam)
-  mask = geometry.box_mask(*random_cutmix_box(draws.box_key, draws.lam, height, width), height,
-                           width)
+  mask = geometry.box_mask(
+    *random_cutmix_box(draws.box_key, draws.lam, height, width), height, width
+  )
   share = pasted_share(mask)
   mixed = _paste(images, images[draws.perm], mask)
   return mixed, _mix_labels(labels, labels[draws.perm], 1.0 - share, share)
@@ -209,8 +211,9 @@ def grid_cell_scores(saliency, grid: int):
   col_cell = (jnp.arange(width) * grid) // width
   rows = jax.nn.one_hot(row_cell, grid, dtype=jnp.float32)  # (H, grid)
   cols = jax.nn.one_hot(col_cell, grid, dtype=jnp.float32)  # (W, grid)
-  sums = jnp.einsum("bhw,hi,wj->bij", saliency.astype(jnp.float32), rows, cols,
-                    precision=jax.lax.Precision.HIGHEST)
+  sums = jnp.einsum(
+    "bhw,hi,wj->bij", saliency.astype(jnp.float32), rows, cols, precision=jax.lax.Precision.HIGHEST
+  )
   # Cells are never empty when grid <= the image side (check_config insists on it).
   counts = jnp.maximum(jnp.einsum("hi,wj->ij", rows, cols), 1.0)
   return (sums / counts).reshape(saliency.shape[0], grid * grid)
@@ -257,8 +260,9 @@ def _box_weight(weights, mask):
   return jnp.sum(weights * mask, axis=(1, 2)) / (total + 1e-8)
 
 
-def snapmix(images, labels, key, *, alpha: float, saliency, normalize_labels: bool = False,
-            lam=None):
+def snapmix(
+  images, labels, key, *, alpha: float, saliency, normalize_labels: bool = False, lam=None
+):
   """Huang et al. 2021 (SnapMix): a resized partner crop; labels weighted by CAM mass.
 
   Two boxes come from lam, lam' ~ Beta(alpha, alpha) as in CutMix: the partner's crop box
@@ -281,8 +285,9 @@ def snapmix(images, labels, key, *, alpha: float, saliency, normalize_labels: bo
   """
   _, height, width, _ = images.shape
   draws = Draws(key, images.shape[0], alpha, None if lam is None else lam[0])
-  lam_crop = jnp.asarray(jax.random.beta(draws.extra_key, alpha, alpha) if lam is None
-                         else lam[1], jnp.float32)
+  lam_crop = jnp.asarray(
+    jax.random.beta(draws.extra_key, alpha, alpha) if lam is None else lam[1], jnp.float32
+  )
   crop_key, target_key = jax.random.split(draws.box_key)
   target_box = random_cutmix_box(target_key, draws.lam, height, width)
   crop_box = random_cutmix_box(crop_key, lam_crop, height, width)
@@ -308,12 +313,12 @@ def snapmix(images, labels, key, *, alpha: float, saliency, normalize_labels: bo
 
 # name -> (function, the config fields it takes as keyword arguments, its saliency kind)
 METHODS = {
-    "mixup": mixup,
-    "cutmix": cutmix,
-    "resizemix": resizemix,
-    "saliencymix": saliencymix,
-    "attentive_cutmix": attentive_cutmix,
-    "snapmix": snapmix,
+  "mixup": mixup,
+  "cutmix": cutmix,
+  "resizemix": resizemix,
+  "saliencymix": saliencymix,
+  "attentive_cutmix": attentive_cutmix,
+  "snapmix": snapmix,
 }
 # The map each guided method needs: "image" (an image statistic, `saliencymix_map`) or "cam"
 # (a model's CAM).
@@ -327,38 +332,49 @@ IMAGE_MAPS = ("fine_grained", "spectral_residual")
 def check_config(cfg) -> None:
   """Validates the mixing fields of `config.augment`; raises ConfigError naming the field."""
   if not isinstance(cfg.mix, str):
-    fail_field("augment.mix", cfg.mix,
-               "must be a string: none, a method or a comma list of methods")
+    fail_field(
+      "augment.mix", cfg.mix, "must be a string: none, a method or a comma list of methods"
+    )
   names = [n.strip() for n in cfg.mix.split(",")]
   if names != ["none"] and (not all(names) or any(n not in METHODS for n in names)):
-    fail_field("augment.mix", cfg.mix,
-               "choose none, or one or more (comma-separated) of " + ", ".join(METHODS))
+    fail_field(
+      "augment.mix",
+      cfg.mix,
+      "choose none, or one or more (comma-separated) of " + ", ".join(METHODS),
+    )
   if len(set(names)) != len(names):
     fail_field("augment.mix", cfg.mix, "lists a method twice")
   for field in ("mix_alpha", "resizemix_scale_min", "resizemix_scale_max", "mix_prob"):
     if isinstance(cfg[field], bool) or not isinstance(cfg[field], (int, float)):
       fail_field(f"augment.{field}", cfg[field], "must be a number")
   if not cfg.mix_alpha > 0:
-    fail_field("augment.mix_alpha", cfg.mix_alpha,
-               "must be > 0 (the Beta distribution's parameter)")
+    fail_field(
+      "augment.mix_alpha", cfg.mix_alpha, "must be > 0 (the Beta distribution's parameter)"
+    )
   if not 0.0 <= cfg.mix_prob <= 1.0:
     fail_field("augment.mix_prob", cfg.mix_prob, "must be in [0, 1]")
   if not 0.0 < cfg.resizemix_scale_min <= 1.0:
     fail_field("augment.resizemix_scale_min", cfg.resizemix_scale_min, "must be in (0, 1]")
   if not cfg.resizemix_scale_min <= cfg.resizemix_scale_max <= 1.0:
-    fail_field("augment.resizemix_scale_max", cfg.resizemix_scale_max,
-               "must be in [resizemix_scale_min, 1]")
+    fail_field(
+      "augment.resizemix_scale_max", cfg.resizemix_scale_max, "must be in [resizemix_scale_min, 1]"
+    )
   for field in ("attentive_grid", "attentive_top_k"):
     if isinstance(cfg[field], bool) or not isinstance(cfg[field], int) or cfg[field] < 1:
       fail_field(f"augment.{field}", cfg[field], "must be a positive integer")
   if cfg.attentive_top_k > cfg.attentive_grid**2:
-    fail_field("augment.attentive_top_k", cfg.attentive_top_k,
-               f"must be at most attentive_grid^2 = {cfg.attentive_grid**2}")
+    fail_field(
+      "augment.attentive_top_k",
+      cfg.attentive_top_k,
+      f"must be at most attentive_grid^2 = {cfg.attentive_grid**2}",
+    )
   if not isinstance(cfg.snapmix_normalize_labels, bool):
-    fail_field("augment.snapmix_normalize_labels", cfg.snapmix_normalize_labels,
-               "must be True or False")
+    fail_field(
+      "augment.snapmix_normalize_labels", cfg.snapmix_normalize_labels, "must be True or False"
+    )
   if cfg.snapmix_cam not in SNAPMIX_CAMS:
     fail_field("augment.snapmix_cam", cfg.snapmix_cam, "choose one of " + ", ".join(SNAPMIX_CAMS))
   if cfg.saliencymix_map not in IMAGE_MAPS:
-    fail_field("augment.saliencymix_map", cfg.saliencymix_map,
-               "choose one of " + ", ".join(IMAGE_MAPS))
+    fail_field(
+      "augment.saliencymix_map", cfg.saliencymix_map, "choose one of " + ", ".join(IMAGE_MAPS)
+    )

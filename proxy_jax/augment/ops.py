@@ -78,7 +78,7 @@ def sharpness(image, factor):
   total = 4.0 * image[1:-1, 1:-1]
   for dy in range(3):
     for dx in range(3):
-      total = total + image[dy:dy + height - 2, dx:dx + width - 2]
+      total = total + image[dy : dy + height - 2, dx : dx + width - 2]
   degenerate = image.at[1:-1, 1:-1].set(total / 13.0)
   return _blend(degenerate, image, factor)
 

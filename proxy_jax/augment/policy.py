@@ -31,20 +31,20 @@ def _enhance(op):
 
 # (name, op(image, value), signed): the torchvision RandAugment / TrivialAugmentWide op list.
 RANDAUGMENT_OPS = (
-    ("identity", ops.identity, False),
-    ("shear_x", ops.shear_x, True),
-    ("shear_y", ops.shear_y, True),
-    ("translate_x", ops.translate_x, True),
-    ("translate_y", ops.translate_y, True),
-    ("rotate", ops.rotate, True),
-    ("brightness", _enhance(ops.brightness), True),
-    ("color", _enhance(ops.color), True),
-    ("contrast", _enhance(ops.contrast), True),
-    ("sharpness", _enhance(ops.sharpness), True),
-    ("posterize", ops.posterize, False),
-    ("solarize", ops.solarize, False),
-    ("autocontrast", ops.autocontrast, False),
-    ("equalize", ops.equalize, False),
+  ("identity", ops.identity, False),
+  ("shear_x", ops.shear_x, True),
+  ("shear_y", ops.shear_y, True),
+  ("translate_x", ops.translate_x, True),
+  ("translate_y", ops.translate_y, True),
+  ("rotate", ops.rotate, True),
+  ("brightness", _enhance(ops.brightness), True),
+  ("color", _enhance(ops.color), True),
+  ("contrast", _enhance(ops.contrast), True),
+  ("sharpness", _enhance(ops.sharpness), True),
+  ("posterize", ops.posterize, False),
+  ("solarize", ops.solarize, False),
+  ("autocontrast", ops.autocontrast, False),
+  ("equalize", ops.equalize, False),
 )
 
 
@@ -60,12 +60,17 @@ def magnitude_table(height, width, wide):
   translate_x, translate_y = (32.0, 32.0) if wide else (150 / 331 * width, 150 / 331 * height)
   posterize_drop = 6 if wide else 4
   values = {
-      "shear_x": line(shear), "shear_y": line(shear),
-      "translate_x": line(translate_x), "translate_y": line(translate_y),
-      "rotate": line(rotation), "brightness": line(enhance), "color": line(enhance),
-      "contrast": line(enhance), "sharpness": line(enhance),
-      "posterize": 8 - np.round(np.arange(bins) / ((bins - 1) / posterize_drop)),
-      "solarize": np.linspace(1.0, 0.0, bins),
+    "shear_x": line(shear),
+    "shear_y": line(shear),
+    "translate_x": line(translate_x),
+    "translate_y": line(translate_y),
+    "rotate": line(rotation),
+    "brightness": line(enhance),
+    "color": line(enhance),
+    "contrast": line(enhance),
+    "sharpness": line(enhance),
+    "posterize": 8 - np.round(np.arange(bins) / ((bins - 1) / posterize_drop)),
+    "solarize": np.linspace(1.0, 0.0, bins),
   }
   zeros = np.zeros(bins)
   return np.stack([values.get(name, zeros) for name, _, _ in RANDAUGMENT_OPS]).astype(np.float32)
@@ -77,11 +82,14 @@ _BRANCHES = tuple(op for _, op, _ in RANDAUGMENT_OPS)
 
 def _apply_ops(images, op_indices, values):
   """Applies op_indices[b, i] with values[b, i] to image b, i = 0, 1, ... in order."""
+
   def one(image, indices, image_values):
     # A scan traces the switch (all 14 ops) once instead of once per op slot: faster compiles.
     def step(image, draw):
       return jax.lax.switch(draw[0], _BRANCHES, image, draw[1]), None
+
     return jax.lax.scan(step, image, (indices, image_values))[0]
+
   return jax.vmap(one)(images, op_indices, values)
 
 
@@ -98,8 +106,11 @@ def _draw_randaugment(key, shape, *, num_ops, magnitude):
   negate = jax.random.bernoulli(sign_key, 0.5, (batch, num_ops))
   bins = jnp.full((batch, num_ops), magnitude, jnp.int32)
   table = magnitude_table(height, width, wide=False)
-  return {"ops": op_indices, "bins": bins,
-          "values": _signed_values(table, op_indices, bins, negate)}
+  return {
+    "ops": op_indices,
+    "bins": bins,
+    "values": _signed_values(table, op_indices, bins, negate),
+  }
 
 
 def randaugment(images, labels, key, *, num_ops=2, magnitude=9):
@@ -116,8 +127,11 @@ def _draw_trivialaugment(key, shape):
   bins = jax.random.randint(bin_key, (batch, 1), 0, NUM_MAGNITUDE_BINS)
   negate = jax.random.bernoulli(sign_key, 0.5, (batch, 1))
   table = magnitude_table(height, width, wide=True)
-  return {"ops": op_indices, "bins": bins,
-          "values": _signed_values(table, op_indices, bins, negate)}
+  return {
+    "ops": op_indices,
+    "bins": bins,
+    "values": _signed_values(table, op_indices, bins, negate),
+  }
 
 
 def trivialaugment(images, labels, key):
@@ -134,20 +148,29 @@ def _augmix_sign(value, negate):
 
 
 AUGMIX_OPS = (
-    ("autocontrast", lambda im, level, neg: ops.autocontrast(im)),
-    ("equalize", lambda im, level, neg: ops.equalize(im)),
-    ("posterize", lambda im, level, neg: ops.posterize(im, 4 - jnp.floor(level * 4 / 10))),
-    ("rotate", lambda im, level, neg: ops.rotate(
-        im, _augmix_sign(jnp.floor(level * 30 / 10), neg))),
-    ("solarize", lambda im, level, neg: ops.solarize(
-        im, (256 - jnp.floor(level * 256 / 10)) / 255.0)),
-    ("shear_x", lambda im, level, neg: ops.shear_x(im, _augmix_sign(level * 0.3 / 10, neg))),
-    ("shear_y", lambda im, level, neg: ops.shear_y(im, _augmix_sign(level * 0.3 / 10, neg))),
-    # The reference translates by up to a third of IMAGE_SIZE; here of the side moved along.
-    ("translate_x", lambda im, level, neg: ops.translate_x(
-        im, _augmix_sign(jnp.floor(level * (im.shape[1] / 3) / 10), neg))),
-    ("translate_y", lambda im, level, neg: ops.translate_y(
-        im, _augmix_sign(jnp.floor(level * (im.shape[0] / 3) / 10), neg))),
+  ("autocontrast", lambda im, level, neg: ops.autocontrast(im)),
+  ("equalize", lambda im, level, neg: ops.equalize(im)),
+  ("posterize", lambda im, level, neg: ops.posterize(im, 4 - jnp.floor(level * 4 / 10))),
+  ("rotate", lambda im, level, neg: ops.rotate(im, _augmix_sign(jnp.floor(level * 30 / 10), neg))),
+  (
+    "solarize",
+    lambda im, level, neg: ops.solarize(im, (256 - jnp.floor(level * 256 / 10)) / 255.0),
+  ),
+  ("shear_x", lambda im, level, neg: ops.shear_x(im, _augmix_sign(level * 0.3 / 10, neg))),
+  ("shear_y", lambda im, level, neg: ops.shear_y(im, _augmix_sign(level * 0.3 / 10, neg))),
+  # The reference translates by up to a third of IMAGE_SIZE; here of the side moved along.
+  (
+    "translate_x",
+    lambda im, level, neg: ops.translate_x(
+      im, _augmix_sign(jnp.floor(level * (im.shape[1] / 3) / 10), neg)
+    ),
+  ),
+  (
+    "translate_y",
+    lambda im, level, neg: ops.translate_y(
+      im, _augmix_sign(jnp.floor(level * (im.shape[0] / 3) / 10), neg)
+    ),
+  ),
 )
 _AUGMIX_BRANCHES = tuple(op for _, op in AUGMIX_OPS)
 AUGMIX_MAX_DEPTH = 3  # depth -1 draws each chain's depth uniformly from 1..3, as the reference.
@@ -164,12 +187,12 @@ def _draw_augmix(key, shape, *, width, depth, severity, alpha):
   else:
     depths = jnp.full((batch, width), depth, jnp.int32)
   return {
-      "chain_weights": jax.random.dirichlet(keys[1], jnp.full((width,), alpha), (batch,)),
-      "mix_weight": jax.random.beta(keys[2], alpha, alpha, (batch,)),
-      "depths": depths,
-      "ops": jax.random.randint(keys[3], (batch, width, steps), 0, len(AUGMIX_OPS)),
-      "levels": jax.random.uniform(keys[4], (batch, width, steps), minval=0.1, maxval=severity),
-      "negate": jax.random.bernoulli(keys[5], 0.5, (batch, width, steps)),
+    "chain_weights": jax.random.dirichlet(keys[1], jnp.full((width,), alpha), (batch,)),
+    "mix_weight": jax.random.beta(keys[2], alpha, alpha, (batch,)),
+    "depths": depths,
+    "ops": jax.random.randint(keys[3], (batch, width, steps), 0, len(AUGMIX_OPS)),
+    "levels": jax.random.uniform(keys[4], (batch, width, steps), minval=0.1, maxval=severity),
+    "negate": jax.random.bernoulli(keys[5], 0.5, (batch, width, steps)),
   }
 
 
@@ -177,8 +200,7 @@ def augmix(images, labels, key, *, width=3, depth=-1, severity=3, alpha=1.0):
   """AugMix (Hendrycks et al. 2020): `width` chains of 1..3 random ops, mixed with Dirichlet
   weights, then blended with the original by a Beta-distributed weight. Output stays in
   [0, 1] because every mix is convex."""
-  draw = _draw_augmix(key, images.shape, width=width, depth=depth, severity=severity,
-                      alpha=alpha)
+  draw = _draw_augmix(key, images.shape, width=width, depth=depth, severity=severity, alpha=alpha)
 
   def one(image, weights, mix_weight, depths, op_indices, levels, negate):
     # Nested scans (chains, then steps) trace the 9-way switch once: compiling an unrolled
@@ -198,8 +220,15 @@ def augmix(images, labels, key, *, width=3, depth=-1, severity=3, alpha=1.0):
     mixed = jnp.tensordot(weights, chains, axes=1)
     return jnp.clip((1.0 - mix_weight) * image + mix_weight * mixed, 0.0, 1.0)
 
-  out = jax.vmap(one)(images, draw["chain_weights"], draw["mix_weight"], draw["depths"],
-                      draw["ops"], draw["levels"], draw["negate"])
+  out = jax.vmap(one)(
+    images,
+    draw["chain_weights"],
+    draw["mix_weight"],
+    draw["depths"],
+    draw["ops"],
+    draw["levels"],
+    draw["negate"],
+  )
   return out.astype(images.dtype), labels
 
 
@@ -212,7 +241,7 @@ def augmix_jsd_views(images, key, **augmix_params):
   """
   doubled = jnp.concatenate([images, images], axis=0)
   views = augmix(doubled, None, key, **augmix_params)[0]
-  return views[:images.shape[0]], views[images.shape[0]:]
+  return views[: images.shape[0]], views[images.shape[0] :]
 
 
 def jensen_shannon_consistency(logits_clean, logits_aug1, logits_aug2):
@@ -221,19 +250,17 @@ def jensen_shannon_consistency(logits_clean, logits_aug1, logits_aug2):
   As the AugMix reference: mean of KL(p_i || M) over the three, M their average clamped to
   [1e-7, 1] before the log. Unweighted; the reference multiplies it by 12 (augmix_jsd_weight).
   """
-  log_probs = [jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
-               for logits in (logits_clean, logits_aug1, logits_aug2)]
+  log_probs = [
+    jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    for logits in (logits_clean, logits_aug1, logits_aug2)
+  ]
   probs = [jnp.exp(lp) for lp in log_probs]
   log_mixture = jnp.log(jnp.clip((probs[0] + probs[1] + probs[2]) / 3.0, 1e-7, 1.0))
   kl = [jnp.sum(p * (lp - log_mixture), axis=-1) for p, lp in zip(probs, log_probs)]
   return jnp.mean((kl[0] + kl[1] + kl[2]) / 3.0)
 
 
-POLICIES = {
-    "randaugment": randaugment,
-    "trivialaugment": trivialaugment,
-    "augmix": augmix,
-}
+POLICIES = {"randaugment": randaugment, "trivialaugment": trivialaugment, "augmix": augmix}
 
 
 def _check_int(config, field, low, high, allow=()):
@@ -260,13 +287,15 @@ def check_config(augment_config):
     fail_field("augment.augmix_jsd", c.augmix_jsd, "must be True or False")
   fields.check_number(c, "augmix_jsd_weight", 0.0, 1e6)
   if c.augmix_jsd and c.policy != "augmix":
-    fail_field("augment.augmix_jsd", c.augmix_jsd,
-               f"needs policy='augmix' (policy is {c.policy!r})")
+    fail_field(
+      "augment.augmix_jsd", c.augmix_jsd, f"needs policy='augmix' (policy is {c.policy!r})"
+    )
 
 
 def _augmix_params(c):
-  return dict(width=c.augmix_width, depth=c.augmix_depth, severity=c.augmix_severity,
-              alpha=c.augmix_alpha)
+  return dict(
+    width=c.augmix_width, depth=c.augmix_depth, severity=c.augmix_severity, alpha=c.augmix_alpha
+  )
 
 
 def from_config(augment_config):
@@ -280,8 +309,9 @@ def from_config(augment_config):
   if c.policy == "none":
     return None
   if c.policy == "randaugment":
-    return functools.partial(randaugment, num_ops=c.randaugment_num_ops,
-                             magnitude=c.randaugment_magnitude)
+    return functools.partial(
+      randaugment, num_ops=c.randaugment_num_ops, magnitude=c.randaugment_magnitude
+    )
   if c.policy == "trivialaugment":
     return trivialaugment
   return functools.partial(augmix, **_augmix_params(c))

@@ -54,14 +54,14 @@ def _filter_reflect101(maps, kernel_1d):
   radius = len(kernel_1d) // 2
   padded = jnp.pad(maps, ((0, 0), (radius, radius), (radius, radius)), mode="reflect")
   height, width = maps.shape[1:]
-  rows = sum(float(w) * padded[:, i:i + height, :] for i, w in enumerate(kernel_1d))
-  return sum(float(w) * rows[:, :, i:i + width] for i, w in enumerate(kernel_1d))
+  rows = sum(float(w) * padded[:, i : i + height, :] for i, w in enumerate(kernel_1d))
+  return sum(float(w) * rows[:, :, i : i + width] for i, w in enumerate(kernel_1d))
 
 
 def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
   """OpenCV's getGaussianKernel for an explicit sigma."""
   offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-  weights = np.exp(-offsets**2 / (2.0 * sigma**2))
+  weights = np.exp(-(offsets**2) / (2.0 * sigma**2))
   return weights / weights.sum()
 
 
@@ -109,6 +109,7 @@ def image_map(name: str, images):
 @dataclasses.dataclass(frozen=True)
 class SaliencyModel:
   """Where a model's map comes from: the apply function (static) and its variables (traced)."""
+
   apply_fn: Callable
   variables: Any
 
@@ -124,16 +125,24 @@ def cam(model: SaliencyModel, images, labels, method: str = "gradcam", rectify: 
   In [0, 1] (ReLU, min-max), or with `rectify=False` the raw signed map, upsampled.
   """
   inputs = preprocess.normalize(images)
-  maps = cams.compute(method, model.apply_fn, model.variables, inputs, targets=labels,
-                      chunk_size=images.shape[0], rectify=rectify)
+  maps = cams.compute(
+    method,
+    model.apply_fn,
+    model.variables,
+    inputs,
+    targets=labels,
+    chunk_size=images.shape[0],
+    rectify=rectify,
+  )
   return jax.lax.stop_gradient(maps)
 
 
 def gradient(model: SaliencyModel, images, labels):
   """Vanilla-gradient saliency (Simonyan et al.) of each image's label class, in [0, 1]."""
   inputs = preprocess.normalize(images)
-  maps = cams.compute("saliency", model.apply_fn, model.variables, inputs, targets=labels,
-                      chunk_size=images.shape[0])
+  maps = cams.compute(
+    "saliency", model.apply_fn, model.variables, inputs, targets=labels, chunk_size=images.shape[0]
+  )
   return jax.lax.stop_gradient(maps)
 
 
@@ -143,4 +152,5 @@ def gradient(model: SaliencyModel, images, labels):
 def is_trained_workdir(source: str) -> bool:
   """Whether `source` looks like a trained workdir (config.json and checkpoints/), not weights."""
   return os.path.isfile(os.path.join(source, "config.json")) and os.path.isdir(
-      os.path.join(source, "checkpoints"))
+    os.path.join(source, "checkpoints")
+  )

@@ -46,13 +46,23 @@ METHODS = (*ACTIVATION_FORMULAS, "scorecam", *PIXEL_METHODS)
 # Methods that push several copies of each image through the model.
 MULTI_PASS = frozenset({"scorecam", *NOISY_METHODS, "integrated_gradients"})
 
-__all__ = ["METHODS", "Settings", "compute", "integrated_gradients", "colorize", "overlay",
-           "write_grid", "formulas", "postprocess"]
+__all__ = [
+  "METHODS",
+  "Settings",
+  "compute",
+  "integrated_gradients",
+  "colorize",
+  "overlay",
+  "write_grid",
+  "formulas",
+  "postprocess",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The static options of `compute` (hashable, so they can key the jit cache)."""
+
   chunk_size: int = 256
   inner_chunk_size: int = 32
   smooth_sigma: float = 0.0
@@ -105,13 +115,15 @@ def compute(method: str, apply_fn, variables, images, targets=None, **options):
   settings = Settings(**options)
   if key is None:
     if method in NOISY_METHODS and settings.noise_level > 0:
-      raise ValueError(f"{method} draws noise: pass an explicit PRNG key, e.g. "
-                       "key=jax.random.key(0)")
+      raise ValueError(
+        f"{method} draws noise: pass an explicit PRNG key, e.g. key=jax.random.key(0)"
+      )
     key = jax.random.key(0)  # Never drawn from: the noise is zero or unused.
   images = jnp.asarray(images, jnp.float32)
   targets = _per_image_targets(targets, images.shape[0])
-  return _compute_jitted(variables, images, targets, key, baseline, method=method,
-                         apply_fn=apply_fn, settings=settings)
+  return _compute_jitted(
+    variables, images, targets, key, baseline, method=method, apply_fn=apply_fn, settings=settings
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("method", "apply_fn", "settings"))
@@ -140,8 +152,7 @@ def _one_example(method, apply_fn, variables, settings, inputs):
     raw, logits = _score_cam(apply_fn, variables, image, target, settings.inner_chunk_size)
   else:
     raw, logits = _pixel_map(method, apply_fn, variables, settings, inputs)
-  return postprocess.finish(raw, image.shape[:2], settings.smooth_sigma,
-                            settings.rectify), logits
+  return postprocess.finish(raw, image.shape[:2], settings.smooth_sigma, settings.rectify), logits
 
 
 def _features_and_head(apply_fn, variables, image):
@@ -200,16 +211,33 @@ def _pixel_map(method, apply_fn, variables, settings, inputs):
   logits = logits_fn(image)
   target = pixel.resolve_target(logits, target)
   if method == "integrated_gradients":
-    attributions = pixel.integrated_gradients(logits_fn, image, target, inputs["baseline"],
-                                              settings.steps, settings.inner_chunk_size)
+    attributions = pixel.integrated_gradients(
+      logits_fn, image, target, inputs["baseline"], settings.steps, settings.inner_chunk_size
+    )
     return pixel.to_map(attributions), logits
-  grads = pixel.noisy_gradients(logits_fn, image, target, inputs["key"], settings.noise_level,
-                                settings.num_samples, settings.inner_chunk_size)
+  grads = pixel.noisy_gradients(
+    logits_fn,
+    image,
+    target,
+    inputs["key"],
+    settings.noise_level,
+    settings.num_samples,
+    settings.inner_chunk_size,
+  )
   return pixel.to_map(pixel.gradient_statistic(grads, method)), logits
 
 
-def integrated_gradients(apply_fn, variables, images, targets=None, *, baseline=0.0,
-                         steps: int = 64, chunk_size: int = 256, inner_chunk_size: int = 32):
+def integrated_gradients(
+  apply_fn,
+  variables,
+  images,
+  targets=None,
+  *,
+  baseline=0.0,
+  steps: int = 64,
+  chunk_size: int = 256,
+  inner_chunk_size: int = 32,
+):
   """Raw Integrated Gradients: signed float32 (B, H, W, C), unnormalised.
 
   Completeness: `attributions[i].sum() ~= f(images[i])[t_i] - f(baseline)[t_i]`.
@@ -217,8 +245,9 @@ def integrated_gradients(apply_fn, variables, images, targets=None, *, baseline=
   settings = Settings(chunk_size=chunk_size, inner_chunk_size=inner_chunk_size, steps=steps)
   images = jnp.asarray(images, jnp.float32)
   targets = _per_image_targets(targets, images.shape[0])
-  return _integrated_gradients_jitted(variables, images, targets, baseline, apply_fn=apply_fn,
-                                      settings=settings)
+  return _integrated_gradients_jitted(
+    variables, images, targets, baseline, apply_fn=apply_fn, settings=settings
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "settings"))
@@ -227,9 +256,18 @@ def _integrated_gradients_jitted(variables, images, targets, baseline, *, apply_
 
   def one_example(inputs):
     target = pixel.resolve_target(logits_fn(inputs["image"]), inputs["target"])
-    return pixel.integrated_gradients(logits_fn, inputs["image"], target, inputs["baseline"],
-                                      settings.steps, settings.inner_chunk_size)
+    return pixel.integrated_gradients(
+      logits_fn,
+      inputs["image"],
+      target,
+      inputs["baseline"],
+      settings.steps,
+      settings.inner_chunk_size,
+    )
 
-  inputs = {"image": images, "target": targets,
-            "baseline": jnp.broadcast_to(jnp.asarray(baseline, jnp.float32), images.shape)}
+  inputs = {
+    "image": images,
+    "target": targets,
+    "baseline": jnp.broadcast_to(jnp.asarray(baseline, jnp.float32), images.shape),
+  }
   return map_chunked(one_example, inputs, settings.images_per_chunk("integrated_gradients"))

@@ -97,12 +97,12 @@ def eigengradcam(acts, grads):
 
 # Formulas that need the gradient of the target logit; Eigen-CAM alone does not.
 ACTIVATION_FORMULAS = {
-    "gradcam": gradcam,
-    "gradcampp": gradcampp,
-    "xgradcam": xgradcam,
-    "hirescam": hirescam,
-    "layercam": layercam,
-    "eigencam": eigencam,
-    "eigengradcam": eigengradcam,
+  "gradcam": gradcam,
+  "gradcampp": gradcampp,
+  "xgradcam": xgradcam,
+  "hirescam": hirescam,
+  "layercam": layercam,
+  "eigencam": eigencam,
+  "eigengradcam": eigengradcam,
 }
 GRADIENT_FREE = frozenset({"eigencam"})

@@ -32,8 +32,9 @@ def vanilla_gradient(logits_fn, image, target):
   return grad, logits
 
 
-def noisy_gradients(logits_fn, image, target, key, noise_level: float, num_samples: int,
-                    inner_chunk_size: int | None):
+def noisy_gradients(
+  logits_fn, image, target, key, noise_level: float, num_samples: int, inner_chunk_size: int | None
+):
   """Input gradients at `num_samples` noisy copies -> (num_samples, H, W, C).
 
   Smilkov et al. 2017 express the noise as a fraction of the input's value range:
@@ -59,8 +60,9 @@ def gradient_statistic(grads, statistic: str):
   raise ValueError(f"unknown gradient statistic {statistic!r}")
 
 
-def integrated_gradients(logits_fn, image, target, baseline, steps: int,
-                         inner_chunk_size: int | None):
+def integrated_gradients(
+  logits_fn, image, target, baseline, steps: int, inner_chunk_size: int | None
+):
   """Sundararajan et al. 2017, midpoint Riemann sum -> signed (H, W, C) attributions.
 
   Completeness: the attributions sum to f(image) - f(baseline) up to the quadrature error,

@@ -23,6 +23,7 @@ def colorize(cams, colormap: str = "jet") -> np.ndarray:
   if colormap == "jet":
     return _jet(values).astype(np.float32)
   from matplotlib import colormaps  # Only for non-default colour maps.
+
   if colormap not in colormaps:
     raise ValueError(f"unknown colormap {colormap!r}")
   return colormaps[colormap](values)[..., :3].astype(np.float32)
@@ -61,16 +62,25 @@ def overlay(images, cams, alpha: float = 0.5, colormap: str = "jet") -> np.ndarr
   return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_grid(images, cams, path: str | None = None, writer=None, step: int = 0,
-               name: str = "cams", alpha: float = 0.5, colormap: str = "jet",
-               columns: int = 4) -> np.ndarray:
+def write_grid(
+  images,
+  cams,
+  path: str | None = None,
+  writer=None,
+  step: int = 0,
+  name: str = "cams",
+  alpha: float = 0.5,
+  colormap: str = "jet",
+  columns: int = 4,
+) -> np.ndarray:
   """Writes a uint8 grid of (image | overlay) pairs, `columns` pairs per row (laid out by
   `images_grid.grid`), as a PNG at `path` and/or to a clu metric writer; returns the grid."""
   images = to_unit_rgb(images)
   if images.ndim != 4:
     raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
-  pairs = np.concatenate([images_grid.as_uint8(images), overlay(images, cams, alpha, colormap)],
-                         axis=2)
+  pairs = np.concatenate(
+    [images_grid.as_uint8(images), overlay(images, cams, alpha, colormap)], axis=2
+  )
   canvas = images_grid.grid(pairs, columns=max(1, min(columns, len(pairs))), pad=0)
   if path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -26,7 +26,6 @@ from proxy_jax.core.errors import ConfigError, fail_field
 from proxy_jax.core.io_utils import atomic_write_json
 
 
-
 def _check_choice(config, field, choices):
   value = get_field(config, field)
   if value not in choices:
@@ -35,8 +34,9 @@ def _check_choice(config, field, choices):
 
 def _check_fraction(config, field, upper_open=False):
   value = get_field(config, field)
-  if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or (
-      upper_open and value == 1.0):
+  if (
+    not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or (upper_open and value == 1.0)
+  ):
     fail_field(field, value, "must be a number in [0, 1" + (")" if upper_open else "]"))
 
 
@@ -64,14 +64,17 @@ def validate(config) -> None:
   _check_choice(config, "model.name", models.MODEL_NAMES)
   small_stem = config.model.small_stem
   if not isinstance(small_stem, bool) and str(small_stem).lower() not in models.SMALL_STEM_CHOICES:
-    fail_field("model.small_stem", small_stem,
-               "choose one of " + ", ".join(models.SMALL_STEM_CHOICES))
+    fail_field(
+      "model.small_stem", small_stem, "choose one of " + ", ".join(models.SMALL_STEM_CHOICES)
+    )
   _check_choice(config, "dtype", models.DTYPE_CHOICES)
   width = config.model.get("width", 0)
-  if not isinstance(width, int) or width < 0 or (width and not models.takes_width(
-      config.model.name)):
-    fail_field("model.width", width, "must be an integer >= 0 (0 = default), and 0 for ViT "
-               "and EfficientNet")
+  if (
+    not isinstance(width, int) or width < 0 or (width and not models.takes_width(config.model.name))
+  ):
+    fail_field(
+      "model.width", width, "must be an integer >= 0 (0 = default), and 0 for ViT and EfficientNet"
+    )
   if models.is_vit(config.model.name):
     patch = models.vit_patch_size(config.image_size, config.model.small_stem)
     if config.image_size % patch:
@@ -79,24 +82,30 @@ def validate(config) -> None:
   _check_positive_int(config, "batch_size", allow=(-1,))
   _check_positive_int(config, "eval_batch_size")
   if not isinstance(config.batch_size_ceiling, int) or config.batch_size_ceiling < 0:
-    fail_field("batch_size_ceiling", config.batch_size_ceiling,
-               "must be an integer >= 0 (0 = auto)")
+    fail_field(
+      "batch_size_ceiling", config.batch_size_ceiling, "must be an integer >= 0 (0 = auto)"
+    )
   if not 0 < config.batch_size_memory_fraction <= 1:
     fail_field("batch_size_memory_fraction", config.batch_size_memory_fraction, "must be in (0, 1]")
   _check_positive_int(config, "num_epochs")
   _check_positive_int(config, "checkpoint_every_epochs")
   _check_positive_int(config, "keep_checkpoints")
   if not isinstance(config.compilation_cache_dir, str):
-    fail_field("compilation_cache_dir", config.compilation_cache_dir,
-               "must be a folder path or \"\"")
-  if (not isinstance(config.log_every_seconds, (int, float))
-      or isinstance(config.log_every_seconds, bool) or not config.log_every_seconds > 0):
+    fail_field(
+      "compilation_cache_dir", config.compilation_cache_dir, "must be a folder path or \"\""
+    )
+  if (
+    not isinstance(config.log_every_seconds, (int, float))
+    or isinstance(config.log_every_seconds, bool)
+    or not config.log_every_seconds > 0
+  ):
     fail_field("log_every_seconds", config.log_every_seconds, "must be a number of seconds > 0")
   _check_fraction(config, "label_smoothing", upper_open=True)
   _check_choice(config, "evaluate_train_split", (True, False))
   _validate_optimizer(config)
   _validate_proxy(config)
   from proxy_jax import augment  # pylint: disable=g-import-not-at-top
+
   augment.check_config(config.augment, config.image_size)
 
 
@@ -113,12 +122,18 @@ def _validate_data(config):
   _check_fraction(config, "data.val_fraction", upper_open=True)
   _check_fraction(config, "data.test_fraction", upper_open=True)
   if config.data.val_fraction <= 0:
-    fail_field("data.val_fraction", config.data.val_fraction, "must be > 0 (validation is carved "
-               "from the training data)")
+    fail_field(
+      "data.val_fraction",
+      config.data.val_fraction,
+      "must be > 0 (validation is carved from the training data)",
+    )
   carve_test = not (config.data.test_split or config.data.test_path)
   if carve_test and config.data.val_fraction + config.data.test_fraction >= 1.0:
-    fail_field("data.test_fraction", config.data.test_fraction,
-               "val_fraction + test_fraction must leave training data (< 1)")
+    fail_field(
+      "data.test_fraction",
+      config.data.test_fraction,
+      "val_fraction + test_fraction must leave training data (< 1)",
+    )
   if not isinstance(config.data.split_seed, int):
     fail_field("data.split_seed", config.data.split_seed, "must be an integer")
   if config.data.max_examples < 0:
@@ -126,11 +141,13 @@ def _validate_data(config):
   _check_positive_int(config, "image_size")
   load_size = config.data.load_size
   if load_size != data.AUTO_LOAD_SIZE and (
-      not isinstance(load_size, int) or isinstance(load_size, bool)
-      or load_size < config.image_size):
-    fail_field("data.load_size", load_size,
-               f"must be an integer >= image_size ({config.image_size})"
-               f", or {data.AUTO_LOAD_SIZE} (auto)")
+    not isinstance(load_size, int) or isinstance(load_size, bool) or load_size < config.image_size
+  ):
+    fail_field(
+      "data.load_size",
+      load_size,
+      f"must be an integer >= image_size ({config.image_size}), or {data.AUTO_LOAD_SIZE} (auto)",
+    )
 
 
 def _validate_optimizer(config):
@@ -141,9 +158,13 @@ def _validate_optimizer(config):
     fail_field("optimizer.nesterov", opt.nesterov, "must be True or False")
   decay = opt.decay_norm_and_bias
   if not isinstance(decay, bool) and str(decay).lower() not in (
-      model_state.DECAY_NORM_AND_BIAS_CHOICES):
-    fail_field("optimizer.decay_norm_and_bias", decay,
-               "choose one of " + ", ".join(model_state.DECAY_NORM_AND_BIAS_CHOICES))
+    model_state.DECAY_NORM_AND_BIAS_CHOICES
+  ):
+    fail_field(
+      "optimizer.decay_norm_and_bias",
+      decay,
+      "choose one of " + ", ".join(model_state.DECAY_NORM_AND_BIAS_CHOICES),
+    )
   if not opt.learning_rate > 0:
     fail_field("optimizer.learning_rate", opt.learning_rate, "must be > 0")
   if opt.weight_decay < 0:
@@ -154,8 +175,11 @@ def _validate_optimizer(config):
   if opt.warmup_epochs < 0:
     fail_field("optimizer.warmup_epochs", opt.warmup_epochs, "must be >= 0")
   if not 0 <= opt.backbone_lr_multiplier <= 1:
-    fail_field("optimizer.backbone_lr_multiplier", opt.backbone_lr_multiplier,
-               "must be in [0, 1] (0 freezes the backbone)")
+    fail_field(
+      "optimizer.backbone_lr_multiplier",
+      opt.backbone_lr_multiplier,
+      "must be in [0, 1] (0 freezes the backbone)",
+    )
 
 
 def _validate_proxy(config):
@@ -169,8 +193,11 @@ def _validate_proxy(config):
   if not isinstance(buffer, (int, float)) or isinstance(buffer, bool) or not buffer > 0:
     fail_field("proxy.device_buffer_mb", buffer, "must be a number of megabytes > 0")
   if not config.cams.gradcampp_eps >= 0:
-    fail_field("cams.gradcampp_eps", config.cams.gradcampp_eps, "must be >= 0 (0 = the paper's "
-               "Grad-CAM++, 1e-6 = pytorch-grad-cam's)")
+    fail_field(
+      "cams.gradcampp_eps",
+      config.cams.gradcampp_eps,
+      "must be >= 0 (0 = the paper's Grad-CAM++, 1e-6 = pytorch-grad-cam's)",
+    )
   try:
     proxy_step.parse_schedule(config.proxy.schedule, config.num_epochs, config.proxy.enabled)
   except ValueError as error:
@@ -186,8 +213,6 @@ def flatten(config) -> dict:
   return traverse_util.flatten_dict(tree, sep=".")
 
 
-
-
 # Fields that record what this machine made of the config rather than the experiment itself: a
 # run resumed on other hardware may legitimately differ in them (a GPU run resumed on a CPU
 # computes in float32), so they are recorded but never make a resume fail.
@@ -195,8 +220,13 @@ HARDWARE_FIELDS = ("dtype_resolved",)
 # Fields that change what the console shows, where caches live or how fast a run starts, never
 # what it computes: a resume may change them freely. log_every_steps is log_every_seconds' retired predecessor, which
 # the config.json of older runs still holds.
-NON_RESULT_FIELDS = ("log_every_seconds", "log_every_steps", "compilation_cache_dir",
-                     "data.cache_dir", "data.decode_workers")
+NON_RESULT_FIELDS = (
+  "log_every_seconds",
+  "log_every_steps",
+  "compilation_cache_dir",
+  "data.cache_dir",
+  "data.decode_workers",
+)
 
 
 # Fields whose value for a run older than them is not their default but follows from the
@@ -245,8 +275,13 @@ def write_or_check_resolved(config, workdir: str) -> None:
     old, new = flatten(previous), flatten(resolved)
     for key in HARDWARE_FIELDS:
       if old.get(key, new[key]) != new[key]:
-        logging.warning("%s: resuming with %s=%r on this machine (the run began with %r).",
-                        workdir, key, new[key], old[key])
+        logging.warning(
+          "%s: resuming with %s=%r on this machine (the run began with %r).",
+          workdir,
+          key,
+          new[key],
+          old[key],
+        )
       old.pop(key, None)
       new.pop(key, None)
     for key in NON_RESULT_FIELDS:
@@ -256,8 +291,10 @@ def write_or_check_resolved(config, workdir: str) -> None:
     changed = sorted(k for k in set(old) | set(new) if not _same(old.get(k), new.get(k)))
     if changed:
       detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:10])
-      raise ConfigError(f"{workdir} holds a run with a different config ({detail}); resume "
-                        "with the same config or use a new --workdir")
+      raise ConfigError(
+        f"{workdir} holds a run with a different config ({detail}); resume "
+        "with the same config or use a new --workdir"
+      )
     return
   atomic_write_json(path, resolved)
 
@@ -277,8 +314,12 @@ def _accept_fields_added_since(old: dict, new: dict, workdir: str) -> None:
   for key in added:
     legacy = LEGACY_VALUES[key](new) if key in LEGACY_VALUES else defaults.get(key, _ABSENT)
     if legacy is not _ABSENT and _same(json.loads(json.dumps(legacy)), new[key]):
-      logging.info("%s: %s=%r is new since this run began; its default changes nothing.",
-                   workdir, key, new[key])
+      logging.info(
+        "%s: %s=%r is new since this run began; its default changes nothing.",
+        workdir,
+        key,
+        new[key],
+      )
       new.pop(key)
 
 

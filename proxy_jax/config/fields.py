@@ -42,7 +42,6 @@ def set_field(tree, path: str, value) -> None:
   node[leaf] = value
 
 
-
 def field_names(config, prefix: str = "") -> set[str]:
   """Every dotted field name of a ConfigDict (or nested dict), sub-dicts included."""
   names = set()

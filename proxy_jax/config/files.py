@@ -19,7 +19,8 @@ from proxy_jax.core import errors
 def load_python_file(path: str):
   """The module a Python file defines, executed under a name of its own."""
   spec = importlib.util.spec_from_file_location(
-      "_loaded_" + re.sub(r"\W", "_", os.path.basename(path)), path)
+    "_loaded_" + re.sub(r"\W", "_", os.path.basename(path)), path
+  )
   if spec is None or spec.loader is None or not os.path.isfile(path):
     raise errors.MissingPathError(f"cannot load {path!r}")
   module = importlib.util.module_from_spec(spec)
@@ -35,6 +36,7 @@ def config_file(config_path: str) -> str:
 def load_config(config_path: str, name: str = "config"):
   """`get_config(argument)` of "path[:argument]" (no argument: `get_config()`), unlocked."""
   from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
+
   path = config_file(config_path)
   if not os.path.isfile(path):
     raise errors.MissingPathError(f"config file {path!r} does not exist")

@@ -35,8 +35,9 @@ class ProjectLinesOnly(std_logging.Filter):
   """INFO lines of this package's modules, and warnings and errors from anyone."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return (record.levelno >= std_logging.WARNING
-            or os.path.abspath(record.pathname).startswith(_PACKAGE_DIR))
+    return record.levelno >= std_logging.WARNING or os.path.abspath(record.pathname).startswith(
+      _PACKAGE_DIR
+    )
 
 
 def not_orbax_info(record: std_logging.LogRecord) -> bool:
@@ -83,8 +84,9 @@ def log_machine(devices: list) -> None:
   """One line: the devices and the CPU cores this process may run on (a sweep's --parallel
   gives each trial its own)."""
   kinds = sorted({d.platform for d in devices})
-  logging.info("%d %s device(s); CPU cores %s", len(devices), "/".join(kinds),
-               ranges(os.sched_getaffinity(0)))
+  logging.info(
+    "%d %s device(s); CPU cores %s", len(devices), "/".join(kinds), ranges(os.sched_getaffinity(0))
+  )
 
 
 def log_file_name(process_index: int) -> str:
@@ -116,8 +118,7 @@ class _LogFileHandler(std_logging.FileHandler):
 @contextlib.contextmanager
 def log_file(workdir: str, process_index: int = 0):
   """Appends every log line (all loggers, absl's prefix) to the workdir's log while inside."""
-  handler = _LogFileHandler(os.path.join(workdir, log_file_name(process_index)),
-                            encoding="utf-8")
+  handler = _LogFileHandler(os.path.join(workdir, log_file_name(process_index)), encoding="utf-8")
   handler.setFormatter(logging.PythonFormatter())
   handler.addFilter(not_orbax_info)
   root = std_logging.getLogger()

@@ -42,8 +42,9 @@ class Mismatch(ValueError):
 
 def canonical(value) -> bytes:
   """The bytes a JSON value's digest is taken of: independent of indentation and key order."""
-  return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                    allow_nan=False).encode()
+  return json.dumps(
+    value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+  ).encode()
 
 
 def of_value(value) -> str:
@@ -63,8 +64,11 @@ def checked(obj, path: str):
     return obj
   rest = {k: v for k, v in obj.items() if k != DIGEST_KEY}
   if obj[DIGEST_KEY] != of_value(rest):
-    raise Mismatch(path, "its content does not match the digest written with it (changed "
-                   "after it was written: a bad disk or copy)")
+    raise Mismatch(
+      path,
+      "its content does not match the digest written with it (changed "
+      "after it was written: a bad disk or copy)",
+    )
   return rest
 
 
@@ -126,13 +130,19 @@ def verify_manifest(directory: str, read_manifest) -> None:
   present = _files(directory)
   actual = manifest_of(directory)
   for name in sorted(set(listed) - set(present)):
-    raise Mismatch(os.path.join(directory, name), "listed in its checkpoint's manifest but "
-                   "missing", "missing")
+    raise Mismatch(
+      os.path.join(directory, name), "listed in its checkpoint's manifest but missing", "missing"
+    )
   for name in present:
     if name not in listed:
-      raise Mismatch(os.path.join(directory, name), "not in its checkpoint's manifest (added "
-                     "after the checkpoint was written)")
+      raise Mismatch(
+        os.path.join(directory, name),
+        "not in its checkpoint's manifest (added after the checkpoint was written)",
+      )
     if actual[name] != listed[name]:
-      raise Mismatch(os.path.join(directory, name), "its bytes do not match the digest "
-                     "written with its checkpoint (changed after it was written: a bad disk "
-                     "or copy)")
+      raise Mismatch(
+        os.path.join(directory, name),
+        "its bytes do not match the digest "
+        "written with its checkpoint (changed after it was written: a bad disk "
+        "or copy)",
+      )

@@ -49,8 +49,7 @@ def full_disk_error(error: BaseException) -> OSError | None:
     if "No space left on device" in text or "ENOSPC" in text:
       # TensorStore names the file it failed to write: 'Failed writing: "<path>"'.
       written = re.search(r'Failed writing: "([^"]+)"', text)
-      return OSError(errno.ENOSPC, "No space left on device",
-                     written.group(1) if written else None)
+      return OSError(errno.ENOSPC, "No space left on device", written.group(1) if written else None)
     seen = seen.__cause__ or seen.__context__
     if seen is None:
       return None
@@ -77,8 +76,7 @@ def free_bytes(path: str) -> int:
 def no_space_message(error: OSError, detail: str = "") -> str:
   """`no space left on <mount> writing <path>[ (detail)]`."""
   path = os.path.abspath(error.filename or ".")
-  return (f"no space left on {mount_point(path)} writing {path}"
-          + (f" ({detail})" if detail else ""))
+  return f"no space left on {mount_point(path)} writing {path}" + (f" ({detail})" if detail else "")
 
 
 def silence_dropped_writers() -> None:

@@ -73,8 +73,9 @@ def strict_json_value(obj):
     elif isinstance(value, np.generic):
       value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-      non_finite[where or "(top level)"] = ("NaN" if math.isnan(value)
-                                           else "Infinity" if value > 0 else "-Infinity")
+      non_finite[where or "(top level)"] = (
+        "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+      )
       return None
     if isinstance(value, dict):
       return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
@@ -97,8 +98,9 @@ def strict_json_dumps(obj, name: str = "JSON", indent: int | None = 2, default=N
       value[NON_FINITE_KEY] = non_finite
     else:
       logging.warning("%s: non-finite values written as null: %s", name, non_finite)
-  return json.dumps(value, indent=indent, sort_keys=True, allow_nan=False,
-                    default=default or _jsonable)
+  return json.dumps(
+    value, indent=indent, sort_keys=True, allow_nan=False, default=default or _jsonable
+  )
 
 
 def atomic_write_json(path: str, obj) -> None:
@@ -131,8 +133,9 @@ def json_type_name(kind) -> str:
   return _JSON_TYPE_NAMES.get(kind, f"a JSON {kind.__name__}")
 
 
-def read_json(path: str, expect: type | None = None, fix: str = "delete it or restore it from "
-              "a backup"):
+def read_json(
+  path: str, expect: type | None = None, fix: str = "delete it or restore it from a backup"
+):
   """The value of the JSON file `path`, which must be of type `expect` (dict, list) if given.
 
   A missing file raises FileNotFoundError, as `open` does; an empty, truncated or garbled file,
@@ -150,7 +153,8 @@ def read_json(path: str, expect: type | None = None, fix: str = "delete it or re
     raise errors.DamagedFileError(path, f"not valid JSON: {error}", fix) from error
   if expect is not None and not isinstance(value, expect):
     raise errors.DamagedFileError(
-        path, f"it holds {json_type_name(type(value))}, not {json_type_name(expect)}", fix)
+      path, f"it holds {json_type_name(type(value))}, not {json_type_name(expect)}", fix
+    )
   try:
     return digests.checked(value, path)
   except digests.Mismatch as error:

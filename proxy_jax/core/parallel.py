@@ -29,11 +29,14 @@ def compute_slice() -> dict:
   backend = jax.default_backend()
   threads = None
   if backend == "cpu":
-    threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count())
-  return {"platform": backend, "device_kind": jax.devices()[0].device_kind,
-          "devices": jax.device_count(), "processes": jax.process_count(),
-          "cpu_threads": threads}
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {
+    "platform": backend,
+    "device_kind": jax.devices()[0].device_kind,
+    "devices": jax.device_count(),
+    "processes": jax.process_count(),
+    "cpu_threads": threads,
+  }
 
 
 def shardings(mesh: Mesh):

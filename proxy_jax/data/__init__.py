@@ -21,10 +21,19 @@ import numpy as np
 
 from proxy_jax.core import digests, io_utils
 from proxy_jax.data import splits
+
 # The package's decoding API (decode.py): what readers of a dataset's files call.
-from proxy_jax.data.decode import (Pool, decode_image_file, fit_image, list_files,  # noqa: F401
-                                   load_digits_pool, load_folder_pool, load_image_file,
-                                   load_image_files, load_tfds_pool)
+from proxy_jax.data.decode import (
+  Pool,
+  decode_image_file,
+  fit_image,
+  list_files,  # noqa: F401
+  load_digits_pool,
+  load_folder_pool,
+  load_image_file,
+  load_image_files,
+  load_tfds_pool,
+)
 from proxy_jax.images import preprocess
 from proxy_jax.run import dispatch
 from proxy_jax.core.errors import DamagedFileError
@@ -71,9 +80,10 @@ class Split:
   validation and a carved test split, the test set itself for a separate test folder or TFDS
   test split; the same source index is the same example in every workdir of the same data.
   """
-  images: np.ndarray          # uint8 (N, L, L, 3) stored (train) or (N, S, S, 3) centre crops
-                              # (val, test); may be a read-only memmap.
-  labels: np.ndarray          # int32 (N,)
+
+  images: np.ndarray  # uint8 (N, L, L, 3) stored (train) or (N, S, S, 3) centre crops
+  # (val, test); may be a read-only memmap.
+  labels: np.ndarray  # int32 (N,)
   source_indices: np.ndarray  # int32 (N,)
 
   def __len__(self):
@@ -98,9 +108,16 @@ class Dataset:
 def _cache_key(config, which: str) -> str:
   data = config.data
   absolute = lambda path: os.path.abspath(path) if path else ""
-  parts = [data.source, data.name, absolute(data.path), data.label_regex,
-           absolute(data.tfds_data_dir), which, str(stored_size(config)),
-           f"decoder {DECODER_VERSION}"]
+  parts = [
+    data.source,
+    data.name,
+    absolute(data.path),
+    data.label_regex,
+    absolute(data.tfds_data_dir),
+    which,
+    str(stored_size(config)),
+    f"decoder {DECODER_VERSION}",
+  ]
   if data.source == "folder":
     root = absolute(data.path if which == "pool" else data.test_path)
     # File names, sizes and mtimes: a changed folder is decoded again.
@@ -118,28 +135,37 @@ def _read_cached_pool(base: str, side: int) -> Pool:
   """The pool a cache entry holds; DamagedFileError naming the file that is not intact."""
   meta_path = base + ".json"
   meta = io_utils.read_json(meta_path, dict, _CACHE_FIX)
-  if not (isinstance(meta.get("class_names"), list) and isinstance(meta.get("skipped_files"),
-                                                                   list)):
+  if not (
+    isinstance(meta.get("class_names"), list) and isinstance(meta.get("skipped_files"), list)
+  ):
     raise DamagedFileError(meta_path, "no class_names or skipped_files list", _CACHE_FIX)
   arrays = {}
   for name in ("images", "labels"):
     path = f"{base}.{name}.npy"
     written = (meta.get("sha256") or {}).get(name)  # Entries from before digests have none.
     if written is not None and os.path.exists(path) and digests.of_file(path) != written:
-      raise DamagedFileError(path, "its bytes do not match the digest written with it",
-                             _CACHE_FIX)
+      raise DamagedFileError(path, "its bytes do not match the digest written with it", _CACHE_FIX)
     try:  # The images stay on disk (a memmap); a short file fails here, not mid-training.
       arrays[name] = np.load(path, mmap_mode="r" if name == "images" else None)
     except (OSError, ValueError, EOFError) as error:
       raise DamagedFileError(path, f"not a readable .npy file: {error}", _CACHE_FIX) from error
   images, labels = arrays["images"], arrays["labels"]
   if images.dtype != np.uint8 or images.shape[1:] != (side, side, 3):
-    raise DamagedFileError(f"{base}.images.npy", f"{images.dtype} {images.shape}, not uint8 "
-                           f"(N, {side}, {side}, 3)", _CACHE_FIX)
-  if (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)
-      or (len(labels) and not 0 <= labels.min() <= labels.max() < len(meta["class_names"]))):
-    raise DamagedFileError(f"{base}.labels.npy", f"{labels.dtype} {labels.shape} does not label "
-                           f"the {len(images)} images", _CACHE_FIX)
+    raise DamagedFileError(
+      f"{base}.images.npy",
+      f"{images.dtype} {images.shape}, not uint8 (N, {side}, {side}, 3)",
+      _CACHE_FIX,
+    )
+  if (
+    labels.shape != (len(images),)
+    or not np.issubdtype(labels.dtype, np.integer)
+    or (len(labels) and not 0 <= labels.min() <= labels.max() < len(meta["class_names"]))
+  ):
+    raise DamagedFileError(
+      f"{base}.labels.npy",
+      f"{labels.dtype} {labels.shape} does not label the {len(images)} images",
+      _CACHE_FIX,
+    )
   return Pool(images, labels, meta["class_names"], meta["skipped_files"])
 
 
@@ -161,17 +187,20 @@ def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -
   atomic_save_npy(base + ".images.npy", pool.images)
   atomic_save_npy(base + ".labels.npy", pool.labels)
   # The JSON goes last: its presence means the arrays are complete.
-  atomic_write_json(meta_path, {"class_names": pool.class_names,
-                                "skipped_files": pool.skipped_files,
-                                "sha256": {name: digests.of_file(f"{base}.{name}.npy")
-                                           for name in ("images", "labels")}})
+  atomic_write_json(
+    meta_path,
+    {
+      "class_names": pool.class_names,
+      "skipped_files": pool.skipped_files,
+      "sha256": {name: digests.of_file(f"{base}.{name}.npy") for name in ("images", "labels")},
+    },
+  )
   return pool
 
 
 def _take(pool: Pool, indices: np.ndarray) -> Split:
   # Fancy indexing copies: the splits live in RAM, not in the memmap.
-  return Split(np.asarray(pool.images[indices]), pool.labels[indices],
-               indices.astype(np.int32))
+  return Split(np.asarray(pool.images[indices]), pool.labels[indices], indices.astype(np.int32))
 
 
 def eval_view(split: Split, image_size: int) -> Split:
@@ -182,8 +211,7 @@ def eval_view(split: Split, image_size: int) -> Split:
   """
   if split.images.shape[1] == image_size:
     return split
-  return Split(preprocess.center_crop(split.images, image_size), split.labels,
-               split.source_indices)
+  return Split(preprocess.center_crop(split.images, image_size), split.labels, split.source_indices)
 
 
 def load_dataset(config, workdir: str) -> Dataset:
@@ -194,28 +222,53 @@ def load_dataset(config, workdir: str) -> Dataset:
   if data.source == "digits":  # Cached too: each trial would import scikit-learn and resize.
     pool = cached_pool(config, cache_dir, "pool", lambda: load_digits_pool(size))
   elif data.source == "folder":
-    pool = cached_pool(config, cache_dir, "pool", lambda: load_folder_pool(
-        data.path, size, data.label_regex, workers))
+    pool = cached_pool(
+      config,
+      cache_dir,
+      "pool",
+      lambda: load_folder_pool(data.path, size, data.label_regex, workers),
+    )
     if data.test_path:
-      test_pool = cached_pool(config, cache_dir, "test", lambda: load_folder_pool(
-          data.test_path, size, data.label_regex, workers, class_names=pool.class_names))
+      test_pool = cached_pool(
+        config,
+        cache_dir,
+        "test",
+        lambda: load_folder_pool(
+          data.test_path, size, data.label_regex, workers, class_names=pool.class_names
+        ),
+      )
   else:
-    pool = cached_pool(config, cache_dir, "pool", lambda: load_tfds_pool(
-        data.name, data.train_split, size, data.tfds_data_dir, workers))
+    pool = cached_pool(
+      config,
+      cache_dir,
+      "pool",
+      lambda: load_tfds_pool(data.name, data.train_split, size, data.tfds_data_dir, workers),
+    )
     if data.test_split:
-      test_pool = cached_pool(config, cache_dir, "test", lambda: load_tfds_pool(
-          data.name, data.test_split, size, data.tfds_data_dir, workers))
+      test_pool = cached_pool(
+        config,
+        cache_dir,
+        "test",
+        lambda: load_tfds_pool(data.name, data.test_split, size, data.tfds_data_dir, workers),
+      )
   skipped = pool.skipped_files + (test_pool.skipped_files if test_pool else [])
   if skipped:
     shown = "\n  ".join(f"{s['path']}: {s['reason']}" for s in skipped[:MAX_REPORTED_FILES])
-    logging.warning("Skipped %d unreadable or unlabelled file(s) (all in summary.json); "
-                    "first %d:\n  %s", len(skipped), min(len(skipped), MAX_REPORTED_FILES), shown)
+    logging.warning(
+      "Skipped %d unreadable or unlabelled file(s) (all in summary.json); first %d:\n  %s",
+      len(skipped),
+      min(len(skipped), MAX_REPORTED_FILES),
+      shown,
+    )
   indices = splits.fixed_split(pool, config, workdir, carve_test=test_pool is None)
   train = _take(pool, indices["train"])
   val = eval_view(_take(pool, indices["val"]), config.image_size)
   if test_pool is not None:
-    test = Split(np.asarray(test_pool.images), test_pool.labels,
-                 np.arange(len(test_pool.labels), dtype=np.int32))
+    test = Split(
+      np.asarray(test_pool.images),
+      test_pool.labels,
+      np.arange(len(test_pool.labels), dtype=np.int32),
+    )
   else:
     test = _take(pool, indices["test"]) if len(indices["test"]) else None
   test = eval_view(test, config.image_size) if test is not None else None
@@ -234,9 +287,14 @@ def num_batches(num_examples: int, batch_size: int) -> int:
   return -(-num_examples // batch_size)
 
 
-def batches(split: Split, batch_size: int, order: np.ndarray | None = None, start: int = 0,
-            swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-            is_proxy: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[dict]:
+def batches(
+  split: Split,
+  batch_size: int,
+  order: np.ndarray | None = None,
+  start: int = 0,
+  swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+  is_proxy: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Iterator[dict]:
   """Yields host batches {image uint8, label, id, mask, is_proxy} of exactly `batch_size`; "id"
   is the example's position in `split` (the proxy bank's key for training examples).
 
@@ -257,7 +315,13 @@ def batches(split: Split, batch_size: int, order: np.ndarray | None = None, star
       images = swap(chosen, images)
     mask = np.zeros(batch_size, np.float32)
     mask[:valid] = 1.0
-    proxied = (np.asarray(is_proxy(chosen), bool) if is_proxy is not None
-               else np.zeros(batch_size, bool))
-    yield {"image": images, "label": split.labels[chosen], "id": chosen.astype(np.int32),
-           "mask": mask, "is_proxy": proxied}
+    proxied = (
+      np.asarray(is_proxy(chosen), bool) if is_proxy is not None else np.zeros(batch_size, bool)
+    )
+    yield {
+      "image": images,
+      "label": split.labels[chosen],
+      "id": chosen.astype(np.int32),
+      "mask": mask,
+      "is_proxy": proxied,
+    }

@@ -17,14 +17,14 @@ from proxy_jax.core.errors import DataError, MissingPathError
 from proxy_jax.data import tfds_prepare
 
 
-
 def _to_8_bit(image: Image.Image) -> Image.Image:
   # 16-bit greyscale PNGs open as "I;16*" or "I" with values 0..65535; convert("L") would clip
   # them at 255 (almost all white), so rescale the full 16-bit range instead.
   if image.mode.startswith("I;16") or image.mode == "I":
     values = np.asarray(image, np.float64)
-    return Image.fromarray(np.round(np.clip(values, 0, 65535) * (255.0 / 65535.0))
-                           .astype(np.uint8), "L")
+    return Image.fromarray(
+      np.round(np.clip(values, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8), "L"
+    )
   return image
 
 
@@ -89,6 +89,7 @@ def _decode_all(paths: list[str], image_size: int, workers: int):
 @dataclasses.dataclass
 class Pool:
   """All examples of one source split, before the train/val/test carve."""
+
   images: np.ndarray
   labels: np.ndarray
   class_names: list[str]
@@ -97,6 +98,7 @@ class Pool:
 
 def load_digits_pool(image_size: int) -> Pool:
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
   digits = datasets.load_digits()
   # 0..16 grey levels -> uint8, then the same fit path as any photo.
   grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
@@ -140,23 +142,28 @@ def _label_files(root: str, label_regex: str):
       else:
         unlabelled.append({"path": path, "reason": "name does not match data.label_regex"})
     return paths, names, unlabelled, sorted(set(names))
-  class_dirs = sorted(d for d in os.listdir(root)
-                      if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+  class_dirs = sorted(
+    d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
+  )
   if not class_dirs:
-    raise DataError(f"data.path: {root!r} has no class subfolders (set data.label_regex "
-                    "for a flat folder)")
+    raise DataError(
+      f"data.path: {root!r} has no class subfolders (set data.label_regex for a flat folder)"
+    )
   for name in class_dirs:
     for path in list_files(os.path.join(root, name)):
       paths.append(path)
       names.append(name)
-  unlabelled = [{"path": os.path.join(root, f), "reason": "not in a class folder"}
-                for f in sorted(os.listdir(root))
-                if os.path.isfile(os.path.join(root, f)) and not f.startswith(".")]
+  unlabelled = [
+    {"path": os.path.join(root, f), "reason": "not in a class folder"}
+    for f in sorted(os.listdir(root))
+    if os.path.isfile(os.path.join(root, f)) and not f.startswith(".")
+  ]
   return paths, names, unlabelled, class_dirs
 
 
-def load_folder_pool(root: str, image_size: int, label_regex: str, workers: int,
-                     class_names: list[str] | None = None) -> Pool:
+def load_folder_pool(
+  root: str, image_size: int, label_regex: str, workers: int, class_names: list[str] | None = None
+) -> Pool:
   """Class-per-subfolder (or regex-labelled flat) folder; bad files are skipped and counted."""
   paths, names, unlabelled, found = _label_files(root, label_regex)
   images, kept, reasons = _decode_all(paths, image_size, workers)
@@ -174,8 +181,9 @@ def load_folder_pool(root: str, image_size: int, label_regex: str, workers: int,
       raise DataError(f"{root}: classes not in the training data: {', '.join(unknown)}")
   index = {name: i for i, name in enumerate(class_names)}
   labels = np.array([index[n] for n in names], np.int32)
-  skipped = ([{"path": p, "reason": r} for p, k, r in zip(paths, kept, reasons) if not k]
-             + unlabelled)
+  skipped = [
+    {"path": p, "reason": r} for p, k, r in zip(paths, kept, reasons) if not k
+  ] + unlabelled
   if not kept.any():
     raise DataError(f"{root}: no readable image found")
   return Pool(images[kept], labels[kept], class_names, skipped)
@@ -185,8 +193,10 @@ def load_tfds_pool(name: str, split: str, image_size: int, data_dir: str, worker
   # TensorFlow is imported only here, where TFDS reads a dataset (not on a cache hit): keep it
   # off any accelerator memory.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   tf.config.set_visible_devices([], "GPU")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   builder = tfds.builder(name, data_dir=data_dir or None)
   tfds_prepare.prepare_tfds(builder)
   label_feature = builder.info.features["label"]

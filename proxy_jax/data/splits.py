@@ -58,7 +58,7 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], key) -> l
     class_key = jax.random.fold_in(jax.random.fold_in(key, 1), int(cls))
     members, start = members[np.asarray(jax.random.permutation(class_key, len(members)))], 0
     for i in range(len(fractions)):
-      parts[i + 1].append(members[start:start + quotas[i][c]])
+      parts[i + 1].append(members[start : start + quotas[i][c]])
       start += quotas[i][c]
     parts[0].append(members[start:])
   return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
@@ -69,14 +69,19 @@ def _pool_fingerprint(pool) -> str:
 
 
 def _split_parameters(config, carve_test: bool) -> dict:
-  return {"split_seed": config.data.split_seed, "val_fraction": config.data.val_fraction,
-          "test_fraction": config.data.test_fraction if carve_test else 0.0,
-          "max_examples": config.data.max_examples}
+  return {
+    "split_seed": config.data.split_seed,
+    "val_fraction": config.data.val_fraction,
+    "test_fraction": config.data.test_fraction if carve_test else 0.0,
+    "max_examples": config.data.max_examples,
+  }
 
 
-SPLIT_FIX = ("it records the run's train/val/test split: restore it from a backup of the "
-             "workdir, or delete it to draw the split again (the draw depends only on "
-             "data.split_seed and the data, so unchanged data gives the same split)")
+SPLIT_FIX = (
+  "it records the run's train/val/test split: restore it from a backup of the "
+  "workdir, or delete it to draw the split again (the draw depends only on "
+  "data.split_seed and the data, so unchanged data gives the same split)"
+)
 
 
 def read_split(path: str) -> tuple[dict, dict]:
@@ -89,8 +94,9 @@ def read_split(path: str) -> tuple[dict, dict]:
   try:
     indices = {k: np.asarray(v, np.int64) for k, v in split["indices"].items()}
   except (TypeError, ValueError, OverflowError) as error:
-    raise errors.DamagedFileError(path, f"indices that are not integers ({error})",
-                                  SPLIT_FIX) from error
+    raise errors.DamagedFileError(
+      path, f"indices that are not integers ({error})", SPLIT_FIX
+    ) from error
   if any(v.ndim != 1 for v in indices.values()):
     raise errors.DamagedFileError(path, "indices that are not lists of integers", SPLIT_FIX)
   return split, indices
@@ -110,39 +116,49 @@ def fixed_split(pool, config, workdir: str, carve_test: bool) -> dict:
     if "parameters" not in split:
       raise errors.DamagedFileError(path, "no parameters entry", SPLIT_FIX)
     if split["pool_fingerprint"] != fingerprint:
-      raise WorkdirError(f"{path} was drawn for different data (fingerprint "
-                         f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir")
+      raise WorkdirError(
+        f"{path} was drawn for different data (fingerprint "
+        f"{split['pool_fingerprint']} vs {fingerprint}); use a new workdir"
+      )
     for name, value in parameters.items():
       if split["parameters"].get(name) != value:
-        raise WorkdirError(f"{path} was drawn with data.{name}="
-                           f"{split['parameters'].get(name)!r}, not {value!r}; use a new workdir")
+        raise WorkdirError(
+          f"{path} was drawn with data.{name}="
+          f"{split['parameters'].get(name)!r}, not {value!r}; use a new workdir"
+        )
     for name, ids in indices.items():
       if len(ids) and (ids.min() < 0 or ids.max() >= len(pool.labels)):
         raise errors.DamagedFileError(
-            path, f"its {name} indices point outside the {len(pool.labels)} examples",
-            SPLIT_FIX)
+          path, f"its {name} indices point outside the {len(pool.labels)} examples", SPLIT_FIX
+        )
     return indices
   key = jax.random.fold_in(jax.random.key(config.data.split_seed), 0x5EED)
   candidates = np.arange(len(pool.labels))
   if config.data.max_examples:
     order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(candidates)))
-    candidates = np.sort(order[:config.data.max_examples])
+    candidates = np.sort(order[: config.data.max_examples])
   fractions = (config.data.val_fraction,) + ((config.data.test_fraction,) if carve_test else ())
   parts = stratified_split(pool.labels[candidates], fractions, jax.random.fold_in(key, 2))
   indices = {"train": candidates[parts[0]], "val": candidates[parts[1]]}
   if carve_test:
     indices["test"] = candidates[parts[2]]
   check_split_sizes(indices, pool, config)
-  atomic_write_json(path, {"pool_fingerprint": fingerprint, "parameters": parameters,
-                           "indices": {k: v.tolist() for k, v in indices.items()}})
+  atomic_write_json(
+    path,
+    {
+      "pool_fingerprint": fingerprint,
+      "parameters": parameters,
+      "indices": {k: v.tolist() for k, v in indices.items()},
+    },
+  )
   return indices
 
 
 _SPLIT_FIELDS = {
-    "train": "lower data.val_fraction / data.test_fraction or raise data.max_examples (0 = all)",
-    "val": "raise data.val_fraction or data.max_examples (0 = all)",
-    "test": "raise data.test_fraction or data.max_examples (0 = all), or set data.test_fraction=0 "
-            "for no test split",
+  "train": "lower data.val_fraction / data.test_fraction or raise data.max_examples (0 = all)",
+  "val": "raise data.val_fraction or data.max_examples (0 = all)",
+  "test": "raise data.test_fraction or data.max_examples (0 = all), or set data.test_fraction=0 "
+  "for no test split",
 }
 
 
@@ -152,18 +168,24 @@ def check_split_sizes(indices: dict, pool, config) -> None:
   Train and validation are always used; a carved test split is used when test_fraction > 0.
   """
   total = len(indices["train"]) + len(indices["val"]) + len(indices.get("test", ()))
-  used = ["train", "val"] + (["test"] if config.data.test_fraction > 0 and "test" in indices
-                             else [])
+  used = ["train", "val"] + (
+    ["test"] if config.data.test_fraction > 0 and "test" in indices else []
+  )
   for name in used:
     if not len(indices[name]):
       raise DataError(
-          f"the {name} split is empty ({total} examples with data.max_examples="
-          f"{config.data.max_examples}, data.val_fraction={config.data.val_fraction}, "
-          f"data.test_fraction={config.data.test_fraction}): {_SPLIT_FIELDS[name]}")
+        f"the {name} split is empty ({total} examples with data.max_examples="
+        f"{config.data.max_examples}, data.val_fraction={config.data.val_fraction}, "
+        f"data.test_fraction={config.data.test_fraction}): {_SPLIT_FIELDS[name]}"
+      )
   missing = sorted(set(range(len(pool.class_names))) - set(pool.labels[indices["val"]].tolist()))
   if missing:
     names = ", ".join(pool.class_names[c] for c in missing[:MAX_REPORTED_CLASSES])
-    logging.warning("%d of %d classes have no validation example (%s%s); raise "
-                    "data.val_fraction for a per-class validation accuracy.", len(missing),
-                    len(pool.class_names), names, ", ..." if len(missing) > MAX_REPORTED_CLASSES
-                    else "")
+    logging.warning(
+      "%d of %d classes have no validation example (%s%s); raise "
+      "data.val_fraction for a per-class validation accuracy.",
+      len(missing),
+      len(pool.class_names),
+      names,
+      ", ..." if len(missing) > MAX_REPORTED_CLASSES else "",
+    )

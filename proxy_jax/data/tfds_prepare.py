@@ -29,10 +29,11 @@ def _unavailable(builder, reason: str) -> DatasetUnavailableError:
   name, root = builder.name, os.fspath(builder.data_dir_root)
   manual = os.path.join(root, "downloads", "manual")
   return DatasetUnavailableError(
-      f"TFDS dataset {name!r} is not prepared in {root} and {reason}. Either run `tfds build "
-      f"{name} --data_dir=DIR` on a machine with network and copy DIR/{name} to "
-      f"{os.path.join(root, name)} (or set config.data.tfds_data_dir=DIR), or place its "
-      f"downloaded archives in {manual} (the TFDS catalog page of {name} lists them)")
+    f"TFDS dataset {name!r} is not prepared in {root} and {reason}. Either run `tfds build "
+    f"{name} --data_dir=DIR` on a machine with network and copy DIR/{name} to "
+    f"{os.path.join(root, name)} (or set config.data.tfds_data_dir=DIR), or place its "
+    f"downloaded archives in {manual} (the TFDS catalog page of {name} lists them)"
+  )
 
 
 def _unreachable_hosts(urls) -> list[str]:
@@ -73,8 +74,9 @@ def prepare_tfds(builder) -> None:
       builder.download_and_prepare()
   except (OSError, AssertionError) as error:  # requests' errors are OSErrors; manual: Assertion.
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-    raise _unavailable(builder, f"preparing it failed ({type(error).__name__}: "
-                       f"{first_line})") from error
+    raise _unavailable(
+      builder, f"preparing it failed ({type(error).__name__}: {first_line})"
+    ) from error
 
 
 @contextlib.contextmanager
@@ -85,6 +87,7 @@ def _probed_downloads():
   serve; where a TFDS version lacks it, downloads run unprobed (slow, but still correct).
   """
   from tensorflow_datasets.core.download import download_manager  # pylint: disable=g-import-not-at-top
+
   manager = download_manager.DownloadManager
   original = getattr(manager, "_download", None)
   if original is None:

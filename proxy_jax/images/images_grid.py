@@ -20,11 +20,12 @@ def grid(images, columns: int | None = None, pad: int = 2) -> np.ndarray:
   count, height, width, channels = images.shape
   columns = columns or int(np.ceil(np.sqrt(count)))
   rows = -(-count // columns)
-  canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, channels),
-                   255, np.uint8)
+  canvas = np.full(
+    (rows * (height + pad) + pad, columns * (width + pad) + pad, channels), 255, np.uint8
+  )
   for index, image in enumerate(images):
     top, left = pad + (index // columns) * (height + pad), pad + (index % columns) * (width + pad)
-    canvas[top:top + height, left:left + width] = image
+    canvas[top : top + height, left : left + width] = image
   return canvas
 
 
@@ -54,7 +55,7 @@ def captioned_grid(images, captions, min_tile: int = 96, pad: int = 2) -> np.nda
 
 
 def label_weights_caption(soft_label, top: int = 2, floor: float = 0.005) -> str:
-  """"3:0.62 7:0.38": the largest weights of a soft label (one entry for a plain label)."""
+  """ "3:0.62 7:0.38": the largest weights of a soft label (one entry for a plain label)."""
   soft_label = np.asarray(soft_label, np.float64)
   order = np.argsort(-soft_label, kind="stable")[:top]
   return " ".join(f"{int(c)}:{soft_label[c]:.2f}" for c in order if soft_label[c] >= floor)
@@ -70,8 +71,7 @@ def _text_strip(width: int, height: int, text: str, size: int = TITLE_FONT_SIZE)
   return np.asarray(strip)
 
 
-def titled_rows(rows, column_titles, row_captions, min_tile: int = 160,
-                pad: int = 4) -> np.ndarray:
+def titled_rows(rows, column_titles, row_captions, min_tile: int = 160, pad: int = 4) -> np.ndarray:
   """(N, K, H, W, 3) images -> one picture: a title over each of the K columns, then one row
   per example with its caption (e.g. its label) above it; tiles enlarged (nearest) to at least
   `min_tile` px so that a 32 px image is still readable."""
@@ -81,9 +81,18 @@ def titled_rows(rows, column_titles, row_captions, min_tile: int = 160,
   tile_w = width * scale
   line = TITLE_FONT_SIZE + 8
   total_w = columns * (tile_w + pad) + pad
-  parts = [np.concatenate([np.full((line, pad, 3), 255, np.uint8)] + [
-      np.concatenate([_text_strip(tile_w, line, title), np.full((line, pad, 3), 255, np.uint8)],
-                     axis=1) for title in column_titles], axis=1)]
+  parts = [
+    np.concatenate(
+      [np.full((line, pad, 3), 255, np.uint8)]
+      + [
+        np.concatenate(
+          [_text_strip(tile_w, line, title), np.full((line, pad, 3), 255, np.uint8)], axis=1
+        )
+        for title in column_titles
+      ],
+      axis=1,
+    )
+  ]
   for images, caption in zip(rows, row_captions):
     parts.append(_text_strip(total_w, line, caption, TITLE_FONT_SIZE - 2))
     tiles = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)

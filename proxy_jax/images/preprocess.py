@@ -39,7 +39,7 @@ def center_crop(images, size: int):
   """
   top = center_offset(images.shape[-3], size)
   left = center_offset(images.shape[-2], size)
-  return images[..., top:top + size, left:left + size, :]
+  return images[..., top : top + size, left : left + size, :]
 
 
 def paste_center(stored, crops):
@@ -47,7 +47,7 @@ def paste_center(stored, crops):
   out = np.array(stored, copy=True)
   size = crops.shape[-2]
   top, left = center_offset(out.shape[-3], size), center_offset(out.shape[-2], size)
-  out[..., top:top + size, left:left + size, :] = crops
+  out[..., top : top + size, left : left + size, :] = crops
   return out
 
 

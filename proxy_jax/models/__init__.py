@@ -20,8 +20,11 @@ from proxy_jax.models.vit import ViT
 # Images at or below this size get the small-image stem unless the config says otherwise.
 SMALL_IMAGE_MAX = 64
 
-_RESNETS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
-            "resnet50": ((3, 4, 6, 3), True)}
+_RESNETS = {
+  "resnet18": ((2, 2, 2, 2), False),
+  "resnet34": ((3, 4, 6, 3), False),
+  "resnet50": ((3, 4, 6, 3), True),
+}
 _VITS = {"vit_ti16": (192, 12, 3), "vit_s16": (384, 12, 6), "vit_b16": (768, 12, 12)}
 MODEL_NAMES = ("tiny_cnn", *_RESNETS, "vgg16_bn", *_VITS, *LITE)
 # The resolution a model family was trained at, where it has its own (else ImageNet's 224).
@@ -64,8 +67,7 @@ def use_small_stem(image_size: int, small_stem: Any = "auto") -> bool:
 def variables_of(state, params=None) -> dict:
   """The {"params", "batch_stats"} variables `apply` takes, from anything holding both (a
   TrainState); `params` replaces the state's own (the copy a loss differentiates)."""
-  return {"params": state.params if params is None else params,
-          "batch_stats": state.batch_stats}
+  return {"params": state.params if params is None else params, "batch_stats": state.batch_stats}
 
 
 def check_name(name: str) -> None:
@@ -111,8 +113,14 @@ def vit_patch_size(image_size: int, small_stem: Any = "auto") -> int:
   return 4 if use_small_stem(image_size, small_stem) else 16
 
 
-def create(name: str, num_classes: int, image_size: int, dtype: str = "float32",
-           small_stem: Any = "auto", **overrides):
+def create(
+  name: str,
+  num_classes: int,
+  image_size: int,
+  dtype: str = "float32",
+  small_stem: Any = "auto",
+  **overrides,
+):
   """Builds model `name`; `overrides` set extra module fields (e.g. a reduced `width`).
 
   `dtype` is the compute dtype ("auto", "float32" or "bfloat16"); parameters are float32.
@@ -124,8 +132,9 @@ def create(name: str, num_classes: int, image_size: int, dtype: str = "float32",
     return TinyCNN(num_classes, dtype=compute_dtype, **overrides)
   if name in _RESNETS:
     stages, bottleneck = _RESNETS[name]
-    return ResNet(stages, bottleneck, num_classes, small_stem=small, dtype=compute_dtype,
-                  **overrides)
+    return ResNet(
+      stages, bottleneck, num_classes, small_stem=small, dtype=compute_dtype, **overrides
+    )
   if name == "vgg16_bn":
     return VGG(num_classes, small_stem=small, dtype=compute_dtype, **overrides)
   if name in LITE:
@@ -134,7 +143,6 @@ def create(name: str, num_classes: int, image_size: int, dtype: str = "float32",
     fields.update(overrides)
     return EfficientNetLite(num_classes, dtype=compute_dtype, **fields)
   dim, depth, heads = _VITS[name]
-  fields = dict(dim=dim, depth=depth, num_heads=heads,
-                patch_size=vit_patch_size(image_size, small))
+  fields = dict(dim=dim, depth=depth, num_heads=heads, patch_size=vit_patch_size(image_size, small))
   fields.update(overrides)
   return ViT(num_classes, image_size, dtype=compute_dtype, **fields)

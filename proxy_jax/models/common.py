@@ -39,14 +39,21 @@ CPU_IM2COL = os.environ.get("PROXY_JAX_CPU_IM2COL", "1") != "0"
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _takes_im2col(lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count,
-                  dimension_numbers, out_hw) -> bool:
+def _takes_im2col(
+  lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count, dimension_numbers, out_hw
+) -> bool:
   """Decided at trace time from static shapes and the backend the computation is built for."""
-  return (CPU_IM2COL and jax.default_backend() == "cpu" and lhs.ndim == 4
-          and max(rhs.shape[:2]) > 1 and max(out_hw) <= SMALL_MAP_MAX
-          and not isinstance(padding, str) and feature_group_count == 1
-          and all(d == 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
-          and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+  return (
+    CPU_IM2COL
+    and jax.default_backend() == "cpu"
+    and lhs.ndim == 4
+    and max(rhs.shape[:2]) > 1
+    and max(out_hw) <= SMALL_MAP_MAX
+    and not isinstance(padding, str)
+    and feature_group_count == 1
+    and all(d == 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+    and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  )
 
 
 # XLA:CPU runs depthwise convolutions (one filter per channel) 10-40x slower than the same sum
@@ -56,13 +63,21 @@ def _takes_im2col(lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_c
 CPU_DEPTHWISE_SHIFTS = os.environ.get("PROXY_JAX_CPU_DEPTHWISE", "shifts") != "conv"
 
 
-def _takes_shifts(lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count,
-                  dimension_numbers) -> bool:
-  return (CPU_DEPTHWISE_SHIFTS and jax.default_backend() == "cpu" and lhs.ndim == 4
-          and feature_group_count > 1 and feature_group_count == lhs.shape[-1]
-          and rhs.shape[2] == 1 and rhs.shape[3] == lhs.shape[-1] and not isinstance(padding, str)
-          and all(d == 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
-          and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+def _takes_shifts(
+  lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count, dimension_numbers
+) -> bool:
+  return (
+    CPU_DEPTHWISE_SHIFTS
+    and jax.default_backend() == "cpu"
+    and lhs.ndim == 4
+    and feature_group_count > 1
+    and feature_group_count == lhs.shape[-1]
+    and rhs.shape[2] == 1
+    and rhs.shape[3] == lhs.shape[-1]
+    and not isinstance(padding, str)
+    and all(d == 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+    and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  )
 
 
 def depthwise_shifts(lhs, rhs, window_strides, padding, precision=None):
@@ -77,50 +92,95 @@ def depthwise_shifts(lhs, rhs, window_strides, padding, precision=None):
   total = None
   for i in range(kh):
     for j in range(kw):
-      term = padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] * rhs[i, j, 0]
+      term = (
+        padded[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :] * rhs[i, j, 0]
+      )
       total = term if total is None else total + term
   del precision  # Elementwise products: nothing for a precision setting to choose.
   return total
 
 
-def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                   dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+def small_map_conv(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+  **kwargs,
+):
   """`lax.conv_general_dilated` (NHWC/HWIO), as im2col + matmul for tiny maps on XLA:CPU, and
   depthwise convolutions as shifted sums there (`depthwise_shifts`).
 
   The im2col uses static slices of the padded input, whose gradients are pads and slices, so
   the backward pass avoids the slow convolutions as well. Same parameters, same result.
   """
-  if _takes_shifts(lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count,
-                   dimension_numbers):
+  if _takes_shifts(
+    lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count, dimension_numbers
+  ):
     return depthwise_shifts(lhs, rhs, window_strides, padding, precision)
   kh, kw = rhs.shape[:2]
   if not isinstance(padding, str):
     (top, bottom), (left, right) = padding
-    out_hw = ((lhs.shape[1] + top + bottom - kh) // window_strides[0] + 1,
-              (lhs.shape[2] + left + right - kw) // window_strides[1] + 1)
+    out_hw = (
+      (lhs.shape[1] + top + bottom - kh) // window_strides[0] + 1,
+      (lhs.shape[2] + left + right - kw) // window_strides[1] + 1,
+    )
   if isinstance(padding, str) or not _takes_im2col(
-      lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count, dimension_numbers,
-      out_hw):
+    lhs, rhs, padding, lhs_dilation, rhs_dilation, feature_group_count, dimension_numbers, out_hw
+  ):
     return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      precision=precision,
+      **kwargs,
+    )
   padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
   (sh, sw), (oh, ow) = window_strides, out_hw
   # Columns in (kh, kw, C) order, matching the HWIO kernel flattened row-major.
   columns = jnp.concatenate(
-      [padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
-       for i in range(kh) for j in range(kw)], axis=-1)
-  return jnp.einsum("nhwk,ko->nhwo", columns, rhs.reshape(-1, rhs.shape[-1]),
-                    precision=precision, **kwargs)
+    [
+      padded[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+      for i in range(kh)
+      for j in range(kw)
+    ],
+    axis=-1,
+  )
+  return jnp.einsum(
+    "nhwk,ko->nhwo", columns, rhs.reshape(-1, rhs.shape[-1]), precision=precision, **kwargs
+  )
 
 
-def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, dtype: Any,
-         use_bias: bool = False, name: str | None = None) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad(padding),
-                 use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
-                 conv_general_dilated=small_map_conv)
+def conv(
+  features: int,
+  kernel: int,
+  stride: int = 1,
+  padding: int = 0,
+  *,
+  dtype: Any,
+  use_bias: bool = False,
+  name: str | None = None,
+) -> nn.Conv:
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=pad(padding),
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    conv_general_dilated=small_map_conv,
+  )
 
 
 def global_avg_pool(x):

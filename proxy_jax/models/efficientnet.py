@@ -35,13 +35,23 @@ from proxy_jax.images import preprocess
 from proxy_jax.models.common import small_map_conv
 
 # name -> (width coefficient, depth coefficient, resolution, dropout rate): the builder's table.
-LITE = {"efficientnet_lite0": (1.0, 1.0, 224, 0.2), "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
-        "efficientnet_lite2": (1.1, 1.2, 260, 0.3), "efficientnet_lite3": (1.2, 1.4, 280, 0.3),
-        "efficientnet_lite4": (1.4, 1.8, 300, 0.3)}
+LITE = {
+  "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+  "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+  "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+  "efficientnet_lite3": (1.2, 1.4, 280, 0.3),
+  "efficientnet_lite4": (1.4, 1.8, 300, 0.3),
+}
 # Per stage: (repeats, kernel, stride, expansion, input filters, output filters).
-STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
-          (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
-          (1, 3, 1, 6, 192, 320))
+STAGES = (
+  (1, 3, 1, 1, 32, 16),
+  (2, 3, 2, 6, 16, 24),
+  (2, 5, 2, 6, 24, 40),
+  (3, 3, 2, 6, 40, 80),
+  (3, 5, 1, 6, 80, 112),
+  (4, 5, 2, 6, 112, 192),
+  (1, 3, 1, 6, 192, 320),
+)
 STEM, HEAD = 32, 1280
 DROP_CONNECT = 0.2
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
@@ -63,8 +73,15 @@ def blocks_of(width: float, depth: float) -> list[dict]:
     inputs = STEM if index == 0 else round_filters(inputs, width)
     outputs = round_filters(outputs, width)
     for repeat in range(count):
-      blocks.append({"kernel": kernel, "stride": stride if repeat == 0 else 1, "expand": expand,
-                     "inputs": inputs if repeat == 0 else outputs, "outputs": outputs})
+      blocks.append(
+        {
+          "kernel": kernel,
+          "stride": stride if repeat == 0 else 1,
+          "expand": expand,
+          "inputs": inputs if repeat == 0 else outputs,
+          "outputs": outputs,
+        }
+      )
   return blocks
 
 
@@ -76,6 +93,7 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 class SameConv(nn.Module):
   """A convolution padded as TensorFlow's "SAME" for the input it is given (any size)."""
+
   features: int
   kernel: int
   stride: int = 1
@@ -86,14 +104,23 @@ class SameConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     pads = tuple(same_padding(x.shape[axis], self.kernel, self.stride) for axis in (1, 2))
-    return nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride,) * 2,
-                   padding=pads, feature_group_count=self.groups, use_bias=self.use_bias,
-                   dtype=self.dtype, param_dtype=jnp.float32, name="conv",
-                   conv_general_dilated=small_map_conv)(x)
+    return nn.Conv(
+      self.features,
+      (self.kernel, self.kernel),
+      strides=(self.stride,) * 2,
+      padding=pads,
+      feature_group_count=self.groups,
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="conv",
+      conv_general_dilated=small_map_conv,
+    )(x)
 
 
 class MBConv(nn.Module):
   """Expansion (1x1), depthwise (k x k), projection (1x1); identity shortcut when shapes agree."""
+
   kernel: int
   stride: int
   expand: int
@@ -107,8 +134,9 @@ class MBConv(nn.Module):
     if self.expand != 1:
       self.expand_conv = SameConv(hidden, 1, dtype=self.dtype)
       self.bn0 = BatchNorm(dtype=self.dtype)
-    self.depthwise_conv = SameConv(hidden, self.kernel, self.stride, groups=hidden,
-                                   dtype=self.dtype)
+    self.depthwise_conv = SameConv(
+      hidden, self.kernel, self.stride, groups=hidden, dtype=self.dtype
+    )
     self.bn1 = BatchNorm(dtype=self.dtype)
     self.project_conv = SameConv(self.outputs, 1, dtype=self.dtype)
     self.bn2 = BatchNorm(dtype=self.dtype)
@@ -134,6 +162,7 @@ class MBConv(nn.Module):
 class EfficientNetLite(nn.Module):
   """`features(x, train)`: the head convolution's (B, h, w, 1280) map; `head`: pool, dropout,
   classifier."""
+
   FAMILY = "efficientnet"
   HEAD_MODULES = ("fc",)
   CLASSIFIER = "fc"
@@ -153,8 +182,10 @@ class EfficientNetLite(nn.Module):
     self.bn0 = BatchNorm(dtype=self.dtype)
     specs = blocks_of(self.width, self.depth)
     # The reference scales the drop rate by the block's index over the block count.
-    self.blocks = [MBConv(**spec, drop_rate=self.drop_connect_rate * index / len(specs),
-                          dtype=self.dtype) for index, spec in enumerate(specs)]
+    self.blocks = [
+      MBConv(**spec, drop_rate=self.drop_connect_rate * index / len(specs), dtype=self.dtype)
+      for index, spec in enumerate(specs)
+    ]
     self.conv_head = SameConv(HEAD, 1, dtype=self.dtype)
     self.bn1 = BatchNorm(dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)

@@ -72,7 +72,6 @@ class Bottleneck(_Projection):
     return nn.relu(y + self.shortcut(x, train))
 
 
-
 class ResNet(nn.Module):
   FAMILY = "resnet"
   HEAD_MODULES = ("fc",)
@@ -100,9 +99,11 @@ class ResNet(nn.Module):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
         out_channels = filters * block_cls.expansion
-        blocks.append(block_cls(filters, strides,
-                                project=strides != 1 or in_channels != out_channels,
-                                dtype=self.dtype))
+        blocks.append(
+          block_cls(
+            filters, strides, project=strides != 1 or in_channels != out_channels, dtype=self.dtype
+          )
+        )
         in_channels = out_channels
     self.blocks = blocks
     self.fc = classifier(self.num_classes, self.dtype)

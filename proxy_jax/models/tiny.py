@@ -19,8 +19,9 @@ class TinyCNN(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.convs = [conv(self.width * 2**i, 3, 1 if i == 0 else 2, 1, dtype=self.dtype)
-                  for i in range(3)]
+    self.convs = [
+      conv(self.width * 2**i, 3, 1 if i == 0 else 2, 1, dtype=self.dtype) for i in range(3)
+    ]
     self.norms = [BatchNorm(dtype=self.dtype) for _ in range(3)]
     self.fc = classifier(self.num_classes, self.dtype)
 

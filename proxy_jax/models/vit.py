@@ -72,20 +72,34 @@ class ViT(nn.Module):
 
   def setup(self):
     if self.image_size % self.patch_size:
-      raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size "
-                       f"{self.patch_size}")
+      raise ValueError(
+        f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+      )
     self.grid = self.image_size // self.patch_size
-    self.patch_embed = nn.Conv(self.dim, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
-                               padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
-                               name="patch_embed")
+    self.patch_embed = nn.Conv(
+      self.dim,
+      (self.patch_size,) * 2,
+      strides=(self.patch_size,) * 2,
+      padding="VALID",
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="patch_embed",
+    )
     init = nn.initializers.normal(0.02)
     self.cls_token = self.param("cls_token", init, (1, 1, self.dim))
     self.pos_embed = self.param("pos_embed", init, (1, 1 + self.grid**2, self.dim))
-    self.blocks = [Block(self.dim, self.num_heads, dtype=self.dtype, name=f"blocks_{i}")
-                   for i in range(self.depth)]
+    self.blocks = [
+      Block(self.dim, self.num_heads, dtype=self.dtype, name=f"blocks_{i}")
+      for i in range(self.depth)
+    ]
     self.fc_norm = _layer_norm("fc_norm")
-    self.fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=nn.initializers.zeros, name="fc")
+    self.fc = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.zeros,
+      name="fc",
+    )
 
   def features(self, x, train: bool = False):
     del train  # No dropout or batch statistics.

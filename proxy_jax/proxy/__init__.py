@@ -40,8 +40,10 @@ def proxy_transform(images, maps, threshold, weight, mode: str = "seed"):
   """
   dtype = jnp.asarray(images).dtype
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"proxy_transform takes float images in [0, 1], got {dtype}; convert "
-                    "uint8 with preprocess.to_unit_range first")
+    raise TypeError(
+      f"proxy_transform takes float images in [0, 1], got {dtype}; convert "
+      "uint8 with preprocess.to_unit_range first"
+    )
   x = images.astype(jnp.float32)
   cam = jnp.asarray(maps, jnp.float32)
   cam = jnp.where(jnp.isfinite(cam), cam, 0.0)[..., None]
@@ -59,7 +61,6 @@ def proxy_transform(images, maps, threshold, weight, mode: str = "seed"):
   return jnp.clip(out, 0.0, 1.0).astype(dtype)
 
 
-
 # ---------------------------------------------------------------- CAMs and proxies, jitted
 
 
@@ -70,8 +71,15 @@ def fused_scan_fn(apply_fn, method: str, mode: str, cam_options: tuple):
 
   def scan(variables, images_uint8, targets, threshold, weight):
     unit = preprocess.to_unit_range(images_uint8)
-    maps, logits = cams.compute(method, apply_fn, variables, preprocess.normalize(unit),
-                                targets, return_logits=True, **dict(cam_options))
+    maps, logits = cams.compute(
+      method,
+      apply_fn,
+      variables,
+      preprocess.normalize(unit),
+      targets,
+      return_logits=True,
+      **dict(cam_options),
+    )
     out = proxy_transform(unit, maps, threshold, weight, mode)
     return jnp.argmax(logits, -1), to_uint8(out), to_uint8(maps)
 
@@ -88,16 +96,24 @@ def _proxy_fn(apply_fn, method: str, mode: str, cam_options: tuple):
 
   def proxies(variables, images_uint8, targets, threshold, weight, key):
     unit = preprocess.to_unit_range(images_uint8)
-    maps = cams.compute(method, apply_fn, variables, preprocess.normalize(unit), targets,
-                        **dict(cam_options), **({"key": key} if noisy else {}))
+    maps = cams.compute(
+      method,
+      apply_fn,
+      variables,
+      preprocess.normalize(unit),
+      targets,
+      **dict(cam_options),
+      **({"key": key} if noisy else {}),
+    )
     out = proxy_transform(unit, maps, threshold, weight, mode)
     return to_uint8(out), to_uint8(maps)
 
   return jax.jit(proxies)
 
 
-def make_proxy_fn(apply_fn, method: str, threshold: float, weight: float, mode: str,
-                  cam_options: dict):
+def make_proxy_fn(
+  apply_fn, method: str, threshold: float, weight: float, mode: str, cam_options: dict
+):
   """Jitted (variables, uint8 images, targets, key=None) -> (uint8 proxies, uint8 maps); cached.
 
   `key` seeds the noise of the SmoothGrad-family methods (required by them).

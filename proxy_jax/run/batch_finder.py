@@ -41,7 +41,7 @@ class Probe:
   batch_size: int
   fits: bool
   predicted_bytes: int | None  # XLA memory analysis of the compiled step.
-  measured_bytes: int | None   # Device peak after running it (host peak RSS on CPU).
+  measured_bytes: int | None  # Device peak after running it (host peak RSS on CPU).
   measured_source: str = ""
   reason: str = ""
 
@@ -72,8 +72,13 @@ def predicted_bytes(memory_analysis) -> int | None:
   if memory_analysis is None:
     return None
   m = memory_analysis
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-             + m.temp_size_in_bytes + m.generated_code_size_in_bytes)
+  return int(
+    m.argument_size_in_bytes
+    + m.output_size_in_bytes
+    - m.alias_size_in_bytes
+    + m.temp_size_in_bytes
+    + m.generated_code_size_in_bytes
+  )
 
 
 def is_out_of_memory(error: Exception) -> bool:
@@ -83,10 +88,12 @@ def is_out_of_memory(error: Exception) -> bool:
 def dummy_batch(config, batch_size: int, num_classes: int) -> dict:
   """A batch as the train step gets it: stored images (side `data.load_size`), not crops."""
   size = data.stored_size(config)
-  return {"image": np.zeros((batch_size, size, size, 3), np.uint8),
-          "label": (np.arange(batch_size) % num_classes).astype(np.int32),
-          "id": np.arange(batch_size, dtype=np.int32),
-          "mask": np.ones(batch_size, np.float32)}
+  return {
+    "image": np.zeros((batch_size, size, size, 3), np.uint8),
+    "label": (np.arange(batch_size) % num_classes).astype(np.int32),
+    "id": np.arange(batch_size, dtype=np.int32),
+    "mask": np.ones(batch_size, np.float32),
+  }
 
 
 def run_step(compiled, state, batch, key):
@@ -104,12 +111,19 @@ class StepFactory:
   The state lives on the host between probes (the step donates it, and a device copy would
   count against the memory being measured); a pretrained model is loaded once, not per probe.
   """
+
   step: object
   host_state: object
 
 
-def probe(factory: StepFactory, config, num_classes: int, batch_size: int, limit: int | None,
-          fraction: float) -> Probe:
+def probe(
+  factory: StepFactory,
+  config,
+  num_classes: int,
+  batch_size: int,
+  limit: int | None,
+  fraction: float,
+) -> Probe:
   """Compiles (and, if predicted to fit, runs) one train step at `batch_size`."""
   device = jax.devices()[0]
   predicted = None
@@ -123,14 +137,24 @@ def probe(factory: StepFactory, config, num_classes: int, batch_size: int, limit
     else:
       compiled = factory.step
     if limit is not None and predicted is not None and predicted > fraction * limit:
-      return Probe(batch_size, False, predicted, None,
-                   reason=f"predicted above {fraction:.0%} of the {mib(limit)} limit")
+      return Probe(
+        batch_size,
+        False,
+        predicted,
+        None,
+        reason=f"predicted above {fraction:.0%} of the {mib(limit)} limit",
+      )
     del state  # Only the step's donated copy may hold device memory while it runs.
     run_step(compiled, jax.device_put(factory.host_state, device), batch, key)
   except (jax.errors.JaxRuntimeError, RuntimeError, MemoryError) as error:
     if isinstance(error, MemoryError) or is_out_of_memory(error):
-      return Probe(batch_size, False, predicted, None,
-                   reason="out of memory when run: " + str(error).splitlines()[0][:200])
+      return Probe(
+        batch_size,
+        False,
+        predicted,
+        None,
+        reason="out of memory when run: " + str(error).splitlines()[0][:200],
+      )
     raise
   measured, source = peak_memory(device)
   return Probe(batch_size, True, predicted, measured, source, "ran")
@@ -224,7 +248,11 @@ def mib(value) -> str:
 
 
 def _log(result: Probe) -> None:
-  logging.info("batch %d: %s; predicted %s, measured %s (%s)", result.batch_size,
-               "fits" if result.fits else "does not fit (" + result.reason + ")",
-               mib(result.predicted_bytes), mib(result.measured_bytes),
-               result.measured_source or "not run")
+  logging.info(
+    "batch %d: %s; predicted %s, measured %s (%s)",
+    result.batch_size,
+    "fits" if result.fits else "does not fit (" + result.reason + ")",
+    mib(result.predicted_bytes),
+    mib(result.measured_bytes),
+    result.measured_source or "not run",
+  )

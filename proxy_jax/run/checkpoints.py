@@ -26,14 +26,11 @@ being deterministic, ends exactly as an uninterrupted run. If none restores it r
 """
 
 import asyncio
-import contextlib
 import dataclasses
 import errno
 import gc
 import os
-import re
 import shutil
-import sys
 import threading
 from typing import Any
 
@@ -43,9 +40,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from proxy_jax.core import digests, disk, errors, io_utils
+from proxy_jax.run import checkpoint_files
 
 DAMAGED_PREFIX = "damaged-"
-MAX_CAUSE_CHARS = 300
 
 
 class CheckpointWriteError(errors.UserError, RuntimeError):
@@ -74,96 +71,6 @@ class Restored:
   bank: dict | None
 
 
-class Mismatch(ValueError):
-  """A checkpoint that reads but does not fit the run; `kind` as in DamagedCheckpointError."""
-
-  def __init__(self, kind: str, message: str):
-    super().__init__(message)
-    self.kind = kind
-
-
-def _damage_kind(error: BaseException, cause: str) -> str:
-  """A one-word label of a restore failure, for the name of the folder it is moved to."""
-  if isinstance(error, Mismatch):
-    return error.kind
-  text = cause.lower()
-  for kind, markers in (
-      ("missing", ("not_found", "no such file", "does not exist")),
-      ("truncated", ("out_of_range", "truncated", "data_loss", "byte range", "encoded length",
-                     "unexpected end", "eof")),
-      ("shape", ("shape",)), ("dtype", ("dtype",)),
-      ("metadata", ("json", "metadata", "expecting", "codec", "decode"))):
-    if any(marker in text for marker in markers):
-      return kind
-  return "unreadable"
-
-
-def _cause(error: BaseException) -> str:
-  """The root cause of an Orbax/TensorStore error as one short line (no specs, no paths of
-  source files): the innermost chained exception says what is wrong with which file."""
-  root = error
-  for _ in range(20):  # Chains are short; the bound only guards against a cycle.
-    inner = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
-    if inner is None:
-      break
-    root = inner
-  text = (str(root).strip() or type(root).__name__).splitlines()[0]
-  text = re.split(r" \[(?:tensorstore_spec|source locations)=", text)[0]
-  text = text.split(" See full TensorStore details")[0]
-  if len(text) > MAX_CAUSE_CHARS:
-    text = text[:MAX_CAUSE_CHARS] + "..."
-  # TensorStore's messages start with their status (OUT_OF_RANGE: ...); others get their type.
-  return text if type(root) in (Exception, ValueError, Mismatch) else (
-      f"{type(root).__name__}: {text}")
-
-
-@contextlib.contextmanager
-def _quiet_async_leftovers():
-  """Orbax reads arrays in asyncio tasks: when one fails, the others' coroutines are dropped and
-  Python prints each as an "Exception ignored" traceback when it is collected. Collected here,
-  within the failed attempt, they are swallowed; the failure itself is reported once."""
-  hook = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    yield
-  except Exception:
-    gc.collect()
-    raise
-  finally:
-    sys.unraisablehook = hook
-
-
-def _check_arrays(what: str, stored, template) -> None:
-  """Mismatch naming the first array whose stored shape or dtype is not the template's."""
-  stored = ocp.tree.to_flat_dict(getattr(stored, "tree", stored))
-  wanted = {k: v for k, v in ocp.tree.to_flat_dict(template).items() if hasattr(v, "shape")}
-  missing = sorted(set(wanted) - set(stored))
-  if missing:
-    raise Mismatch("metadata", f"{what} has no array {'.'.join(map(str, missing[0]))}")
-  for key, want in wanted.items():
-    have, name = stored[key], ".".join(map(str, key))
-    if tuple(have.shape) != tuple(want.shape):
-      raise Mismatch("shape", f"{what} array {name} has shape {tuple(have.shape)}, the run "
-                     f"needs {tuple(want.shape)}")
-    if hasattr(want, "dtype") and np.dtype(have.dtype) != np.dtype(want.dtype):
-      raise Mismatch("dtype", f"{what} array {name} has dtype {np.dtype(have.dtype)}, the run "
-                     f"needs {np.dtype(want.dtype)}")
-
-
-def _check_meta(meta, epoch: int) -> None:
-  if not isinstance(meta, dict) or meta.get("epoch") != epoch:
-    raise Mismatch("metadata", f"its meta item is not the bookkeeping of epoch {epoch}")
-
-
-def _check_bank(bank: dict, meta: dict) -> None:
-  ids, images = bank.get("ids"), bank.get("images")
-  if (ids is None or images is None or images.dtype != np.uint8 or images.ndim != 4
-      or not np.issubdtype(ids.dtype, np.integer) or ids.shape != (len(images),)
-      or len(ids) != meta.get("bank_size")):
-    raise Mismatch("metadata", f"its proxy bank does not hold the {meta.get('bank_size')} "
-                   "uint8 images its meta item counts")
-
-
 def _unused(path: str) -> str:
   """`path`, else `path-2`, `path-3`, ...: the first that does not exist (nothing is replaced)."""
   candidate, number = path, 1
@@ -173,40 +80,22 @@ def _unused(path: str) -> str:
   return candidate
 
 
-def _tree_bytes(tree) -> int:
-  return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
-
-
-def write_manifest(directory: str) -> None:
-  io_utils.atomic_write_json(os.path.join(directory, digests.MANIFEST),
-                             {"files": digests.manifest_of(directory)})
-
-
-def read_manifest(path: str) -> dict:
-  """{relative path: sha256} of a manifest; digests.Mismatch if the manifest is damaged."""
-  try:
-    listed = io_utils.read_json(path, dict)["files"]
-    if not isinstance(listed, dict):
-      raise TypeError("its files entry is not a JSON object")
-  except (errors.DamagedFileError, KeyError, TypeError) as error:
-    raise digests.Mismatch(path, "the manifest itself is damaged "
-                           f"({getattr(error, 'cause', error)})") from error
-  return listed
-
-
 class RunCheckpoints:
   """Thin wrapper over `ocp.CheckpointManager` for the three items of a run."""
 
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     # Synchronous saves: a failed write surfaces in `save`, before the next epoch trains.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=False
+    )
     # Handlers named up front so that an item's metadata can be read before restoring it.
-    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
-                "bank": ocp.StandardCheckpointHandler()}
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_handlers=handlers)
+    handlers = {
+      "state": ocp.StandardCheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler(),
+      "bank": ocp.StandardCheckpointHandler(),
+    }
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._told_undigested = False
 
   def latest_epoch(self) -> int | None:
@@ -236,11 +125,14 @@ class RunCheckpoints:
     # Orbax cannot store zero-size arrays, so an empty bank is simply absent.
     if bank_arrays is not None and len(bank_arrays["ids"]):
       items["bank"] = ocp.args.StandardSave(bank_arrays)
-    size = _tree_bytes(state) + _tree_bytes(bank_arrays or {})
+    size = checkpoint_files.tree_bytes(state) + checkpoint_files.tree_bytes(bank_arrays or {})
     if os.path.isdir(self.directory) and disk.free_bytes(self.directory) < size:
       # Refused before Orbax writes a byte: nothing to clean up, nothing half-written.
-      raise CheckpointWriteError(self._write_message(
-          epoch, size, OSError(errno.ENOSPC, "No space left on device", self.directory)))
+      raise CheckpointWriteError(
+        self._write_message(
+          epoch, size, OSError(errno.ENOSPC, "No space left on device", self.directory)
+        )
+      )
     cause = self._save_quietly(epoch, items)
     if cause is not None:
       self._remove_partial(epoch)
@@ -275,25 +167,26 @@ class RunCheckpoints:
   def _save(self, epoch: int, items: dict) -> None:
     if jax.process_index() == 0 and self.digested_since() is None:
       os.makedirs(self.directory, exist_ok=True)  # Before the first manifest-bearing save.
-      io_utils.atomic_write_json(os.path.join(self.directory, digests.SINCE_FILE),
-                                 {"epoch": epoch})
+      io_utils.atomic_write_json(os.path.join(self.directory, digests.SINCE_FILE), {"epoch": epoch})
     self.manager.save(epoch, args=ocp.args.Composite(**items))
     self.manager.wait_until_finished()
     if jax.process_index() == 0:
-      write_manifest(self._epoch_dir(epoch))
+      checkpoint_files.write_manifest(self._epoch_dir(epoch))
     if jax.process_count() > 1:
       ocp.multihost.sync_global_processes(f"proxy_jax_manifest_{epoch}")
 
   def space_warning(self, state, keep: int, bank_arrays: dict | None) -> str | None:
     """One line when the free space is below what `keep` checkpoints of this size need (the
     proxy bank only grows, so a later checkpoint may need more), else None."""
-    size = _tree_bytes(state) + _tree_bytes(bank_arrays or {})
+    size = checkpoint_files.tree_bytes(state) + checkpoint_files.tree_bytes(bank_arrays or {})
     need, free = keep * size, disk.free_bytes(self.directory)
     if free >= need:
       return None
-    return (f"{disk.mount_point(self.directory)} has {free / 1e6:.1f} MB free, less than the "
-            f"{keep} checkpoints this run keeps need (about {size / 1e6:.1f} MB each, "
-            f"{need / 1e6:.1f} MB): a save will stop the run when the disk is full")
+    return (
+      f"{disk.mount_point(self.directory)} has {free / 1e6:.1f} MB free, less than the "
+      f"{keep} checkpoints this run keeps need (about {size / 1e6:.1f} MB each, "
+      f"{need / 1e6:.1f} MB): a save will stop the run when the disk is full"
+    )
 
   def _remove_partial(self, epoch: int) -> None:
     """The failed save's temporary directory (and a finished one without its manifest)."""
@@ -302,8 +195,7 @@ class RunCheckpoints:
     for name in os.listdir(self.directory):
       if name.startswith(f"{epoch}.orbax-checkpoint-tmp"):
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    if (os.path.isdir(self._epoch_dir(epoch))
-        and not digests.has_manifest(self._epoch_dir(epoch))):
+    if os.path.isdir(self._epoch_dir(epoch)) and not digests.has_manifest(self._epoch_dir(epoch)):
       shutil.rmtree(self._epoch_dir(epoch), ignore_errors=True)
     self.manager.reload()
 
@@ -312,13 +204,18 @@ class RunCheckpoints:
     last = f"epoch {complete[-1]}" if complete else "none (no epoch was saved yet)"
     if error.errno == errno.ENOSPC:
       free = disk.free_bytes(self.directory) / 1e6
-      return disk.no_space_message(
+      return (
+        disk.no_space_message(
           OSError(error.errno, error.strerror, error.filename or self.directory),
-          f"checkpoint of epoch {epoch} needs about {size / 1e6:.1f} MB, {free:.1f} MB free"
-      ) + f"; the last intact checkpoint is {last}: free space and run the same command to resume"
-    return (f"could not write the checkpoint of epoch {epoch} to "
-            f"{error.filename or self.directory}: {error.strerror or error}; the last intact "
-            f"checkpoint is {last}: fix that and run the same command to resume")
+          f"checkpoint of epoch {epoch} needs about {size / 1e6:.1f} MB, {free:.1f} MB free",
+        )
+        + f"; the last intact checkpoint is {last}: free space and run the same command to resume"
+      )
+    return (
+      f"could not write the checkpoint of epoch {epoch} to "
+      f"{error.filename or self.directory}: {error.strerror or error}; the last intact "
+      f"checkpoint is {last}: fix that and run the same command to resume"
+    )
 
   def wait(self) -> None:
     """Blocks until pending saves are on disk (saves are synchronous: nothing is pending)."""
@@ -334,41 +231,50 @@ class RunCheckpoints:
     """
     self._verify(epoch)
     try:
-      with _quiet_async_leftovers():
+      with checkpoint_files.quiet_async_leftovers():
         return self._restore(epoch, state_template, steps_per_epoch)
     except Exception as error:  # pylint: disable=broad-except
       # Orbax and TensorStore raise bare Exceptions, ValueErrors, JSON and OS errors alike.
-      cause = _cause(error)
-      raise DamagedCheckpointError(self.directory, epoch, _damage_kind(error, cause),
-                                   cause) from error
+      cause = checkpoint_files.cause(error)
+      raise DamagedCheckpointError(
+        self.directory, epoch, checkpoint_files.damage_kind(error, cause), cause
+      ) from error
 
   def _verify(self, epoch: int) -> None:
     """Every file of the checkpoint against its manifest, before any value is read."""
     directory = self._epoch_dir(epoch)
     if digests.has_manifest(directory):
       try:
-        digests.verify_manifest(directory, read_manifest)
+        digests.verify_manifest(directory, checkpoint_files.read_manifest)
       except digests.Mismatch as error:
-        raise DamagedCheckpointError(self.directory, epoch, error.kind,
-                                     f"{error.path}: {error.cause}") from error
+        raise DamagedCheckpointError(
+          self.directory, epoch, error.kind, f"{error.path}: {error.cause}"
+        ) from error
       return
     since = self.digested_since()
     if since is not None and epoch >= since:
       raise DamagedCheckpointError(
-          self.directory, epoch, "undigested", f"it has no {digests.MANIFEST}: its save was "
-          "cut off before the manifest was written, so its bytes cannot be checked")
+        self.directory,
+        epoch,
+        "undigested",
+        f"it has no {digests.MANIFEST}: its save was "
+        "cut off before the manifest was written, so its bytes cannot be checked",
+      )
     if not self._told_undigested:
-      logging.warning("checkpoints in %s before epoch %s were written before checkpoint digests "
-                   "existed: restored without checking their bytes.", self.directory,
-                   since if since is not None else "(all)")
+      logging.warning(
+        "checkpoints in %s before epoch %s were written before checkpoint digests "
+        "existed: restored without checking their bytes.",
+        self.directory,
+        since if since is not None else "(all)",
+      )
       self._told_undigested = True
 
   def _restore(self, epoch: int, state_template, steps_per_epoch: int | None):
     meta = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     meta = meta["meta"]
-    _check_meta(meta, epoch)
+    checkpoint_files.check_meta(meta, epoch)
     stored = self.manager.item_metadata(epoch)
-    _check_arrays("its state", stored["state"], state_template)
+    checkpoint_files.check_arrays("its state", stored["state"], state_template)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
     items = {"state": ocp.args.StandardRestore(abstract)}
     if meta.get("bank_size", 0):
@@ -377,16 +283,16 @@ class RunCheckpoints:
     bank = None
     if "bank" in items:
       bank = {k: np.asarray(v) for k, v in restored["bank"].items()}
-      _check_bank(bank, meta)
+      checkpoint_files.check_bank(bank, meta)
     # The loop counts steps on the host from the epoch; a mismatch would shift every key.
     step = int(restored["state"].step)
     if steps_per_epoch is not None and step != epoch * steps_per_epoch:
-      raise Mismatch("inconsistent", f"its state is at step {step}, not {epoch} x "
-                     f"{steps_per_epoch}")
+      raise checkpoint_files.Mismatch(
+        "inconsistent", f"its state is at step {step}, not {epoch} x {steps_per_epoch}"
+      )
     return restored["state"], meta, bank
 
-  def restore_newest(self, state_template, steps_per_epoch: int | None = None
-                     ) -> Restored | None:
+  def restore_newest(self, state_template, steps_per_epoch: int | None = None) -> Restored | None:
     """The newest checkpoint that restores (see the module docstring); None if there is none."""
     damaged = []
     for epoch in sorted(self.manager.all_steps(), reverse=True):
@@ -405,8 +311,9 @@ class RunCheckpoints:
     if damaged:
       causes = "; ".join(f"{e.epoch}: {e.cause}" for e in damaged)
       raise CheckpointRestoreError(
-          f"no checkpoint in {self.directory} can be restored ({causes}). Nothing was moved or "
-          "deleted; train again in a new --workdir (or restore the checkpoints from a backup)")
+        f"no checkpoint in {self.directory} can be restored ({causes}). Nothing was moved or "
+        "deleted; train again in a new --workdir (or restore the checkpoints from a backup)"
+      )
     return None
 
   def _set_aside(self, damaged: list[DamagedCheckpointError], restored: int) -> None:
@@ -416,11 +323,16 @@ class RunCheckpoints:
       return
     if jax.process_index() == 0:
       for error in damaged:
-        target = _unused(os.path.join(self.directory,
-                                      f"{DAMAGED_PREFIX}{error.epoch}-{error.kind}"))
+        target = _unused(
+          os.path.join(self.directory, f"{DAMAGED_PREFIX}{error.epoch}-{error.kind}")
+        )
         os.rename(os.path.join(self.directory, str(error.epoch)), target)
-        logging.warning("%s; kept aside as %s; %s.", error, target,
-                        f"resuming from checkpoint {restored}" if restored else "starting afresh")
+        logging.warning(
+          "%s; kept aside as %s; %s.",
+          error,
+          target,
+          f"resuming from checkpoint {restored}" if restored else "starting afresh",
+        )
     if jax.process_count() > 1:
       ocp.multihost.sync_global_processes("proxy_jax_damaged_checkpoints_set_aside")
     self.manager.reload()

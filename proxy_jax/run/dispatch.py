@@ -33,8 +33,9 @@ import numpy as np
 from proxy_jax.core import parallel
 
 
-def padded_chunks(count: int, size: int, power_of_two: bool = False
-                  ) -> Iterator[tuple[np.ndarray, int]]:
+def padded_chunks(
+  count: int, size: int, power_of_two: bool = False
+) -> Iterator[tuple[np.ndarray, int]]:
   """Positions 0..count-1 in chunks of one fixed shape: yields (rows, valid) per chunk.
 
   `rows` holds `size` positions; a ragged last chunk repeats its own positions, so it is padded
@@ -53,16 +54,17 @@ def padded_chunks(count: int, size: int, power_of_two: bool = False
 @dataclasses.dataclass(frozen=True)
 class Chunk:
   """One chunk of the host arrays, ready for the device."""
-  start: int         # Position of the first row (a seed for per-chunk noise keys).
-  rows: np.ndarray   # Positions of every row, padding included.
-  valid: int         # The first `valid` rows are real.
-  inputs: dict       # The arrays at `rows` (global device arrays when sharded), "mask" if asked.
+
+  start: int  # Position of the first row (a seed for per-chunk noise keys).
+  rows: np.ndarray  # Positions of every row, padding included.
+  valid: int  # The first `valid` rows are real.
+  inputs: dict  # The arrays at `rows` (global device arrays when sharded), "mask" if asked.
   sharded: bool
 
   def fetch(self, tree):
     """A result tree of this chunk as numpy arrays on every process, padding dropped."""
     host = parallel.to_host(tree) if self.sharded else jax.device_get(tree)
-    return jax.tree.map(lambda x: np.asarray(x)[:self.valid], host)
+    return jax.tree.map(lambda x: np.asarray(x)[: self.valid], host)
 
 
 def _count(arrays: Mapping[str, np.ndarray]) -> int:
@@ -72,8 +74,14 @@ def _count(arrays: Mapping[str, np.ndarray]) -> int:
   return next(iter(counts.values()))
 
 
-def chunks(arrays: Mapping[str, np.ndarray], size: int, *, sharding=None,
-           power_of_two: bool = False, mask: bool = False) -> Iterator[Chunk]:
+def chunks(
+  arrays: Mapping[str, np.ndarray],
+  size: int,
+  *,
+  sharding=None,
+  power_of_two: bool = False,
+  mask: bool = False,
+) -> Iterator[Chunk]:
   """The chunks of `arrays` (equal-length host arrays by name), `size` rows each.
 
   `mask` adds inputs["mask"], float32 1 for real rows and 0 for padding (for functions that
@@ -100,9 +108,15 @@ def keep_on_device(chunk: Chunk, outputs):  # pylint: disable=unused-argument
   return outputs
 
 
-def map_chunks(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], size: int, *,
-               collect: Callable[[Chunk, Any], Any] = _fetch, ahead: int = 1,
-               **chunk_options) -> list:
+def map_chunks(
+  fn: Callable[[Chunk], Any],
+  arrays: Mapping[str, np.ndarray],
+  size: int,
+  *,
+  collect: Callable[[Chunk, Any], Any] = _fetch,
+  ahead: int = 1,
+  **chunk_options,
+) -> list:
   """[collect(chunk, fn(chunk)) for every chunk]; by default the host results, trimmed.
 
   Chunk i + `ahead` is dispatched before chunk i is collected. `chunk_options` go to `chunks`.
@@ -116,8 +130,9 @@ def map_chunks(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], siz
   return results
 
 
-def apply_chunked(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], size: int,
-                  **options):
+def apply_chunked(
+  fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], size: int, **options
+):
   """fn's results over all rows of `arrays`, as numpy arrays concatenated in row order.
 
   `fn(chunk)` returns a tree of arrays with one leading row per input row. With no rows the
@@ -132,13 +147,14 @@ def apply_chunked(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], 
 @dataclasses.dataclass(frozen=True)
 class Drained:
   """Rows of one result leaf read back while the pass ran: `values[i]` is input `positions[i]`."""
+
   positions: np.ndarray  # Ascending input positions (a drain may keep only some rows).
   values: np.ndarray
 
 
 def drain_rows(chunk: Chunk, outputs):
   """The default drain: every real row of every result leaf, read back to the host."""
-  positions = chunk.rows[:chunk.valid]
+  positions = chunk.rows[: chunk.valid]
   # Copies: on XLA:CPU a read back can be a view that keeps the device array alive.
   return jax.tree.map(lambda x: Drained(positions, np.array(x)), chunk.fetch(outputs))
 
@@ -146,11 +162,12 @@ def drain_rows(chunk: Chunk, outputs):
 @dataclasses.dataclass(frozen=True)
 class OnDevice:
   """A pass's results (`dispatch`): chunks still on the device, plus those drained to the host."""
-  parts: list        # fn's result tree of each held chunk (zero-row numpy arrays for no rows).
-  rows: np.ndarray   # For each input row, its row in the concatenated parts (-1: drained).
+
+  parts: list  # fn's result tree of each held chunk (zero-row numpy arrays for no rows).
+  rows: np.ndarray  # For each input row, its row in the concatenated parts (-1: drained).
   sharded: bool
-  drained: Any = None      # A result tree of `Drained` leaves, None when nothing was drained.
-  peak_bytes: int = 0      # The most result bytes held at once (the chunk just dispatched too).
+  drained: Any = None  # A result tree of `Drained` leaves, None when nothing was drained.
+  peak_bytes: int = 0  # The most result bytes held at once (the chunk just dispatched too).
   drained_chunks: int = 0
 
   def select(self, pick: Callable[[Any], Any]) -> "OnDevice":
@@ -166,22 +183,22 @@ class OnDevice:
     up to a power of two: a pass compiles it for a few lengths, whatever the number asked for.
     Drained rows come from the host copies; a row its drain did not keep raises a KeyError.
     """
-    positions = (np.arange(len(self.rows)) if positions is None
-                 else np.asarray(positions, np.int64))
+    positions = np.arange(len(self.rows)) if positions is None else np.asarray(positions, np.int64)
     rows = self.rows[positions]
     held = rows >= 0
     from_device = self._gather(rows[held])
     if held.all():
       return from_device
-    return jax.tree.map(lambda got, kept: _combine(positions, held, got, kept),
-                        from_device, self.drained)
+    return jax.tree.map(
+      lambda got, kept: _combine(positions, held, got, kept), from_device, self.drained
+    )
 
   def _gather(self, rows):
     if not len(rows):
       return jax.tree.map(lambda x: np.zeros((0, *x.shape[1:]), x.dtype), self.parts[0])
     taken = _take(self.parts, np.resize(rows, 1 << (len(rows) - 1).bit_length()))
     host = parallel.to_host(taken) if self.sharded else jax.device_get(taken)
-    return jax.tree.map(lambda x: np.asarray(x)[:len(rows)], host)
+    return jax.tree.map(lambda x: np.asarray(x)[: len(rows)], host)
 
 
 def _combine(positions, held, from_device, kept: Drained) -> np.ndarray:
@@ -207,9 +224,15 @@ def _nbytes(tree) -> int:
   return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(tree))
 
 
-def dispatch(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], size: int, *,
-             buffer_bytes: int | None = None, drain: Callable[[Chunk, Any], Any] = drain_rows,
-             **chunk_options) -> OnDevice:
+def dispatch(
+  fn: Callable[[Chunk], Any],
+  arrays: Mapping[str, np.ndarray],
+  size: int,
+  *,
+  buffer_bytes: int | None = None,
+  drain: Callable[[Chunk, Any], Any] = drain_rows,
+  **chunk_options,
+) -> OnDevice:
   """fn(chunk) for every chunk, the results left on the device: a pass that need not wait.
 
   The host only prepares and enqueues chunks (JAX dispatches asynchronously), so the device
@@ -237,13 +260,14 @@ def dispatch(fn: Callable[[Chunk], Any], arrays: Mapping[str, np.ndarray], size:
   parts, rows, offset = [], np.full(_count(arrays), -1, np.int64), 0
   for chunk, out, _ in held:
     parts.append(out)
-    rows[chunk.rows[:chunk.valid]] = offset + np.arange(chunk.valid)
+    rows[chunk.rows[: chunk.valid]] = offset + np.arange(chunk.valid)
     offset += len(chunk.rows)
   if not parts:
     parts = [_empty_result(fn, arrays, chunk_options.get("mask", False))]
   merged = jax.tree.map(_merge_drained, *drained) if drained else None
-  return OnDevice(parts, rows, chunk_options.get("sharding") is not None, merged, peak,
-                  len(drained))
+  return OnDevice(
+    parts, rows, chunk_options.get("sharding") is not None, merged, peak, len(drained)
+  )
 
 
 def _make_room(held: collections.deque, limit: int, drain, drained: list) -> None:
@@ -256,13 +280,15 @@ def _make_room(held: collections.deque, limit: int, drain, drained: list) -> Non
 
 
 def _merge_drained(*parts: Drained) -> Drained:
-  return Drained(np.concatenate([p.positions for p in parts]),
-                 np.concatenate([p.values for p in parts]))
+  return Drained(
+    np.concatenate([p.positions for p in parts]), np.concatenate([p.values for p in parts])
+  )
 
 
 def _empty_result(fn, arrays, mask: bool):
-  specs = {name: jax.ShapeDtypeStruct((1, *array.shape[1:]), array.dtype)
-           for name, array in arrays.items()}
+  specs = {
+    name: jax.ShapeDtypeStruct((1, *array.shape[1:]), array.dtype) for name, array in arrays.items()
+  }
   if mask:
     specs["mask"] = jax.ShapeDtypeStruct((1,), np.float32)
   probe = Chunk(0, np.zeros(1, np.int64), 0, {}, False)

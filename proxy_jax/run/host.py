@@ -21,6 +21,7 @@ def use_compilation_cache(folder: str) -> None:
   JAX_COMPILATION_CACHE_DIR (the user's, or a study's for its trials) is left in charge.
   """
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return
   folder = os.path.expanduser(folder)

@@ -22,14 +22,21 @@ OPTIMIZERS = ("adamw", "sgd")
 # `config.optimizer.decay_norm_and_bias`: "auto" (False for SGD, True for AdamW) or a bool.
 DECAY_NORM_AND_BIAS_CHOICES = ("auto", "true", "false")
 
+
 class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
 def create_model(config, num_classes: int):
   overrides = {"width": config.model.width} if config.model.get("width") else {}
-  return models.create(config.model.name, num_classes, config.image_size, config.dtype,
-                       small_stem=config.model.small_stem, **overrides)
+  return models.create(
+    config.model.name,
+    num_classes,
+    config.image_size,
+    config.dtype,
+    small_stem=config.model.small_stem,
+    **overrides,
+  )
 
 
 def learning_rate_schedule(config, steps_per_epoch: int):
@@ -75,8 +82,9 @@ def base_optimizer(opt, schedule):
   mask = None if decays_norm_and_bias(opt) else weight_decay_mask
   if opt.get("name", "adamw") == "sgd":
     return optax.chain(
-        optax.add_decayed_weights(opt.weight_decay, mask),
-        optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+      optax.add_decayed_weights(opt.weight_decay, mask),
+      optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov),
+    )
   return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=mask)
 
 
@@ -85,14 +93,17 @@ def create_optimizer(config, params, lr_fn):
   if opt.backbone_lr_multiplier == 1.0:
     return base_optimizer(opt, lr_fn)
   from proxy_jax.weights import pretrained  # pylint: disable=g-import-not-at-top
+
   is_head = pretrained.head_mask(params, config.model.name)
   labels = jax.tree.map(lambda head: "head" if head else "backbone", is_head)
   multiplier = opt.backbone_lr_multiplier
   # multi_transform hands each optimiser only its own leaves (the others are masked out).
-  backbone = (optax.set_to_zero() if multiplier == 0
-              else base_optimizer(opt, lambda step: multiplier * lr_fn(step)))
-  return optax.multi_transform({"head": base_optimizer(opt, lr_fn),
-                                "backbone": backbone}, labels)
+  backbone = (
+    optax.set_to_zero()
+    if multiplier == 0
+    else base_optimizer(opt, lambda step: multiplier * lr_fn(step))
+  )
+  return optax.multi_transform({"head": base_optimizer(opt, lr_fn), "backbone": backbone}, labels)
 
 
 def init_variables(config, model, key, pretrained: str | None = None):
@@ -103,15 +114,20 @@ def init_variables(config, model, key, pretrained: str | None = None):
   source = config.model.pretrained if pretrained is None else pretrained
   if source:
     from proxy_jax.weights import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+
     variables = pretrained_lib.load_pretrained(source, config.model.name, variables)
   return variables
 
 
-def create_train_state(config, model, key, steps_per_epoch: int,
-                       lr_fn: Callable | None = None) -> TrainState:
+def create_train_state(
+  config, model, key, steps_per_epoch: int, lr_fn: Callable | None = None
+) -> TrainState:
   """A fresh state; pass the run's `lr_fn` so the schedule is built once per run."""
   variables = init_variables(config, model, key)
   lr_fn = lr_fn or learning_rate_schedule(config, steps_per_epoch)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           tx=create_optimizer(config, variables["params"], lr_fn),
-                           batch_stats=variables.get("batch_stats", {}))
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    tx=create_optimizer(config, variables["params"], lr_fn),
+    batch_stats=variables.get("batch_stats", {}),
+  )

@@ -48,8 +48,10 @@ def parse_schedule(schedule: str, num_epochs: int, enabled: bool = True) -> Sche
     return Schedule(num_epochs, ())
   tokens = [t.strip().lower() for t in str(schedule).split(",")]
   if not schedule or not str(schedule).strip() or any(not t for t in tokens):
-    raise ValueError(f"config.proxy.schedule={schedule!r} is malformed: expected epochs and "
-                     "'p' separated by commas, e.g. '5,p,9,p,4'")
+    raise ValueError(
+      f"config.proxy.schedule={schedule!r} is malformed: expected epochs and "
+      "'p' separated by commas, e.g. '5,p,9,p,4'"
+    )
   done, proxy_epochs = 0, []
   for token in tokens:
     if token == "p":
@@ -57,17 +59,25 @@ def parse_schedule(schedule: str, num_epochs: int, enabled: bool = True) -> Sche
     elif token.isdigit() and int(token) > 0:
       done += int(token)
     else:
-      raise ValueError(f"config.proxy.schedule={schedule!r} is malformed: {token!r} is "
-                       "neither a positive number of epochs nor 'p'")
+      raise ValueError(
+        f"config.proxy.schedule={schedule!r} is malformed: {token!r} is "
+        "neither a positive number of epochs nor 'p'"
+      )
   if not proxy_epochs:
-    raise ValueError(f"config.proxy.schedule={schedule!r} has no proxy step 'p'; set "
-                     "config.proxy.enabled=False for a baseline")
+    raise ValueError(
+      f"config.proxy.schedule={schedule!r} has no proxy step 'p'; set "
+      "config.proxy.enabled=False for a baseline"
+    )
   if proxy_epochs[-1] == done:
-    raise ValueError(f"config.proxy.schedule={schedule!r} ends with a proxy step, which no "
-                     "training epoch would use")
+    raise ValueError(
+      f"config.proxy.schedule={schedule!r} ends with a proxy step, which no "
+      "training epoch would use"
+    )
   if done != num_epochs:
-    raise ValueError(f"config.proxy.schedule={schedule!r} trains {done} epochs but "
-                     f"config.num_epochs={num_epochs}; make them agree")
+    raise ValueError(
+      f"config.proxy.schedule={schedule!r} trains {done} epochs but "
+      f"config.num_epochs={num_epochs}; make them agree"
+    )
   return Schedule(done, tuple(proxy_epochs))
 
 
@@ -158,8 +168,9 @@ def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bo
   ranked = []
   for position, cls in enumerate(classes[class_order]):
     members = np.flatnonzero(wrong_labels == cls)
-    members = members[np.asarray(jax.random.permutation(
-        jax.random.fold_in(member_key, int(cls)), len(members)))]
+    members = members[
+      np.asarray(jax.random.permutation(jax.random.fold_in(member_key, int(cls)), len(members)))
+    ]
     ranked += [(rank, position, index) for rank, index in enumerate(members)]
   ranked.sort()
   return np.sort(wrong_ids[[index for _, _, index in ranked[:count]]])
@@ -199,20 +210,25 @@ def buffer_bytes(config) -> int:
   return int(config.proxy.get("device_buffer_mb", 1024.0) * 1e6)  # Older run configs lack it.
 
 
-def dispatch_predictions(state, split, batch_size: int, predict_fn, batch_sharding,
-                         buffer: int | None = None) -> dispatch.OnDevice:
+def dispatch_predictions(
+  state, split, batch_size: int, predict_fn, batch_sharding, buffer: int | None = None
+) -> dispatch.OnDevice:
   """Eval-mode, unaugmented predictions of every example of `split`, left on the device."""
   variables = models.variables_of(state)
   return dispatch.dispatch(
-      lambda chunk: jnp.argmax(predict_fn(state.apply_fn, variables, chunk.inputs["image"]), -1),
-      {"image": split.images}, batch_size, sharding=batch_sharding, buffer_bytes=buffer)
+    lambda chunk: jnp.argmax(predict_fn(state.apply_fn, variables, chunk.inputs["image"]), -1),
+    {"image": split.images},
+    batch_size,
+    sharding=batch_sharding,
+    buffer_bytes=buffer,
+  )
 
 
-def predict_labels(state, split, batch_size: int, predict_fn, batch_sharding,
-                   buffer: int | None = None) -> np.ndarray:
+def predict_labels(
+  state, split, batch_size: int, predict_fn, batch_sharding, buffer: int | None = None
+) -> np.ndarray:
   """Eval-mode, unaugmented predictions for every example of `split`, in split order."""
-  return dispatch_predictions(state, split, batch_size, predict_fn, batch_sharding,
-                              buffer).fetch()
+  return dispatch_predictions(state, split, batch_size, predict_fn, batch_sharding, buffer).fetch()
 
 
 def dispatch_scan(state, split, config, batch_sharding) -> dispatch.OnDevice:
@@ -225,8 +241,9 @@ def dispatch_scan(state, split, config, batch_sharding) -> dispatch.OnDevice:
   and the proxies and maps of their wrong rows only (no other row can be chosen).
   """
   settings = config.proxy
-  scan = proxy.fused_scan_fn(state.apply_fn, settings.cam_method, settings.mode,
-                             _cam_options(config))
+  scan = proxy.fused_scan_fn(
+    state.apply_fn, settings.cam_method, settings.mode, _cam_options(config)
+  )
   variables = models.variables_of(state)
   threshold, weight = jnp.float32(settings.threshold), jnp.float32(settings.weight)
   arrays = {"image": split.images}
@@ -236,43 +253,55 @@ def dispatch_scan(state, split, config, batch_sharding) -> dispatch.OnDevice:
   def apply(chunk):
     return scan(variables, chunk.inputs["image"], chunk.inputs.get("label"), threshold, weight)
 
-  return dispatch.dispatch(apply, arrays, config.eval_batch_size, sharding=batch_sharding,
-                          buffer_bytes=buffer_bytes(config), drain=_drain_wrong(split.labels))
+  return dispatch.dispatch(
+    apply,
+    arrays,
+    config.eval_batch_size,
+    sharding=batch_sharding,
+    buffer_bytes=buffer_bytes(config),
+    drain=_drain_wrong(split.labels),
+  )
 
 
 def _drain_wrong(labels):
   """A fused scan's drain: a chunk's predictions, and proxies and maps of its wrong rows."""
 
   def drain(chunk, outputs):
-    positions = chunk.rows[:chunk.valid]
+    positions = chunk.rows[: chunk.valid]
     predicted = np.array(chunk.fetch(outputs[0]))  # A copy, not a view of the device array.
     wrong = predicted != labels[positions]
     if wrong.any():  # All rows cross (one transfer, no gather queued behind later chunks).
       out, cam = (x[wrong] for x in chunk.fetch(outputs[1:]))
     else:
       out, cam = (np.zeros((0, *x.shape[1:]), x.dtype) for x in outputs[1:])
-    return (dispatch.Drained(positions, predicted), dispatch.Drained(positions[wrong], out),
-            dispatch.Drained(positions[wrong], cam))
+    return (
+      dispatch.Drained(positions, predicted),
+      dispatch.Drained(positions[wrong], out),
+      dispatch.Drained(positions[wrong], cam),
+    )
 
   return drain
 
 
 def _cam_options(config) -> tuple:
-  return (("chunk_size", int(config.cams.chunk_size)),
-          ("smooth_sigma", float(config.cams.smooth_sigma)),
-          ("gradcampp_eps", float(config.cams.get("gradcampp_eps", 0.0))))
+  return (
+    ("chunk_size", int(config.cams.chunk_size)),
+    ("smooth_sigma", float(config.cams.smooth_sigma)),
+    ("gradcampp_eps", float(config.cams.get("gradcampp_eps", 0.0))),
+  )
 
 
 @dataclasses.dataclass
 class ProxyStepResult:
   """What one proxy step computed; the caller stores the proxies and logs the rest."""
-  ids: np.ndarray        # Ids (training-split positions) of the chosen examples, sorted.
+
+  ids: np.ndarray  # Ids (training-split positions) of the chosen examples, sorted.
   originals: np.ndarray  # uint8 centre crops the CAMs were taken on (current proxies if reused).
-  proxies: np.ndarray    # uint8 proxies at the stored side, what the bank keeps, one per id.
-  maps: np.ndarray       # float32 CAMs in [0, 1] of the centre crops, one per id.
-  wrong: int             # Wrongly classified training examples.
+  proxies: np.ndarray  # uint8 proxies at the stored side, what the bank keeps, one per id.
+  maps: np.ndarray  # float32 CAMs in [0, 1] of the centre crops, one per id.
+  wrong: int  # Wrongly classified training examples.
   seconds: float
-  changes: dict          # How much the transform changed the chosen crops (change_figures).
+  changes: dict  # How much the transform changed the chosen crops (change_figures).
 
 
 def change_figures(originals, proxies) -> dict:
@@ -291,13 +320,16 @@ def change_figures(originals, proxies) -> dict:
     return {"changed_pixel_share": None, "changed_mean_abs": None, "mean_abs_change": None}
   difference = np.abs(originals.astype(np.int16) - proxies.astype(np.int16))
   changed = difference.max(axis=-1) > 0
-  return {"changed_pixel_share": float(changed.mean()),
-          "changed_mean_abs": float(difference[changed].mean()) if changed.any() else None,
-          "mean_abs_change": float(difference.mean())}
+  return {
+    "changed_pixel_share": float(changed.mean()),
+    "changed_mean_abs": float(difference[changed].mean()) if changed.any() else None,
+    "mean_abs_change": float(difference.mean()),
+  }
 
 
-def run_proxy_step(state, split, bank, config, key, *, predict_fn,
-                   batch_sharding=None) -> ProxyStepResult:
+def run_proxy_step(
+  state, split, bank, config, key, *, predict_fn, batch_sharding=None
+) -> ProxyStepResult:
   """One proxy step over the training split; reads `bank` (for reuse_proxies), never changes it.
 
   With reuse_proxies the CAM of a banked example is taken on its current proxy, so the caller
@@ -313,22 +345,38 @@ def run_proxy_step(state, split, bank, config, key, *, predict_fn,
     predictions = scan.select(lambda out: out[0]).fetch()
     candidates = scan.select(lambda out: out[1:])  # (proxies, maps), still on the device.
   else:
-    predictions = predict_labels(state, view, config.eval_batch_size, predict_fn,
-                                 batch_sharding, buffer_bytes(config))
+    predictions = predict_labels(
+      state, view, config.eval_batch_size, predict_fn, batch_sharding, buffer_bytes(config)
+    )
     candidates = None
   wrong = np.flatnonzero(predictions != split.labels)
-  chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key,
-                        settings.class_balanced)
-  originals, proxy_images, maps = _proxies_of(state, split, bank, chosen, predictions,
-                                              candidates, config, jax.random.fold_in(key, 1),
-                                              batch_sharding)
+  chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key, settings.class_balanced)
+  originals, proxy_images, maps = _proxies_of(
+    state,
+    split,
+    bank,
+    chosen,
+    predictions,
+    candidates,
+    config,
+    jax.random.fold_in(key, 1),
+    batch_sharding,
+  )
   changes = change_figures(originals, preprocess.center_crop(proxy_images, originals.shape[1]))
-  return ProxyStepResult(chosen.astype(np.int32), originals, proxy_images, maps,
-                         int(len(wrong)), time.time() - started, changes)
+  return ProxyStepResult(
+    chosen.astype(np.int32),
+    originals,
+    proxy_images,
+    maps,
+    int(len(wrong)),
+    time.time() - started,
+    changes,
+  )
 
 
-def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noise_key,
-                batch_sharding):
+def _proxies_of(
+  state, split, bank, chosen, predictions, candidates, config, noise_key, batch_sharding
+):
   """(source crops, uint8 stored-side proxies, float maps) of the chosen positions, in order.
 
   Read back from the fused scan's `candidates` (on the device) where it has them; computed here
@@ -349,11 +397,11 @@ def _proxies_of(state, split, bank, chosen, predictions, candidates, config, noi
     proxy_images[~recompute], maps[~recompute] = candidates.fetch(chosen[~recompute])
   if recompute.any():
     targets = predictions if settings.cam_target == "predicted" else split.labels
-    out, cam = _chunked_proxies(state, sources[recompute], targets[chosen[recompute]], config,
-                                noise_key, batch_sharding)
+    out, cam = _chunked_proxies(
+      state, sources[recompute], targets[chosen[recompute]], config, noise_key, batch_sharding
+    )
     proxy_images[recompute], maps[recompute] = out, cam
-  return (sources, preprocess.paste_center(stored, proxy_images),
-          maps.astype(np.float32) / 255.0)
+  return (sources, preprocess.paste_center(stored, proxy_images), maps.astype(np.float32) / 255.0)
 
 
 def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
@@ -365,14 +413,29 @@ def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
   `proxy.device_buffer_mb` (the oldest are drained to the host meanwhile).
   """
   settings = config.proxy
-  proxy_fn = proxy.make_proxy_fn(state.apply_fn, settings.cam_method, settings.threshold,
-                           settings.weight, settings.mode, dict(_cam_options(config)))
+  proxy_fn = proxy.make_proxy_fn(
+    state.apply_fn,
+    settings.cam_method,
+    settings.threshold,
+    settings.weight,
+    settings.mode,
+    dict(_cam_options(config)),
+  )
   variables = models.variables_of(state)
 
   def apply(chunk):
-    return proxy_fn(variables, chunk.inputs["image"], chunk.inputs["target"],
-                    jax.random.fold_in(noise_key, chunk.start))
+    return proxy_fn(
+      variables,
+      chunk.inputs["image"],
+      chunk.inputs["target"],
+      jax.random.fold_in(noise_key, chunk.start),
+    )
 
-  return dispatch.dispatch(apply, {"image": images, "target": targets.astype(np.int32)},
-                          int(config.cams.chunk_size), sharding=batch_sharding,
-                          power_of_two=True, buffer_bytes=buffer_bytes(config)).fetch()
+  return dispatch.dispatch(
+    apply,
+    {"image": images, "target": targets.astype(np.int32)},
+    int(config.cams.chunk_size),
+    sharding=batch_sharding,
+    power_of_two=True,
+    buffer_bytes=buffer_bytes(config),
+  ).fetch()

@@ -11,6 +11,7 @@ to do.
 """
 
 import dataclasses
+import hashlib
 import os
 
 from proxy_jax.core import errors, io_utils
@@ -18,8 +19,10 @@ from proxy_jax.core.io_utils import atomic_write_json
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"  # The resolved config, written by config_lib when a run starts.
-CONFIG_FIX = ("it records the config this workdir's run was started with: restore it from a "
-              "backup of the workdir, or train in a new --workdir")
+CONFIG_FIX = (
+  "it records the config this workdir's run was started with: restore it from a "
+  "backup of the workdir, or train in a new --workdir"
+)
 
 
 def _from_dict(cls, raw: dict | None):
@@ -52,6 +55,7 @@ class _FlatRecord:
 @dataclasses.dataclass
 class EpochRecord(_FlatRecord):
   """One row of the history: train and validation metrics after an epoch, and its speed."""
+
   # Every field has a default so that rows of older or hand-made files still read.
   epoch: int = 0
   train_loss: float | None = None
@@ -70,6 +74,7 @@ class ProxyStepRecord(_FlatRecord):
   """One proxy step: how many training examples were wrong, how many became proxies, and how
   much the transform changed the chosen images (the manipulation check, `proxy.change_figures`;
   None in records of runs from before it was measured, and then left out of the JSON)."""
+
   index: int = 0
   epoch: int = 0  # Completed epochs when it ran.
   wrong: int = 0
@@ -101,6 +106,7 @@ class Best(_FlatRecord):
 @dataclasses.dataclass
 class RunProgress:
   """The loop's bookkeeping, checkpointed with the state: a resumed run continues from it."""
+
   epoch: int = 0  # Completed epochs.
   proxy_steps_done: int = 0
   history: list[EpochRecord] = dataclasses.field(default_factory=list)
@@ -146,8 +152,11 @@ class RunProgress:
 
   def to_json(self) -> dict:
     out = _to_dict(self)
-    out.update(history=[r.to_json() for r in self.history],
-               proxy_steps=[r.to_json() for r in self.proxy_steps], best=self.best.to_json())
+    out.update(
+      history=[r.to_json() for r in self.history],
+      proxy_steps=[r.to_json() for r in self.proxy_steps],
+      best=self.best.to_json(),
+    )
     if not self.compute_slices:  # Newer than most checkpoints: a read-back meta is unchanged.
       del out["compute_slices"]
     return out
@@ -156,6 +165,7 @@ class RunProgress:
 @dataclasses.dataclass
 class Summary:
   """`summary.json`: the config, final/best/test metrics, the history and the proxy steps."""
+
   config: dict
   final: EpochRecord | None
   best: Best
@@ -167,7 +177,7 @@ class Summary:
   bank_size: int = 0
   skipped_files: list = dataclasses.field(default_factory=list)
   num_examples: dict = dataclasses.field(default_factory=dict)
-  # Checksum of the initial weights (train.tree_checksum): a study checks its arms share them.
+  # Checksum of the initial weights (tree_checksum): a study checks its arms share them.
   init_checksum: str | None = None
   # {"loss", "accuracy", "top5"} of the final model on the training split in eval mode (no
   # augmentation): how far it fits its training data. Absent from files of runs without it.
@@ -182,9 +192,16 @@ class Summary:
   @classmethod
   def from_json(cls, raw: dict) -> "Summary":
     raw = dict(raw)
-    for field, default in (("config", {}), ("final", None), ("best", None), ("test", None),
-                           ("num_epochs", None), ("wall_time_s", None), ("history", []),
-                           ("proxy_steps", [])):
+    for field, default in (
+      ("config", {}),
+      ("final", None),
+      ("best", None),
+      ("test", None),
+      ("num_epochs", None),
+      ("wall_time_s", None),
+      ("history", []),
+      ("proxy_steps", []),
+    ):
       raw.setdefault(field, default)
     summary = _from_dict(cls, raw)
     summary.final = EpochRecord.from_json(summary.final) if summary.final else None
@@ -195,9 +212,12 @@ class Summary:
 
   def to_json(self) -> dict:
     out = _to_dict(self)
-    out.update(final=self.final.to_json() if self.final else None, best=self.best.to_json(),
-               history=[r.to_json() for r in self.history],
-               proxy_steps=[r.to_json() for r in self.proxy_steps])
+    out.update(
+      final=self.final.to_json() if self.final else None,
+      best=self.best.to_json(),
+      history=[r.to_json() for r in self.history],
+      proxy_steps=[r.to_json() for r in self.proxy_steps],
+    )
     for field in ("train_split", "compute"):
       if out[field] is None:
         # Optional and newer than most files: omitted rather than written as null, so a file
@@ -212,9 +232,12 @@ def compute_label(compute: dict | None) -> str:
     return "unrecorded"
   if "sessions" in compute:
     return "resumed on another slice: " + " then ".join(
-        compute_label(c) for c in compute["sessions"])
-  label = (f"{compute.get('platform')} ({compute.get('device_kind')}) x{compute.get('devices')}"
-           f", {compute.get('processes')} process(es)")
+      compute_label(c) for c in compute["sessions"]
+    )
+  label = (
+    f"{compute.get('platform')} ({compute.get('device_kind')}) x{compute.get('devices')}"
+    f", {compute.get('processes')} process(es)"
+  )
   if compute.get("cpu_threads") is not None:
     label += f", {compute['cpu_threads']} CPU thread(s)"
   return label
@@ -224,8 +247,10 @@ def summary_path(workdir: str) -> str:
   return os.path.join(workdir, SUMMARY_FILE)
 
 
-SUMMARY_FIX = ("run main.py again with the same config and --workdir: it rebuilds summary.json "
-               "from the run's last checkpoint")
+SUMMARY_FIX = (
+  "run main.py again with the same config and --workdir: it rebuilds summary.json "
+  "from the run's last checkpoint"
+)
 
 
 def read_summary(workdir_or_path: str) -> Summary | None:
@@ -241,8 +266,9 @@ def read_summary(workdir_or_path: str) -> Summary | None:
   raw = io_utils.read_json(path, dict, SUMMARY_FIX)
   try:
     summary = Summary.from_json(raw)
-    if not isinstance(summary.config, dict) or (summary.test is not None
-                                                and not isinstance(summary.test, dict)):
+    if not isinstance(summary.config, dict) or (
+      summary.test is not None and not isinstance(summary.test, dict)
+    ):
       raise TypeError("config or test is not a JSON object")
   except (TypeError, ValueError, AttributeError) as error:
     raise errors.DamagedFileError(path, f"not a run summary: {error}", SUMMARY_FIX) from error
@@ -256,3 +282,20 @@ def read_recorded_config(workdir: str) -> dict:
 
 def write_summary(workdir: str, summary: Summary) -> None:
   atomic_write_json(summary_path(workdir), summary.to_json())
+
+
+def tree_checksum(tree) -> str:
+  """sha256 (16 hex digits) of every leaf's path, dtype, shape and bytes: equal iff identical.
+
+  Recorded for the initial weights in summary.json, so a study can check that its arms started
+  from the same initialisation instead of assuming it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (the rest of this module needs no JAX)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    array = np.ascontiguousarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()[:16]

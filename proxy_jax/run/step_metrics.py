@@ -29,6 +29,7 @@ class TopFiveAccuracy(metrics.Average):
 class FirstNonFiniteStep(metrics.Metric):
   """The earliest step (count after it) whose loss or updated parameters were not finite;
   NO_STEP if none. Merging takes the minimum, so one fetch per epoch finds it."""
+
   step: jnp.ndarray
 
   @classmethod

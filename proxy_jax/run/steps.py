@@ -42,8 +42,38 @@ def num_classes_of(state, images):
   return jax.eval_shape(state.apply_fn, models.variables_of(state), images[:1]).shape[-1]
 
 
-def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothing: float,
-               frozen_apply_fn=None, image_size: int | None = None):
+def _loss_fn(params, state, inputs, targets, mask, dropout_key, jsd_weight, label_smoothing):
+  """The training loss of `params` on augmented `inputs`; (loss, (logits, per-example loss,
+  batch-stat updates)). With AugMix's JSD loss, `inputs` stacks the clean batch and two views:
+  one forward pass."""
+  logits, updates = state.apply_fn(
+    models.variables_of(state, params),
+    inputs,
+    train=True,
+    mutable=["batch_stats"],
+    rngs={"dropout": dropout_key},
+  )
+  if jsd_weight:
+    logits, logits_aug1, logits_aug2 = jnp.split(logits, 3)
+  per_example = cross_entropy(logits, targets, label_smoothing)
+  loss = masked_mean(per_example, mask)
+  if jsd_weight:
+    consistency = augment.jensen_shannon_per_example(logits, logits_aug1, logits_aug2)
+    loss += jsd_weight * masked_mean(consistency, mask)
+  return loss, (logits, per_example, updates)
+
+
+def train_step(
+  state,
+  batch,
+  key,
+  frozen=None,
+  *,
+  augment_config,
+  label_smoothing: float,
+  frozen_apply_fn=None,
+  image_size: int | None = None,
+):
   """One optimiser step on an augmented batch (proxy_jax.augment: crop of the stored images to
   `image_size` (None: their own side), flip/rotation, policy, erasing, mixing, normalisation).
   `key` is the run's step key: the step number is folded in here, on the device, so the host
@@ -57,34 +87,38 @@ def train_step(state, batch, key, frozen=None, *, augment_config, label_smoothin
   augment_key, dropout_key = jax.random.split(key)
   size = image_size or batch["image"].shape[1]
   augment_fn = augment.make_augment_fn(
-      augment_config, num_classes_of(state, batch["image"][:, :size, :size]), size)
-  inputs, targets = augment_fn(batch["image"], batch["label"], augment_key,
-                               is_proxy=batch.get("is_proxy"),
-                               models=augment.models_of(state, frozen_apply_fn, frozen))
-  jsd_weight = augment.jsd_weight(augment_config)
-
-  def loss_fn(params):
-    # With AugMix's JSD loss, `inputs` stacks the clean batch and two views: one forward pass.
-    logits, updates = state.apply_fn(
-        models.variables_of(state, params), inputs, train=True,
-        mutable=["batch_stats"], rngs={"dropout": dropout_key})
-    if jsd_weight:
-      logits, logits_aug1, logits_aug2 = jnp.split(logits, 3)
-    per_example = cross_entropy(logits, targets, label_smoothing)
-    loss = masked_mean(per_example, batch["mask"])
-    if jsd_weight:
-      consistency = augment.jensen_shannon_per_example(logits, logits_aug1, logits_aug2)
-      loss += jsd_weight * masked_mean(consistency, batch["mask"])
-    return loss, (logits, per_example, updates)
-
-  (loss, (logits, per_example, updates)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads,
-                                batch_stats=updates.get("batch_stats", state.batch_stats))
+    augment_config, num_classes_of(state, batch["image"][:, :size, :size]), size
+  )
+  inputs, targets = augment_fn(
+    batch["image"],
+    batch["label"],
+    augment_key,
+    is_proxy=batch.get("is_proxy"),
+    models=augment.models_of(state, frozen_apply_fn, frozen),
+  )
+  grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
+  (loss, (logits, per_example, updates)), grads = grad_fn(
+    state.params,
+    state,
+    inputs,
+    targets,
+    batch["mask"],
+    dropout_key,
+    augment.jsd_weight(augment_config),
+    label_smoothing,
+  )
+  state = state.apply_gradients(
+    grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
+  )
   finite = jnp.isfinite(loss) & all_finite(state.params)
   return state, TrainMetrics.single_from_model_output(
-      logits=logits.astype(jnp.float32), labels=jnp.argmax(targets, axis=-1),
-      mask=batch["mask"], loss=per_example, step=state.step, finite=finite)
+    logits=logits.astype(jnp.float32),
+    labels=jnp.argmax(targets, axis=-1),
+    mask=batch["mask"],
+    loss=per_example,
+    step=state.step,
+    finite=finite,
+  )
 
 
 def eval_step(state, batch):
@@ -93,8 +127,8 @@ def eval_step(state, batch):
   logits = logits.astype(jnp.float32)
   targets = jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=jnp.float32)
   return EvalMetrics.single_from_model_output(
-      logits=logits, labels=batch["label"], mask=batch["mask"],
-      loss=cross_entropy(logits, targets))
+    logits=logits, labels=batch["label"], mask=batch["mask"], loss=cross_entropy(logits, targets)
+  )
 
 
 def predict_step(apply_fn, variables, images_uint8):
@@ -109,11 +143,16 @@ def make_train_step(config, replicated=None, num_classes: int | None = None):
   which needs `num_classes`; its variables go into the step as an argument, not a constant.
   """
   frozen_apply_fn, frozen = restore.load_frozen(config, num_classes)
-  step = functools.partial(train_step, augment_config=config.augment,
-                           label_smoothing=config.label_smoothing,
-                           frozen_apply_fn=frozen_apply_fn, image_size=config.image_size)
-  jitted = jax.jit(step, donate_argnums=0,
-                   out_shardings=replicated if replicated is not None else None)
+  step = functools.partial(
+    train_step,
+    augment_config=config.augment,
+    label_smoothing=config.label_smoothing,
+    frozen_apply_fn=frozen_apply_fn,
+    image_size=config.image_size,
+  )
+  jitted = jax.jit(
+    step, donate_argnums=0, out_shardings=replicated if replicated is not None else None
+  )
   if frozen is None:
     return jitted
   frozen = jax.device_put(frozen, replicated) if replicated is not None else frozen

@@ -45,11 +45,12 @@ def image_summary(tag: str, images: np.ndarray) -> summary_pb2.Summary:
     images = images[None]
   height, width = images.shape[1:3]
   tensor = tensor_util.make_tensor_proto(
-      np.array([str(width).encode(), str(height).encode()] + [_png(i) for i in images],
-               dtype=object))
+    np.array([str(width).encode(), str(height).encode()] + [_png(i) for i in images], dtype=object)
+  )
   summary = summary_pb2.Summary()
-  summary.value.add(tag=tag, tensor=tensor,
-                    metadata=image_metadata.create_summary_metadata(None, None))
+  summary.value.add(
+    tag=tag, tensor=tensor, metadata=image_metadata.create_summary_metadata(None, None)
+  )
   return summary
 
 
@@ -58,8 +59,11 @@ class EventWriter:
 
   def __init__(self, logdir: str):
     os.makedirs(logdir, exist_ok=True)
-    self.path = os.path.join(logdir, f"events.out.tfevents.{int(time.time()):010d}."
-                                     f"{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}.v2")
+    self.path = os.path.join(
+      logdir,
+      f"events.out.tfevents.{int(time.time()):010d}."
+      f"{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}.v2",
+    )
     self._records = RecordWriter(open(self.path, "wb"))  # pylint: disable=consider-using-with
     self._write(event_pb2.Event(wall_time=time.time(), file_version=_FILE_VERSION))
 

@@ -13,7 +13,6 @@ device until the epoch ends, when they are fetched once and checked for divergen
 
 import dataclasses
 import functools
-import hashlib
 import os
 import shutil
 import time
@@ -22,7 +21,6 @@ from typing import Any, Callable
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 
 from proxy_jax.run import batch_finder
 from proxy_jax import data, models
@@ -48,30 +46,21 @@ def finder_step_factory(config, num_classes: int) -> batch_finder.StepFactory:
   """What the batch-size finder probes: this trainer's step and a host copy of a fresh state."""
   model = create_model(config, num_classes)
   state = create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
-  return batch_finder.StepFactory(steps.make_train_step(config, num_classes=num_classes),
-                                  jax.device_get(state))
-
-
-def tree_checksum(tree) -> str:
-  """sha256 (16 hex digits) of every leaf's path, dtype, shape and bytes: equal iff identical.
-
-  Recorded for the initial weights in summary.json, so a study can check that its arms started
-  from the same initialisation instead of assuming it.
-  """
-  digest = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
-    array = np.ascontiguousarray(leaf)
-    digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()[:16]
+  return batch_finder.StepFactory(
+    steps.make_train_step(config, num_classes=num_classes), jax.device_get(state)
+  )
 
 
 def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding) -> dict:
   """{"loss", "accuracy", "top5"} over `split`: metrics merged on the device, fetched once."""
-  per_chunk = dispatch.map_chunks(lambda chunk: eval_fn(state, chunk.inputs),
-                                 {"image": split.images, "label": split.labels}, batch_size,
-                                 sharding=batch_sharding, mask=True,
-                                 collect=dispatch.keep_on_device)
+  per_chunk = dispatch.map_chunks(
+    lambda chunk: eval_fn(state, chunk.inputs),
+    {"image": split.images, "label": split.labels},
+    batch_size,
+    sharding=batch_sharding,
+    mask=True,
+    collect=dispatch.keep_on_device,
+  )
   return host_values(functools.reduce(merge_metrics, per_chunk))
 
 
@@ -84,8 +73,9 @@ def _finished_summary(config, workdir: str) -> records.Summary | None:
   try:
     summary = records.read_summary(workdir)
   except errors.DamagedFileError as error:
-    logging.warning("%s is damaged (%s): rebuilding it from the last checkpoint.", error.path,
-                    error.cause)
+    logging.warning(
+      "%s is damaged (%s): rebuilding it from the last checkpoint.", error.path, error.cause
+    )
     return None
   if summary is not None and summary.num_epochs == config.num_epochs and summary.history:
     return summary
@@ -95,6 +85,7 @@ def _finished_summary(config, workdir: str) -> records.Summary | None:
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """Everything the loop reads and nothing it changes, built once before the first epoch."""
+
   config: ml_collections.ConfigDict
   workdir: str
   dataset: data.Dataset
@@ -117,8 +108,9 @@ def _build(config, workdir: str, dataset: data.Dataset):
   devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % devices:
-      raise errors.ConfigError(f"config.{field}={config[field]} is not divisible by the "
-                               f"{devices} devices")
+      raise errors.ConfigError(
+        f"config.{field}={config[field]} is not divisible by the {devices} devices"
+      )
   replicated, batch_sharding = shardings(make_mesh())
   steps_per_epoch = data.num_batches(len(dataset.train), config.batch_size)
   lr_fn = learning_rate_schedule(config, steps_per_epoch)
@@ -126,17 +118,24 @@ def _build(config, workdir: str, dataset: data.Dataset):
   model = create_model(config, len(dataset.class_names))
   state = create_train_state(config, model, jax.random.fold_in(root, 0), steps_per_epoch, lr_fn)
   setup = Setup(
-      config=config, workdir=workdir, dataset=dataset, steps_per_epoch=steps_per_epoch,
-      lr_fn=lr_fn, batch_sharding=batch_sharding,
-      train_fn=steps.make_train_step(config, replicated, len(dataset.class_names)),
-      eval_fn=steps.make_eval_step(),
-      predict_fn=steps.make_predict_step(), step_key=jax.random.fold_in(root, 1),
-      proxy_key=jax.random.fold_in(root, 2),
-      schedule=proxy_step.parse_schedule(config.proxy.schedule, config.num_epochs,
-                                    config.proxy.enabled),
-      writer=reporting.create_writer(workdir),
-      ckpt=checkpoints.RunCheckpoints(workdir, config.keep_checkpoints),
-      init_checksum=tree_checksum(models.variables_of(state)))
+    config=config,
+    workdir=workdir,
+    dataset=dataset,
+    steps_per_epoch=steps_per_epoch,
+    lr_fn=lr_fn,
+    batch_sharding=batch_sharding,
+    train_fn=steps.make_train_step(config, replicated, len(dataset.class_names)),
+    eval_fn=steps.make_eval_step(),
+    predict_fn=steps.make_predict_step(),
+    step_key=jax.random.fold_in(root, 1),
+    proxy_key=jax.random.fold_in(root, 2),
+    schedule=proxy_step.parse_schedule(
+      config.proxy.schedule, config.num_epochs, config.proxy.enabled
+    ),
+    writer=reporting.create_writer(workdir),
+    ckpt=checkpoints.RunCheckpoints(workdir, config.keep_checkpoints),
+    init_checksum=records.tree_checksum(models.variables_of(state)),
+  )
   return setup, jax.device_put(state, replicated)
 
 
@@ -170,8 +169,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info("%s is already complete; nothing to do.", workdir)
       return finished.to_json()
   # One run per workdir; in a multi-process run, process 0 holds the lock for all.
-  with (workdir_lock.hold(workdir, enabled=jax.process_index() == 0) as fresh,
-        console.log_file(workdir, jax.process_index())):
+  with (
+    workdir_lock.hold(workdir, enabled=jax.process_index() == 0) as fresh,
+    console.log_file(workdir, jax.process_index()),
+  ):
     console.log_machine(jax.local_devices())
     try:
       setup, state = _prepare(config, workdir)
@@ -198,7 +199,8 @@ def _prepare(config, workdir: str):
   if config.batch_size == -1:
     num_classes = len(dataset.class_names)
     config = batch_finder.with_found_batch_size(
-        config, num_classes, finder_step_factory(config, num_classes))
+      config, num_classes, finder_step_factory(config, num_classes)
+    )
     config_lib.write_or_check_resolved(config, workdir)
   if jax.process_index() == 0:
     atomic_write_json(os.path.join(workdir, "classes.json"), dataset.class_names)
@@ -213,8 +215,9 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
   progress.add_compute_slice(compute_slice())
   total_steps = config.num_epochs * steps_per_epoch
   eta = reporting.Eta(total_steps, progress.epoch * steps_per_epoch)
-  report = reporting.EpochProgress(eta, steps_per_epoch, config.batch_size, config.num_epochs,
-                                   config.log_every_seconds)
+  report = reporting.EpochProgress(
+    eta, steps_per_epoch, config.batch_size, config.num_epochs, config.log_every_seconds
+  )
   elapsed_before = progress.elapsed_s
   # Proxy steps due before the first epoch of this session (schedule starting with "p").
   _run_due_proxy_steps(setup, state, bank, progress, eta)
@@ -224,18 +227,21 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
     train_metrics = jax.device_get(totals)  # The epoch's one wait on the device.
     seconds = time.time() - epoch_started
     _stop_if_diverged(setup, train_metrics, epoch)
-    val = evaluate(state, setup.dataset.val, config.eval_batch_size, setup.eval_fn,
-                   setup.batch_sharding)
+    val = evaluate(
+      state, setup.dataset.val, config.eval_batch_size, setup.eval_fn, setup.batch_sharding
+    )
     progress.add_epoch(_epoch_record(setup, epoch, train_metrics.compute(), val, seconds))
     step = (epoch + 1) * steps_per_epoch
-    reporting.log_epoch(setup.writer, step, progress.history[-1], config.num_epochs,
-                        eta.seconds_left(step))
+    reporting.log_epoch(
+      setup.writer, step, progress.history[-1], config.num_epochs, eta.seconds_left(step)
+    )
     # The proxy steps at this boundary run before the save, so a checkpoint never sits
     # between an epoch and the proxy step that follows it.
     proxied = _run_due_proxy_steps(setup, state, bank, progress, eta)
     progress.elapsed_s = elapsed_before + time.time() - started
-    if ((epoch + 1) % config.checkpoint_every_epochs == 0 or proxied
-        or epoch + 1 == config.num_epochs):
+    if (
+      (epoch + 1) % config.checkpoint_every_epochs == 0 or proxied or epoch + 1 == config.num_epochs
+    ):
       setup.ckpt.save(progress.epoch, state, progress.to_json(), bank.to_arrays())
   return _finish(setup, state, bank, progress, elapsed_before + time.time() - started)
 
@@ -244,19 +250,24 @@ def _restore_or_start(setup: Setup, state):
   """(state, progress, bank) of the newest intact checkpoint, or fresh ones (header logged)."""
   # Damaged newer checkpoints are set aside; `steps_per_epoch` checks the state's step.
   restored = setup.ckpt.restore_newest(state, setup.steps_per_epoch)
-  warning = setup.ckpt.space_warning(state, setup.config.keep_checkpoints,
-                                     None if restored is None else restored.bank)
+  warning = setup.ckpt.space_warning(
+    state, setup.config.keep_checkpoints, None if restored is None else restored.bank
+  )
   if warning:
     logging.warning(warning)
   if restored is None:
-    reporting.write_run_header(setup.writer, setup.config, setup.dataset, state,
-                               setup.workdir)
+    reporting.write_run_header(setup.writer, setup.config, setup.dataset, state, setup.workdir)
     return state, records.RunProgress(), proxy_step.ProxyBank()
   state = restored.state
   progress = records.RunProgress.from_json(restored.meta)
   bank = proxy_step.ProxyBank.from_arrays(restored.bank)
-  logging.info("Resumed from %s at epoch %d (%d proxy steps done, bank of %d).",
-               setup.ckpt.directory, progress.epoch, progress.proxy_steps_done, len(bank))
+  logging.info(
+    "Resumed from %s at epoch %d (%d proxy steps done, bank of %d).",
+    setup.ckpt.directory,
+    progress.epoch,
+    progress.proxy_steps_done,
+    len(bank),
+  )
   return state, progress, bank
 
 
@@ -267,10 +278,12 @@ def train_epoch(setup: Setup, state, bank: proxy_step.ProxyBank, epoch: int, rep
   swap, is_proxy = (bank.swap, bank.holds) if len(bank) else (None, None)
   step, totals = epoch * setup.steps_per_epoch, None
   report.start_epoch()
-  for batch in prefetch(data.batches(split, config.batch_size, order, swap=swap,
-                                     is_proxy=is_proxy)):
-    state, batch_metrics = setup.train_fn(state, to_global(batch, setup.batch_sharding),
-                                          setup.step_key)
+  for batch in prefetch(
+    data.batches(split, config.batch_size, order, swap=swap, is_proxy=is_proxy)
+  ):
+    state, batch_metrics = setup.train_fn(
+      state, to_global(batch, setup.batch_sharding), setup.step_key
+    )
     totals = batch_metrics if totals is None else merge_metrics(totals, batch_metrics)
     step += 1
     report(step)
@@ -283,84 +296,140 @@ def _stop_if_diverged(setup: Setup, train_metrics, epoch: int) -> None:
     return
   setup.ckpt.wait()
   complete = setup.ckpt.complete_epochs()
-  last = (f"epoch {complete[-1]} in {setup.ckpt.directory}" if complete
-          else "none (no epoch finished before it)")
+  last = (
+    f"epoch {complete[-1]} in {setup.ckpt.directory}"
+    if complete
+    else "none (no epoch finished before it)"
+  )
   raise DivergenceError(
-      f"training diverged in epoch {epoch + 1} at step {bad_step} (step "
-      f"{bad_step - epoch * setup.steps_per_epoch} of {setup.steps_per_epoch} in the epoch): "
-      f"the loss or a parameter is not finite. Nothing of this epoch was saved; the last good "
-      f"checkpoint is {last}. Lower config.optimizer.learning_rate (now "
-      f"{setup.config.optimizer.learning_rate:g}) and train again in a new --workdir")
+    f"training diverged in epoch {epoch + 1} at step {bad_step} (step "
+    f"{bad_step - epoch * setup.steps_per_epoch} of {setup.steps_per_epoch} in the epoch): "
+    f"the loss or a parameter is not finite. Nothing of this epoch was saved; the last good "
+    f"checkpoint is {last}. Lower config.optimizer.learning_rate (now "
+    f"{setup.config.optimizer.learning_rate:g}) and train again in a new --workdir"
+  )
 
 
-def _epoch_record(setup: Setup, epoch: int, train: dict, val: dict,
-                  seconds: float) -> records.EpochRecord:
+def _epoch_record(
+  setup: Setup, epoch: int, train: dict, val: dict, seconds: float
+) -> records.EpochRecord:
   step = (epoch + 1) * setup.steps_per_epoch
   return records.EpochRecord(
-      epoch=epoch + 1, train_loss=train["loss"], train_accuracy=train["accuracy"],
-      val_loss=val["loss"], val_accuracy=val["accuracy"], val_top5=val["top5"],
-      learning_rate=float(setup.lr_fn(step - 1)), epoch_seconds=seconds,
-      images_per_second=len(setup.dataset.train) / seconds)
+    epoch=epoch + 1,
+    train_loss=train["loss"],
+    train_accuracy=train["accuracy"],
+    val_loss=val["loss"],
+    val_accuracy=val["accuracy"],
+    val_top5=val["top5"],
+    learning_rate=float(setup.lr_fn(step - 1)),
+    epoch_seconds=seconds,
+    images_per_second=len(setup.dataset.train) / seconds,
+  )
 
 
-def _run_due_proxy_steps(setup: Setup, state, bank: proxy_step.ProxyBank,
-                         progress: records.RunProgress, eta: reporting.Eta) -> bool:
+def _run_due_proxy_steps(
+  setup: Setup, state, bank: proxy_step.ProxyBank, progress: records.RunProgress, eta: reporting.Eta
+) -> bool:
   """Runs the proxy steps due after `progress.epoch` epochs, storing their proxies in `bank`."""
   config, due = setup.config, setup.schedule.proxy_epochs
   ran = False
   while progress.proxy_steps_done < len(due) and due[progress.proxy_steps_done] == progress.epoch:
     index = progress.proxy_steps_done
     result = proxy_step.run_proxy_step(
-        state, setup.dataset.train, bank, config, jax.random.fold_in(setup.proxy_key, index),
-        predict_fn=setup.predict_fn, batch_sharding=setup.batch_sharding)
+      state,
+      setup.dataset.train,
+      bank,
+      config,
+      jax.random.fold_in(setup.proxy_key, index),
+      predict_fn=setup.predict_fn,
+      batch_sharding=setup.batch_sharding,
+    )
     bank.store(result.ids, result.proxies, replace_all=config.proxy.clear_every_step)
-    record = records.ProxyStepRecord(index=index, epoch=progress.epoch, wrong=result.wrong,
-                                     chosen=len(result.ids), bank_size=len(bank),
-                                     seconds=result.seconds,
-                                     **result.changes)
+    record = records.ProxyStepRecord(
+      index=index,
+      epoch=progress.epoch,
+      wrong=result.wrong,
+      chosen=len(result.ids),
+      bank_size=len(bank),
+      seconds=result.seconds,
+      **result.changes,
+    )
     progress.add_proxy_step(record)
     step = progress.epoch * setup.steps_per_epoch
     names = setup.dataset.class_names
-    captions = [f"image {int(i)}, label {names[int(setup.dataset.train.labels[i])]}"
-                for i in result.ids[:config.proxy.num_logged_images]]
-    reporting.log_proxy_step(setup.writer, setup.workdir, step, record, result,
-                             config.proxy.num_logged_images, eta.seconds_left(step), captions,
-                             config.proxy.cam_method)
+    captions = [
+      f"image {int(i)}, label {names[int(setup.dataset.train.labels[i])]}"
+      for i in result.ids[: config.proxy.num_logged_images]
+    ]
+    reporting.log_proxy_step(
+      setup.writer,
+      setup.workdir,
+      step,
+      record,
+      result,
+      config.proxy.num_logged_images,
+      eta.seconds_left(step),
+      captions,
+      config.proxy.cam_method,
+    )
     ran = True
   return ran
 
 
-def _finish(setup: Setup, state, bank, progress: records.RunProgress,
-            wall_time_s: float) -> records.Summary:
+def _finish(
+  setup: Setup, state, bank, progress: records.RunProgress, wall_time_s: float
+) -> records.Summary:
   setup.ckpt.wait()
   dataset, config = setup.dataset, setup.config
   # The training split in eval mode (no augmentation, no proxies) measures how far the model
   # fits its training data, which a study's gate asks of its baseline.
   # Training images are stored larger: evaluation takes their centre crops (a view).
-  final = {"test": dataset.test, "train_split": data.eval_view(dataset.train, config.image_size)
-           if config.evaluate_train_split else None}
+  final = {
+    "test": dataset.test,
+    "train_split": data.eval_view(dataset.train, config.image_size)
+    if config.evaluate_train_split
+    else None,
+  }
   for name, split in final.items():
     if split is not None:
-      final[name] = evaluate(state, split, config.eval_batch_size, setup.eval_fn,
-                             setup.batch_sharding)
-      setup.writer.write_scalars(config.num_epochs * setup.steps_per_epoch,
-                                 {f"{name}/{k}": v for k, v in final[name].items()})
+      final[name] = evaluate(
+        state, split, config.eval_batch_size, setup.eval_fn, setup.batch_sharding
+      )
+      setup.writer.write_scalars(
+        config.num_epochs * setup.steps_per_epoch,
+        {f"{name}/{k}": v for k, v in final[name].items()},
+      )
   test = final["test"]
   summary = records.Summary(
-      config=config.to_dict(), final=progress.history[-1], best=progress.best, test=test,
-      num_epochs=config.num_epochs, wall_time_s=wall_time_s, history=progress.history,
-      proxy_steps=progress.proxy_steps, bank_size=len(bank),
-      skipped_files=dataset.skipped_files,
-      num_examples={"train": len(dataset.train), "val": len(dataset.val),
-                    "test": len(dataset.test) if dataset.test else 0},
-      init_checksum=setup.init_checksum, train_split=final["train_split"],
-      compute=progress.summary_compute())
+    config=config.to_dict(),
+    final=progress.history[-1],
+    best=progress.best,
+    test=test,
+    num_epochs=config.num_epochs,
+    wall_time_s=wall_time_s,
+    history=progress.history,
+    proxy_steps=progress.proxy_steps,
+    bank_size=len(bank),
+    skipped_files=dataset.skipped_files,
+    num_examples={
+      "train": len(dataset.train),
+      "val": len(dataset.val),
+      "test": len(dataset.test) if dataset.test else 0,
+    },
+    init_checksum=setup.init_checksum,
+    train_split=final["train_split"],
+    compute=progress.summary_compute(),
+  )
   if jax.process_index() == 0:
     records.write_summary(setup.workdir, summary)
-  logging.info("done: val accuracy %.1f%% (best %.1f%% at epoch %d)%s",
-               100 * summary.final.val_accuracy, 100 * summary.best.val_accuracy,
-               summary.best.epoch, "" if not test else
-               f" | test accuracy {100 * test['accuracy']:.1f}%, loss {test['loss']:.3f}, top5 "
-               f"{100 * test['top5']:.1f}%")
+  logging.info(
+    "done: val accuracy %.1f%% (best %.1f%% at epoch %d)%s",
+    100 * summary.final.val_accuracy,
+    100 * summary.best.val_accuracy,
+    summary.best.epoch,
+    ""
+    if not test
+    else f" | test accuracy {100 * test['accuracy']:.1f}%, loss {test['loss']:.3f}, top5 "
+    f"{100 * test['top5']:.1f}%",
+  )
   return summary
-

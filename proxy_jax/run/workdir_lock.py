@@ -39,11 +39,13 @@ def _make_workdir(workdir: str) -> bool:
   except FileExistsError:
     if os.path.isdir(workdir):  # Another process made it just now.
       return False
-    raise errors.WorkdirError(f"--workdir {workdir}: cannot create it (a file is in the "
-                              "way)") from None
+    raise errors.WorkdirError(
+      f"--workdir {workdir}: cannot create it (a file is in the way)"
+    ) from None
   except OSError as error:
     raise errors.WorkdirError(
-        f"--workdir {workdir}: cannot create it ({error.strerror})") from error
+      f"--workdir {workdir}: cannot create it ({error.strerror})"
+    ) from error
 
 
 def holder_description(path: str) -> str:
@@ -67,14 +69,19 @@ def _lock(fd: int, path: str, workdir: str) -> bool:
   except BlockingIOError:
     holder = holder_description(path)
     raise WorkdirBusyError(
-        f"--workdir {workdir} is in use by {holder}: wait for that run to end or stop it, or "
-        f"train in another --workdir (a lock outlives no process, so {path} never needs "
-        "deleting)") from None
+      f"--workdir {workdir} is in use by {holder}: wait for that run to end or stop it, or "
+      f"train in another --workdir (a lock outlives no process, so {path} never needs "
+      "deleting)"
+    ) from None
   except OSError as error:
     if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
       raise
-    logging.warning("%s: this filesystem has no file locks (%s); nothing stops a second run "
-                    "from using this workdir at the same time.", workdir, error.strerror)
+    logging.warning(
+      "%s: this filesystem has no file locks (%s); nothing stops a second run "
+      "from using this workdir at the same time.",
+      workdir,
+      error.strerror,
+    )
     return False
 
 

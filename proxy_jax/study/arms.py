@@ -16,21 +16,29 @@ BASELINE = {"proxy.enabled": False}
 # The thesis's proxy setting: 20% of the training set searched, pixels whose CAM is above 0.85
 # scaled to 0.2, Grad-CAM++, the bank kept between steps. Its schedule, 5,p,9,p,9,p,9,p,4 over
 # 36 epochs, is each study's own (scaled to the study's epochs).
-THESIS_PROXY = {"proxy.subset": 0.2, "proxy.threshold": 0.85, "proxy.weight": 0.2,
-                "proxy.cam_method": "gradcampp", "proxy.clear_every_step": False}
+THESIS_PROXY = {
+  "proxy.subset": 0.2,
+  "proxy.threshold": 0.85,
+  "proxy.weight": 0.2,
+  "proxy.cam_method": "gradcampp",
+  "proxy.clear_every_step": False,
+}
 # Each label-preserving or mixing method alone (proxy steps off).
 AUGMENTATIONS = {
-    "mixup": {"augment.mix": "mixup", "augment.mix_alpha": 0.2},
-    "cutmix": {"augment.mix": "cutmix", "augment.mix_alpha": 1.0},
-    # Cutout as its paper: every image, one square of half the image side (erase_size 0.5).
-    "cutout": {"augment.erase": "cutout", "augment.erase_prob": 1.0},
-    "trivialaugment": {"augment.policy": "trivialaugment"},
-    "saliencymix": {"augment.mix": "saliencymix", "augment.mix_alpha": 1.0},
-    "attentive_cutmix": {"augment.mix": "attentive_cutmix"},
-    "snapmix": {"augment.mix": "snapmix"},
-    # KeepAugment: Cutout that keeps each image's most salient region (compare with "cutout").
-    "keepaugment": {"augment.erase": "cutout", "augment.erase_prob": 1.0,
-                    "augment.keep_salient": True},
+  "mixup": {"augment.mix": "mixup", "augment.mix_alpha": 0.2},
+  "cutmix": {"augment.mix": "cutmix", "augment.mix_alpha": 1.0},
+  # Cutout as its paper: every image, one square of half the image side (erase_size 0.5).
+  "cutout": {"augment.erase": "cutout", "augment.erase_prob": 1.0},
+  "trivialaugment": {"augment.policy": "trivialaugment"},
+  "saliencymix": {"augment.mix": "saliencymix", "augment.mix_alpha": 1.0},
+  "attentive_cutmix": {"augment.mix": "attentive_cutmix"},
+  "snapmix": {"augment.mix": "snapmix"},
+  # KeepAugment: Cutout that keeps each image's most salient region (compare with "cutout").
+  "keepaugment": {
+    "augment.erase": "cutout",
+    "augment.erase_prob": 1.0,
+    "augment.keep_salient": True,
+  },
 }
 # Each method at its references' small-image (CIFAR-size, from scratch) and large-image
 # (ImageNet) settings, from the settings table (proxy_jax/augment/paper_settings.py, shown in
@@ -52,8 +60,7 @@ def thesis_arms(proxy: dict, augmentations: dict | None = None) -> dict:
     arms[name] = {**BASELINE, **overrides}
   for name in COMBINED_WITH_PROXY:
     arms[f"proxy+{name}"] = {**proxy_on, **augmentations[name]}
-    arms[f"proxy+{name}-skip"] = {**proxy_on, **augmentations[name],
-                                  "augment.skip_proxies": True}
+    arms[f"proxy+{name}-skip"] = {**proxy_on, **augmentations[name], "augment.skip_proxies": True}
   return arms
 
 

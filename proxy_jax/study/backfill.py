@@ -41,8 +41,9 @@ def backfill(study: spec.Study, workdir: str, report_csv: str, scored_at: str) -
     table = pd.read_csv(report_csv)
     rows = {(r["arm"], int(r["seed"])): r for r in table.to_dict("records")}
   except (ValueError, KeyError, TypeError) as error:
-    raise spec.StudyError(f"{report_csv} is not a study report's explanations.csv "
-                          f"({type(error).__name__}: {error})") from error
+    raise spec.StudyError(
+      f"{report_csv} is not a study report's explanations.csv ({type(error).__name__}: {error})"
+    ) from error
   runs, _ = runs_lib.load_runs(study, workdir)
   explain = study.explain
   first = runs.get((study.baseline, study.seeds[0])) or next(iter(runs.values()))
@@ -53,27 +54,43 @@ def backfill(study: spec.Study, workdir: str, report_csv: str, scored_at: str) -
     row = rows.get((arm, seed))
     if os.path.exists(path):
       done["kept"].append(run["name"])
-    elif row is None or row["cam_method"] != explain["cam"] or (
-        explain["num_images"] > 0 and int(row["images"]) > explain["num_images"]):
+    elif (
+      row is None
+      or row["cam_method"] != explain["cam"]
+      or (explain["num_images"] > 0 and int(row["images"]) > explain["num_images"])
+    ):
       done["absent"].append(run["name"])
     else:
       cached = {k: row[k] for k in ROW_FIELDS}
-      cached.update(images=int(row["images"]), scored_at=scored_at,
-                    seconds=float(row.get("seconds", float("nan"))))
-      atomic_write_text(path, json.dumps(
-          {"key": explanations.cache_key(run, explain, digest), "row": cached}, indent=1,
-          sort_keys=True))
+      cached.update(
+        images=int(row["images"]),
+        scored_at=scored_at,
+        seconds=float(row.get("seconds", float("nan"))),
+      )
+      atomic_write_text(
+        path,
+        json.dumps(
+          {"key": explanations.cache_key(run, explain, digest), "row": cached},
+          indent=1,
+          sort_keys=True,
+        ),
+      )
       done["written"].append(run["name"])
   return done
 
 
 def define_flags():
   flags.DEFINE_string("study", None, "The study file.", required=True)
-  flags.DEFINE_string("workdir", None, "The study's runs (e.g. carried trials restored).",
-                      required=True)
+  flags.DEFINE_string(
+    "workdir", None, "The study's runs (e.g. carried trials restored).", required=True
+  )
   flags.DEFINE_string("report", None, "The older report's explanations.csv.", required=True)
-  flags.DEFINE_string("scored_at", None, "Which report scored them, e.g. 'the report of "
-                      "commit 4de5d8f'.", required=True)
+  flags.DEFINE_string(
+    "scored_at",
+    None,
+    "Which report scored them, e.g. 'the report of commit 4de5d8f'.",
+    required=True,
+  )
   flags.DEFINE_multi_string("set", [], "Common override, as for the study command.")
 
 
@@ -83,9 +100,12 @@ def main(argv):
   f = flags.FLAGS
   study = spec.with_common_overrides(spec.load_study(f.study), f.set, f.workdir)
   done = backfill(study, f.workdir, f.report, f.scored_at)
-  print(f"explanations.json written for {len(done['written'])} run(s), kept for "
-        f"{len(done['kept'])}, no matching row for {len(done['absent'])}"
-        + (f": {', '.join(done['absent'])}" if done["absent"] else ""), flush=True)
+  print(
+    f"explanations.json written for {len(done['written'])} run(s), kept for "
+    f"{len(done['kept'])}, no matching row for {len(done['absent'])}"
+    + (f": {', '.join(done['absent'])}" if done["absent"] else ""),
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ CACHE_FILE = "explanations.json"  # In each trial's folder; small, so carry expo
 def _evaluation_images(run: dict, split_name: str, num_images: int):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from proxy_jax import data  # pylint: disable=g-import-not-at-top
+
   config = ml_collections.ConfigDict(run["summary"]["config"])
   split = getattr(data.load_dataset(config, run["workdir"]), split_name)
   if split is None:
@@ -62,8 +63,11 @@ def cache_key(run: dict, explain: dict, images_digest: str) -> dict:
   """What a run's scores depend on: the scoring settings, the explained images and the run
   (its summary.json: config, history and final metrics name one training run)."""
   summary = json.dumps(run["summary"], sort_keys=True, default=str).encode()
-  return {"settings": {k: explain[k] for k in ("split", "cam", "num_images", "steps")},
-          "images_sha256": images_digest, "summary_sha256": hashlib.sha256(summary).hexdigest()}
+  return {
+    "settings": {k: explain[k] for k in ("split", "cam", "num_images", "steps")},
+    "images_sha256": images_digest,
+    "summary_sha256": hashlib.sha256(summary).hexdigest(),
+  }
 
 
 def read_cached(trial_dir: str, key: dict) -> tuple[dict | None, str]:
@@ -86,6 +90,7 @@ def read_cached(trial_dir: str, key: dict) -> tuple[dict | None, str]:
 
 def _restore(run: dict, shared_models: dict):
   from proxy_jax.run import restore  # pylint: disable=g-import-not-at-top
+
   model, variables, config, class_names = restore.restore_for_inference(run["workdir"])
   # Equal modules, one object: jit caches on the bound `model.apply`, which compares by
   # object identity, so a fresh module per run would recompile every function per run.
@@ -95,24 +100,29 @@ def _restore(run: dict, shared_models: dict):
 def _explain(explain: dict, model, variables, config, images):
   """(predicted classes, CAMs of them) of `images`."""
   from proxy_jax import infer  # pylint: disable=g-import-not-at-top
-  predicted = infer.predict_logits(model, variables, images,
-                                   int(config.eval_batch_size)).argmax(-1)
+
+  predicted = infer.predict_logits(model, variables, images, int(config.eval_batch_size)).argmax(-1)
   return predicted, infer.cam_maps(explain["cam"], model, variables, images, predicted)
 
 
 def _score(explain: dict, restored: tuple, images, labels) -> tuple[dict, tuple]:
   from proxy_jax import faithfulness  # pylint: disable=g-import-not-at-top
+
   model, variables, config, _ = restored
   predicted, maps = _explain(explain, model, variables, config, images)
-  scores = faithfulness.explanation_scores(model, variables, images, maps, predicted,
-                                           explain["steps"])
-  row = {"images": len(images), "cam_method": explain["cam"],
-         "accuracy": float((predicted == labels).mean()),
-         "deletion_auc": float(scores["deletion_auc"].mean()),
-         "insertion_auc": float(scores["insertion_auc"].mean()),
-         "average_drop_pct": float(100 * scores["drop"].mean()),
-         "increase_in_confidence_pct": float(100 * scores["increase"].mean()),
-         "scored_at": runs_lib.code_version()}
+  scores = faithfulness.explanation_scores(
+    model, variables, images, maps, predicted, explain["steps"]
+  )
+  row = {
+    "images": len(images),
+    "cam_method": explain["cam"],
+    "accuracy": float((predicted == labels).mean()),
+    "deletion_auc": float(scores["deletion_auc"].mean()),
+    "insertion_auc": float(scores["insertion_auc"].mean()),
+    "average_drop_pct": float(100 * scores["drop"].mean()),
+    "increase_in_confidence_pct": float(100 * scores["increase"].mean()),
+    "scored_at": runs_lib.code_version(),
+  }
   return row, (predicted, maps)
 
 
@@ -146,14 +156,17 @@ def score_runs(study: spec.Study, runs: dict, grid: bool = True) -> tuple[list, 
         continue
       if not checkpointed:
         raise spec.StudyError(
-            f"{run['workdir']}: no checkpoints/ to score its explanations from and {why}: "
-            "report with --explain=false, or where the run's checkpoints are")
+          f"{run['workdir']}: no checkpoints/ to score its explanations from and {why}: "
+          "report with --explain=false, or where the run's checkpoints are"
+        )
       restored = _restore(run, shared_models)
       if row is None:
         row, (predicted, maps) = _score(explain, restored, images, labels)
         row = {**row, "seconds": time.time() - begin}
-        atomic_write_text(os.path.join(run["workdir"], CACHE_FILE),
-                          json.dumps({"key": key, "row": row}, indent=1, sort_keys=True))
+        atomic_write_text(
+          os.path.join(run["workdir"], CACHE_FILE),
+          json.dumps({"key": key, "row": row}, indent=1, sort_keys=True),
+        )
         row = {**row, "from_cache": False}
         predicted, maps = predicted[shown], maps[shown]
       else:  # Scores from the cache; only the grid's few maps are computed.
@@ -161,6 +174,13 @@ def score_runs(study: spec.Study, runs: dict, grid: bool = True) -> tuple[list, 
       rows.append({"arm": arm, "seed": seed, **row})
       if in_grid:
         class_names = restored[3]
-        panels.append((arm, images[shown], maps, [class_names[i] for i in predicted],
-                       [class_names[i] for i in labels[shown]]))
+        panels.append(
+          (
+            arm,
+            images[shown],
+            maps,
+            [class_names[i] for i in predicted],
+            [class_names[i] for i in labels[shown]],
+          )
+        )
   return rows, panels, time.time() - started

@@ -16,17 +16,23 @@ import numpy as np
 
 from proxy_jax.core.io_utils import atomic_save_figure
 
-STEP_FIELDS = (("wrong", "judged wrong"), ("chosen", "chosen"), ("bank_share", "bank (% of train)"),
-               ("changed_pixel_share", "pixels changed (%)"),
-               ("changed_mean_abs", "change of those (levels)"))
+STEP_FIELDS = (
+  ("wrong", "judged wrong"),
+  ("chosen", "chosen"),
+  ("bank_share", "bank (% of train)"),
+  ("changed_pixel_share", "pixels changed (%)"),
+  ("changed_mean_abs", "change of those (levels)"),
+)
 PERCENT = {"bank_share", "changed_pixel_share"}
 
 
 def _steps(summary: dict) -> list[dict]:
   """The run's proxy steps with the bank's share of the training split added."""
   train = (summary.get("num_examples") or {}).get("train") or math.nan
-  return [{**step, "bank_share": step.get("bank_size", 0) / train}
-          for step in summary.get("proxy_steps") or []]
+  return [
+    {**step, "bank_share": step.get("bank_size", 0) / train}
+    for step in summary.get("proxy_steps") or []
+  ]
 
 
 def _value(step: dict, field: str) -> float:
@@ -45,15 +51,21 @@ def run_columns(summary: dict) -> dict:
   weights, changed = chosen, chosen * np.nan_to_num(share)
   known = ~np.isnan(share)
   return {
-      "proxy_wrong_first": steps[0]["wrong"] if steps else math.nan,
-      "proxy_wrong_last": steps[-1]["wrong"] if steps else math.nan,
-      "proxy_chosen_total": float(chosen.sum()) if steps else math.nan,
-      "proxy_bank_final_share": steps[-1]["bank_share"] if steps else math.nan,
-      "proxy_changed_pixel_share": (float(np.average(share[known], weights=weights[known]))
-                                    if known.any() and weights[known].sum() else math.nan),
-      "proxy_changed_mean_abs": (
-          float(np.average(change[known & (changed > 0)], weights=changed[known & (changed > 0)]))
-          if (known & (changed > 0)).any() else math.nan)}
+    "proxy_wrong_first": steps[0]["wrong"] if steps else math.nan,
+    "proxy_wrong_last": steps[-1]["wrong"] if steps else math.nan,
+    "proxy_chosen_total": float(chosen.sum()) if steps else math.nan,
+    "proxy_bank_final_share": steps[-1]["bank_share"] if steps else math.nan,
+    "proxy_changed_pixel_share": (
+      float(np.average(share[known], weights=weights[known]))
+      if known.any() and weights[known].sum()
+      else math.nan
+    ),
+    "proxy_changed_mean_abs": (
+      float(np.average(change[known & (changed > 0)], weights=changed[known & (changed > 0)]))
+      if (known & (changed > 0)).any()
+      else math.nan
+    ),
+  }
 
 
 def per_step(study, runs: dict) -> dict:
@@ -70,8 +82,11 @@ def per_step(study, runs: dict) -> dict:
       for field, _ in STEP_FIELDS:
         values = np.array([_value(st[index], field) for st in seeds if len(st) > index])
         values = values[~np.isnan(values)]
-        row[field] = (float(values.mean()) if len(values) else math.nan,
-                      float(values.std(ddof=1)) if len(values) > 1 else math.nan, len(values))
+        row[field] = (
+          float(values.mean()) if len(values) else math.nan,
+          float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+          len(values),
+        )
       rows.append(row)
     table[arm] = rows
   return table
@@ -90,17 +105,25 @@ def _cell(figure: tuple, field: str) -> str:
 def lines(table: dict) -> list[str]:
   if not table:
     return []
-  out = ["", "## Manipulation checks", "",
-         "What each proxy step did, mean +- std over seeds: training images judged wrong, "
-         "chosen for proxies, the bank's size after the step (share of the training split), "
-         "the share of the chosen images' pixels the transform changed and their mean "
-         "absolute change (0-255 levels). Plot: `manipulation.png`.", "",
-         "| arm | step (after epoch) | " + " | ".join(label for _, label in STEP_FIELDS) + " |",
-         "|---|---|" + "---|" * len(STEP_FIELDS)]
+  out = [
+    "",
+    "## Manipulation checks",
+    "",
+    "What each proxy step did, mean +- std over seeds: training images judged wrong, "
+    "chosen for proxies, the bank's size after the step (share of the training split), "
+    "the share of the chosen images' pixels the transform changed and their mean "
+    "absolute change (0-255 levels). Plot: `manipulation.png`.",
+    "",
+    "| arm | step (after epoch) | " + " | ".join(label for _, label in STEP_FIELDS) + " |",
+    "|---|---|" + "---|" * len(STEP_FIELDS),
+  ]
   for arm, rows in table.items():
     for index, row in enumerate(rows):
-      out.append(f"| {arm if index == 0 else ''} | {index} ({row['epoch']}) | "
-                 + " | ".join(_cell(row[field], field) for field, _ in STEP_FIELDS) + " |")
+      out.append(
+        f"| {arm if index == 0 else ''} | {index} ({row['epoch']}) | "
+        + " | ".join(_cell(row[field], field) for field, _ in STEP_FIELDS)
+        + " |"
+      )
   return out
 
 
@@ -109,8 +132,10 @@ def plot(study, table: dict, out: str) -> None:
   if not table:
     return
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   figure, axes = plt.subplots(1, len(STEP_FIELDS), figsize=(4 * len(STEP_FIELDS), 3.6))
   for axis, (field, label) in zip(axes, STEP_FIELDS):
     scale = 100.0 if field in PERCENT else 1.0
@@ -133,6 +158,10 @@ def plot(study, table: dict, out: str) -> None:
 
 def record(table: dict) -> dict:
   """study.json's manipulation checks: arm -> steps -> field -> {mean, std, n}."""
-  return {arm: [{"epoch": r["epoch"], **{f: dict(zip(("mean", "std", "n"), r[f]))
-                                         for f, _ in STEP_FIELDS}} for r in rows]
-          for arm, rows in table.items()}
+  return {
+    arm: [
+      {"epoch": r["epoch"], **{f: dict(zip(("mean", "std", "n"), r[f])) for f, _ in STEP_FIELDS}}
+      for r in rows
+    ]
+    for arm, rows in table.items()
+  }

@@ -43,8 +43,10 @@ def _finished_runs(workdir: str) -> tuple[list[dict], dict]:
   not finished or is not a baseline run."""
   grid = os.path.join(workdir, sweep.SWEEP_FILE)
   if not os.path.isfile(grid):
-    raise spec.StudyError(f"--workdir {workdir}: no {sweep.SWEEP_FILE}; run the pilot sweep "
-                          "(python -m proxy_jax.sweep ...) into it first")
+    raise spec.StudyError(
+      f"--workdir {workdir}: no {sweep.SWEEP_FILE}; run the pilot sweep "
+      "(python -m proxy_jax.sweep ...) into it first"
+    )
   described = io_utils.read_json(grid, dict)
   states = sweep.trial_states(workdir)
   runs, unfinished = [], []
@@ -54,15 +56,18 @@ def _finished_runs(workdir: str) -> tuple[list[dict], dict]:
       unfinished.append(trial["name"])
       continue
     if summary.config.get("proxy", {}).get("enabled", False):
-      raise spec.StudyError(f"{workdir}/{trial['name']}: proxy.enabled is true; the pilot "
-                            "tunes the baseline alone (no proxy steps)")
+      raise spec.StudyError(
+        f"{workdir}/{trial['name']}: proxy.enabled is true; the pilot "
+        "tunes the baseline alone (no proxy steps)"
+      )
     runs.append({**trial, "summary": summary})
   if unfinished:
     raise spec.StudyError(
-        f"{workdir}: {len(unfinished)} of {len(described['trials'])} trials have not finished "
-        f"({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}); a choice from "
-        "part of the grid is not the declared one: finish the sweep (rerun it, with "
-        "--retry-failed for failed trials)")
+      f"{workdir}: {len(unfinished)} of {len(described['trials'])} trials have not finished "
+      f"({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}); a choice from "
+      "part of the grid is not the declared one: finish the sweep (rerun it, with "
+      "--retry-failed for failed trials)"
+    )
   return runs, described
 
 
@@ -76,16 +81,24 @@ def settings_table(runs: list[dict]) -> list[dict]:
   for key, mine in settings.items():
     val = [r["summary"].final.val_accuracy for r in mine]
     fit = [(r["summary"].train_split or {}).get("accuracy", float("nan")) for r in mine]
-    rows.append({"overrides": json.loads(key), "seeds": [r["overrides"].get("seed") for r in mine],
-                 "val_accuracy": val, "train_split_accuracy": fit,
-                 "mean_val_accuracy": float(np.mean(val)),
-                 "std_val_accuracy": float(np.std(val, ddof=1)) if len(val) > 1 else 0.0,
-                 "mean_train_split_accuracy": float(np.mean(fit)),
-                 "mean_gap": float(np.mean(np.subtract(fit, val)))})
+    rows.append(
+      {
+        "overrides": json.loads(key),
+        "seeds": [r["overrides"].get("seed") for r in mine],
+        "val_accuracy": val,
+        "train_split_accuracy": fit,
+        "mean_val_accuracy": float(np.mean(val)),
+        "std_val_accuracy": float(np.std(val, ddof=1)) if len(val) > 1 else 0.0,
+        "mean_train_split_accuracy": float(np.mean(fit)),
+        "mean_gap": float(np.mean(np.subtract(fit, val))),
+      }
+    )
   seed_sets = {tuple(sorted(map(str, r["seeds"]))) for r in rows}
   if len(seed_sets) > 1:
-    raise spec.StudyError(f"the settings were run with different seeds {sorted(seed_sets)}; "
-                          "a fair choice compares every setting on the same seeds")
+    raise spec.StudyError(
+      f"the settings were run with different seeds {sorted(seed_sets)}; "
+      "a fair choice compares every setting on the same seeds"
+    )
   return rows
 
 
@@ -97,32 +110,50 @@ def choose(rows: list[dict]) -> dict:
   return next(row for row in rows if row["mean_val_accuracy"] == best)
 
 
-def _report(chosen: dict, rows: list[dict], described: dict, workdir: str,
-            command: str) -> str:
+def _report(chosen: dict, rows: list[dict], described: dict, workdir: str, command: str) -> str:
   fields = sorted(chosen["overrides"])
   gate = preregistration.Gate()
   percent = lambda v: "-" if np.isnan(v) else f"{100 * v:.2f}"
-  lines = ["# Pilot: the baseline's setting, chosen on validation", "",
-           f"Command: `{command}`", "", f"Sweep: `{workdir}` (config `{described['config']}`, "
-           f"grid `{described['sweep']}`, common overrides "
-           f"`{json.dumps(described['common'], sort_keys=True)}`).", "",
-           f"Criterion: {CRITERION} (ties: the first in the grid's order). Test accuracy is "
-           "not read.", "",
-           "| " + " | ".join(fields) + " | seeds | validation accuracy (%) | training-split "
-           "accuracy (%) | gap (points) |", "|" + "---|" * (len(fields) + 4)]
+  lines = [
+    "# Pilot: the baseline's setting, chosen on validation",
+    "",
+    f"Command: `{command}`",
+    "",
+    f"Sweep: `{workdir}` (config `{described['config']}`, "
+    f"grid `{described['sweep']}`, common overrides "
+    f"`{json.dumps(described['common'], sort_keys=True)}`).",
+    "",
+    f"Criterion: {CRITERION} (ties: the first in the grid's order). Test accuracy is not read.",
+    "",
+    "| " + " | ".join(fields) + " | seeds | validation accuracy (%) | training-split "
+    "accuracy (%) | gap (points) |",
+    "|" + "---|" * (len(fields) + 4),
+  ]
   for row in rows:
     mark = " **(chosen)**" if row is chosen else ""
-    lines.append("| " + " | ".join(str(row["overrides"].get(f)) for f in fields)
-                 + f" | {len(row['seeds'])} | {percent(row['mean_val_accuracy'])} +- "
-                 f"{percent(row['std_val_accuracy'])}{mark} | "
-                 f"{percent(row['mean_train_split_accuracy'])} | {percent(row['mean_gap'])} |")
-  fits = (chosen["mean_train_split_accuracy"] >= gate.min_train_accuracy
-          and chosen["mean_gap"] >= gate.min_gap)
-  lines += ["", f"Chosen: `{json.dumps(chosen['overrides'], sort_keys=True)}`.", "",
-            f"The studies' gate (training-split accuracy >= {100 * gate.min_train_accuracy:.0f}%"
-            f", >= {100 * gate.min_gap:.0f} points above validation) on the chosen setting: "
-            + ("met." if fits else "**not met**: widen or lengthen the baseline (a new pilot) "
-               "before running any arm.")]
+    lines.append(
+      "| "
+      + " | ".join(str(row["overrides"].get(f)) for f in fields)
+      + f" | {len(row['seeds'])} | {percent(row['mean_val_accuracy'])} +- "
+      f"{percent(row['std_val_accuracy'])}{mark} | "
+      f"{percent(row['mean_train_split_accuracy'])} | {percent(row['mean_gap'])} |"
+    )
+  fits = (
+    chosen["mean_train_split_accuracy"] >= gate.min_train_accuracy
+    and chosen["mean_gap"] >= gate.min_gap
+  )
+  lines += [
+    "",
+    f"Chosen: `{json.dumps(chosen['overrides'], sort_keys=True)}`.",
+    "",
+    f"The studies' gate (training-split accuracy >= {100 * gate.min_train_accuracy:.0f}%"
+    f", >= {100 * gate.min_gap:.0f} points above validation) on the chosen setting: "
+    + (
+      "met."
+      if fits
+      else "**not met**: widen or lengthen the baseline (a new pilot) before running any arm."
+    ),
+  ]
   return "\n".join(lines) + "\n"
 
 
@@ -131,16 +162,30 @@ def write_pilot(workdir: str, out: str, command: str = "") -> dict:
   runs, described = _finished_runs(workdir)
   rows = settings_table(runs)
   chosen = choose(rows)
-  commits = sorted({str(r.get("commit", "unrecorded")) for r in sweep.read_journal(workdir)
-                    if r["status"] == sweep.FINISHED})
-  content = {"overrides": chosen["overrides"], "criterion": CRITERION,
-             "mean_val_accuracy": chosen["mean_val_accuracy"], "seeds": chosen["seeds"],
-             "workdir": os.path.abspath(workdir), "sweep": described["sweep"],
-             "config": described["config"], "common": described["common"],
-             "commits": commits, "command": command, "settings": rows}
+  commits = sorted(
+    {
+      str(r.get("commit", "unrecorded"))
+      for r in sweep.read_journal(workdir)
+      if r["status"] == sweep.FINISHED
+    }
+  )
+  content = {
+    "overrides": chosen["overrides"],
+    "criterion": CRITERION,
+    "mean_val_accuracy": chosen["mean_val_accuracy"],
+    "seeds": chosen["seeds"],
+    "workdir": os.path.abspath(workdir),
+    "sweep": described["sweep"],
+    "config": described["config"],
+    "common": described["common"],
+    "commits": commits,
+    "command": command,
+    "settings": rows,
+  }
   os.makedirs(out, exist_ok=True)
-  atomic_write_text(os.path.join(out, REPORT_FILE),
-                    _report(chosen, rows, described, workdir, command))
+  atomic_write_text(
+    os.path.join(out, REPORT_FILE), _report(chosen, rows, described, workdir, command)
+  )
   atomic_write_json(os.path.join(out, CHOICE_FILE), content)
   return content
 
@@ -161,9 +206,10 @@ def read_choice(path: str) -> dict:
   """
   if not os.path.isfile(path):
     raise spec.StudyError(
-        f"{path} does not exist: this study takes its baseline's setting from a pilot; run the "
-        "pilot sweep, then python -m proxy_jax.study.pilot --workdir=<pilot sweep> "
-        f"--out={os.path.dirname(path)} (experiments/README.md, 'A fair fight')")
+      f"{path} does not exist: this study takes its baseline's setting from a pilot; run the "
+      "pilot sweep, then python -m proxy_jax.study.pilot --workdir=<pilot sweep> "
+      f"--out={os.path.dirname(path)} (experiments/README.md, 'A fair fight')"
+    )
   try:
     overrides = io_utils.read_json(path, dict)["overrides"]
   except (ValueError, KeyError, TypeError) as error:
@@ -178,8 +224,7 @@ def read_choice(path: str) -> dict:
 
 def define_flags():
   flags.DEFINE_string("workdir", None, "The pilot sweep's directory.", required=True)
-  flags.DEFINE_string("out", None, "Results folder for chosen.json and pilot.md.",
-                      required=True)
+  flags.DEFINE_string("out", None, "Results folder for chosen.json and pilot.md.", required=True)
 
 
 def main(argv):
@@ -188,8 +233,10 @@ def main(argv):
   command = shlex.join(["python", "-m", "proxy_jax.study.pilot"] + sys.argv[1:])
   content = write_pilot(flags.FLAGS.workdir, flags.FLAGS.out, command)
   print(open(os.path.join(flags.FLAGS.out, REPORT_FILE)).read())
-  print(f"chosen: {json.dumps(content['overrides'], sort_keys=True)}; wrote "
-        f"{flags.FLAGS.out}", flush=True)
+  print(
+    f"chosen: {json.dumps(content['overrides'], sort_keys=True)}; wrote {flags.FLAGS.out}",
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ METRICS = ("test_accuracy", "val_accuracy")
 @dataclasses.dataclass(frozen=True)
 class Equivalence:
   """`arm` is within +-`margin` of `against` ("" = the baseline) in `metric` (TOST at alpha)."""
+
   arm: str
   margin: float
   alpha: float = 0.05
@@ -48,6 +49,7 @@ class Equivalence:
 @dataclasses.dataclass(frozen=True)
 class Power:
   """The design's power, declared before the runs (module docstring). Keys are arm names."""
+
   source: str
   std: dict
   detectable: dict
@@ -72,19 +74,21 @@ def check_equivalence(study) -> None:
     against = test.against or study.baseline
     for role, arm in (("arm", test.arm), ("against", against)):
       if arm not in study.arms:
-        raise ValueError(f"equivalence {role} {arm!r} is not one of the arms "
-                         f"{list(study.arms)}")
+        raise ValueError(f"equivalence {role} {arm!r} is not one of the arms {list(study.arms)}")
     if test.arm == against:
       raise ValueError(f"equivalence of {test.arm!r} against itself")
-    for name, value, low, high in (("margin", test.margin, 0.0, 1.0),
-                                   ("alpha", test.alpha, 0.0, 0.5)):
-      if (not isinstance(value, (int, float)) or isinstance(value, bool)
-          or not low < value < high):
-        raise ValueError(f"equivalence of {test.arm!r}: {name}={value!r} must be a number "
-                         f"in ({low:g}, {high:g})")
+    for name, value, low, high in (
+      ("margin", test.margin, 0.0, 1.0),
+      ("alpha", test.alpha, 0.0, 0.5),
+    ):
+      if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < value < high:
+        raise ValueError(
+          f"equivalence of {test.arm!r}: {name}={value!r} must be a number in ({low:g}, {high:g})"
+        )
     if test.metric not in METRICS:
-      raise ValueError(f"equivalence of {test.arm!r}: metric {test.metric!r} must be one of "
-                       f"{', '.join(METRICS)}")
+      raise ValueError(
+        f"equivalence of {test.arm!r}: metric {test.metric!r} must be one of {', '.join(METRICS)}"
+      )
     if (test.arm, against, test.metric) in seen:
       raise ValueError(f"two equivalence tests of {test.arm!r} against {against!r}")
     seen.add((test.arm, against, test.metric))
@@ -113,32 +117,47 @@ def check_power(study, tests: list) -> None:
       raise ValueError(f"power.{name} must be a dict of arm -> number")
   missing = sorted(expected - set(power.std))
   if missing or set(power.std) - expected:
-    raise ValueError(f"power.std must give exactly the tested arms {sorted(expected)}; "
-                     f"it gives {sorted(power.std)}")
+    raise ValueError(
+      f"power.std must give exactly the tested arms {sorted(expected)}; "
+      f"it gives {sorted(power.std)}"
+    )
   for arm, std in power.std.items():
     if not isinstance(std, (int, float)) or isinstance(std, bool) or not std > 0:
       raise ValueError(f"power.std[{arm!r}]={std!r} must be a positive number")
   if set(power.detectable) != {h.arm for h in tests}:
-    raise ValueError(f"power.detectable must give the family's arms "
-                     f"{[h.arm for h in tests]}; it gives {sorted(power.detectable)}")
+    raise ValueError(
+      f"power.detectable must give the family's arms "
+      f"{[h.arm for h in tests]}; it gives {sorted(power.detectable)}"
+    )
   for h in tests:
     want = declared_detectable(power.std[h.arm], n, h.direction, len(tests))
-    _same(f"power.detectable[{h.arm!r}]", power.detectable[h.arm], want, n,
-          DETECTABLE_TOLERANCE)
+    _same(f"power.detectable[{h.arm!r}]", power.detectable[h.arm], want, n, DETECTABLE_TOLERANCE)
   if set(power.equivalence_power) != equivalence_arms:
-    raise ValueError(f"power.equivalence_power must give the equivalence arms "
-                     f"{sorted(equivalence_arms)}; it gives {sorted(power.equivalence_power)}")
+    raise ValueError(
+      f"power.equivalence_power must give the equivalence arms "
+      f"{sorted(equivalence_arms)}; it gives {sorted(power.equivalence_power)}"
+    )
   for test in study.equivalence:
     want = stats.tost_power(power.std[test.arm], n, test.margin, test.alpha)
-    _same(f"power.equivalence_power[{test.arm!r}]", power.equivalence_power[test.arm], want, n,
-          POWER_TOLERANCE)
+    _same(
+      f"power.equivalence_power[{test.arm!r}]",
+      power.equivalence_power[test.arm],
+      want,
+      n,
+      POWER_TOLERANCE,
+    )
 
 
 def _same(name: str, declared, computed: float, n: int, tolerance: float) -> None:
-  if (not isinstance(declared, (int, float)) or isinstance(declared, bool)
-      or not abs(declared - computed) <= tolerance):
-    raise ValueError(f"{name}={declared!r} does not follow from the declared standard "
-                     f"deviation and the study's {n} seeds: it is {computed:.4f}")
+  if (
+    not isinstance(declared, (int, float))
+    or isinstance(declared, bool)
+    or not abs(declared - computed) <= tolerance
+  ):
+    raise ValueError(
+      f"{name}={declared!r} does not follow from the declared standard "
+      f"deviation and the study's {n} seeds: it is {computed:.4f}"
+    )
 
 
 # ---------------------------------------------------------------- the report
@@ -150,15 +169,24 @@ def test_equivalence(study, rows: list[dict]) -> list[dict]:
   results = []
   for test in study.equivalence:
     against = test.against or study.baseline
-    values = {(r["arm"], r["seed"]): r[test.metric] for r in rows
-              if not math.isnan(r[test.metric])}
+    values = {(r["arm"], r["seed"]): r[test.metric] for r in rows if not math.isnan(r[test.metric])}
     shared = [s for s in study.seeds if (test.arm, s) in values and (against, s) in values]
-    row = {"arm": test.arm, "against": against, "metric": test.metric, "margin": test.margin,
-           "alpha": test.alpha, "n": len(shared), "outcome": "not tested",
-           "achieved_power": math.nan}
+    row = {
+      "arm": test.arm,
+      "against": against,
+      "metric": test.metric,
+      "margin": test.margin,
+      "alpha": test.alpha,
+      "n": len(shared),
+      "outcome": "not tested",
+      "achieved_power": math.nan,
+    }
     if len(shared) >= 2:
-      row.update(stats.tost([values[test.arm, s] - values[against, s] for s in shared],
-                            test.margin, test.alpha))
+      row.update(
+        stats.tost(
+          [values[test.arm, s] - values[against, s] for s in shared], test.margin, test.alpha
+        )
+      )
       row["achieved_power"] = stats.tost_power(row["std"], row["n"], test.margin, test.alpha)
     results.append(row)
   return results
@@ -166,46 +194,66 @@ def test_equivalence(study, rows: list[dict]) -> list[dict]:
 
 def outcome_words(row: dict) -> str:
   points = f"+-{100 * row['margin']:g} point{'s' if row['margin'] != 0.01 else ''}"
-  return {"equivalent": f"equivalent within {points}",
-          "not equivalent": f"not equivalent (differs by more than {points})",
-          "inconclusive": f"inconclusive (neither equivalent within {points} nor shown to "
-                          "differ by more)",
-          "not tested": "not tested (fewer than two paired seeds)"}[row["outcome"]]
+  return {
+    "equivalent": f"equivalent within {points}",
+    "not equivalent": f"not equivalent (differs by more than {points})",
+    "inconclusive": f"inconclusive (neither equivalent within {points} nor shown to "
+    "differ by more)",
+    "not tested": "not tested (fewer than two paired seeds)",
+  }[row["outcome"]]
 
 
 def equivalence_lines(results: list[dict]) -> list[str]:
-  lines = ["", "### Equivalence", "", "Two one-sided paired t-tests (TOST) per declaration, "
-           "each at its alpha; the interval is the 1 - 2 alpha t interval of the mean "
-           "difference (percentage points). Achieved power: the TOST's power at a true "
-           "difference of 0, were the spread what these seeds show.", "",
-           "| arm | against | n | mean diff | interval | p (lower, upper) | outcome | "
-           "achieved power |", "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "",
+    "### Equivalence",
+    "",
+    "Two one-sided paired t-tests (TOST) per declaration, "
+    "each at its alpha; the interval is the 1 - 2 alpha t interval of the mean "
+    "difference (percentage points). Achieved power: the TOST's power at a true "
+    "difference of 0, were the spread what these seeds show.",
+    "",
+    "| arm | against | n | mean diff | interval | p (lower, upper) | outcome | achieved power |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for r in results:
     if r["n"] < 2:
-      lines.append(f"| {r['arm']} | {r['against']} | {r['n']} | - | - | - | "
-                   f"{outcome_words(r)} | - |")
+      lines.append(
+        f"| {r['arm']} | {r['against']} | {r['n']} | - | - | - | {outcome_words(r)} | - |"
+      )
       continue
-    lines.append(f"| {r['arm']} | {r['against']} | {r['n']} | {100 * r['mean']:+.2f} | "
-                 f"{100 * r['ci_low']:+.2f} to {100 * r['ci_high']:+.2f} | "
-                 f"{r['p_lower']:.3g}, {r['p_upper']:.3g} | **{outcome_words(r)}** | "
-                 f"{r['achieved_power']:.2f} |")
+    lines.append(
+      f"| {r['arm']} | {r['against']} | {r['n']} | {100 * r['mean']:+.2f} | "
+      f"{100 * r['ci_low']:+.2f} to {100 * r['ci_high']:+.2f} | "
+      f"{r['p_lower']:.3g}, {r['p_upper']:.3g} | **{outcome_words(r)}** | "
+      f"{r['achieved_power']:.2f} |"
+    )
   return lines
 
 
 def declared_power_lines(study, tests: list[dict]) -> list[str]:
   """Declared against achieved: each test's detectable difference and each TOST's power."""
   power = study.power
-  lines = ["", "### Power: declared and achieved", "", f"Declared before the runs from "
-           f"{power.source.strip()}; achieved: the same formulas at the spread of the "
-           f"differences these runs show ({len(study.seeds)} seeds, {100 * POWER:.0f}% power, "
-           "Holm's strictest level).", "",
-           "| test | sd of differences, declared | detectable, declared | sd, observed | "
-           "detectable, achieved |", "|---|---|---|---|---|"]
+  lines = [
+    "",
+    "### Power: declared and achieved",
+    "",
+    f"Declared before the runs from "
+    f"{power.source.strip()}; achieved: the same formulas at the spread of the "
+    f"differences these runs show ({len(study.seeds)} seeds, {100 * POWER:.0f}% power, "
+    "Holm's strictest level).",
+    "",
+    "| test | sd of differences, declared | detectable, declared | sd, observed | "
+    "detectable, achieved |",
+    "|---|---|---|---|---|",
+  ]
   for t in tests:
     observed = t.get("std", math.nan)
-    lines.append(f"| {t['arm']} {t['direction']} | {100 * power.std[t['arm']]:.2f} | "
-                 f"{100 * power.detectable[t['arm']]:.2f} | {_points(observed)} | "
-                 f"{_points(t.get('detectable', math.nan))} |")
+    lines.append(
+      f"| {t['arm']} {t['direction']} | {100 * power.std[t['arm']]:.2f} | "
+      f"{100 * power.detectable[t['arm']]:.2f} | {_points(observed)} | "
+      f"{_points(t.get('detectable', math.nan))} |"
+    )
   for arm, declared in power.equivalence_power.items():
     lines.append(f"| {arm} TOST | {100 * power.std[arm]:.2f} | power {declared:.2f} | | |")
   return lines

@@ -57,8 +57,10 @@ def config_differences(expected: dict, found: dict) -> list[str]:
 def finished_runs(source: str) -> dict[str, list[dict]]:
   """{trial name: its journal records} of every trial the source finished."""
   if not os.path.isfile(os.path.join(source, sweep.SWEEP_FILE)):
-    raise errors.MissingPathError(f"--from={source}: no {sweep.SWEEP_FILE}, so not the workdir "
-                                  "of a study that has run, nor a folder carry export wrote")
+    raise errors.MissingPathError(
+      f"--from={source}: no {sweep.SWEEP_FILE}, so not the workdir "
+      "of a study that has run, nor a folder carry export wrote"
+    )
   finished, _ = carry.trial_states(source)
   kept = {name: [] for name in finished}
   for record in journal.read_journal(source):
@@ -106,8 +108,12 @@ def _copy_trial(source_dir: str, target_dir: str) -> None:
   partial = target_dir + PARTIAL_SUFFIX
   if os.path.lexists(partial):  # Left by a copy that was killed: it was never renamed.
     shutil.rmtree(partial)
-  shutil.copytree(source_dir, partial, symlinks=True,
-                  ignore=lambda _, names: [n for n in names if n.startswith(".")])
+  shutil.copytree(
+    source_dir,
+    partial,
+    symlinks=True,
+    ignore=lambda _, names: [n for n in names if n.startswith(".")],
+  )
   os.rename(partial, target_dir)
 
 
@@ -124,8 +130,14 @@ def reuse(study: spec.Study, workdir: str, source: str) -> dict:
     # The records last: a copy killed before them leaves a folder the study runs again.
     for record in kept:
       journal.append_record(journal_file, {**record, "reused_from": marked})
-  result["commits"] = sorted({r.get("commit", "unrecorded") for kept in result["reuse"].values()
-                              for r in kept if r["status"] == journal.FINISHED})
+  result["commits"] = sorted(
+    {
+      r.get("commit", "unrecorded")
+      for kept in result["reuse"].values()
+      for r in kept
+      if r["status"] == journal.FINISHED
+    }
+  )
   return result
 
 
@@ -133,12 +145,16 @@ def reuse(study: spec.Study, workdir: str, source: str) -> dict:
 
 
 def define_flags():
-  flags.DEFINE_string("study", None, "The study file whose workdir receives the runs.",
-                      required=True)
-  flags.DEFINE_string("workdir", None, "The study's workdir (created if missing).",
-                      required=True)
-  flags.DEFINE_string("from", None, "Another study's workdir, or a folder written by "
-                      "python -m proxy_jax.sweep.carry export.", required=True)
+  flags.DEFINE_string(
+    "study", None, "The study file whose workdir receives the runs.", required=True
+  )
+  flags.DEFINE_string("workdir", None, "The study's workdir (created if missing).", required=True)
+  flags.DEFINE_string(
+    "from",
+    None,
+    "Another study's workdir, or a folder written by python -m proxy_jax.sweep.carry export.",
+    required=True,
+  )
   flags.DEFINE_multi_string("set", [], "The study's --set overrides, exactly as given to it.")
 
 
@@ -154,16 +170,22 @@ def main(argv):
   study = spec.load_study(f.study)
   study = spec.with_common_overrides(study, f.set, f.workdir)
   result = reuse(study, f.workdir, f["from"].value)
-  print(f"reused {len(result['reuse'])} finished run(s) from {f['from'].value} into "
-        f"{f.workdir}: {_names(result['reuse'])}", flush=True)
+  print(
+    f"reused {len(result['reuse'])} finished run(s) from {f['from'].value} into "
+    f"{f.workdir}: {_names(result['reuse'])}",
+    flush=True,
+  )
   if result["present"]:
     print(f"left as they are (the workdir has them already): {_names(result['present'])}")
   for name, why in result["refused"].items():
     print(f"not reused: {name}: {why}")
   if result["commits"]:
-    print(f"the reused runs record code version {', '.join(result['commits'])}: run the study "
-          "from a snapshot of it, with the --parallel they ran with (the study refuses runs of "
-          "mixed code versions or compute slices)", flush=True)
+    print(
+      f"the reused runs record code version {', '.join(result['commits'])}: run the study "
+      "from a snapshot of it, with the --parallel they ran with (the study refuses runs of "
+      "mixed code versions or compute slices)",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

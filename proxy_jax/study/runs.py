@@ -37,10 +37,20 @@ def code_version(repo: str = _PACKAGE_DIR) -> str:
       with open(path) as f:
         return f.read().strip()
   try:
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, check=True,
-                            capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                           check=True, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+      ["git", "rev-parse", "--short=12", "HEAD"],
+      cwd=repo,
+      check=True,
+      capture_output=True,
+      text=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=repo,
+      check=True,
+      capture_output=True,
+      text=True,
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
   return commit + ("-dirty" if dirty else "")
@@ -54,9 +64,11 @@ def _read_split(trial_dir: str) -> dict | None:
   try:
     return splits.read_split(path)[0]
   except errors.DamagedFileError as error:
-    raise spec.StudyError(f"{path} is damaged ({error.cause}); restore it from a backup, or "
-                          "delete that trial's folder and rerun the study to train it "
-                          "again") from error
+    raise spec.StudyError(
+      f"{path} is damaged ({error.cause}); restore it from a backup, or "
+      "delete that trial's folder and rerun the study to train it "
+      "again"
+    ) from error
 
 
 def _read_summary(trial_dir: str) -> dict | None:
@@ -64,9 +76,11 @@ def _read_summary(trial_dir: str) -> dict | None:
   try:
     summary = records.read_summary(trial_dir)
   except errors.DamagedFileError as error:
-    raise spec.StudyError(f"{error.path} is damaged ({error.cause}); rerun the study without "
-                          "--report=only: it runs that trial again, which rebuilds the summary "
-                          "from its last checkpoint") from error
+    raise spec.StudyError(
+      f"{error.path} is damaged ({error.cause}); rerun the study without "
+      "--report=only: it runs that trial again, which rebuilds the summary "
+      "from its last checkpoint"
+    ) from error
   return None if summary is None else summary.to_json()
 
 
@@ -85,13 +99,16 @@ def load_runs(study: spec.Study, workdir: str) -> tuple[dict, list]:
       missing.append(name)
       continue
     runs[arm, seed] = {
-        "name": name, "workdir": trial_dir, "summary": summary,
-        "split": _read_split(trial_dir),
-        "commit": states[name].get("commit", "unrecorded"),
-        "process_seconds": sum(float(r.get("seconds", 0.0)) for r in attempts.get(name, [])),
-        "attempts": len(attempts.get(name, [])),
-        # Copied from another study's workdir by python -m proxy_jax.study.reuse.
-        "reused_from": states[name].get("reused_from", "")}
+      "name": name,
+      "workdir": trial_dir,
+      "summary": summary,
+      "split": _read_split(trial_dir),
+      "commit": states[name].get("commit", "unrecorded"),
+      "process_seconds": sum(float(r.get("seconds", 0.0)) for r in attempts.get(name, [])),
+      "attempts": len(attempts.get(name, [])),
+      # Copied from another study's workdir by python -m proxy_jax.study.reuse.
+      "reused_from": states[name].get("reused_from", ""),
+    }
   return runs, missing
 
 
@@ -117,21 +134,30 @@ def _history(summary: dict, epochs: int) -> list:
 def check_pair(study: spec.Study, arm: str, seed: int, run: dict, base: dict) -> dict:
   """The checks of one arm against the baseline arm of the same seed (see the module doc)."""
   s, b = run["summary"], base["summary"]
-  split_ok = (run["split"] is not None and base["split"] is not None and all(
-      run["split"].get(k) == base["split"].get(k) for k in ("pool_fingerprint", "indices")))
-  epochs_ok = (s.get("num_epochs") == b.get("num_epochs")
-               and len(s["history"]) == len(b["history"]) == s.get("num_epochs"))
+  split_ok = (
+    run["split"] is not None
+    and base["split"] is not None
+    and all(run["split"].get(k) == base["split"].get(k) for k in ("pool_fingerprint", "indices"))
+  )
+  epochs_ok = s.get("num_epochs") == b.get("num_epochs") and len(s["history"]) == len(
+    b["history"]
+  ) == s.get("num_epochs")
   config, base_config = flatten(s["config"]), flatten(b["config"])
   seed_ok = config.get("seed") == base_config.get("seed") == seed
-  init_ok = s.get("init_checksum") is not None and s.get("init_checksum") == b.get(
-      "init_checksum")
+  init_ok = s.get("init_checksum") is not None and s.get("init_checksum") == b.get("init_checksum")
   sizes, base_sizes = s.get("num_examples") or {}, b.get("num_examples") or {}
-  order_ok = (seed_ok and config.get("batch_size") == base_config.get("batch_size")
-              and sizes.get("train") is not None and sizes.get("train") == base_sizes.get(
-                  "train"))
+  order_ok = (
+    seed_ok
+    and config.get("batch_size") == base_config.get("batch_size")
+    and sizes.get("train") is not None
+    and sizes.get("train") == base_sizes.get("train")
+  )
   allowed = set(study.arms[arm]) | set(study.arms[study.baseline])
-  differing = sorted(k for k in set(config) | set(base_config)
-                     if config.get(k) != base_config.get(k) and k not in allowed)
+  differing = sorted(
+    k
+    for k in set(config) | set(base_config)
+    if config.get(k) != base_config.get(k) and k not in allowed
+  )
   changed = {k for k in allowed if config.get(k) != base_config.get(k)}
   proxy_only = all(k.startswith("proxy.") for k in changed)
   history = "n/a (augmentation differs from step one)"
@@ -142,10 +168,20 @@ def check_pair(study: spec.Study, arm: str, seed: int, run: dict, base: dict) ->
     before = len(s["history"]) if before is None else before
     same = _history(s, before) == _history(b, before)
     history = f"{'identical' if same else 'DIFFERENT'} for {before} epoch(s)"
-  return {"seed": seed, "arm": arm, "split": split_ok, "epochs": epochs_ok, "seed_ok": seed_ok,
-          "init": init_ok, "data_order": order_ok, "config": not differing,
-          "unexpected_config_fields": differing, "history": history,
-          "commit": run["commit"], "compute": records.compute_label(s.get("compute"))}
+  return {
+    "seed": seed,
+    "arm": arm,
+    "split": split_ok,
+    "epochs": epochs_ok,
+    "seed_ok": seed_ok,
+    "init": init_ok,
+    "data_order": order_ok,
+    "config": not differing,
+    "unexpected_config_fields": differing,
+    "history": history,
+    "commit": run["commit"],
+    "compute": records.compute_label(s.get("compute")),
+  }
 
 
 def fairness_checks(study: spec.Study, runs: dict) -> tuple[list, list]:
@@ -160,25 +196,33 @@ def fairness_checks(study: spec.Study, runs: dict) -> tuple[list, list]:
         continue
       row = check_pair(study, arm, seed, runs[arm, seed], base)
       rows.append(row)
-      names = {"split": "split.json differs", "epochs": "epochs differ",
-               "seed_ok": "seed differs", "init": "initial weights differ (init_checksum)",
-               "data_order": "data order inputs differ (seed, batch size, train size)",
-               "config": f"config differs in {row['unexpected_config_fields']}"}
+      names = {
+        "split": "split.json differs",
+        "epochs": "epochs differ",
+        "seed_ok": "seed differs",
+        "init": "initial weights differ (init_checksum)",
+        "data_order": "data order inputs differ (seed, batch size, train size)",
+        "config": f"config differs in {row['unexpected_config_fields']}",
+      }
       for key, text in names.items():
         if not row[key]:
           failures.append(f"seed {seed}, arm {arm} vs {study.baseline}: {text}")
       if row["history"].startswith("DIFFERENT"):
-        failures.append(f"seed {seed}, arm {arm}: validation history before the first proxy "
-                        f"step differs from {study.baseline}'s")
+        failures.append(
+          f"seed {seed}, arm {arm}: validation history before the first proxy "
+          f"step differs from {study.baseline}'s"
+        )
   commits = sorted({r["commit"] for r in runs.values()})
   if len(commits) > 1:
     failures.append(f"the runs used different code versions: {', '.join(commits)}")
   return rows, failures + compute_failures(runs)
 
 
-COMPUTE_FIX = ("run every trial with the same --parallel / --devices_per_trial on the same kind "
-               "of machine; on XLA:CPU the thread count changes results (delete the odd trials' "
-               "folders and run the study again to retrain them)")
+COMPUTE_FIX = (
+  "run every trial with the same --parallel / --devices_per_trial on the same kind "
+  "of machine; on XLA:CPU the thread count changes results (delete the odd trials' "
+  "folders and run the study again to retrain them)"
+)
 
 
 def compute_failures(runs: dict) -> list[str]:

@@ -21,8 +21,13 @@ from proxy_jax.study import preregistration
 # Fields that decide the split, the initial weights, the data order or the epochs of a run.
 SHARED_FIELDS = ("seed", "num_epochs", "image_size", "batch_size")
 SHARED_PREFIXES = ("data.", "model.")
-DEFAULT_EXPLAIN = {"split": "test", "cam": "gradcampp", "num_images": 256, "steps": 16,
-                   "grid_images": 8}
+DEFAULT_EXPLAIN = {
+  "split": "test",
+  "cam": "gradcampp",
+  "num_images": 256,
+  "steps": 16,
+  "grid_images": 8,
+}
 
 
 # Where study reports and pilot choices go: experiments/results/ of the working directory (the
@@ -55,6 +60,7 @@ class Study:
   declared_when: when the declaration was made, in words, if not before every run of its arms
     (a follow-up declared after some results were seen is exploratory, and says so).
   """
+
   name: str
   config: str
   arms: dict
@@ -95,13 +101,19 @@ def validate(study: Study, source: str = "study") -> Study:
   if len(study.arms) < 2:
     raise StudyError(f"{source}: a study needs at least two arms, got {list(study.arms)}")
   if study.baseline not in study.arms:
-    raise StudyError(f"{source}: baseline arm {study.baseline!r} is not one of the arms "
-                     f"{list(study.arms)}")
+    raise StudyError(
+      f"{source}: baseline arm {study.baseline!r} is not one of the arms {list(study.arms)}"
+    )
   seeds = list(study.seeds)
-  if (len(seeds) < 2 or len(set(seeds)) != len(seeds)
-      or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-    raise StudyError(f"{source}: seeds {seeds!r} must be at least two distinct integers "
-                     "(a paired interval needs two)")
+  if (
+    len(seeds) < 2
+    or len(set(seeds)) != len(seeds)
+    or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+  ):
+    raise StudyError(
+      f"{source}: seeds {seeds!r} must be at least two distinct integers "
+      "(a paired interval needs two)"
+    )
   for arm, overrides in study.arms.items():
     try:
       sweep.check_trial_name(trial_name(arm, seeds[0]))
@@ -110,15 +122,17 @@ def validate(study: Study, source: str = "study") -> Study:
     for key in overrides:
       if key in SHARED_FIELDS or key.startswith(SHARED_PREFIXES):
         raise StudyError(
-            f"{source}: arm {arm!r} overrides {key!r}, which every arm of a seed must share "
-            "(split, initial weights, data order, epochs); put it in the study's common "
-            "overrides or make it a separate study")
+          f"{source}: arm {arm!r} overrides {key!r}, which every arm of a seed must share "
+          "(split, initial weights, data order, epochs); put it in the study's common "
+          "overrides or make it a separate study"
+        )
   if "seed" in study.common:
     raise StudyError(f"{source}: common overrides set 'seed'; list the seeds in `seeds`")
   unknown = set(study.explain) - set(DEFAULT_EXPLAIN)
   if unknown:
-    raise StudyError(f"{source}: explain has unknown keys {sorted(unknown)}; allowed: "
-                     f"{sorted(DEFAULT_EXPLAIN)}")
+    raise StudyError(
+      f"{source}: explain has unknown keys {sorted(unknown)}; allowed: {sorted(DEFAULT_EXPLAIN)}"
+    )
   explain = {**DEFAULT_EXPLAIN, **study.explain}
   if explain["split"] not in ("val", "test"):
     raise StudyError(f"{source}: explain split {explain['split']!r} must be 'val' or 'test'")
@@ -126,13 +140,19 @@ def validate(study: Study, source: str = "study") -> Study:
     family = preregistration.check(study)
   except ValueError as error:
     raise spec_error(source, str(error)) from error
-  return dataclasses.replace(study, config=resolve_config_path(study.config), seeds=tuple(seeds),
-                             arms={a: dict(o) for a, o in study.arms.items()},
-                             common=dict(study.common), explain=explain,
-                             hypotheses=tuple(study.hypotheses), family=family,
-                             controls=tuple(study.controls),
-                             control_arms=tuple(study.control_arms),
-                             equivalence=tuple(study.equivalence))
+  return dataclasses.replace(
+    study,
+    config=resolve_config_path(study.config),
+    seeds=tuple(seeds),
+    arms={a: dict(o) for a, o in study.arms.items()},
+    common=dict(study.common),
+    explain=explain,
+    hypotheses=tuple(study.hypotheses),
+    family=family,
+    controls=tuple(study.controls),
+    control_arms=tuple(study.control_arms),
+    equivalence=tuple(study.equivalence),
+  )
 
 
 def load_study(path: str) -> Study:
@@ -154,8 +174,11 @@ def trial_name(arm: str, seed: int) -> str:
 def trials(study: Study) -> list[dict]:
   """Named trials, seed by seed (every seed runs all arms before the next seed starts, so an
   interrupted study has complete pairs for every arm), with the seed added to the overrides."""
-  grid = [(trial_name(arm, seed), {**overrides, "seed": seed})
-          for seed in study.seeds for arm, overrides in study.arms.items()]
+  grid = [
+    (trial_name(arm, seed), {**overrides, "seed": seed})
+    for seed in study.seeds
+    for arm, overrides in study.arms.items()
+  ]
   return sweep.named_trials(grid, study.name)
 
 
@@ -180,8 +203,9 @@ def with_common_overrides(study: Study, extra, workdir: str) -> Study:
   `workdir` unless one is set: what every trial of the study command runs with."""
   common = sweep.add_set_overrides(study.common, extra)
   if "seed" in common:
-    raise StudyError("--set seed=... would give every arm and seed one seed; list seeds in "
-                     "the study file")
+    raise StudyError(
+      "--set seed=... would give every arm and seed one seed; list seeds in the study file"
+    )
   config = config_files.load_config(study.config)
   if "data.cache_dir" not in common and not config.data.cache_dir:
     # One decode of the images for all trials instead of one per trial.
@@ -194,6 +218,7 @@ def trial_config(study: Study, overrides: dict, label: str = ""):
   (with its seed), typed as the trainer's flag parser types them; StudyError if one is bad
   (its message names the study, then `label`, e.g. the arm)."""
   from proxy_jax.config import checks as config_lib  # pylint: disable=g-import-not-at-top
+
   config = config_files.load_config(study.config)
   flat = {**study.common, **overrides}
   try:

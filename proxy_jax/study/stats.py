@@ -45,14 +45,28 @@ def paired_t(differences, confidence: float = 0.95) -> dict:
     raise ValueError(f"a paired t interval needs at least 2 differences, got {n}")
   mean, std = float(d.mean()), float(d.std(ddof=1))
   if std == 0.0:
-    return {"n": n, "mean": mean, "std": 0.0, "ci_low": math.nan, "ci_high": math.nan,
-            "t_p": sign_flip_p(d), "p_method": "sign-flip"}
+    return {
+      "n": n,
+      "mean": mean,
+      "std": 0.0,
+      "ci_low": math.nan,
+      "ci_high": math.nan,
+      "t_p": sign_flip_p(d),
+      "p_method": "sign-flip",
+    }
   sem = std / math.sqrt(n)
   half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
   t = mean / sem
   p = float(2 * scipy_stats.t.sf(abs(t), n - 1))
-  return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half,
-          "t_p": p, "p_method": "t"}
+  return {
+    "n": n,
+    "mean": mean,
+    "std": std,
+    "ci_low": mean - half,
+    "ci_high": mean + half,
+    "t_p": p,
+    "p_method": "t",
+  }
 
 
 def sign_test(differences) -> float:
@@ -62,7 +76,7 @@ def sign_test(differences) -> float:
   n = wins + losses
   if n == 0:
     return 1.0
-  tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2.0 ** n
+  tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2.0**n
   return min(1.0, 2.0 * tail)
 
 
@@ -81,7 +95,7 @@ def holm(p_values) -> np.ndarray:
 
 def smallest_sign_p(n: int) -> float:
   """The smallest p-value a two-sided sign test can reach with n pairs."""
-  return min(1.0, 2.0 * 0.5 ** n)
+  return min(1.0, 2.0 * 0.5**n)
 
 
 def t_power(difference: float, std: float, n: int, alpha: float, sides: int = 1) -> float:
@@ -100,8 +114,9 @@ def t_power(difference: float, std: float, n: int, alpha: float, sides: int = 1)
   return power
 
 
-def detectable_difference(std: float, n: int, alpha: float, power: float = 0.8,
-                          sides: int = 1) -> float:
+def detectable_difference(
+  std: float, n: int, alpha: float, power: float = 0.8, sides: int = 1
+) -> float:
   """The smallest true mean difference that the paired t-test at level `alpha` (one- or
   two-sided) with `n` pairs detects with probability `power`, for differences of standard
   deviation `std` (NaN when undefined: fewer than two pairs, or no spread)."""
@@ -110,8 +125,9 @@ def detectable_difference(std: float, n: int, alpha: float, power: float = 0.8,
   high = std
   while t_power(high, std, n, alpha, sides) < power:  # Power grows with the difference.
     high *= 2.0
-  return float(optimize.brentq(lambda d: t_power(d, std, n, alpha, sides) - power, 0.0, high,
-                               xtol=1e-10 * std))
+  return float(
+    optimize.brentq(lambda d: t_power(d, std, n, alpha, sides) - power, 0.0, high, xtol=1e-10 * std)
+  )
 
 
 # ---------------------------------------------------------------- equivalence
@@ -135,12 +151,18 @@ def tost(differences, margin: float, alpha: float = 0.05) -> dict:
   row = {"n": n, "mean": mean, "std": std, "margin": margin, "alpha": alpha}
   if std == 0.0:  # No spread: the mean is known exactly.
     inside = abs(mean) < margin
-    row.update(p_lower=0.0 if inside or mean > 0 else 1.0,
-               p_upper=0.0 if inside or mean < 0 else 1.0, ci_low=mean, ci_high=mean)
+    row.update(
+      p_lower=0.0 if inside or mean > 0 else 1.0,
+      p_upper=0.0 if inside or mean < 0 else 1.0,
+      ci_low=mean,
+      ci_high=mean,
+    )
   else:
     sem = std / math.sqrt(n)
-    row.update(p_lower=float(scipy_stats.t.sf((mean + margin) / sem, n - 1)),
-               p_upper=float(scipy_stats.t.cdf((mean - margin) / sem, n - 1)))
+    row.update(
+      p_lower=float(scipy_stats.t.sf((mean + margin) / sem, n - 1)),
+      p_upper=float(scipy_stats.t.cdf((mean - margin) / sem, n - 1)),
+    )
     half = float(scipy_stats.t.ppf(1.0 - alpha, n - 1)) * sem
     row.update(ci_low=mean - half, ci_high=mean + half)
   row["p"] = max(row["p_lower"], row["p_upper"])
@@ -153,8 +175,9 @@ def tost(differences, margin: float, alpha: float = 0.05) -> dict:
   return row
 
 
-def tost_power(std: float, n: int, margin: float, alpha: float = 0.05,
-               difference: float = 0.0) -> float:
+def tost_power(
+  std: float, n: int, margin: float, alpha: float = 0.05, difference: float = 0.0
+) -> float:
   """Probability that the paired TOST at `alpha` with `n` pairs declares equivalence within
   +-`margin` when the true mean difference is `difference` and the differences' standard
   deviation `std`. Exact: given the sample's standard deviation s, equivalence is declared when
@@ -169,13 +192,16 @@ def tost_power(std: float, n: int, margin: float, alpha: float = 0.05,
     half = margin - critical * std * math.sqrt(chi2 / df) / math.sqrt(n)
     if half <= 0:
       return 0.0
-    return float(scipy_stats.norm.cdf((half - difference) / sem)
-                 - scipy_stats.norm.cdf((-half - difference) / sem))
+    return float(
+      scipy_stats.norm.cdf((half - difference) / sem)
+      - scipy_stats.norm.cdf((-half - difference) / sem)
+    )
 
   # Beyond this chi2 the interval is wider than the margin: nothing is declared.
   top = df * (margin * math.sqrt(n) / (critical * std)) ** 2
-  value, _ = integrate.quad(lambda c: declared(c) * scipy_stats.chi2.pdf(c, df), 0.0, top,
-                            limit=200)
+  value, _ = integrate.quad(
+    lambda c: declared(c) * scipy_stats.chi2.pdf(c, df), 0.0, top, limit=200
+  )
   return float(value)
 
 
@@ -192,15 +218,29 @@ def compare_arms(values: dict, baseline: str, arms: list, seeds: list) -> list[d
       continue
     shared = [s for s in seeds if (arm, s) in values and (baseline, s) in values]
     diffs = np.array([values[arm, s] - values[baseline, s] for s in shared])
-    row = {"arm": arm, "seeds": shared, "diffs": diffs.tolist(),
-           "wins": int(np.sum(diffs > 0)), "losses": int(np.sum(diffs < 0))}
+    row = {
+      "arm": arm,
+      "seeds": shared,
+      "diffs": diffs.tolist(),
+      "wins": int(np.sum(diffs > 0)),
+      "losses": int(np.sum(diffs < 0)),
+    }
     if len(shared) >= 2:
       row.update(paired_t(diffs))
       row["sign_p"] = sign_test(diffs)
     else:
-      row.update({"n": len(shared), "mean": float("nan"), "std": float("nan"),
-                  "ci_low": float("nan"), "ci_high": float("nan"), "t_p": float("nan"),
-                  "p_method": "none", "sign_p": float("nan")})
+      row.update(
+        {
+          "n": len(shared),
+          "mean": float("nan"),
+          "std": float("nan"),
+          "ci_low": float("nan"),
+          "ci_high": float("nan"),
+          "t_p": float("nan"),
+          "p_method": "none",
+          "sign_p": float("nan"),
+        }
+      )
     rows.append(row)
   tested = [r for r in rows if not math.isnan(r["t_p"])]
   for key in ("t_p", "sign_p"):
@@ -225,15 +265,22 @@ def verdict(row: dict, unit: str = "points", scale: float = 100.0, alpha: float 
     return f"not tested (only {row['n']} paired seed(s))"
   mean, low, high = scale * row["mean"], scale * row["ci_low"], scale * row["ci_high"]
   test = "t-test" if row.get("p_method", "t") == "t" else "sign-flip test (no spread)"
-  interval = ("95% CI undefined (every seed gave the same difference)" if math.isnan(low)
-              else f"unadjusted 95% CI {low:+.2f} to {high:+.2f}")
-  detail = (f"{mean:+.2f} {unit}, {interval}, {test} Holm p={row['holm_t_p']:.3g}"
-            f", sign test Holm p={row['holm_sign_p']:.3g}, wins/losses {row['wins']}/"
-            f"{row['losses']} of {row['n']} seeds")
+  interval = (
+    "95% CI undefined (every seed gave the same difference)"
+    if math.isnan(low)
+    else f"unadjusted 95% CI {low:+.2f} to {high:+.2f}"
+  )
+  detail = (
+    f"{mean:+.2f} {unit}, {interval}, {test} Holm p={row['holm_t_p']:.3g}"
+    f", sign test Holm p={row['holm_sign_p']:.3g}, wins/losses {row['wins']}/"
+    f"{row['losses']} of {row['n']} seeds"
+  )
   if row["holm_t_p"] < alpha and mean != 0:
     direction = "better" if mean > 0 else "worse"
     return f"{direction} by {abs(mean):.2f} {unit} ({detail})"
   if not math.isnan(low) and (low > 0 or high < 0):
-    return (f"not significant after Holm's correction for the {row.get('family', 'several')} "
-            f"compared arms, although this arm's own unadjusted interval excludes 0 ({detail})")
+    return (
+      f"not significant after Holm's correction for the {row.get('family', 'several')} "
+      f"compared arms, although this arm's own unadjusted interval excludes 0 ({detail})"
+    )
   return f"no measurable difference ({detail})"

@@ -14,16 +14,34 @@ the command skips finished trials, re-runs an interrupted one (training resumes 
 checkpoint) and retries failed ones only with --retry-failed.
 
 Modules: `grid` (the grid language, trial names, shards), `files` (sweep and config files),
-`journal` (the journal and what to do next), `runner` (the subprocesses), `__main__` (the CLI),
+`journal` (the journal and what to do next), `runner` (running a grid's trials), `trial_process`
+(one trial's subprocess), `slots` (slices of the machine), `__main__` (the CLI),
 `carry` (finished trials exported into the checkout and restored in a later session).
 """
 
 from proxy_jax.sweep.files import check_overrides, load_sweep
-from proxy_jax.sweep.grid import (add_set_overrides, check_trial_name, concat, format_value,
-                                  named_trials, parse_shard, product, shard_trials, trial_name,
-                                  zip_fields)
-from proxy_jax.sweep.journal import (FAILED, FINISHED, STARTED, append_record, journal_path,
-                                     plan, read_journal, trial_states)
-from proxy_jax.sweep.runner import (SWEEP_FILE, SWEEP_LOCK_FILE, TRIAL_FILE, TrialBusy,
-                                    define_runner_flags, run_sweep, run_trial, run_trials,
-                                    trial_command)
+from proxy_jax.sweep.grid import (
+  add_set_overrides,
+  check_trial_name,
+  concat,
+  format_value,
+  named_trials,
+  parse_shard,
+  product,
+  shard_trials,
+  trial_name,
+  zip_fields,
+)
+from proxy_jax.sweep.journal import (
+  FAILED,
+  FINISHED,
+  STARTED,
+  append_record,
+  journal_path,
+  plan,
+  read_journal,
+  trial_states,
+)
+from proxy_jax.sweep.runner import SWEEP_FILE, TRIAL_FILE, define_runner_flags, run_sweep
+from proxy_jax.sweep.runner import run_trials
+from proxy_jax.sweep.trial_process import SWEEP_LOCK_FILE, TrialBusy, run_trial, trial_command

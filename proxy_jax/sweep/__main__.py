@@ -20,8 +20,9 @@ def define_flags():
   # Defined on demand, not at import: sweep files and other tools import this package.
   flags.DEFINE_string("config", default_config.PATH, "Config file passed to every trial.")
   flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().", required=True)
-  flags.DEFINE_string("workdir", None, "Sweep directory (one subdirectory per trial).",
-                      required=True)
+  flags.DEFINE_string(
+    "workdir", None, "Sweep directory (one subdirectory per trial).", required=True
+  )
   runner.define_runner_flags("Override for every trial, e.g. --set num_epochs=2.")
 
 
@@ -36,9 +37,20 @@ def main(argv):
   # A batch scheduler's SIGTERM stops the trial like Ctrl-C: journal says "started", resumable.
   signal.signal(signal.SIGTERM, _raise_interrupt)
   f = flags.FLAGS
-  counts = runner.run_sweep(f.config, f.sweep, f.workdir, grid.parse_shard(f.shard),
-                            f.retry_failed, f.dry_run, f.python, f.program, tuple(f.set),
-                            f.trial_timeout, f.parallel, f.devices_per_trial)
+  counts = runner.run_sweep(
+    f.config,
+    f.sweep,
+    f.workdir,
+    grid.parse_shard(f.shard),
+    f.retry_failed,
+    f.dry_run,
+    f.python,
+    f.program,
+    tuple(f.set),
+    f.trial_timeout,
+    f.parallel,
+    f.devices_per_trial,
+  )
   logging.info("sweep counts: %s", counts)
   if counts["failed"]:
     sys.exit(1)

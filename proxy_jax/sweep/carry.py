@@ -54,8 +54,12 @@ def carried_files(trial_dir: str) -> tuple[list[str], list[str]]:
   carried, too_big = [], []
   for name in sorted(os.listdir(trial_dir)):
     path = os.path.join(trial_dir, name)
-    if (name.startswith(".") or not name.endswith(CARRIED_SUFFIXES) or os.path.islink(path)
-        or not os.path.isfile(path)):
+    if (
+      name.startswith(".")
+      or not name.endswith(CARRIED_SUFFIXES)
+      or os.path.islink(path)
+      or not os.path.isfile(path)
+    ):
       continue
     (carried if os.path.getsize(path) <= MAX_CARRIED_BYTES else too_big).append(name)
   return carried, too_big
@@ -94,8 +98,11 @@ def trial_states(workdir: str) -> tuple[list[str], dict[str, str]]:
 def _subfolders(folder: str) -> list[str]:
   if not os.path.isdir(folder):
     return []
-  return sorted(name for name in os.listdir(folder)
-                if not name.startswith(".") and os.path.isdir(os.path.join(folder, name)))
+  return sorted(
+    name
+    for name in os.listdir(folder)
+    if not name.startswith(".") and os.path.isdir(os.path.join(folder, name))
+  )
 
 
 def _read_bytes(path: str) -> bytes | None:
@@ -113,8 +120,9 @@ def _write_if_changed(path: str, data: bytes) -> None:
 
 def _journal_bytes(kept: list[dict], path: str) -> bytes:
   # One record a line, spelled as journal.append_record spells them.
-  return b"".join(io_utils.strict_json_dumps(r, path, indent=None, default=str).encode()
-                  + b"\n" for r in kept)
+  return b"".join(
+    io_utils.strict_json_dumps(r, path, indent=None, default=str).encode() + b"\n" for r in kept
+  )
 
 
 def _mirror_trial(source: str, target: str, names: list[str]) -> None:
@@ -133,16 +141,18 @@ def export(workdir: str, to: str) -> dict:
   """Writes the finished trials of `workdir` into `to`; returns {"exported": [names],
   "left_out": {name: state}, "too_big": ["trial/file"]}."""
   if not os.path.isfile(os.path.join(workdir, SWEEP_FILE)):
-    raise errors.MissingPathError(f"--workdir={workdir}: no {SWEEP_FILE}, so not the workdir "
-                                  "of a sweep or study that has run")
+    raise errors.MissingPathError(
+      f"--workdir={workdir}: no {SWEEP_FILE}, so not the workdir of a sweep or study that has run"
+    )
   finished, others = trial_states(workdir)
   dropped = [name for name in _subfolders(to) if name not in finished]
   if dropped:
     raise errors.WorkdirError(
-        f"--to={to} holds {len(dropped)} trial(s) that {workdir} has not finished "
-        f"({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}); exporting would drop "
-        f"them: restore them first (python -m proxy_jax.sweep.carry restore --from={to} "
-        f"--workdir={workdir}), or export into an empty folder")
+      f"--to={to} holds {len(dropped)} trial(s) that {workdir} has not finished "
+      f"({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}); exporting would drop "
+      f"them: restore them first (python -m proxy_jax.sweep.carry restore --from={to} "
+      f"--workdir={workdir}), or export into an empty folder"
+    )
   kept = [r for r in journal.read_journal(workdir) if r["trial"] in set(finished)]
   os.makedirs(to, exist_ok=True)
   _write_if_changed(os.path.join(to, SWEEP_FILE), _read_bytes(os.path.join(workdir, SWEEP_FILE)))
@@ -164,8 +174,10 @@ def read_carried(source: str) -> tuple[list[dict], dict[str, list[str]]]:
   """(journal records, {trial: its carried file names}) of an exported folder; a folder that is
   not what `export` writes is a MissingPathError or DamagedFileError."""
   if not os.path.isfile(os.path.join(source, SWEEP_FILE)):
-    raise errors.MissingPathError(f"--from={source}: no {SWEEP_FILE}, so not a folder written "
-                                  "by python -m proxy_jax.sweep.carry export")
+    raise errors.MissingPathError(
+      f"--from={source}: no {SWEEP_FILE}, so not a folder written "
+      "by python -m proxy_jax.sweep.carry export"
+    )
   io_utils.read_json(os.path.join(source, SWEEP_FILE), dict, SWEEP_FIX)
   carried = journal.read_journal(source)
   latest = {r["trial"]: r["status"] for r in carried}
@@ -174,8 +186,10 @@ def read_carried(source: str) -> tuple[list[dict], dict[str, list[str]]]:
   for name in sorted(set(trials) | set(latest)):
     if latest.get(name) != journal.FINISHED or not _summary_reads(os.path.join(source, name)):
       raise errors.DamagedFileError(
-          os.path.join(source, name), "not a finished trial with its journal record and "
-          "summary.json", fix)
+        os.path.join(source, name),
+        "not a finished trial with its journal record and summary.json",
+        fix,
+      )
   return carried, trials
 
 
@@ -183,13 +197,19 @@ def _conflicts(source: str, workdir: str, carried: list[dict], trials: dict) -> 
   """Carried trials the workdir already holds otherwise: a folder with other (or missing)
   files, or journal records of its own."""
   keys = {_record_key(r) for r in carried}
-  own = {r["trial"] for r in journal.read_journal(workdir)
-         if r["trial"] in trials and _record_key(r) not in keys}
+  own = {
+    r["trial"]
+    for r in journal.read_journal(workdir)
+    if r["trial"] in trials and _record_key(r) not in keys
+  }
   conflicts = []
   for name, names in trials.items():
     target = os.path.join(workdir, name)
-    differing = [f for f in names if _read_bytes(os.path.join(target, f))
-                 != _read_bytes(os.path.join(source, name, f))]
+    differing = [
+      f
+      for f in names
+      if _read_bytes(os.path.join(target, f)) != _read_bytes(os.path.join(source, name, f))
+    ]
     if os.path.lexists(target) and not os.path.isdir(target):
       conflicts.append(f"{name} (not a folder)")
     elif os.path.isdir(target) and differing:
@@ -207,10 +227,11 @@ def restore(source: str, workdir: str) -> dict:
   conflicts = _conflicts(source, workdir, carried, trials)
   if conflicts:
     raise errors.WorkdirError(
-        f"--workdir={workdir} already holds {len(conflicts)} of the carried trials otherwise: "
-        f"{'; '.join(conflicts[:3])}{'; ...' if len(conflicts) > 3 else ''}. Nothing was "
-        "restored (nothing is ever overwritten): restore into a new --workdir, or move those "
-        "trial folders and the workdir's journal aside")
+      f"--workdir={workdir} already holds {len(conflicts)} of the carried trials otherwise: "
+      f"{'; '.join(conflicts[:3])}{'; ...' if len(conflicts) > 3 else ''}. Nothing was "
+      "restored (nothing is ever overwritten): restore into a new --workdir, or move those "
+      "trial folders and the workdir's journal aside"
+    )
   os.makedirs(workdir, exist_ok=True)
   described = _read_bytes(os.path.join(source, SWEEP_FILE))
   own_described = _read_bytes(os.path.join(workdir, SWEEP_FILE))
@@ -234,8 +255,11 @@ def restore(source: str, workdir: str) -> dict:
   for record in carried:
     if _record_key(record) not in existing:
       journal.append_record(journal_file, record)
-  return {"restored": restored, "present": present,
-          "kept_sweep_file": own_described not in (None, described)}
+  return {
+    "restored": restored,
+    "present": present,
+    "kept_sweep_file": own_described not in (None, described),
+  }
 
 
 # ---------------------------------------------------------------- CLI
@@ -243,8 +267,11 @@ def restore(source: str, workdir: str) -> dict:
 
 def define_flags():
   flags.DEFINE_string("workdir", None, "The sweep's (or study's) workdir.", required=True)
-  flags.DEFINE_string("to", None, "export: the folder in the checkout to write (e.g. "
-                      "experiments/results/<name>/trials).")
+  flags.DEFINE_string(
+    "to",
+    None,
+    "export: the folder in the checkout to write (e.g. experiments/results/<name>/trials).",
+  )
   flags.DEFINE_string("from", None, "restore: a folder written by export.")
 
 
@@ -257,29 +284,35 @@ def _states_text(left_out: dict) -> str:
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in ("export", "restore"):
-    raise app.UsageError("usage: python -m proxy_jax.sweep.carry export --workdir=W --to=F | "
-                         "restore --from=F --workdir=W")
+    raise app.UsageError(
+      "usage: python -m proxy_jax.sweep.carry export --workdir=W --to=F | "
+      "restore --from=F --workdir=W"
+    )
   f = flags.FLAGS
   if argv[1] == "export":
     if not f.to:
       raise errors.UserError("export needs --to=<folder in the checkout>")
     result = export(f.workdir, f.to)
     left_out = result["left_out"]
-    print(f"exported {len(result['exported'])} finished trial(s) to {f.to}; "
-          f"{len(left_out)} unfinished left out"
-          + (f" ({_states_text(left_out)}), to run again from scratch" if left_out else "")
-          + (f"; too big to carry: {', '.join(result['too_big'])}" if result["too_big"] else ""),
-          flush=True)
+    print(
+      f"exported {len(result['exported'])} finished trial(s) to {f.to}; "
+      f"{len(left_out)} unfinished left out"
+      + (f" ({_states_text(left_out)}), to run again from scratch" if left_out else "")
+      + (f"; too big to carry: {', '.join(result['too_big'])}" if result["too_big"] else ""),
+      flush=True,
+    )
     return
   source = f["from"].value
   if not source:
     raise errors.UserError("restore needs --from=<folder written by export>")
   result = restore(source, f.workdir)
-  print(f"restored {len(result['restored'])} trial(s) into {f.workdir} "
-        f"({len(result['present'])} already there and identical); re-running the sweep skips "
-        "them and runs the rest"
-        + ("; kept the workdir's own sweep.json" if result["kept_sweep_file"] else ""),
-        flush=True)
+  print(
+    f"restored {len(result['restored'])} trial(s) into {f.workdir} "
+    f"({len(result['present'])} already there and identical); re-running the sweep skips "
+    "them and runs the rest"
+    + ("; kept the workdir's own sweep.json" if result["kept_sweep_file"] else ""),
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

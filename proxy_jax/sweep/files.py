@@ -23,6 +23,7 @@ def check_overrides(config_path: str, trials: list[dict], common: dict) -> None:
   for trial in [{"name": "(common)", "overrides": common}] + trials:
     for key in trial["overrides"]:
       if not config_fields.has_field(config, key):
-        raise errors.ConfigError(f"trial {trial['name']}: the config has no field {key!r}; "
-                                 "closest: "
-                                 + ", ".join(config_fields.closest_fields(key, config)))
+        raise errors.ConfigError(
+          f"trial {trial['name']}: the config has no field {key!r}; "
+          "closest: " + ", ".join(config_fields.closest_fields(key, config))
+        )

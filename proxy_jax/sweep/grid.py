@@ -75,11 +75,17 @@ def trial_name(overrides: dict) -> str:
 
 def check_trial_name(name: str) -> str:
   """A given trial name must be a plain directory name; returns it."""
-  if (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._=+,-]+", name)
-      or name.startswith(".") or len(name) > MAX_NAME_CHARS):
-    raise errors.ConfigError(f"trial name {name!r} is not a plain directory name (letters, "
-                             f"digits and ._=+,- only, not starting with '.', at most "
-                             f"{MAX_NAME_CHARS} characters)")
+  if (
+    not isinstance(name, str)
+    or not re.fullmatch(r"[A-Za-z0-9._=+,-]+", name)
+    or name.startswith(".")
+    or len(name) > MAX_NAME_CHARS
+  ):
+    raise errors.ConfigError(
+      f"trial name {name!r} is not a plain directory name (letters, "
+      f"digits and ._=+,- only, not starting with '.', at most "
+      f"{MAX_NAME_CHARS} characters)"
+    )
   return name
 
 
@@ -93,8 +99,9 @@ def named_trials(grid, source: str) -> list[dict]:
     else:
       name, overrides = trial_name(item), item
     if name in seen:
-      raise errors.ConfigError(f"{source}: trials {seen[name]} and {overrides} share the name "
-                               f"{name!r}")
+      raise errors.ConfigError(
+        f"{source}: trials {seen[name]} and {overrides} share the name {name!r}"
+      )
     seen[name] = overrides
     trials.append({"name": name, "overrides": dict(overrides)})
   return trials

@@ -17,12 +17,15 @@ STARTED, FINISHED, FAILED = "started", "finished", "failed"
 def journal_path(workdir: str, shard: tuple[int, int]) -> str:
   # One file per shard: machines of a job array never append to the same file.
   index, count = shard
-  return os.path.join(workdir, "journal.jsonl" if count == 1 else
-                      f"journal-shard{index}of{count}.jsonl")
+  return os.path.join(
+    workdir, "journal.jsonl" if count == 1 else f"journal-shard{index}of{count}.jsonl"
+  )
 
 
-JOURNAL_FIX = ("delete that line, or the whole file: a trial no line marks finished or failed "
-               "runs again (resuming from its checkpoint; a finished run is not trained again)")
+JOURNAL_FIX = (
+  "delete that line, or the whole file: a trial no line marks finished or failed "
+  "runs again (resuming from its checkpoint; a finished run is not trained again)"
+)
 
 
 def _journal_record(line: bytes, path: str, number: int) -> dict | None:
@@ -40,12 +43,17 @@ def _journal_record(line: bytes, path: str, number: int) -> dict | None:
   except ValueError as error:
     if text.startswith(b"{") and not text.endswith(b"}") and text.isascii():
       return None
-    raise errors.DamagedFileError(path, f"{where} is not a JSON record: {error}",
-                                  JOURNAL_FIX) from error
-  if not (isinstance(record, dict) and isinstance(record.get("trial"), str)
-          and record.get("status") in (STARTED, FINISHED, FAILED)):
-    raise errors.DamagedFileError(path, f"{where} is not a trial record: {text[:80]!r}",
-                                  JOURNAL_FIX)
+    raise errors.DamagedFileError(
+      path, f"{where} is not a JSON record: {error}", JOURNAL_FIX
+    ) from error
+  if not (
+    isinstance(record, dict)
+    and isinstance(record.get("trial"), str)
+    and record.get("status") in (STARTED, FINISHED, FAILED)
+  ):
+    raise errors.DamagedFileError(
+      path, f"{where} is not a trial record: {text[:80]!r}", JOURNAL_FIX
+    )
   try:
     return digests.checked(record, path)
   except digests.Mismatch as error:
@@ -80,8 +88,7 @@ def append_record(path: str, record: dict) -> None:
   """Appends one line durably; first ends a torn line a kill may have left."""
   # The digest is of the record as it reads back (strict JSON, numbers as JSON has them).
   value = json.loads(io_utils.strict_json_dumps(record, path, indent=None, default=str))
-  line = json.dumps(digests.with_digest(value), sort_keys=True,
-                    allow_nan=False).encode() + b"\n"
+  line = json.dumps(digests.with_digest(value), sort_keys=True, allow_nan=False).encode() + b"\n"
   fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
   try:
     size = os.fstat(fd).st_size

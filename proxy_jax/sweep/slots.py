@@ -27,6 +27,7 @@ GPU_MEMORY_SHARE = 0.9
 @dataclasses.dataclass(frozen=True)
 class Slot:
   """Where one trial runs: its cores (None: inherit this process's) and environment changes."""
+
   label: str
   cores: tuple[int, ...] | None = None
   env: dict = dataclasses.field(default_factory=dict)
@@ -47,12 +48,14 @@ def visible_gpus(environ=None) -> list[str]:
 
 def cpu_slots(parallel: int, cores: list[int]) -> list[Slot]:
   if parallel > len(cores):
-    raise errors.UserError(f"--parallel={parallel}: only {len(cores)} CPU cores are available "
-                           f"({console.ranges(cores)}); each trial needs one of its own")
+    raise errors.UserError(
+      f"--parallel={parallel}: only {len(cores)} CPU cores are available "
+      f"({console.ranges(cores)}); each trial needs one of its own"
+    )
   slots = []
   for index in range(parallel):
     # Shares that differ by one core at most when the count does not divide.
-    share = tuple(cores[index * len(cores) // parallel:(index + 1) * len(cores) // parallel])
+    share = tuple(cores[index * len(cores) // parallel : (index + 1) * len(cores) // parallel])
     env = {name: str(len(share)) for name in THREAD_VARIABLES}
     slots.append(Slot(f"cores {console.ranges(share)}", share, env))
   return slots
@@ -62,24 +65,36 @@ def gpu_slots(parallel: int, devices_per_trial: int, gpus: list[str]) -> list[Sl
   if not gpus:
     raise errors.UserError(f"--devices_per_trial={devices_per_trial}: no GPU is visible")
   if parallel * devices_per_trial <= len(gpus):
-    return [Slot(f"GPU {','.join(share)}", None, {"CUDA_VISIBLE_DEVICES": ",".join(share)})
-            for share in (gpus[i * devices_per_trial:(i + 1) * devices_per_trial]
-                          for i in range(parallel))]
+    return [
+      Slot(f"GPU {','.join(share)}", None, {"CUDA_VISIBLE_DEVICES": ",".join(share)})
+      for share in (
+        gpus[i * devices_per_trial : (i + 1) * devices_per_trial] for i in range(parallel)
+      )
+    ]
   if devices_per_trial != 1:
     raise errors.UserError(
-        f"--parallel={parallel} x --devices_per_trial={devices_per_trial} needs "
-        f"{parallel * devices_per_trial} GPUs, {len(gpus)} are visible; trials share GPUs "
-        "only with --devices_per_trial=1")
+      f"--parallel={parallel} x --devices_per_trial={devices_per_trial} needs "
+      f"{parallel * devices_per_trial} GPUs, {len(gpus)} are visible; trials share GPUs "
+      "only with --devices_per_trial=1"
+    )
   per_gpu = -(-parallel // len(gpus))
   fraction = f"{GPU_MEMORY_SHARE / per_gpu:.3f}"
-  return [Slot(f"GPU {gpus[i % len(gpus)]} ({fraction} of its memory)", None,
-               {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)],
-                "XLA_PYTHON_CLIENT_MEM_FRACTION": fraction})
-          for i in range(parallel)]
+  return [
+    Slot(
+      f"GPU {gpus[i % len(gpus)]} ({fraction} of its memory)",
+      None,
+      {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "XLA_PYTHON_CLIENT_MEM_FRACTION": fraction},
+    )
+    for i in range(parallel)
+  ]
 
 
-def plan_slots(parallel: int, devices_per_trial: int = 0, cores: list[int] | None = None,
-               gpus: list[str] | None = None) -> list[Slot]:
+def plan_slots(
+  parallel: int,
+  devices_per_trial: int = 0,
+  cores: list[int] | None = None,
+  gpus: list[str] | None = None,
+) -> list[Slot]:
   """The N slots of `--parallel N`: one slot that changes nothing for N = 1 (today's runner).
 
   `devices_per_trial` 0 means 1 where GPUs are visible and CPU cores otherwise.

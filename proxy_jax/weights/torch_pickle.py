@@ -30,10 +30,16 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 # torch storage type names -> NumPy dtypes (little-endian, as torch writes them).
 STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
+  "FloatStorage": np.float32,
+  "DoubleStorage": np.float64,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 
 
@@ -57,8 +63,7 @@ class _Tensor:
   """What `_rebuild_tensor_v2` describes: a strided view of a storage."""
 
   def __init__(self, storage, offset, size, stride):
-    self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(
-        stride)
+    self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
   def to_numpy(self) -> np.ndarray:
     data = self.storage.array
@@ -71,15 +76,18 @@ class _Tensor:
     if any(s == 0 for s in self.size):
       return np.zeros(self.size, data.dtype)
     if needed > len(data):
-      raise ValueError(f"a tensor of shape {self.size} reaches past its storage of "
-                       f"{len(data)} elements")
+      raise ValueError(
+        f"a tensor of shape {self.size} reaches past its storage of {len(data)} elements"
+      )
     view = np.lib.stride_tricks.as_strided(
-        data[self.offset:], self.size, tuple(st * itemsize for st in self.stride))
+      data[self.offset :], self.size, tuple(st * itemsize for st in self.stride)
+    )
     return np.ascontiguousarray(view)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+  storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
   del requires_grad, backward_hooks, metadata
   return _Tensor(storage, storage_offset, size, stride)
 
@@ -89,9 +97,11 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
   return data
 
 
-_ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
-            ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
+_ALLOWED = {
+  ("collections", "OrderedDict"): collections.OrderedDict,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -106,8 +116,10 @@ class _Unpickler(pickle.Unpickler):
       return _ALLOWED[module, name]
     if module == "torch" and name in STORAGE_DTYPES:
       return _StorageType(name)
-    raise pickle.UnpicklingError(f"it names {module}.{name}, which a state dict of tensors "
-                                 "does not: refused (it could run code)")
+    raise pickle.UnpicklingError(
+      f"it names {module}.{name}, which a state dict of tensors "
+      "does not: refused (it could run code)"
+    )
 
   def persistent_load(self, saved_id):
     if not (isinstance(saved_id, tuple) and saved_id and saved_id[0] == "storage"):
@@ -123,8 +135,7 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _to_arrays(result) -> dict:
-  if isinstance(result, dict) and "state_dict" in result and isinstance(result["state_dict"],
-                                                                        dict):
+  if isinstance(result, dict) and "state_dict" in result and isinstance(result["state_dict"], dict):
     result = result["state_dict"]  # A training checkpoint holding the weights.
   if not isinstance(result, dict):
     raise ValueError(f"it holds a {type(result).__name__}, not a state dict")
@@ -142,7 +153,7 @@ def _read_zip(path: str) -> dict:
     pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pickles) != 1:
       raise ValueError("a zip without exactly one data.pkl: not a torch.save file")
-    prefix = pickles[0][:-len("data.pkl")]
+    prefix = pickles[0][: -len("data.pkl")]
     storages = {}
     result = _Unpickler(io.BytesIO(archive.read(pickles[0])), storages, legacy=False).load()
     for key, storage in storages.items():
@@ -184,10 +195,19 @@ def read_state_dict(path: str) -> dict:
   except OSError:
     raise
   except (EOFError, struct.error) as error:
-    raise TorchFileError(f"{path} is not a readable PyTorch state dict: the file is cut short "
-                         f"({type(error).__name__})") from error
-  except (pickle.UnpicklingError, ValueError, KeyError, TypeError, IndexError,
-          AttributeError, zipfile.BadZipFile) as error:
-    raise TorchFileError(f"{path} is not a readable PyTorch state dict: "
-                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
-                         ) from error
+    raise TorchFileError(
+      f"{path} is not a readable PyTorch state dict: the file is cut short ({type(error).__name__})"
+    ) from error
+  except (
+    pickle.UnpicklingError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    zipfile.BadZipFile,
+  ) as error:
+    raise TorchFileError(
+      f"{path} is not a readable PyTorch state dict: "
+      f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+    ) from error
