@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -100,6 +101,9 @@ def test_a_full_disk_stops_in_one_line_and_the_same_run_resumes_equal(
 ):
   real_disk = small_disk is not None
   workdir = os.path.join(small_disk or str(tmp_path), "run")
+  for hook in ("excepthook", "unraisablehook"):  # A failed save quiets them for its process.
+    monkeypatch.setattr(sys, hook, getattr(sys, hook))
+  monkeypatch.setattr(threading, "excepthook", threading.excepthook)
   filled = _full_at_epoch_2(monkeypatch, workdir, real_disk, mid_write)
   config = make_tiny_config(**OVERRIDES)
   with pytest.raises(checkpoints.CheckpointWriteError) as caught:

@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 
 from absl import logging
 
@@ -85,3 +86,16 @@ def silence_dropped_writers() -> None:
   which Python reports when it collects them at exit, are not printed; the failure was."""
   std_logging.getLogger("asyncio").disabled = True
   sys.unraisablehook = lambda unraisable: None
+  # TensorStore's callbacks into the writer's closed event loop fail in threads it owns, whose
+  # errors Python prints through these hooks.
+  threading.excepthook = lambda args: None
+  sys.excepthook = _quiet_if_event_loop_closed(sys.excepthook)
+
+
+def _quiet_if_event_loop_closed(hook):
+  def quiet(kind, value, traceback):
+    if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
+      return
+    hook(kind, value, traceback)
+
+  return quiet
