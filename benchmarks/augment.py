@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
 from proxy_jax import augment  # pylint: disable=wrong-import-position
 from proxy_jax.config import checks as config_lib
-from proxy_jax.run import steps, train
+from proxy_jax.run import restore, steps, train
 
 NUM_CLASSES = 10
 CASES = {
@@ -91,7 +91,9 @@ def measure(case: str, methods: dict, repeats: int, num_steps: int) -> dict:
   batch = jax.device_put(batch)
   step_fns = {"plain": steps.make_train_step(config)}
   for name, overrides in methods.items():
-    step_fns[name] = steps.make_train_step(case_config(case, overrides), num_classes=NUM_CLASSES)
+    method_config = case_config(case, overrides)
+    frozen = restore.load_frozen(method_config, NUM_CLASSES)
+    step_fns[name] = steps.make_train_step(method_config, frozen=frozen)
   for fn in step_fns.values():  # Compile everything before timing anything.
     state, _ = time_steps(fn, state, batch, 1)
   seconds = {name: [] for name in step_fns}

@@ -14,7 +14,7 @@ import jax
 
 from proxy_jax import cli, data
 from proxy_jax.config import defaults as default_config
-from proxy_jax.run import batch_finder, train
+from proxy_jax.run import batch_finder, restore, train
 
 
 def define_flags():
@@ -45,8 +45,9 @@ def main(argv):
     f"{batch_finder.mib(limit)}; ceiling: {batch_finder.resolve_ceiling(config, limit)}"
   )
   # The command line composes the finder with the trainer (the finder never imports it).
+  frozen = restore.load_frozen(config, num_classes)
   chosen, probes = batch_finder.search(
-    config, num_classes, train.finder_step_factory(config, num_classes)
+    config, num_classes, train.finder_step_factory(config, num_classes, frozen)
   )
   print(f"{'batch':>6} {'fits':>5} {'predicted':>12} {'measured':>12}  note")
   for p in probes:

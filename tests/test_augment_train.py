@@ -127,7 +127,7 @@ def test_frozen_workdir_gives_attentive_cutmix_its_cam(tiny_state, tmp_path):
   )
   _assert_top_cells_pasted(inputs, soft, images, labels, maps, key)
   # The whole step runs with the frozen model's variables as an argument.
-  step = steps.make_train_step(config, num_classes=10)
+  step = steps.make_train_step(config, frozen=(apply_fn, frozen))
   fresh = train.create_train_state(config, train.create_model(config, 10), jax.random.key(0), 1)
   batch = {
     "image": images,
@@ -213,7 +213,7 @@ def test_train_accuracy_counts_the_dominant_label(tiny_state):
   expected = float(np.mean(np.argmax(logits, -1) == np.argmax(soft, -1)))
   assert not np.array_equal(np.argmax(soft, -1), labels)  # Some partners dominate.
   fresh = jax.tree.map(jnp.copy, state)
-  _, metrics = steps.make_train_step(config, num_classes=10)(fresh, batch, step_key)
+  _, metrics = steps.make_train_step(config)(fresh, batch, step_key)
   assert metrics.compute()["accuracy"] == pytest.approx(expected)
 
 

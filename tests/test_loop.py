@@ -101,7 +101,7 @@ def test_batch_size_is_found_once_recorded_and_reused(tmp_path, monkeypatch, cap
     return choices[-1]
 
   monkeypatch.setattr(train.batch_finder, "find_batch_size", finder)
-  monkeypatch.setattr(train, "finder_step_factory", lambda config, num_classes: None)
+  monkeypatch.setattr(train, "finder_step_factory", lambda config, num_classes, frozen: None)
   auto = make_tiny_config(batch_size=-1)
   workdir = str(tmp_path / "auto")
   with monkeypatch.context() as patch:

@@ -292,3 +292,22 @@ def test_pyproject_installs_every_package():
   found = set(setuptools.find_packages(ROOT, include=include))
   folders = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("*.py")}
   assert found == folders
+
+
+def test_the_step_factories_read_no_file():
+  """The jitted steps and their factories take everything as arguments (the frozen saliency
+  model is loaded once by the run's setup): the module imports nothing that reads a file."""
+  readers = {
+    "proxy_jax.run.restore",
+    "proxy_jax.run.checkpoints",
+    "proxy_jax.data",
+    "proxy_jax.weights.pretrained",
+    "proxy_jax.weights.weight_files",
+  }
+  graph = import_graph()
+  reached, frontier = set(), ["proxy_jax.run.steps"]
+  while frontier:
+    for target in graph[frontier.pop()] - reached:
+      reached.add(target)
+      frontier.append(target)
+  assert not reached & readers, sorted(reached & readers)

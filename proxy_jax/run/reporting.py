@@ -21,7 +21,7 @@ import numpy as np
 from proxy_jax import augment, cams, data
 from proxy_jax.config import checks as config_lib
 from proxy_jax.images import images_grid, preprocess
-from proxy_jax.run import records, restore
+from proxy_jax.run import records
 
 
 def create_writer(workdir: str):
@@ -33,7 +33,7 @@ def create_writer(workdir: str):
   return summaries.EventWriter(workdir)
 
 
-def write_run_header(writer, config, dataset, state, workdir) -> None:
+def write_run_header(writer, config, dataset, state, workdir, frozen=(None, None)) -> None:
   """The hyperparameters and a grid of augmented training inputs, once per run.
 
   The grid shows what the train step feeds the model (policy, erasing, mixing included), with
@@ -51,9 +51,7 @@ def write_run_header(writer, config, dataset, state, workdir) -> None:
   order = data.epoch_order(len(dataset.train), config.seed, 0)
   batch = next(data.batches(dataset.train, count, order))
   num_classes = len(dataset.class_names)
-  inputs, targets = augment.preview(
-    state, batch, config, num_classes, *restore.load_frozen(config, num_classes)
-  )
+  inputs, targets = augment.preview(state, batch, config, num_classes, *frozen)
   pictures = np.clip(np.asarray(preprocess.denormalize(inputs)), 0, 1)
   captions = [images_grid.label_weights_caption(t) for t in np.asarray(targets)]
   captions *= len(pictures) // len(captions)  # AugMix JSD: the clean batch, then two views.

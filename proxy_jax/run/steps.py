@@ -3,8 +3,9 @@ prediction, each a module-level function jitted once (the train step donates the
 
 The loop (`train`) runs them; the batch-size finder probes the train step
 (`train.finder_step_factory`).
-A frozen saliency model, when the config names one, is loaded by the run layer (`restore`) and
-passed into the step as an argument, not baked in as a constant.
+A frozen saliency model, when the config names one, is loaded once by the run's setup
+(`restore.load_frozen`) and passed into the step factory and then the step as an argument, not
+baked in as a constant: the factories read no file.
 """
 
 import functools
@@ -15,7 +16,6 @@ import optax
 
 from proxy_jax import augment, models
 from proxy_jax.images import preprocess
-from proxy_jax.run import restore
 from proxy_jax.run.step_metrics import EvalMetrics, TrainMetrics
 
 
@@ -136,13 +136,14 @@ def predict_step(apply_fn, variables, images_uint8):
   return apply_fn(variables, preprocess.eval_inputs(images_uint8))
 
 
-def make_train_step(config, replicated=None, num_classes: int | None = None):
+def make_train_step(config, replicated=None, frozen=(None, None)):
   """The jitted train step `(state, batch, step_key) -> (state, metrics)`, state donated.
 
-  A frozen saliency model (`augment.saliency_source` other than "current") is loaded here,
-  which needs `num_classes`; its variables go into the step as an argument, not a constant.
+  `frozen`: (apply_fn, variables) of the frozen saliency model when `augment.saliency_source`
+  names one, loaded once by the run's setup (`restore.load_frozen`); its variables go into the
+  step as an argument, not a constant. The factory reads no file.
   """
-  frozen_apply_fn, frozen = restore.load_frozen(config, num_classes)
+  frozen_apply_fn, frozen_variables = frozen
   step = functools.partial(
     train_step,
     augment_config=config.augment,
@@ -153,10 +154,11 @@ def make_train_step(config, replicated=None, num_classes: int | None = None):
   jitted = jax.jit(
     step, donate_argnums=0, out_shardings=replicated if replicated is not None else None
   )
-  if frozen is None:
+  if frozen_variables is None:
     return jitted
-  frozen = jax.device_put(frozen, replicated) if replicated is not None else frozen
-  return functools.partial(jitted, frozen=frozen)
+  if replicated is not None:
+    frozen_variables = jax.device_put(frozen_variables, replicated)
+  return functools.partial(jitted, frozen=frozen_variables)
 
 
 def make_eval_step():

@@ -29,7 +29,7 @@ from proxy_jax.core import console, errors
 from proxy_jax.run import checkpoints, dispatch, host
 from proxy_jax.run import proxy_step, records
 from proxy_jax.run.model_state import create_model, create_train_state, learning_rate_schedule
-from proxy_jax.run import reporting, steps, workdir_lock
+from proxy_jax.run import reporting, restore, steps, workdir_lock
 from proxy_jax.run.step_metrics import NO_STEP, host_values, merge_metrics
 from proxy_jax.core.io_utils import atomic_write_json
 from proxy_jax.core.parallel import compute_slice, make_mesh, prefetch, shardings, to_global
@@ -42,12 +42,13 @@ class DivergenceError(errors.UserError, RuntimeError):
 # ---------------------------------------------------------------- the batch-size finder's probe
 
 
-def finder_step_factory(config, num_classes: int) -> batch_finder.StepFactory:
-  """What the batch-size finder probes: this trainer's step and a host copy of a fresh state."""
+def finder_step_factory(config, num_classes: int, frozen=(None, None)) -> batch_finder.StepFactory:
+  """What the batch-size finder probes: this trainer's step and a host copy of a fresh state
+  (`frozen`: the frozen saliency model, loaded by the caller)."""
   model = create_model(config, num_classes)
   state = create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
   return batch_finder.StepFactory(
-    steps.make_train_step(config, num_classes=num_classes), jax.device_get(state)
+    steps.make_train_step(config, frozen=frozen), jax.device_get(state)
   )
 
 
@@ -101,6 +102,7 @@ class Setup:
   writer: Any
   ckpt: checkpoints.RunCheckpoints
   init_checksum: str  # tree_checksum of the initial variables, for summary.json.
+  frozen: tuple = (None, None)  # (apply_fn, variables) of the frozen saliency model, if any.
 
 
 def _build(config, workdir: str, dataset: data.Dataset):
@@ -117,6 +119,8 @@ def _build(config, workdir: str, dataset: data.Dataset):
   root = jax.random.key(config.seed)
   model = create_model(config, len(dataset.class_names))
   state = create_train_state(config, model, jax.random.fold_in(root, 0), steps_per_epoch, lr_fn)
+  # The frozen saliency model of the guided augmentations, read from disk once, here.
+  frozen = restore.load_frozen(config, len(dataset.class_names))
   setup = Setup(
     config=config,
     workdir=workdir,
@@ -124,7 +128,8 @@ def _build(config, workdir: str, dataset: data.Dataset):
     steps_per_epoch=steps_per_epoch,
     lr_fn=lr_fn,
     batch_sharding=batch_sharding,
-    train_fn=steps.make_train_step(config, replicated, len(dataset.class_names)),
+    train_fn=steps.make_train_step(config, replicated, frozen),
+    frozen=frozen,
     eval_fn=steps.make_eval_step(),
     predict_fn=steps.make_predict_step(),
     step_key=jax.random.fold_in(root, 1),
@@ -198,8 +203,9 @@ def _prepare(config, workdir: str):
   dataset = data.load_dataset(config, workdir)
   if config.batch_size == -1:
     num_classes = len(dataset.class_names)
+    frozen = restore.load_frozen(config, num_classes)
     config = batch_finder.with_found_batch_size(
-      config, num_classes, finder_step_factory(config, num_classes)
+      config, num_classes, finder_step_factory(config, num_classes, frozen)
     )
     config_lib.write_or_check_resolved(config, workdir)
   if jax.process_index() == 0:
@@ -256,7 +262,9 @@ def _restore_or_start(setup: Setup, state):
   if warning:
     logging.warning(warning)
   if restored is None:
-    reporting.write_run_header(setup.writer, setup.config, setup.dataset, state, setup.workdir)
+    reporting.write_run_header(
+      setup.writer, setup.config, setup.dataset, state, setup.workdir, setup.frozen
+    )
     return state, records.RunProgress(), proxy_step.ProxyBank()
   state = restored.state
   progress = records.RunProgress.from_json(restored.meta)
