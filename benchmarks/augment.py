@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
 from proxy_jax import augment  # pylint: disable=wrong-import-position
-from proxy_jax.config import checks as config_lib
+from proxy_jax.config import settings as config_settings  # noqa: E402
 from proxy_jax.run import restore, steps, train
 
 NUM_CLASSES = 10
@@ -64,8 +64,7 @@ def case_config(case: str, overrides: dict):
   config.model.small_stem = small_stem
   for field, value in overrides.items():
     config.augment[field] = value
-  config_lib.validate(config)
-  return config
+  return config_settings.parse(config)
 
 
 def time_steps(step_fn, state, batch, num_steps: int):

@@ -25,6 +25,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
 from proxy_jax.run import checkpoint_files, checkpoints, train  # noqa: E402
+from proxy_jax.config import settings as config_settings  # noqa: E402
 
 CASES = {
   "default": {},
@@ -45,6 +46,7 @@ def build_state(overrides: dict):
       continue
     section, _, name = field.rpartition(".")
     setattr(config[section] if section else config, name, value)
+  config = config_settings.parse(config)
   model = train.create_model(config, classes)
   state = train.create_train_state(config, model, jax.random.key(0), 100)
   # A trained run's optimizer moments are not zeros (which would compress to nothing): every

@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
 from proxy_jax.core import parallel  # pylint: disable=wrong-import-position
 from proxy_jax.run import steps, train
+from proxy_jax.config import settings as config_settings  # noqa: E402
 
 
 def make_batches(config, count: int, sharding) -> list[dict]:
@@ -90,6 +91,7 @@ def main():
     args.image_size,
     args.batch_size,
   )
+  config = config_settings.parse(config)
   replicated, sharding = parallel.shardings(parallel.make_mesh())
   model = train.create_model(config, 10)
   state = jax.device_put(

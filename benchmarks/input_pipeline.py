@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from proxy_jax import cli, data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from proxy_jax.core import parallel
 from proxy_jax.run import proxy_step, steps, train
+from proxy_jax.config import settings as config_settings  # noqa: E402
 
 DEFAULT_CONFIG = "configs/default.py"
 cli.define_config_flag(DEFAULT_CONFIG, "Config to benchmark.")
@@ -53,9 +54,12 @@ def time_train_steps(state, step_fn, device_batches):
 
 
 def main(_):
-  config = FLAGS.config
-  with tempfile.TemporaryDirectory() as workdir, config.unlocked():
-    config.data.cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
+  config = config_settings.parse(FLAGS.config)
+  with tempfile.TemporaryDirectory() as workdir:
+    if not config.data.cache_dir:
+      config = config_settings.with_fields(
+        config, {"data.cache_dir": os.path.join(workdir, "cache")}
+      )
     dataset = data.load_dataset(config, workdir)
   split = dataset.train
   bank = proxy_step.ProxyBank()

@@ -24,6 +24,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
 from proxy_jax import data
+from proxy_jax.config import settings as config_settings  # noqa: E402
 from proxy_jax.core import parallel
 from proxy_jax.run import proxy_step, steps, train
 
@@ -46,7 +47,7 @@ def case_config(name: str, subset: float):
   config.model.small_stem = small_stem
   config.data.max_examples = max_examples
   config.proxy.subset = subset
-  return config
+  return config_settings.parse(config)
 
 
 def timed(fn):

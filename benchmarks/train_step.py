@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=wrong-import-position
 from proxy_jax import models  # pylint: disable=wrong-import-position
-from proxy_jax.config import checks as config_lib
+from proxy_jax.config import settings as config_settings  # noqa: E402
 from proxy_jax.run import steps, train
 
 # Dense bf16 peak of one chip in FLOP/s (vendor figures, no sparsity): the MFU denominator.
@@ -76,7 +76,7 @@ def make_config(args):
   config.model.small_stem = "auto"
   config.dtype = args.dtype
   config.batch_size = args.batch
-  return config
+  return config_settings.parse(config)
 
 
 def counted_flops(jitted, *example_args) -> float | None:
@@ -131,7 +131,7 @@ def synthetic_batch(args):
 def main(argv=None):
   args = parse_args(argv)
   config = make_config(args)
-  resolved = config_lib.resolve_dtype(config)  # What "auto" means on this backend.
+  resolved = models.resolve_dtype(config.dtype)  # What "auto" means on this backend.
   model = train.create_model(config, args.num_classes)
   state = train.create_train_state(config, model, jax.random.key(0), steps_per_epoch=1000)
   batch = synthetic_batch(args)

@@ -14,6 +14,7 @@ import jax
 
 from proxy_jax import cli, data
 from proxy_jax.config import defaults as default_config
+from proxy_jax.config import settings as config_settings
 from proxy_jax.run import batch_finder, restore, train
 
 
@@ -25,29 +26,28 @@ def define_flags():
   )
 
 
-def count_classes(config) -> int:
+def count_classes(settings) -> int:
   with tempfile.TemporaryDirectory() as workdir:
-    return len(data.load_dataset(config, workdir).class_names)
+    return len(data.load_dataset(settings, workdir).class_names)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = flags.FLAGS.config
+  settings = config_settings.parse(flags.FLAGS.config)
   if flags.FLAGS.ceiling:
-    with config.unlocked():
-      config.batch_size_ceiling = flags.FLAGS.ceiling
-  num_classes = flags.FLAGS.num_classes or count_classes(config)
+    settings = config_settings.with_fields(settings, {"batch_size_ceiling": flags.FLAGS.ceiling})
+  num_classes = flags.FLAGS.num_classes or count_classes(settings)
   device = jax.devices()[0]
   limit = batch_finder.device_memory_limit(device)
   print(
     f"device: {device.device_kind} ({device.platform}); memory limit: "
-    f"{batch_finder.mib(limit)}; ceiling: {batch_finder.resolve_ceiling(config, limit)}"
+    f"{batch_finder.mib(limit)}; ceiling: {batch_finder.resolve_ceiling(settings, limit)}"
   )
   # The command line composes the finder with the trainer (the finder never imports it).
-  frozen = restore.load_frozen(config, num_classes)
+  frozen = restore.load_frozen(settings, num_classes)
   chosen, probes = batch_finder.search(
-    config, num_classes, train.finder_step_factory(config, num_classes, frozen)
+    settings, num_classes, train.finder_step_factory(settings, num_classes, frozen)
   )
   print(f"{'batch':>6} {'fits':>5} {'predicted':>12} {'measured':>12}  note")
   for p in probes:

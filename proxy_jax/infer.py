@@ -265,7 +265,7 @@ def run_inference(
   os.makedirs(out, exist_ok=True)
   if cam:
     targets = probabilities.argmax(-1) if target is None else np.full(len(paths), target, np.int32)
-    chunk = min(batch_size, 64, int(config.cams.chunk_size) if "cams" in config else 64)
+    chunk = min(batch_size, 64, int(config.cams.chunk_size))
     maps = cam_maps(cam, model, variables, images, targets, chunk, smooth_sigma, seed)
     table["overlay"] = write_overlays(
       out, images_path, paths, images, maps, cam, alpha, colormap, scale

@@ -1,7 +1,7 @@
 """Trains a classifier with Proxy Attention: `python -m proxy_jax.main --config=configs/dogs.py`.
 
 The repository's `main.py` runs this; the sweep runner starts one per trial. Without --config it
-trains the package's default config (proxy_jax/default_config.py: the bundled digits, offline).
+trains the package's default config (proxy_jax/config/defaults.py: the bundled digits, offline).
 The console shows plain progress lines; `--verbose` shows every library's log with absl's
 prefix, which `<workdir>/log.txt` always keeps.
 """
@@ -27,7 +27,7 @@ def define_flags():
 
 
 def default_workdir(config_filename: str) -> str:
-  """runs/<config file name>; the package's default config is runs/default as before."""
+  """runs/<config file name>; the package's default config is runs/default."""
   if os.path.abspath(config_filename.partition(":")[0]) == DEFAULT_CONFIG:
     return os.path.join("runs", "default")
   return os.path.join("runs", os.path.splitext(os.path.basename(config_filename))[0])

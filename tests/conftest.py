@@ -37,6 +37,18 @@ def make_tiny_config(**overrides):
   return config
 
 
+def settings_of(config):
+  """The typed settings a run's boundary makes of `config` (without the run's resolutions)."""
+  from proxy_jax.config import settings  # pylint: disable=g-import-not-at-top
+
+  return settings.build(config.to_dict())
+
+
+def make_tiny_settings(**overrides):
+  """`make_tiny_config(**overrides)` as settings, for tests of code below the boundary."""
+  return settings_of(make_tiny_config(**overrides))
+
+
 def train_one_epoch(config, workdir):
   """Loads `config`'s data into `workdir` and trains one epoch in a fixed order.
 
@@ -48,14 +60,16 @@ def train_one_epoch(config, workdir):
   from proxy_jax import data  # pylint: disable=g-import-not-at-top
   from proxy_jax.run import steps, train
 
-  dataset = data.load_dataset(config, workdir)
-  model = train.create_model(config, len(dataset.class_names))
+  settings = settings_of(config)
+
+  dataset = data.load_dataset(settings, workdir)
+  model = train.create_model(settings, len(dataset.class_names))
   split = dataset.train
   state = train.create_train_state(
-    config, model, jax.random.key(0), data.num_batches(len(split), config.batch_size)
+    settings, model, jax.random.key(0), data.num_batches(len(split), settings.batch_size)
   )
-  step = steps.make_train_step(config)
-  for batch in data.batches(split, config.batch_size, data.epoch_order(len(split), 0, 0)):
+  step = steps.make_train_step(settings)
+  for batch in data.batches(split, settings.batch_size, data.epoch_order(len(split), 0, 0)):
     state, metrics = step(state, batch, jax.random.key(1))
   return dataset, state, metrics
 

@@ -183,7 +183,7 @@ def test_crop_invariants(name, stored, shrink, batch, seed):
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (batch, stored, stored, 3)).astype(np.uint8)
   labels = rng.integers(0, 10, batch).astype(np.int32)
-  cropped = crop.from_config(config.augment, size)(
+  cropped = crop.from_settings(config.augment, size)(
     preprocess.to_unit_range(images), jax.random.key(seed)
   )
   assert cropped.shape == (batch, size, size, 3)
@@ -211,4 +211,4 @@ def test_bad_crop_fields_are_refused(field, value, message):
   with config.ignore_type():
     config.augment[field] = value
   with pytest.raises(errors.ConfigError, match=message):
-    augment.check_config(config.augment, config.image_size)
+    augment.check(config.augment, config.image_size)

@@ -197,7 +197,7 @@ def test_paper_fill_is_each_references_and_the_default():
     ("random_erasing", "noise"),
   ):
     assert erase.resolve_fill(name, "paper") == expected
-  fn = erase.from_config(_config(erase="cutout", erase_prob=1.0, erase_size=0.5))
+  fn = erase.from_settings(_config(erase="cutout", erase_prob=1.0, erase_size=0.5))
   out, _ = fn(images, _labels(4), jax.random.key(0))
   erased = np.asarray(out) != images
   normalised = np.asarray(preprocess.normalize(out))
@@ -235,14 +235,14 @@ def test_check_config_names_the_field(field, value):
   config = ml_collections.ConfigDict(_config().to_dict(), type_safe=False)
   config[field] = value
   with pytest.raises(ValueError, match=f"config.augment.{field}="):
-    erase.check_config(config)
+    erase.check(config)
 
 
 def test_from_config():
-  assert erase.from_config(_config()) is None  # the defaults switch erasing off
+  assert erase.from_settings(_config()) is None  # the defaults switch erasing off
   images, labels, key = _images((2, 8, 8, 3)), _labels(2), jax.random.key(4)
   fn = jax.jit(
-    erase.from_config(_config(erase="random_erasing", erase_prob=1.0, erase_fill="mean"))
+    erase.from_settings(_config(erase="random_erasing", erase_prob=1.0, erase_fill="mean"))
   )
   expected = erase.random_erasing(
     images, labels, key, prob=1.0, area=(0.02, 0.4), aspect=(0.3, 3.3), fill="mean"

@@ -64,9 +64,9 @@ def test_selective_cut_matches_the_redraw_loop(threshold):
 
 def test_selective_cut_is_the_default_with_cutout_and_paste_back_an_option():
   config = make_tiny_config(**{"augment.erase": "cutout", "augment.keep_salient": True})
-  assert augment.selective_cut_from_config(config.augment) is not None
+  assert augment.selective_cut_from_settings(config.augment) is not None
   config.augment.keep_cutout = "paste_back"
-  assert augment.selective_cut_from_config(config.augment) is None
+  assert augment.selective_cut_from_settings(config.augment) is None
 
 
 @pytest.mark.slow

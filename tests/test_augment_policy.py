@@ -369,20 +369,20 @@ def _config(**fields):
 )  # the last: JSD without policy="augmix"
 def test_check_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=f"config.augment.{field}="):
-    policy.check_config(_config(**{field: value}))
+    policy.check(_config(**{field: value}))
 
 
 def test_from_config():
-  assert policy.from_config(_config()) is None  # the defaults switch the policy off
-  assert policy.jsd_views_from_config(_config()) is None
-  fn = policy.from_config(
+  assert policy.from_settings(_config()) is None  # the defaults switch the policy off
+  assert policy.jsd_views_from_settings(_config()) is None
+  fn = policy.from_settings(
     _config(policy="randaugment", randaugment_num_ops=3, randaugment_magnitude=12)
   )
   assert fn.func is policy.randaugment and fn.keywords == dict(num_ops=3, magnitude=12)
-  assert policy.from_config(_config(policy="trivialaugment")) is policy.trivialaugment
+  assert policy.from_settings(_config(policy="trivialaugment")) is policy.trivialaugment
   augmix_params = dict(width=2, depth=1, severity=5, alpha=0.5)
   fields = {"augmix_" + name: value for name, value in augmix_params.items()}
-  fn = policy.from_config(_config(policy="augmix", **fields))
+  fn = policy.from_settings(_config(policy="augmix", **fields))
   assert fn.func is policy.augmix and fn.keywords == augmix_params
-  views = policy.jsd_views_from_config(_config(policy="augmix", augmix_jsd=True, **fields))
+  views = policy.jsd_views_from_settings(_config(policy="augmix", augmix_jsd=True, **fields))
   assert views.func is policy.augmix_jsd_views and views.keywords == augmix_params

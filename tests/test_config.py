@@ -11,7 +11,8 @@ import pytest
 from proxy_jax.core import io_utils
 from proxy_jax.config import fields as config_fields
 from proxy_jax.config import checks as config_lib
-from tests.conftest import ROOT, make_tiny_config
+from proxy_jax.config import recorded as config_record
+from tests.conftest import make_tiny_settings, ROOT, make_tiny_config
 
 BAD_VALUES = [
   ("model.name", "resnet9", "model.name='resnet9'.*resnet18"),
@@ -88,29 +89,31 @@ def test_vit_image_size_must_fit_the_patch():
 
 
 def test_changed_config_in_an_existing_workdir_is_refused(tmp_path):
-  config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))
-  config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))
+  config_record.write_or_check_resolved(make_tiny_settings(), str(tmp_path))
+  config_record.write_or_check_resolved(make_tiny_settings(), str(tmp_path))
   with pytest.raises(config_lib.ConfigError, match="proxy.threshold: 0.85 -> 0.5"):
-    config_lib.write_or_check_resolved(make_tiny_config(**{"proxy.threshold": 0.5}), str(tmp_path))
+    config_record.write_or_check_resolved(
+      make_tiny_settings(**{"proxy.threshold": 0.5}), str(tmp_path)
+    )
 
 
 def test_fields_added_after_a_run_began_do_not_refuse_it_at_their_default(tmp_path):
-  config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))
+  config_record.write_or_check_resolved(make_tiny_settings(), str(tmp_path))
   path = tmp_path / "config.json"
   recorded = io_utils.read_json(str(path))  # As an older version wrote it: no digest.
   del recorded["augment"]["erase"], recorded["cams"]["gradcampp_eps"]  # An older version's run.
   path.write_text(json.dumps(recorded))
-  config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))  # Resumes.
+  config_record.write_or_check_resolved(make_tiny_settings(), str(tmp_path))  # Resumes.
   assert json.loads(path.read_text()) == recorded  # The record is never rewritten.
   # Set to anything but the default, the new field makes a different run.
-  with pytest.raises(config_lib.ConfigError, match="augment.erase: None -> 'cutout'"):
-    config_lib.write_or_check_resolved(
-      make_tiny_config(**{"augment.erase": "cutout"}), str(tmp_path)
+  with pytest.raises(config_lib.ConfigError, match="augment.erase: 'none' -> 'cutout'"):
+    config_record.write_or_check_resolved(
+      make_tiny_settings(**{"augment.erase": "cutout"}), str(tmp_path)
     )
 
 
 def test_console_and_cache_fields_never_refuse_a_resume(tmp_path):
-  config_lib.write_or_check_resolved(make_tiny_config(), str(tmp_path))
+  config_record.write_or_check_resolved(make_tiny_settings(), str(tmp_path))
   path = tmp_path / "config.json"
   recorded = io_utils.read_json(str(path))  # As an older version wrote it: no digest.
   # As an older version recorded it: log_every_steps, no log_every_seconds, another cache.
@@ -118,15 +121,15 @@ def test_console_and_cache_fields_never_refuse_a_resume(tmp_path):
   recorded["log_every_steps"] = 50
   recorded["data"]["cache_dir"] = "/elsewhere/cache"
   path.write_text(json.dumps(recorded))
-  config_lib.write_or_check_resolved(
-    make_tiny_config(
+  config_record.write_or_check_resolved(
+    make_tiny_settings(
       **{"log_every_seconds": 5.0, "compilation_cache_dir": "/tmp/jax", "data.decode_workers": 2}
     ),
     str(tmp_path),
   )
   assert json.loads(path.read_text()) == recorded
   with pytest.raises(config_lib.ConfigError, match="seed: 0 -> 1"):
-    config_lib.write_or_check_resolved(make_tiny_config(seed=1), str(tmp_path))
+    config_record.write_or_check_resolved(make_tiny_settings(seed=1), str(tmp_path))
 
 
 def _float_fields():
@@ -147,19 +150,18 @@ def test_non_finite_value_in_any_float_field_is_refused_naming_it(value):
 
 
 def test_resolved_dtype_is_recorded_and_may_differ_on_resume(tmp_path):
-  config = make_tiny_config(dtype="auto")
-  config_lib.write_or_check_resolved(config, str(tmp_path))
-  assert config.dtype_resolved == "float32"  # This suite runs on CPU.
+  settings = config_record.write_or_check_resolved(make_tiny_settings(dtype="auto"), str(tmp_path))
+  assert settings.dtype_resolved == "float32"  # This suite runs on CPU.
   path = tmp_path / "config.json"
   recorded = io_utils.read_json(str(path))  # As an older version wrote it: no digest.
   assert recorded["dtype"] == "auto" and recorded["dtype_resolved"] == "float32"
   # A run begun on a GPU (bfloat16) resumes here in float32 instead of being refused.
   recorded["dtype_resolved"] = "bfloat16"
   path.write_text(json.dumps(recorded))
-  config_lib.write_or_check_resolved(make_tiny_config(dtype="auto"), str(tmp_path))
+  config_record.write_or_check_resolved(make_tiny_settings(dtype="auto"), str(tmp_path))
   assert json.loads(path.read_text())["dtype_resolved"] == "bfloat16"
   with pytest.raises(config_lib.ConfigError, match="dtype: 'auto' -> 'bfloat16'"):
-    config_lib.write_or_check_resolved(make_tiny_config(dtype="bfloat16"), str(tmp_path))
+    config_record.write_or_check_resolved(make_tiny_settings(dtype="bfloat16"), str(tmp_path))
 
 
 # Lines that TensorFlow's and XLA's C++ loggers write to stderr on import, not ours.

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from proxy_jax import data
-from proxy_jax.config import checks as config_lib
+from proxy_jax.config import recorded as config_record
 from proxy_jax.core import digests, errors, io_utils
-from tests.conftest import make_tiny_config
+from tests.conftest import make_tiny_settings
 
 
 def _strict_load(path):
@@ -70,9 +70,9 @@ def _mode(path):
 
 def test_run_files_honour_the_umask(tmp_path, umask_022):
   # config.json, split.json (and classes.json, summary.json: the same writer) are shared results.
-  config = make_tiny_config()
-  config_lib.write_or_check_resolved(config, str(tmp_path))
-  data.load_dataset(config, str(tmp_path))
+  settings = make_tiny_settings()
+  config_record.write_or_check_resolved(settings, str(tmp_path))
+  data.load_dataset(settings, str(tmp_path))
   io_utils.atomic_write_json(str(tmp_path / "classes.json"), ["a", "b"])
   for name in ("config.json", "split.json", "classes.json"):
     assert _mode(tmp_path / name) == 0o644, name

@@ -9,12 +9,13 @@ import pytest
 
 from proxy_jax import data, models
 from proxy_jax.config import checks as config_lib
+from proxy_jax.config import recorded as config_record
 from proxy_jax.core import errors, parallel
 from proxy_jax.images import preprocess
 from proxy_jax import proxy
 from proxy_jax.run import proxy_step, records
 from proxy_jax.run import steps, train
-from tests.conftest import make_tiny_config, train_one_epoch
+from tests.conftest import make_tiny_settings, make_tiny_config, train_one_epoch
 
 STORED, SIZE = 20, 16
 
@@ -27,10 +28,13 @@ def test_auto_load_size_per_source_and_for_runs_older_than_the_field(tmp_path):
   assert data.stored_size(folder) == 256
   assert data.stored_size(make_tiny_config(**{"data.load_size": 40})) == 40
   old = folder.to_dict()
-  del old["data"]["load_size"]  # A config.json from before the field.
+  del old["data"]["load_size"]  # A config.json from before the field...
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  assert data.stored_size(ml_collections.ConfigDict(old)) == 224
+  from proxy_jax.config import upgrade  # pylint: disable=g-import-not-at-top
+
+  # ...read through the one upgrade: that run stored its images at its image_size.
+  assert data.stored_size(ml_collections.ConfigDict(upgrade.upgrade(old))) == 224
 
 
 @pytest.mark.parametrize("value", [8, -2, 15])
@@ -57,15 +61,15 @@ def test_a_run_older_than_load_size_resumes_at_its_stored_size(tmp_path):
   """Auto must keep such a run at image_size (its bank and cache are at that size)."""
   overrides = {"data.source": "folder", "data.path": str(tmp_path)}
   workdir = _old_run(tmp_path, make_tiny_config(**overrides))
-  config = make_tiny_config(**overrides)
-  assert config_lib.resolve_load_size(config, workdir) == 16
-  config_lib.write_or_check_resolved(config, workdir)  # Accepted: same run.
-  changed = make_tiny_config(**overrides, **{"data.load_size": 18})
-  config_lib.resolve_load_size(changed, workdir)
-  with pytest.raises(errors.ConfigError, match="data.load_size: None -> 18"):
-    config_lib.write_or_check_resolved(changed, workdir)
-  fresh = make_tiny_config(**overrides)
-  assert config_lib.resolve_load_size(fresh, str(tmp_path / "new")) == 18
+  settings = config_record.resolve_load_size(make_tiny_settings(**overrides), workdir)
+  assert settings.data.load_size == 16
+  config_record.write_or_check_resolved(settings, workdir)  # Accepted: same run.
+  changed = make_tiny_settings(**overrides, **{"data.load_size": 18})
+  changed = config_record.resolve_load_size(changed, workdir)
+  with pytest.raises(errors.ConfigError, match="data.load_size: 16 -> 18"):
+    config_record.write_or_check_resolved(changed, workdir)
+  fresh = make_tiny_settings(**overrides)
+  assert config_record.resolve_load_size(fresh, str(tmp_path / "new")).data.load_size == 18
 
 
 def test_cache_key_is_the_stored_side():

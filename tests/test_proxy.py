@@ -597,6 +597,7 @@ jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_proces
                            process_id=process_id)
 import numpy as np
 from conftest import make_tiny_config
+from proxy_jax.config.settings import with_fields
 from proxy_jax.run import dispatch, proxy_step, train
 from proxy_reference import assert_identical, reference_step
 fed, drains = [], []
@@ -620,10 +621,10 @@ finish = train._finish
 def finish_and_fuse(setup, state, bank, progress, wall_time_s):
   summary = finish(setup, state, bank, progress, wall_time_s)
   # The run's steps took the two-pass path; a fused step on the final state covers the other.
-  config = setup.config.copy_and_resolve_references()
-  config.proxy.subset = 1.0
+  settings = setup.settings
   result = proxy_step.run_proxy_step(state, setup.dataset.train, proxy_step.ProxyBank(),
-                                     config, jax.random.key(7), predict_fn=setup.predict_fn,
+                                     with_fields(settings, {{"proxy.subset": 1.0}}),
+                                     jax.random.key(7), predict_fn=setup.predict_fn,
                                      batch_sharding=setup.batch_sharding)
   fused = proxy_step.ProxyBank()
   fused.store(result.ids, result.proxies)
@@ -633,8 +634,9 @@ def finish_and_fuse(setup, state, bank, progress, wall_time_s):
   identical = []
   for subset, reuse, buffer in ((1.0, False, 1024.0), (0.2, False, 1024.0), (0.9, True, 1024.0),
                                 (1.0, False, 1e-6), (0.2, False, 1e-6)):
-    config.proxy.subset, config.proxy.reuse_proxies = subset, reuse
-    config.proxy.device_buffer_mb, drains[:] = buffer, []
+    config = with_fields(settings, {{"proxy.subset": subset, "proxy.reuse_proxies": reuse,
+                                     "proxy.device_buffer_mb": buffer}})
+    drains[:] = []
     step = proxy_step.run_proxy_step(state, setup.dataset.train, bank, config,
                                      jax.random.key(7), predict_fn=setup.predict_fn,
                                      batch_sharding=setup.batch_sharding)

@@ -311,3 +311,46 @@ def test_the_step_factories_read_no_file():
       reached.add(target)
       frontier.append(target)
   assert not reached & readers, sorted(reached & readers)
+
+
+# The boundary: the one function below the tools that takes the ConfigDict and parses it.
+CONFIG_BOUNDARY = {"proxy_jax.run.train": {"train_and_evaluate"}}
+# What only code handling the raw ConfigDict does: mutate, copy or serialise it.
+RAW_CONFIG_METHODS = {"unlocked", "lock", "copy_and_resolve_references", "to_yaml"}
+
+
+def raw_config_reads(name: str, source: str) -> list[str]:
+  """Where module `name` handles the raw config: an ml_collections import, a parameter named
+  config or cfg (outside CONFIG_BOUNDARY), a ConfigDict method."""
+  found = []
+  allowed = CONFIG_BOUNDARY.get(name, set())
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+      names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+      if any(n.split(".")[0] == "ml_collections" for n in names):
+        found.append(f"{name}:{node.lineno} imports ml_collections")
+    elif (
+      isinstance(node, (ast.FunctionDef, ast.Lambda)) and getattr(node, "name", "") not in allowed
+    ):
+      for arg in node.args.args + node.args.kwonlyargs:
+        if arg.arg in ("config", "cfg"):
+          found.append(f"{name}:{node.lineno} takes the raw config as {arg.arg!r}")
+    elif isinstance(node, ast.Attribute) and node.attr in RAW_CONFIG_METHODS:
+      found.append(f"{name}:{node.lineno} calls .{node.attr}()")
+  return found
+
+
+def test_below_the_boundary_nothing_reads_the_raw_config():
+  """Library and run modules outside the config package take settings, never the ConfigDict."""
+  found = []
+  for name, path in module_files().items():
+    if layer_of(name) in (LIBRARY, RUN) and not name.startswith("proxy_jax.config"):
+      found += raw_config_reads(name, path.read_text())
+  assert not found, "\n".join(found)
+
+
+def test_the_raw_config_check_catches_a_read():
+  source = "import ml_collections\ndef f(config):\n  with config.unlocked():\n    pass\n"
+  assert len(raw_config_reads("proxy_jax.run.x", source)) == 3
+  boundary = "def train_and_evaluate(config, workdir):\n  return config\n"
+  assert raw_config_reads("proxy_jax.run.train", boundary) == []

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from proxy_jax import sweep
-from proxy_jax.core import errors
+from proxy_jax.core import digests, errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = os.path.join(REPO, "configs", "sweeps", "proxy_grid.py")
@@ -157,8 +157,13 @@ def _journal(workdir):
 
 
 def _has_checkpoint(trial_dir):
+  """Whether a whole checkpoint is written: its manifest comes last (a kill before it leaves a
+  checkpoint that is set aside as undigested, and the trial starts afresh)."""
   path = os.path.join(trial_dir, "checkpoints")
-  return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+  return os.path.isdir(path) and any(
+    name.isdigit() and os.path.exists(os.path.join(path, name, digests.MANIFEST))
+    for name in os.listdir(path)
+  )
 
 
 @pytest.mark.slow

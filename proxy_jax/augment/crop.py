@@ -133,27 +133,27 @@ def pad_crop(images, key, size: int, padding: int, mode: str = "zero"):
   return jax.vmap(one)(padded, offsets)
 
 
-def from_config(cfg, image_size: int):
-  """`config.augment`'s crop as (images, key) -> images of side `image_size`."""
-  name = cfg.get("crop", "center")
+def from_settings(settings, image_size: int):
+  """The augment settings' crop as (images, key) -> images of side `image_size`."""
+  name = settings.crop
   if name == "random_resized":
-    scale, ratio = tuple(cfg.crop_scale), tuple(cfg.crop_ratio)
+    scale, ratio = tuple(settings.crop_scale), tuple(settings.crop_ratio)
     return lambda images, key: random_resized_crop(images, key, image_size, scale, ratio)
   if name == "pad":
     return lambda images, key: pad_crop(
-      images, key, image_size, cfg.crop_padding, cfg.crop_pad_mode
+      images, key, image_size, settings.crop_padding, settings.crop_pad_mode
     )
   if name == "center":
     return lambda images, key: center_crop(images, image_size)
   raise ValueError(f"unknown crop {name!r}; choose one of {', '.join(CROPS)}")
 
 
-def check_config(cfg) -> None:
-  """Validates the crop fields of `config.augment` (ConfigError naming the field)."""
-  if cfg.crop not in CROPS:
-    fail_field("augment.crop", cfg.crop, "choose one of " + ", ".join(CROPS))
+def check(settings) -> None:
+  """Validates the crop fields of the augment settings (ConfigError naming the field)."""
+  if settings.crop not in CROPS:
+    fail_field("augment.crop", settings.crop, "choose one of " + ", ".join(CROPS))
   for field, upper in (("crop_scale", 1.0), ("crop_ratio", math.inf)):
-    value = cfg[field]
+    value = getattr(settings, field)
     pair = tuple(value) if isinstance(value, (list, tuple)) else ()
     if (
       len(pair) != 2
@@ -164,8 +164,10 @@ def check_config(cfg) -> None:
       fail_field(
         f"augment.{field}", value, f"must be a pair (low, high) with 0 < low <= high <= {bound}"
       )
-  padding = cfg.crop_padding
+  padding = settings.crop_padding
   if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
     fail_field("augment.crop_padding", padding, "must be an integer >= 0 (pixels on each side)")
-  if cfg.crop_pad_mode not in PAD_MODES:
-    fail_field("augment.crop_pad_mode", cfg.crop_pad_mode, "choose one of " + ", ".join(PAD_MODES))
+  if settings.crop_pad_mode not in PAD_MODES:
+    fail_field(
+      "augment.crop_pad_mode", settings.crop_pad_mode, "choose one of " + ", ".join(PAD_MODES)
+    )

@@ -195,9 +195,9 @@ ERASERS = {
 }
 
 
-def _check_pair(config, field, low, high):
+def _check_pair(settings, field, low, high):
   """A (min, max) pair with low < min <= max <= high."""
-  value = config[field]
+  value = getattr(settings, field)
   if (
     not isinstance(value, (tuple, list))
     or len(value) != 2
@@ -211,29 +211,28 @@ def _check_pair(config, field, low, high):
     )
 
 
-def check_config(augment_config):
+def check(settings):
   """Raises ConfigError (a ValueError) naming the field for any erase field that cannot work."""
-  if augment_config.erase not in ERASE_CHOICES:
-    fail_field("augment.erase", augment_config.erase, "choose one of " + ", ".join(ERASE_CHOICES))
-  if augment_config.erase_fill not in (PAPER, *FILLS):
+  if settings.erase not in ERASE_CHOICES:
+    fail_field("augment.erase", settings.erase, "choose one of " + ", ".join(ERASE_CHOICES))
+  if settings.erase_fill not in (PAPER, *FILLS):
     fail_field(
-      "augment.erase_fill", augment_config.erase_fill, "choose one of " + ", ".join((PAPER, *FILLS))
+      "augment.erase_fill", settings.erase_fill, "choose one of " + ", ".join((PAPER, *FILLS))
     )
-  fields.check_number(augment_config, "erase_prob", 0.0, 1.0)
-  fields.check_number(augment_config, "erase_size", 0.0, 1.0, low_open=True)
-  _check_pair(augment_config, "erase_area", 0.0, 1.0)
-  _check_pair(augment_config, "erase_aspect", 0.0, math.inf)
-  fields.check_number(augment_config, "gridmask_ratio", 0.0, 1.0, low_open=True, high_open=True)
-  fields.check_number(augment_config, "hide_prob", 0.0, 1.0)
-  grid = augment_config.hide_grid
+  fields.check_number(settings, "erase_prob", 0.0, 1.0)
+  fields.check_number(settings, "erase_size", 0.0, 1.0, low_open=True)
+  _check_pair(settings, "erase_area", 0.0, 1.0)
+  _check_pair(settings, "erase_aspect", 0.0, math.inf)
+  fields.check_number(settings, "gridmask_ratio", 0.0, 1.0, low_open=True, high_open=True)
+  fields.check_number(settings, "hide_prob", 0.0, 1.0)
+  grid = settings.hide_grid
   if not isinstance(grid, int) or isinstance(grid, bool) or grid <= 0:
     fail_field("augment.hide_grid", grid, "must be a positive integer (cells per side)")
 
 
-def from_config(augment_config):
+def from_settings(settings):
   """The configured eraser as `(images, labels, key) -> (images, labels)`, or None for "none"."""
-  check_config(augment_config)
-  name, c = augment_config.erase, augment_config
+  name, c = settings.erase, settings
   if name == "none":
     return None
   params = {

@@ -214,7 +214,7 @@ def grid_cell_scores(saliency, grid: int):
   sums = jnp.einsum(
     "bhw,hi,wj->bij", saliency.astype(jnp.float32), rows, cols, precision=jax.lax.Precision.HIGHEST
   )
-  # Cells are never empty when grid <= the image side (check_config insists on it).
+  # Cells are never empty when grid <= the image side (`settings.check` insists on it).
   counts = jnp.maximum(jnp.einsum("hi,wj->ij", rows, cols), 1.0)
   return (sums / counts).reshape(saliency.shape[0], grid * grid)
 
@@ -329,52 +329,62 @@ SNAPMIX_CAMS = ("reference", "relu_minmax")
 IMAGE_MAPS = ("fine_grained", "spectral_residual")
 
 
-def check_config(cfg) -> None:
-  """Validates the mixing fields of `config.augment`; raises ConfigError naming the field."""
-  if not isinstance(cfg.mix, str):
+def check(settings) -> None:
+  """Validates the mixing fields of the augment settings; raises ConfigError naming the field."""
+  if not isinstance(settings.mix, str):
     fail_field(
-      "augment.mix", cfg.mix, "must be a string: none, a method or a comma list of methods"
+      "augment.mix", settings.mix, "must be a string: none, a method or a comma list of methods"
     )
-  names = [n.strip() for n in cfg.mix.split(",")]
+  names = [n.strip() for n in settings.mix.split(",")]
   if names != ["none"] and (not all(names) or any(n not in METHODS for n in names)):
     fail_field(
       "augment.mix",
-      cfg.mix,
+      settings.mix,
       "choose none, or one or more (comma-separated) of " + ", ".join(METHODS),
     )
   if len(set(names)) != len(names):
-    fail_field("augment.mix", cfg.mix, "lists a method twice")
+    fail_field("augment.mix", settings.mix, "lists a method twice")
   for field in ("mix_alpha", "resizemix_scale_min", "resizemix_scale_max", "mix_prob"):
-    if isinstance(cfg[field], bool) or not isinstance(cfg[field], (int, float)):
-      fail_field(f"augment.{field}", cfg[field], "must be a number")
-  if not cfg.mix_alpha > 0:
+    if isinstance(getattr(settings, field), bool) or not isinstance(
+      getattr(settings, field), (int, float)
+    ):
+      fail_field(f"augment.{field}", getattr(settings, field), "must be a number")
+  if not settings.mix_alpha > 0:
     fail_field(
-      "augment.mix_alpha", cfg.mix_alpha, "must be > 0 (the Beta distribution's parameter)"
+      "augment.mix_alpha", settings.mix_alpha, "must be > 0 (the Beta distribution's parameter)"
     )
-  if not 0.0 <= cfg.mix_prob <= 1.0:
-    fail_field("augment.mix_prob", cfg.mix_prob, "must be in [0, 1]")
-  if not 0.0 < cfg.resizemix_scale_min <= 1.0:
-    fail_field("augment.resizemix_scale_min", cfg.resizemix_scale_min, "must be in (0, 1]")
-  if not cfg.resizemix_scale_min <= cfg.resizemix_scale_max <= 1.0:
+  if not 0.0 <= settings.mix_prob <= 1.0:
+    fail_field("augment.mix_prob", settings.mix_prob, "must be in [0, 1]")
+  if not 0.0 < settings.resizemix_scale_min <= 1.0:
+    fail_field("augment.resizemix_scale_min", settings.resizemix_scale_min, "must be in (0, 1]")
+  if not settings.resizemix_scale_min <= settings.resizemix_scale_max <= 1.0:
     fail_field(
-      "augment.resizemix_scale_max", cfg.resizemix_scale_max, "must be in [resizemix_scale_min, 1]"
+      "augment.resizemix_scale_max",
+      settings.resizemix_scale_max,
+      "must be in [resizemix_scale_min, 1]",
     )
   for field in ("attentive_grid", "attentive_top_k"):
-    if isinstance(cfg[field], bool) or not isinstance(cfg[field], int) or cfg[field] < 1:
-      fail_field(f"augment.{field}", cfg[field], "must be a positive integer")
-  if cfg.attentive_top_k > cfg.attentive_grid**2:
+    if (
+      isinstance(getattr(settings, field), bool)
+      or not isinstance(getattr(settings, field), int)
+      or getattr(settings, field) < 1
+    ):
+      fail_field(f"augment.{field}", getattr(settings, field), "must be a positive integer")
+  if settings.attentive_top_k > settings.attentive_grid**2:
     fail_field(
       "augment.attentive_top_k",
-      cfg.attentive_top_k,
-      f"must be at most attentive_grid^2 = {cfg.attentive_grid**2}",
+      settings.attentive_top_k,
+      f"must be at most attentive_grid^2 = {settings.attentive_grid**2}",
     )
-  if not isinstance(cfg.snapmix_normalize_labels, bool):
+  if not isinstance(settings.snapmix_normalize_labels, bool):
     fail_field(
-      "augment.snapmix_normalize_labels", cfg.snapmix_normalize_labels, "must be True or False"
+      "augment.snapmix_normalize_labels", settings.snapmix_normalize_labels, "must be True or False"
     )
-  if cfg.snapmix_cam not in SNAPMIX_CAMS:
-    fail_field("augment.snapmix_cam", cfg.snapmix_cam, "choose one of " + ", ".join(SNAPMIX_CAMS))
-  if cfg.saliencymix_map not in IMAGE_MAPS:
+  if settings.snapmix_cam not in SNAPMIX_CAMS:
     fail_field(
-      "augment.saliencymix_map", cfg.saliencymix_map, "choose one of " + ", ".join(IMAGE_MAPS)
+      "augment.snapmix_cam", settings.snapmix_cam, "choose one of " + ", ".join(SNAPMIX_CAMS)
+    )
+  if settings.saliencymix_map not in IMAGE_MAPS:
+    fail_field(
+      "augment.saliencymix_map", settings.saliencymix_map, "choose one of " + ", ".join(IMAGE_MAPS)
     )

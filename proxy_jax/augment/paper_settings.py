@@ -251,7 +251,7 @@ def _cell(value) -> str:
 
 def table_markdown(library_defaults: dict) -> str:
   """The settings table: one row per method and setting. `library_defaults` maps each
-  `config.augment` field to the library's default value (proxy_jax/default_config.py)."""
+  `config.augment` field to the library's default value (proxy_jax/config/defaults.py)."""
   lines = [
     "| method | setting (`augment.`) | small images (CIFAR) | source | large images "
     "(ImageNet) | source | library default | note |",

@@ -263,8 +263,8 @@ def jensen_shannon_consistency(logits_clean, logits_aug1, logits_aug2):
 POLICIES = {"randaugment": randaugment, "trivialaugment": trivialaugment, "augmix": augmix}
 
 
-def _check_int(config, field, low, high, allow=()):
-  value = config[field]
+def _check_int(settings, field, low, high, allow=()):
+  value = getattr(settings, field)
   if value in allow and not isinstance(value, bool):
     return
   if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -272,9 +272,9 @@ def _check_int(config, field, low, high, allow=()):
     fail_field(f"augment.{field}", value, f"must be an integer in [{low}, {high}]{extra}")
 
 
-def check_config(augment_config):
+def check(settings):
   """Raises ConfigError (a ValueError) naming the field for any policy field that cannot work."""
-  c = augment_config
+  c = settings
   if c.policy not in POLICY_CHOICES:
     fail_field("augment.policy", c.policy, "choose one of " + ", ".join(POLICY_CHOICES))
   _check_int(c, "randaugment_num_ops", 1, 16)
@@ -298,14 +298,13 @@ def _augmix_params(c):
   )
 
 
-def from_config(augment_config):
+def from_settings(settings):
   """The configured policy as `(images, labels, key) -> (images, labels)`, or None for "none".
 
   With augmix_jsd the train step should feed the clean batch and take the extra views from
-  `jsd_views_from_config` (the reference computes cross-entropy on the clean view only).
+  `jsd_views_from_settings` (the reference computes cross-entropy on the clean view only).
   """
-  check_config(augment_config)
-  c = augment_config
+  c = settings
   if c.policy == "none":
     return None
   if c.policy == "randaugment":
@@ -317,9 +316,8 @@ def from_config(augment_config):
   return functools.partial(augmix, **_augmix_params(c))
 
 
-def jsd_views_from_config(augment_config):
+def jsd_views_from_settings(settings):
   """`(images, key) -> (view1, view2)` for the AugMix JSD loss, or None when it is off."""
-  check_config(augment_config)
-  if not augment_config.augmix_jsd:
+  if not settings.augmix_jsd:
     return None
-  return functools.partial(augmix_jsd_views, **_augmix_params(augment_config))
+  return functools.partial(augmix_jsd_views, **_augmix_params(settings))

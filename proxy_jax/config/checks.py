@@ -6,24 +6,19 @@ use them (`data.SOURCES`, `models`, `cams.METHODS`, `proxy.PROXY_MODES`, `proxy_
 so a new choice is declared once, where it is implemented.
 """
 
-import json
 import math
 import os
 
-from absl import logging
 from flax import traverse_util
 
 from proxy_jax import cams
 from proxy_jax import data
-from proxy_jax.config import defaults as default_config
 from proxy_jax import proxy
 from proxy_jax.run import model_state
 from proxy_jax import models
 from proxy_jax.run import proxy_step
-from proxy_jax.run import records
 from proxy_jax.config.fields import get_field
 from proxy_jax.core.errors import ConfigError, fail_field
-from proxy_jax.core.io_utils import atomic_write_json
 
 
 def _check_choice(config, field, choices):
@@ -68,7 +63,7 @@ def validate(config) -> None:
       "model.small_stem", small_stem, "choose one of " + ", ".join(models.SMALL_STEM_CHOICES)
     )
   _check_choice(config, "dtype", models.DTYPE_CHOICES)
-  width = config.model.get("width", 0)
+  width = config.model.width
   if (
     not isinstance(width, int) or width < 0 or (width and not models.takes_width(config.model.name))
   ):
@@ -106,7 +101,7 @@ def validate(config) -> None:
   _validate_proxy(config)
   from proxy_jax import augment  # pylint: disable=g-import-not-at-top
 
-  augment.check_config(config.augment, config.image_size)
+  augment.check(config.augment, config.image_size)
 
 
 def _validate_data(config):
@@ -211,122 +206,3 @@ def flatten(config) -> dict:
   """{"proxy.threshold": 0.85, ...} of a ConfigDict or a nested dict (empty groups dropped)."""
   tree = config.to_dict() if hasattr(config, "to_dict") else config
   return traverse_util.flatten_dict(tree, sep=".")
-
-
-# Fields that record what this machine made of the config rather than the experiment itself: a
-# run resumed on other hardware may legitimately differ in them (a GPU run resumed on a CPU
-# computes in float32), so they are recorded but never make a resume fail.
-HARDWARE_FIELDS = ("dtype_resolved",)
-# Fields that change what the console shows, where caches live or how fast a run starts, never
-# what it computes: a resume may change them freely. log_every_steps is log_every_seconds' retired predecessor, which
-# the config.json of older runs still holds.
-NON_RESULT_FIELDS = (
-  "log_every_seconds",
-  "log_every_steps",
-  "compilation_cache_dir",
-  "data.cache_dir",
-  "data.decode_workers",
-)
-
-
-# Fields whose value for a run older than them is not their default but follows from the
-# config: such a run stored its images at image_size.
-LEGACY_VALUES = {"data.load_size": lambda fields: fields["image_size"]}
-
-
-def resolve_load_size(config, workdir: str) -> int:
-  """Sets `config.data.load_size` to the stored side this run uses (recorded in config.json).
-
-  Auto (-1) follows `data.stored_size`, except in a workdir whose config.json predates the
-  field: that run stored its images at image_size, and resuming it must not change them.
-  """
-  path = os.path.join(workdir, records.CONFIG_FILE)
-  value = data.stored_size(config)
-  if config.data.load_size == data.AUTO_LOAD_SIZE and os.path.exists(path):
-    recorded = records.read_recorded_config(workdir)
-    if "load_size" not in (recorded.get("data") or {}):
-      value = int(config.image_size)
-  with config.unlocked():
-    config.data.load_size = value
-  return value
-
-
-def resolve_dtype(config) -> str:
-  """Sets and returns `config.dtype_resolved`, the compute dtype `config.dtype` means here.
-
-  Models resolve "auto" with the same `models.resolve_dtype`, so the recorded value is the one
-  they compute in on this backend.
-  """
-  resolved = models.resolve_dtype(config.dtype)
-  with config.unlocked():
-    config.dtype_resolved = resolved
-  return resolved
-
-
-def write_or_check_resolved(config, workdir: str) -> None:
-  """Resolves the config's dtype and writes workdir/config.json; on a re-run, refuses a config
-  that differs from the recorded one, except in HARDWARE_FIELDS (logged, file left as first
-  written; summary.json's config shows the finishing session's values)."""
-  path = os.path.join(workdir, records.CONFIG_FILE)
-  resolve_dtype(config)
-  resolved = json.loads(config.to_json())
-  if os.path.exists(path):
-    previous = records.read_recorded_config(workdir)
-    old, new = flatten(previous), flatten(resolved)
-    for key in HARDWARE_FIELDS:
-      if old.get(key, new[key]) != new[key]:
-        logging.warning(
-          "%s: resuming with %s=%r on this machine (the run began with %r).",
-          workdir,
-          key,
-          new[key],
-          old[key],
-        )
-      old.pop(key, None)
-      new.pop(key, None)
-    for key in NON_RESULT_FIELDS:
-      old.pop(key, None)
-      new.pop(key, None)
-    _accept_fields_added_since(old, new, workdir)
-    changed = sorted(k for k in set(old) | set(new) if not _same(old.get(k), new.get(k)))
-    if changed:
-      detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:10])
-      raise ConfigError(
-        f"{workdir} holds a run with a different config ({detail}); resume "
-        "with the same config or use a new --workdir"
-      )
-    return
-  atomic_write_json(path, resolved)
-
-
-def _accept_fields_added_since(old: dict, new: dict, workdir: str) -> None:
-  """Drops from `new` the fields the recorded run predates that hold their default value.
-
-  A field added to the code after a run began (a new option, off by default) changes nothing
-  for that run, so resuming it, or re-running a finished one, must not be refused; the same
-  field set to anything but the default config's value (`LEGACY_VALUES`' value where the old
-  behaviour is not the default) is a different run and still is.
-  """
-  added = [k for k in new if k not in old]
-  if not added:
-    return
-  defaults = flatten(default_config.get_config())
-  for key in added:
-    legacy = LEGACY_VALUES[key](new) if key in LEGACY_VALUES else defaults.get(key, _ABSENT)
-    if legacy is not _ABSENT and _same(json.loads(json.dumps(legacy)), new[key]):
-      logging.info(
-        "%s: %s=%r is new since this run began; its default changes nothing.",
-        workdir,
-        key,
-        new[key],
-      )
-      new.pop(key)
-
-
-_ABSENT = object()
-
-
-def _same(a, b):
-  if isinstance(a, float) and isinstance(b, float):
-    return math.isclose(a, b)
-  return a == b

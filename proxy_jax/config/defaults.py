@@ -206,7 +206,7 @@ def _add_optimizer(config):
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = True
   # Weight decay on biases and normalisation scales/offsets (1-D parameters): "auto" = no for
-  # SGD (as the references), yes for AdamW (what this project always did); "true" / "false".
+  # SGD (as the references), yes for AdamW (optax.adamw's default); "true" / "false".
   config.optimizer.decay_norm_and_bias = "auto"
   # "warmup_cosine", "onecycle" or "constant".
   config.optimizer.schedule = "warmup_cosine"

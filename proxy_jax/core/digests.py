@@ -12,10 +12,10 @@ content, and a reader checks it first:
   * a checkpoint holds `MANIFEST` (the size and CRC-32 of every other file in it, written once
     Orbax has finished the checkpoint; `checksum_of_file` says why CRC-32 there) and a run's checkpoints folder holds `SINCE_FILE` (the first epoch
     saved with manifests: a newer checkpoint without one was cut off before its manifest and is
-    not trusted; an older one was written before digests existed and is restored as before);
+    not trusted; an older one was written before digests existed and is restored unverified);
   * a decoded cache entry's index holds the digests of its arrays.
 
-Files written before digests existed have none and are read as before.
+Files written before digests existed have none and are read unverified.
 """
 
 from concurrent import futures

@@ -4,7 +4,7 @@ A `UserError` is something the user can fix (a field, a file, a folder); every c
 prints it as one line, `error: <message>`, on stderr and exits with status 2 (`cli`). Any other
 exception is a bug or an environment fault and keeps its traceback.
 
-Each subclass also derives from the builtin its callers used to catch (`ValueError`,
+Each subclass also derives from the builtin its callers catch (`ValueError`,
 `FileNotFoundError`), so `except ValueError` keeps working.
 """
 

@@ -53,20 +53,17 @@ AUTO_LOAD_SIZE = -1
 CROP_FRACTION = 0.875
 
 
-def stored_size(config) -> int:
+def stored_size(settings) -> int:
   """The side images are stored at: `config.data.load_size` resolved.
 
   AUTO_LOAD_SIZE: round(image_size / 0.875) for folders and TFDS, image_size for the digits
-  (8 x 8 originals: there is nothing to crop). A config without the field (the config.json of
-  a run older than it) stored its images at image_size.
+  (8 x 8 originals: there is nothing to crop).
   """
-  value = config.data.get("load_size", None)
-  if value is None:
-    return int(config.image_size)
+  value = settings.data.load_size
   if value == AUTO_LOAD_SIZE:
-    if config.data.source == "digits":
-      return int(config.image_size)
-    return int(round(config.image_size / CROP_FRACTION))
+    if settings.data.source == "digits":
+      return int(settings.image_size)
+    return int(round(settings.image_size / CROP_FRACTION))
   return int(value)
 
 
@@ -105,8 +102,8 @@ class Dataset:
 # ---------------------------------------------------------------- caching
 
 
-def _cache_key(config, which: str) -> str:
-  data = config.data
+def _cache_key(settings, which: str) -> str:
+  data = settings.data
   absolute = lambda path: os.path.abspath(path) if path else ""
   parts = [
     data.source,
@@ -115,7 +112,7 @@ def _cache_key(config, which: str) -> str:
     data.label_regex,
     absolute(data.tfds_data_dir),
     which,
-    str(stored_size(config)),
+    str(stored_size(settings)),
     f"decoder {DECODER_VERSION}",
   ]
   if data.source == "folder":
@@ -169,14 +166,14 @@ def _read_cached_pool(base: str, side: int) -> Pool:
   return Pool(images, labels, meta["class_names"], meta["skipped_files"])
 
 
-def cached_pool(config, cache_dir: str, which: str, build: Callable[[], Pool]) -> Pool:
+def cached_pool(settings, cache_dir: str, which: str, build: Callable[[], Pool]) -> Pool:
   """Loads a decoded pool from the cache, or builds it and writes it atomically.
 
   A damaged cache entry is a cache miss: it is decoded again, and the log says so.
   """
-  base = os.path.join(cache_dir, f"{config.data.name}-{which}-{_cache_key(config, which)}")
+  base = os.path.join(cache_dir, f"{settings.data.name}-{which}-{_cache_key(settings, which)}")
   meta_path = base + ".json"
-  side = stored_size(config)
+  side = stored_size(settings)
   if os.path.exists(meta_path):
     try:  # The key holds the side: a file of another side was not written by this code.
       return _read_cached_pool(base, side)
@@ -214,23 +211,23 @@ def eval_view(split: Split, image_size: int) -> Split:
   return Split(preprocess.center_crop(split.images, image_size), split.labels, split.source_indices)
 
 
-def load_dataset(config, workdir: str) -> Dataset:
-  data = config.data
+def load_dataset(settings, workdir: str) -> Dataset:
+  data = settings.data
   cache_dir = os.path.expanduser(data.cache_dir) or os.path.join(workdir, "cache")
-  size, workers = stored_size(config), data.decode_workers
+  size, workers = stored_size(settings), data.decode_workers
   test_pool = None
   if data.source == "digits":  # Cached too: each trial would import scikit-learn and resize.
-    pool = cached_pool(config, cache_dir, "pool", lambda: load_digits_pool(size))
+    pool = cached_pool(settings, cache_dir, "pool", lambda: load_digits_pool(size))
   elif data.source == "folder":
     pool = cached_pool(
-      config,
+      settings,
       cache_dir,
       "pool",
       lambda: load_folder_pool(data.path, size, data.label_regex, workers),
     )
     if data.test_path:
       test_pool = cached_pool(
-        config,
+        settings,
         cache_dir,
         "test",
         lambda: load_folder_pool(
@@ -239,14 +236,14 @@ def load_dataset(config, workdir: str) -> Dataset:
       )
   else:
     pool = cached_pool(
-      config,
+      settings,
       cache_dir,
       "pool",
       lambda: load_tfds_pool(data.name, data.train_split, size, data.tfds_data_dir, workers),
     )
     if data.test_split:
       test_pool = cached_pool(
-        config,
+        settings,
         cache_dir,
         "test",
         lambda: load_tfds_pool(data.name, data.test_split, size, data.tfds_data_dir, workers),
@@ -260,9 +257,9 @@ def load_dataset(config, workdir: str) -> Dataset:
       min(len(skipped), MAX_REPORTED_FILES),
       shown,
     )
-  indices = splits.fixed_split(pool, config, workdir, carve_test=test_pool is None)
+  indices = splits.fixed_split(pool, settings, workdir, carve_test=test_pool is None)
   train = _take(pool, indices["train"])
-  val = eval_view(_take(pool, indices["val"]), config.image_size)
+  val = eval_view(_take(pool, indices["val"]), settings.image_size)
   if test_pool is not None:
     test = Split(
       np.asarray(test_pool.images),
@@ -271,7 +268,7 @@ def load_dataset(config, workdir: str) -> Dataset:
     )
   else:
     test = _take(pool, indices["test"]) if len(indices["test"]) else None
-  test = eval_view(test, config.image_size) if test is not None else None
+  test = eval_view(test, settings.image_size) if test is not None else None
   return Dataset(train, val, test, pool.class_names, skipped)
 
 

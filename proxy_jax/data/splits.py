@@ -68,12 +68,12 @@ def _pool_fingerprint(pool) -> str:
   return hashlib.sha256(np.ascontiguousarray(pool.labels).tobytes()).hexdigest()[:16]
 
 
-def _split_parameters(config, carve_test: bool) -> dict:
+def _split_parameters(settings, carve_test: bool) -> dict:
   return {
-    "split_seed": config.data.split_seed,
-    "val_fraction": config.data.val_fraction,
-    "test_fraction": config.data.test_fraction if carve_test else 0.0,
-    "max_examples": config.data.max_examples,
+    "split_seed": settings.data.split_seed,
+    "val_fraction": settings.data.val_fraction,
+    "test_fraction": settings.data.test_fraction if carve_test else 0.0,
+    "max_examples": settings.data.max_examples,
   }
 
 
@@ -102,7 +102,7 @@ def read_split(path: str) -> tuple[dict, dict]:
   return split, indices
 
 
-def fixed_split(pool, config, workdir: str, carve_test: bool) -> dict:
+def fixed_split(pool, settings, workdir: str, carve_test: bool) -> dict:
   """The train/val(/test) pool indices: read from workdir/split.json, else drawn and written.
 
   The draw depends only on `data.split_seed` (not the training seed), so every seed and every
@@ -110,7 +110,7 @@ def fixed_split(pool, config, workdir: str, carve_test: bool) -> dict:
   """
   path = os.path.join(workdir, "split.json")
   fingerprint = _pool_fingerprint(pool)
-  parameters = _split_parameters(config, carve_test)
+  parameters = _split_parameters(settings, carve_test)
   if os.path.exists(path):
     split, indices = read_split(path)
     if "parameters" not in split:
@@ -132,17 +132,17 @@ def fixed_split(pool, config, workdir: str, carve_test: bool) -> dict:
           path, f"its {name} indices point outside the {len(pool.labels)} examples", SPLIT_FIX
         )
     return indices
-  key = jax.random.fold_in(jax.random.key(config.data.split_seed), 0x5EED)
+  key = jax.random.fold_in(jax.random.key(settings.data.split_seed), 0x5EED)
   candidates = np.arange(len(pool.labels))
-  if config.data.max_examples:
+  if settings.data.max_examples:
     order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(candidates)))
-    candidates = np.sort(order[: config.data.max_examples])
-  fractions = (config.data.val_fraction,) + ((config.data.test_fraction,) if carve_test else ())
+    candidates = np.sort(order[: settings.data.max_examples])
+  fractions = (settings.data.val_fraction,) + ((settings.data.test_fraction,) if carve_test else ())
   parts = stratified_split(pool.labels[candidates], fractions, jax.random.fold_in(key, 2))
   indices = {"train": candidates[parts[0]], "val": candidates[parts[1]]}
   if carve_test:
     indices["test"] = candidates[parts[2]]
-  check_split_sizes(indices, pool, config)
+  check_split_sizes(indices, pool, settings)
   atomic_write_json(
     path,
     {
@@ -162,21 +162,21 @@ _SPLIT_FIELDS = {
 }
 
 
-def check_split_sizes(indices: dict, pool, config) -> None:
+def check_split_sizes(indices: dict, pool, settings) -> None:
   """Refuses a split that is used but empty, before any training; warns about missing classes.
 
   Train and validation are always used; a carved test split is used when test_fraction > 0.
   """
   total = len(indices["train"]) + len(indices["val"]) + len(indices.get("test", ()))
   used = ["train", "val"] + (
-    ["test"] if config.data.test_fraction > 0 and "test" in indices else []
+    ["test"] if settings.data.test_fraction > 0 and "test" in indices else []
   )
   for name in used:
     if not len(indices[name]):
       raise DataError(
         f"the {name} split is empty ({total} examples with data.max_examples="
-        f"{config.data.max_examples}, data.val_fraction={config.data.val_fraction}, "
-        f"data.test_fraction={config.data.test_fraction}): {_SPLIT_FIELDS[name]}"
+        f"{settings.data.max_examples}, data.val_fraction={settings.data.val_fraction}, "
+        f"data.test_fraction={settings.data.test_fraction}): {_SPLIT_FIELDS[name]}"
       )
   missing = sorted(set(range(len(pool.class_names))) - set(pool.labels[indices["val"]].tolist()))
   if missing:

@@ -85,9 +85,9 @@ def is_out_of_memory(error: Exception) -> bool:
   return any(marker in str(error) for marker in OOM_MARKERS)
 
 
-def dummy_batch(config, batch_size: int, num_classes: int) -> dict:
+def dummy_batch(settings, batch_size: int, num_classes: int) -> dict:
   """A batch as the train step gets it: stored images (side `data.load_size`), not crops."""
-  size = data.stored_size(config)
+  size = data.stored_size(settings)
   return {
     "image": np.zeros((batch_size, size, size, 3), np.uint8),
     "label": (np.arange(batch_size) % num_classes).astype(np.int32),
@@ -118,7 +118,7 @@ class StepFactory:
 
 def probe(
   factory: StepFactory,
-  config,
+  settings,
   num_classes: int,
   batch_size: int,
   limit: int | None,
@@ -129,7 +129,7 @@ def probe(
   predicted = None
   try:
     state = jax.device_put(factory.host_state, device)
-    batch = dummy_batch(config, batch_size, num_classes)
+    batch = dummy_batch(settings, batch_size, num_classes)
     key = jax.random.key(1)
     if hasattr(factory.step, "lower"):
       compiled = factory.step.lower(state, batch, key).compile()
@@ -169,21 +169,21 @@ def candidate_sizes(ceiling: int, start: int = START) -> list[int]:
   return sizes + [ceiling]
 
 
-def resolve_ceiling(config, limit: int | None) -> int:
-  ceiling = int(config.get("batch_size_ceiling", 0) or 0)
+def resolve_ceiling(settings, limit: int | None) -> int:
+  ceiling = int(settings.batch_size_ceiling or 0)
   if ceiling <= 0:
     ceiling = CEILING_WITH_LIMIT if limit is not None else CEILING_WITHOUT_LIMIT
   return ceiling
 
 
-def search(config, num_classes: int, factory: StepFactory) -> tuple[int, list[Probe]]:
+def search(settings, num_classes: int, factory: StepFactory) -> tuple[int, list[Probe]]:
   """(chosen batch size, every probe made), smallest first; raises if not even 1 fits."""
   limit = device_memory_limit(jax.devices()[0])
-  fraction = float(config.get("batch_size_memory_fraction", 0.9))
-  ceiling = resolve_ceiling(config, limit)
+  fraction = float(settings.batch_size_memory_fraction)
+  ceiling = resolve_ceiling(settings, limit)
   probes, chosen = [], None
   for size in candidate_sizes(ceiling):
-    result = probe(factory, config, num_classes, size, limit, fraction)
+    result = probe(factory, settings, num_classes, size, limit, fraction)
     probes.append(result)
     _log(result)
     if not result.fits:
@@ -193,7 +193,7 @@ def search(config, num_classes: int, factory: StepFactory) -> tuple[int, list[Pr
     # Even the start size failed: back off below it by halving.
     size = min(START, ceiling) // 2
     while size >= 1 and chosen is None:
-      result = probe(factory, config, num_classes, size, limit, fraction)
+      result = probe(factory, settings, num_classes, size, limit, fraction)
       probes.append(result)
       _log(result)
       chosen = size if result.fits else None
@@ -203,44 +203,41 @@ def search(config, num_classes: int, factory: StepFactory) -> tuple[int, list[Pr
   return chosen, probes
 
 
-def find_batch_size(config, num_classes: int, factory: StepFactory) -> int:
+def find_batch_size(settings, num_classes: int, factory: StepFactory) -> int:
   """The largest fitting batch size (up to the ceiling); see the module docstring."""
-  chosen, _ = search(config, num_classes, factory)
+  chosen, _ = search(settings, num_classes, factory)
   logging.info("batch-size finder chose %d", chosen)
   return chosen
 
 
-def _with_batch_size(config, value: int):
-  """A copy of `config` with batch_size set; the caller's (locked) config is never changed."""
-  resolved = config.copy_and_resolve_references()
-  resolved.batch_size = value
-  return resolved
+def _with_batch_size(settings, value: int):
+  return dataclasses.replace(settings, batch_size=value)
 
 
-def with_recorded_batch_size(config, workdir: str):
+def with_recorded_batch_size(settings, workdir: str):
   """batch_size=-1 in a workdir that already chose one: that choice, from its config.json.
 
   A resumed run must not search again: other hardware or load could pick another size and
   change the steps per epoch and the learning-rate schedule mid-run.
   """
   path = os.path.join(workdir, records.CONFIG_FILE)
-  if config.batch_size != -1 or not os.path.exists(path):
-    return config
+  if settings.batch_size != -1 or not os.path.exists(path):
+    return settings
   recorded = records.read_recorded_config(workdir).get("batch_size")
   if not isinstance(recorded, int) or recorded <= 0:
-    return config
+    return settings
   logging.info("batch_size=-1: reusing the batch size %d recorded in %s.", recorded, path)
-  return _with_batch_size(config, recorded)
+  return _with_batch_size(settings, recorded)
 
 
-def with_found_batch_size(config, num_classes: int, factory: StepFactory):
-  """`config` with the finder's batch size, rounded down to a multiple of the devices."""
-  found = find_batch_size(config, num_classes, factory)
+def with_found_batch_size(settings, num_classes: int, factory: StepFactory):
+  """`settings` with the finder's batch size, rounded down to a multiple of the devices."""
+  found = find_batch_size(settings, num_classes, factory)
   # The finder sizes one device's step; the global batch is split over all of them.
   devices = jax.device_count()
   chosen = max(devices, found // devices * devices)
   logging.info("Batch size finder chose %d (%d device(s)).", chosen, devices)
-  return _with_batch_size(config, chosen)
+  return _with_batch_size(settings, chosen)
 
 
 def mib(value) -> str:

@@ -14,7 +14,7 @@ the SHA-256 of every file in it is written into it, and a restore checks every f
 before any value is read. A mismatch is damage like a truncated file (below). A checkpoint of an
 epoch at or after the run's first digested one (`digests.SINCE_FILE`) without a manifest was cut
 off before its manifest was written and is not trusted either; checkpoints written before
-digests existed restore as before (the log says so once).
+digests existed restore unverified (the log says so once).
 
 A checkpoint that cannot be restored (a missing or truncated file, unreadable metadata, arrays
 of another shape or dtype than the run's) raises `DamagedCheckpointError` naming it, the kind of

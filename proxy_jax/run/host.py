@@ -6,10 +6,10 @@ import os
 import jax
 
 
-def setup(config) -> None:
-  if config.compilation_cache_dir:
-    use_compilation_cache(config.compilation_cache_dir)
-  if config.distributed:
+def setup(settings) -> None:
+  if settings.compilation_cache_dir:
+    use_compilation_cache(settings.compilation_cache_dir)
+  if settings.distributed:
     jax.distributed.initialize()
 
 

@@ -27,21 +27,21 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-def create_model(config, num_classes: int):
-  overrides = {"width": config.model.width} if config.model.get("width") else {}
+def create_model(settings, num_classes: int):
+  overrides = {"width": settings.model.width} if settings.model.width else {}
   return models.create(
-    config.model.name,
+    settings.model.name,
     num_classes,
-    config.image_size,
-    config.dtype,
-    small_stem=config.model.small_stem,
+    settings.image_size,
+    settings.dtype,
+    small_stem=settings.model.small_stem,
     **overrides,
   )
 
 
-def learning_rate_schedule(config, steps_per_epoch: int):
-  opt = config.optimizer
-  total = max(1, config.num_epochs * steps_per_epoch)
+def learning_rate_schedule(settings, steps_per_epoch: int):
+  opt = settings.optimizer
+  total = max(1, settings.num_epochs * steps_per_epoch)
   if opt.schedule == "constant":
     return optax.constant_schedule(opt.learning_rate)
   if opt.schedule == "onecycle":
@@ -54,14 +54,14 @@ def decays_norm_and_bias(opt) -> bool:
   """Whether weight decay reaches biases and normalisation scales/offsets.
 
   "auto": not for SGD (the from-scratch references: timm's and big_vision's recipes exclude
-  them), yes for AdamW (what this project always did). Config strings "true"/"false" or bools.
+  them), yes for AdamW (optax.adamw's default). Config strings "true"/"false" or bools.
   """
-  value = opt.get("decay_norm_and_bias", "auto")
+  value = opt.decay_norm_and_bias
   if isinstance(value, str):
     if value.lower() not in DECAY_NORM_AND_BIAS_CHOICES:
       raise ValueError(f"decay_norm_and_bias={value!r}; choose one of auto, true, false")
     if value.lower() == "auto":
-      return opt.get("name", "adamw") != "sgd"
+      return opt.name != "sgd"
     return value.lower() == "true"
   return bool(value)
 
@@ -80,7 +80,7 @@ def base_optimizer(opt, schedule):
   the momentum trace) at `schedule`, with the decay mask of `decay_norm_and_bias`."""
   # A function, not a tree: under multi_transform it sees only its group's leaves.
   mask = None if decays_norm_and_bias(opt) else weight_decay_mask
-  if opt.get("name", "adamw") == "sgd":
+  if opt.name == "sgd":
     return optax.chain(
       optax.add_decayed_weights(opt.weight_decay, mask),
       optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov),
@@ -88,13 +88,13 @@ def base_optimizer(opt, schedule):
   return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=mask)
 
 
-def create_optimizer(config, params, lr_fn):
-  opt = config.optimizer
+def create_optimizer(settings, params, lr_fn):
+  opt = settings.optimizer
   if opt.backbone_lr_multiplier == 1.0:
     return base_optimizer(opt, lr_fn)
   from proxy_jax.weights import pretrained  # pylint: disable=g-import-not-at-top
 
-  is_head = pretrained.head_mask(params, config.model.name)
+  is_head = pretrained.head_mask(params, settings.model.name)
   labels = jax.tree.map(lambda head: "head" if head else "backbone", is_head)
   multiplier = opt.backbone_lr_multiplier
   # multi_transform hands each optimiser only its own leaves (the others are masked out).
@@ -106,28 +106,28 @@ def create_optimizer(config, params, lr_fn):
   return optax.multi_transform({"head": base_optimizer(opt, lr_fn), "backbone": backbone}, labels)
 
 
-def init_variables(config, model, key, pretrained: str | None = None):
+def init_variables(settings, model, key, pretrained: str | None = None):
   """Fresh variables of `model`, with the weights of `pretrained` (default
   `config.model.pretrained`; "" = none) loaded into them."""
-  shape = (1, config.image_size, config.image_size, 3)
+  shape = (1, settings.image_size, settings.image_size, 3)
   variables = model.init({"params": key, "dropout": key}, jnp.zeros(shape, jnp.float32))
-  source = config.model.pretrained if pretrained is None else pretrained
+  source = settings.model.pretrained if pretrained is None else pretrained
   if source:
     from proxy_jax.weights import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
 
-    variables = pretrained_lib.load_pretrained(source, config.model.name, variables)
+    variables = pretrained_lib.load_pretrained(source, settings.model.name, variables)
   return variables
 
 
 def create_train_state(
-  config, model, key, steps_per_epoch: int, lr_fn: Callable | None = None
+  settings, model, key, steps_per_epoch: int, lr_fn: Callable | None = None
 ) -> TrainState:
   """A fresh state; pass the run's `lr_fn` so the schedule is built once per run."""
-  variables = init_variables(config, model, key)
-  lr_fn = lr_fn or learning_rate_schedule(config, steps_per_epoch)
+  variables = init_variables(settings, model, key)
+  lr_fn = lr_fn or learning_rate_schedule(settings, steps_per_epoch)
   return TrainState.create(
     apply_fn=model.apply,
     params=variables["params"],
-    tx=create_optimizer(config, variables["params"], lr_fn),
+    tx=create_optimizer(settings, variables["params"], lr_fn),
     batch_stats=variables.get("batch_stats", {}),
   )

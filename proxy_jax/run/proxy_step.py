@@ -205,9 +205,9 @@ def use_fused_scan(method: str, subset: float) -> bool:
   return method in cams.formulas.ACTIVATION_FORMULAS and subset > FUSED_MIN_SUBSET
 
 
-def buffer_bytes(config) -> int:
+def buffer_bytes(settings) -> int:
   """The result bytes a pass of the step may hold on the device (`proxy.device_buffer_mb`)."""
-  return int(config.proxy.get("device_buffer_mb", 1024.0) * 1e6)  # Older run configs lack it.
+  return int(settings.proxy.device_buffer_mb * 1e6)
 
 
 def dispatch_predictions(
@@ -231,7 +231,7 @@ def predict_labels(
   return dispatch_predictions(state, split, batch_size, predict_fn, batch_sharding, buffer).fetch()
 
 
-def dispatch_scan(state, split, config, batch_sharding) -> dispatch.OnDevice:
+def dispatch_scan(state, split, settings, batch_sharding) -> dispatch.OnDevice:
   """The fused scan, left on the device: (predictions, uint8 proxies, uint8 maps) per example.
 
   The caller reads the predictions, then only the chosen examples' proxies and maps
@@ -240,14 +240,14 @@ def dispatch_scan(state, split, config, batch_sharding) -> dispatch.OnDevice:
   beyond it the oldest chunks are drained while later ones compute, keeping their predictions
   and the proxies and maps of their wrong rows only (no other row can be chosen).
   """
-  settings = config.proxy
+  proxy_settings = settings.proxy
   scan = proxy.fused_scan_fn(
-    state.apply_fn, settings.cam_method, settings.mode, _cam_options(config)
+    state.apply_fn, proxy_settings.cam_method, proxy_settings.mode, _cam_options(settings)
   )
   variables = models.variables_of(state)
-  threshold, weight = jnp.float32(settings.threshold), jnp.float32(settings.weight)
+  threshold, weight = jnp.float32(proxy_settings.threshold), jnp.float32(proxy_settings.weight)
   arrays = {"image": split.images}
-  if settings.cam_target == "label":
+  if proxy_settings.cam_target == "label":
     arrays["label"] = split.labels
 
   def apply(chunk):
@@ -256,9 +256,9 @@ def dispatch_scan(state, split, config, batch_sharding) -> dispatch.OnDevice:
   return dispatch.dispatch(
     apply,
     arrays,
-    config.eval_batch_size,
+    settings.eval_batch_size,
     sharding=batch_sharding,
-    buffer_bytes=buffer_bytes(config),
+    buffer_bytes=buffer_bytes(settings),
     drain=_drain_wrong(split.labels),
   )
 
@@ -283,11 +283,11 @@ def _drain_wrong(labels):
   return drain
 
 
-def _cam_options(config) -> tuple:
+def _cam_options(settings) -> tuple:
   return (
-    ("chunk_size", int(config.cams.chunk_size)),
-    ("smooth_sigma", float(config.cams.smooth_sigma)),
-    ("gradcampp_eps", float(config.cams.get("gradcampp_eps", 0.0))),
+    ("chunk_size", int(settings.cams.chunk_size)),
+    ("smooth_sigma", float(settings.cams.smooth_sigma)),
+    ("gradcampp_eps", float(settings.cams.gradcampp_eps)),
   )
 
 
@@ -328,7 +328,7 @@ def change_figures(originals, proxies) -> dict:
 
 
 def run_proxy_step(
-  state, split, bank, config, key, *, predict_fn, batch_sharding=None
+  state, split, bank, settings, key, *, predict_fn, batch_sharding=None
 ) -> ProxyStepResult:
   """One proxy step over the training split; reads `bank` (for reuse_proxies), never changes it.
 
@@ -336,21 +336,23 @@ def run_proxy_step(
   must store the result (`ProxyBank.store`) after this returns, even with clear_every_step.
   """
   started = time.time()
-  settings = config.proxy
+  proxy_settings = settings.proxy
   if batch_sharding is None:
     batch_sharding = parallel.shardings(parallel.make_mesh())[1]
-  view = data.eval_view(split, config.image_size)
-  if use_fused_scan(settings.cam_method, settings.subset):
-    scan = dispatch_scan(state, view, config, batch_sharding)
+  view = data.eval_view(split, settings.image_size)
+  if use_fused_scan(proxy_settings.cam_method, proxy_settings.subset):
+    scan = dispatch_scan(state, view, settings, batch_sharding)
     predictions = scan.select(lambda out: out[0]).fetch()
     candidates = scan.select(lambda out: out[1:])  # (proxies, maps), still on the device.
   else:
     predictions = predict_labels(
-      state, view, config.eval_batch_size, predict_fn, batch_sharding, buffer_bytes(config)
+      state, view, settings.eval_batch_size, predict_fn, batch_sharding, buffer_bytes(settings)
     )
     candidates = None
   wrong = np.flatnonzero(predictions != split.labels)
-  chosen = choose_wrong(wrong, split.labels[wrong], settings.subset, key, settings.class_balanced)
+  chosen = choose_wrong(
+    wrong, split.labels[wrong], proxy_settings.subset, key, proxy_settings.class_balanced
+  )
   originals, proxy_images, maps = _proxies_of(
     state,
     split,
@@ -358,7 +360,7 @@ def run_proxy_step(
     chosen,
     predictions,
     candidates,
-    config,
+    settings,
     jax.random.fold_in(key, 1),
     batch_sharding,
   )
@@ -375,7 +377,7 @@ def run_proxy_step(
 
 
 def _proxies_of(
-  state, split, bank, chosen, predictions, candidates, config, noise_key, batch_sharding
+  state, split, bank, chosen, predictions, candidates, settings, noise_key, batch_sharding
 ):
   """(source crops, uint8 stored-side proxies, float maps) of the chosen positions, in order.
 
@@ -384,27 +386,27 @@ def _proxies_of(
   current proxy (reuse_proxies). The proxies of the centre crops are pasted back into their
   stored images (module docstring).
   """
-  settings = config.proxy
+  proxy_settings = settings.proxy
   stored = np.asarray(split.images[chosen])
-  if settings.reuse_proxies:
+  if proxy_settings.reuse_proxies:
     stored = bank.swap(chosen, stored)
-  sources = np.ascontiguousarray(preprocess.center_crop(stored, config.image_size))
+  sources = np.ascontiguousarray(preprocess.center_crop(stored, settings.image_size))
   proxy_images = np.zeros_like(sources)
   maps = np.zeros(sources.shape[:3], np.uint8)
   recompute = np.ones(len(chosen), bool)
   if candidates is not None:
-    recompute = bank.holds(chosen) if settings.reuse_proxies else np.zeros(len(chosen), bool)
+    recompute = bank.holds(chosen) if proxy_settings.reuse_proxies else np.zeros(len(chosen), bool)
     proxy_images[~recompute], maps[~recompute] = candidates.fetch(chosen[~recompute])
   if recompute.any():
-    targets = predictions if settings.cam_target == "predicted" else split.labels
+    targets = predictions if proxy_settings.cam_target == "predicted" else split.labels
     out, cam = _chunked_proxies(
-      state, sources[recompute], targets[chosen[recompute]], config, noise_key, batch_sharding
+      state, sources[recompute], targets[chosen[recompute]], settings, noise_key, batch_sharding
     )
     proxy_images[recompute], maps[recompute] = out, cam
   return (sources, preprocess.paste_center(stored, proxy_images), maps.astype(np.float32) / 255.0)
 
 
-def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
+def _chunked_proxies(state, images, targets, settings, noise_key, batch_sharding):
   """CAMs and proxies in chunks whose size is a power of two (at most a few compilations).
 
   Each chunk is split over the mesh like a training batch (its size rounded up to a multiple
@@ -412,14 +414,14 @@ def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
   dispatched before the results are read back, once, unless they exceed
   `proxy.device_buffer_mb` (the oldest are drained to the host meanwhile).
   """
-  settings = config.proxy
+  proxy_settings = settings.proxy
   proxy_fn = proxy.make_proxy_fn(
     state.apply_fn,
-    settings.cam_method,
-    settings.threshold,
-    settings.weight,
-    settings.mode,
-    dict(_cam_options(config)),
+    proxy_settings.cam_method,
+    proxy_settings.threshold,
+    proxy_settings.weight,
+    proxy_settings.mode,
+    dict(_cam_options(settings)),
   )
   variables = models.variables_of(state)
 
@@ -434,8 +436,8 @@ def _chunked_proxies(state, images, targets, config, noise_key, batch_sharding):
   return dispatch.dispatch(
     apply,
     {"image": images, "target": targets.astype(np.int32)},
-    int(config.cams.chunk_size),
+    int(settings.cams.chunk_size),
     sharding=batch_sharding,
     power_of_two=True,
-    buffer_bytes=buffer_bytes(config),
+    buffer_bytes=buffer_bytes(settings),
   ).fetch()

@@ -2,12 +2,12 @@
 and images, and the proxy-step example grids saved under `<workdir>/proxy_steps/`.
 
 Summaries go to TensorBoard event files (`summaries.EventWriter`, no TensorFlow), written by
-process 0 only. An epoch that lasts longer
-than `config.log_every_seconds` also gets a progress line every that many seconds within it
+process 0 only. An epoch that lasts longer than `log_every_seconds` also gets a progress line every that many seconds within it
 (`EpochProgress`: images/s, the epoch's time left and the run's ETA).
 
 The writer needs the tensorboard package, so it is imported when a run starts, not with this
-module: the pure steps in `train.py` then import (and benchmark) on machines with JAX alone.
+module: the run's modules (the pure steps in `steps.py`, the loop in `train.py`) then import
+(and benchmark) on machines with JAX alone.
 """
 
 import os
@@ -20,6 +20,7 @@ import numpy as np
 
 from proxy_jax import augment, cams, data
 from proxy_jax.config import checks as config_lib
+from proxy_jax.config import settings as config_settings
 from proxy_jax.images import images_grid, preprocess
 from proxy_jax.run import records
 
@@ -33,7 +34,7 @@ def create_writer(workdir: str):
   return summaries.EventWriter(workdir)
 
 
-def write_run_header(writer, config, dataset, state, workdir, frozen=(None, None)) -> None:
+def write_run_header(writer, settings, dataset, state, workdir, frozen=(None, None)) -> None:
   """The hyperparameters and a grid of augmented training inputs, once per run.
 
   The grid shows what the train step feeds the model (policy, erasing, mixing included), with
@@ -42,16 +43,16 @@ def write_run_header(writer, config, dataset, state, workdir, frozen=(None, None
   """
   hparams = {
     k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-    for k, v in config_lib.flatten(config).items()
+    for k, v in config_lib.flatten(config_settings.to_dict(settings)).items()
   }
   writer.write_hparams(hparams)
-  count = min(config.batch_size, config.num_logged_images)
+  count = min(settings.batch_size, settings.num_logged_images)
   if count <= 0:
     return
-  order = data.epoch_order(len(dataset.train), config.seed, 0)
+  order = data.epoch_order(len(dataset.train), settings.seed, 0)
   batch = next(data.batches(dataset.train, count, order))
   num_classes = len(dataset.class_names)
-  inputs, targets = augment.preview(state, batch, config, num_classes, *frozen)
+  inputs, targets = augment.preview(state, batch, settings, num_classes, *frozen)
   pictures = np.clip(np.asarray(preprocess.denormalize(inputs)), 0, 1)
   captions = [images_grid.label_weights_caption(t) for t in np.asarray(targets)]
   captions *= len(pictures) // len(captions)  # AugMix JSD: the clean batch, then two views.

@@ -8,10 +8,10 @@ apply function and variables as arguments), so the library never reads a checkpo
 import os
 
 import jax
-import ml_collections
 
 from proxy_jax import augment
 from proxy_jax.config import defaults as default_config
+from proxy_jax.config import settings as config_settings
 from proxy_jax.core import errors, io_utils
 from proxy_jax.run import checkpoints, model_state
 from proxy_jax import models
@@ -47,17 +47,16 @@ def restore_for_inference(workdir: str):
       f"{workdir} has no trained run (config.json and checkpoints/ "
       "expected); train one with main.py first"
     )
-  config = ml_collections.ConfigDict(records.read_recorded_config(workdir))
+  settings = config_settings.from_record(records.read_recorded_config(workdir))
   class_names = read_class_names(workdir)
-  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints)
+  ckpt = checkpoints.RunCheckpoints(workdir, settings.keep_checkpoints)
   try:
     latest = ckpt.latest_epoch()
     if latest is None:
       raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
-    model = model_state.create_model(config, len(class_names))
-    with config.unlocked():
-      config.model.pretrained = ""  # The checkpoint has the weights.
-    state = model_state.create_train_state(config, model, jax.random.key(0), 1)
+    model = model_state.create_model(settings, len(class_names))
+    settings = config_settings.with_fields(settings, {"model.pretrained": ""})  # Checkpointed.
+    state = model_state.create_train_state(settings, model, jax.random.key(0), 1)
     try:
       state, _, _ = ckpt.restore(latest, state)
     except checkpoints.DamagedCheckpointError as error:
@@ -70,7 +69,7 @@ def restore_for_inference(workdir: str):
       ) from error
   finally:
     ckpt.close()
-  return model, models.variables_of(state), config, class_names
+  return model, models.variables_of(state), settings, class_names
 
 
 # Evaluation's stored side for ImageNet weights: Resize(size / 0.875) then CenterCrop(size),
@@ -86,19 +85,24 @@ def restore_pretrained(name: str):
       f"--pretrained {name!r}: choose one of "
       f"{', '.join(weight_files.WHEEL_WEIGHTS)} (or --workdir for a trained run)"
     )
-  config = default_config.get_config()
-  config.model.name = name
-  config.model.pretrained = name
-  config.image_size = models.native_resolution(name)
-  config.data.load_size = int(round(config.image_size / CROP_FRACTION))
-  config.dtype = "float32"
+  side = models.native_resolution(name)
+  settings = config_settings.with_fields(
+    config_settings.build(default_config.get_config().to_dict()),
+    {
+      "model.name": name,
+      "model.pretrained": name,
+      "image_size": side,
+      "data.load_size": int(round(side / CROP_FRACTION)),
+      "dtype": "float32",
+    },
+  )
   class_names = weight_files.imagenet_class_names()
-  model = model_state.create_model(config, len(class_names))
-  variables = model_state.init_variables(config, model, jax.random.key(0), pretrained=name)
-  return model, variables, config, class_names
+  model = model_state.create_model(settings, len(class_names))
+  variables = model_state.init_variables(settings, model, jax.random.key(0), pretrained=name)
+  return model, variables, settings, class_names
 
 
-def load_frozen_model(source: str, config, num_classes: int) -> saliency.SaliencyModel:
+def load_frozen_model(source: str, settings, num_classes: int) -> saliency.SaliencyModel:
   """The frozen model of `config.augment.saliency_source`: a trained workdir or pretrained weights.
 
   A workdir brings its own architecture and head, and must have been trained on the same
@@ -114,20 +118,20 @@ def load_frozen_model(source: str, config, num_classes: int) -> saliency.Salienc
         f"{len(class_names)} classes, this run has {num_classes}"
       )
     return saliency.SaliencyModel(model.apply, variables)
-  model = model_state.create_model(config, num_classes)
-  variables = model_state.init_variables(config, model, jax.random.key(0), pretrained=source)
+  model = model_state.create_model(settings, num_classes)
+  variables = model_state.init_variables(settings, model, jax.random.key(0), pretrained=source)
   return saliency.SaliencyModel(model.apply, variables)
 
 
-def load_frozen(config, num_classes: int | None):
+def load_frozen(settings, num_classes: int | None):
   """(apply_fn, variables) of the configured frozen saliency model, or (None, None) if the
   guided methods use the current model (or none is configured)."""
-  if not augment.needs_frozen_model(config.augment):
+  if not augment.needs_frozen_model(settings.augment):
     return None, None
   if num_classes is None:
     raise ValueError(
       "a frozen saliency model (config.augment.saliency_source="
-      f"{config.augment.saliency_source!r}) needs num_classes"
+      f"{settings.augment.saliency_source!r}) needs num_classes"
     )
-  model = load_frozen_model(config.augment.saliency_source, config, num_classes)
+  model = load_frozen_model(settings.augment.saliency_source, settings, num_classes)
   return model.apply_fn, model.variables

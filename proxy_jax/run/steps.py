@@ -136,7 +136,7 @@ def predict_step(apply_fn, variables, images_uint8):
   return apply_fn(variables, preprocess.eval_inputs(images_uint8))
 
 
-def make_train_step(config, replicated=None, frozen=(None, None)):
+def make_train_step(settings, replicated=None, frozen=(None, None)):
   """The jitted train step `(state, batch, step_key) -> (state, metrics)`, state donated.
 
   `frozen`: (apply_fn, variables) of the frozen saliency model when `augment.saliency_source`
@@ -146,10 +146,10 @@ def make_train_step(config, replicated=None, frozen=(None, None)):
   frozen_apply_fn, frozen_variables = frozen
   step = functools.partial(
     train_step,
-    augment_config=config.augment,
-    label_smoothing=config.label_smoothing,
+    augment_config=settings.augment,
+    label_smoothing=settings.label_smoothing,
     frozen_apply_fn=frozen_apply_fn,
-    image_size=config.image_size,
+    image_size=settings.image_size,
   )
   jitted = jax.jit(
     step, donate_argnums=0, out_shardings=replicated if replicated is not None else None

@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
-import ml_collections
 
 from proxy_jax.run import batch_finder
 from proxy_jax import data, models
-from proxy_jax.config import checks as config_lib
+from proxy_jax.config import recorded
+from proxy_jax.config import settings as config_settings
 from proxy_jax.core import console, errors
 from proxy_jax.run import checkpoints, dispatch, host
 from proxy_jax.run import proxy_step, records
@@ -42,13 +42,15 @@ class DivergenceError(errors.UserError, RuntimeError):
 # ---------------------------------------------------------------- the batch-size finder's probe
 
 
-def finder_step_factory(config, num_classes: int, frozen=(None, None)) -> batch_finder.StepFactory:
+def finder_step_factory(
+  settings, num_classes: int, frozen=(None, None)
+) -> batch_finder.StepFactory:
   """What the batch-size finder probes: this trainer's step and a host copy of a fresh state
   (`frozen`: the frozen saliency model, loaded by the caller)."""
-  model = create_model(config, num_classes)
-  state = create_train_state(config, model, jax.random.key(0), steps_per_epoch=1)
+  model = create_model(settings, num_classes)
+  state = create_train_state(settings, model, jax.random.key(0), steps_per_epoch=1)
   return batch_finder.StepFactory(
-    steps.make_train_step(config, frozen=frozen), jax.device_get(state)
+    steps.make_train_step(settings, frozen=frozen), jax.device_get(state)
   )
 
 
@@ -68,7 +70,7 @@ def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding)
 # ---------------------------------------------------------------- setup
 
 
-def _finished_summary(config, workdir: str) -> records.Summary | None:
+def _finished_summary(settings, workdir: str) -> records.Summary | None:
   """The summary of a workdir that already trained this config to the end (read only); None
   for a damaged one, which the run rebuilds by resuming from its last checkpoint."""
   try:
@@ -78,7 +80,7 @@ def _finished_summary(config, workdir: str) -> records.Summary | None:
       "%s is damaged (%s): rebuilding it from the last checkpoint.", error.path, error.cause
     )
     return None
-  if summary is not None and summary.num_epochs == config.num_epochs and summary.history:
+  if summary is not None and summary.num_epochs == settings.num_epochs and summary.history:
     return summary
   return None
 
@@ -87,7 +89,7 @@ def _finished_summary(config, workdir: str) -> records.Summary | None:
 class Setup:
   """Everything the loop reads and nothing it changes, built once before the first epoch."""
 
-  config: ml_collections.ConfigDict
+  settings: config_settings.Settings
   workdir: str
   dataset: data.Dataset
   steps_per_epoch: int
@@ -105,40 +107,40 @@ class Setup:
   frozen: tuple = (None, None)  # (apply_fn, variables) of the frozen saliency model, if any.
 
 
-def _build(config, workdir: str, dataset: data.Dataset):
+def _build(settings, workdir: str, dataset: data.Dataset):
   """(Setup, initial train state placed on the mesh)."""
   devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
-    if config[field] % devices:
+    if getattr(settings, field) % devices:
       raise errors.ConfigError(
-        f"config.{field}={config[field]} is not divisible by the {devices} devices"
+        f"config.{field}={getattr(settings, field)} is not divisible by the {devices} devices"
       )
   replicated, batch_sharding = shardings(make_mesh())
-  steps_per_epoch = data.num_batches(len(dataset.train), config.batch_size)
-  lr_fn = learning_rate_schedule(config, steps_per_epoch)
-  root = jax.random.key(config.seed)
-  model = create_model(config, len(dataset.class_names))
-  state = create_train_state(config, model, jax.random.fold_in(root, 0), steps_per_epoch, lr_fn)
+  steps_per_epoch = data.num_batches(len(dataset.train), settings.batch_size)
+  lr_fn = learning_rate_schedule(settings, steps_per_epoch)
+  root = jax.random.key(settings.seed)
+  model = create_model(settings, len(dataset.class_names))
+  state = create_train_state(settings, model, jax.random.fold_in(root, 0), steps_per_epoch, lr_fn)
   # The frozen saliency model of the guided augmentations, read from disk once, here.
-  frozen = restore.load_frozen(config, len(dataset.class_names))
+  frozen = restore.load_frozen(settings, len(dataset.class_names))
   setup = Setup(
-    config=config,
+    settings=settings,
     workdir=workdir,
     dataset=dataset,
     steps_per_epoch=steps_per_epoch,
     lr_fn=lr_fn,
     batch_sharding=batch_sharding,
-    train_fn=steps.make_train_step(config, replicated, frozen),
+    train_fn=steps.make_train_step(settings, replicated, frozen),
     frozen=frozen,
     eval_fn=steps.make_eval_step(),
     predict_fn=steps.make_predict_step(),
     step_key=jax.random.fold_in(root, 1),
     proxy_key=jax.random.fold_in(root, 2),
     schedule=proxy_step.parse_schedule(
-      config.proxy.schedule, config.num_epochs, config.proxy.enabled
+      settings.proxy.schedule, settings.num_epochs, settings.proxy.enabled
     ),
     writer=reporting.create_writer(workdir),
-    ckpt=checkpoints.RunCheckpoints(workdir, config.keep_checkpoints),
+    ckpt=checkpoints.RunCheckpoints(workdir, settings.keep_checkpoints),
     init_checksum=records.tree_checksum(models.variables_of(state)),
   )
   return setup, jax.device_put(state, replicated)
@@ -160,16 +162,18 @@ def _shut_down(setup: Setup, quiet: bool) -> None:
 # ---------------------------------------------------------------- the loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the run of `config` in `workdir`; returns summary.json's content."""
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (or resumes) the run of `config` (a ConfigDict) in `workdir`; returns summary.json's
+  content. The config is parsed here, once, into settings; nothing below reads it."""
   started = time.time()
-  config_lib.validate(config)
-  config_lib.resolve_load_size(config, workdir)
-  host.setup(config)
-  config = batch_finder.with_recorded_batch_size(config, workdir)
-  if config.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
-    config_lib.write_or_check_resolved(config, workdir)  # The file exists: this only checks.
-    finished = _finished_summary(config, workdir)
+  settings = config_settings.parse(config)
+  settings = recorded.resolve_load_size(settings, workdir)
+  host.setup(settings)
+  settings = batch_finder.with_recorded_batch_size(settings, workdir)
+  if settings.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
+    # The file exists: this only checks it (and resolves the compute dtype).
+    settings = recorded.write_or_check_resolved(settings, workdir)
+    finished = _finished_summary(settings, workdir)
     if finished is not None:  # A finished workdir is read, never written.
       logging.info("%s is already complete; nothing to do.", workdir)
       return finished.to_json()
@@ -180,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ):
     console.log_machine(jax.local_devices())
     try:
-      setup, state = _prepare(config, workdir)
+      setup, state = _prepare(settings, workdir)
     except errors.UserError:
       # Refused before training (e.g. an empty split): leave no config.json behind that would
       # refuse the corrected config in the same workdir.
@@ -196,57 +200,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary.to_json()
 
 
-def _prepare(config, workdir: str):
+def _prepare(settings, workdir: str):
   """Records the resolved config (the batch size chosen once), loads the data, builds Setup."""
-  if config.batch_size != -1:  # Refuse a changed config before loading any data.
-    config_lib.write_or_check_resolved(config, workdir)
-  dataset = data.load_dataset(config, workdir)
-  if config.batch_size == -1:
+  if settings.batch_size != -1:  # Refuse a changed config before loading any data.
+    settings = recorded.write_or_check_resolved(settings, workdir)
+  dataset = data.load_dataset(settings, workdir)
+  if settings.batch_size == -1:
     num_classes = len(dataset.class_names)
-    frozen = restore.load_frozen(config, num_classes)
-    config = batch_finder.with_found_batch_size(
-      config, num_classes, finder_step_factory(config, num_classes, frozen)
+    frozen = restore.load_frozen(settings, num_classes)
+    settings = batch_finder.with_found_batch_size(
+      settings, num_classes, finder_step_factory(settings, num_classes, frozen)
     )
-    config_lib.write_or_check_resolved(config, workdir)
+    settings = recorded.write_or_check_resolved(settings, workdir)
   if jax.process_index() == 0:
     atomic_write_json(os.path.join(workdir, "classes.json"), dataset.class_names)
-  return _build(config, workdir, dataset)
+  return _build(settings, workdir, dataset)
 
 
 def _train(setup: Setup, state, started: float) -> records.Summary:
-  config, steps_per_epoch = setup.config, setup.steps_per_epoch
+  settings, steps_per_epoch = setup.settings, setup.steps_per_epoch
   state, progress, bank = _restore_or_start(setup, state)
   # This session's slice joins those of the sessions before it (a checkpoint of an earlier
   # version knows none: only the slices from here on are recorded).
   progress.add_compute_slice(compute_slice())
-  total_steps = config.num_epochs * steps_per_epoch
+  total_steps = settings.num_epochs * steps_per_epoch
   eta = reporting.Eta(total_steps, progress.epoch * steps_per_epoch)
   report = reporting.EpochProgress(
-    eta, steps_per_epoch, config.batch_size, config.num_epochs, config.log_every_seconds
+    eta, steps_per_epoch, settings.batch_size, settings.num_epochs, settings.log_every_seconds
   )
   elapsed_before = progress.elapsed_s
   # Proxy steps due before the first epoch of this session (schedule starting with "p").
   _run_due_proxy_steps(setup, state, bank, progress, eta)
-  for epoch in range(progress.epoch, config.num_epochs):
+  for epoch in range(progress.epoch, settings.num_epochs):
     epoch_started = time.time()
     state, totals = train_epoch(setup, state, bank, epoch, report)
     train_metrics = jax.device_get(totals)  # The epoch's one wait on the device.
     seconds = time.time() - epoch_started
     _stop_if_diverged(setup, train_metrics, epoch)
     val = evaluate(
-      state, setup.dataset.val, config.eval_batch_size, setup.eval_fn, setup.batch_sharding
+      state, setup.dataset.val, settings.eval_batch_size, setup.eval_fn, setup.batch_sharding
     )
     progress.add_epoch(_epoch_record(setup, epoch, train_metrics.compute(), val, seconds))
     step = (epoch + 1) * steps_per_epoch
     reporting.log_epoch(
-      setup.writer, step, progress.history[-1], config.num_epochs, eta.seconds_left(step)
+      setup.writer, step, progress.history[-1], settings.num_epochs, eta.seconds_left(step)
     )
     # The proxy steps at this boundary run before the save, so a checkpoint never sits
     # between an epoch and the proxy step that follows it.
     proxied = _run_due_proxy_steps(setup, state, bank, progress, eta)
     progress.elapsed_s = elapsed_before + time.time() - started
     if (
-      (epoch + 1) % config.checkpoint_every_epochs == 0 or proxied or epoch + 1 == config.num_epochs
+      (epoch + 1) % settings.checkpoint_every_epochs == 0
+      or proxied
+      or epoch + 1 == settings.num_epochs
     ):
       setup.ckpt.save(progress.epoch, state, progress.to_json(), bank.to_arrays())
   return _finish(setup, state, bank, progress, elapsed_before + time.time() - started)
@@ -257,13 +263,13 @@ def _restore_or_start(setup: Setup, state):
   # Damaged newer checkpoints are set aside; `steps_per_epoch` checks the state's step.
   restored = setup.ckpt.restore_newest(state, setup.steps_per_epoch)
   warning = setup.ckpt.space_warning(
-    state, setup.config.keep_checkpoints, None if restored is None else restored.bank
+    state, setup.settings.keep_checkpoints, None if restored is None else restored.bank
   )
   if warning:
     logging.warning(warning)
   if restored is None:
     reporting.write_run_header(
-      setup.writer, setup.config, setup.dataset, state, setup.workdir, setup.frozen
+      setup.writer, setup.settings, setup.dataset, state, setup.workdir, setup.frozen
     )
     return state, records.RunProgress(), proxy_step.ProxyBank()
   state = restored.state
@@ -281,13 +287,13 @@ def _restore_or_start(setup: Setup, state):
 
 def train_epoch(setup: Setup, state, bank: proxy_step.ProxyBank, epoch: int, report):
   """Dispatches the epoch's steps without waiting on any; returns (state, metrics on device)."""
-  config, split = setup.config, setup.dataset.train
-  order = data.epoch_order(len(split), config.seed, epoch)
+  settings, split = setup.settings, setup.dataset.train
+  order = data.epoch_order(len(split), settings.seed, epoch)
   swap, is_proxy = (bank.swap, bank.holds) if len(bank) else (None, None)
   step, totals = epoch * setup.steps_per_epoch, None
   report.start_epoch()
   for batch in prefetch(
-    data.batches(split, config.batch_size, order, swap=swap, is_proxy=is_proxy)
+    data.batches(split, settings.batch_size, order, swap=swap, is_proxy=is_proxy)
   ):
     state, batch_metrics = setup.train_fn(
       state, to_global(batch, setup.batch_sharding), setup.step_key
@@ -314,7 +320,7 @@ def _stop_if_diverged(setup: Setup, train_metrics, epoch: int) -> None:
     f"{bad_step - epoch * setup.steps_per_epoch} of {setup.steps_per_epoch} in the epoch): "
     f"the loss or a parameter is not finite. Nothing of this epoch was saved; the last good "
     f"checkpoint is {last}. Lower config.optimizer.learning_rate (now "
-    f"{setup.config.optimizer.learning_rate:g}) and train again in a new --workdir"
+    f"{setup.settings.optimizer.learning_rate:g}) and train again in a new --workdir"
   )
 
 
@@ -339,7 +345,7 @@ def _run_due_proxy_steps(
   setup: Setup, state, bank: proxy_step.ProxyBank, progress: records.RunProgress, eta: reporting.Eta
 ) -> bool:
   """Runs the proxy steps due after `progress.epoch` epochs, storing their proxies in `bank`."""
-  config, due = setup.config, setup.schedule.proxy_epochs
+  settings, due = setup.settings, setup.schedule.proxy_epochs
   ran = False
   while progress.proxy_steps_done < len(due) and due[progress.proxy_steps_done] == progress.epoch:
     index = progress.proxy_steps_done
@@ -347,12 +353,12 @@ def _run_due_proxy_steps(
       state,
       setup.dataset.train,
       bank,
-      config,
+      settings,
       jax.random.fold_in(setup.proxy_key, index),
       predict_fn=setup.predict_fn,
       batch_sharding=setup.batch_sharding,
     )
-    bank.store(result.ids, result.proxies, replace_all=config.proxy.clear_every_step)
+    bank.store(result.ids, result.proxies, replace_all=settings.proxy.clear_every_step)
     record = records.ProxyStepRecord(
       index=index,
       epoch=progress.epoch,
@@ -367,7 +373,7 @@ def _run_due_proxy_steps(
     names = setup.dataset.class_names
     captions = [
       f"image {int(i)}, label {names[int(setup.dataset.train.labels[i])]}"
-      for i in result.ids[: config.proxy.num_logged_images]
+      for i in result.ids[: settings.proxy.num_logged_images]
     ]
     reporting.log_proxy_step(
       setup.writer,
@@ -375,10 +381,10 @@ def _run_due_proxy_steps(
       step,
       record,
       result,
-      config.proxy.num_logged_images,
+      settings.proxy.num_logged_images,
       eta.seconds_left(step),
       captions,
-      config.proxy.cam_method,
+      settings.proxy.cam_method,
     )
     ran = True
   return ran
@@ -388,32 +394,32 @@ def _finish(
   setup: Setup, state, bank, progress: records.RunProgress, wall_time_s: float
 ) -> records.Summary:
   setup.ckpt.wait()
-  dataset, config = setup.dataset, setup.config
+  dataset, settings = setup.dataset, setup.settings
   # The training split in eval mode (no augmentation, no proxies) measures how far the model
   # fits its training data, which a study's gate asks of its baseline.
   # Training images are stored larger: evaluation takes their centre crops (a view).
   final = {
     "test": dataset.test,
-    "train_split": data.eval_view(dataset.train, config.image_size)
-    if config.evaluate_train_split
+    "train_split": data.eval_view(dataset.train, settings.image_size)
+    if settings.evaluate_train_split
     else None,
   }
   for name, split in final.items():
     if split is not None:
       final[name] = evaluate(
-        state, split, config.eval_batch_size, setup.eval_fn, setup.batch_sharding
+        state, split, settings.eval_batch_size, setup.eval_fn, setup.batch_sharding
       )
       setup.writer.write_scalars(
-        config.num_epochs * setup.steps_per_epoch,
+        settings.num_epochs * setup.steps_per_epoch,
         {f"{name}/{k}": v for k, v in final[name].items()},
       )
   test = final["test"]
   summary = records.Summary(
-    config=config.to_dict(),
+    config=config_settings.to_dict(settings),
     final=progress.history[-1],
     best=progress.best,
     test=test,
-    num_epochs=config.num_epochs,
+    num_epochs=settings.num_epochs,
     wall_time_s=wall_time_s,
     history=progress.history,
     proxy_steps=progress.proxy_steps,

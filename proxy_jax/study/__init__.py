@@ -10,7 +10,11 @@ baseline arm with t intervals, t and sign tests with a Holm correction, plots, e
 scores and the study's own overhead, after checking that the arms of every seed shared their
 split, initial weights, data order and epochs (`runs.fairness_checks`).
 
-Modules: spec (study files and their trials), stats (paired tests), runs (reading the runs and
-the fairness checks), explanations (CAM faithfulness of every final model), report (tables,
-sentences, plots), arms (the thesis's arms), __main__ (the command).
+Modules: spec (study files and their trials), preregistration (the declaration and its gate),
+power (detectable effects and TOST power from earlier spreads), stats (paired tests, TOST),
+runs (reading the runs and the fairness checks), manipulation (what the proxy steps did),
+explanations (CAM faithfulness of every final model) and backfill (its scores from an older
+report), report, report_sections, declaration_report and plots (the report), settings_table
+(each arm's settings), pilot (the pilot's choice), reuse (runs shared with an earlier study),
+arms (the thesis's arms), __main__ (the command).
 """

@@ -28,14 +28,14 @@ CACHE_FILE = "explanations.json"  # In each trial's folder; small, so carry expo
 
 
 def _evaluation_images(run: dict, split_name: str, num_images: int):
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  from proxy_jax.config import settings as config_settings  # pylint: disable=g-import-not-at-top
   from proxy_jax import data  # pylint: disable=g-import-not-at-top
 
-  config = ml_collections.ConfigDict(run["summary"]["config"])
-  split = getattr(data.load_dataset(config, run["workdir"]), split_name)
+  settings = config_settings.from_record(run["summary"]["config"])
+  split = getattr(data.load_dataset(settings, run["workdir"]), split_name)
   if split is None:
     raise spec.StudyError(f"{run['workdir']}: the dataset has no {split_name} split to explain")
-  split = data.eval_view(split, config.image_size)  # Training images are stored larger.
+  split = data.eval_view(split, settings.image_size)  # Training images are stored larger.
   count = len(split) if num_images <= 0 else min(num_images, len(split))
   chosen = spread_indices(count, len(split))
   return np.asarray(split.images[chosen]), np.asarray(split.labels[chosen])

@@ -27,6 +27,7 @@ from proxy_jax import cli, sweep
 from proxy_jax.core import io_utils
 from proxy_jax.run import records
 from proxy_jax.core.io_utils import atomic_write_json, atomic_write_text
+from proxy_jax.config import upgrade
 from proxy_jax.study import preregistration, spec
 
 CHOICE_FILE = "chosen.json"
@@ -55,7 +56,7 @@ def _finished_runs(workdir: str) -> tuple[list[dict], dict]:
     if states.get(trial["name"], {}).get("status") != sweep.FINISHED or summary is None:
       unfinished.append(trial["name"])
       continue
-    if summary.config.get("proxy", {}).get("enabled", False):
+    if upgrade.upgrade(summary.config)["proxy"]["enabled"]:
       raise spec.StudyError(
         f"{workdir}/{trial['name']}: proxy.enabled is true; the pilot "
         "tunes the baseline alone (no proxy steps)"

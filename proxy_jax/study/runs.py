@@ -22,6 +22,7 @@ from proxy_jax import sweep
 from proxy_jax.core import errors
 from proxy_jax.data import splits
 from proxy_jax.run import records
+from proxy_jax.config import upgrade
 from proxy_jax.study import spec
 
 # The code being versioned is this package: git finds its checkout from the package's folder.
@@ -142,13 +143,15 @@ def check_pair(study: spec.Study, arm: str, seed: int, run: dict, base: dict) ->
   epochs_ok = s.get("num_epochs") == b.get("num_epochs") and len(s["history"]) == len(
     b["history"]
   ) == s.get("num_epochs")
-  config, base_config = flatten(s["config"]), flatten(b["config"])
-  seed_ok = config.get("seed") == base_config.get("seed") == seed
+  # Both read as today's fields (the one upgrade of old configs), so they compare field by field.
+  config = flatten(upgrade.upgrade(s["config"]))
+  base_config = flatten(upgrade.upgrade(b["config"]))
+  seed_ok = config["seed"] == base_config["seed"] == seed
   init_ok = s.get("init_checksum") is not None and s.get("init_checksum") == b.get("init_checksum")
   sizes, base_sizes = s.get("num_examples") or {}, b.get("num_examples") or {}
   order_ok = (
     seed_ok
-    and config.get("batch_size") == base_config.get("batch_size")
+    and config["batch_size"] == base_config["batch_size"]
     and sizes.get("train") is not None
     and sizes.get("train") == base_sizes.get("train")
   )
@@ -156,9 +159,9 @@ def check_pair(study: spec.Study, arm: str, seed: int, run: dict, base: dict) ->
   differing = sorted(
     k
     for k in set(config) | set(base_config)
-    if config.get(k) != base_config.get(k) and k not in allowed
+    if config.get(k) != base_config.get(k) and k not in allowed  # A key in one only: differs.
   )
-  changed = {k for k in allowed if config.get(k) != base_config.get(k)}
+  changed = {k for k in allowed if config[k] != base_config[k]}
   proxy_only = all(k.startswith("proxy.") for k in changed)
   history = "n/a (augmentation differs from step one)"
   if arm == study.baseline:

@@ -4,7 +4,7 @@
     python -m proxy_jax.study.settings_table --write    # replace it in experiments/README.md
 
 The table comes from `proxy_jax.augment.paper_settings` (the values and their sources) and
-`proxy_jax/default_config.py` (the library defaults); it sits between the BEGIN and END markers of the
+`proxy_jax/config/defaults.py` (the library defaults); it sits between the BEGIN and END markers of the
 README, and tests/test_paper_settings.py checks that the committed copy is the generated one.
 Run from the repository root (the README path is relative to it; `--readme` names another).
 """
