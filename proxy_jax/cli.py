@@ -22,7 +22,7 @@ from typing import Callable
 from absl import flags
 
 from proxy_jax.config import fields as config_fields, files as config_files
-from proxy_jax.core import disk, errors
+from proxy_jax.core import console, disk, errors
 
 EXIT_USER_ERROR = 2
 
@@ -103,10 +103,17 @@ def run(
   """Defines a tool's flags (only when it is the program, never at import) and runs `main`.
 
   A user error (`errors.UserError`, a bad flag) ends as one `error: ...` line with status 2;
-  `config_default` is the default of the tool's `--config` flag, if it has one.
+  `config_default` is the default of the tool's `--config` flag, if it has one. The console
+  shows what `main.py` shows: this package's lines plain, other libraries' warnings and errors
+  only (JAX's backend probing and TensorFlow's start-up chatter are not the tool's output).
   """
   define_flags()
-  run_main(main, flags_parser=hyphen_flags_parser, config_default=config_default)
+
+  def quiet_main(argv):
+    console.configure(verbose=False)
+    return main(argv)
+
+  run_main(quiet_main, flags_parser=hyphen_flags_parser, config_default=config_default)
 
 
 def define_config_flag(default: str, help_string: str, name: str = "config"):
