@@ -261,11 +261,12 @@ class RunCheckpoints:
         "cut off before the manifest was written, so its bytes cannot be checked",
       )
     if not self._told_undigested:
+      which = "" if since is None else f" before epoch {since}"
       logging.warning(
-        "checkpoints in %s before epoch %s were written before checkpoint digests "
-        "existed: restored without checking their bytes.",
+        "checkpoints in %s%s were written before checkpoint digests existed: restored "
+        "without checking their bytes.",
         self.directory,
-        since if since is not None else "(all)",
+        which,
       )
       self._told_undigested = True
 
