@@ -13,6 +13,7 @@ from flax import traverse_util
 
 from proxy_jax import cams
 from proxy_jax import data
+from proxy_jax.data import packed
 from proxy_jax import proxy
 from proxy_jax.run import model_state
 from proxy_jax import models
@@ -129,6 +130,23 @@ def _validate_data(config):
       config.data.test_fraction,
       "val_fraction + test_fraction must leave training data (< 1)",
     )
+  _check_choice(config, "data.pipeline", data.PIPELINES)
+  if config.data.pipeline == "stream" and config.data.source != "folder":
+    fail_field(
+      "data.pipeline",
+      config.data.pipeline,
+      "the stream reads image folders (data.source='folder'); digits and TFDS use the cache",
+    )
+  if config.data.pipeline == "cache" and config.data.source == "folder":
+    for field in ("data.path", "data.test_path"):
+      if packed.is_pack(get_field(config, field)):
+        fail_field(field, get_field(config, field), "is a pack: read it with data.pipeline=stream")
+  max_gb = config.data.max_cache_gb
+  if not isinstance(max_gb, (int, float)) or isinstance(max_gb, bool) or not max_gb > 0:
+    fail_field("data.max_cache_gb", max_gb, "must be a number of gigabytes > 0")
+  workers = config.data.stream_workers
+  if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+    fail_field("data.stream_workers", workers, "must be an integer >= 0 (0 = no worker process)")
   if not isinstance(config.data.split_seed, int):
     fail_field("data.split_seed", config.data.split_seed, "must be an integer")
   if config.data.max_examples < 0:

@@ -84,6 +84,14 @@ def _add_data(config):
   # and shared by every run that stores the same images; "" = <workdir>/cache.
   config.data.cache_dir = "~/.cache/proxy_jax/decoded"
   config.data.decode_workers = 8
+  # "cache": decode every image once into the cache above and train from it (memory-mapped);
+  # "stream": image folders are packed once (their files' bytes, ArrayRecord shards in the
+  # cache folder) and each batch is decoded as it is needed, by grain in stream_workers
+  # processes; "auto": the cache while it would hold at most max_cache_gb, else the stream.
+  # The resolved value is recorded in config.json (docs/data.md).
+  config.data.pipeline = "auto"
+  config.data.max_cache_gb = 32.0
+  config.data.stream_workers = 2
 
 
 def _add_augment(config):

@@ -29,6 +29,8 @@ NON_RESULT_FIELDS = (
   "compilation_cache_dir",
   "data.cache_dir",
   "data.decode_workers",
+  "data.max_cache_gb",
+  "data.stream_workers",
 )
 
 
@@ -43,6 +45,18 @@ def resolve_load_size(settings: Settings, workdir: str) -> Settings:
   if settings.data.load_size == data.AUTO_LOAD_SIZE and os.path.exists(path):
     value = int(upgrade.upgrade(records.read_recorded_config(workdir))["data"]["load_size"])
   return with_fields(settings, {"data.load_size": value})
+
+
+def resolve_pipeline(settings: Settings, workdir: str) -> Settings:
+  """`settings` with `data.pipeline` resolved: "auto" becomes "cache" or "stream" for a new run
+  (`data.auto_pipeline`), and a resumed run keeps what it recorded."""
+  if settings.data.pipeline != data.AUTO_PIPELINE:
+    return settings
+  if os.path.exists(os.path.join(workdir, records.CONFIG_FILE)):
+    value = upgrade.upgrade(records.read_recorded_config(workdir))["data"]["pipeline"]
+  else:
+    value = data.auto_pipeline(settings)
+  return with_fields(settings, {"data.pipeline": value})
 
 
 def resolve_dtype(settings: Settings) -> Settings:

@@ -42,6 +42,9 @@ class Data:
   load_size: int
   cache_dir: str
   decode_workers: int
+  pipeline: str
+  max_cache_gb: float
+  stream_workers: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,9 @@ from proxy_jax.config import defaults
 # Fields whose value for a run older than them is not their default but follows from its
 # config: a run from before `data.load_size` stored its images at its image_size.
 ADDED_WITH_OLD_BEHAVIOUR = {
-  "data.load_size": lambda flat, today: flat.get("image_size", today["image_size"])
+  "data.load_size": lambda flat, today: flat.get("image_size", today["image_size"]),
+  # Every run before the stream pipeline decoded its images into the cache.
+  "data.pipeline": lambda flat, today: "cache",
 }
 # Fields earlier versions recorded that no longer exist; none changed what a run computed.
 RETIRED = ("log_every_steps",)

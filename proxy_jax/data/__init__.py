@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from proxy_jax.core import digests, io_utils
-from proxy_jax.data import splits
+from proxy_jax.data import packed, splits
 
 # The package's decoding API (decode.py): what readers of a dataset's files call.
 from proxy_jax.data.decode import (
@@ -36,7 +36,7 @@ from proxy_jax.data.decode import (
 )
 from proxy_jax.images import preprocess
 from proxy_jax.run import dispatch
-from proxy_jax.core.errors import DamagedFileError
+from proxy_jax.core.errors import DamagedFileError, DataError
 from proxy_jax.core.io_utils import atomic_write_json, atomic_save_npy
 
 normalize = preprocess.normalize
@@ -51,6 +51,24 @@ DECODER_VERSION = 2
 # (torchvision's ImageNet evaluation: Resize(256) then CenterCrop(224)).
 AUTO_LOAD_SIZE = -1
 CROP_FRACTION = 0.875
+
+
+# `data.pipeline` values; "auto" is resolved once per run (`auto_pipeline`) and recorded.
+AUTO_PIPELINE = "auto"
+PIPELINES = (AUTO_PIPELINE, "cache", "stream")
+
+
+def auto_pipeline(settings) -> str:
+  """ "stream" for an image folder whose decoded cache would exceed `data.max_cache_gb`, else
+  "cache" (the digits and TFDS datasets are always cached)."""
+  data = settings.data
+  if data.source != "folder":
+    return "cache"
+  if packed.is_pack(data.path):
+    return "stream"
+  files = sum(len(list_files(p)) for p in (data.path, data.test_path) if p)
+  side = stored_size(settings)
+  return "stream" if files * side * side * 3 > data.max_cache_gb * 1e9 else "cache"
 
 
 def stored_size(settings) -> int:
@@ -102,7 +120,8 @@ class Dataset:
 # ---------------------------------------------------------------- caching
 
 
-def _cache_key(settings, which: str) -> str:
+def _cache_key(settings, which: str, side: bool = True) -> str:
+  """The key of a decoded cache entry; `side=False` for a pack (it holds the files' bytes)."""
   data = settings.data
   absolute = lambda path: os.path.abspath(path) if path else ""
   parts = [
@@ -112,7 +131,7 @@ def _cache_key(settings, which: str) -> str:
     data.label_regex,
     absolute(data.tfds_data_dir),
     which,
-    str(stored_size(settings)),
+    str(stored_size(settings)) if side else "packed",
     f"decoder {DECODER_VERSION}",
   ]
   if data.source == "folder":
@@ -195,7 +214,36 @@ def cached_pool(settings, cache_dir: str, which: str, build: Callable[[], Pool])
   return pool
 
 
+def packed_pool(
+  settings, cache_dir: str, which: str, root: str, class_names: list[str] | None = None
+) -> Pool:
+  """The stream pipeline's pool of an image folder: its pack (written on first use, keyed as
+  the decoded cache is), its images decoded only when indexed."""
+  data = settings.data
+  if packed.is_pack(root):  # Packed ahead (python -m proxy_jax.pack): read where it is.
+    pack_dir = root
+  else:
+    key = _cache_key(settings, which, side=False)
+    pack_dir = os.path.join(cache_dir, f"{data.name}-{which}-pack-{key}")
+  index = packed.read_index(pack_dir)
+  if index is None:
+    logging.info("Packing %s into %s (once: later runs read the pack).", root, pack_dir)
+    index = packed.pack_folder(root, pack_dir, data.label_regex, data.decode_workers)
+  if class_names is None:
+    class_names = index["class_names"]
+  unknown = sorted(set(index["names"]) - set(class_names))
+  if unknown:
+    raise DataError(f"{root}: classes not in the training data: {', '.join(unknown)}")
+  if not index["names"]:
+    raise DataError(f"{root}: no readable image found")
+  labels = np.array([class_names.index(n) for n in index["names"]], np.int32)
+  images = packed.open_pack(pack_dir, index, stored_size(settings))
+  return Pool(images, labels, class_names, index["skipped"])
+
+
 def _take(pool: Pool, indices: np.ndarray) -> Split:
+  if isinstance(pool.images, packed.PackedImages):  # Streamed: rows are decoded when read.
+    return Split(pool.images.take(indices), pool.labels[indices], indices.astype(np.int32))
   # Fancy indexing copies: the splits live in RAM, not in the memmap.
   return Split(np.asarray(pool.images[indices]), pool.labels[indices], indices.astype(np.int32))
 
@@ -208,16 +256,22 @@ def eval_view(split: Split, image_size: int) -> Split:
   """
   if split.images.shape[1] == image_size:
     return split
+  if isinstance(split.images, packed.PackedImages):
+    return Split(split.images.center(image_size), split.labels, split.source_indices)
   return Split(preprocess.center_crop(split.images, image_size), split.labels, split.source_indices)
 
 
-def load_dataset(settings, workdir: str) -> Dataset:
+def _pools(settings, cache_dir: str) -> tuple[Pool, Pool | None]:
+  """The source's pool and its separate test pool (None: the test split is carved)."""
   data = settings.data
-  cache_dir = os.path.expanduser(data.cache_dir) or os.path.join(workdir, "cache")
   size, workers = stored_size(settings), data.decode_workers
   test_pool = None
   if data.source == "digits":  # Cached too: each trial would import scikit-learn and resize.
     pool = cached_pool(settings, cache_dir, "pool", lambda: load_digits_pool(size))
+  elif data.source == "folder" and data.pipeline == "stream":
+    pool = packed_pool(settings, cache_dir, "pool", data.path)
+    if data.test_path:
+      test_pool = packed_pool(settings, cache_dir, "test", data.test_path, pool.class_names)
   elif data.source == "folder":
     pool = cached_pool(
       settings,
@@ -248,6 +302,12 @@ def load_dataset(settings, workdir: str) -> Dataset:
         "test",
         lambda: load_tfds_pool(data.name, data.test_split, size, data.tfds_data_dir, workers),
       )
+  return pool, test_pool
+
+
+def load_dataset(settings, workdir: str) -> Dataset:
+  cache_dir = os.path.expanduser(settings.data.cache_dir) or os.path.join(workdir, "cache")
+  pool, test_pool = _pools(settings, cache_dir)
   skipped = pool.skipped_files + (test_pool.skipped_files if test_pool else [])
   if skipped:
     shown = "\n  ".join(f"{s['path']}: {s['reason']}" for s in skipped[:MAX_REPORTED_FILES])
@@ -261,8 +321,9 @@ def load_dataset(settings, workdir: str) -> Dataset:
   train = _take(pool, indices["train"])
   val = eval_view(_take(pool, indices["val"]), settings.image_size)
   if test_pool is not None:
+    streamed = isinstance(test_pool.images, packed.PackedImages)
     test = Split(
-      np.asarray(test_pool.images),
+      test_pool.images if streamed else np.asarray(test_pool.images),
       test_pool.labels,
       np.arange(len(test_pool.labels), dtype=np.int32),
     )
@@ -291,6 +352,7 @@ def batches(
   start: int = 0,
   swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
   is_proxy: Callable[[np.ndarray], np.ndarray] | None = None,
+  workers: int = 0,
 ) -> Iterator[dict]:
   """Yields host batches {image uint8, label, id, mask, is_proxy} of exactly `batch_size`; "id"
   is the example's position in `split` (the proxy bank's key for training examples).
@@ -300,14 +362,17 @@ def batches(
   nothing.
   `swap(ids, images)` replaces images by id (the proxy bank) before augmentation, and
   `is_proxy(ids)` says which were replaced (bool per row; all False without it). `start` skips
-  batches (resume).
+  batches (resume). A streamed split's images are decoded by grain in `workers` processes
+  (0: in this one), the same arrays either way.
   """
   order = np.arange(len(split)) if order is None else order
-  for index, (rows, valid) in enumerate(dispatch.padded_chunks(len(order), batch_size)):
-    if index < start:
-      continue
-    chosen = order[rows]
-    images = split.images[chosen]
+  chunks = list(dispatch.padded_chunks(len(order), batch_size))[start:]
+  chosen_rows = [order[rows] for rows, _ in chunks]
+  if isinstance(split.images, packed.PackedImages):
+    decoded = packed.batch_arrays(split.images, chosen_rows, workers)
+  else:
+    decoded = (split.images[chosen] for chosen in chosen_rows)
+  for (_, valid), chosen, images in zip(chunks, chosen_rows, decoded):
     if swap is not None:
       images = swap(chosen, images)
     mask = np.zeros(batch_size, np.float32)

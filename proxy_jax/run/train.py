@@ -168,11 +168,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   started = time.time()
   settings = config_settings.parse(config)
   settings = recorded.resolve_load_size(settings, workdir)
+  settings = recorded.resolve_pipeline(settings, workdir)
   host.setup(settings)
   settings = batch_finder.with_recorded_batch_size(settings, workdir)
   if settings.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
-    # The file exists: this only checks it (and resolves the compute dtype).
-    settings = recorded.write_or_check_resolved(settings, workdir)
+    settings = recorded.write_or_check_resolved(settings, workdir)  # Checks the file.
     finished = _finished_summary(settings, workdir)
     if finished is not None:  # A finished workdir is read, never written.
       logging.info("%s is already complete; nothing to do.", workdir)
@@ -292,12 +292,13 @@ def train_epoch(setup: Setup, state, bank: proxy_step.ProxyBank, epoch: int, rep
   swap, is_proxy = (bank.swap, bank.holds) if len(bank) else (None, None)
   step, totals = epoch * setup.steps_per_epoch, None
   report.start_epoch()
-  for batch in prefetch(
-    data.batches(split, settings.batch_size, order, swap=swap, is_proxy=is_proxy)
-  ):
-    state, batch_metrics = setup.train_fn(
-      state, to_global(batch, setup.batch_sharding), setup.step_key
-    )
+  workers = settings.data.stream_workers  # Decoding processes, when the split is streamed.
+  batches = data.batches(
+    split, settings.batch_size, order, swap=swap, is_proxy=is_proxy, workers=workers
+  )
+  for batch in prefetch(batches):
+    batch = to_global(batch, setup.batch_sharding)
+    state, batch_metrics = setup.train_fn(state, batch, setup.step_key)
     totals = batch_metrics if totals is None else merge_metrics(totals, batch_metrics)
     step += 1
     report(step)

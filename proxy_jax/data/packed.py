@@ -1,0 +1,164 @@
+"""Image folders packed into ArrayRecord shards and read lazily: the stream pipeline's source.
+
+`pack_folder` lists and labels a folder exactly as the folder loader does, checks that each file
+decodes (the same skip reasons), and writes each readable file's bytes, unchanged, as one record
+of an ArrayRecord shard, with `index.json` (labels, class names, paths, skipped files). Packing
+keeps the files' own encoding, so a pack serves any stored side and any training size.
+
+`PackedImages` stands where the cache's uint8 array stands (`Split.images`): indexing it with a
+row, a slice or an index array decodes just those records (grain's `ArrayRecordDataSource`, the
+same `decode.fit_image` as the cache, so its pixels equal the cache's bit for bit), `take`
+narrows it to a split's rows and `center` gives the evaluation view, all without decoding
+anything. `batch_arrays` decodes the batches of an epoch through grain, in `workers` processes
+(`mp_prefetch`) or in this one: the same arrays either way, since decoding draws nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import os
+
+from absl import flags
+import numpy as np
+from PIL import Image, ImageOps
+
+from proxy_jax.core import io_utils
+from proxy_jax.core.errors import DataError
+from proxy_jax.data import decode
+
+INDEX_FILE = "index.json"
+SHARD_RECORDS = 1024  # Records per shard: small shards keep a damaged one cheap to rebuild.
+# The side a file is decoded at when packing only checks that it decodes (any side would do).
+_CHECK_SIDE = 8
+
+
+def pack_folder(root: str, out_dir: str, label_regex: str = "", workers: int = 8) -> dict:
+  """Packs `root` into `out_dir` (shards + index.json, written last); returns the index."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  paths, names, unlabelled, class_names = decode._label_files(root, label_regex)  # pylint: disable=protected-access
+  _, kept, reasons = decode._decode_all(paths, _CHECK_SIDE, workers)  # pylint: disable=protected-access
+  readable = {n for n, k in zip(names, kept) if k}
+  empty = [n for n in class_names if n not in readable]
+  if empty:
+    raise DataError(f"{root}: class folder(s) with no readable image: {', '.join(empty)}")
+  os.makedirs(out_dir, exist_ok=True)
+  chosen = [i for i, k in enumerate(kept) if k]
+  shards = []
+  for start in range(0, len(chosen), SHARD_RECORDS):
+    name = f"shard-{len(shards):05d}.array_record"
+    writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
+    for i in chosen[start : start + SHARD_RECORDS]:
+      with open(paths[i], "rb") as f:
+        writer.write(f.read())
+    writer.close()
+    shards.append(name)
+  index = {
+    "class_names": class_names,
+    "names": [names[i] for i in chosen],
+    "paths": [paths[i] for i in chosen],
+    "shards": shards,
+    "skipped": [{"path": p, "reason": r} for p, k, r in zip(paths, kept, reasons) if not k]
+    + unlabelled,
+  }
+  io_utils.atomic_write_json(os.path.join(out_dir, INDEX_FILE), index)
+  return index
+
+
+def is_pack(path: str) -> bool:
+  """Whether `path` is a finished pack (its index is written last)."""
+  return bool(path) and os.path.isfile(os.path.join(path, INDEX_FILE))
+
+
+def read_index(pack_dir: str) -> dict | None:
+  """The pack's index, or None when the pack is absent or was cut off before its index."""
+  path = os.path.join(pack_dir, INDEX_FILE)
+  return io_utils.read_json(path, dict) if os.path.exists(path) else None
+
+
+def decode_record(data: bytes, side: int, crop: int | None = None) -> np.ndarray:
+  """One packed file as the cache stores it: upright, RGB, shorter side `side`, centre square;
+  then its centre `crop` square (the evaluation view), if given."""
+  with Image.open(io.BytesIO(data)) as image:
+    image.load()
+    array = decode.fit_image(ImageOps.exif_transpose(image), side)
+  if crop is not None and crop != side:
+    top = (side - crop) // 2
+    array = array[top : top + crop, top : top + crop]
+  return array
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedImages:
+  """A lazy uint8 (N, S, S, 3) array over a pack: rows decode when they are indexed."""
+
+  shard_paths: tuple[str, ...]
+  side: int
+  rows: np.ndarray  # Record index of each row.
+  crop: int | None = None
+
+  @functools.cached_property
+  def _source(self):
+    import grain  # pylint: disable=g-import-not-at-top
+
+    return grain.sources.ArrayRecordDataSource(list(self.shard_paths))
+
+  def __getstate__(self):  # The grain source reopens in each worker process.
+    return {k: v for k, v in self.__dict__.items() if k != "_source"}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+
+  @property
+  def shape(self) -> tuple[int, int, int, int]:
+    side = self.crop or self.side
+    return (len(self.rows), side, side, 3)
+
+  dtype = np.dtype(np.uint8)
+  ndim = 4
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __getitem__(self, key) -> np.ndarray:
+    if isinstance(key, (int, np.integer)):
+      return decode_record(self._source[int(self.rows[key])], self.side, self.crop)
+    records = self.rows[key]
+    out = np.empty((len(records), *self.shape[1:]), np.uint8)
+    for i, record in enumerate(records):
+      out[i] = decode_record(self._source[int(record)], self.side, self.crop)
+    return out
+
+  def __array__(self, dtype=None, copy=None):
+    return np.asarray(self[np.arange(len(self))], dtype)
+
+  def take(self, indices: np.ndarray) -> PackedImages:
+    return dataclasses.replace(self, rows=self.rows[np.asarray(indices)])
+
+  def center(self, image_size: int) -> PackedImages:
+    return dataclasses.replace(self, crop=image_size)
+
+
+def _decode_rows(images: PackedImages, chosen: np.ndarray) -> np.ndarray:
+  return images[chosen]
+
+
+def batch_arrays(images: PackedImages, chosen_per_batch: list[np.ndarray], workers: int):
+  """Yields `images[chosen]` for each batch, decoded in `workers` grain processes (0: here)."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():  # grain reads its absl flags; a library caller has none.
+    flags.FLAGS.mark_as_parsed()
+  dataset = grain.MapDataset.source(chosen_per_batch).map(functools.partial(_decode_rows, images))
+  iterator = dataset.to_iter_dataset()
+  if workers > 0:
+    iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  for images in iterator:  # Arrays from worker processes may be read-only views.
+    yield images if images.flags.writeable else np.array(images)
+
+
+def open_pack(pack_dir: str, index: dict, side: int) -> PackedImages:
+  shards = tuple(os.path.join(pack_dir, s) for s in index["shards"])
+  return PackedImages(shards, side, np.arange(len(index["names"]), dtype=np.int64))
