@@ -441,10 +441,12 @@ def straight_run(tmp_path_factory):
   calls = []
   original_batches = data.batches
 
-  def recording_batches(split, batch_size, order=None, start=0, swap=None, is_proxy=None):
+  def recording_batches(
+    split, batch_size, order=None, start=0, swap=None, is_proxy=None, workers=0
+  ):
     call = {"n": len(split), "swap": swap is not None, "ids": [], "images": {}}
     calls.append(call)
-    for batch in original_batches(split, batch_size, order, start, swap, is_proxy):
+    for batch in original_batches(split, batch_size, order, start, swap, is_proxy, workers):
       for image, example_id, mask in zip(batch["image"], batch["id"], batch["mask"]):
         if mask:
           call["ids"].append(int(example_id))
