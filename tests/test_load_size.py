@@ -61,15 +61,15 @@ def test_a_run_older_than_load_size_resumes_at_its_stored_size(tmp_path):
   """Auto must keep such a run at image_size (its bank and cache are at that size)."""
   overrides = {"data.source": "folder", "data.path": str(tmp_path)}
   workdir = _old_run(tmp_path, make_tiny_config(**overrides))
-  settings = config_record.resolve_load_size(make_tiny_settings(**overrides), workdir)
+  settings = config_record.resolve_auto_fields(make_tiny_settings(**overrides), workdir)
   assert settings.data.load_size == 16
   config_record.write_or_check_resolved(settings, workdir)  # Accepted: same run.
   changed = make_tiny_settings(**overrides, **{"data.load_size": 18})
-  changed = config_record.resolve_load_size(changed, workdir)
+  changed = config_record.resolve_auto_fields(changed, workdir)
   with pytest.raises(errors.ConfigError, match="data.load_size: 16 -> 18"):
     config_record.write_or_check_resolved(changed, workdir)
   fresh = make_tiny_settings(**overrides)
-  assert config_record.resolve_load_size(fresh, str(tmp_path / "new")).data.load_size == 18
+  assert config_record.resolve_auto_fields(fresh, str(tmp_path / "new")).data.load_size == 18
 
 
 def test_cache_key_is_the_stored_side():

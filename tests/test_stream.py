@@ -79,6 +79,16 @@ def test_zero_and_two_workers_give_the_same_batches(tmp_path):
   assert not swapped["image"].any()
 
 
+def test_the_stream_checks_class_folders_as_the_cache_does(tmp_path):
+  root, _ = _photos(tmp_path, per_class=1)
+  os.makedirs(root / "bird")
+  with open(root / "bird" / "broken.jpg", "wb") as f:
+    f.write(b"\xff\xd8 nope")
+  for pipeline in ("cache", "stream"):
+    with pytest.raises(ValueError, match="no readable image: bird"):
+      _dataset(tmp_path, root, pipeline)
+
+
 def test_a_pack_cut_off_before_its_index_is_packed_again(tmp_path):
   root, _ = _photos(tmp_path, per_class=1)
   first = _dataset(tmp_path, root, "stream")
@@ -96,12 +106,12 @@ def test_auto_streams_a_folder_whose_cache_would_exceed_max_cache_gb(tmp_path):
   assert data.auto_pipeline(big) == "cache" and data.auto_pipeline(small) == "stream"
   assert data.auto_pipeline(settings_of(make_tiny_config())) == "cache"  # The digits.
   workdir = tmp_path / "run"
-  resolved = recorded.resolve_pipeline(small, str(workdir))
+  resolved = recorded.resolve_auto_fields(small, str(workdir))
   assert resolved.data.pipeline == "stream"
   os.makedirs(workdir)
   recorded.write_or_check_resolved(resolved, str(workdir))
   # Resumed with more room for a cache, the run keeps the pipeline it recorded.
-  assert recorded.resolve_pipeline(big, str(workdir)).data.pipeline == "stream"
+  assert recorded.resolve_auto_fields(big, str(workdir)).data.pipeline == "stream"
   with open(workdir / "config.json") as f:
     assert json.load(f)["data"]["pipeline"] == "stream"
 

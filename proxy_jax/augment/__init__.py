@@ -33,6 +33,7 @@ from proxy_jax.augment.settings import (  # noqa: F401 (the package's names)
   NONE,
   Settings,
   check,
+  check_image_size,
   mix_names,
   needs_frozen_model,
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from proxy_jax.augment import crop, erase, mix, policy, saliency
+from proxy_jax.augment import crop, erase, fields, mix, policy, saliency
 from proxy_jax.core.errors import fail_field
 
 NONE = "none"
@@ -92,7 +92,7 @@ def needs_frozen_model(settings) -> bool:
 
 def check(settings, image_size: int | None = None) -> None:
   """ConfigError for the first augment field that cannot work: the shared fields, each family's,
-  then the combinations (`image_size`, when given, bounds the Attentive CutMix grid)."""
+  then the combinations, then (`image_size`, when given) the Attentive CutMix grid's bound."""
   _check_shared(settings)
   for family in (crop, policy, erase, mix):
     family.check(settings)
@@ -103,30 +103,32 @@ def check(settings, image_size: int | None = None) -> None:
       "cannot combine with mixing (mix must be 'none'): the AugMix "
       "consistency loss compares views of the same image with one label",
     )
-  if image_size is not None and settings.attentive_grid > image_size:
+  _check_saliency_source(settings)
+  if image_size is not None:
+    check_image_size(settings, image_size)
+
+
+def check_image_size(settings, image_size: int) -> None:
+  """The one augment check that needs the run's image size: the Attentive CutMix grid."""
+  if settings.attentive_grid > image_size:
     fail_field(
       "augment.attentive_grid",
       settings.attentive_grid,
       f"must be at most the image size ({image_size})",
     )
-  _check_saliency_source(settings)
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_shared(s) -> None:
   for field in ("flip", "keep_salient", "skip_proxies"):
     if not isinstance(getattr(s, field), bool):
       fail_field(f"augment.{field}", getattr(s, field), "must be True or False")
-  if not _is_number(s.rotation_degrees) or not 0 <= s.rotation_degrees <= 180:
+  if not fields.is_number(s.rotation_degrees) or not 0 <= s.rotation_degrees <= 180:
     fail_field("augment.rotation_degrees", s.rotation_degrees, "must be a number in [0, 180]")
-  if not _is_number(s.keep_size) or not 0 < s.keep_size <= 1:
+  if not fields.is_number(s.keep_size) or not 0 < s.keep_size <= 1:
     fail_field("augment.keep_size", s.keep_size, "must be in (0, 1] (a fraction of the image side)")
   if s.keep_cutout not in KEEP_CUTOUTS:
     fail_field("augment.keep_cutout", s.keep_cutout, "choose one of " + ", ".join(KEEP_CUTOUTS))
-  if not _is_number(s.keep_threshold) or not 0 < s.keep_threshold <= 1:
+  if not fields.is_number(s.keep_threshold) or not 0 < s.keep_threshold <= 1:
     fail_field(
       "augment.keep_threshold",
       s.keep_threshold,

@@ -55,6 +55,14 @@ def _check_finite(config) -> None:
 
 def validate(config) -> None:
   """Raises ConfigError for the first invalid field."""
+  validate_run_fields(config)
+  from proxy_jax import augment  # pylint: disable=g-import-not-at-top
+
+  augment.check(config.augment, config.image_size)
+
+
+def validate_run_fields(config) -> None:
+  """Every check but the augment family's own (`augment.Settings` runs those when it is built)."""
   _check_finite(config)
   _validate_data(config)
   _check_choice(config, "model.name", models.MODEL_NAMES)
@@ -100,9 +108,6 @@ def validate(config) -> None:
   _check_choice(config, "evaluate_train_split", (True, False))
   _validate_optimizer(config)
   _validate_proxy(config)
-  from proxy_jax import augment  # pylint: disable=g-import-not-at-top
-
-  augment.check(config.augment, config.image_size)
 
 
 def _validate_data(config):

@@ -34,29 +34,27 @@ NON_RESULT_FIELDS = (
 )
 
 
-def resolve_load_size(settings: Settings, workdir: str) -> Settings:
-  """`settings` with `data.load_size` the stored side this run uses (recorded in config.json).
-
-  Auto (-1) follows `data.stored_size` for a new run, and a resumed run keeps the side it
-  recorded (`upgrade`: a run from before the field stored its images at image_size).
-  """
-  path = os.path.join(workdir, records.CONFIG_FILE)
-  value = data.stored_size(settings)
-  if settings.data.load_size == data.AUTO_LOAD_SIZE and os.path.exists(path):
-    value = int(upgrade.upgrade(records.read_recorded_config(workdir))["data"]["load_size"])
-  return with_fields(settings, {"data.load_size": value})
+# Fields whose "auto" a run resolves once, when it begins: (the auto value, what it means for a
+# new run). The stored side comes first: the pipeline's choice depends on it.
+AUTO_FIELDS = {
+  "data.load_size": (data.AUTO_LOAD_SIZE, data.stored_size),
+  "data.pipeline": (data.AUTO_PIPELINE, data.auto_pipeline),
+}
 
 
-def resolve_pipeline(settings: Settings, workdir: str) -> Settings:
-  """`settings` with `data.pipeline` resolved: "auto" becomes "cache" or "stream" for a new run
-  (`data.auto_pipeline`), and a resumed run keeps what it recorded."""
-  if settings.data.pipeline != data.AUTO_PIPELINE:
-    return settings
+def resolve_auto_fields(settings: Settings, workdir: str) -> Settings:
+  """`settings` with every AUTO_FIELDS field that is "auto" resolved, as config.json records it:
+  a new run computes it, a resumed run keeps what it recorded (`upgrade`: a run from before a
+  field gets what its code did, e.g. images stored at image_size)."""
+  recorded = None
   if os.path.exists(os.path.join(workdir, records.CONFIG_FILE)):
-    value = upgrade.upgrade(records.read_recorded_config(workdir))["data"]["pipeline"]
-  else:
-    value = data.auto_pipeline(settings)
-  return with_fields(settings, {"data.pipeline": value})
+    recorded = flatten(upgrade.upgrade(records.read_recorded_config(workdir)))
+  for field, (auto, resolve) in AUTO_FIELDS.items():
+    family, name = field.split(".")
+    if getattr(getattr(settings, family), name) == auto:
+      value = recorded[field] if recorded is not None else resolve(settings)
+      settings = with_fields(settings, {field: value})
+  return settings
 
 
 def resolve_dtype(settings: Settings) -> Settings:

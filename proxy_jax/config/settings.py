@@ -143,9 +143,15 @@ FAMILIES = {
 
 
 def parse(config) -> Settings:
-  """Validates `config` (a ConfigDict) once and returns its settings; ConfigError otherwise."""
-  checks.validate(config)
-  return build(config.to_dict())
+  """Validates `config` (a ConfigDict) once and returns its settings; ConfigError otherwise.
+
+  The checks are `checks.validate`'s, in its order: the run's fields, then the augment family's,
+  which `augment.Settings` runs as it is built, then the one that needs the image size.
+  """
+  checks.validate_run_fields(config)
+  settings = build(config.to_dict())
+  augment.check_image_size(settings.augment, settings.image_size)
+  return settings
 
 
 def from_record(recorded: dict) -> Settings:

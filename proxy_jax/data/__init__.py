@@ -25,6 +25,7 @@ from proxy_jax.data import packed, splits
 # The package's decoding API (decode.py): what readers of a dataset's files call.
 from proxy_jax.data.decode import (
   Pool,
+  class_labels,
   decode_image_file,
   fit_image,
   list_files,  # noqa: F401
@@ -36,7 +37,7 @@ from proxy_jax.data.decode import (
 )
 from proxy_jax.images import preprocess
 from proxy_jax.run import dispatch
-from proxy_jax.core.errors import DamagedFileError, DataError
+from proxy_jax.core.errors import DamagedFileError
 from proxy_jax.core.io_utils import atomic_write_json, atomic_save_npy
 
 normalize = preprocess.normalize
@@ -229,16 +230,11 @@ def packed_pool(
   if index is None:
     logging.info("Packing %s into %s (once: later runs read the pack).", root, pack_dir)
     index = packed.pack_folder(root, pack_dir, data.label_regex, data.decode_workers)
-  if class_names is None:
-    class_names = index["class_names"]
-  unknown = sorted(set(index["names"]) - set(class_names))
-  if unknown:
-    raise DataError(f"{root}: classes not in the training data: {', '.join(unknown)}")
-  if not index["names"]:
-    raise DataError(f"{root}: no readable image found")
-  labels = np.array([class_names.index(n) for n in index["names"]], np.int32)
+  names = index["names"] + index["unreadable_names"]
+  kept = np.arange(len(names)) < len(index["names"])
+  class_names, labels = class_labels(root, names, kept, index["class_names"], class_names)
   images = packed.open_pack(pack_dir, index, stored_size(settings))
-  return Pool(images, labels, class_names, index["skipped"])
+  return Pool(images, labels[kept], class_names, index["skipped"])
 
 
 def _take(pool: Pool, indices: np.ndarray) -> Split:

@@ -69,7 +69,7 @@ def load_image_file(path: str, image_size: int) -> np.ndarray | None:
   return decode_image_file(path, image_size)[0]
 
 
-def _decode_all(paths: list[str], image_size: int, workers: int):
+def decode_all(paths: list[str], image_size: int, workers: int):
   """Decodes files in parallel; returns (images, kept_mask, skip reason per path)."""
   images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
   kept = np.zeros(len(paths), bool)
@@ -127,7 +127,7 @@ def load_image_files(paths: list[str], image_size: int):
   return (np.stack(images) if images else empty), kept, skipped
 
 
-def _label_files(root: str, label_regex: str):
+def label_files(root: str, label_regex: str):
   """Returns (paths, label strings, skip entries of unlabelled files, class names found)."""
   if not os.path.isdir(root):
     raise MissingPathError(f"data.path: {root!r} is not a directory")
@@ -165,8 +165,20 @@ def load_folder_pool(
   root: str, image_size: int, label_regex: str, workers: int, class_names: list[str] | None = None
 ) -> Pool:
   """Class-per-subfolder (or regex-labelled flat) folder; bad files are skipped and counted."""
-  paths, names, unlabelled, found = _label_files(root, label_regex)
-  images, kept, reasons = _decode_all(paths, image_size, workers)
+  paths, names, unlabelled, found = label_files(root, label_regex)
+  images, kept, reasons = decode_all(paths, image_size, workers)
+  class_names, labels = class_labels(root, names, kept, found, class_names)
+  skipped = [
+    {"path": p, "reason": r} for p, k, r in zip(paths, kept, reasons) if not k
+  ] + unlabelled
+  return Pool(images[kept], labels[kept], class_names, skipped)
+
+
+def class_labels(root: str, names, kept, found: list[str], class_names: list[str] | None):
+  """(class names, int32 label of every file) of a folder whose files are labelled `names` and
+  readable where `kept`; `class_names` None: the folder's own (`found`), else the training
+  data's. DataError for a class folder with no readable image, a class the training data lacks,
+  or no readable image at all."""
   if class_names is None:
     class_names = found
     # A class folder with no file at all counts too: dropping it would silently change
@@ -179,14 +191,10 @@ def load_folder_pool(
     unknown = sorted(set(names) - set(class_names))
     if unknown:
       raise DataError(f"{root}: classes not in the training data: {', '.join(unknown)}")
-  index = {name: i for i, name in enumerate(class_names)}
-  labels = np.array([index[n] for n in names], np.int32)
-  skipped = [
-    {"path": p, "reason": r} for p, k, r in zip(paths, kept, reasons) if not k
-  ] + unlabelled
-  if not kept.any():
+  if not np.any(kept):
     raise DataError(f"{root}: no readable image found")
-  return Pool(images[kept], labels[kept], class_names, skipped)
+  index = {name: i for i, name in enumerate(class_names)}
+  return class_names, np.array([index[n] for n in names], np.int32)
 
 
 def load_tfds_pool(name: str, split: str, image_size: int, data_dir: str, workers: int) -> Pool:

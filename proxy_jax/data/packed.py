@@ -1,7 +1,8 @@
 """Image folders packed into ArrayRecord shards and read lazily: the stream pipeline's source.
 
 `pack_folder` lists and labels a folder exactly as the folder loader does, checks that each file
-decodes (the same skip reasons), and writes each readable file's bytes, unchanged, as one record
+decodes (the same skip reasons; the class checks come when a run reads the pack, with the folder
+loader's `decode.class_labels`), and writes each readable file's bytes, unchanged, as one record
 of an ArrayRecord shard, with `index.json` (labels, class names, paths, skipped files). Packing
 keeps the files' own encoding, so a pack serves any stored side and any training size.
 
@@ -25,7 +26,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from proxy_jax.core import io_utils
-from proxy_jax.core.errors import DataError
 from proxy_jax.data import decode
 
 INDEX_FILE = "index.json"
@@ -38,12 +38,8 @@ def pack_folder(root: str, out_dir: str, label_regex: str = "", workers: int = 8
   """Packs `root` into `out_dir` (shards + index.json, written last); returns the index."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-  paths, names, unlabelled, class_names = decode._label_files(root, label_regex)  # pylint: disable=protected-access
-  _, kept, reasons = decode._decode_all(paths, _CHECK_SIDE, workers)  # pylint: disable=protected-access
-  readable = {n for n, k in zip(names, kept) if k}
-  empty = [n for n in class_names if n not in readable]
-  if empty:
-    raise DataError(f"{root}: class folder(s) with no readable image: {', '.join(empty)}")
+  paths, names, unlabelled, class_names = decode.label_files(root, label_regex)
+  _, kept, reasons = decode.decode_all(paths, _CHECK_SIDE, workers)
   os.makedirs(out_dir, exist_ok=True)
   chosen = [i for i, k in enumerate(kept) if k]
   shards = []
@@ -58,6 +54,8 @@ def pack_folder(root: str, out_dir: str, label_regex: str = "", workers: int = 8
   index = {
     "class_names": class_names,
     "names": [names[i] for i in chosen],
+    # Labels of the files that do not decode: the folder loader's class checks count them.
+    "unreadable_names": [n for n, k in zip(names, kept) if not k],
     "paths": [paths[i] for i in chosen],
     "shards": shards,
     "skipped": [{"path": p, "reason": r} for p, k, r in zip(paths, kept, reasons) if not k]

@@ -167,8 +167,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   content. The config is parsed here, once, into settings; nothing below reads it."""
   started = time.time()
   settings = config_settings.parse(config)
-  settings = recorded.resolve_load_size(settings, workdir)
-  settings = recorded.resolve_pipeline(settings, workdir)
+  settings = recorded.resolve_auto_fields(settings, workdir)
   host.setup(settings)
   settings = batch_finder.with_recorded_batch_size(settings, workdir)
   if settings.batch_size != -1 and os.path.exists(os.path.join(workdir, "config.json")):
