@@ -49,6 +49,7 @@ def make_batches(config, count: int, sharding) -> list[dict]:
         "mask": np.ones(batch, np.float32),
       },
       sharding,
+      batch,
     )
     for _ in range(count)
   ]

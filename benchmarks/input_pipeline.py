@@ -1,15 +1,26 @@
-"""Does the input side keep up? Loader images/s next to train-step images/s, one run.
+"""Does the input side keep up? Three measurements, chosen with --part.
 
-  python benchmarks/input_pipeline.py                       # digits, tiny CNN, 32 px
-  python benchmarks/input_pipeline.py --config=configs/folder.py \
-      --config.data.path=../shared/data/imagenette-mini/train --config.image_size=64
+  python benchmarks/input_pipeline.py --part=loader [--config=...]
+  python benchmarks/input_pipeline.py --part=decode --images=../shared/data/imagenette-mini/train
+  python benchmarks/input_pipeline.py --part=checkpoints
 
-The loader figure covers what happens per batch on the host (gather from the cached uint8
-array, proxy-bank swap for a 20% bank, transfer to the device); the train-step figure is the
-jitted step alone on device-resident batches. A ratio above 1 means the loader is faster than
-training and the background prefetch thread hides it. Medians over --repeats passes.
+loader: the loader's images/s (read the batch, swap a 20% proxy bank in, transfer) next to the
+  jitted train step's on device-resident batches, for the --config's data and
+  `data.pipeline`; a ratio above 1 means the background prefetch thread hides the loader.
+decode: images/s per core on a folder of JPEGs, alternating the variants in every round:
+  the stream's decode to the stored side (256) in this process and through grain with 1 and 2
+  workers (per core = total / workers), the cache's memmapped gather, the swap of banked proxies
+  from the disk bank, and, for reference, host-side decode + RandomResizedCrop to 224 and 128
+  with and without PIL's JPEG `draft` (the pipeline crops in-jit; this is what moving the crop
+  into the workers would reach).
+checkpoints: the bytes a proxy run's checkpoints write, bank on disk against the bank inside
+  every checkpoint, by real saves, for the bank growth of a recorded run (--summary) stored at
+  --side pixels.
+Medians over --repeats rounds; run it on an idle machine.
 """
 
+import io
+import json
 import os
 import statistics
 import sys
@@ -19,27 +30,41 @@ import time
 from absl import flags
 import jax
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proxy_jax import cli, data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from proxy_jax.core import parallel
-from proxy_jax.run import proxy_step, steps, train
+from proxy_jax import cli, data  # noqa: E402
 from proxy_jax.config import settings as config_settings  # noqa: E402
+from proxy_jax.core import parallel  # noqa: E402
+from proxy_jax.data import packed  # noqa: E402
+from proxy_jax.run import checkpoints, proxy_bank, steps, train  # noqa: E402
 
 DEFAULT_CONFIG = "configs/default.py"
-cli.define_config_flag(DEFAULT_CONFIG, "Config to benchmark.")
-flags.DEFINE_integer("batches", 20, "Batches per timed pass.")
-flags.DEFINE_integer("repeats", 5, "Timed passes (median reported).")
+DEFAULT_SUMMARY = "experiments/results/imagenette_mini_control/trials/proxy_seed0/summary.json"
+cli.define_config_flag(DEFAULT_CONFIG, "Config of the loader part.")
+flags.DEFINE_enum("part", "loader", ["loader", "decode", "checkpoints"], "What to measure.")
+flags.DEFINE_integer("batches", 20, "Batches per timed pass (loader).")
+flags.DEFINE_integer("repeats", 5, "Timed rounds (median reported).")
+flags.DEFINE_string("images", "../shared/data/imagenette-mini/train", "JPEG folder (decode).")
+flags.DEFINE_integer("count", 256, "Images per timed pass (decode).")
+flags.DEFINE_integer("passes", 4, "Passes over them per grain measurement (decode).")
+flags.DEFINE_string("summary", DEFAULT_SUMMARY, "summary.json of a proxy run (checkpoints).")
+flags.DEFINE_integer("side", 256, "Stored side of the bank's images (checkpoints).")
 FLAGS = flags.FLAGS
+STORED, BATCH = 256, 64
 
 
-def time_loader(split, batch_size, bank, batch_sharding, count):
+# ---------------------------------------------------------------- loader
+
+
+def time_loader(split, batch_size, bank, batch_sharding, count, workers):
   order = data.epoch_order(len(split), 0, 0)
   started, images = time.perf_counter(), 0
-  for index, batch in enumerate(data.batches(split, batch_size, order, swap=bank.swap)):
+  batches = data.batches(split, batch_size, order, swap=bank.swap, workers=workers)
+  for index, batch in enumerate(batches):
     if index == count:
       break
-    jax.block_until_ready(parallel.to_global(batch, batch_sharding))
+    jax.block_until_ready(parallel.to_global(batch, batch_sharding, batch_size))
     images += batch_size
   return images / (time.perf_counter() - started)
 
@@ -53,47 +78,204 @@ def time_train_steps(state, step_fn, device_batches):
   return state, images / (time.perf_counter() - started)
 
 
-def main(_):
-  config = config_settings.parse(FLAGS.config)
+def loader_part():
+  settings = config_settings.parse(FLAGS.config)
   with tempfile.TemporaryDirectory() as workdir:
-    if not config.data.cache_dir:
-      config = config_settings.with_fields(
-        config, {"data.cache_dir": os.path.join(workdir, "cache")}
-      )
-    dataset = data.load_dataset(config, workdir)
-  split = dataset.train
-  bank = proxy_step.ProxyBank()
-  chosen = np.arange(0, len(split), 5)
-  bank.update(chosen, split.images[chosen])
-  replicated, batch_sharding = parallel.shardings(parallel.make_mesh())
-  model = train.create_model(config, len(dataset.class_names))
-  steps_per_epoch = data.num_batches(len(split), config.batch_size)
-  state = jax.device_put(
-    train.create_train_state(config, model, jax.random.key(0), steps_per_epoch), replicated
-  )
-  step_fn = steps.make_train_step(config, replicated)
-  count = min(FLAGS.batches, steps_per_epoch)
-  device_batches = [
-    parallel.to_global(b, batch_sharding)
-    for _, b in zip(range(count), data.batches(split, config.batch_size))
-  ]
-  state, _ = time_train_steps(state, step_fn, device_batches[:1])  # compile
-  loader, step_rates = [], []
-  for _ in range(FLAGS.repeats):
-    loader.append(time_loader(split, config.batch_size, bank, batch_sharding, count))
-    state, rate = time_train_steps(state, step_fn, device_batches)
-    step_rates.append(rate)
+    if not settings.data.cache_dir:
+      cache = os.path.join(workdir, "cache")
+      settings = config_settings.with_fields(settings, {"data.cache_dir": cache})
+    dataset = data.load_dataset(settings, workdir)
+    split = dataset.train
+    bank = proxy_bank.ProxyBank(os.path.join(workdir, "bank"))
+    chosen = np.arange(0, len(split), 5)
+    bank.store(chosen, split.images[chosen], label="step-0000")
+    replicated, batch_sharding = parallel.shardings(parallel.make_mesh())
+    model = train.create_model(settings, len(dataset.class_names))
+    steps_per_epoch = data.num_batches(len(split), settings.batch_size)
+    state = jax.device_put(
+      train.create_train_state(settings, model, jax.random.key(0), steps_per_epoch), replicated
+    )
+    step_fn = steps.make_train_step(settings, replicated)
+    count = min(FLAGS.batches, steps_per_epoch)
+    device_batches = [
+      parallel.to_global(b, batch_sharding, settings.batch_size)
+      for _, b in zip(range(count), data.batches(split, settings.batch_size))
+    ]
+    state, _ = time_train_steps(state, step_fn, device_batches[:1])  # compile
+    workers = settings.data.stream_workers
+    loader, step_rates = [], []
+    for _ in range(FLAGS.repeats):
+      loader.append(time_loader(split, settings.batch_size, bank, batch_sharding, count, workers))
+      state, rate = time_train_steps(state, step_fn, device_batches)
+      step_rates.append(rate)
   loader_rate, step_rate = statistics.median(loader), statistics.median(step_rates)
   print(
-    f"dataset {config.data.name}, model {config.model.name}, {config.image_size}px, "
-    f"batch {config.batch_size}, {jax.device_count()} {jax.devices()[0].platform} device(s)"
+    f"dataset {settings.data.name} ({settings.data.pipeline} pipeline), model "
+    f"{settings.model.name}, {settings.image_size}px, batch {settings.batch_size}, "
+    f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
   )
+  print(f"loader (read + bank swap + transfer): {loader_rate:8.0f} images/s")
+  print(f"train step:                           {step_rate:8.0f} images/s")
+  print(f"loader / train-step ratio:            {loader_rate / step_rate:8.1f}x")
+
+
+# ---------------------------------------------------------------- decode
+
+
+def random_resized_box(rng, width, height, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """torchvision's RandomResizedCrop.get_params: (left, top, w, h) in the image."""
+  area = width * height
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+  side = min(width, height)
+  return (width - side) // 2, (height - side) // 2, side, side
+
+
+def decode_and_crop(blob: bytes, size: int, rng, use_draft: bool) -> np.ndarray:
+  """Host-side decode + RandomResizedCrop to `size` (the reference variant, not the pipeline's).
+  With `use_draft`, a JPEG decodes at the smallest 1/2^k scale that keeps the box >= size."""
+  with Image.open(io.BytesIO(blob)) as image:
+    width, height = image.size
+    left, top, w, h = random_resized_box(rng, width, height)
+    factor = 1
+    if use_draft and image.format == "JPEG":
+      while factor < 8 and min(w, h) / (2 * factor) >= size:
+        factor *= 2
+      image.draft("RGB", (-(-width // factor), -(-height // factor)))
+      factor = width / image.size[0]
+    box = (left / factor, top / factor, (left + w) / factor, (top + h) / factor)
+    crop = image.convert("RGB").resize((size, size), Image.BILINEAR, box=box)
+    return np.asarray(crop)
+
+
+def _rate(fn, count: int) -> float:
+  started = time.perf_counter()
+  fn()
+  return count / (time.perf_counter() - started)
+
+
+def decode_part():
+  root = os.path.expanduser(FLAGS.images)
+  with tempfile.TemporaryDirectory() as scratch:
+    pack_dir = os.path.join(scratch, "pack")
+    index = packed.pack_folder(root, pack_dir)
+    count = min(FLAGS.count, len(index["names"]))
+    images = packed.open_pack(pack_dir, index, STORED)
+    blobs = [images._source[i] for i in range(count)]  # pylint: disable=protected-access
+    cached = np.lib.format.open_memmap(
+      os.path.join(scratch, "cache.npy"), "w+", np.uint8, (count, STORED, STORED, 3)
+    )
+    cached[:] = images[np.arange(count)]
+    bank = proxy_bank.ProxyBank(os.path.join(scratch, "bank"))
+    banked = np.arange(0, count, 5)
+    bank.store(banked, cached[banked], label="step-0000")
+    chunks = [np.arange(i, min(i + BATCH, count)) for i in range(0, count, BATCH)]
+    rng = np.random.default_rng(0)
+    variants = {
+      "stream decode to 256, this process": (lambda: images[np.arange(count)], 1),
+      "cache gather (memmap)": (lambda: [np.asarray(cached[c]) for c in chunks], 1),
+      "bank swap (20% banked)": (lambda: [bank.swap(c, np.asarray(cached[c])) for c in chunks], 1),
+    }
+    for size in (224, 128):
+      for use_draft in (False, True):
+        name = f"ref: decode + RandomResizedCrop {size}{' (draft)' if use_draft else ''}"
+        variants[name] = (
+          lambda s=size, d=use_draft: [decode_and_crop(b, s, rng, d) for b in blobs],
+          1,
+        )
+    rates = {name: [] for name in variants}
+    workers = {1: [], 2: []}
+    starts = {1: [], 2: []}
+    for name, (fn, _) in variants.items():  # Warm-up: the page cache.
+      fn()
+    for _ in range(FLAGS.repeats):
+      for name, (fn, _) in variants.items():
+        rates[name].append(_rate(fn, count))
+      for number in workers:
+        start, rate = _grain_rate(images, chunks * FLAGS.passes, number)
+        starts[number].append(start)
+        workers[number].append(rate)
+  print(f"{count} JPEGs of {root}, medians of {FLAGS.repeats} alternating rounds")
+  for name, (_, cores) in variants.items():
+    total = statistics.median(rates[name])
+    print(f"  {name:45s} {total:8.0f} images/s  {total / cores:8.0f} per core")
+  for number in workers:
+    total = statistics.median(workers[number])
+    name = f"stream decode to 256, {number} grain worker{'s' * (number > 1)}"
+    print(
+      f"  {name:45s} {total:8.0f} images/s  {total / number:8.0f} per core"
+      f"  (first batch after {statistics.median(starts[number]):.1f} s)"
+    )
+
+
+def _grain_rate(images, chunks, workers: int) -> tuple[float, float]:
+  """(seconds to the first batch, images/s after it) of the stream's worker decode."""
+  started = time.perf_counter()
+  iterator = packed.batch_arrays(images, chunks, workers)
+  next(iterator)
+  first = time.perf_counter()
+  count = sum(len(batch) for batch in iterator)
+  return first - started, count / (time.perf_counter() - first)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _bytes_under(path: str) -> int:
+  return sum(
+    os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names
+  )
+
+
+def _bank_growth(summary: dict):
+  """(epochs, checkpoint epochs, {epoch: chosen count}) of a recorded proxy run."""
+  config = summary["config"]
+  epochs, every = int(config["num_epochs"]), int(config.get("checkpoint_every_epochs", 1))
+  steps_at = {int(s["epoch"]): int(s["chosen"]) for s in summary["proxy_steps"]}
+  saved = [e for e in range(1, epochs + 1) if e % every == 0 or e in steps_at or e == epochs]
+  return saved, steps_at
+
+
+def checkpoints_part():
+  with open(FLAGS.summary) as f:
+    summary = json.load(f)
+  saved, steps_at = _bank_growth(summary)
+  train_size = int(summary["num_examples"]["train"])
+  side, rng = FLAGS.side, np.random.default_rng(0)
+  state = {"params": np.zeros(1000, np.float32)}  # The state is the same for both: tiny.
+  written = {}
+  for on_disk in (False, True):
+    with tempfile.TemporaryDirectory() as workdir:
+      bank = proxy_bank.ProxyBank(os.path.join(workdir, "bank") if on_disk else None)
+      ckpt, total = checkpoints.RunCheckpoints(workdir, 3), 0
+      for epoch in saved:
+        if epoch in steps_at:
+          ids = np.sort(rng.choice(train_size, steps_at[epoch], replace=False))
+          proxies = rng.integers(0, 256, (len(ids), side, side, 3), np.uint8)
+          bank.store(ids, proxies, label=f"step-{epoch:04d}")
+        item, files = bank.checkpoint_item()
+        ckpt.save(epoch, state, {"epoch": epoch, "bank_size": len(bank), "bank_files": files}, item)
+        total += _bytes_under(os.path.join(ckpt.directory, str(epoch)))
+      ckpt.close()
+      bank_files = _bytes_under(os.path.join(workdir, "bank"))
+      kept = _bytes_under(ckpt.directory) + bank_files
+      written[on_disk] = (total + bank_files, kept)
   print(
-    f"loader (gather + bank swap + transfer): {loader_rate:10.0f} images/s (median of "
-    f"{FLAGS.repeats})"
+    f"bank growth of {FLAGS.summary} ({len(saved)} checkpoints, proxy steps after epochs "
+    f"{sorted(steps_at)}), stored at {side}px, 3 checkpoints kept"
   )
-  print(f"train step:                             {step_rate:10.0f} images/s")
-  print(f"loader / train-step ratio:              {loader_rate / step_rate:10.1f}x")
+  for on_disk, label in ((False, "bank in every checkpoint"), (True, "bank on disk")):
+    total, kept = written[on_disk]
+    print(f"  {label:26s} written {total / 1e6:10.1f} MB   kept {kept / 1e6:10.1f} MB")
+  print(f"  ratio written: {written[False][0] / written[True][0]:.1f}x")
+
+
+def main(_):
+  {"loader": loader_part, "decode": decode_part, "checkpoints": checkpoints_part}[FLAGS.part]()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from configs import default  # pylint: disable=wrong-import-position
 from proxy_jax import data
 from proxy_jax.config import settings as config_settings  # noqa: E402
 from proxy_jax.core import parallel
-from proxy_jax.run import proxy_step, steps, train
+from proxy_jax.run import proxy_bank, proxy_step, steps, train
 
 CASES = {
   # name: (model, image size, max training-pool examples (0 = all), small stem)
@@ -78,7 +78,7 @@ def measure(name: str, subset: float, repeats: int) -> dict:
     proxy_step.run_proxy_step(
       state,
       split,
-      proxy_step.ProxyBank(),
+      proxy_bank.ProxyBank(),
       config,
       key,
       predict_fn=predict_fn,

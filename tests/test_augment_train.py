@@ -262,13 +262,13 @@ def test_short_run_with_each_family_ends_finite(case, tmp_path):
 @pytest.mark.slow
 def test_is_proxy_marks_the_swapped_rows():
   config = make_tiny_config()
-  from proxy_jax.run import proxy_step  # pylint: disable=g-import-not-at-top
+  from proxy_jax.run import proxy_bank  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as workdir:
     split = data.load_dataset(config, workdir).train
-  bank = proxy_step.ProxyBank()
-  bank.update(np.arange(3), split.images[:3])
+  bank = proxy_bank.ProxyBank()
+  bank.store(np.arange(3), split.images[:3])
   batch = next(data.batches(split, 8, swap=bank.swap, is_proxy=bank.holds))
   np.testing.assert_array_equal(batch["is_proxy"], [True] * 3 + [False] * 5)
   assert not next(data.batches(split, 8))["is_proxy"].any()

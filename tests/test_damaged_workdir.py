@@ -324,8 +324,9 @@ def _steps_per_epoch(summary):
   return data.num_batches(summary["num_examples"]["train"], make_tiny_config().batch_size)
 
 
-def _bank_file_truncated(ckpt):
-  _truncated(max(glob.glob(f"{ckpt}/bank/ocdbt.process_0/d/*"), key=os.path.getsize))
+def _array_file_truncated(ckpt):
+  # The state's: the bank item is a small index now (its images are in WORKDIR/bank).
+  _truncated(max(glob.glob(f"{ckpt}/state/ocdbt.process_0/d/*"), key=os.path.getsize))
 
 
 def _state_manifest_deleted(ckpt):
@@ -355,7 +356,7 @@ def _state_of_a_wider_model(ckpt):
 
 # damage -> (how, the kind its digests name, the kind a checkpoint without digests gets).
 CHECKPOINT_DAMAGES = {
-  "bank file truncated": (_bank_file_truncated, "digest", "truncated"),
+  "array file truncated": (_array_file_truncated, "digest", "truncated"),
   "state manifest deleted": (_state_manifest_deleted, "missing", "missing"),
   "meta garbled": (_meta_garbled, "digest", "metadata"),
   "meta of another epoch": (_meta_of_another_epoch, "digest", "metadata"),
@@ -538,7 +539,7 @@ def test_resume_past_a_damaged_checkpoint_equals_the_uninterrupted_run(finished,
 @pytest.mark.slow
 def test_main_resumes_past_a_truncated_checkpoint_in_one_line_without_traceback(finished, tmp_path):
   workdir = _copy(finished, tmp_path, without=["summary.json"])
-  _bank_file_truncated(os.path.join(workdir, "checkpoints", "3"))
+  _array_file_truncated(os.path.join(workdir, "checkpoints", "3"))
   config = tmp_path / "tiny.py"
   config.write_text(
     f"import sys\nsys.path.insert(0, {ROOT!r})\n"

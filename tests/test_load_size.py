@@ -13,7 +13,7 @@ from proxy_jax.config import recorded as config_record
 from proxy_jax.core import errors, parallel
 from proxy_jax.images import preprocess
 from proxy_jax import proxy
-from proxy_jax.run import proxy_step, records
+from proxy_jax.run import proxy_bank, proxy_step, records
 from proxy_jax.run import steps, train
 from tests.conftest import make_tiny_settings, make_tiny_config, train_one_epoch
 
@@ -121,7 +121,7 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   result = proxy_step.run_proxy_step(
     state,
     split,
-    proxy_step.ProxyBank(),
+    proxy_bank.ProxyBank(),
     config,
     jax.random.key(0),
     predict_fn=steps.make_predict_step(),
@@ -155,7 +155,7 @@ def test_proxies_are_stored_images_with_the_centre_crop_transformed(stored_run, 
   diff = np.abs(preprocess.center_crop(result.proxies, SIZE).astype(int) - np.asarray(want))
   assert diff.max() <= 1  # Chunk shapes differ between the paths: float ties round apart.
   # A banked proxy replaces its original in a training batch at the stored size.
-  bank = proxy_step.ProxyBank()
+  bank = proxy_bank.ProxyBank()
   bank.store(result.ids, result.proxies)
   batch = next(data.batches(split, len(split), swap=bank.swap, is_proxy=bank.holds))
   position = {int(i): p for p, i in enumerate(batch["id"])}

@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_tiny_config, train_one_epoch
+from conftest import ROOT, make_tiny_config, settings_of, train_one_epoch
 from proxy_jax import data, models
 from proxy_jax.core import parallel
+from proxy_jax.core.errors import DamagedFileError
 from proxy_jax.images import preprocess
 from proxy_jax import proxy
-from proxy_jax.run import checkpoints, dispatch, proxy_step, steps, train
+from proxy_jax.run import checkpoints, dispatch, proxy_bank, proxy_step, steps, train
 
 MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 
@@ -290,9 +291,9 @@ def test_bank_replaces_never_adds_in_batches():
   images = np.repeat(ids.astype(np.uint8)[:, None, None, None], 2, axis=1)
   images = np.repeat(np.repeat(images, 2, axis=2), 3, axis=3)
   split = data.Split(images.copy(), ids % 3, ids)
-  bank = proxy_step.ProxyBank()
+  bank = proxy_bank.ProxyBank()
   proxied = [1, 4, 9]
-  bank.update(
+  bank.store(
     proxied, np.full((3, 2, 2, 3), 200, np.uint8) + np.array(proxied, np.uint8)[:, None, None, None]
   )
   seen = []
@@ -346,7 +347,7 @@ def run_step(tiny_model, bank, key, **overrides):
 @pytest.mark.slow
 def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatch):
   config, split, state, _ = tiny_model
-  bank, record = run_step(tiny_model, proxy_step.ProxyBank(), 0)
+  bank, record = run_step(tiny_model, proxy_bank.ProxyBank(), 0)
   assert 0 < record["wrong"] < len(split) and record["chosen"] == math.ceil(0.5 * record["wrong"])
   assert len(bank) == record["chosen"]
   # Direct recomputation from the definition: predicted-class Grad-CAM++ on the original.
@@ -367,17 +368,17 @@ def test_proxy_step_bank_matches_direct_cam_and_transform(tiny_model, monkeypatc
   monkeypatch.setattr(
     proxy_step, "use_fused_scan", lambda method, subset: not picks(method, subset)
   )
-  other, _ = run_step(tiny_model, proxy_step.ProxyBank(), 0)
+  other, _ = run_step(tiny_model, proxy_bank.ProxyBank(), 0)
   np.testing.assert_array_equal(other.ids(), ids)
   assert np.max(np.abs(other.to_arrays()["images"].astype(int) - got)) <= 1
 
 
 @pytest.mark.slow
 def test_clear_every_step_true_versus_false(tiny_model):
-  kept, _ = run_step(tiny_model, proxy_step.ProxyBank(), 1, clear_every_step=False)
+  kept, _ = run_step(tiny_model, proxy_bank.ProxyBank(), 1, clear_every_step=False)
   first = set(kept.ids().tolist())
   kept, _ = run_step(tiny_model, kept, 2, clear_every_step=False)
-  cleared, _ = run_step(tiny_model, proxy_step.ProxyBank(), 1, clear_every_step=True)
+  cleared, _ = run_step(tiny_model, proxy_bank.ProxyBank(), 1, clear_every_step=True)
   cleared, record = run_step(tiny_model, cleared, 2, clear_every_step=True)
   second = set(cleared.ids().tolist())
   assert len(second) == record["chosen"] and second != first
@@ -387,10 +388,10 @@ def test_clear_every_step_true_versus_false(tiny_model):
 @pytest.mark.slow
 def test_noisy_cam_methods_draw_from_the_step_key(tiny_model):
   first, record = run_step(
-    tiny_model, proxy_step.ProxyBank(), 4, cam_method="smoothgrad", threshold=0.5
+    tiny_model, proxy_bank.ProxyBank(), 4, cam_method="smoothgrad", threshold=0.5
   )
-  again, _ = run_step(tiny_model, proxy_step.ProxyBank(), 4, cam_method="smoothgrad", threshold=0.5)
-  other, _ = run_step(tiny_model, proxy_step.ProxyBank(), 5, cam_method="smoothgrad", threshold=0.5)
+  again, _ = run_step(tiny_model, proxy_bank.ProxyBank(), 4, cam_method="smoothgrad", threshold=0.5)
+  other, _ = run_step(tiny_model, proxy_bank.ProxyBank(), 5, cam_method="smoothgrad", threshold=0.5)
   assert len(first) == record["chosen"] > 0
   np.testing.assert_array_equal(first.to_arrays()["images"], again.to_arrays()["images"])
   same_ids = np.intersect1d(first.ids(), other.ids())
@@ -400,15 +401,11 @@ def test_noisy_cam_methods_draw_from_the_step_key(tiny_model):
 @pytest.mark.slow
 def test_reuse_proxies_takes_the_cam_of_the_current_proxy(tiny_model):
   config, _, state, _ = tiny_model
-  once, _ = run_step(tiny_model, proxy_step.ProxyBank(), 3, subset=1.0)
+  once, _ = run_step(tiny_model, proxy_bank.ProxyBank(), 3, subset=1.0)
   first = once.to_arrays()
-  again, _ = run_step(
-    tiny_model, proxy_step.ProxyBank.from_arrays(first), 3, subset=1.0, reuse_proxies=False
-  )
+  again, _ = run_step(tiny_model, _memory_bank(first), 3, subset=1.0, reuse_proxies=False)
   np.testing.assert_array_equal(again.to_arrays()["images"], first["images"])
-  twice, _ = run_step(
-    tiny_model, proxy_step.ProxyBank.from_arrays(first), 3, subset=1.0, reuse_proxies=True
-  )
+  twice, _ = run_step(tiny_model, _memory_bank(first), 3, subset=1.0, reuse_proxies=True)
   proxy_fn = proxy.make_proxy_fn(
     state.apply_fn, "gradcampp", 0.85, 0.2, "seed", {"chunk_size": 256, "smooth_sigma": 0.0}
   )
@@ -441,12 +438,10 @@ def straight_run(tmp_path_factory):
   calls = []
   original_batches = data.batches
 
-  def recording_batches(
-    split, batch_size, order=None, start=0, swap=None, is_proxy=None, workers=0
-  ):
+  def recording_batches(split, batch_size, order=None, start=0, swap=None, **options):
     call = {"n": len(split), "swap": swap is not None, "ids": [], "images": {}}
     calls.append(call)
-    for batch in original_batches(split, batch_size, order, start, swap, is_proxy, workers):
+    for batch in original_batches(split, batch_size, order, start, swap, **options):
       for image, example_id, mask in zip(batch["image"], batch["id"], batch["mask"]):
         if mask:
           call["ids"].append(int(example_id))
@@ -535,6 +530,30 @@ train.train_and_evaluate(make_tiny_config(**overrides), sys.argv[1])
 """
 
 
+KILLED_AFTER_BANK_FILES = """
+import os, signal, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from conftest import make_tiny_config
+from proxy_jax.run import proxy_bank, train
+overrides = {overrides!r}
+original = proxy_bank.ProxyBank.store
+
+def store(self, ids, images, replace_all=False, label="memory"):
+  original(self, ids, images, replace_all, label)
+  if label == "step-0001":  # The second step's files are on disk; its checkpoint is not.
+    os.kill(os.getpid(), signal.SIGKILL)
+
+proxy_bank.ProxyBank.store = store
+train.train_and_evaluate(make_tiny_config(**overrides), sys.argv[1])
+"""
+
+
+def _memory_bank(arrays):
+  bank = proxy_bank.ProxyBank()
+  bank.store(arrays["ids"], arrays["images"])
+  return bank
+
+
 def final_bank(workdir, config):
   ckpt = checkpoints.RunCheckpoints(workdir, 3)
   try:
@@ -544,7 +563,9 @@ def final_bank(workdir, config):
     )
   finally:
     ckpt.close()
-  return meta, bank
+  files = meta.get(proxy_bank.FILES_KEY, [])
+  folder = os.path.join(workdir, proxy_bank.FOLDER)
+  return meta, proxy_bank.ProxyBank.from_checkpoint(bank, files, folder).to_arrays()
 
 
 def comparable(summary):
@@ -588,6 +609,78 @@ def test_resume_mid_schedule_equals_uninterrupted_run(tmp_path, straight_run):
   np.testing.assert_array_equal(bank_a["images"], bank_b["images"])
 
 
+@pytest.mark.slow
+def test_a_kill_between_the_bank_files_and_their_checkpoint_loses_nothing(tmp_path, straight_run):
+  config = make_tiny_config(**RESUME_OVERRIDES)
+  straight_dir, straight, _ = straight_run
+  script = tmp_path / "killed_run.py"
+  script.write_text(
+    KILLED_AFTER_BANK_FILES.format(
+      root=ROOT, tests=os.path.join(ROOT, "tests"), overrides=RESUME_OVERRIDES
+    )
+  )
+  workdir = str(tmp_path / "b")
+  result = subprocess.run(
+    [sys.executable, str(script), workdir], capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+  written = sorted(os.listdir(os.path.join(workdir, proxy_bank.FOLDER)))
+  assert written == ["step-0000-process-0-of-1.npy", "step-0001-process-0-of-1.npy"]
+  meta, _ = final_bank(workdir, config)  # The newest checkpoint predates the second step.
+  assert meta["proxy_steps_done"] == 1 and meta[proxy_bank.FILES_KEY][0]["name"] == written[0]
+  resumed = train.train_and_evaluate(make_tiny_config(**RESUME_OVERRIDES), workdir)
+  assert comparable(resumed) == comparable(straight)
+  (_, bank_a), (_, bank_b) = final_bank(straight_dir, config), final_bank(workdir, config)
+  np.testing.assert_array_equal(bank_a["ids"], bank_b["ids"])
+  np.testing.assert_array_equal(bank_a["images"], bank_b["images"])
+  # The checkpoint refers to the bank's files (4 bytes per id and field), holding no image.
+  ckpt = checkpoints.RunCheckpoints(workdir, 3)
+  try:
+    _, _, item = ckpt.restore(
+      ckpt.latest_epoch(),
+      train.create_train_state(config, train.create_model(config, 10), jax.random.key(0), 1),
+    )
+  finally:
+    ckpt.close()
+  assert sorted(item) == ["file", "ids", "row"] and item["ids"].nbytes == 4 * len(bank_b["ids"])
+
+
+def test_a_bank_file_changed_after_its_checkpoint_is_named(tmp_path):
+  folder = str(tmp_path / "bank")
+  bank = proxy_bank.ProxyBank(folder)
+  images = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
+  bank.store([2, 7, 9], images[:3], label="step-0000")
+  bank.store([7, 11], images[3:], label="step-0001")
+  item, files = bank.checkpoint_item()
+  assert [f["name"] for f in files] == [
+    "step-0000-process-0-of-1.npy",
+    "step-0001-process-0-of-1.npy",
+  ]
+  again = proxy_bank.ProxyBank.from_checkpoint(item, files, folder)
+  np.testing.assert_array_equal(again.to_arrays()["ids"], [2, 7, 9, 11])
+  np.testing.assert_array_equal(again.to_arrays()["images"], images[[0, 3, 2, 4]])
+  path = os.path.join(folder, files[1]["name"])
+  with open(path, "r+b") as f:
+    f.seek(-1, os.SEEK_END)
+    f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+  with pytest.raises(DamagedFileError, match="step-0001-process-0-of-1.npy"):
+    proxy_bank.ProxyBank.from_checkpoint(item, files, folder)
+  os.remove(path)
+  with pytest.raises(DamagedFileError, match="is missing"):
+    proxy_bank.ProxyBank.from_checkpoint(item, files, folder)
+
+
+def test_a_checkpoint_that_held_its_images_restores_into_the_bank_folder(tmp_path):
+  folder = str(tmp_path / "bank")
+  images = np.full((2, 4, 4, 3), 9, np.uint8)
+  bank = proxy_bank.ProxyBank.from_checkpoint(
+    {"ids": np.array([3, 5]), "images": images}, [], folder
+  )
+  np.testing.assert_array_equal(bank.to_arrays()["images"], images)
+  item, files = bank.checkpoint_item()  # The next checkpoint refers to the file written once.
+  assert set(item) == {"ids", "file", "row"} and len(files) == 1
+
+
 # ---------------------------------------------------------------- several processes
 
 MULTI_PROCESS_RUN = """
@@ -600,7 +693,7 @@ jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_proces
 import numpy as np
 from conftest import make_tiny_config
 from proxy_jax.config.settings import with_fields
-from proxy_jax.run import dispatch, proxy_step, train
+from proxy_jax.run import dispatch, proxy_bank, proxy_step, train
 from proxy_reference import assert_identical, reference_step
 fed, drains = [], []
 original = dispatch.dispatch
@@ -618,17 +711,36 @@ def recording(sharding, local, global_shape=None):
   return make_array(sharding, local, global_shape)
 
 jax.make_array_from_process_local_data = recording
+reads, train_epoch = [], train.train_epoch
+
+class RecordingImages:
+  def __init__(self, images):
+    self.images = images
+
+  def __getitem__(self, rows):
+    reads.append(np.asarray(rows).tolist())
+    return self.images[rows]
+
+def recording_epoch(setup, state, bank, epoch, report):
+  split = setup.dataset.train
+  images, split.images = split.images, RecordingImages(split.images)
+  try:
+    return train_epoch(setup, state, bank, epoch, report)
+  finally:
+    split.images = images
+
+train.train_epoch = recording_epoch
 finish = train._finish
 
 def finish_and_fuse(setup, state, bank, progress, wall_time_s):
   summary = finish(setup, state, bank, progress, wall_time_s)
   # The run's steps took the two-pass path; a fused step on the final state covers the other.
   settings = setup.settings
-  result = proxy_step.run_proxy_step(state, setup.dataset.train, proxy_step.ProxyBank(),
+  result = proxy_step.run_proxy_step(state, setup.dataset.train, proxy_bank.ProxyBank(),
                                      with_fields(settings, {{"proxy.subset": 1.0}}),
                                      jax.random.key(7), predict_fn=setup.predict_fn,
                                      batch_sharding=setup.batch_sharding)
-  fused = proxy_step.ProxyBank()
+  fused = proxy_bank.ProxyBank()
   fused.store(result.ids, result.proxies)
   # Each pass dispatched whole, then fetched across processes: bit-identical to reading every
   # chunk back (the step before it stayed on the device), fused, two-pass and reused proxies;
@@ -650,7 +762,8 @@ def finish_and_fuse(setup, state, bank, progress, wall_time_s):
            fused_ids=fused.ids(), fused_images=fused.to_arrays()["images"])
   with open(out + ".json", "w") as f:
     json.dump({{"summary": summary.to_json(), "fed": fed, "devices": jax.device_count(),
-               "identical": identical}}, f)
+               "identical": identical, "reads": reads,
+               "train_size": len(setup.dataset.train)}}, f)
   return summary
 
 train._finish = finish_and_fuse
@@ -682,12 +795,12 @@ def _fused_step_on_final_state(workdir, config):
   result = proxy_step.run_proxy_step(
     state,
     split,
-    proxy_step.ProxyBank(),
+    proxy_bank.ProxyBank(),
     config,
     jax.random.key(7),
     predict_fn=steps.make_predict_step(),
   )
-  bank = proxy_step.ProxyBank()
+  bank = proxy_bank.ProxyBank()
   bank.store(result.ids, result.proxies)
   return bank
 
@@ -720,11 +833,19 @@ def test_two_processes_match_one_process(tmp_path, straight_run):
   fused = _fused_step_on_final_state(straight_dir, config)
   for worker in workers:
     assert worker.wait(timeout=420) == 0, worker.stderr.read()[-3000:]
-  for out in outs:
+  run_settings = settings_of(config)
+  for process, out in enumerate(outs):
     with open(out + ".json") as f:
       result = json.load(f)
     banks = np.load(out + ".npz")
     assert result["devices"] == 2
+    # Training read, in each process, only its half of each global batch's rows.
+    size, expected = result["train_size"], []
+    for epoch in range(run_settings.num_epochs):
+      order = data.epoch_order(size, run_settings.seed, epoch)
+      for rows, _ in dispatch.padded_chunks(size, run_settings.batch_size):
+        expected.append(np.array_split(order[rows], 2)[process].tolist())
+    assert result["reads"] == expected
     # The proxy step equals the chunk-by-chunk reference bit for bit in both processes.
     assert [row[:2] for row in result["identical"]] == [
       [1.0, False],
@@ -751,3 +872,6 @@ def test_two_processes_match_one_process(tmp_path, straight_run):
     }.items():
       np.testing.assert_array_equal(banks[f"{name}_ids"], ids)
       assert len(ids) and np.max(np.abs(banks[f"{name}_images"].astype(int) - images)) <= 1
+  first, second = (np.load(out + ".npz") for out in outs)
+  for name in first.files:  # The two processes end with identical banks.
+    np.testing.assert_array_equal(first[name], second[name])

@@ -24,7 +24,7 @@ import pytest
 
 from conftest import ROOT, make_tiny_config, train_one_epoch
 from proxy_jax.core import parallel
-from proxy_jax.run import dispatch, proxy_step, steps
+from proxy_jax.run import dispatch, proxy_bank, proxy_step, steps
 from tests.proxy_reference import assert_identical, reference_step
 
 
@@ -54,10 +54,10 @@ def test_proxy_step_is_bit_identical_to_reading_every_chunk_back(tiny_model, cas
   config = config.copy_and_resolve_references()
   for field, value in CASES[case].items():
     config.proxy[field] = value
-  bank = proxy_step.ProxyBank()
+  bank = proxy_bank.ProxyBank()
   if config.proxy.reuse_proxies:  # Every third example banked: some chosen ones recompute.
     ids = np.arange(0, len(split), 3)
-    bank.update(ids, 255 - split.images[ids])
+    bank.store(ids, 255 - split.images[ids])
   predict_fn, key = steps.make_predict_step(), jax.random.key(11)
   expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
   result = proxy_step.run_proxy_step(
@@ -168,9 +168,9 @@ def test_a_small_device_buffer_drains_and_stays_bit_identical(tiny_model, monkey
   fields, base, draining = SMALL_BUFFERS[case]
   for field, value in {**CASES[base], **fields}.items():
     config.proxy[field] = value
-  bank = proxy_step.ProxyBank()
+  bank = proxy_bank.ProxyBank()
   if config.proxy.reuse_proxies:
-    bank.update(np.arange(0, len(split), 3), 255 - split.images[::3])
+    bank.store(np.arange(0, len(split), 3), 255 - split.images[::3])
   predict_fn, key = steps.make_predict_step(), jax.random.key(11)
   expected = reference_step(state, split, bank, config, key, predict_fn, sharding)
   passes = _watched_dispatch(monkeypatch)
@@ -192,7 +192,7 @@ import jax, jax.numpy as jnp, numpy as np
 from conftest import make_tiny_config
 from proxy_jax import data, models
 from proxy_jax.core import parallel
-from proxy_jax.run import dispatch, proxy_step, steps, train
+from proxy_jax.run import dispatch, proxy_bank, proxy_step, steps, train
 from proxy_reference import assert_identical, reference_step
 assert jax.device_count() == 2
 ARRAY = type(jnp.zeros(1))
@@ -235,8 +235,8 @@ def guarded(*args, **kwargs):
 def refused(*args, **kwargs):
   raise AssertionError("the proxy step used a pass that reads back chunk by chunk")
 
-bank = proxy_step.ProxyBank()
-bank.update(np.arange(0, len(split), 3), split.images[::3])
+bank = proxy_bank.ProxyBank()
+bank.store(np.arange(0, len(split), 3), split.images[::3])
 for subset, reuse, count in ((1.0, False, 1), (0.2, False, 2), (0.9, True, 2)):
   config.proxy.subset, config.proxy.reuse_proxies = subset, reuse
   expected = reference_step(state, split, bank, config, key, predict_fn, sharding)

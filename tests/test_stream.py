@@ -79,6 +79,42 @@ def test_zero_and_two_workers_give_the_same_batches(tmp_path):
   assert not swapped["image"].any()
 
 
+class _RecordingImages:
+  """A split's images that remember which rows were read."""
+
+  def __init__(self, images):
+    self.images, self.read = images, []
+
+  def __getitem__(self, rows):
+    self.read.extend(np.atleast_1d(rows).tolist())
+    return self.images[rows]
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_each_simulated_process_reads_only_its_rows_and_together_they_make_the_batch(
+  tmp_path, count
+):
+  root, _ = _photos(tmp_path)
+  for pipeline in ("cache", "stream"):
+    split = _dataset(tmp_path, root, pipeline).train
+    order = data.epoch_order(len(split), 5, 2)
+    whole = list(data.batches(split, 8, order))
+    shares, reads = [], []
+    for index in range(count):
+      recording = _RecordingImages(split.images)
+      local = data.Split(recording, split.labels, split.source_indices)
+      shares.append(list(data.batches(local, 8, order, process=(index, count))))
+      reads.append(recording.read)
+    for position, batch in enumerate(whole):
+      for key in batch:  # The processes' rows, in process order, are the one batch's rows.
+        joined = np.concatenate([share[position][key] for share in shares])
+        np.testing.assert_array_equal(joined, batch[key])
+    for index in range(count):  # Each read the rows it passes on, and nothing else.
+      passed = np.concatenate([b["id"] for b in shares[index]]).tolist()
+      assert reads[index] == passed
+      assert len(passed) == len(whole) * 8 // count
+
+
 def test_the_stream_checks_class_folders_as_the_cache_does(tmp_path):
   root, _ = _photos(tmp_path, per_class=1)
   os.makedirs(root / "bird")

@@ -1,7 +1,8 @@
 """Data parallelism with `jax.sharding`: one mesh axis over all devices, batches split on it.
 
 The same code runs on one device (a mesh of one) and on several hosts, where every process
-builds the same host batch (the data order is a function of the seed) and contributes its slice.
+knows the whole batch's rows (the data order is a function of the seed) but reads and passes
+only its own share of them.
 """
 
 import os
@@ -43,19 +44,22 @@ def shardings(mesh: Mesh):
   return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
 
 
-def to_global(host_batch: dict, batch_sharding) -> dict:
-  """Host batch -> global arrays split over the mesh's data axis.
+def process_share(rows: np.ndarray, process: tuple[int, int] | None = None) -> np.ndarray:
+  """This process's contiguous share of a global batch's rows, in process order: the rows it
+  reads, and what `to_global` expects it to pass. `process` = (index, count), default JAX's."""
+  index, count = process if process is not None else (jax.process_index(), jax.process_count())
+  return np.array_split(rows, count)[index] if count > 1 else rows
 
-  With several processes each holds the full host batch (the data order is the same
-  everywhere) and contributes its own slice.
-  """
-  count, index = jax.process_count(), jax.process_index()
+
+def to_global(local_batch: dict, batch_sharding, global_rows: int) -> dict:
+  """Each process's rows of a batch (`process_share`) -> global arrays of `global_rows` rows
+  split over the mesh's data axis. No process needs (or reads) another's rows."""
 
   def put(array):
-    local = np.array_split(array, count)[index] if count > 1 else array
-    return jax.make_array_from_process_local_data(batch_sharding, local, array.shape)
+    shape = (global_rows, *np.shape(array)[1:])
+    return jax.make_array_from_process_local_data(batch_sharding, array, shape)
 
-  return {k: put(v) for k, v in host_batch.items()}
+  return {k: put(v) for k, v in local_batch.items()}
 
 
 def to_host(tree):

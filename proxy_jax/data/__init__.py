@@ -19,7 +19,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from proxy_jax.core import digests, io_utils
+from proxy_jax.core import digests, io_utils, parallel
 from proxy_jax.data import packed, splits
 
 # The package's decoding API (decode.py): what readers of a dataset's files call.
@@ -349,13 +349,16 @@ def batches(
   swap: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
   is_proxy: Callable[[np.ndarray], np.ndarray] | None = None,
   workers: int = 0,
+  process: tuple[int, int] = (0, 1),
 ) -> Iterator[dict]:
-  """Yields host batches {image uint8, label, id, mask, is_proxy} of exactly `batch_size`; "id"
-  is the example's position in `split` (the proxy bank's key for training examples).
+  """Yields host batches {image uint8, label, id, mask, is_proxy}; "id" is the example's
+  position in `split` (the proxy bank's key for training examples).
 
-  Every example appears exactly once; the last batch is padded by repeating its own examples
-  (`dispatch.padded_chunks`) with mask 0, so shapes never change and padded rows count for
-  nothing.
+  Every example appears exactly once in batches of exactly `batch_size` rows; the last batch is
+  padded by repeating its own examples (`dispatch.padded_chunks`) with mask 0, so shapes never
+  change and padded rows count for nothing. `process` = (index, count): yield only that
+  process's share of each batch's rows (`parallel.process_share`), the only rows it reads; the
+  default is the whole batch.
   `swap(ids, images)` replaces images by id (the proxy bank) before augmentation, and
   `is_proxy(ids)` says which were replaced (bool per row; all False without it). `start` skips
   batches (resume). A streamed split's images are decoded by grain in `workers` processes
@@ -363,7 +366,8 @@ def batches(
   """
   order = np.arange(len(split)) if order is None else order
   chunks = list(dispatch.padded_chunks(len(order), batch_size))[start:]
-  chosen_rows = [order[rows] for rows, _ in chunks]
+  share = parallel.process_share(np.arange(batch_size), process)
+  chosen_rows = [order[rows][share] for rows, _ in chunks]
   if isinstance(split.images, packed.PackedImages):
     decoded = packed.batch_arrays(split.images, chosen_rows, workers)
   else:
@@ -371,10 +375,9 @@ def batches(
   for (_, valid), chosen, images in zip(chunks, chosen_rows, decoded):
     if swap is not None:
       images = swap(chosen, images)
-    mask = np.zeros(batch_size, np.float32)
-    mask[:valid] = 1.0
+    mask = (np.arange(batch_size) < valid).astype(np.float32)[share]
     proxied = (
-      np.asarray(is_proxy(chosen), bool) if is_proxy is not None else np.zeros(batch_size, bool)
+      np.asarray(is_proxy(chosen), bool) if is_proxy is not None else np.zeros(len(chosen), bool)
     )
     yield {
       "image": images,

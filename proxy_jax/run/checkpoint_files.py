@@ -122,20 +122,28 @@ def check_meta(meta, epoch: int) -> None:
 
 
 def check_bank(bank: dict, meta: dict) -> None:
-  ids, images = bank.get("ids"), bank.get("images")
+  """The checkpoint's proxy bank item against its meta item: an index of `bank_size` ids into
+  the listed bank files (or, from before the bank was on disk, the images themselves)."""
+  ids, count = bank.get("ids"), meta.get("bank_size")
+  if ids is None or not np.issubdtype(ids.dtype, np.integer) or ids.shape != (count,):
+    raise Mismatch("metadata", f"its proxy bank does not hold the {count} ids its meta item counts")
+  if "images" in bank:
+    images = bank["images"]
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != count:
+      raise Mismatch("metadata", f"its proxy bank does not hold {count} uint8 images")
+    return
+  files = meta.get("bank_files")
+  file, row = bank.get("file"), bank.get("row")
   if (
-    ids is None
-    or images is None
-    or images.dtype != np.uint8
-    or images.ndim != 4
-    or not np.issubdtype(ids.dtype, np.integer)
-    or ids.shape != (len(images),)
-    or len(ids) != meta.get("bank_size")
+    not isinstance(files, list)
+    or file is None
+    or row is None
+    or file.shape != ids.shape
+    or row.shape != ids.shape
+    or (count and not 0 <= file.min() <= file.max() < len(files))
+    or (count and row.min() < 0)
   ):
-    raise Mismatch(
-      "metadata",
-      f"its proxy bank does not hold the {meta.get('bank_size')} uint8 images its meta item counts",
-    )
+    raise Mismatch("metadata", "its proxy bank index does not refer to the bank files it lists")
 
 
 def tree_bytes(tree) -> int:

@@ -86,16 +86,17 @@ def chunks(
 
   `mask` adds inputs["mask"], float32 1 for real rows and 0 for padding (for functions that
   reduce over the chunk). With `sharding` every process passes the same full host arrays and
-  contributes its slice of each chunk.
+  reads only its share of each chunk's rows (`parallel.process_share`).
   """
   count = _count(arrays)
   devices = len(sharding.device_set) if sharding is not None else 1
   for rows, valid in padded_chunks(count, size, power_of_two):
     rows = np.resize(rows, -(-len(rows) // devices) * devices)  # Whole shares per device.
-    host = {name: array[rows] for name, array in arrays.items()}
+    share = parallel.process_share(np.arange(len(rows))) if sharding is not None else slice(None)
+    host = {name: array[rows[share]] for name, array in arrays.items()}
     if mask:
-      host["mask"] = (np.arange(len(rows)) < valid).astype(np.float32)
-    inputs = parallel.to_global(host, sharding) if sharding is not None else host
+      host["mask"] = (np.arange(len(rows)) < valid).astype(np.float32)[share]
+    inputs = parallel.to_global(host, sharding, len(rows)) if sharding is not None else host
     yield Chunk(int(rows[0]), rows, valid, inputs, sharding is not None)
 
 

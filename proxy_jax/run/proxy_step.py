@@ -3,7 +3,7 @@
 A proxy step evaluates the training split, picks a seeded share of the wrongly classified
 examples, computes a CAM for each, down-weights the attended pixels (`proxy_transform`, from the library module
 `proxy_image`) and
-stores the result in the `ProxyBank` under the example's id. From then on training batches use
+stores the result in the proxy bank (`proxy_bank.py`) under the example's id. From then on training batches use
 the proxy *instead of* the original (replaced, never added): the epoch length is unchanged and
 validation/test data never pass through the bank.
 
@@ -79,70 +79,6 @@ def parse_schedule(schedule: str, num_epochs: int, enabled: bool = True) -> Sche
       f"config.num_epochs={num_epochs}; make them agree"
     )
   return Schedule(done, tuple(proxy_epochs))
-
-
-# ---------------------------------------------------------------- the bank
-
-
-class ProxyBank:
-  """Proxy images (uint8, at the stored side L) by training-example id, on the host.
-
-  Lives on the host so its size is bounded by host RAM, not device memory: at most
-  n_train * L * L * 3 bytes. Batches swap proxies in before they go to the device.
-  """
-
-  def __init__(self):
-    self._images: dict[int, np.ndarray] = {}
-
-  def __len__(self):
-    return len(self._images)
-
-  def __contains__(self, example_id):
-    return int(example_id) in self._images
-
-  def ids(self) -> np.ndarray:
-    return np.array(sorted(self._images), np.int32)
-
-  def get(self, example_id) -> np.ndarray:
-    return self._images[int(example_id)]
-
-  def update(self, ids, images) -> None:
-    for example_id, image in zip(np.asarray(ids), np.asarray(images, np.uint8)):
-      self._images[int(example_id)] = image.copy()
-
-  def clear(self) -> None:
-    self._images.clear()
-
-  def store(self, ids, images, replace_all: bool = False) -> None:
-    """Adds (or overwrites) proxies by id; `replace_all` first drops every other proxy."""
-    if replace_all:
-      self.clear()
-    self.update(ids, images)
-
-  def swap(self, ids, images) -> np.ndarray:
-    """Returns `images` with every banked id replaced by its proxy (modifies in place)."""
-    for row, example_id in enumerate(np.asarray(ids)):
-      banked = self._images.get(int(example_id))
-      if banked is not None:
-        images[row] = banked
-    return images
-
-  def holds(self, ids) -> np.ndarray:
-    """Bool per id: whether the bank has a proxy for it (what `swap` replaces)."""
-    return np.array([int(i) in self._images for i in np.asarray(ids)], bool)
-
-  def to_arrays(self) -> dict:
-    ids = self.ids()
-    if not len(ids):
-      return {"ids": ids, "images": np.zeros((0,), np.uint8)}
-    return {"ids": ids, "images": np.stack([self._images[int(i)] for i in ids])}
-
-  @classmethod
-  def from_arrays(cls, arrays) -> "ProxyBank":
-    bank = cls()
-    if arrays is not None:
-      bank.update(arrays["ids"], arrays["images"])
-    return bank
 
 
 # ---------------------------------------------------------------- choosing examples

@@ -27,7 +27,7 @@ from proxy_jax.config import recorded
 from proxy_jax.config import settings as config_settings
 from proxy_jax.core import console, errors
 from proxy_jax.run import checkpoints, dispatch, host
-from proxy_jax.run import proxy_step, records
+from proxy_jax.run import proxy_bank, proxy_rounds, proxy_step, records
 from proxy_jax.run.model_state import create_model, create_train_state, learning_rate_schedule
 from proxy_jax.run import reporting, restore, steps, workdir_lock
 from proxy_jax.run.step_metrics import NO_STEP, host_values, merge_metrics
@@ -229,7 +229,7 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
   )
   elapsed_before = progress.elapsed_s
   # Proxy steps due before the first epoch of this session (schedule starting with "p").
-  _run_due_proxy_steps(setup, state, bank, progress, eta)
+  proxy_rounds.run_due(setup, state, bank, progress, eta)
   for epoch in range(progress.epoch, settings.num_epochs):
     epoch_started = time.time()
     state, totals = train_epoch(setup, state, bank, epoch, report)
@@ -246,14 +246,16 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
     )
     # The proxy steps at this boundary run before the save, so a checkpoint never sits
     # between an epoch and the proxy step that follows it.
-    proxied = _run_due_proxy_steps(setup, state, bank, progress, eta)
+    proxied = proxy_rounds.run_due(setup, state, bank, progress, eta)
     progress.elapsed_s = elapsed_before + time.time() - started
     if (
       (epoch + 1) % settings.checkpoint_every_epochs == 0
       or proxied
       or epoch + 1 == settings.num_epochs
     ):
-      setup.ckpt.save(progress.epoch, state, progress.to_json(), bank.to_arrays())
+      item, files = bank.checkpoint_item()
+      meta = {**progress.to_json(), proxy_bank.FILES_KEY: files}
+      setup.ckpt.save(progress.epoch, state, meta, item)
   return _finish(setup, state, bank, progress, elapsed_before + time.time() - started)
 
 
@@ -261,6 +263,7 @@ def _restore_or_start(setup: Setup, state):
   """(state, progress, bank) of the newest intact checkpoint, or fresh ones (header logged)."""
   # Damaged newer checkpoints are set aside; `steps_per_epoch` checks the state's step.
   restored = setup.ckpt.restore_newest(state, setup.steps_per_epoch)
+  bank_folder = os.path.join(setup.workdir, proxy_bank.FOLDER)
   warning = setup.ckpt.space_warning(
     state, setup.settings.keep_checkpoints, None if restored is None else restored.bank
   )
@@ -270,10 +273,12 @@ def _restore_or_start(setup: Setup, state):
     reporting.write_run_header(
       setup.writer, setup.settings, setup.dataset, state, setup.workdir, setup.frozen
     )
-    return state, records.RunProgress(), proxy_step.ProxyBank()
+    return state, records.RunProgress(), proxy_bank.ProxyBank(bank_folder)
   state = restored.state
-  progress = records.RunProgress.from_json(restored.meta)
-  bank = proxy_step.ProxyBank.from_arrays(restored.bank)
+  meta = dict(restored.meta)
+  files = meta.pop(proxy_bank.FILES_KEY, [])
+  progress = records.RunProgress.from_json(meta)
+  bank = proxy_bank.ProxyBank.from_checkpoint(restored.bank, files, bank_folder)
   logging.info(
     "Resumed from %s at epoch %d (%d proxy steps done, bank of %d).",
     setup.ckpt.directory,
@@ -284,7 +289,7 @@ def _restore_or_start(setup: Setup, state):
   return state, progress, bank
 
 
-def train_epoch(setup: Setup, state, bank: proxy_step.ProxyBank, epoch: int, report):
+def train_epoch(setup: Setup, state, bank: proxy_bank.ProxyBank, epoch: int, report):
   """Dispatches the epoch's steps without waiting on any; returns (state, metrics on device)."""
   settings, split = setup.settings, setup.dataset.train
   order = data.epoch_order(len(split), settings.seed, epoch)
@@ -293,10 +298,16 @@ def train_epoch(setup: Setup, state, bank: proxy_step.ProxyBank, epoch: int, rep
   report.start_epoch()
   workers = settings.data.stream_workers  # Decoding processes, when the split is streamed.
   batches = data.batches(
-    split, settings.batch_size, order, swap=swap, is_proxy=is_proxy, workers=workers
+    split,
+    settings.batch_size,
+    order,
+    swap=swap,
+    is_proxy=is_proxy,
+    workers=workers,
+    process=(jax.process_index(), jax.process_count()),
   )
   for batch in prefetch(batches):
-    batch = to_global(batch, setup.batch_sharding)
+    batch = to_global(batch, setup.batch_sharding, settings.batch_size)
     state, batch_metrics = setup.train_fn(state, batch, setup.step_key)
     totals = batch_metrics if totals is None else merge_metrics(totals, batch_metrics)
     step += 1
@@ -339,55 +350,6 @@ def _epoch_record(
     epoch_seconds=seconds,
     images_per_second=len(setup.dataset.train) / seconds,
   )
-
-
-def _run_due_proxy_steps(
-  setup: Setup, state, bank: proxy_step.ProxyBank, progress: records.RunProgress, eta: reporting.Eta
-) -> bool:
-  """Runs the proxy steps due after `progress.epoch` epochs, storing their proxies in `bank`."""
-  settings, due = setup.settings, setup.schedule.proxy_epochs
-  ran = False
-  while progress.proxy_steps_done < len(due) and due[progress.proxy_steps_done] == progress.epoch:
-    index = progress.proxy_steps_done
-    result = proxy_step.run_proxy_step(
-      state,
-      setup.dataset.train,
-      bank,
-      settings,
-      jax.random.fold_in(setup.proxy_key, index),
-      predict_fn=setup.predict_fn,
-      batch_sharding=setup.batch_sharding,
-    )
-    bank.store(result.ids, result.proxies, replace_all=settings.proxy.clear_every_step)
-    record = records.ProxyStepRecord(
-      index=index,
-      epoch=progress.epoch,
-      wrong=result.wrong,
-      chosen=len(result.ids),
-      bank_size=len(bank),
-      seconds=result.seconds,
-      **result.changes,
-    )
-    progress.add_proxy_step(record)
-    step = progress.epoch * setup.steps_per_epoch
-    names = setup.dataset.class_names
-    captions = [
-      f"image {int(i)}, label {names[int(setup.dataset.train.labels[i])]}"
-      for i in result.ids[: settings.proxy.num_logged_images]
-    ]
-    reporting.log_proxy_step(
-      setup.writer,
-      setup.workdir,
-      step,
-      record,
-      result,
-      settings.proxy.num_logged_images,
-      eta.seconds_left(step),
-      captions,
-      settings.proxy.cam_method,
-    )
-    ran = True
-  return ran
 
 
 def _finish(
