@@ -35,11 +35,11 @@ def _comparable(history):
 def _die_in_epoch(monkeypatch, doomed_epoch):
   original = train.train_epoch
 
-  def train_epoch(setup, state, bank, epoch, report):
+  def train_epoch(setup, state, bank, epoch, report, *rest):
     if epoch == doomed_epoch:
       setup.ckpt.wait()
       raise Killed(f"killed before epoch {epoch + 1}")
-    return original(setup, state, bank, epoch, report)
+    return original(setup, state, bank, epoch, report, *rest)
 
   monkeypatch.setattr(train, "train_epoch", train_epoch)
 

@@ -5,6 +5,7 @@ a real subprocess with SIGKILL after the first proxy step's checkpoint and resum
 """
 
 import json
+import logging
 import math
 import os
 import signal
@@ -23,7 +24,7 @@ from proxy_jax.core import parallel
 from proxy_jax.core.errors import DamagedFileError
 from proxy_jax.images import preprocess
 from proxy_jax import proxy
-from proxy_jax.run import checkpoints, dispatch, proxy_bank, proxy_step, steps, train
+from proxy_jax.run import checkpoints, dispatch, proxy_bank, proxy_step, resume, steps, train
 
 MODES = ("seed", "blended", "mean", "max", "min", "zero", "one")
 
@@ -519,11 +520,11 @@ from proxy_jax.run import train
 overrides = {overrides!r}
 original = train.train_epoch
 
-def train_epoch(setup, state, bank, epoch, report):
+def train_epoch(setup, state, bank, epoch, report, *rest):
   if epoch == 1:  # After epoch 1, its proxy step and their checkpoint: die mid-schedule.
     setup.ckpt.wait()
     os.kill(os.getpid(), signal.SIGKILL)
-  return original(setup, state, bank, epoch, report)
+  return original(setup, state, bank, epoch, report, *rest)
 
 train.train_epoch = train_epoch
 train.train_and_evaluate(make_tiny_config(**overrides), sys.argv[1])
@@ -544,6 +545,25 @@ def store(self, ids, images, replace_all=False, label="memory"):
     os.kill(os.getpid(), signal.SIGKILL)
 
 proxy_bank.ProxyBank.store = store
+train.train_and_evaluate(make_tiny_config(**overrides), sys.argv[1])
+"""
+
+
+KILLED_WITHIN_EPOCH = """
+import os, signal, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from conftest import make_tiny_config
+from proxy_jax.run import resume, train
+overrides = {overrides!r}
+original = resume.save_within_epoch
+
+def save_within_epoch(ckpt, state, progress, bank, step_in_epoch, totals):
+  saved = original(ckpt, state, progress, bank, step_in_epoch, totals)
+  if progress.epoch == 1 and step_in_epoch == 4:  # Mid-way through epoch 2, after a proxy step.
+    os.kill(os.getpid(), signal.SIGKILL)
+  return saved
+
+resume.save_within_epoch = save_within_epoch
 train.train_and_evaluate(make_tiny_config(**overrides), sys.argv[1])
 """
 
@@ -645,6 +665,33 @@ def test_a_kill_between_the_bank_files_and_their_checkpoint_loses_nothing(tmp_pa
   assert sorted(item) == ["file", "ids", "row"] and item["ids"].nbytes == 4 * len(bank_b["ids"])
 
 
+@pytest.mark.slow
+def test_a_kill_within_an_epoch_resumes_from_its_step_and_ends_equal(
+  tmp_path, straight_run, caplog
+):
+  overrides = {**RESUME_OVERRIDES, "checkpoint_every_steps": 2}
+  straight_dir, straight, _ = straight_run  # Saved only at epoch ends: the field changes nothing.
+  script = tmp_path / "killed_run.py"
+  script.write_text(
+    KILLED_WITHIN_EPOCH.format(root=ROOT, tests=os.path.join(ROOT, "tests"), overrides=overrides)
+  )
+  workdir = str(tmp_path / "b")
+  result = subprocess.run(
+    [sys.executable, str(script), workdir], capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+  steps_per_epoch = data.num_batches(straight["num_examples"]["train"], 32)  # Batch size 32.
+  within = os.listdir(os.path.join(workdir, resume.WITHIN_EPOCH_FOLDER))
+  assert str(steps_per_epoch + 4) in within  # The newest: step 4 of epoch 2.
+  with caplog.at_level(logging.INFO):
+    resumed = train.train_and_evaluate(make_tiny_config(**overrides), workdir)
+  assert comparable(resumed) == comparable(straight)
+  assert "at epoch 1, step 4 of epoch 2" in caplog.text
+  config = make_tiny_config(**RESUME_OVERRIDES)
+  (_, bank_a), (_, bank_b) = final_bank(straight_dir, config), final_bank(workdir, config)
+  np.testing.assert_array_equal(bank_a["images"], bank_b["images"])
+
+
 def test_a_bank_file_changed_after_its_checkpoint_is_named(tmp_path):
   folder = str(tmp_path / "bank")
   bank = proxy_bank.ProxyBank(folder)
@@ -721,11 +768,11 @@ class RecordingImages:
     reads.append(np.asarray(rows).tolist())
     return self.images[rows]
 
-def recording_epoch(setup, state, bank, epoch, report):
+def recording_epoch(setup, state, bank, epoch, report, *rest):
   split = setup.dataset.train
   images, split.images = split.images, RecordingImages(split.images)
   try:
-    return train_epoch(setup, state, bank, epoch, report)
+    return train_epoch(setup, state, bank, epoch, report, *rest)
   finally:
     split.images = images
 

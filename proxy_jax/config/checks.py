@@ -93,6 +93,9 @@ def validate_run_fields(config) -> None:
     fail_field("batch_size_memory_fraction", config.batch_size_memory_fraction, "must be in (0, 1]")
   _check_positive_int(config, "num_epochs")
   _check_positive_int(config, "checkpoint_every_epochs")
+  every = config.checkpoint_every_steps
+  if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+    fail_field("checkpoint_every_steps", every, "must be an integer >= 0 (0 = only at epoch ends)")
   _check_positive_int(config, "keep_checkpoints")
   if not isinstance(config.compilation_cache_dir, str):
     fail_field(

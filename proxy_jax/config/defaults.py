@@ -46,6 +46,9 @@ def get_config():
   # programs were compiled before reads them instead of compiling again ("" = no cache).
   config.compilation_cache_dir = "~/.cache/proxy_jax/jax_compilation"
   config.checkpoint_every_epochs = 1
+  # Also save every this many steps within an epoch (the newest kept; 0 = only at epoch ends):
+  # for epochs long enough that losing one to an interruption hurts.
+  config.checkpoint_every_steps = 0
   config.keep_checkpoints = 3
   # Epochs longer than this get a progress line (images/s, ETA) this often within them.
   config.log_every_seconds = 20.0

@@ -26,6 +26,7 @@ HARDWARE_FIELDS = ("dtype_resolved",)
 # what it computes: a resume may change them freely.
 NON_RESULT_FIELDS = (
   "log_every_seconds",
+  "checkpoint_every_steps",
   "compilation_cache_dir",
   "data.cache_dir",
   "data.decode_workers",

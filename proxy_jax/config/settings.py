@@ -124,6 +124,7 @@ class Settings:
   evaluate_train_split: bool
   compilation_cache_dir: str
   checkpoint_every_epochs: int
+  checkpoint_every_steps: int
   keep_checkpoints: int
   log_every_seconds: float
   num_logged_images: int

@@ -116,9 +116,10 @@ def check_arrays(what: str, stored, template) -> None:
       )
 
 
-def check_meta(meta, epoch: int) -> None:
-  if not isinstance(meta, dict) or meta.get("epoch") != epoch:
-    raise Mismatch("metadata", f"its meta item is not the bookkeeping of epoch {epoch}")
+def check_meta(meta, number: int, numbered_by: str = "epoch") -> None:
+  """The meta item is the bookkeeping of checkpoint `number` (its `numbered_by` field)."""
+  if not isinstance(meta, dict) or meta.get(numbered_by) != number:
+    raise Mismatch("metadata", f"its meta item is not the bookkeeping of {numbered_by} {number}")
 
 
 def check_bank(bank: dict, meta: dict) -> None:

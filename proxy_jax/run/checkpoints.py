@@ -83,8 +83,12 @@ def _unused(path: str) -> str:
 class RunCheckpoints:
   """Thin wrapper over `ocp.CheckpointManager` for the three items of a run."""
 
-  def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  def __init__(
+    self, workdir: str, keep: int, folder: str = "checkpoints", numbered_by: str = "epoch"
+  ):
+    """Checkpoints in WORKDIR/`folder`, numbered by their meta item's `numbered_by` field."""
+    self.directory = os.path.join(os.path.abspath(workdir), folder)
+    self.numbered_by = numbered_by
     # Synchronous saves: a failed write surfaces in `save`, before the next epoch trains.
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=False
@@ -273,7 +277,7 @@ class RunCheckpoints:
   def _restore(self, epoch: int, state_template, steps_per_epoch: int | None):
     meta = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     meta = meta["meta"]
-    checkpoint_files.check_meta(meta, epoch)
+    checkpoint_files.check_meta(meta, epoch, self.numbered_by)
     stored = self.manager.item_metadata(epoch)
     checkpoint_files.check_arrays("its state", stored["state"], state_template)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)

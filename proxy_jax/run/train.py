@@ -29,7 +29,7 @@ from proxy_jax.core import console, errors
 from proxy_jax.run import checkpoints, dispatch, host
 from proxy_jax.run import proxy_bank, proxy_rounds, proxy_step, records
 from proxy_jax.run.model_state import create_model, create_train_state, learning_rate_schedule
-from proxy_jax.run import reporting, restore, steps, workdir_lock
+from proxy_jax.run import reporting, restore, resume, steps, workdir_lock
 from proxy_jax.run.step_metrics import NO_STEP, host_values, merge_metrics
 from proxy_jax.core.io_utils import atomic_write_json
 from proxy_jax.core.parallel import compute_slice, make_mesh, prefetch, shardings, to_global
@@ -103,6 +103,7 @@ class Setup:
   schedule: proxy_step.Schedule
   writer: Any
   ckpt: checkpoints.RunCheckpoints
+  within_ckpt: checkpoints.RunCheckpoints | None  # Checkpoints within epochs, if any are saved.
   init_checksum: str  # tree_checksum of the initial variables, for summary.json.
   frozen: tuple = (None, None)  # (apply_fn, variables) of the frozen saliency model, if any.
 
@@ -141,6 +142,9 @@ def _build(settings, workdir: str, dataset: data.Dataset):
     ),
     writer=reporting.create_writer(workdir),
     ckpt=checkpoints.RunCheckpoints(workdir, settings.keep_checkpoints),
+    within_ckpt=resume.within_epoch_checkpoints(workdir)
+    if settings.checkpoint_every_steps
+    else None,
     init_checksum=records.tree_checksum(models.variables_of(state)),
   )
   return setup, jax.device_put(state, replicated)
@@ -150,6 +154,8 @@ def _shut_down(setup: Setup, quiet: bool) -> None:
   """Waits for Orbax and flushes the summaries; `quiet` while another error propagates."""
   try:
     setup.ckpt.close()
+    if setup.within_ckpt is not None:
+      setup.within_ckpt.close()
   except Exception as error:  # pylint: disable=broad-except
     if not quiet:
       raise
@@ -218,12 +224,14 @@ def _prepare(settings, workdir: str):
 
 def _train(setup: Setup, state, started: float) -> records.Summary:
   settings, steps_per_epoch = setup.settings, setup.steps_per_epoch
-  state, progress, bank = _restore_or_start(setup, state)
+  start = resume.restore_or_start(setup, state)
+  state, progress, bank = start.state, start.progress, start.bank
+  first_epoch = progress.epoch
   # This session's slice joins those of the sessions before it (a checkpoint of an earlier
   # version knows none: only the slices from here on are recorded).
   progress.add_compute_slice(compute_slice())
   total_steps = settings.num_epochs * steps_per_epoch
-  eta = reporting.Eta(total_steps, progress.epoch * steps_per_epoch)
+  eta = reporting.Eta(total_steps, progress.epoch * steps_per_epoch + start.step_in_epoch)
   report = reporting.EpochProgress(
     eta, steps_per_epoch, settings.batch_size, settings.num_epochs, settings.log_every_seconds
   )
@@ -232,7 +240,8 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
   proxy_rounds.run_due(setup, state, bank, progress, eta)
   for epoch in range(progress.epoch, settings.num_epochs):
     epoch_started = time.time()
-    state, totals = train_epoch(setup, state, bank, epoch, report)
+    resumed = start if epoch == first_epoch and start.step_in_epoch else None
+    state, totals = train_epoch(setup, state, bank, epoch, report, progress, resumed)
     train_metrics = jax.device_get(totals)  # The epoch's one wait on the device.
     seconds = time.time() - epoch_started
     _stop_if_diverged(setup, train_metrics, epoch)
@@ -253,65 +262,52 @@ def _train(setup: Setup, state, started: float) -> records.Summary:
       or proxied
       or epoch + 1 == settings.num_epochs
     ):
-      item, files = bank.checkpoint_item()
-      meta = {**progress.to_json(), proxy_bank.FILES_KEY: files}
-      setup.ckpt.save(progress.epoch, state, meta, item)
+      resume.save_epoch(setup, state, progress, bank)
   return _finish(setup, state, bank, progress, elapsed_before + time.time() - started)
 
 
-def _restore_or_start(setup: Setup, state):
-  """(state, progress, bank) of the newest intact checkpoint, or fresh ones (header logged)."""
-  # Damaged newer checkpoints are set aside; `steps_per_epoch` checks the state's step.
-  restored = setup.ckpt.restore_newest(state, setup.steps_per_epoch)
-  bank_folder = os.path.join(setup.workdir, proxy_bank.FOLDER)
-  warning = setup.ckpt.space_warning(
-    state, setup.settings.keep_checkpoints, None if restored is None else restored.bank
-  )
-  if warning:
-    logging.warning(warning)
-  if restored is None:
-    reporting.write_run_header(
-      setup.writer, setup.settings, setup.dataset, state, setup.workdir, setup.frozen
-    )
-    return state, records.RunProgress(), proxy_bank.ProxyBank(bank_folder)
-  state = restored.state
-  meta = dict(restored.meta)
-  files = meta.pop(proxy_bank.FILES_KEY, [])
-  progress = records.RunProgress.from_json(meta)
-  bank = proxy_bank.ProxyBank.from_checkpoint(restored.bank, files, bank_folder)
-  logging.info(
-    "Resumed from %s at epoch %d (%d proxy steps done, bank of %d).",
-    setup.ckpt.directory,
-    progress.epoch,
-    progress.proxy_steps_done,
-    len(bank),
-  )
-  return state, progress, bank
+def train_epoch(
+  setup: Setup,
+  state,
+  bank: proxy_bank.ProxyBank,
+  epoch: int,
+  report,
+  progress: records.RunProgress | None = None,
+  resumed: resume.Start | None = None,
+):
+  """Dispatches the epoch's steps without waiting on any; returns (state, metrics on device).
 
-
-def train_epoch(setup: Setup, state, bank: proxy_bank.ProxyBank, epoch: int, report):
-  """Dispatches the epoch's steps without waiting on any; returns (state, metrics on device)."""
+  `resumed`: the epoch's first steps are done (a checkpoint within it); their metrics join the
+  rest. With `progress` and `checkpoint_every_steps` = k, the run is saved every k steps.
+  """
   settings, split = setup.settings, setup.dataset.train
   order = data.epoch_order(len(split), settings.seed, epoch)
   swap, is_proxy = (bank.swap, bank.holds) if len(bank) else (None, None)
-  step, totals = epoch * setup.steps_per_epoch, None
+  done = resumed.step_in_epoch if resumed is not None else 0
+  saved_metrics = resumed.metrics if resumed is not None else None
+  step, totals, every = epoch * setup.steps_per_epoch + done, None, settings.checkpoint_every_steps
   report.start_epoch()
-  workers = settings.data.stream_workers  # Decoding processes, when the split is streamed.
   batches = data.batches(
     split,
     settings.batch_size,
     order,
+    start=done,
     swap=swap,
     is_proxy=is_proxy,
-    workers=workers,
+    workers=settings.data.stream_workers,  # Decoding processes, when the split is streamed.
     process=(jax.process_index(), jax.process_count()),
   )
   for batch in prefetch(batches):
     batch = to_global(batch, setup.batch_sharding, settings.batch_size)
     state, batch_metrics = setup.train_fn(state, batch, setup.step_key)
+    if saved_metrics is not None:  # The metrics of the steps before the checkpoint come first.
+      totals, saved_metrics = resume.metrics_of(saved_metrics, jax.device_get(batch_metrics)), None
     totals = batch_metrics if totals is None else merge_metrics(totals, batch_metrics)
     step += 1
     report(step)
+    done += 1
+    if every and progress is not None and done % every == 0 and done < setup.steps_per_epoch:
+      resume.save_within_epoch(setup.within_ckpt, state, progress, bank, done, totals)
   return state, totals
 
 
