@@ -165,7 +165,7 @@ def decode_part():
     index = packed.pack_folder(root, pack_dir)
     count = min(FLAGS.count, len(index["names"]))
     images = packed.open_pack(pack_dir, index, STORED)
-    blobs = [images._source[i] for i in range(count)]  # pylint: disable=protected-access
+    blobs = [images._read(i) for i in range(count)]  # pylint: disable=protected-access
     cached = np.lib.format.open_memmap(
       os.path.join(scratch, "cache.npy"), "w+", np.uint8, (count, STORED, STORED, 3)
     )

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from proxy_jax.core import digests, io_utils, parallel
-from proxy_jax.data import packed, splits
+from proxy_jax.data import packed, splits, tfds_records
 
 # The package's decoding API (decode.py): what readers of a dataset's files call.
 from proxy_jax.data.decode import (
@@ -60,16 +60,21 @@ PIPELINES = (AUTO_PIPELINE, "cache", "stream")
 
 
 def auto_pipeline(settings) -> str:
-  """ "stream" for an image folder whose decoded cache would exceed `data.max_cache_gb`, else
-  "cache" (the digits and TFDS datasets are always cached)."""
+  """ "stream" for an image folder, or a TFDS dataset prepared as ArrayRecord, whose decoded
+  cache would exceed `data.max_cache_gb`, else "cache" (the digits are always cached)."""
   data = settings.data
-  if data.source != "folder":
+  if data.source == "folder":
+    if packed.is_pack(data.path):
+      return "stream"
+    count = sum(len(list_files(p)) for p in (data.path, data.test_path) if p)
+  elif data.source == "tfds":
+    count = tfds_records.prepared_count(
+      data.name, data.tfds_data_dir, [data.train_split, data.test_split]
+    )
+  else:
     return "cache"
-  if packed.is_pack(data.path):
-    return "stream"
-  files = sum(len(list_files(p)) for p in (data.path, data.test_path) if p)
   side = stored_size(settings)
-  return "stream" if files * side * side * 3 > data.max_cache_gb * 1e9 else "cache"
+  return "stream" if count * side * side * 3 > data.max_cache_gb * 1e9 else "cache"
 
 
 def stored_size(settings) -> int:
@@ -115,9 +120,6 @@ class Dataset:
   skipped_files: list[dict]  # {"path": ..., "reason": ...} per file that was not used.
 
 
-# ---------------------------------------------------------------- decoding
-
-
 # ---------------------------------------------------------------- caching
 
 
@@ -142,6 +144,8 @@ def _cache_key(settings, which: str, side: bool = True) -> str:
       # A broken link has no target to stat; it is keyed (and later skipped) as itself.
       stat = os.stat(path) if os.path.exists(path) else os.lstat(path)
       parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+  if data.source == "tfds":  # Another split of the same dataset is other images.
+    parts.append(data.train_split if which == "pool" else data.test_split)
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -237,6 +241,29 @@ def packed_pool(
   return Pool(images, labels[kept], class_names, index["skipped"])
 
 
+def tfds_stream_pool(settings, cache_dir: str, which: str, split: str) -> Pool:
+  """The stream pipeline's pool of a TFDS split prepared as ArrayRecord (`tfds_records`); its
+  labels cached as the decoded cache is keyed, its images decoded only when indexed."""
+  data = settings.data
+  key = _cache_key(settings, which, side=False)
+  labels_path = os.path.join(cache_dir, f"{data.name}-{which}-labels-{key}.json")
+  os.makedirs(cache_dir, exist_ok=True)
+  records, labels, class_names = tfds_records.split_records(
+    data.name, split, data.tfds_data_dir, labels_path, data.decode_workers
+  )
+  images = tfds_records.images_of(records, len(labels), stored_size(settings))
+  return Pool(images, labels, class_names, [])
+
+
+def _tfds_pool(data, split: str, size: int) -> Pool:
+  """The cache's pool of a TFDS split: read by TensorFlow, or by `tfds.data_source` when the
+  dataset is prepared as ArrayRecord (which TensorFlow's reader cannot read)."""
+  prepared = tfds_records.builder(data.name, data.tfds_data_dir, array_record=False)
+  if tfds_records.is_array_record(prepared):
+    return tfds_records.decoded_pool(split, prepared, size, data.decode_workers)
+  return load_tfds_pool(data.name, split, size, data.tfds_data_dir, data.decode_workers)
+
+
 def _take(pool: Pool, indices: np.ndarray) -> Split:
   if isinstance(pool.images, packed.PackedImages):  # Streamed: rows are decoded when read.
     return Split(pool.images.take(indices), pool.labels[indices], indices.astype(np.int32))
@@ -284,19 +311,17 @@ def _pools(settings, cache_dir: str) -> tuple[Pool, Pool | None]:
           data.test_path, size, data.label_regex, workers, class_names=pool.class_names
         ),
       )
+  elif data.pipeline == "stream":
+    pool = tfds_stream_pool(settings, cache_dir, "pool", data.train_split)
+    if data.test_split:
+      test_pool = tfds_stream_pool(settings, cache_dir, "test", data.test_split)
   else:
     pool = cached_pool(
-      settings,
-      cache_dir,
-      "pool",
-      lambda: load_tfds_pool(data.name, data.train_split, size, data.tfds_data_dir, workers),
+      settings, cache_dir, "pool", lambda: _tfds_pool(data, data.train_split, size)
     )
     if data.test_split:
       test_pool = cached_pool(
-        settings,
-        cache_dir,
-        "test",
-        lambda: load_tfds_pool(data.name, data.test_split, size, data.tfds_data_dir, workers),
+        settings, cache_dir, "test", lambda: _tfds_pool(data, data.test_split, size)
       )
   return pool, test_pool
 

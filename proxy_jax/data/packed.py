@@ -7,8 +7,9 @@ of an ArrayRecord shard, with `index.json` (labels, class names, paths, skipped 
 keeps the files' own encoding, so a pack serves any stored side and any training size.
 
 `PackedImages` stands where the cache's uint8 array stands (`Split.images`): indexing it with a
-row, a slice or an index array decodes just those records (grain's `ArrayRecordDataSource`, the
-same `decode.fit_image` as the cache, so its pixels equal the cache's bit for bit), `take`
+row, a slice or an index array decodes just those records (of a pack, read by grain's
+`ArrayRecordDataSource`, or of a TFDS split prepared as ArrayRecord, read by `tfds.data_source`;
+the same `decode.fit_image` as the cache, so its pixels equal the cache's bit for bit), `take`
 narrows it to a split's rows and `center` gives the evaluation view, all without decoding
 anything. `batch_arrays` decodes the batches of an epoch through grain, in `workers` processes
 (`mp_prefetch`) or in this one: the same arrays either way, since decoding draws nothing.
@@ -89,22 +90,52 @@ def decode_record(data: bytes, side: int, crop: int | None = None) -> np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
-class PackedImages:
-  """A lazy uint8 (N, S, S, 3) array over a pack: rows decode when they are indexed."""
+class PackFiles:
+  """The records of a pack: each image file's bytes, in its ArrayRecord shards."""
 
   shard_paths: tuple[str, ...]
+
+  def open(self):
+    import grain  # pylint: disable=g-import-not-at-top
+
+    source = grain.sources.ArrayRecordDataSource(list(self.shard_paths))
+    return source.__getitem__
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSplit:
+  """The records of a TFDS split prepared as ArrayRecord: each example's encoded image bytes,
+  read by `tfds.data_source` without TensorFlow (TFDS's own decoding skipped)."""
+
+  directory: str  # The prepared dataset's folder (name/version), found without a registry.
+  split: str
+
+  def open(self):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    builder = tfds.builder_from_directory(self.directory)
+    source = builder.as_data_source(
+      split=self.split, decoders={"image": tfds.decode.SkipDecoding()}
+    )
+    return lambda index: source[index]["image"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedImages:
+  """A lazy uint8 (N, S, S, 3) array over image records (a pack, or a TFDS split): rows
+  decode when they are indexed."""
+
+  records: PackFiles | TfdsSplit
   side: int
   rows: np.ndarray  # Record index of each row.
   crop: int | None = None
 
   @functools.cached_property
-  def _source(self):
-    import grain  # pylint: disable=g-import-not-at-top
+  def _read(self):
+    return self.records.open()
 
-    return grain.sources.ArrayRecordDataSource(list(self.shard_paths))
-
-  def __getstate__(self):  # The grain source reopens in each worker process.
-    return {k: v for k, v in self.__dict__.items() if k != "_source"}
+  def __getstate__(self):  # The reader reopens in each worker process.
+    return {k: v for k, v in self.__dict__.items() if k != "_read"}
 
   def __setstate__(self, state):
     self.__dict__.update(state)
@@ -122,11 +153,11 @@ class PackedImages:
 
   def __getitem__(self, key) -> np.ndarray:
     if isinstance(key, (int, np.integer)):
-      return decode_record(self._source[int(self.rows[key])], self.side, self.crop)
+      return decode_record(self._read(int(self.rows[key])), self.side, self.crop)
     records = self.rows[key]
     out = np.empty((len(records), *self.shape[1:]), np.uint8)
     for i, record in enumerate(records):
-      out[i] = decode_record(self._source[int(record)], self.side, self.crop)
+      out[i] = decode_record(self._read(int(record)), self.side, self.crop)
     return out
 
   def __array__(self, dtype=None, copy=None):
@@ -159,4 +190,4 @@ def batch_arrays(images: PackedImages, chosen_per_batch: list[np.ndarray], worke
 
 def open_pack(pack_dir: str, index: dict, side: int) -> PackedImages:
   shards = tuple(os.path.join(pack_dir, s) for s in index["shards"])
-  return PackedImages(shards, side, np.arange(len(index["names"]), dtype=np.int64))
+  return PackedImages(PackFiles(shards), side, np.arange(len(index["names"]), dtype=np.int64))

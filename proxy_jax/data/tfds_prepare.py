@@ -69,6 +69,9 @@ def prepare_tfds(builder) -> None:
     manual = os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
     if not os.path.isdir(manual) or not os.listdir(manual):
       raise _unavailable(builder, f"needs a manual download, but {manual} is empty")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  tf.config.set_visible_devices([], "GPU")  # Preparing runs TensorFlow: keep it off the GPUs.
   try:
     with _probed_downloads():
       builder.download_and_prepare()
