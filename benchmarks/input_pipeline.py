@@ -34,7 +34,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from proxy_jax import cli, data  # noqa: E402
-from proxy_jax.config import settings as config_settings  # noqa: E402
+from proxy_jax.config import recorded, settings as config_settings  # noqa: E402
 from proxy_jax.core import parallel  # noqa: E402
 from proxy_jax.data import packed  # noqa: E402
 from proxy_jax.run import checkpoints, proxy_bank, steps, train  # noqa: E402
@@ -84,6 +84,7 @@ def loader_part():
     if not settings.data.cache_dir:
       cache = os.path.join(workdir, "cache")
       settings = config_settings.with_fields(settings, {"data.cache_dir": cache})
+    settings = recorded.resolve_auto_fields(settings, workdir)  # The stored side, the pipeline.
     dataset = data.load_dataset(settings, workdir)
     split = dataset.train
     bank = proxy_bank.ProxyBank(os.path.join(workdir, "bank"))

@@ -17,7 +17,7 @@ from proxy_jax import data
 from proxy_jax.config import checks, recorded
 from proxy_jax.core.errors import ConfigError
 from proxy_jax.data import packed
-from proxy_jax.run import train
+from proxy_jax.run import dispatch, proxy_bank, train
 from tests.conftest import ROOT, make_tiny_config, settings_of
 from tests.test_data import _folder_config, _make_folder, _photo
 
@@ -74,9 +74,17 @@ def test_zero_and_two_workers_give_the_same_batches(tmp_path):
   for a, b in zip(alone, pooled):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
-  # A proxy bank swaps into batches decoded by workers as into any other.
-  swapped = next(data.batches(train_split, 4, order, swap=lambda ids, x: x * 0, workers=2))
-  assert not swapped["image"].any()
+  # The proxy bank (on disk) swaps its proxies in within the workers, as in this process.
+  bank = proxy_bank.ProxyBank(str(tmp_path / "bank"))
+  ids = np.array([1, 4, 6])
+  bank.store(ids, np.zeros((3, *train_split.images.shape[1:]), np.uint8), label="step-0000")
+  here = list(data.batches(train_split, 4, order, swap=bank.swap, is_proxy=bank.holds))
+  there = list(data.batches(train_split, 4, order, swap=bank.swap, is_proxy=bank.holds, workers=2))
+  for a, b in zip(here, there, strict=True):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["is_proxy"], b["is_proxy"])
+    assert not a["image"][a["is_proxy"]].any() and a["image"][~a["is_proxy"]].any()
+  assert sum(int((b["is_proxy"] & (b["mask"] > 0)).sum()) for b in there) == 3
 
 
 class _RecordingImages:
@@ -219,3 +227,22 @@ def test_a_streamed_run_trains_exactly_as_a_cached_one(tmp_path):
   assert strip(streamed["history"]) == strip(cached["history"])
   assert streamed["test"] == cached["test"] and streamed["bank_size"] == cached["bank_size"]
   assert streamed["config"]["data"]["pipeline"] == "stream"
+
+
+def test_a_start_within_the_epoch_equals_grains_own_restored_iterator(tmp_path):
+  """The loop resumes an epoch at (seed, epoch, step); grain's iterator checkpoint agrees."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  root, _ = _photos(tmp_path)
+  split = _dataset(tmp_path, root, "stream").train
+  order = data.epoch_order(len(split), 4, 1)
+  chosen = [order[rows] for rows, _ in dispatch.padded_chunks(len(order), 4)]
+  dataset = grain.MapDataset.source(chosen).map(lambda rows: split.images[rows])
+  running = iter(dataset.to_iter_dataset())
+  next(running), next(running)
+  restored = iter(dataset.to_iter_dataset())
+  restored.set_state(running.get_state())
+  ours = list(data.batches(split, 4, order, start=2))
+  assert len(ours) == len(chosen) - 2
+  for theirs, batch in zip(restored, ours, strict=True):
+    np.testing.assert_array_equal(theirs, batch["image"])

@@ -386,20 +386,20 @@ def batches(
   default is the whole batch.
   `swap(ids, images)` replaces images by id (the proxy bank) before augmentation, and
   `is_proxy(ids)` says which were replaced (bool per row; all False without it). `start` skips
-  batches (resume). A streamed split's images are decoded by grain in `workers` processes
-  (0: in this one), the same arrays either way.
+  batches (resume). A streamed split's images are decoded, and swapped, by grain in `workers`
+  processes (0: in this one), the same arrays either way.
   """
   order = np.arange(len(split)) if order is None else order
   chunks = list(dispatch.padded_chunks(len(order), batch_size))[start:]
   share = parallel.process_share(np.arange(batch_size), process)
   chosen_rows = [order[rows][share] for rows, _ in chunks]
-  if isinstance(split.images, packed.PackedImages):
-    decoded = packed.batch_arrays(split.images, chosen_rows, workers)
+  if isinstance(split.images, packed.PackedImages):  # Decoded and swapped in the workers.
+    decoded = packed.batch_arrays(split.images, chosen_rows, workers, swap)
   else:
     decoded = (split.images[chosen] for chosen in chosen_rows)
-  for (_, valid), chosen, images in zip(chunks, chosen_rows, decoded):
     if swap is not None:
-      images = swap(chosen, images)
+      decoded = (swap(chosen, images) for chosen, images in zip(chosen_rows, decoded))
+  for (_, valid), chosen, images in zip(chunks, chosen_rows, decoded):
     mask = (np.arange(batch_size) < valid).astype(np.float32)[share]
     proxied = (
       np.asarray(is_proxy(chosen), bool) if is_proxy is not None else np.zeros(len(chosen), bool)

@@ -170,17 +170,21 @@ class PackedImages:
     return dataclasses.replace(self, crop=image_size)
 
 
-def _decode_rows(images: PackedImages, chosen: np.ndarray) -> np.ndarray:
-  return images[chosen]
+def _decode_rows(images: PackedImages, swap, chosen: np.ndarray) -> np.ndarray:
+  decoded = images[chosen]
+  return decoded if swap is None else swap(chosen, decoded)
 
 
-def batch_arrays(images: PackedImages, chosen_per_batch: list[np.ndarray], workers: int):
-  """Yields `images[chosen]` for each batch, decoded in `workers` grain processes (0: here)."""
+def batch_arrays(images: PackedImages, chosen_per_batch: list[np.ndarray], workers: int, swap=None):
+  """Yields `images[chosen]` for each batch, decoded in `workers` grain processes (0: here),
+  with `swap(ids, images)` (the proxy bank's) applied there too."""
   import grain  # pylint: disable=g-import-not-at-top
 
   if not flags.FLAGS.is_parsed():  # grain reads its absl flags; a library caller has none.
     flags.FLAGS.mark_as_parsed()
-  dataset = grain.MapDataset.source(chosen_per_batch).map(functools.partial(_decode_rows, images))
+  dataset = grain.MapDataset.source(chosen_per_batch).map(
+    functools.partial(_decode_rows, images, swap)
+  )
   iterator = dataset.to_iter_dataset()
   if workers > 0:
     iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))

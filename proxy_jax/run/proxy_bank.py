@@ -78,6 +78,18 @@ class ProxyBank:
       self._open(name)
       self._where.update((int(ids[i]), (name, row)) for row, i in enumerate(share))
 
+  def __getstate__(self):  # A stream's worker processes map the files again themselves.
+    if self.folder is None:
+      return self.__dict__
+    return {k: v for k, v in self.__dict__.items() if k != "_files"}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    if "_files" not in state:
+      self._files = {
+        name: np.load(os.path.join(self.folder, name), mmap_mode="r") for name in self._sums
+      }
+
   def _open(self, name: str, checksum: str | None = None) -> None:
     path = os.path.join(self.folder, name)
     if not os.path.exists(path):
