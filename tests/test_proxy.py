@@ -687,6 +687,12 @@ def test_a_kill_within_an_epoch_resumes_from_its_step_and_ends_equal(
     resumed = train.train_and_evaluate(make_tiny_config(**overrides), workdir)
   assert comparable(resumed) == comparable(straight)
   assert "at epoch 1, step 4 of epoch 2" in caplog.text
+  # The newest checkpoint within an epoch (step 4 of epoch 3) is older than the final one.
+  os.remove(os.path.join(workdir, "summary.json"))
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    again = train.train_and_evaluate(make_tiny_config(**overrides), workdir)
+  assert "at epoch 3 (" in caplog.text and comparable(again) == comparable(straight)
   config = make_tiny_config(**RESUME_OVERRIDES)
   (_, bank_a), (_, bank_b) = final_bank(straight_dir, config), final_bank(workdir, config)
   np.testing.assert_array_equal(bank_a["images"], bank_b["images"])
