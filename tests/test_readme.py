@@ -28,6 +28,7 @@ ABSL = {
   "proxy_jax.study": "proxy_jax.study.__main__",
   "proxy_jax.batch_size": "proxy_jax.batch_size",
   "proxy_jax.aggregate": "proxy_jax.aggregate",
+  "proxy_jax.pack": "proxy_jax.pack",
 }
 ARGPARSE = {"proxy_jax.convert"}
 PARSE = """

@@ -6,6 +6,7 @@ exactly as one that caches.
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from proxy_jax import data
 from proxy_jax.config import checks, recorded
 from proxy_jax.core.errors import ConfigError
-from proxy_jax.data import packed
+from proxy_jax.data import decode, packed
 from proxy_jax.run import dispatch, proxy_bank, train
 from tests.conftest import ROOT, make_tiny_config, settings_of
 from tests.test_data import _folder_config, _make_folder, _photo
@@ -246,3 +247,15 @@ def test_a_start_within_the_epoch_equals_grains_own_restored_iterator(tmp_path):
   assert len(ours) == len(chosen) - 2
   for theirs, batch in zip(restored, ours, strict=True):
     np.testing.assert_array_equal(theirs, batch["image"])
+
+
+def test_packing_a_folder_logs_its_progress(tmp_path, monkeypatch, caplog):
+  root, _ = _photos(tmp_path)
+  monkeypatch.setattr(decode, "PROGRESS_SECONDS", 0.0)
+  with caplog.at_level(logging.INFO):
+    packed.pack_folder(str(root), str(tmp_path / "pack"))
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("packing")]
+  assert lines and all("files/s" in line and "left" in line for line in lines)
+  index = packed.read_index(str(tmp_path / "pack"))
+  total = len(index["paths"]) + len(index["unreadable_names"])  # Every labelled file.
+  assert f"of {total} files" in lines[-1] and f"{total} of {total}" not in lines[-1]

@@ -8,13 +8,18 @@ torchvision's Resize(S) + CenterCrop(S). `proxy_jax.data` caches pools and split
 import dataclasses
 import os
 import re
+import time
 from concurrent import futures
+
+from absl import logging
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from proxy_jax.core.errors import DataError, MissingPathError
 from proxy_jax.data import tfds_prepare
+
+PROGRESS_SECONDS = 10.0
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:
@@ -69,18 +74,45 @@ def load_image_file(path: str, image_size: int) -> np.ndarray | None:
   return decode_image_file(path, image_size)[0]
 
 
-def decode_all(paths: list[str], image_size: int, workers: int):
-  """Decodes files in parallel; returns (images, kept_mask, skip reason per path)."""
+def decode_all(paths: list[str], image_size: int, workers: int, what: str = "decoding"):
+  """Decodes files in parallel; returns (images, kept_mask, skip reason per path). A long run
+  logs its progress (`what`: the task's name in those lines)."""
   images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
   kept = np.zeros(len(paths), bool)
   reasons = [""] * len(paths)
+  progress = Progress(what, len(paths))
   with futures.ThreadPoolExecutor(max(1, workers)) as pool:
     decoded = pool.map(lambda p: decode_image_file(p, image_size), paths)
     for index, (image, reason) in enumerate(decoded):
       if image is not None:
         images[index], kept[index] = image, True
       reasons[index] = reason
+      progress(index + 1)
   return images, kept, reasons
+
+
+class Progress:
+  """A progress line every PROGRESS_SECONDS of a long task: done/total, rate, time left."""
+
+  def __init__(self, what: str, total: int):
+    self.what, self.total = what, total
+    self.started = self.last = time.time()
+
+  def __call__(self, done: int) -> None:
+    now = time.time()
+    if now - self.last < PROGRESS_SECONDS or done == self.total:
+      return
+    self.last = now
+    rate = done / max(now - self.started, 1e-9)
+    logging.info(
+      "%s: %d of %d files (%.0f%%), %.0f files/s, about %.0f s left",
+      self.what,
+      done,
+      self.total,
+      100 * done / self.total,
+      rate,
+      (self.total - done) / rate,
+    )
 
 
 # ---------------------------------------------------------------- sources
@@ -166,7 +198,7 @@ def load_folder_pool(
 ) -> Pool:
   """Class-per-subfolder (or regex-labelled flat) folder; bad files are skipped and counted."""
   paths, names, unlabelled, found = label_files(root, label_regex)
-  images, kept, reasons = decode_all(paths, image_size, workers)
+  images, kept, reasons = decode_all(paths, image_size, workers, f"decoding {root}")
   class_names, labels = class_labels(root, names, kept, found, class_names)
   skipped = [
     {"path": p, "reason": r} for p, k, r in zip(paths, kept, reasons) if not k

@@ -40,7 +40,7 @@ def pack_folder(root: str, out_dir: str, label_regex: str = "", workers: int = 8
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
   paths, names, unlabelled, class_names = decode.label_files(root, label_regex)
-  _, kept, reasons = decode.decode_all(paths, _CHECK_SIDE, workers)
+  _, kept, reasons = decode.decode_all(paths, _CHECK_SIDE, workers, f"packing {root}")
   os.makedirs(out_dir, exist_ok=True)
   chosen = [i for i, k in enumerate(kept) if k]
   shards = []
