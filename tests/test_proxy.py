@@ -683,14 +683,14 @@ def test_a_kill_within_an_epoch_resumes_from_its_step_and_ends_equal(
   steps_per_epoch = data.num_batches(straight["num_examples"]["train"], 32)  # Batch size 32.
   within = os.listdir(os.path.join(workdir, resume.WITHIN_EPOCH_FOLDER))
   assert str(steps_per_epoch + 4) in within  # The newest: step 4 of epoch 2.
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     resumed = train.train_and_evaluate(make_tiny_config(**overrides), workdir)
   assert comparable(resumed) == comparable(straight)
   assert "at epoch 1, step 4 of epoch 2" in caplog.text
   # The newest checkpoint within an epoch (step 4 of epoch 3) is older than the final one.
   os.remove(os.path.join(workdir, "summary.json"))
   caplog.clear()
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     again = train.train_and_evaluate(make_tiny_config(**overrides), workdir)
   assert "at epoch 3 (" in caplog.text and comparable(again) == comparable(straight)
   config = make_tiny_config(**RESUME_OVERRIDES)

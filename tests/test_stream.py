@@ -252,7 +252,7 @@ def test_a_start_within_the_epoch_equals_grains_own_restored_iterator(tmp_path):
 def test_packing_a_folder_logs_its_progress(tmp_path, monkeypatch, caplog):
   root, _ = _photos(tmp_path)
   monkeypatch.setattr(decode, "PROGRESS_SECONDS", 0.0)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     packed.pack_folder(str(root), str(tmp_path / "pack"))
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("packing")]
   assert lines and all("files/s" in line and "left" in line for line in lines)
