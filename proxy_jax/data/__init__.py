@@ -399,7 +399,8 @@ def batches(
     decoded = (split.images[chosen] for chosen in chosen_rows)
     if swap is not None:
       decoded = (swap(chosen, images) for chosen, images in zip(chosen_rows, decoded))
-  for (_, valid), chosen, images in zip(chunks, chosen_rows, decoded):
+  # The decoded batches first: zip runs them to their end, which releases their workers.
+  for images, (_, valid), chosen in zip(decoded, chunks, chosen_rows):
     mask = (np.arange(batch_size) < valid).astype(np.float32)[share]
     proxied = (
       np.asarray(is_proxy(chosen), bool) if is_proxy is not None else np.zeros(len(chosen), bool)

@@ -188,8 +188,13 @@ def batch_arrays(images: PackedImages, chosen_per_batch: list[np.ndarray], worke
   iterator = dataset.to_iter_dataset()
   if workers > 0:
     iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  for images in iterator:  # Arrays from worker processes may be read-only views.
-    yield images if images.flags.writeable else np.array(images)
+  for images in iterator:
+    # Arrays from worker processes are views of shared memory, released when the view is
+    # dropped: copy into a plain array and drop the view here, not at interpreter exit (when
+    # the release fails and the memory leaks).
+    batch = np.array(images)
+    del images
+    yield batch
 
 
 def open_pack(pack_dir: str, index: dict, side: int) -> PackedImages:
