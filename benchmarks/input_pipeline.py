@@ -10,16 +10,15 @@ loader: the loader's images/s (read the batch, swap a 20% proxy bank in, transfe
 decode: images/s per core on a folder of JPEGs, alternating the variants in every round:
   the stream's decode to the stored side (256) in this process and through grain with 1 and 2
   workers (per core = total / workers), the cache's memmapped gather, the swap of banked proxies
-  from the disk bank, and, for reference, host-side decode + RandomResizedCrop to 224 and 128
-  with and without PIL's JPEG `draft` (the pipeline crops in-jit; this is what moving the crop
-  into the workers would reach).
+  from the disk bank, the stream's decode + RandomResizedCrop to 224 and 128 (the workers' crop,
+  `data.stream_crop=workers`) with and without PIL's JPEG `draft`, in this process and through
+  grain with 1 and 2 workers, and the crop of a banked proxy.
 checkpoints: the bytes a proxy run's checkpoints write, bank on disk against the bank inside
   every checkpoint, by real saves, for the bank growth of a recorded run (--summary) stored at
   --side pixels.
 Medians over --repeats rounds; run it on an idle machine.
 """
 
-import io
 import json
 import os
 import statistics
@@ -30,13 +29,13 @@ import time
 from absl import flags
 import jax
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from proxy_jax import cli, data  # noqa: E402
 from proxy_jax.config import recorded, settings as config_settings  # noqa: E402
 from proxy_jax.core import parallel  # noqa: E402
-from proxy_jax.data import packed  # noqa: E402
+from proxy_jax.augment import crop  # noqa: E402
+from proxy_jax.data import crops, packed  # noqa: E402
 from proxy_jax.run import checkpoints, proxy_bank, steps, train  # noqa: E402
 
 DEFAULT_CONFIG = "configs/default.py"
@@ -123,34 +122,9 @@ def loader_part():
 # ---------------------------------------------------------------- decode
 
 
-def random_resized_box(rng, width, height, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-  """torchvision's RandomResizedCrop.get_params: (left, top, w, h) in the image."""
-  area = width * height
-  for _ in range(10):
-    target = area * rng.uniform(*scale)
-    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-    w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
-    if 0 < w <= width and 0 < h <= height:
-      return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
-  side = min(width, height)
-  return (width - side) // 2, (height - side) // 2, side, side
-
-
-def decode_and_crop(blob: bytes, size: int, rng, use_draft: bool) -> np.ndarray:
-  """Host-side decode + RandomResizedCrop to `size` (the reference variant, not the pipeline's).
-  With `use_draft`, a JPEG decodes at the smallest 1/2^k scale that keeps the box >= size."""
-  with Image.open(io.BytesIO(blob)) as image:
-    width, height = image.size
-    left, top, w, h = random_resized_box(rng, width, height)
-    factor = 1
-    if use_draft and image.format == "JPEG":
-      while factor < 8 and min(w, h) / (2 * factor) >= size:
-        factor *= 2
-      image.draft("RGB", (-(-width // factor), -(-height // factor)))
-      factor = width / image.size[0]
-    box = (left / factor, top / factor, (left + w) / factor, (top + h) / factor)
-    crop = image.convert("RGB").resize((size, size), Image.BILINEAR, box=box)
-    return np.asarray(crop)
+def _boxes(count: int, seed: int) -> np.ndarray:
+  """RandomResizedCrop boxes on the stored square, drawn as the train step draws them."""
+  return np.asarray(crop.random_boxes(jax.random.key(seed), count, STORED, STORED))
 
 
 def _rate(fn, count: int) -> float:
@@ -175,48 +149,57 @@ def decode_part():
     banked = np.arange(0, count, 5)
     bank.store(banked, cached[banked], label="step-0000")
     chunks = [np.arange(i, min(i + BATCH, count)) for i in range(0, count, BATCH)]
-    rng = np.random.default_rng(0)
     variants = {
       "stream decode to 256, this process": (lambda: images[np.arange(count)], 1),
       "cache gather (memmap)": (lambda: [np.asarray(cached[c]) for c in chunks], 1),
       "bank swap (20% banked)": (lambda: [bank.swap(c, np.asarray(cached[c])) for c in chunks], 1),
     }
     for size in (224, 128):
-      for use_draft in (False, True):
-        name = f"ref: decode + RandomResizedCrop {size}{' (draft)' if use_draft else ''}"
+      boxes = _boxes(count, size)
+      for use_draft in (True, False):
+        name = f"stream decode + crop to {size}{'' if use_draft else ', no draft'}, here"
         variants[name] = (
-          lambda s=size, d=use_draft: [decode_and_crop(b, s, rng, d) for b in blobs],
+          lambda s=size, b=boxes, d=use_draft: [
+            crops.decode_crop(blob, STORED, box, s, d) for blob, box in zip(blobs, b)
+          ],
           1,
         )
+    variants["banked proxy crop to 224"] = (
+      lambda b=_boxes(count, 224): [crops.crop_square(cached[i], b[i], 224) for i in range(count)],
+      1,
+    )
     rates = {name: [] for name in variants}
-    workers = {1: [], 2: []}
-    starts = {1: [], 2: []}
+    boxes = _boxes(count, 224)
+    crop_224 = packed.WorkerCrops([boxes[c] for c in chunks] * FLAGS.passes, 224)
+    pooled = {(kind, n): [] for kind in ("decode to 256", "decode + crop to 224") for n in (1, 2)}
+    starts = {key: [] for key in pooled}
     for name, (fn, _) in variants.items():  # Warm-up: the page cache.
       fn()
     for _ in range(FLAGS.repeats):
       for name, (fn, _) in variants.items():
         rates[name].append(_rate(fn, count))
-      for number in workers:
-        start, rate = _grain_rate(images, chunks * FLAGS.passes, number)
-        starts[number].append(start)
-        workers[number].append(rate)
+      for kind, number in pooled:
+        worker_crops = crop_224 if "crop" in kind else None
+        start, rate = _grain_rate(images, chunks * FLAGS.passes, number, worker_crops)
+        starts[kind, number].append(start)
+        pooled[kind, number].append(rate)
   print(f"{count} JPEGs of {root}, medians of {FLAGS.repeats} alternating rounds")
   for name, (_, cores) in variants.items():
     total = statistics.median(rates[name])
     print(f"  {name:45s} {total:8.0f} images/s  {total / cores:8.0f} per core")
-  for number in workers:
-    total = statistics.median(workers[number])
-    name = f"stream decode to 256, {number} grain worker{'s' * (number > 1)}"
+  for (kind, number), measured in pooled.items():
+    total = statistics.median(measured)
+    name = f"stream {kind}, {number} grain worker{'s' * (number > 1)}"
     print(
       f"  {name:45s} {total:8.0f} images/s  {total / number:8.0f} per core"
-      f"  (first batch after {statistics.median(starts[number]):.1f} s)"
+      f"  (first batch after {statistics.median(starts[kind, number]):.1f} s)"
     )
 
 
-def _grain_rate(images, chunks, workers: int) -> tuple[float, float]:
+def _grain_rate(images, chunks, workers: int, worker_crops=None) -> tuple[float, float]:
   """(seconds to the first batch, images/s after it) of the stream's worker decode."""
   started = time.perf_counter()
-  iterator = packed.batch_arrays(images, chunks, workers)
+  iterator = packed.batch_arrays(images, chunks, workers, worker_crops=worker_crops)
   next(iterator)
   first = time.perf_counter()
   count = sum(len(batch) for batch in iterator)

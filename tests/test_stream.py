@@ -161,9 +161,11 @@ def test_auto_streams_a_folder_whose_cache_would_exceed_max_cache_gb(tmp_path):
     assert json.load(f)["data"]["pipeline"] == "stream"
 
 
-def test_stream_is_refused_where_there_is_no_folder():
+def test_stream_is_refused_for_the_digits_and_accepted_for_folders_and_tfds():
   with pytest.raises(ConfigError, match="config.data.pipeline='stream' is invalid: the stream"):
     checks.validate(make_tiny_config(**{"data.pipeline": "stream"}))
+  tfds_stream = {"data.source": "tfds", "data.name": "mnist", "data.pipeline": "stream"}
+  checks.validate(make_tiny_config(**tfds_stream))
   with pytest.raises(ConfigError, match="config.data.stream_workers=-1 is invalid"):
     checks.validate(make_tiny_config(**{"data.stream_workers": -1}))
 
@@ -203,8 +205,8 @@ def test_a_folder_packed_ahead_is_read_where_it_is(tmp_path):
 
 @pytest.mark.slow
 def test_a_streamed_run_trains_exactly_as_a_cached_one(tmp_path):
-  """Train with proxy steps and a random resized crop: the histories, banks and test metrics
-  of the two pipelines are equal."""
+  """Train with proxy steps and a random resized crop in the step: the histories, banks and test
+  metrics of the two pipelines are equal."""
   root, _ = _photos(tmp_path)
   summaries = {}
   for pipeline in ("cache", "stream"):
@@ -214,6 +216,7 @@ def test_a_streamed_run_trains_exactly_as_a_cached_one(tmp_path):
         "data.pipeline": pipeline,
         "data.cache_dir": str(tmp_path / pipeline),
         "augment.crop": "random_resized",
+        "data.stream_crop": "step",
         "proxy.enabled": True,
         "proxy.schedule": "1,p,1",
         "batch_size": 4,

@@ -49,6 +49,11 @@ FAMILIES = {
 CROP_STREAM = 0xC409
 
 
+def crop_key(augment_key):
+  """The key the crop draws its boxes from (the stream's workers crop with the same boxes)."""
+  return jax.random.fold_in(augment_key, CROP_STREAM)
+
+
 def _mix_kwargs(name: str, settings) -> dict:
   if name in ("mixup", "cutmix", "saliencymix"):
     return {"alpha": settings.mix_alpha}
@@ -155,11 +160,14 @@ def _exempt_proxies(settings, images, clean, is_proxy):
   return jnp.where(jnp.asarray(is_proxy, bool)[:, None, None, None], clean, images)
 
 
-def make_augment_fn(settings, num_classes: int, image_size: int | None = None):
+def make_augment_fn(
+  settings, num_classes: int, image_size: int | None = None, cropped: bool = False
+):
   """Builds `augment(images_uint8, labels, key, *, is_proxy=None, models=Models())`.
 
   `images_uint8` are stored images (side `data.load_size`); the crop (`augment.crop`) brings
-  them to `image_size` (None: their own side). Returns (normalised model inputs float32
+  them to `image_size` (None: their own side). `cropped`: they arrive already cropped (the
+  stream's workers cut the boxes `crop.random_boxes` draws from `crop_key`), the crop is skipped. Returns (normalised model inputs float32
   (B, H, W, C), soft labels float32 (B, K)). `labels` are int class ids; `is_proxy` (B,) bool
   marks proxied examples, which with `skip_proxies` keep their cropped, flipped and rotated
   image and one-hot label (they may still be pasted into others as a partner). `models` gives
@@ -184,9 +192,10 @@ def make_augment_fn(settings, num_classes: int, image_size: int | None = None):
 
   def augment(images_uint8, labels, key, *, is_proxy=None, models=Models()):
     geometry_key, preserve_key, mix_key = jax.random.split(key, 3)
-    crop_fn = crop.from_settings(settings, image_size or images_uint8.shape[1])
-    cropped = crop_fn(preprocess.to_unit_range(images_uint8), jax.random.fold_in(key, CROP_STREAM))
-    clean = geometry.flip_rotate(cropped, geometry_key, settings.flip, settings.rotation_degrees)
+    unit = preprocess.to_unit_range(images_uint8)
+    if not cropped:
+      unit = crop.from_settings(settings, image_size or unit.shape[1])(unit, crop_key(key))
+    clean = geometry.flip_rotate(unit, geometry_key, settings.flip, settings.rotation_degrees)
     soft = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     maps = saliency.gradient(models.current, clean, labels) if settings.keep_salient else None
     if jsd_views_fn is not None:
@@ -236,15 +245,20 @@ def models_of(state, frozen_apply_fn=None, frozen=None) -> Models:
   return Models(current=saliency.current_model(state), frozen=frozen_model)
 
 
-def preview(state, batch, run_settings, num_classes: int, frozen_apply_fn=None, frozen=None):
+def preview(
+  state, batch, run_settings, num_classes: int, frozen_apply_fn=None, frozen=None, cropped=False
+):
   """The train step's augmentation of one host batch with a fixed key (the run header's grid).
 
   Returns (normalised inputs, soft targets). `frozen_apply_fn` and `frozen` are the frozen
-  saliency model's, when the settings name one (the run layer loads it: `restore.load_frozen`).
+  saliency model's, when the settings name one (the run layer loads it: `restore.load_frozen`);
+  `cropped`: the batch arrived cropped (as in `make_augment_fn`).
   """
 
   def run(state, images, labels, is_proxy, frozen):
-    augment_fn = make_augment_fn(run_settings.augment, num_classes, run_settings.image_size)
+    augment_fn = make_augment_fn(
+      run_settings.augment, num_classes, run_settings.image_size, cropped
+    )
     return augment_fn(
       images,
       labels,

@@ -104,16 +104,22 @@ def resized_crop(image, box, size: int):
   return jnp.clip(out, 0.0, 1.0)
 
 
+def random_boxes(key, count: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """(count, 4) int32 RandomResizedCrop boxes (top, left, h, w), one per image of a batch; the
+  boxes the stream's workers crop with when the crop runs there (`data.stream_crop`)."""
+
+  def one(one_key):
+    uniforms = jax.random.uniform(one_key, (4, TRIES))
+    return box_from_uniforms(uniforms, height, width, scale, ratio)
+
+  return jax.vmap(one)(jax.random.split(key, count))
+
+
 def random_resized_crop(images, key, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
   """RandomResizedCrop(size, scale, ratio) of each image, independently."""
-  _, height, width, _ = images.shape
-  keys = jax.random.split(key, images.shape[0])
-
-  def one(image, one_key):
-    uniforms = jax.random.uniform(one_key, (4, TRIES))
-    return resized_crop(image, box_from_uniforms(uniforms, height, width, scale, ratio), size)
-
-  return jax.vmap(one)(images, keys)
+  count, height, width, _ = images.shape
+  boxes = random_boxes(key, count, height, width, scale, ratio)
+  return jax.vmap(lambda image, box: resized_crop(image, box, size))(images, boxes)
 
 
 def pad_crop(images, key, size: int, padding: int, mode: str = "zero"):

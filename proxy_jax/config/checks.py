@@ -139,11 +139,11 @@ def _validate_data(config):
       "val_fraction + test_fraction must leave training data (< 1)",
     )
   _check_choice(config, "data.pipeline", data.PIPELINES)
-  if config.data.pipeline == "stream" and config.data.source != "folder":
+  if config.data.pipeline == "stream" and config.data.source not in ("folder", "tfds"):
     fail_field(
       "data.pipeline",
       config.data.pipeline,
-      "the stream reads image folders (data.source='folder'); digits and TFDS use the cache",
+      "the stream reads image folders and TFDS datasets; the digits use the cache",
     )
   if config.data.pipeline == "cache" and config.data.source == "folder":
     for field in ("data.path", "data.test_path"):
@@ -152,6 +152,7 @@ def _validate_data(config):
   max_gb = config.data.max_cache_gb
   if not isinstance(max_gb, (int, float)) or isinstance(max_gb, bool) or not max_gb > 0:
     fail_field("data.max_cache_gb", max_gb, "must be a number of gigabytes > 0")
+  _check_choice(config, "data.stream_crop", data.STREAM_CROPS)
   workers = config.data.stream_workers
   if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
     fail_field("data.stream_workers", workers, "must be an integer >= 0 (0 = no worker process)")

@@ -45,6 +45,7 @@ class Data:
   pipeline: str
   max_cache_gb: float
   stream_workers: int
+  stream_crop: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,8 @@ ADDED_WITH_OLD_BEHAVIOUR = {
   "data.load_size": lambda flat, today: flat.get("image_size", today["image_size"]),
   # Every run before the stream pipeline decoded its images into the cache.
   "data.pipeline": lambda flat, today: "cache",
+  # Every streamed run before data.stream_crop cropped in the train step.
+  "data.stream_crop": lambda flat, today: "step",
 }
 # Fields earlier versions recorded that no longer exist; none changed what a run computed.
 RETIRED = ("log_every_steps",)

@@ -77,6 +77,27 @@ def auto_pipeline(settings) -> str:
   return "stream" if count * side * side * 3 > data.max_cache_gb * 1e9 else "cache"
 
 
+# `data.stream_crop` values: where a streamed split's random resized crop runs.
+STREAM_CROPS = ("workers", "step")
+
+
+def crops_in_workers(settings) -> bool:
+  """Whether training batches arrive already cropped to image_size (`data/crops.py`): a
+  streamed split (the resolved pipeline), `data.stream_crop = "workers"` and a random resized
+  crop. The pad and centre crops, and every cached split's crop, stay in the train step."""
+  return (
+    settings.data.pipeline == "stream"
+    and settings.data.stream_crop == "workers"
+    and settings.augment.crop == "random_resized"
+  )
+
+
+def train_batch_side(settings) -> int:
+  """The side of the images the train step gets: image_size when the workers crop, else the
+  stored side."""
+  return int(settings.image_size) if crops_in_workers(settings) else stored_size(settings)
+
+
 def stored_size(settings) -> int:
   """The side images are stored at: `config.data.load_size` resolved.
 
@@ -375,6 +396,7 @@ def batches(
   is_proxy: Callable[[np.ndarray], np.ndarray] | None = None,
   workers: int = 0,
   process: tuple[int, int] = (0, 1),
+  worker_crops: packed.WorkerCrops | None = None,
 ) -> Iterator[dict]:
   """Yields host batches {image uint8, label, id, mask, is_proxy}; "id" is the example's
   position in `split` (the proxy bank's key for training examples).
@@ -387,14 +409,20 @@ def batches(
   `swap(ids, images)` replaces images by id (the proxy bank) before augmentation, and
   `is_proxy(ids)` says which were replaced (bool per row; all False without it). `start` skips
   batches (resume). A streamed split's images are decoded, and swapped, by grain in `workers`
-  processes (0: in this one), the same arrays either way.
+  processes (0: in this one), the same arrays either way; `worker_crops` (a streamed split
+  only) crops them there too, its boxes one (batch_size, 4) array per yielded batch.
   """
   order = np.arange(len(split)) if order is None else order
   chunks = list(dispatch.padded_chunks(len(order), batch_size))[start:]
   share = parallel.process_share(np.arange(batch_size), process)
   chosen_rows = [order[rows][share] for rows, _ in chunks]
+  if worker_crops is not None:
+    if not isinstance(split.images, packed.PackedImages):
+      raise ValueError("the workers crop only a streamed split (data.pipeline=stream)")
+    shares = [boxes[share] for boxes in worker_crops.boxes]
+    worker_crops = dataclasses.replace(worker_crops, boxes=shares)
   if isinstance(split.images, packed.PackedImages):  # Decoded and swapped in the workers.
-    decoded = packed.batch_arrays(split.images, chosen_rows, workers, swap)
+    decoded = packed.batch_arrays(split.images, chosen_rows, workers, swap, is_proxy, worker_crops)
   else:
     decoded = (split.images[chosen] for chosen in chosen_rows)
     if swap is not None:

@@ -22,6 +22,11 @@ from proxy_jax.data import tfds_prepare
 PROGRESS_SECONDS = 10.0
 
 
+def as_rgb8(image: Image.Image) -> Image.Image:
+  """Any PIL image as 8-bit RGB: greyscale (8 or 16 bit), palette, RGBA (alpha dropped), CMYK."""
+  return _to_8_bit(image).convert("RGB")
+
+
 def _to_8_bit(image: Image.Image) -> Image.Image:
   # 16-bit greyscale PNGs open as "I;16*" or "I" with values 0..65535; convert("L") would clip
   # them at 255 (almost all white), so rescale the full 16-bit range instead.
@@ -35,8 +40,7 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
 
 def fit_image(image: Image.Image, size: int) -> np.ndarray:
   """Any PIL image -> uint8 (size, size, 3): RGB, shorter side resized to size, centre crop."""
-  # Greyscale (8 or 16 bit), palette, RGBA (alpha dropped) and CMYK all become plain RGB.
-  image = _to_8_bit(image).convert("RGB")
+  image = as_rgb8(image)
   width, height = image.size
   scale = size / min(width, height)
   new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))

@@ -12,7 +12,8 @@ row, a slice or an index array decodes just those records (of a pack, read by gr
 the same `decode.fit_image` as the cache, so its pixels equal the cache's bit for bit), `take`
 narrows it to a split's rows and `center` gives the evaluation view, all without decoding
 anything. `batch_arrays` decodes the batches of an epoch through grain, in `workers` processes
-(`mp_prefetch`) or in this one: the same arrays either way, since decoding draws nothing.
+(`mp_prefetch`) or in this one: the same arrays either way, since decoding draws nothing (a
+training crop done there, `WorkerCrops`, gets its boxes from the run).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from proxy_jax.core import io_utils
-from proxy_jax.data import decode
+from proxy_jax.data import crops, decode
 
 INDEX_FILE = "index.json"
 SHARD_RECORDS = 1024  # Records per shard: small shards keep a damaged one cheap to rebuild.
@@ -163,6 +164,14 @@ class PackedImages:
   def __array__(self, dtype=None, copy=None):
     return np.asarray(self[np.arange(len(self))], dtype)
 
+  def cropped(self, positions: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (len(positions), size, size, 3): each row's stored-square box (top, left, h, w)
+    cut from its file's own pixels (`crops.decode_crop`)."""
+    out = np.empty((len(positions), size, size, 3), np.uint8)
+    for i, (position, box) in enumerate(zip(positions, boxes)):
+      out[i] = crops.decode_crop(self._read(int(self.rows[position])), self.side, box, size)
+    return out
+
   def take(self, indices: np.ndarray) -> PackedImages:
     return dataclasses.replace(self, rows=self.rows[np.asarray(indices)])
 
@@ -170,21 +179,58 @@ class PackedImages:
     return dataclasses.replace(self, crop=image_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerCrops:
+  """The training crop done in the workers: each batch's boxes (B_local, 4), to side `size`."""
+
+  boxes: list[np.ndarray]
+  size: int
+
+
 def _decode_rows(images: PackedImages, swap, chosen: np.ndarray) -> np.ndarray:
   decoded = images[chosen]
   return decoded if swap is None else swap(chosen, decoded)
 
 
-def batch_arrays(images: PackedImages, chosen_per_batch: list[np.ndarray], workers: int, swap=None):
+def _decode_cropped_rows(images: PackedImages, swap, is_proxy, size: int, item) -> np.ndarray:
+  """A batch cropped to `size`: banked rows from their proxy (`swap` fills stored squares),
+  the rest from their files; no file is read for a banked row."""
+  chosen, boxes = item
+  banked = is_proxy(chosen) if is_proxy is not None else np.zeros(len(chosen), bool)
+  out = np.empty((len(chosen), size, size, 3), np.uint8)
+  if banked.any():
+    squares = swap(chosen[banked], np.empty((int(banked.sum()), *images.shape[1:]), np.uint8))
+    for row, square, box in zip(np.flatnonzero(banked), squares, boxes[banked]):
+      out[row] = crops.crop_square(square, box, size)
+  own = np.flatnonzero(~banked)
+  out[own] = images.cropped(chosen[own], boxes[own], size)
+  return out
+
+
+def batch_arrays(
+  images: PackedImages,
+  chosen_per_batch: list[np.ndarray],
+  workers: int,
+  swap=None,
+  is_proxy=None,
+  worker_crops: WorkerCrops | None = None,
+):
   """Yields `images[chosen]` for each batch, decoded in `workers` grain processes (0: here),
-  with `swap(ids, images)` (the proxy bank's) applied there too."""
+  with `swap(ids, images)` (the proxy bank's) applied there too; with `worker_crops`, each row
+  cut to its box instead (`is_proxy(ids)` says which rows come from the bank)."""
   import grain  # pylint: disable=g-import-not-at-top
 
   if not flags.FLAGS.is_parsed():  # grain reads its absl flags; a library caller has none.
     flags.FLAGS.mark_as_parsed()
-  dataset = grain.MapDataset.source(chosen_per_batch).map(
-    functools.partial(_decode_rows, images, swap)
-  )
+  if worker_crops is None:
+    dataset = grain.MapDataset.source(chosen_per_batch).map(
+      functools.partial(_decode_rows, images, swap)
+    )
+  else:
+    items = list(zip(chosen_per_batch, worker_crops.boxes, strict=True))
+    dataset = grain.MapDataset.source(items).map(
+      functools.partial(_decode_cropped_rows, images, swap, is_proxy, worker_crops.size)
+    )
   iterator = dataset.to_iter_dataset()
   if workers > 0:
     iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))

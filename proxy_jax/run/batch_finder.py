@@ -86,8 +86,9 @@ def is_out_of_memory(error: Exception) -> bool:
 
 
 def dummy_batch(settings, batch_size: int, num_classes: int) -> dict:
-  """A batch as the train step gets it: stored images (side `data.load_size`), not crops."""
-  size = data.stored_size(settings)
+  """A batch as the train step gets it: stored images (side `data.load_size`), or crops when
+  the stream's workers crop (`data.train_batch_side`)."""
+  size = data.train_batch_side(settings)
   return {
     "image": np.zeros((batch_size, size, size, 3), np.uint8),
     "label": (np.arange(batch_size) % num_classes).astype(np.int32),

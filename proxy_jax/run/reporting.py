@@ -19,6 +19,8 @@ import jax
 import numpy as np
 
 from proxy_jax import augment, cams, data
+from proxy_jax.augment import crop
+from proxy_jax.data import packed
 from proxy_jax.config import checks as config_lib
 from proxy_jax.config import settings as config_settings
 from proxy_jax.images import images_grid, preprocess
@@ -49,10 +51,17 @@ def write_run_header(writer, settings, dataset, state, workdir, frozen=(None, No
   count = min(settings.batch_size, settings.num_logged_images)
   if count <= 0:
     return
-  order = data.epoch_order(len(dataset.train), settings.seed, 0)
-  batch = next(data.batches(dataset.train, count, order))
+  order = data.epoch_order(len(dataset.train), settings.seed, 0)[:count]  # The first batch.
+  cropped = data.crops_in_workers(settings)
+  worker_crops = None
+  if cropped:  # The workers cut the boxes the preview's fixed key draws.
+    side, aug = data.stored_size(settings), settings.augment
+    key = augment.crop_key(jax.random.key(0))
+    boxes = crop.random_boxes(key, count, side, side, aug.crop_scale, aug.crop_ratio)
+    worker_crops = packed.WorkerCrops([np.asarray(boxes)], settings.image_size)
+  batch = next(data.batches(dataset.train, count, order, worker_crops=worker_crops))
   num_classes = len(dataset.class_names)
-  inputs, targets = augment.preview(state, batch, settings, num_classes, *frozen)
+  inputs, targets = augment.preview(state, batch, settings, num_classes, *frozen, cropped=cropped)
   pictures = np.clip(np.asarray(preprocess.denormalize(inputs)), 0, 1)
   captions = [images_grid.label_weights_caption(t) for t in np.asarray(targets)]
   captions *= len(pictures) // len(captions)  # AugMix JSD: the clean batch, then two views.

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from proxy_jax import augment, models
+from proxy_jax.augment import crop
 from proxy_jax.images import preprocess
 from proxy_jax.run.step_metrics import EvalMetrics, TrainMetrics
 
@@ -63,6 +64,24 @@ def _loss_fn(params, state, inputs, targets, mask, dropout_key, jsd_weight, labe
   return loss, (logits, per_example, updates)
 
 
+def step_keys(step_key, step):
+  """(augmentation key, dropout key) of global step `step`: the train step's draws."""
+  augment_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, step))
+  return augment_key, dropout_key
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def worker_crop_boxes(step_key, steps, batch_size: int, side: int, scale, ratio):
+  """(len(steps), batch_size, 4) int32: the RandomResizedCrop boxes the train step of each
+  global step draws (for the stream's workers to cut: `data/crops.py`)."""
+
+  def one(step):
+    augment_key, _ = step_keys(step_key, step)
+    return crop.random_boxes(augment.crop_key(augment_key), batch_size, side, side, scale, ratio)
+
+  return jax.vmap(one)(steps)
+
+
 def train_step(
   state,
   batch,
@@ -73,6 +92,7 @@ def train_step(
   label_smoothing: float,
   frozen_apply_fn=None,
   image_size: int | None = None,
+  cropped: bool = False,
 ):
   """One optimiser step on an augmented batch (proxy_jax.augment: crop of the stored images to
   `image_size` (None: their own side), flip/rotation, policy, erasing, mixing, normalisation).
@@ -81,13 +101,14 @@ def train_step(
   `augment.saliency_source` names one.
 
   Train accuracy counts each example's dominant label (the argmax of its soft target: the
-  class that gave the larger share of a mixed image).
+  class that gave the larger share of a mixed image). `cropped`: the batch arrives cropped
+  to `image_size` by the stream's workers, with the boxes this step would draw
+  (`worker_crop_boxes`).
   """
-  key = jax.random.fold_in(key, state.step)
-  augment_key, dropout_key = jax.random.split(key)
+  augment_key, dropout_key = step_keys(key, state.step)
   size = image_size or batch["image"].shape[1]
   augment_fn = augment.make_augment_fn(
-    augment_config, num_classes_of(state, batch["image"][:, :size, :size]), size
+    augment_config, num_classes_of(state, batch["image"][:, :size, :size]), size, cropped
   )
   inputs, targets = augment_fn(
     batch["image"],
@@ -136,9 +157,10 @@ def predict_step(apply_fn, variables, images_uint8):
   return apply_fn(variables, preprocess.eval_inputs(images_uint8))
 
 
-def make_train_step(settings, replicated=None, frozen=(None, None)):
+def make_train_step(settings, replicated=None, frozen=(None, None), cropped: bool = False):
   """The jitted train step `(state, batch, step_key) -> (state, metrics)`, state donated.
 
+  `cropped`: batches arrive cropped by the stream's workers (`data.crops_in_workers`).
   `frozen`: (apply_fn, variables) of the frozen saliency model when `augment.saliency_source`
   names one, loaded once by the run's setup (`restore.load_frozen`); its variables go into the
   step as an argument, not a constant. The factory reads no file.
@@ -150,6 +172,7 @@ def make_train_step(settings, replicated=None, frozen=(None, None)):
     label_smoothing=settings.label_smoothing,
     frozen_apply_fn=frozen_apply_fn,
     image_size=settings.image_size,
+    cropped=cropped,
   )
   jitted = jax.jit(
     step, donate_argnums=0, out_shardings=replicated if replicated is not None else None

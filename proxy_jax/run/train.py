@@ -20,9 +20,11 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 
 from proxy_jax.run import batch_finder
 from proxy_jax import data, models
+from proxy_jax.data import packed
 from proxy_jax.config import recorded
 from proxy_jax.config import settings as config_settings
 from proxy_jax.core import console, errors
@@ -50,8 +52,26 @@ def finder_step_factory(
   model = create_model(settings, num_classes)
   state = create_train_state(settings, model, jax.random.key(0), steps_per_epoch=1)
   return batch_finder.StepFactory(
-    steps.make_train_step(settings, frozen=frozen), jax.device_get(state)
+    steps.make_train_step(settings, frozen=frozen, cropped=data.crops_in_workers(settings)),
+    jax.device_get(state),
   )
+
+
+def crops_for_workers(settings, step_key, first_step: int, count: int):
+  """The crops of `count` steps from global step `first_step` for the stream's workers to cut
+  (the boxes those train steps would draw: `steps.worker_crop_boxes`); None when the crop stays
+  in the step."""
+  if not data.crops_in_workers(settings):
+    return None
+  boxes = steps.worker_crop_boxes(
+    step_key,
+    jnp.arange(first_step, first_step + count),
+    settings.batch_size,
+    data.stored_size(settings),
+    tuple(settings.augment.crop_scale),
+    tuple(settings.augment.crop_ratio),
+  )
+  return packed.WorkerCrops(list(jax.device_get(boxes)), settings.image_size)
 
 
 def evaluate(state, split: data.Split, batch_size: int, eval_fn, batch_sharding) -> dict:
@@ -131,7 +151,7 @@ def _build(settings, workdir: str, dataset: data.Dataset):
     steps_per_epoch=steps_per_epoch,
     lr_fn=lr_fn,
     batch_sharding=batch_sharding,
-    train_fn=steps.make_train_step(settings, replicated, frozen),
+    train_fn=steps.make_train_step(settings, replicated, frozen, data.crops_in_workers(settings)),
     frozen=frozen,
     eval_fn=steps.make_eval_step(),
     predict_fn=steps.make_predict_step(),
@@ -287,6 +307,7 @@ def train_epoch(
   saved_metrics = resumed.metrics if resumed is not None else None
   step, totals, every = epoch * setup.steps_per_epoch + done, None, settings.checkpoint_every_steps
   report.start_epoch()
+  worker_crops = crops_for_workers(settings, setup.step_key, step, setup.steps_per_epoch - done)
   batches = data.batches(
     split,
     settings.batch_size,
@@ -296,6 +317,7 @@ def train_epoch(
     is_proxy=is_proxy,
     workers=settings.data.stream_workers,  # Decoding processes, when the split is streamed.
     process=(jax.process_index(), jax.process_count()),
+    worker_crops=worker_crops,
   )
   for batch in prefetch(batches):
     batch = to_global(batch, setup.batch_sharding, settings.batch_size)
