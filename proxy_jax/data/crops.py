@@ -39,9 +39,7 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
 def stored_region(width: int, height: int, side: int, box) -> tuple[float, ...]:
   """(x0, y0, x1, y1) of the upright original (width x height) that a box of the stored square
   covers: `decode.fit_image`'s resize of the shorter side to `side` and centre cut, inverted."""
-  scale = side / min(width, height)
-  new_w, new_h = max(side, round(width * scale)), max(side, round(height * scale))
-  left, top = (new_w - side) // 2, (new_h - side) // 2
+  new_w, new_h, left, top = decode.fit_geometry(width, height, side)
   along_x, along_y = width / new_w, height / new_h
   box_top, box_left, box_h, box_w = (int(v) for v in box)
   x0, y0 = (box_left + left) * along_x, (box_top + top) * along_y

@@ -38,14 +38,19 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
   return image
 
 
+def fit_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+  """(new_w, new_h, left, top) of `fit_image`: the image resized to new_w x new_h (shorter side
+  `size`), then its size x size square cut at (left, top). `data/crops.py` inverts it."""
+  scale = size / min(width, height)
+  new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+  return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+
+
 def fit_image(image: Image.Image, size: int) -> np.ndarray:
   """Any PIL image -> uint8 (size, size, 3): RGB, shorter side resized to size, centre crop."""
   image = as_rgb8(image)
-  width, height = image.size
-  scale = size / min(width, height)
-  new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+  new_w, new_h, left, top = fit_geometry(*image.size, size)
   image = image.resize((new_w, new_h), Image.BILINEAR)
-  left, top = (new_w - size) // 2, (new_h - size) // 2
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
 
 
