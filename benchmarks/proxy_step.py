@@ -74,7 +74,7 @@ def measure(name: str, subset: float, repeats: int) -> dict:
   def evaluate():
     train.evaluate(state, split, config.eval_batch_size, eval_fn, batch_sharding)
 
-  def proxy_step():
+  def one_step():
     proxy_step.run_proxy_step(
       state,
       split,
@@ -90,11 +90,11 @@ def measure(name: str, subset: float, repeats: int) -> dict:
   for path in ("fused", "two-pass"):
     proxy_step.use_fused_scan = lambda method, subset, forced=(path == "fused"): forced
     try:
-      timed(evaluate), timed(proxy_step)  # Compilation, excluded.
+      timed(evaluate), timed(one_step)  # Compilation, excluded.
       evals, proxy_times = [], []
       for _ in range(repeats):
         evals.append(timed(evaluate))
-        proxy_times.append(timed(proxy_step))
+        proxy_times.append(timed(one_step))
     finally:
       proxy_step.use_fused_scan = use_fused_scan
     results[path] = {

@@ -105,9 +105,19 @@ def reference_step(state, split, bank, config, key, predict_fn, sharding) -> dic
 
 
 def assert_identical(result, expected: dict) -> None:
-  """A `ProxyStepResult` equals `reference_step`'s dict bit for bit."""
+  """A `ProxyStepResult` equals `reference_step`'s dict bit for bit: its ids, its change figures
+  (summed over processes), and the rows of the ids this process holds; the processes' lists
+  partition the chosen ids."""
   assert result.wrong == expected["wrong"]
-  for name in ("ids", "originals", "proxies", "maps"):
+  assert result.ids.dtype == expected["ids"].dtype
+  np.testing.assert_array_equal(result.ids, expected["ids"])
+  np.testing.assert_array_equal(np.sort(np.concatenate(result.owned)), expected["ids"])
+  assert len(result.owned) == jax.process_count()
+  np.testing.assert_array_equal(result.local_ids, result.owned[jax.process_index()])
+  rows = np.searchsorted(expected["ids"], result.local_ids)
+  for name in ("originals", "proxies", "maps"):
     got = getattr(result, name)
     assert got.dtype == expected[name].dtype, name
-    np.testing.assert_array_equal(got, expected[name], err_msg=name)
+    np.testing.assert_array_equal(got, expected[name][rows], err_msg=name)
+  crops = preprocess.center_crop(expected["proxies"], expected["originals"].shape[1])
+  assert result.changes == proxy_step.change_figures(expected["originals"], crops)

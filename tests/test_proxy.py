@@ -273,6 +273,21 @@ def test_change_figures_match_a_direct_count(seed, batch, share):
     )
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 5))
+def test_processes_add_their_change_counts_to_the_figures_of_all(seed, split_at):
+  rng = np.random.default_rng(seed)
+  originals = rng.integers(0, 256, (5, 4, 4, 3), np.uint8)
+  proxies = np.where(rng.random((5, 4, 4, 1)) < 0.3, 255 - originals, originals)
+  halves = [
+    proxy_step.change_counts(originals[part], proxies[part])
+    for part in (slice(None, split_at), slice(split_at, None))
+  ]
+  got = proxy_step.figures_of_counts(halves[0] + halves[1])
+  assert got == proxy_step.change_figures(originals, proxies)
+  assert got == pytest.approx(reference_change(originals, proxies))
+
+
 def test_change_figures_of_no_images_and_mismatched_shapes():
   empty = np.zeros((0, 4, 4, 3), np.uint8)
   assert proxy_step.change_figures(empty, empty) == {
@@ -306,6 +321,19 @@ def test_bank_replaces_never_adds_in_batches():
         assert np.all(image == expected)
   assert sorted(seen) == list(range(10))
   np.testing.assert_array_equal(split.images, images)  # The originals are never overwritten.
+
+
+def test_shares_stored_by_process_lists_and_refused_when_they_disagree(tmp_path):
+  images = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
+  whole, shares = proxy_bank.ProxyBank(str(tmp_path / "a")), proxy_bank.ProxyBank(str(tmp_path))
+  whole.store([3, 8, 9, 12], images, label="step-0000")
+  shares.store_shares([np.array([12, 3, 8, 9])], images[[3, 0, 1, 2]], label="step-0000")
+  for example_id in (3, 8, 9, 12):
+    np.testing.assert_array_equal(shares.get(example_id), whole.get(example_id))
+  with pytest.raises(ValueError, match="3 images for the 4 ids of process 0"):
+    shares.store_shares([np.array([1, 2, 4, 5])], images[:3], label="step-0001")
+  with pytest.raises(ValueError, match="2 id lists for 1 processes"):
+    shares.store_shares([np.array([1]), np.array([2])], images[:1], label="step-0001")
 
 
 @pytest.fixture(scope="module")
@@ -537,14 +565,14 @@ sys.path[:0] = [{root!r}, {tests!r}]
 from conftest import make_tiny_config
 from proxy_jax.run import proxy_bank, train
 overrides = {overrides!r}
-original = proxy_bank.ProxyBank.store
+original = proxy_bank.ProxyBank.store_shares
 
-def store(self, ids, images, replace_all=False, label="memory"):
-  original(self, ids, images, replace_all, label)
+def store_shares(self, owned, images, replace_all=False, label="memory"):
+  original(self, owned, images, replace_all, label)
   if label == "step-0001":  # The second step's files are on disk; its checkpoint is not.
     os.kill(os.getpid(), signal.SIGKILL)
 
-proxy_bank.ProxyBank.store = store
+proxy_bank.ProxyBank.store_shares = store_shares
 train.train_and_evaluate(make_tiny_config(**overrides), sys.argv[1])
 """
 
@@ -741,12 +769,13 @@ import json, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 process_id, port, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 import jax
+from jax.experimental import multihost_utils
 jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_processes=2,
                            process_id=process_id)
 import numpy as np
 from conftest import make_tiny_config
 from proxy_jax.config.settings import with_fields
-from proxy_jax.run import dispatch, proxy_bank, proxy_step, train
+from proxy_jax.run import dispatch, proxy_bank, proxy_rows, proxy_step, train
 from proxy_reference import assert_identical, reference_step
 fed, drains = [], []
 original = dispatch.dispatch
@@ -794,23 +823,39 @@ def finish_and_fuse(setup, state, bank, progress, wall_time_s):
                                      jax.random.key(7), predict_fn=setup.predict_fn,
                                      batch_sharding=setup.batch_sharding)
   fused = proxy_bank.ProxyBank()
-  fused.store(result.ids, result.proxies)
+  fused.store_shares(result.owned, result.proxies)
   # Each pass dispatched whole, then fetched across processes: bit-identical to reading every
   # chunk back (the step before it stayed on the device), fused, two-pass and reused proxies;
   # with a 1-byte buffer too, whose drains read sharded chunks back across processes mid-pass.
-  identical = []
+  # Each process reads and keeps only the chosen examples its devices computed; nothing the
+  # size of an image crosses between processes (only predictions and integer counts).
+  identical, chosen_reads, gathered = [], [], []
+  stored, allgather = proxy_rows.stored_images, multihost_utils.process_allgather
+
+  def recording_stored(split, bank, ids):
+    chosen_reads.extend(np.asarray(ids).tolist())
+    return stored(split, bank, ids)
+
+  def recording_allgather(tree, **options):
+    gathered.extend(np.ndim(leaf) for leaf in jax.tree.leaves(tree))
+    return allgather(tree, **options)
+
+  proxy_rows.stored_images, multihost_utils.process_allgather = recording_stored, recording_allgather
   for subset, reuse, buffer in ((1.0, False, 1024.0), (0.2, False, 1024.0), (0.9, True, 1024.0),
                                 (1.0, False, 1e-6), (0.2, False, 1e-6)):
     config = with_fields(settings, {{"proxy.subset": subset, "proxy.reuse_proxies": reuse,
                                      "proxy.device_buffer_mb": buffer}})
-    drains[:] = []
+    drains[:], chosen_reads[:], gathered[:] = [], [], []
     step = proxy_step.run_proxy_step(state, setup.dataset.train, bank, config,
                                      jax.random.key(7), predict_fn=setup.predict_fn,
                                      batch_sharding=setup.batch_sharding)
+    read_ids, widest = set(chosen_reads), max(gathered)
     assert_identical(step, reference_step(state, setup.dataset.train, bank, config,
                                           jax.random.key(7), setup.predict_fn,
                                           setup.batch_sharding))
-    identical.append([subset, reuse, len(step.ids), sum(drains)])
+    identical.append([subset, reuse, len(step.ids), sum(drains), len(step.local_ids),
+                      len(read_ids - set(step.local_ids.tolist())),
+                      set(step.local_ids.tolist()) <= read_ids, widest])
   np.savez(out + ".npz", run_ids=bank.ids(), run_images=bank.to_arrays()["images"],
            fused_ids=fused.ids(), fused_images=fused.to_arrays()["images"])
   with open(out + ".json", "w") as f:
@@ -887,6 +932,7 @@ def test_two_processes_match_one_process(tmp_path, straight_run):
   for worker in workers:
     assert worker.wait(timeout=420) == 0, worker.stderr.read()[-3000:]
   run_settings = settings_of(config)
+  local_counts = []
   for process, out in enumerate(outs):
     with open(out + ".json") as f:
       result = json.load(f)
@@ -909,6 +955,13 @@ def test_two_processes_match_one_process(tmp_path, straight_run):
     ]
     assert all(row[2] > 0 for row in result["identical"])
     assert [row[3] > 0 for row in result["identical"]] == [False] * 3 + [True] * 2  # Drained.
+    # Each process read the chosen examples it holds and, in the two-pass cases, at most the
+    # padding of the last CAM chunk (repeats of its own rows) besides; each holds about half.
+    for _, _, chosen, _, held, extra, read_all_held, widest in result["identical"]:
+      assert read_all_held and 0 < held < chosen and extra <= chosen - held and widest <= 1
+    assert [row[5] for row in result["identical"]][::3] == [0, 0]  # Fused: exactly its own.
+    held_here = [row[4] for row in result["identical"]]
+    local_counts.append(held_here)
     # Each process was given only its half of every global batch (and of every CAM chunk).
     assert result["fed"] and all(
       local[0] * 2 == total[0] and local[1:] == total[1:] for local, total in result["fed"]
@@ -925,6 +978,8 @@ def test_two_processes_match_one_process(tmp_path, straight_run):
     }.items():
       np.testing.assert_array_equal(banks[f"{name}_ids"], ids)
       assert len(ids) and np.max(np.abs(banks[f"{name}_images"].astype(int) - images)) <= 1
+  totals = [row[2] for row in result["identical"]]
+  assert [a + b for a, b in zip(*local_counts)] == totals  # The two lists partition the ids.
   first, second = (np.load(out + ".npz") for out in outs)
   for name in first.files:  # The two processes end with identical banks.
     np.testing.assert_array_equal(first[name], second[name])

@@ -87,6 +87,29 @@ def test_dispatch_fetches_the_rows_asked_for_like_apply_chunked():
   assert [(e.shape, e.dtype) for e in empty] == [((0, 2), np.float32), ((0, 2, 3), np.uint8)]
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_fetch_local_reads_the_rows_this_process_owns(sharded):
+  """One process owns every row: its local reads equal the global ones, drained rows too."""
+  x = np.random.default_rng(1).uniform(size=(13, 3)).astype(np.float32)
+  fn = lambda chunk: (chunk.inputs["x"] * 2, jnp.sum(chunk.inputs["x"], -1))
+  want = dispatch.apply_chunked(fn, {"x": x}, 4)
+  sharding = parallel.shardings(parallel.make_mesh())[1] if sharded else None
+
+  def drain(chunk, outputs):
+    positions, rows = chunk.fetch_local(outputs)
+    return jax.tree.map(lambda leaf: dispatch.Drained(positions, leaf), rows)
+
+  for buffer in (None, 1):
+    passed = dispatch.dispatch(fn, {"x": x}, 4, sharding=sharding, buffer_bytes=buffer, drain=drain)
+    assert passed.drained_chunks == (0 if buffer is None else 3)
+    for positions in ([12, 0, 5, 5], [], np.arange(13)[::-1]):
+      mine, got = passed.fetch_local(positions)
+      np.testing.assert_array_equal(mine, positions)
+      assert passed.owners(positions).tolist() == [0] * len(positions)
+      for got_leaf, want_leaf in zip(got, want):
+        np.testing.assert_array_equal(got_leaf, want_leaf[np.asarray(positions, int)])
+
+
 def _watched_dispatch(monkeypatch) -> list:
   """Records each pass `dispatch.dispatch` runs: (OnDevice, live result bytes at each chunk).
 

@@ -74,6 +74,16 @@ def to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def sum_over_processes(counts: np.ndarray) -> np.ndarray:
+  """Each process's integer counts, summed over all processes (a collective, like `to_host`)."""
+  counts = np.asarray(counts, np.int64)
+  if jax.process_count() == 1:
+    return counts
+  # As bytes: without jax_enable_x64 the gather would narrow int64 to int32 (and overflow).
+  gathered = np.asarray(multihost_utils.process_allgather(counts.view(np.uint8)), np.uint8)
+  return gathered.view(np.int64).reshape(-1, *counts.shape).sum(axis=0)
+
+
 def prefetch(iterator, size: int = 2):
   """Runs a host iterator in a background thread, `size` items ahead of the consumer."""
   items, done = queue.Queue(maxsize=size), object()

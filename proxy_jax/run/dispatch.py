@@ -10,7 +10,9 @@ three things such a pass must get right live in one place:
   * sharding: with a `sharding` (the batch sharding of `parallel.shardings`), each chunk is
     rounded up to whole shares per device and split over the mesh (`parallel.to_global`);
   * transfer: results come back to every process (`parallel.to_host` gathers the shards of a
-    multi-host array; unsharded results are plain device_gets) and are trimmed of padding.
+    multi-host array; unsharded results are plain device_gets) and are trimmed of padding;
+    or, read with `fetch_local`, only the rows this process's own devices computed come back to
+    it (no collective): each real row is owned by the process whose share of its chunk holds it.
 
 `apply_chunked` concatenates the per-chunk results; `map_chunks` is the general form (a custom
 `collect`, e.g. read back only what is needed, or keep results on the device to reduce them
@@ -60,11 +62,58 @@ class Chunk:
   valid: int  # The first `valid` rows are real.
   inputs: dict  # The arrays at `rows` (global device arrays when sharded), "mask" if asked.
   sharded: bool
+  owner: np.ndarray | None = None  # The process whose share holds each row (sharded only).
 
   def fetch(self, tree):
     """A result tree of this chunk as numpy arrays on every process, padding dropped."""
     host = parallel.to_host(tree) if self.sharded else jax.device_get(tree)
     return jax.tree.map(lambda x: np.asarray(x)[: self.valid], host)
+
+  def fetch_local(self, tree) -> tuple[np.ndarray, Any]:
+    """(positions, rows): the real rows of a result tree that this process owns, read from its
+    own devices only (not a collective), and their input positions."""
+    mine = np.flatnonzero(self.owned()[: self.valid])
+    return self.rows[mine], jax.tree.map(lambda x: _read_rows(x, mine), tree)
+
+  def owned(self) -> np.ndarray:
+    """Bool per row of `rows`: whether this process owns it (all rows when unsharded)."""
+    if self.owner is None:
+      return np.ones(len(self.rows), bool)
+    return self.owner == jax.process_index()
+
+
+def row_owners(width: int) -> np.ndarray:
+  """The process whose share (`parallel.process_share`) holds each of a chunk's `width` rows."""
+  count = jax.process_count()
+  sizes = [len(parallel.process_share(np.arange(width), (p, count))) for p in range(count)]
+  return np.repeat(np.arange(count), sizes)
+
+
+def _read_rows(array, rows: np.ndarray) -> np.ndarray:
+  """`array[rows]` as a host copy, read from the addressable shards that hold those rows."""
+  if not isinstance(array, jax.Array):
+    return np.array(np.asarray(array)[rows])
+  out = np.empty((len(rows), *array.shape[1:]), array.dtype)
+  done = np.zeros(len(rows), bool)
+  for shard in array.addressable_shards:
+    start, stop, _ = _row_span(shard, array.shape[0])
+    hit = ~done & (rows >= start) & (rows < stop)
+    if hit.any():
+      out[hit] = np.asarray(shard.data)[rows[hit] - start]
+      done |= hit
+  if not done.all():
+    raise ValueError(f"rows {rows[~done][:5].tolist()} are on no device of this process")
+  return out
+
+
+def _row_span(shard, length: int) -> tuple[int, int, int]:
+  """(start, stop, step) of the rows of an array of `length` rows that `shard` holds."""
+  index = shard.index[0] if shard.index else slice(None)
+  return index.indices(length)
+
+
+def _shard_on(array, device):
+  return next(shard for shard in array.addressable_shards if shard.device == device)
 
 
 def _count(arrays: Mapping[str, np.ndarray]) -> int:
@@ -97,7 +146,8 @@ def chunks(
     if mask:
       host["mask"] = (np.arange(len(rows)) < valid).astype(np.float32)[share]
     inputs = parallel.to_global(host, sharding, len(rows)) if sharding is not None else host
-    yield Chunk(int(rows[0]), rows, valid, inputs, sharding is not None)
+    owner = row_owners(len(rows)) if sharding is not None else None
+    yield Chunk(int(rows[0]), rows, valid, inputs, sharding is not None, owner)
 
 
 def _fetch(chunk: Chunk, outputs):
@@ -170,6 +220,12 @@ class OnDevice:
   drained: Any = None  # A result tree of `Drained` leaves, None when nothing was drained.
   peak_bytes: int = 0  # The most result bytes held at once (the chunk just dispatched too).
   drained_chunks: int = 0
+  owner: np.ndarray | None = None  # For each input row, the process that owns its results.
+
+  def owners(self, positions) -> np.ndarray:
+    """The process owning each input position's results (`Chunk.owned`; 0 when unsharded)."""
+    positions = np.asarray(positions, np.int64)
+    return np.zeros(len(positions), np.int64) if self.owner is None else self.owner[positions]
 
   def select(self, pick: Callable[[Any], Any]) -> "OnDevice":
     """The same pass with each chunk's result tree reduced by `pick`, e.g. to one leaf."""
@@ -193,6 +249,54 @@ class OnDevice:
     return jax.tree.map(
       lambda got, kept: _combine(positions, held, got, kept), from_device, self.drained
     )
+
+  def fetch_local(self, positions) -> tuple[np.ndarray, Any]:
+    """(mine, rows): of input `positions`, those this process owns (in the order given) and
+    their result rows, read from this process's devices only: per device one gather there and
+    one transfer, no collective. Drained rows come from the drains' host copies, which need
+    keep only the rows their process owns (`Chunk.fetch_local`)."""
+    positions = np.asarray(positions, np.int64)
+    mine = positions[self.owners(positions) == (jax.process_index() if self.sharded else 0)]
+    rows = self.rows[mine]
+    held = rows >= 0
+    from_device = self._gather_local(rows[held])
+    if held.all():
+      return mine, from_device
+    return mine, jax.tree.map(
+      lambda got, kept: _combine(mine, held, got, kept), from_device, self.drained
+    )
+
+  def _gather_local(self, rows):
+    """Rows of the concatenated parts, each held by one of this process's devices: per device,
+    one gather over that device's shards of every part, then one transfer."""
+    if not self.sharded:  # Results on one device (or host arrays): all of them are local.
+      return self._gather(rows)
+    out = jax.tree.map(lambda x: np.zeros((len(rows), *x.shape[1:]), x.dtype), self.parts[0])
+    if not len(rows):
+      return out
+    starts = np.cumsum([0] + [jax.tree.leaves(tree)[0].shape[0] for tree in self.parts])
+    part = np.searchsorted(starts, rows, side="right") - 1
+    inner, todo = rows - starts[part], np.ones(len(rows), bool)
+    for device in [shard.device for shard in jax.tree.leaves(self.parts[0])[0].addressable_shards]:
+      pieces, taken, index, offset = [], [], [], 0
+      for number, tree in enumerate(self.parts):
+        length = starts[number + 1] - starts[number]
+        start, stop, _ = _row_span(_shard_on(jax.tree.leaves(tree)[0], device), length)
+        hit = np.flatnonzero(todo & (part == number) & (inner >= start) & (inner < stop))
+        todo[hit] = False
+        taken.append(hit)
+        index.append(offset + inner[hit] - start)
+        pieces.append(jax.tree.map(lambda x: _shard_on(x, device).data, tree))  # pylint: disable=cell-var-from-loop
+        offset += stop - start
+      taken, index = np.concatenate(taken), np.concatenate(index)
+      if len(taken):
+        padded = np.resize(index, 1 << (len(index) - 1).bit_length())
+        got = jax.device_get(_take(pieces, jax.device_put(padded, device)))
+        for leaf, values in zip(jax.tree.leaves(out), jax.tree.leaves(got)):
+          leaf[taken] = np.asarray(values)[: len(taken)]
+    if todo.any():
+      raise ValueError(f"rows {rows[todo][:5].tolist()} are on no device of this process")
+    return out
 
   def _gather(self, rows):
     if not len(rows):
@@ -248,9 +352,11 @@ def dispatch(
   while a drain reads; a pass that fits the buffer reads nothing back until `OnDevice.fetch`.
   """
   held, drained = collections.deque(), []
-  peak = 0
+  peak, owner = 0, np.zeros(_count(arrays), np.int64)
   with jax.transfer_guard_device_to_host("disallow_explicit"):
     for chunk in chunks(arrays, size, **chunk_options):
+      if chunk.owner is not None:
+        owner[chunk.rows[: chunk.valid]] = chunk.owner[: chunk.valid]
       out = fn(chunk)
       # Without its inputs: a held chunk must not keep its images on the device.
       held.append((dataclasses.replace(chunk, inputs={}), out, _nbytes(out)))
@@ -266,9 +372,8 @@ def dispatch(
   if not parts:
     parts = [_empty_result(fn, arrays, chunk_options.get("mask", False))]
   merged = jax.tree.map(_merge_drained, *drained) if drained else None
-  return OnDevice(
-    parts, rows, chunk_options.get("sharding") is not None, merged, peak, len(drained)
-  )
+  sharded = chunk_options.get("sharding") is not None
+  return OnDevice(parts, rows, sharded, merged, peak, len(drained), owner if sharded else None)
 
 
 def _make_room(held: collections.deque, limit: int, drain, drained: list) -> None:

@@ -1,8 +1,9 @@
 """The proxy bank: proxy images (uint8, at the stored side) by training-example id.
 
 A run's bank lives on disk, in `WORKDIR/bank/`, and only grows: each proxy step appends one file
-per process, `step-0003-process-1-of-2.npy`, holding that process's share of the step's proxies
-(`parallel.process_share` of the step's ids, in id order), written atomically. A file is
+per process, `step-0003-process-1-of-2.npy`, holding the proxies that process computed (the ids
+its devices owned in the step's passes, `proxy_rows`; every process knows every list), written
+atomically, so no process needs another's proxies in RAM. A file is
 rewritten only when the same step runs again after an interruption, and then with the same
 bytes. The bank's index maps each id to (file, row); a checkpoint holds that index and each
 referenced file's checksum, not the images, so a proxy is written once however many checkpoints
@@ -14,7 +15,8 @@ between the two loses nothing: the resumed run restores the previous checkpoint,
 again and writes the same files. A referenced file that is missing or whose bytes changed is
 an error naming it.
 
-Without a folder the bank keeps its files in RAM (tools and tests); checkpoints written before
+Without a folder the bank keeps its files in RAM (tools and tests; with several processes each
+gathers every share); checkpoints written before
 the bank moved to disk held the images themselves, and restore into the bank here.
 """
 
@@ -31,6 +33,15 @@ FOLDER = "bank"
 # The meta item's list of the files a checkpoint's bank index refers to, by position.
 FILES_KEY = "bank_files"
 _FIX = "restore an earlier copy of the workdir's bank folder, or train again in a new --workdir"
+
+
+def _gather_shares(owned, images) -> np.ndarray:
+  """Every process's images (each its `owned` list's), concatenated in process order."""
+  longest = max(len(ids) for ids in owned)
+  padded = np.zeros((longest, *images.shape[1:]), np.uint8)
+  padded[: len(images)] = images
+  gathered = multihost_utils.process_allgather(padded)
+  return np.concatenate([gathered[p][: len(ids)] for p, ids in enumerate(owned)])
 
 
 class ProxyBank:
@@ -57,26 +68,41 @@ class ProxyBank:
     return self._files[name][row]
 
   def store(self, ids, images, replace_all: bool = False, label: str = "memory") -> None:
-    """Adds (or overwrites) proxies by id; `replace_all` first drops every other proxy from the
-    index. On disk, `label` names the step's files (each process writes its share)."""
+    """Adds (or overwrites) proxies by id, every process passing all of them; on disk each
+    process writes its `parallel.process_share` (`store_shares`). `replace_all` first drops
+    every other proxy from the index."""
     ids, images = np.asarray(ids), np.asarray(images, np.uint8)
+    index, count = self._process
+    shares = [parallel.process_share(np.arange(len(ids)), (p, count)) for p in range(count)]
+    self.store_shares([ids[share] for share in shares], images[shares[index]], replace_all, label)
+
+  def store_shares(self, owned, images, replace_all: bool = False, label: str = "memory") -> None:
+    """Adds (or overwrites) proxies by id when each process holds only its own: `owned[p]` are
+    the ids process p holds (every process knows every list), `images` this process's, in its
+    list's order. On disk each process writes its own file, named by `label`; in RAM every
+    process gathers every share. `replace_all` first drops every other proxy from the index."""
+    owned, images = [np.asarray(ids) for ids in owned], np.asarray(images, np.uint8)
+    index, count = self._process
+    if len(owned) != count or len(images) != len(owned[index]):
+      raise ValueError(
+        f"{len(owned)} id lists for {count} processes, or {len(images)} images for the "
+        f"{len(owned[index]) if index < len(owned) else '?'} ids of process {index}"
+      )
     if replace_all:
       self._where.clear()
     if self.folder is None:
       name = f"{label}-{len(self._files)}"
-      self._files[name] = images.copy()
-      self._where.update((int(i), (name, row)) for row, i in enumerate(ids))
+      self._files[name] = _gather_shares(owned, images) if count > 1 else images.copy()
+      self._where.update((int(i), (name, row)) for row, i in enumerate(np.concatenate(owned)))
       return
-    index, count = self._process
-    shares = [parallel.process_share(np.arange(len(ids)), (p, count)) for p in range(count)]
     names = [f"{label}-process-{p}-of-{count}.npy" for p in range(count)]
     os.makedirs(self.folder, exist_ok=True)
-    io_utils.atomic_save_npy(os.path.join(self.folder, names[index]), images[shares[index]])
+    io_utils.atomic_save_npy(os.path.join(self.folder, names[index]), images)
     if count > 1:  # Every process's share is on disk before any process reads one.
       multihost_utils.sync_global_devices(f"proxy bank {label}")
-    for name, share in zip(names, shares):
+    for name, ids in zip(names, owned):
       self._open(name)
-      self._where.update((int(ids[i]), (name, row)) for row, i in enumerate(share))
+      self._where.update((int(i), (name, row)) for row, i in enumerate(ids))
 
   def __getstate__(self):  # A stream's worker processes map the files again themselves.
     if self.folder is None:

@@ -25,8 +25,8 @@ def run_due(
       predict_fn=setup.predict_fn,
       batch_sharding=setup.batch_sharding,
     )
-    bank.store(
-      result.ids,
+    bank.store_shares(
+      result.owned,
       result.proxies,
       replace_all=settings.proxy.clear_every_step,
       label=f"step-{index:04d}",
@@ -45,7 +45,7 @@ def run_due(
     names = setup.dataset.class_names
     captions = [
       f"image {int(i)}, label {names[int(setup.dataset.train.labels[i])]}"
-      for i in result.ids[: settings.proxy.num_logged_images]
+      for i in result.local_ids[: settings.proxy.num_logged_images]
     ]
     reporting.log_proxy_step(
       setup.writer,

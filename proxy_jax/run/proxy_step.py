@@ -26,7 +26,7 @@ import numpy as np
 from proxy_jax import cams, data, models, proxy
 from proxy_jax.core import parallel
 from proxy_jax.images import preprocess
-from proxy_jax.run import dispatch
+from proxy_jax.run import dispatch, proxy_rows
 
 # ---------------------------------------------------------------- the schedule
 
@@ -200,20 +200,24 @@ def dispatch_scan(state, split, settings, batch_sharding) -> dispatch.OnDevice:
 
 
 def _drain_wrong(labels):
-  """A fused scan's drain: a chunk's predictions, and proxies and maps of its wrong rows."""
+  """A fused scan's drain: a chunk's predictions (all of them, in every process), and the
+  proxies and maps of the wrong rows this process owns (no other row can be chosen)."""
 
   def drain(chunk, outputs):
     positions = chunk.rows[: chunk.valid]
     predicted = np.array(chunk.fetch(outputs[0]))  # A copy, not a view of the device array.
     wrong = predicted != labels[positions]
-    if wrong.any():  # All rows cross (one transfer, no gather queued behind later chunks).
-      out, cam = (x[wrong] for x in chunk.fetch(outputs[1:]))
+    mine = positions[chunk.owned()[: chunk.valid] & wrong]
+    if len(mine):  # All own rows cross (one read per device, none queued behind later chunks).
+      mine, (out, cam) = chunk.fetch_local(outputs[1:])
+      keep = wrong[np.searchsorted(positions, mine)]
+      mine, out, cam = mine[keep], out[keep], cam[keep]
     else:
       out, cam = (np.zeros((0, *x.shape[1:]), x.dtype) for x in outputs[1:])
     return (
       dispatch.Drained(positions, predicted),
-      dispatch.Drained(positions[wrong], out),
-      dispatch.Drained(positions[wrong], cam),
+      dispatch.Drained(mine, out),
+      dispatch.Drained(mine, cam),
     )
 
   return drain
@@ -229,38 +233,60 @@ def _cam_options(settings) -> tuple:
 
 @dataclasses.dataclass
 class ProxyStepResult:
-  """What one proxy step computed; the caller stores the proxies and logs the rest."""
+  """What one proxy step computed; the caller stores the proxies and logs the rest.
 
-  ids: np.ndarray  # Ids (training-split positions) of the chosen examples, sorted.
+  Each process holds the images of the chosen examples its own devices computed (`local_ids`),
+  never another's: at scale a step's proxies do not fit one host. The ids and figures are
+  global (the same in every process).
+  """
+
+  ids: np.ndarray  # Ids (training-split positions) of all chosen examples, sorted.
+  owned: tuple  # Per process, the chosen ids whose proxies it computed (sorted); ids' partition.
+  local_ids: np.ndarray  # This process's list of `owned`: the rows of the three arrays below.
   originals: np.ndarray  # uint8 centre crops the CAMs were taken on (current proxies if reused).
-  proxies: np.ndarray  # uint8 proxies at the stored side, what the bank keeps, one per id.
-  maps: np.ndarray  # float32 CAMs in [0, 1] of the centre crops, one per id.
+  proxies: np.ndarray  # uint8 proxies at the stored side, what the bank keeps.
+  maps: np.ndarray  # float32 CAMs in [0, 1] of the centre crops.
   wrong: int  # Wrongly classified training examples.
   seconds: float
-  changes: dict  # How much the transform changed the chosen crops (change_figures).
+  changes: dict  # How much the transform changed the chosen crops, over all processes.
 
 
-def change_figures(originals, proxies) -> dict:
-  """How much the transform changed the chosen images: the manipulation check of a proxy step.
+CHANGE_COUNTS = ("pixels", "changed_pixels", "values", "summed_change")
 
-  originals, proxies: uint8 (k, S, S, C) crops before and after the transform (the proxies'
-  centre crops: the ring outside them is never changed). A pixel is changed when any of its
-  channels is. Returns `records.ProxyStepRecord`'s fields: the changed share of the k * S * S
-  pixels, the mean absolute change of the changed pixels' channel values and of all of them, in
-  0-255 levels (None when nothing was chosen, or nothing changed for the former).
-  """
+
+def change_counts(originals, proxies) -> np.ndarray:
+  """int64 [pixels, changed pixels, channel values, summed absolute change in levels] of uint8
+  (k, S, S, C) crops before and after the transform: integers, so processes can add theirs."""
   originals, proxies = np.asarray(originals), np.asarray(proxies)
   if originals.shape != proxies.shape:
     raise ValueError(f"originals {originals.shape} and proxies {proxies.shape} differ in shape")
-  if not originals.size:
-    return {"changed_pixel_share": None, "changed_mean_abs": None, "mean_abs_change": None}
   difference = np.abs(originals.astype(np.int16) - proxies.astype(np.int16))
-  changed = difference.max(axis=-1) > 0
+  changed = int((difference.max(axis=-1) > 0).sum()) if difference.size else 0
+  pixels = int(np.prod(originals.shape[:-1])) if originals.size else 0
+  return np.array([pixels, changed, difference.size, difference.sum(dtype=np.int64)], np.int64)
+
+
+def figures_of_counts(counts) -> dict:
+  """`records.ProxyStepRecord`'s change fields from `change_counts` (summed over processes):
+  the changed share of the pixels, the mean absolute change of the changed pixels' channel
+  values and of all of them, in 0-255 levels (None when nothing was chosen, or nothing changed
+  for the second). A pixel is changed when any of its channels is."""
+  pixels, changed, values, summed = (int(c) for c in counts)
+  if not pixels:
+    return {"changed_pixel_share": None, "changed_mean_abs": None, "mean_abs_change": None}
   return {
-    "changed_pixel_share": float(changed.mean()),
-    "changed_mean_abs": float(difference[changed].mean()) if changed.any() else None,
-    "mean_abs_change": float(difference.mean()),
+    "changed_pixel_share": changed / pixels,
+    # An unchanged pixel adds nothing to the sum, so the changed pixels' values hold all of it.
+    "changed_mean_abs": summed / (changed * values // pixels) if changed else None,
+    "mean_abs_change": summed / values,
   }
+
+
+def change_figures(originals, proxies) -> dict:
+  """How much the transform changed the chosen images (the manipulation check of a proxy
+  step), from their crops before and after (the proxies' centre crops: the ring outside them is
+  never changed); `figures_of_counts` of `change_counts`."""
+  return figures_of_counts(change_counts(originals, proxies))
 
 
 def run_proxy_step(
@@ -269,7 +295,8 @@ def run_proxy_step(
   """One proxy step over the training split; reads `bank` (for reuse_proxies), never changes it.
 
   With reuse_proxies the CAM of a banked example is taken on its current proxy, so the caller
-  must store the result (`ProxyBank.store`) after this returns, even with clear_every_step.
+  must store the result (`ProxyBank.store_shares`) after this returns, even with clear_every_step.
+  Every process reads and keeps only the chosen examples its devices compute.
   """
   started = time.time()
   proxy_settings = settings.proxy
@@ -279,7 +306,7 @@ def run_proxy_step(
   if use_fused_scan(proxy_settings.cam_method, proxy_settings.subset):
     scan = dispatch_scan(state, view, settings, batch_sharding)
     predictions = scan.select(lambda out: out[0]).fetch()
-    candidates = scan.select(lambda out: out[1:])  # (proxies, maps), still on the device.
+    candidates = scan.select(lambda out: out[1:])  # (proxies, maps), still on the devices.
   else:
     predictions = predict_labels(
       state, view, settings.eval_batch_size, predict_fn, batch_sharding, buffer_bytes(settings)
@@ -289,7 +316,7 @@ def run_proxy_step(
   chosen = choose_wrong(
     wrong, split.labels[wrong], proxy_settings.subset, key, proxy_settings.class_balanced
   )
-  originals, proxy_images, maps = _proxies_of(
+  rows = _proxies_of(
     state,
     split,
     bank,
@@ -300,55 +327,63 @@ def run_proxy_step(
     jax.random.fold_in(key, 1),
     batch_sharding,
   )
-  changes = change_figures(originals, preprocess.center_crop(proxy_images, originals.shape[1]))
+  crops = preprocess.center_crop(rows.proxies, settings.image_size)
+  counts = parallel.sum_over_processes(change_counts(rows.originals, crops))
   return ProxyStepResult(
     chosen.astype(np.int32),
-    originals,
-    proxy_images,
-    maps,
+    rows.owned,
+    rows.ids,
+    rows.originals,
+    rows.proxies,
+    rows.maps,
     int(len(wrong)),
     time.time() - started,
-    changes,
+    figures_of_counts(counts),
   )
 
 
 def _proxies_of(
   state, split, bank, chosen, predictions, candidates, settings, noise_key, batch_sharding
-):
-  """(source crops, uint8 stored-side proxies, float maps) of the chosen positions, in order.
+) -> proxy_rows.Local:
+  """This process's (source crops, uint8 stored-side proxies, float maps) of the chosen
+  examples, in id order, and which process holds which ids.
 
-  Read back from the fused scan's `candidates` (on the device) where it has them; computed here
-  (in chunks) for multi-pass CAM methods and for banked examples whose CAM must be of the
-  current proxy (reuse_proxies). The proxies of the centre crops are pasted back into their
-  stored images (module docstring).
+  Read from the fused scan's `candidates` (on the devices) where it has them: each process reads
+  the rows its own devices scanned. Computed here (in chunks, each process reading its share)
+  for multi-pass CAM methods and for banked examples whose CAM must be of the current proxy
+  (reuse_proxies). The proxies of the centre crops are pasted back into their stored images
+  (module docstring).
   """
-  proxy_settings = settings.proxy
-  stored = np.asarray(split.images[chosen])
-  if proxy_settings.reuse_proxies:
-    stored = bank.swap(chosen, stored)
-  sources = np.ascontiguousarray(preprocess.center_crop(stored, settings.image_size))
-  proxy_images = np.zeros_like(sources)
-  maps = np.zeros(sources.shape[:3], np.uint8)
+  reuse = settings.proxy.reuse_proxies
   recompute = np.ones(len(chosen), bool)
   if candidates is not None:
-    recompute = bank.holds(chosen) if proxy_settings.reuse_proxies else np.zeros(len(chosen), bool)
-    proxy_images[~recompute], maps[~recompute] = candidates.fetch(chosen[~recompute])
+    recompute = bank.holds(chosen) if reuse else np.zeros(len(chosen), bool)
+  parts = []
+  if (~recompute).any():
+    scanned = chosen[~recompute]
+    mine, (out, cam) = candidates.fetch_local(scanned)
+    stored = proxy_rows.stored_images(split, bank if reuse else None, mine)
+    parts.append(proxy_rows.Rows(scanned, candidates.owners(scanned), mine, stored, out, cam))
   if recompute.any():
-    targets = predictions if proxy_settings.cam_target == "predicted" else split.labels
-    out, cam = _chunked_proxies(
-      state, sources[recompute], targets[chosen[recompute]], settings, noise_key, batch_sharding
-    )
-    proxy_images[recompute], maps[recompute] = out, cam
-  return (sources, preprocess.paste_center(stored, proxy_images), maps.astype(np.float32) / 255.0)
+    again = chosen[recompute]
+    targets = predictions if settings.proxy.cam_target == "predicted" else split.labels
+    reader = proxy_rows.ChosenCrops(split, bank if reuse else None, again, settings.image_size)
+    passed = _dispatch_proxies(state, reader, targets[again], settings, noise_key, batch_sharding)
+    mine, (out, cam) = passed.fetch_local(np.arange(len(again)))
+    owner = passed.owners(np.arange(len(again)))
+    parts.append(proxy_rows.Rows(again, owner, again[mine], reader.stored(mine), out, cam))
+  return proxy_rows.merged(parts, split, settings.image_size)
 
 
-def _chunked_proxies(state, images, targets, settings, noise_key, batch_sharding):
+def _dispatch_proxies(
+  state, images, targets, settings, noise_key, batch_sharding
+) -> dispatch.OnDevice:
   """CAMs and proxies in chunks whose size is a power of two (at most a few compilations).
 
   Each chunk is split over the mesh like a training batch (its size rounded up to a multiple
   of the device count), so every device computes only its share of the CAMs. All chunks are
-  dispatched before the results are read back, once, unless they exceed
-  `proxy.device_buffer_mb` (the oldest are drained to the host meanwhile).
+  dispatched before any result is read back, unless they exceed `proxy.device_buffer_mb` (the
+  oldest are drained to the host meanwhile, each process keeping its own rows).
   """
   proxy_settings = settings.proxy
   proxy_fn = proxy.make_proxy_fn(
@@ -376,4 +411,11 @@ def _chunked_proxies(state, images, targets, settings, noise_key, batch_sharding
     sharding=batch_sharding,
     power_of_two=True,
     buffer_bytes=buffer_bytes(settings),
-  ).fetch()
+    drain=_drain_own,
+  )
+
+
+def _drain_own(chunk, outputs):
+  """A drain that keeps this process's rows of every result leaf (`Chunk.fetch_local`)."""
+  positions, rows = chunk.fetch_local(outputs)
+  return jax.tree.map(lambda x: dispatch.Drained(positions, x), rows)
