@@ -122,7 +122,8 @@ def choose_wrong(wrong_ids, wrong_labels, subset: float, key, class_balanced: bo
 #             and differentiates only the small head.
 # Neither path reads anything back while a pass is dispatched (`dispatch.dispatch`): the device
 # runs each pass back to back, then the host reads the predictions, and only the chosen rows'
-# proxies and maps cross afterwards (gathered on the device, one transfer). A pass whose results
+# proxies and maps cross afterwards, each process reading those its own devices computed
+# (gathered on each device, one transfer per device; `proxy_rows`). A pass whose results
 # exceed proxy.device_buffer_mb drains its oldest chunks to the host while later ones compute.
 # A CAM needs the last feature map in memory, which an evaluation pass never materialises (it is
 # pooled on the fly), so c >= 1: measured on XLA:CPU (benchmarks/proxy_step.py) c = 2.0 for the
