@@ -252,9 +252,6 @@ class ProxyStepResult:
   changes: dict  # How much the transform changed the chosen crops, over all processes.
 
 
-CHANGE_COUNTS = ("pixels", "changed_pixels", "values", "summed_change")
-
-
 def change_counts(originals, proxies) -> np.ndarray:
   """int64 [pixels, changed pixels, channel values, summed absolute change in levels] of uint8
   (k, S, S, C) crops before and after the transform: integers, so processes can add theirs."""
@@ -275,10 +272,11 @@ def figures_of_counts(counts) -> dict:
   pixels, changed, values, summed = (int(c) for c in counts)
   if not pixels:
     return {"changed_pixel_share": None, "changed_mean_abs": None, "mean_abs_change": None}
+  channels = values // pixels
   return {
     "changed_pixel_share": changed / pixels,
     # An unchanged pixel adds nothing to the sum, so the changed pixels' values hold all of it.
-    "changed_mean_abs": summed / (changed * values // pixels) if changed else None,
+    "changed_mean_abs": summed / (changed * channels) if changed else None,
     "mean_abs_change": summed / values,
   }
 
