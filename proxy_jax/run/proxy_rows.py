@@ -33,8 +33,7 @@ class Rows:
 class Local:
   """This process's rows of a step's chosen examples, in id order, and who owns which ids."""
 
-  owned: tuple  # Per process, the ids it holds (sorted).
-  ids: np.ndarray
+  owned: tuple  # Per process, the ids it holds (sorted): this process's are the rows below.
   originals: np.ndarray
   proxies: np.ndarray
   maps: np.ndarray
@@ -42,11 +41,12 @@ class Local:
 
 def merged(parts: list, split, side: int) -> Local:
   """The passes' rows as one `Local`, this process's rows in id order."""
-  count = jax.process_count()
-  owned = tuple(
-    np.sort(np.concatenate([p.ids[p.owner == n] for p in parts] or [np.zeros(0, np.int64)]))
-    for n in range(count)
-  )
+
+  def held_by(process: int) -> np.ndarray:
+    ids = [p.ids[p.owner == process] for p in parts]
+    return np.sort(np.concatenate(ids)).astype(np.int32) if ids else np.zeros(0, np.int32)
+
+  owned = tuple(held_by(n) for n in range(jax.process_count()))
   stored_side = split.images.shape[1]
   mine = np.concatenate([p.mine for p in parts] or [np.zeros(0, np.int64)])
   order = np.argsort(mine, kind="stable")
@@ -60,7 +60,6 @@ def merged(parts: list, split, side: int) -> Local:
   maps = joined("maps", (side, side))
   return Local(
     owned,
-    mine[order].astype(np.int32),
     np.ascontiguousarray(preprocess.center_crop(stored, side)),
     preprocess.paste_center(stored, proxies),
     maps.astype(np.float32) / 255.0,

@@ -243,13 +243,17 @@ class ProxyStepResult:
 
   ids: np.ndarray  # Ids (training-split positions) of all chosen examples, sorted.
   owned: tuple  # Per process, the chosen ids whose proxies it computed (sorted); ids' partition.
-  local_ids: np.ndarray  # This process's list of `owned`: the rows of the three arrays below.
   originals: np.ndarray  # uint8 centre crops the CAMs were taken on (current proxies if reused).
   proxies: np.ndarray  # uint8 proxies at the stored side, what the bank keeps.
   maps: np.ndarray  # float32 CAMs in [0, 1] of the centre crops.
   wrong: int  # Wrongly classified training examples.
   seconds: float
   changes: dict  # How much the transform changed the chosen crops, over all processes.
+
+  @property
+  def local_ids(self) -> np.ndarray:
+    """This process's list of `owned`: the ids of the rows of originals, proxies and maps."""
+    return self.owned[jax.process_index()]
 
 
 def change_counts(originals, proxies) -> np.ndarray:
@@ -331,7 +335,6 @@ def run_proxy_step(
   return ProxyStepResult(
     chosen.astype(np.int32),
     rows.owned,
-    rows.ids,
     rows.originals,
     rows.proxies,
     rows.maps,
